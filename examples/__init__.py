@@ -1,0 +1,1 @@
+"""Example models that models.yaml lists; the README's main job ports them."""

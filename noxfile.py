@@ -1,0 +1,78 @@
+"""Task runner: thin sessions over the `pycandle` CLI.
+
+All sessions share one virtualenv (.nox/pycandle), built by uv from the pinned
+requirements.lock with the interpreter nox runs on, so torch is installed once and reused.
+Arguments pass through: `nox -s parity -- --model voice_encoder`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+ENV = ROOT / ".nox" / "pycandle"
+LOCK = ROOT / "requirements.lock"
+
+nox.options.sessions = ["parity"]
+nox.options.default_venv_backend = "none"
+
+
+def _python(session: nox.Session) -> str:
+    """The shared environment's interpreter, (re)built when the lock file or pyproject change."""
+    stamp = ENV / ".pycandle-stamp"
+    digest = hashlib.sha256(LOCK.read_bytes() + (ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    python = ENV / "bin" / "python"
+    if not python.exists() or not stamp.is_file() or stamp.read_text() != digest:
+        env = {"UV_PYTHON_DOWNLOADS": "never"}
+        session.run("uv", "venv", "--quiet", "--allow-existing", "--python", sys.executable,
+                    str(ENV), env=env, external=True)
+        session.run("uv", "pip", "install", "--quiet", "--python", str(python),
+                    "-r", str(LOCK), env=env, external=True)
+        session.run("uv", "pip", "install", "--quiet", "--no-deps", "--python", str(python),
+                    "-e", str(ROOT), env=env, external=True)
+        stamp.write_text(digest)
+    return str(python)
+
+
+def _cargo_env() -> dict[str, str]:
+    # One target dir for the workspace, the tests' scratch crates and CI's fresh clones.
+    return {"CARGO_TARGET_DIR": os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target"))}
+
+
+def _pycandle(session: nox.Session, *args: str) -> None:
+    session.run(_python(session), "-m", "pycandle", *args, *session.posargs,
+                env=_cargo_env(), external=True)
+
+
+@nox.session
+def record(session: nox.Session) -> None:
+    """Run each model in PyTorch; write manifests, weights and golden tensors."""
+    _pycandle(session, "record")
+
+
+@nox.session
+def codegen(session: nox.Session) -> None:
+    """Generate the Rust crate (Cargo.toml, modules, parity tests) from the manifests."""
+    _pycandle(session, "codegen")
+
+
+@nox.session
+def parity(session: nox.Session) -> None:
+    """The main job: record, generate and check parity for every model in models.yaml."""
+    _pycandle(session, "record")
+    _pycandle(session, "codegen")
+    _pycandle(session, "parity")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """pytest (unit, codegen, runtime and end-to-end) plus the runtime's cargo tests."""
+    python = _python(session)
+    env = _cargo_env()
+    session.run("cargo", "test", "--quiet", "-p", "pycandle-runtime", env=env, external=True)
+    session.run(python, "-m", "pytest", *(session.posargs or ["-q"]), env=env, external=True)

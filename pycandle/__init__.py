@@ -1,0 +1,3 @@
+"""PyCandle: port PyTorch models to Candle, with proof that the port is numerically right."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from pycandle.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,133 @@
+"""`pycandle record|codegen|parity|coverage [--config FILE] [--model NAME ...]`.
+
+Each command is a plain function over the previous stage's files, so nox, the command line and
+the tests all run the same pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn
+
+from pycandle.config import Config, load_config
+from pycandle.errors import PyCandleError
+
+console = Console(stderr=False, highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def _progress(total: int, verb: str) -> tuple[Progress, callable]:
+    bar = Progress(TextColumn(f"[bold]{verb}[/bold] {{task.description}}"), BarColumn(),
+                   TextColumn("{task.completed}/{task.total}"), console=console, transient=True)
+    task = bar.add_task("", total=total)
+
+    def step(name: str) -> None:
+        bar.update(task, advance=1, description=name)
+
+    return bar, step
+
+
+def cmd_record(cfg: Config, names: list[str] | None) -> int:
+    from pycandle.record import record  # torch is imported only here
+
+    models = cfg.select(names)
+    bar, step = _progress(len(models), "record")
+    with bar:
+        recordings = record(cfg, models, progress=step)
+    for rec in recordings:
+        m = rec.manifest
+        console.print(f"recorded [bold]{m.name}[/bold]: {len(m.nodes)} graph nodes, "
+                      f"{len(m.cases)} trace case(s), {len(rec.golden)} golden tensors "
+                      f"-> {cfg.artifacts / m.name}")
+        for w in m.warnings:
+            console.print(f"  [yellow]warning[/yellow]: {w}")
+    return 0
+
+
+def cmd_codegen(cfg: Config, names: list[str] | None) -> int:
+    from pycandle.codegen import codegen
+
+    models = [m.name for m in cfg.select(names)]
+    bar, step = _progress(len(models), "codegen")
+    with bar:
+        changed = codegen(cfg.crate, cfg.artifacts, models, progress=step)
+    root = cfg.root
+    for path in changed:
+        shown = path.relative_to(root) if path.is_relative_to(root) else path
+        console.print(f"wrote {shown}")
+    console.print(f"codegen: {len(models)} model(s), {len(changed)} file(s) changed in {cfg.crate}")
+    return 0
+
+
+def cmd_parity(cfg: Config, names: list[str] | None) -> int:
+    from pycandle.parity import parity, summarize
+
+    models = cfg.select(names)
+    report = cfg.root / "reports" / "parity.json"
+    results = parity(cfg.crate, [m.name for m in models],
+                     {m.name: len(m.inputs) for m in models}, report, console)
+    failures = summarize(results)
+    passed = sum(1 for r in results if r.passed)
+    if failures:
+        for line in failures:
+            err_console.print(f"[red]FAIL[/red] {escape(line)}")
+        err_console.print(f"parity: {passed} passed, {len(results) - passed} failed "
+                          f"(model x trace case); report: {report}")
+        return 1
+    console.print(f"parity: {passed} passed, 0 failed (model x trace case); report: {report}")
+    return 0
+
+
+def cmd_coverage(cfg: Config | None, names: list[str] | None) -> int:
+    from pycandle import registry
+
+    cov = registry.coverage()
+    console.print("[bold]layers[/bold]")
+    for name, doc in cov.layers:
+        console.print(f"  {name}" + (f": {doc}" if doc else ""))
+    console.print("[bold]functions and Tensor methods[/bold]")
+    for name, spellings, doc in cov.ops:
+        console.print(f"  {name}: {', '.join(spellings)}" + (f" ({doc})" if doc else ""))
+    return 0
+
+
+COMMANDS = {"record": cmd_record, "codegen": cmd_codegen, "parity": cmd_parity,
+            "coverage": cmd_coverage}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pycandle", description=__doc__.splitlines()[0])
+    p.add_argument("command", choices=[*COMMANDS, "all"],
+                   help="stage to run; 'all' runs record, codegen and parity")
+    p.add_argument("--config", default="models.yaml", type=Path,
+                   help="models.yaml to use (default: ./models.yaml)")
+    p.add_argument("--model", action="append", dest="models", metavar="NAME",
+                   help="only this model (repeatable)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "coverage":
+            return cmd_coverage(None, None)
+        cfg = load_config(args.config)
+        if args.command == "all":
+            for step in (cmd_record, cmd_codegen, cmd_parity):
+                code = step(cfg, args.models)
+                if code:
+                    return code
+            return 0
+        return COMMANDS[args.command](cfg, args.models)
+    except PyCandleError as e:
+        err_console.print(f"[red]error[/red]: {escape(str(e))}", soft_wrap=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

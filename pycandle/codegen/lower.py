@@ -1,0 +1,432 @@
+"""Manifest -> a model IR holding every decision; the templates only lay it out.
+
+This is also the support check: `record` lowers each manifest before writing anything, so an
+unsupported layer, op or argument is reported (with its source line) before any file changes.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from dataclasses import dataclass, field
+from typing import Any
+
+from pycandle import registry
+from pycandle.errors import Problem, UnsupportedError
+from pycandle.manifest import (
+    Manifest, Node, Param, Ref, TensorMeta, golden_input_key, golden_node_key, golden_output_key,
+    leaves, path_key,
+)
+from pycandle.registry import T, Unsupported
+
+RUST_DTYPES = {"float32": "F32", "float64": "F64", "float16": "F16", "bfloat16": "BF16",
+               "int64": "I64", "uint8": "U8", "uint32": "U32"}
+
+
+@dataclass(frozen=True)
+class FieldDecl:
+    name: str
+    rust_type: str
+    init: str
+    module: str  # PyTorch qualified name (the VarBuilder prefix)
+    torch_type: str
+
+
+@dataclass(frozen=True)
+class Stmt:
+    pattern: str
+    expr: str
+    comment: str | None = None
+
+
+@dataclass(frozen=True)
+class Check:
+    label: str  # output name shown in reports
+    var: str
+    key: str  # golden key without the case prefix
+
+
+@dataclass(frozen=True)
+class LayerTest:
+    node: str
+    module: str
+    torch_type: str
+    inputs: list[tuple[str, str]]  # (variable, golden key without case prefix)
+    stmt: Stmt
+    checks: list[Check]
+
+
+@dataclass(frozen=True)
+class Arg:
+    name: str
+    shape: str
+
+
+@dataclass
+class ModelIR:
+    name: str  # Rust module name
+    struct: str
+    factory: str
+    doc_lines: list[str]
+    uses: list[str]
+    fields: list[FieldDecl]
+    args: list[Arg]
+    stmts: list[Stmt]
+    return_type: str
+    return_expr: str
+    layer_tests: list[LayerTest]
+    model_checks: list[Check]
+    input_keys: list[tuple[str, str]]  # (forward arg, golden key suffix)
+    out_pattern: str  # binds the model's outputs to the `model_checks` variables
+    num_cases: int
+    atol: float
+    rtol: float
+    dtype: str
+    test_uses: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def camel(name: str) -> str:
+    return "".join(part[:1].upper() + part[1:] for part in name.split("_") if part) or "Model"
+
+
+def _shape_names(manifest: Manifest) -> dict[tuple[int, ...], str]:
+    """Names for the dimensions that vary between trace cases, for shape comments."""
+    names: dict[tuple[int, ...], str] = {}
+    for arg in manifest.inputs:
+        meta = manifest.node(arg).out
+        for d in range(meta.rank):
+            sizes = tuple(s[d] for s in meta.shapes)
+            if len(set(sizes)) > 1 and sizes not in names:
+                names[sizes] = f"{arg}.dim({d})" if len(manifest.inputs) > 1 else f"d{d}"
+    return names
+
+
+def shape_comment(meta: Any, names: dict[tuple[int, ...], str]) -> str | None:
+    if not isinstance(meta, TensorMeta):
+        return None
+    dims = []
+    for d in range(meta.rank):
+        sizes = tuple(s[d] for s in meta.shapes)
+        if len(set(sizes)) == 1:
+            dims.append(str(sizes[0]))
+        else:
+            dims.append(names.get(sizes, "_"))
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def live_nodes(manifest: Manifest) -> list[Node]:
+    """Nodes that contribute to the output, in graph order (value checks and the like drop out)."""
+    needed: set[str] = set()
+    work = [r.node for _, r in leaves(manifest.output) if isinstance(r, Ref)]
+    by_name = {n.name: n for n in manifest.nodes}
+    while work:
+        name = work.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        node = by_name[name]
+        for _, v in leaves((node.args, tuple(node.kwargs.values()))):
+            if isinstance(v, Ref):
+                work.append(v.node)
+            elif isinstance(v, slice):
+                work += [b.node for b in (v.start, v.stop, v.step) if isinstance(b, Ref)]
+    return [n for n in manifest.nodes if n.name in needed]
+
+
+def _uses_of(nodes: list[Node], output: Any) -> dict[tuple[str, tuple[int, ...]], int]:
+    counts: dict[tuple[str, tuple[int, ...]], int] = {}
+    for node in nodes:
+        for _, v in leaves((node.args, tuple(node.kwargs.values()))):
+            if isinstance(v, Ref):
+                counts[(v.node, v.path)] = counts.get((v.node, v.path), 0) + 1
+    for _, v in leaves(output):
+        if isinstance(v, Ref):
+            counts[(v.node, v.path)] = counts.get((v.node, v.path), 0) + 1
+    return counts
+
+
+def _out_names(layer_outputs: Any, out: Any, base: str) -> Any:
+    """Variable names for a node's output structure, following the layer's output names."""
+    if isinstance(out, TensorMeta):
+        if isinstance(layer_outputs, str):
+            return base if layer_outputs == "out" else f"{base}_{layer_outputs}"
+        return base
+    if isinstance(out, (tuple, list)):
+        names = layer_outputs if isinstance(layer_outputs, (tuple, list)) \
+            and len(layer_outputs) == len(out) else [str(i) for i in range(len(out))]
+        return tuple(_out_names(n, o, base) for n, o in zip(names, out))
+    return None
+
+
+def _pattern(names: Any, used: set[tuple[int, ...]], path: tuple[int, ...] = ()) -> str:
+    if isinstance(names, str):
+        return names if path in used else f"_{names}"
+    return "(" + ", ".join(_pattern(n, used, path + (i,)) for i, n in enumerate(names)) + ")"
+
+
+_USE_RE = re.compile(r"^([\w:]+?)::(\{(.*)\}|(\w+))$")
+
+
+def merge_uses(paths: set[str]) -> list[str]:
+    grouped: dict[str, set[str]] = {}
+    for p in paths:
+        m = _USE_RE.match(p)
+        if not m:
+            raise ValueError(f"bad use path {p}")
+        items = m.group(3).split(",") if m.group(3) is not None else [m.group(4)]
+        grouped.setdefault(m.group(1), set()).update(i.strip() for i in items if i.strip())
+    out = []
+    for root in sorted(grouped):
+        items = sorted(grouped[root], key=lambda s: (s != "self", s))
+        out.append(f"{root}::{items[0]}" if len(items) == 1 else f"{root}::{{{', '.join(items)}}}")
+    return out
+
+
+class _Lowering:
+    def __init__(self, manifest: Manifest):
+        self.m = manifest
+        self.problems: list[Problem] = []
+        self.vars: dict[tuple[str, tuple[int, ...]], T] = {}
+        self.fields: dict[str, FieldDecl] = {}
+        self.uses: set[str] = {"candle_core::{Result, Tensor}", "candle_nn::VarBuilder"}
+        self.test_uses: set[str] = set()
+        self.stmts: list[Stmt] = []
+        self.layer_tests: list[LayerTest] = []
+        self.shape_names = _shape_names(manifest)
+
+    def problem(self, node: Node, what: str, hint: str | None = None) -> None:
+        module = node.target if node.op == "call_module" else None
+        self.problems.append(Problem(what, node.source, module, hint))
+
+    def operand(self, value: Any) -> Any:
+        if isinstance(value, Ref):
+            t = self.vars.get((value.node, value.path))
+            if t is None:
+                raise Unsupported(f"reference to an unavailable value {value.node}{list(value.path)}")
+            return t
+        if isinstance(value, Param):
+            raise Unsupported(f"direct use of parameter '{value.name}' in forward()",
+                              hint="wrap the computation in a supported layer")
+        if isinstance(value, tuple):
+            return tuple(self.operand(v) for v in value)
+        if isinstance(value, list):
+            return [self.operand(v) for v in value]
+        if isinstance(value, slice):
+            return slice(self.operand(value.start), self.operand(value.stop),
+                         self.operand(value.step))
+        return value
+
+    def run(self) -> None:
+        live = live_nodes(self.m)
+        used = _uses_of(live, self.m.output)
+        for node in live:
+            try:
+                self.lower_node(node, used)
+            except Unsupported as e:
+                self.problem(node, e.what, e.hint)
+
+    def lower_node(self, node: Node, used: dict[tuple[str, tuple[int, ...]], int]) -> None:
+        if node.op == "input":
+            self.vars[(node.name, ())] = T(node.name, node.out, is_ref=True)
+            return
+        if node.op == "constant":
+            raise Unsupported("a tensor created outside the traced graph (a global or captured "
+                              "tensor) is used in forward()",
+                              hint="register it as a buffer of the module")
+        if node.op == "call_module":
+            self.lower_module(node, used)
+        elif node.op == "call_function":
+            self.lower_function(node)
+        else:
+            raise Unsupported(f"unknown node kind '{node.op}'")
+
+    def _bind(self, node: Node, names: Any) -> None:
+        for path, name in leaves(names):
+            meta = _at(node.out, path)
+            if not isinstance(meta, TensorMeta):
+                continue
+            self.vars[(node.name, path)] = T(name, meta)
+
+    def lower_module(self, node: Node, used: dict[tuple[str, tuple[int, ...]], int]) -> None:
+        info = self.m.modules.get(node.target)
+        if info is None:
+            raise Unsupported(f"module '{node.target}' missing from the manifest")
+        layer = registry.layer_for(info.type)
+        if layer is None:
+            supported = ", ".join(sorted(l.short for l in registry.LAYERS.values()))
+            raise Unsupported(f"layer type {info.type} is not supported",
+                              hint=f"supported layers: {supported}")
+        for p in layer.check(info.config):
+            self.problem(node, f"{layer.short} option not supported: {p}")
+        args = self.operand(node.args)
+        kwargs = {k: self.operand(v) for k, v in node.kwargs.items()}
+        if layer.passthrough:
+            expr = layer.call(info.config, "", args, kwargs)
+            src = next(t for _, t in leaves((args, tuple(kwargs.values()))) if isinstance(t, T))
+            self.vars[(node.name, ())] = src
+            return
+        fld = self.field_for(node.target, info, layer)
+        this = f"self.{fld.name}" if fld else ""
+        names = _out_names(layer.outputs, node.out, node.name)
+        used_paths = {p for (n, p), c in used.items() if n == node.name and c}
+        expr = layer.call(info.config, this, args, kwargs)
+        self.uses.update(layer.uses)
+        self.stmts.append(Stmt(_pattern(names, used_paths), expr,
+                               self.comment(node, names)))
+        self._bind(node, names)
+        self.layer_test(node, layer, info.config, fld, names)
+
+    def comment(self, node: Node, names: Any) -> str | None:
+        parts = []
+        for path, name in leaves(names):
+            c = shape_comment(_at(node.out, path), self.shape_names)
+            if c:
+                parts.append(c if isinstance(names, str) else f"{name}: {c}")
+        return ", ".join(parts) or None
+
+    def field_for(self, qual: str, info: Any, layer: registry.Layer) -> FieldDecl | None:
+        if qual in self.fields:
+            return self.fields[qual]
+        built = layer.field(info.config)
+        if built is None:
+            return None
+        name = re.sub(r"[^0-9a-zA-Z_]", "_", qual).lower()
+        if name[0].isdigit():
+            name = f"layer_{name}"
+        vb = f'vb.pp("{qual}")'
+        decl = FieldDecl(name, built.rust_type, built.init.replace("$vb", vb), qual, info.type)
+        self.fields[qual] = decl
+        return decl
+
+    def layer_test(self, node: Node, layer: registry.Layer, cfg: dict[str, Any],
+                   fld: FieldDecl | None, names: Any) -> None:
+        counter = iter(range(1 << 30))
+        inputs: list[tuple[str, str]] = []
+
+        def golden_operand(v: Any) -> Any:
+            if isinstance(v, Ref):
+                i = next(counter)
+                var = f"in{i}"
+                inputs.append((var, golden_node_key(0, node.name, "in", str(i)).split(".", 1)[1]))
+                return T(var, self.m.meta(v))
+            if isinstance(v, tuple):
+                return tuple(golden_operand(x) for x in v)
+            if isinstance(v, list):
+                return [golden_operand(x) for x in v]
+            return v
+
+        # Same flattening order as the recorder: positional args, then kwargs by name.
+        args = golden_operand(node.args)
+        kw_sorted = {k: golden_operand(node.kwargs[k]) for k in sorted(node.kwargs)}
+        this = f"model.{fld.name}" if fld else ""
+        expr = layer.call(cfg, this, args, kw_sorted)
+        checks = []
+        for path, name in leaves(names):
+            if isinstance(_at(node.out, path), TensorMeta):
+                label = name[len(node.name) + 1:] if name != node.name else path_key(path)
+                key = golden_node_key(0, node.name, "out", path_key(path)).split(".", 1)[1]
+                checks.append(Check(label or path_key(path), name, key))
+        self.test_uses.update(layer.uses)
+        self.layer_tests.append(LayerTest(node.name, node.target, layer.torch_type, inputs,
+                                          Stmt(_pattern(names, {p for p, _ in leaves(names)}),
+                                               expr), checks))
+
+    def lower_function(self, node: Node) -> None:
+        op = registry.op_for(node.target)
+        if op is None:
+            raise Unsupported(f"function {node.target} is not supported",
+                              hint="see `pycandle coverage` for the supported ops")
+        args = self.operand(node.args)
+        kwargs = {k: self.operand(v) for k, v in node.kwargs.items()}
+        bound = registry.bind(op.spellings[node.target], args, kwargs)
+        expr = op.emit(node.target, bound, node.out)
+        if not isinstance(node.out, TensorMeta):
+            raise Unsupported(f"{node.target} returning {type(node.out).__name__}")
+        self.uses.update(op.uses)
+        if expr.isidentifier():  # the op returns an existing value unchanged
+            self.vars[(node.name, ())] = next(
+                t for _, t in leaves((args, tuple(kwargs.values())))
+                if isinstance(t, T) and t.name == expr)
+            return
+        self.stmts.append(Stmt(node.name, expr, shape_comment(node.out, self.shape_names)))
+        self.vars[(node.name, ())] = T(node.name, node.out)
+
+
+def _at(value: Any, path: tuple[int, ...]) -> Any:
+    for i in path:
+        if not isinstance(value, (tuple, list)) or i >= len(value):
+            return None
+        value = value[i]
+    return value
+
+
+def lower(manifest: Manifest) -> ModelIR:
+    """Lower a manifest to Rust-ready decisions, or raise UnsupportedError listing every problem."""
+    lo = _Lowering(manifest)
+    for _, v in leaves(manifest.output):
+        if not isinstance(v, Ref):
+            lo.problems.append(Problem(f"forward() returns {v!r}; only tensors and (nested) tuples "
+                                       "or lists of tensors are supported"))
+    if not lo.problems:
+        lo.run()
+    if lo.problems:
+        raise UnsupportedError(manifest.name, lo.problems)
+
+    out_leaves = list(leaves(manifest.output))
+    rets = []
+    for _, ref in out_leaves:
+        t = lo.vars[(ref.node, ref.path)]
+        rets.append(f"{t.name}.clone()" if t.is_ref or sum(
+            1 for _, r in out_leaves if lo.vars[(r.node, r.path)].name == t.name) > 1 else t.name)
+    if isinstance(manifest.output, Ref):
+        return_type, return_expr = "Tensor", rets[0]
+    else:
+        return_type = _type_of(manifest.output)
+        return_expr = _tuple_expr(manifest.output, iter(rets))
+
+    model_checks = []
+    for path, ref in out_leaves:
+        label = path_key(path)
+        model_checks.append(Check(label, f"out{'_' + label.replace('.', '_') if len(out_leaves) > 1 else ''}",
+                                  golden_output_key(0, path).split(".", 1)[1]))
+    check_vars = iter(c.var for c in model_checks)
+    out_pattern = _tuple_expr(manifest.output, check_vars)
+    all_code = " ".join(s.expr for s in lo.stmts) + " ".join(f.init for f in lo.fields.values())
+    if "D::" in all_code:
+        lo.uses.add("candle_core::D")
+    test_code = " ".join(t.stmt.expr for t in lo.layer_tests)
+    test_uses = set(lo.test_uses)
+    if "D::" in test_code:
+        test_uses.add("candle_core::D")
+    first_param = next((p["dtype"] for info in manifest.modules.values()
+                        for p in info.parameters.values()), None)
+    dtype = first_param or manifest.node(manifest.inputs[0]).out.dtype
+    args = [Arg(a, shape_comment(manifest.node(a).out, lo.shape_names) or "") for a in manifest.inputs]
+    ir = ModelIR(
+        name=manifest.name, struct=camel(manifest.name), factory=manifest.factory,
+        doc_lines=[], uses=merge_uses(lo.uses), fields=list(lo.fields.values()), args=args,
+        stmts=lo.stmts, return_type=return_type, return_expr=return_expr,
+        layer_tests=lo.layer_tests, model_checks=model_checks,
+        input_keys=[(a, golden_input_key(0, a).split(".", 1)[1]) for a in manifest.inputs],
+        out_pattern=out_pattern,
+        num_cases=manifest.num_cases, atol=manifest.atol, rtol=manifest.rtol,
+        dtype=RUST_DTYPES.get(dtype, "F32"), test_uses=merge_uses(test_uses),
+        warnings=[line for w in manifest.warnings
+                  for line in textwrap.wrap(f"Trace note: {w}", 95, subsequent_indent="  ")],
+    )
+    return ir
+
+
+def _type_of(structure: Any) -> str:
+    if isinstance(structure, Ref):
+        return "Tensor"
+    inner = [_type_of(v) for v in structure]
+    return "(" + ", ".join(inner) + ("," if len(inner) == 1 else "") + ")"
+
+
+def _tuple_expr(structure: Any, rets: Any) -> str:
+    if isinstance(structure, Ref):
+        return next(rets)
+    inner = [_tuple_expr(v, rets) for v in structure]
+    return "(" + ", ".join(inner) + ("," if len(inner) == 1 else "") + ")"

@@ -1,0 +1,363 @@
+"""models.yaml: the user's interface, parsed into frozen, located dataclasses.
+
+Every value keeps the line it came from, each known key is popped and whatever is left is an
+error, so a typo never passes silently. Errors read `file:line: model 'x': field 'y': ...`.
+"""
+
+from __future__ import annotations
+
+import keyword
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pycandle.errors import PyCandleError
+
+FLOAT_DTYPES = ("float32", "float64", "float16", "bfloat16")
+INT_DTYPES = ("int64", "int32")
+DTYPES = FLOAT_DTYPES + INT_DTYPES
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+# Rust keywords (strict and reserved) cannot name a module.
+_RUST_KEYWORDS = frozenset(
+    "as break const continue crate else enum extern false fn for if impl in let loop match mod "
+    "move mut pub ref return self static struct super trait true type unsafe use where while "
+    "async await dyn abstract become box do final macro override priv typeof unsized virtual "
+    "yield try gen".split()
+)
+
+
+class ConfigError(PyCandleError):
+    pass
+
+
+@dataclass(frozen=True)
+class Location:
+    file: Path
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    low: float = 0.0
+    high: float = 1.0
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float = 1e-5
+    rtol: float = 1e-4
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    factory: str
+    kwargs: dict[str, Any]
+    weights: Path | None
+    seed: int
+    inputs: tuple[dict[str, TensorSpec], ...]
+    tolerance: Tolerance
+    location: Location
+    raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+    @property
+    def module_name(self) -> str:
+        return self.factory.split(":")[0]
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    crate: Path
+    artifacts: Path
+    models: tuple[ModelConfig, ...]
+
+    @property
+    def root(self) -> Path:
+        """The YAML file's directory: paths are relative to it and it is importable."""
+        return self.path.parent
+
+    def select(self, names: list[str] | None) -> list[ModelConfig]:
+        if not names:
+            return list(self.models)
+        known = {m.name: m for m in self.models}
+        missing = [n for n in names if n not in known]
+        if missing:
+            raise ConfigError(
+                f"{self.path}: no model named {', '.join(map(repr, missing))}; "
+                f"models are: {', '.join(known) or '(none)'}"
+            )
+        return [known[n] for n in names]
+
+
+# --- YAML with line numbers -------------------------------------------------------------------
+
+
+class _Map(dict):
+    line: int = 0
+    key_lines: dict[str, int]
+
+
+class _Seq(list):
+    line: int = 0
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
+    out = _Map()
+    out.line = node.start_mark.line + 1
+    out.key_lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if not isinstance(key, str):
+            raise ConfigError(f"{loader.name}:{line}: keys must be strings, got {key!r}")
+        if key in out:
+            raise ConfigError(f"{loader.name}:{line}: duplicate key '{key}'")
+        out[key] = loader.construct_object(value_node, deep=True)
+        out.key_lines[key] = line
+    return out
+
+
+def _construct_seq(loader: _Loader, node: yaml.SequenceNode) -> _Seq:
+    out = _Seq(loader.construct_object(n, deep=True) for n in node.value)
+    out.line = node.start_mark.line + 1
+    return out
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_seq)
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+
+class _Ctx:
+    """Where we are in the file, for error messages."""
+
+    def __init__(self, path: Path, model: str | None = None):
+        self.path = path
+        self.model = model
+
+    def error(self, line: int, field_name: str | None, msg: str) -> ConfigError:
+        where = f"{self.path}:{line}:"
+        if self.model is not None:
+            where += f" model '{self.model}':"
+        if field_name:
+            where += f" field '{field_name}':"
+        return ConfigError(f"{where} {msg}")
+
+
+def _line(container: Any, key: str | None = None) -> int:
+    if key is not None and isinstance(container, _Map):
+        return container.key_lines.get(key, container.line)
+    return getattr(container, "line", 0)
+
+
+def _take(ctx: _Ctx, m: _Map, key: str, types: tuple[type, ...], required: bool, default: Any,
+          field_name: str) -> Any:
+    if key not in m:
+        if required:
+            raise ctx.error(m.line, field_name, "is required")
+        return default
+    value = m.pop(key)
+    # bool is an int in Python; never accept it where a number is meant
+    if isinstance(value, bool) and bool not in types:
+        ok = False
+    else:
+        ok = isinstance(value, types)
+    if not ok:
+        names = " or ".join(t.__name__ for t in types)
+        raise ctx.error(_line(m, key), field_name,
+                        f"must be {names}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _no_leftovers(ctx: _Ctx, m: _Map, where: str, allowed: list[str]) -> None:
+    for key in m:
+        raise ctx.error(_line(m, key), f"{where}{key}",
+                        f"unknown key; allowed keys here: {', '.join(allowed)}")
+
+
+def _number(ctx: _Ctx, m: _Map, key: str, default: float, field_name: str,
+            minimum: float | None = None) -> float:
+    line = _line(m, key)
+    value = float(_take(ctx, m, key, (int, float), False, default, field_name))
+    if not math.isfinite(value):
+        raise ctx.error(line, field_name, f"must be finite, got {value}")
+    if minimum is not None and value < minimum:
+        raise ctx.error(line, field_name, f"must be >= {minimum}, got {value}")
+    return value
+
+
+def _tensor_spec(ctx: _Ctx, raw: Any, line: int, field_name: str) -> TensorSpec:
+    if not isinstance(raw, _Map):
+        raise ctx.error(line, field_name,
+                        f"must be a mapping like {{shape: [2, 16], dtype: float32}}, got {raw!r}")
+    m = _Map(raw)
+    m.line, m.key_lines = raw.line, dict(raw.key_lines)
+    shape_line = _line(m, "shape")
+    shape = _take(ctx, m, "shape", (list,), True, None, f"{field_name}.shape")
+    if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
+                            for d in shape):
+        raise ctx.error(shape_line, f"{field_name}.shape",
+                        f"must be a non-empty list of positive integers, got {list(shape)!r}")
+    dtype_line = _line(m, "dtype")
+    dtype = _take(ctx, m, "dtype", (str,), False, "float32", f"{field_name}.dtype")
+    if dtype not in DTYPES:
+        raise ctx.error(dtype_line, f"{field_name}.dtype",
+                        f"unknown dtype '{dtype}'; one of: {', '.join(DTYPES)}")
+    is_int = dtype in INT_DTYPES
+    if is_int and "high" not in m:
+        raise ctx.error(m.line, f"{field_name}.high",
+                        f"is required for {dtype} inputs (exclusive upper bound, e.g. the vocabulary size)")
+    low = _number(ctx, m, "low", 0.0, f"{field_name}.low")
+    high_line = _line(m, "high")
+    high = _number(ctx, m, "high", 1.0, f"{field_name}.high")
+    if high <= low if is_int else high < low:
+        raise ctx.error(high_line, f"{field_name}.high", f"must be above low ({low}), got {high}")
+    if is_int and (low != int(low) or high != int(high)):
+        raise ctx.error(high_line, f"{field_name}", f"low and high must be integers for {dtype}")
+    _no_leftovers(ctx, m, f"{field_name}.", ["shape", "dtype", "low", "high"])
+    return TensorSpec(shape=tuple(shape), dtype=dtype, low=low, high=high)
+
+
+_MODEL_KEYS = ["name", "factory", "kwargs", "weights", "seed", "inputs", "tolerance"]
+
+
+def _model(ctx_file: Path, root: Path, raw: Any, index: int, line: int) -> ModelConfig:
+    ctx = _Ctx(ctx_file, None)
+    if not isinstance(raw, _Map):
+        raise ctx.error(line, f"models[{index}]", f"must be a mapping, got {type(raw).__name__}")
+    m = _Map(raw)
+    m.line, m.key_lines = raw.line, dict(raw.key_lines)
+    name_line = _line(m, "name")
+    name = _take(ctx, m, "name", (str,), True, None, f"models[{index}].name")
+    if not _IDENT.match(name) or keyword.iskeyword(name) or name in _RUST_KEYWORDS:
+        raise ctx.error(name_line, "name",
+                        f"'{name}' must be a lowercase identifier usable as a Rust module name "
+                        "(letters a-z, digits, underscores; not a keyword), e.g. voice_encoder")
+    ctx.model = name
+    # Unknown keys first: a misspelt required key is reported as the typo it is.
+    for key in m:
+        if key not in _MODEL_KEYS:
+            raise ctx.error(_line(m, key), key, f"unknown key; allowed keys here: "
+                            f"{', '.join(_MODEL_KEYS)}")
+    factory_line = _line(m, "factory")
+    factory = _take(ctx, m, "factory", (str,), True, None, "factory")
+    if not _FACTORY.match(factory):
+        raise ctx.error(factory_line, "factory",
+                        f"must be 'package.module:callable', got {factory!r}")
+    kwargs = _take(ctx, m, "kwargs", (dict,), False, {}, "kwargs")
+    kwargs = _plain(kwargs)
+    weights_line = _line(m, "weights")
+    weights = _take(ctx, m, "weights", (str, type(None)), False, None, "weights")
+    weights_path = None
+    if weights is not None:
+        weights_path = (root / weights).resolve()
+        if not weights_path.is_file():
+            raise ctx.error(weights_line, "weights", f"file not found: {weights_path}")
+    seed_line = _line(m, "seed")
+    seed = _take(ctx, m, "seed", (int,), False, 0, "seed")
+    if seed < 0:
+        raise ctx.error(seed_line, "seed", f"must be >= 0, got {seed}")
+    inputs_line = _line(m, "inputs")
+    cases_raw = _take(ctx, m, "inputs", (list,), True, None, "inputs")
+    if not cases_raw:
+        raise ctx.error(inputs_line, "inputs", "needs at least one trace case")
+    cases = []
+    for i, case in enumerate(cases_raw):
+        case_line = getattr(case, "line", inputs_line)
+        if not isinstance(case, _Map) or not case:
+            raise ctx.error(case_line, f"inputs[{i}]",
+                            "must map forward() argument names to tensor specs, "
+                            "e.g. {mels: {shape: [2, 160, 40]}}")
+        specs = {}
+        for arg, spec in case.items():
+            if not arg.isidentifier() or keyword.iskeyword(arg):
+                raise ctx.error(case.key_lines[arg], f"inputs[{i}].{arg}",
+                                "must be a forward() argument name")
+            specs[arg] = _tensor_spec(ctx, spec, case.key_lines[arg], f"inputs[{i}].{arg}")
+        if i and list(specs) != list(cases[0]):
+            raise ctx.error(case_line, f"inputs[{i}]",
+                            f"every trace case must name the same arguments in the same order "
+                            f"({', '.join(cases[0])}), got {', '.join(specs)}")
+        cases.append(specs)
+    tol_raw = _take(ctx, m, "tolerance", (dict,), False, None, "tolerance")
+    tolerance = Tolerance()
+    if tol_raw is not None:
+        t = _Map(tol_raw)
+        t.line, t.key_lines = tol_raw.line, dict(tol_raw.key_lines)
+        tolerance = Tolerance(
+            atol=_number(ctx, t, "atol", tolerance.atol, "tolerance.atol", minimum=0.0),
+            rtol=_number(ctx, t, "rtol", tolerance.rtol, "tolerance.rtol", minimum=0.0),
+        )
+        _no_leftovers(ctx, t, "tolerance.", ["atol", "rtol"])
+    _no_leftovers(ctx, m, "", _MODEL_KEYS)
+    return ModelConfig(
+        name=name, factory=factory, kwargs=kwargs, weights=weights_path, seed=seed,
+        inputs=tuple(cases), tolerance=tolerance, location=Location(ctx_file, line),
+        raw=_plain(raw),
+    )
+
+
+def _plain(value: Any) -> Any:
+    """Located containers back to plain dicts and lists."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def load_config(path: str | Path = "models.yaml") -> Config:
+    path = Path(path).absolute()
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found (pass --config FILE)")
+    text = path.read_text(encoding="utf-8")
+    loader = _Loader(text)
+    loader.name = str(path)
+    try:
+        data = loader.get_single_data()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark else 0
+        raise ConfigError(f"{path}:{line}: invalid YAML: {e.problem or e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    finally:
+        loader.dispose()
+    ctx = _Ctx(path)
+    if not isinstance(data, _Map):
+        raise ctx.error(1, None, "the top level must be a mapping with keys 'crate' and 'models'")
+    root = path.parent
+    crate = _take(ctx, data, "crate", (str,), False, "generated", "crate")
+    artifacts = _take(ctx, data, "artifacts", (str,), False, "artifacts", "artifacts")
+    models_line = _line(data, "models")
+    models_raw = _take(ctx, data, "models", (list,), True, None, "models")
+    _no_leftovers(ctx, data, "", ["crate", "artifacts", "models"])
+    models: list[ModelConfig] = []
+    seen: dict[str, int] = {}
+    for i, raw in enumerate(models_raw):
+        line = getattr(raw, "line", models_line)
+        model = _model(path, root, raw, i, line)
+        if model.name in seen:
+            raise _Ctx(path, model.name).error(
+                line, "name", f"duplicate model name (first defined at line {seen[model.name]})")
+        seen[model.name] = line
+        models.append(model)
+    return Config(path=path, crate=(root / crate).resolve(), artifacts=(root / artifacts).resolve(),
+                  models=tuple(models))

@@ -1,0 +1,289 @@
+"""The manifest: what `record` learned about a model, and all that `codegen` reads.
+
+A versioned JSON document with sorted keys. Graph arguments are typed JSON (`{"int": 3}`,
+`{"ref": {"node": "lstm", "path": [1, 0]}}`, ...), never `str()`, so they round-trip exactly.
+This module does not import torch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from pycandle.errors import PyCandleError
+
+SCHEMA_VERSION = 1
+
+
+class ManifestError(PyCandleError):
+    pass
+
+
+# --- typed values ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A tensor produced by graph node `node`; `path` indexes into a tuple output."""
+
+    node: str
+    path: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Param:
+    """A parameter or buffer of the model used directly in forward(), by state-dict name."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class DType:
+    name: str
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    """A tensor value's dtype, and its shape in each trace case."""
+
+    dtype: str
+    shapes: tuple[tuple[int, ...], ...]
+
+    @property
+    def rank(self) -> int:
+        return len(self.shapes[0])
+
+
+def encode(value: Any) -> Any:
+    """Python value -> typed JSON."""
+    if isinstance(value, bool):
+        return {"bool": value}
+    if isinstance(value, int):
+        return {"int": value}
+    if isinstance(value, float):
+        return {"float": value}
+    if isinstance(value, str):
+        return {"str": value}
+    if value is None:
+        return {"none": None}
+    if value is Ellipsis:
+        return {"ellipsis": None}
+    if isinstance(value, slice):
+        return {"slice": [encode(value.start), encode(value.stop), encode(value.step)]}
+    if isinstance(value, tuple):
+        return {"tuple": [encode(v) for v in value]}
+    if isinstance(value, list):
+        return {"list": [encode(v) for v in value]}
+    if isinstance(value, Ref):
+        return {"ref": {"node": value.node, "path": list(value.path)}}
+    if isinstance(value, Param):
+        return {"param": value.name}
+    if isinstance(value, DType):
+        return {"dtype": value.name}
+    if isinstance(value, TensorMeta):
+        return {"tensor": {"dtype": value.dtype, "shapes": [list(s) for s in value.shapes]}}
+    raise ManifestError(f"cannot encode {type(value).__name__} {value!r} in a manifest")
+
+
+def decode(obj: Any) -> Any:
+    """Typed JSON -> Python value."""
+    if not isinstance(obj, dict) or len(obj) != 1:
+        raise ManifestError(f"malformed typed value: {obj!r}")
+    ((kind, v),) = obj.items()
+    if kind in ("bool", "int", "float", "str"):
+        expected = {"bool": bool, "int": int, "float": (int, float), "str": str}[kind]
+        if not isinstance(v, expected) or (kind == "int" and isinstance(v, bool)):
+            raise ManifestError(f"malformed {kind} value: {v!r}")
+        return float(v) if kind == "float" else v
+    if kind == "none":
+        return None
+    if kind == "ellipsis":
+        return Ellipsis
+    if kind == "slice":
+        return slice(*(decode(x) for x in v))
+    if kind == "tuple":
+        return tuple(decode(x) for x in v)
+    if kind == "list":
+        return [decode(x) for x in v]
+    if kind == "ref":
+        return Ref(v["node"], tuple(v["path"]))
+    if kind == "param":
+        return Param(v)
+    if kind == "dtype":
+        return DType(v)
+    if kind == "tensor":
+        return TensorMeta(v["dtype"], tuple(tuple(s) for s in v["shapes"]))
+    raise ManifestError(f"unknown typed value kind '{kind}'")
+
+
+def leaves(value: Any, path: tuple[int, ...] = ()) -> Iterator[tuple[tuple[int, ...], Any]]:
+    """(path, leaf) pairs of a nested tuple/list structure, depth first."""
+    if isinstance(value, (tuple, list)):
+        for i, v in enumerate(value):
+            yield from leaves(v, path + (i,))
+    else:
+        yield path, value
+
+
+def at_path(value: Any, path: tuple[int, ...]) -> Any:
+    for i in path:
+        value = value[i]
+    return value
+
+
+# --- golden tensor keys (shared by record and the generated tests) -------------------------------
+
+
+def path_key(path: tuple[int, ...]) -> str:
+    return ".".join(map(str, path)) if path else "0"
+
+
+def golden_input_key(case: int, arg: str) -> str:
+    return f"c{case}.input.{arg}"
+
+
+def golden_output_key(case: int, path: tuple[int, ...]) -> str:
+    return f"c{case}.output.{path_key(path)}"
+
+
+def golden_node_key(case: int, node: str, direction: str, index: str) -> str:
+    """direction 'in' (index: flat argument tensor number) or 'out' (index: output path)."""
+    return f"c{case}.{node}.{direction}.{index}"
+
+
+# --- the document ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    op: str  # "input" | "call_module" | "call_function"
+    target: str  # input name, module qualified name, or function spelling like "torch.relu"
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    out: Any = None  # TensorMeta, or nested tuples/lists of them
+    source: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "op": self.op,
+            "target": self.target,
+            "args": [encode(a) for a in self.args],
+            "kwargs": {k: encode(v) for k, v in sorted(self.kwargs.items())},
+            "out": encode(self.out),
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Node:
+        return cls(
+            name=d["name"], op=d["op"], target=d["target"],
+            args=tuple(decode(a) for a in d["args"]),
+            kwargs={k: decode(v) for k, v in d["kwargs"].items()},
+            out=decode(d["out"]), source=d.get("source"),
+        )
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    type: str  # "torch.nn.LSTM", or the user's class "examples.voice.VoiceEncoder"
+    config: dict[str, Any]  # constructor arguments (plain JSON values) for registry layers
+    parameters: dict[str, dict[str, Any]]  # local name -> {"shape": [...], "dtype": "float32"}
+    buffers: dict[str, dict[str, Any]]
+    source: str | None = None  # where the class is defined
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    factory: str
+    seed: int
+    atol: float
+    rtol: float
+    versions: dict[str, str]
+    content_hash: str
+    inputs: tuple[str, ...]  # forward() argument names, in order
+    cases: tuple[dict[str, Any], ...]  # per trace case: {"inputs": {arg: {"shape", "dtype"}}}
+    modules: dict[str, ModuleInfo]  # qualified name -> info; "" is the root
+    nodes: tuple[Node, ...]
+    output: Any  # nested tuples/lists of Ref
+    warnings: tuple[str, ...] = ()
+
+    def node(self, name: str) -> Node:
+        return self._index()[name]
+
+    def _index(self) -> dict[str, Node]:
+        cache = self.__dict__.get("_node_index")
+        if cache is None:
+            cache = {n.name: n for n in self.nodes}
+            object.__setattr__(self, "_node_index", cache)
+        return cache
+
+    def meta(self, ref: Ref) -> TensorMeta:
+        return at_path(self.node(ref.node).out, ref.path)
+
+    @property
+    def num_cases(self) -> int:
+        return len(self.cases)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA_VERSION,
+            "model": {
+                "name": self.name, "factory": self.factory, "seed": self.seed,
+                "tolerance": {"atol": self.atol, "rtol": self.rtol},
+            },
+            "versions": dict(sorted(self.versions.items())),
+            "content_hash": self.content_hash,
+            "inputs": list(self.inputs),
+            "cases": list(self.cases),
+            "modules": {
+                k: {"type": m.type, "config": {c: encode(v) for c, v in m.config.items()},
+                    "parameters": m.parameters, "buffers": m.buffers, "source": m.source}
+                for k, m in sorted(self.modules.items())
+            },
+            "graph": {"nodes": [n.to_json() for n in self.nodes], "output": encode(self.output)},
+            "warnings": list(self.warnings),
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), sort_keys=True, indent=1, allow_nan=False) + "\n"
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Manifest:
+        schema = d.get("schema")
+        if schema != SCHEMA_VERSION:
+            raise ManifestError(
+                f"manifest schema {schema!r} is not the supported version {SCHEMA_VERSION}; "
+                "run `pycandle record` again")
+        model = d["model"]
+        return cls(
+            name=model["name"], factory=model["factory"], seed=model["seed"],
+            atol=model["tolerance"]["atol"], rtol=model["tolerance"]["rtol"],
+            versions=d["versions"], content_hash=d["content_hash"],
+            inputs=tuple(d["inputs"]), cases=tuple(d["cases"]),
+            modules={
+                k: ModuleInfo(type=m["type"],
+                              config={c: decode(v) for c, v in m["config"].items()},
+                              parameters=m["parameters"], buffers=m["buffers"],
+                              source=m.get("source"))
+                for k, m in d["modules"].items()
+            },
+            nodes=tuple(Node.from_json(n) for n in d["graph"]["nodes"]),
+            output=decode(d["graph"]["output"]),
+            warnings=tuple(d.get("warnings", ())),
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> Manifest:
+        path = Path(path)
+        if not path.is_file():
+            raise ManifestError(f"{path}: manifest not found; run `pycandle record` first")
+        try:
+            return cls.from_json(json.loads(path.read_text(encoding="utf-8")))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ManifestError(f"{path}: malformed manifest ({type(e).__name__}: {e}); "
+                                "run `pycandle record` again") from None

@@ -1,0 +1,352 @@
+"""record: run each model in PyTorch; write its manifest, weights and golden tensors.
+
+The only stage that imports torch and the user's code. Every selected model is traced and
+checked against the registry before anything is written; then each model's three files are
+renamed into place, so a failure leaves the previous good outputs intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save
+
+import pycandle
+from pycandle.codegen.lower import lower
+from pycandle.config import Config, ConfigError, ModelConfig, TensorSpec
+from pycandle.errors import Problem, PyCandleError, UnsupportedError
+from pycandle.fsutil import sha256_file, write_atomic
+from pycandle.manifest import (
+    Manifest, ModuleInfo, Node, TensorMeta, golden_input_key, golden_output_key, leaves,
+)
+from pycandle.record.tracer import (
+    CaseTrace, DraftNode, GraphTracer, _Opaque, dtype_name, leaf_modules, torch_type_name,
+)
+from pycandle import registry
+
+_TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+                 "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32}
+
+
+class RecordError(PyCandleError):
+    pass
+
+
+@dataclass
+class Recording:
+    manifest: Manifest
+    weights: dict[str, torch.Tensor]
+    golden: dict[str, torch.Tensor]
+
+
+def _err(mc: ModelConfig, field: str, msg: str) -> RecordError:
+    return RecordError(f"{mc.location}: model '{mc.name}': field '{field}': {msg}")
+
+
+def build_model(cfg: Config, mc: ModelConfig) -> torch.nn.Module:
+    root = str(cfg.root)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    module_name, attr = mc.factory.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # the user's module may raise anything on import
+        where = _user_frame(e)
+        raise _err(mc, "factory", f"cannot import '{module_name}': {type(e).__name__}: {e}"
+                   + (f" (at {where})" if where else "")) from None
+    target: Any = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise _err(mc, "factory", f"'{module_name}' has no attribute '{attr}'")
+        target = getattr(target, part)
+    if not callable(target):
+        raise _err(mc, "factory", f"'{mc.factory}' is not callable")
+    torch.manual_seed(mc.seed)
+    try:
+        model = target(**mc.kwargs)
+    except Exception as e:
+        where = _user_frame(e)
+        raise _err(mc, "kwargs", f"calling {mc.factory}(**kwargs) failed: {type(e).__name__}: {e}"
+                   + (f" (at {where})" if where else "")) from None
+    if not isinstance(model, torch.nn.Module):
+        raise _err(mc, "factory", f"returned {type(model).__name__}, not a torch.nn.Module")
+    if mc.weights is not None:
+        _load_weights(mc, model)
+    return model.eval()
+
+
+def _user_frame(e: BaseException) -> str | None:
+    frames = traceback.extract_tb(e.__traceback__)
+    for f in reversed(frames):
+        if "site-packages" not in f.filename and "/pycandle/" not in f.filename:
+            return f"{f.filename}:{f.lineno}"
+    return None
+
+
+def _load_weights(mc: ModelConfig, model: torch.nn.Module) -> None:
+    path = mc.weights
+    assert path is not None
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+                state = state["state_dict"]
+    except Exception as e:
+        raise _err(mc, "weights", f"cannot read {path}: {type(e).__name__}: {e}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise _err(mc, "weights", f"{path} does not hold a state dict of tensors")
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+        if wrong:
+            parts.append("shape mismatches " + ", ".join(
+                f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+                for k in wrong[:5]))
+        raise _err(mc, "weights", f"{path} does not fit the model: " + "; ".join(parts))
+    model.load_state_dict(state)
+
+
+def make_inputs(specs: dict[str, TensorSpec], seed: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, spec in specs.items():
+        dtype = _TORCH_DTYPES[spec.dtype]
+        if dtype.is_floating_point:
+            x = torch.rand(spec.shape, generator=gen, dtype=torch.float64)
+            out[name] = (spec.low + (spec.high - spec.low) * x).to(dtype)
+        else:
+            out[name] = torch.randint(int(spec.low), int(spec.high), spec.shape, generator=gen,
+                                      dtype=dtype)
+    return out
+
+
+def _content_hash(cfg: Config, mc: ModelConfig) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps(mc.raw, sort_keys=True, default=str).encode())
+    module = sys.modules.get(mc.module_name)
+    src = getattr(module, "__file__", None)
+    if src and Path(src).is_file():
+        h.update(Path(src).read_bytes())
+    if mc.weights is not None:
+        h.update(sha256_file(mc.weights).encode())
+    h.update(f"torch={torch.__version__};pycandle={pycandle.__version__}".encode())
+    return h.hexdigest()
+
+
+def _module_infos(model: torch.nn.Module, root: Path) -> dict[str, ModuleInfo]:
+    infos = {}
+    for qual, m in model.named_modules():
+        type_name = torch_type_name(type(m))
+        config: dict[str, Any] = {}
+        layer = registry.layer_for(type_name)
+        if layer is not None:
+            for attr in layer.config_attrs:
+                config[attr] = _plain(getattr(m, attr))
+        try:
+            src_file = inspect.getsourcefile(type(m))
+            src_line = inspect.getsourcelines(type(m))[1]
+            path = Path(src_file).resolve()
+            shown = path.relative_to(root).as_posix() if path.is_relative_to(root) else None
+            source = f"{shown}:{src_line}" if shown else None
+        except (TypeError, OSError):
+            source = None
+        infos[qual] = ModuleInfo(
+            type=type_name, config=config,
+            parameters={n: {"shape": list(p.shape), "dtype": dtype_name(p.dtype)}
+                        for n, p in m.named_parameters(recurse=False)},
+            buffers={n: {"shape": list(b.shape), "dtype": dtype_name(b.dtype)}
+                     for n, b in m.named_buffers(recurse=False)},
+            source=source,
+        )
+    return infos
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (bool, int, float, str)) or v is None:
+        return v
+    if isinstance(v, (tuple, list)):
+        return [_plain(x) for x in v]
+    if isinstance(v, torch.dtype):
+        return dtype_name(v)
+    return repr(v)
+
+
+def _opaque_problems(trace: CaseTrace) -> list[Problem]:
+    problems = []
+    for node in trace.nodes:
+        for _, v in leaves((node.args, tuple(node.kwargs.values()))):
+            if isinstance(v, _Opaque):
+                problems.append(Problem(f"argument of type {v.type_name} ({v.text}) to "
+                                        f"{node.target} cannot be expressed", node.source,
+                                        node.target if node.op == "call_module" else None))
+    for _, v in leaves(trace.output):
+        if isinstance(v, _Opaque):
+            problems.append(Problem(f"forward() returns a {v.type_name}; only tensors and tuples "
+                                    "or lists of tensors are supported"))
+    return problems
+
+
+def _merge(mc: ModelConfig, traces: list[CaseTrace]) -> tuple[list[Node], list[Problem]]:
+    """One graph from all trace cases: same structure, shapes per case, constants must agree."""
+    first = traces[0]
+    problems: list[Problem] = []
+    for i, t in enumerate(traces[1:], start=1):
+        if [(n.op, n.target) for n in t.nodes] != [(n.op, n.target) for n in first.nodes]:
+            a = [f"{n.target}" for n in first.nodes]
+            b = [f"{n.target}" for n in t.nodes]
+            k = next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            where = (first.nodes[k].source if k < len(first.nodes) else None) or "?"
+            problems.append(Problem(
+                f"trace case {i} runs a different graph than case 0 (from node {k}, near "
+                f"{where}): forward() takes shape- or data-dependent paths",
+                hint="give trace cases that follow the same code path"))
+            return [], problems
+    nodes = []
+    for k, base in enumerate(first.nodes):
+        variants = [t.nodes[k] for t in traces]
+        for i, v in enumerate(variants[1:], start=1):
+            if v.args != base.args or v.kwargs != base.kwargs:
+                problems.append(Problem(
+                    f"{base.target}: an argument differs between trace case 0 and case {i} "
+                    f"({_diff(base, v)}); a shape-dependent integer is baked into the trace",
+                    base.source, base.target if base.op == "call_module" else None,
+                    "shape-dependent arguments are not supported yet; use ops that infer sizes "
+                    "(e.g. -1 in reshape)"))
+        out = _merge_meta([v.out for v in variants])
+        if out is None:
+            problems.append(Problem(f"{base.target}: outputs differ in structure or dtype "
+                                    "between trace cases", base.source))
+            continue
+        nodes.append(Node(base.name, base.op, base.target, base.args, base.kwargs, out,
+                          base.source))
+    return nodes, problems
+
+
+def _diff(a: DraftNode, b: DraftNode) -> str:
+    return f"{list(a.args) + [a.kwargs]} vs {list(b.args) + [b.kwargs]}"[:200]
+
+
+def _merge_meta(outs: list[Any]) -> Any:
+    first = outs[0]
+    if isinstance(first, TensorMeta):
+        if not all(isinstance(o, TensorMeta) and o.dtype == first.dtype
+                   and len(o.shapes[0]) == len(first.shapes[0]) for o in outs):
+            return None
+        return TensorMeta(first.dtype, tuple(o.shapes[0] for o in outs))
+    if isinstance(first, (tuple, list)):
+        if not all(type(o) is type(first) and len(o) == len(first) for o in outs):
+            return None
+        merged = [_merge_meta([o[i] for o in outs]) for i in range(len(first))]
+        if any(m is None and not (first[i] is None) for i, m in enumerate(merged)):
+            return None
+        return tuple(merged) if isinstance(first, tuple) else merged
+    return first if all(o == first for o in outs) else None
+
+
+def record_model(cfg: Config, mc: ModelConfig) -> Recording:
+    torch.use_deterministic_algorithms(True)
+    model = build_model(cfg, mc)
+    leaves_ = [m for _, m in leaf_modules(model)]
+    try:
+        forward_sig = inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        forward_sig = None
+    traces: list[CaseTrace] = []
+    golden: dict[str, torch.Tensor] = {}
+    for case, specs in enumerate(mc.inputs):
+        if forward_sig is not None:
+            try:
+                forward_sig.bind(**specs)
+            except TypeError as e:
+                params = ", ".join(forward_sig.parameters)
+                raise _err(mc, f"inputs[{case}]",
+                           f"does not fit forward({params}): {e}") from None
+        inputs = make_inputs(specs, mc.seed * 1_000_003 + case)
+        tracer = GraphTracer(model, cfg.root, case)
+        try:
+            trace = tracer.run(inputs, leaves_)
+        except PyCandleError:
+            raise
+        except Exception as e:
+            where = _user_frame(e)
+            raise _err(mc, f"inputs[{case}]", f"forward() raised {type(e).__name__}: {e}"
+                       + (f" (at {where})" if where else "")) from None
+        problems = _opaque_problems(trace)
+        if problems:
+            raise UnsupportedError(mc.name, problems)
+        traces.append(trace)
+        golden.update(trace.golden)
+        for arg, t in inputs.items():
+            golden[golden_input_key(case, arg)] = t.contiguous()
+        for path, value in leaves(trace.result):
+            golden[golden_output_key(case, path)] = value
+    nodes, problems = _merge(mc, traces)
+    if problems:
+        raise UnsupportedError(mc.name, problems)
+    warnings = sorted({w for t in traces for w in t.warnings})
+    manifest = Manifest(
+        name=mc.name, factory=mc.factory, seed=mc.seed, atol=mc.tolerance.atol,
+        rtol=mc.tolerance.rtol,
+        versions={"pycandle": pycandle.__version__, "torch": torch.__version__.split("+")[0]},
+        content_hash=_content_hash(cfg, mc), inputs=tuple(mc.inputs[0]),
+        cases=tuple({"inputs": {a: {"shape": list(s.shape), "dtype": s.dtype,
+                                    "low": s.low, "high": s.high}
+                                for a, s in specs.items()}} for specs in mc.inputs),
+        modules=_module_infos(model, cfg.root), nodes=tuple(nodes), output=traces[0].output,
+        warnings=tuple(warnings),
+    )
+    # Round-trip through JSON so what codegen will read is exactly what is checked here.
+    manifest = Manifest.from_json(json.loads(manifest.dumps()))
+    lower(manifest)  # raises UnsupportedError listing everything codegen could not translate
+    weights = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    return Recording(manifest, weights, golden)
+
+
+def write_recording(artifacts: Path, rec: Recording) -> list[Path]:
+    out = artifacts / rec.manifest.name
+    files = {
+        out / "weights.safetensors": save(dict(sorted(rec.weights.items()))),
+        out / "golden.safetensors": save(dict(sorted(rec.golden.items()))),
+        # the manifest last: its presence means the other two match it
+        out / "manifest.json": rec.manifest.dumps(),
+    }
+    return [p for p, data in files.items() if write_atomic(p, data)]
+
+
+def record(cfg: Config, models: list[ModelConfig], progress=None) -> list[Recording]:
+    """Trace every model, then write them all; nothing is written if any model fails."""
+    recordings, errors = [], []
+    for mc in models:
+        try:
+            recordings.append(record_model(cfg, mc))
+        except (PyCandleError, ConfigError) as e:
+            errors.append(str(e))
+        if progress is not None:
+            progress(mc.name)
+    if errors:
+        raise RecordError("record stopped; nothing was written:\n" + "\n".join(errors))
+    for rec in recordings:
+        try:
+            write_recording(cfg.artifacts, rec)
+        except OSError as e:
+            raise RecordError(f"cannot write artifacts for '{rec.manifest.name}' under "
+                              f"{cfg.artifacts}: {e}") from None
+    return recordings

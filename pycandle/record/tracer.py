@@ -1,0 +1,387 @@
+"""Eager graph capture.
+
+The model runs on real inputs under a `TorchFunctionMode` that records every torch-level call
+(functions, Tensor methods, operators, indexing) made outside supported layers; forward pre/post
+hooks make each PyTorch layer an opaque leaf whose inputs and outputs are kept as golden tensors.
+Data-dependent Python simply runs: branches resolve by the actual values, and a warning names the
+line where a tensor became a Python bool or number.
+"""
+
+from __future__ import annotations
+
+import keyword
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+import pycandle
+from pycandle import registry
+from pycandle.manifest import DType, Param, Ref, TensorMeta, golden_node_key, leaves, path_key
+
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+_PYCANDLE_DIR = os.path.dirname(pycandle.__file__) + os.sep
+
+# Calls that turn tensor data into Python values: the trace bakes the value seen.
+_DATA_ESCAPES = {
+    "Tensor.__bool__", "Tensor.item", "Tensor.__float__", "Tensor.__int__", "Tensor.__index__",
+    "Tensor.tolist", "Tensor.numpy", "Tensor.__complex__",
+}
+
+_DTYPE_NAMES = {
+    torch.float32: "float32", torch.float64: "float64", torch.float16: "float16",
+    torch.bfloat16: "bfloat16", torch.int64: "int64", torch.int32: "int32", torch.int16: "int16",
+    torch.int8: "int8", torch.uint8: "uint8", torch.bool: "bool",
+}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return _DTYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
+
+
+def torch_type_name(cls: type) -> str:
+    """`torch.nn.LSTM` for PyTorch's layers, `module.Class` for anything else."""
+    if cls.__module__.startswith("torch.nn.") and getattr(torch.nn, cls.__name__, None) is cls:
+        return f"torch.nn.{cls.__name__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def is_torch_layer(cls: type) -> bool:
+    return cls.__module__.startswith("torch.nn.")
+
+
+_SPELLINGS: dict[int, str] | None = None
+
+
+def _spelling_table() -> dict[int, str]:
+    """id(callable) -> public spelling, e.g. "torch.linalg.norm", "Tensor.div"."""
+    global _SPELLINGS
+    if _SPELLINGS is None:
+        table: dict[int, str] = {}
+        namespaces = [
+            ("torch.nn.functional", torch.nn.functional), ("torch.linalg", torch.linalg),
+            ("torch.special", torch.special), ("torch.fft", torch.fft), ("torch", torch),
+        ]
+        for prefix, ns in namespaces:
+            for attr in dir(ns):
+                obj = getattr(ns, attr, None)
+                if callable(obj):
+                    table.setdefault(id(obj), f"{prefix}.{attr}")
+        for attr in dir(torch.Tensor):
+            obj = getattr(torch.Tensor, attr, None)
+            if callable(obj):
+                # Tensor methods take precedence: `Tensor.relu` is not `torch.relu`
+                table[id(obj)] = f"Tensor.{attr}"
+        _SPELLINGS = table
+    return _SPELLINGS
+
+
+def spelling(func: Any) -> str:
+    name = _spelling_table().get(id(func))
+    if name:
+        return name
+    owner = getattr(func, "__self__", None)
+    if type(owner).__name__ == "getset_descriptor":  # a Tensor attribute such as `.shape`
+        return f"Tensor.{owner.__name__}"
+    qual = getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
+    qual = re.sub(r"^(_TensorBase|TensorBase|_C\._TensorBase)\.", "Tensor.", qual)
+    module = getattr(func, "__module__", None)
+    return f"{module}.{qual}" if module and not qual.startswith("Tensor.") else qual
+
+
+def user_source(root: Path) -> str | None:
+    """file:line of the innermost frame in the user's code (not torch, not pycandle)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not (filename.startswith(_TORCH_DIR) or filename.startswith(_PYCANDLE_DIR)
+                or filename.startswith("<")):
+            path = Path(filename)
+            try:
+                shown = path.resolve().relative_to(root).as_posix()
+            except ValueError:
+                shown = path.as_posix()
+            return f"{shown}:{frame.f_lineno}"
+        frame = frame.f_back
+    return None
+
+
+def _rust_ident(text: str) -> str:
+    ident = re.sub(r"[^0-9a-zA-Z_]", "_", text).strip("_").lower() or "value"
+    if ident[0].isdigit():
+        ident = f"v{ident}"
+    if keyword.iskeyword(ident) or ident in _RESERVED:
+        ident += "_"
+    return ident
+
+
+_RESERVED = frozenset(
+    "as break const continue crate else enum extern false fn for if impl in let loop match mod "
+    "move mut pub ref return self static struct super trait true type unsafe use where while "
+    "async await dyn abstract become box do final macro override priv typeof unsized virtual "
+    "yield try gen model report golden vb device xs".split()
+)
+
+
+@dataclass
+class DraftNode:
+    name: str
+    op: str
+    target: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    out: Any  # structure of TensorMeta with one shape (this case)
+    source: str | None
+
+
+@dataclass
+class CaseTrace:
+    nodes: list[DraftNode]
+    output: Any
+    golden: dict[str, torch.Tensor]
+    warnings: list[str]
+    result: Any = None  # forward()'s return value, detached copies
+
+
+@dataclass
+class _Frame:
+    node: DraftNode
+
+
+class GraphTracer(TorchFunctionMode):
+    """Records one forward() call of `model` as a list of graph nodes."""
+
+    def __init__(self, model: torch.nn.Module, root: Path, case: int):
+        super().__init__()
+        self.model = model
+        self.root = root
+        self.case = case
+        self.nodes: list[DraftNode] = []
+        self.golden: dict[str, torch.Tensor] = {}
+        self.warnings: list[str] = []
+        self._values: dict[int, Ref] = {}
+        self._alive: list[torch.Tensor] = []  # keeps traced tensors alive so ids stay unique
+        self._names: set[str] = set()
+        self._leaf_depth = 0
+        self._paused = False
+        self._stack: list[_Frame] = []
+        self._params = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+        self._params.update({id(b): n for n, b in model.named_buffers(remove_duplicate=False)})
+        self._module_names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
+
+    # --- naming and values ---------------------------------------------------------------------
+
+    def _fresh(self, base: str) -> str:
+        base = _rust_ident(base)
+        name, k = base, 1
+        while name in self._names:
+            name = f"{base}_{k}"
+            k += 1
+        self._names.add(name)
+        return name
+
+    def _meta(self, value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return TensorMeta(dtype_name(value.dtype), (tuple(value.shape),))
+        if isinstance(value, tuple):
+            return tuple(self._meta(v) for v in value)
+        if isinstance(value, list):
+            return [self._meta(v) for v in value]
+        return value
+
+    def _bind_outputs(self, node: DraftNode, value: Any) -> None:
+        for path, leaf in leaves(value):
+            if isinstance(leaf, torch.Tensor):
+                self._values[id(leaf)] = Ref(node.name, path)
+                self._alive.append(leaf)
+
+    def _arg(self, value: Any) -> Any:
+        """A runtime argument -> manifest value (tensors become references)."""
+        if isinstance(value, torch.nn.Parameter) or isinstance(value, torch.Tensor):
+            ref = self._values.get(id(value))
+            if ref is not None:
+                return ref
+            pname = self._params.get(id(value))
+            if pname is not None:
+                return Param(pname)
+            # A tensor from outside the graph: recorded as a constant node the codegen reports.
+            node = DraftNode(self._fresh("constant"), "constant", "tensor", (), {},
+                             self._meta(value), user_source(self.root))
+            self.nodes.append(node)
+            self._bind_outputs(node, value)
+            return self._values[id(value)]
+        if isinstance(value, tuple):
+            return tuple(self._arg(v) for v in value)
+        if isinstance(value, list):
+            return [self._arg(v) for v in value]
+        if isinstance(value, torch.dtype):
+            return DType(dtype_name(value))
+        if isinstance(value, torch.Size):
+            return tuple(int(v) for v in value)
+        if isinstance(value, (bool, int, float, str)) or value is None or value is Ellipsis:
+            return value
+        if isinstance(value, slice):
+            return slice(self._arg(value.start), self._arg(value.stop), self._arg(value.step))
+        if isinstance(value, torch.device):
+            return None  # Candle code runs on the device its tensors live on
+        return _Opaque(type(value).__name__, repr(value)[:80])
+
+    # --- torch function mode -------------------------------------------------------------------
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        if self._paused or self._leaf_depth:
+            return result
+        self._paused = True
+        try:
+            self._record_call(func, args, kwargs, result)
+        finally:
+            self._paused = False
+        return result
+
+    def _record_call(self, func: Any, args: tuple, kwargs: dict, result: Any) -> None:
+        name = spelling(func)
+        produces = any(isinstance(v, torch.Tensor) for _, v in leaves(result)) \
+            if isinstance(result, (torch.Tensor, tuple, list)) else False
+        reads_graph = any(
+            isinstance(v, torch.Tensor) and id(v) in self._values
+            for _, v in leaves((tuple(args), tuple(kwargs.values())))
+        )
+        if not produces:
+            if name in _DATA_ESCAPES and reads_graph:
+                where = user_source(self.root) or "<unknown>"
+                self.warnings.append(
+                    f"{where}: a tensor became a Python value ({name}); the generated code "
+                    f"follows the path this trace took"
+                )
+            return
+        node = DraftNode(
+            name=self._fresh(registry.op_for(name).name if registry.op_for(name)
+                             else name.rsplit(".", 1)[-1]),
+            op="call_function", target=name,
+            args=tuple(self._arg(a) for a in args),
+            kwargs={k: self._arg(v) for k, v in kwargs.items()},
+            out=self._meta(result), source=user_source(self.root),
+        )
+        self.nodes.append(node)
+        self._bind_outputs(node, result)
+
+    # --- leaf modules --------------------------------------------------------------------------
+
+    def _pre_hook(self, module, args, kwargs):
+        if self._leaf_depth == 0 and not self._paused:
+            self._paused = True
+            try:
+                qual = self._module_names[id(module)]
+                node = DraftNode(
+                    name=self._fresh(qual or "root"), op="call_module", target=qual,
+                    args=tuple(self._arg(a) for a in args),
+                    kwargs={k: self._arg(v) for k, v in kwargs.items()},
+                    out=None, source=user_source(self.root),
+                )
+                self.nodes.append(node)
+                flat = [v for _, v in leaves((tuple(args), tuple(v for _, v in sorted(kwargs.items()))))]
+                tensors = [t for t in flat if isinstance(t, torch.Tensor)]
+                for i, t in enumerate(tensors):
+                    self.golden[golden_node_key(self.case, node.name, "in", str(i))] = _snapshot(t)
+                self._stack.append(_Frame(node))
+            finally:
+                self._paused = False
+        self._leaf_depth += 1
+
+    def _post_hook(self, module, args, kwargs, output):
+        self._leaf_depth -= 1
+        if self._leaf_depth == 0 and self._stack:
+            self._paused = True
+            try:
+                frame = self._stack.pop()
+                frame.node.out = self._meta(output)
+                self._bind_outputs(frame.node, output)
+                for path, leaf in leaves(output):
+                    if isinstance(leaf, torch.Tensor):
+                        key = golden_node_key(self.case, frame.node.name, "out", path_key(path))
+                        self.golden[key] = _snapshot(leaf)
+            finally:
+                self._paused = False
+
+    # --- running ---------------------------------------------------------------------------------
+
+    def run(self, inputs: dict[str, torch.Tensor], leaf_modules: list[torch.nn.Module]) -> CaseTrace:
+        for arg, tensor in inputs.items():
+            node = DraftNode(self._fresh(arg), "input", arg, (), {}, self._meta(tensor), None)
+            if node.name != _rust_ident(arg):
+                raise ValueError(f"input name '{arg}' cannot be used as a Rust identifier")
+            self.nodes.append(node)
+            self._bind_outputs(node, tensor)
+        handles = []
+        for m in leaf_modules:
+            handles.append(m.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
+            handles.append(m.register_forward_hook(self._post_hook, with_kwargs=True))
+        try:
+            with torch.no_grad(), self:
+                result = self.model(**inputs)
+        finally:
+            for h in handles:
+                h.remove()
+        output = self._output(result)
+        return CaseTrace(self.nodes, output, self.golden, self.warnings, _snapshot_all(result))
+
+    def _output(self, result: Any) -> Any:
+        if isinstance(result, torch.Tensor):
+            ref = self._values.get(id(result))
+            return ref if ref is not None else self._arg(result)
+        if isinstance(result, (tuple, list)):
+            items = [self._output(v) for v in result]
+            return tuple(items) if isinstance(result, tuple) else items
+        return _Opaque(type(result).__name__, repr(result)[:80])
+
+
+@dataclass(frozen=True)
+class _Opaque:
+    """A value the manifest cannot express; codegen reports it."""
+
+    type_name: str
+    text: str
+
+
+def _snapshot(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().clone().contiguous()
+
+
+def _snapshot_all(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return _snapshot(value)
+    if isinstance(value, (tuple, list)):
+        return tuple(_snapshot_all(v) for v in value)
+    return value
+
+
+def leaf_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """PyTorch's own layers (not containers), outermost first; their children are not visited."""
+    out: list[tuple[str, torch.nn.Module]] = []
+
+    def visit(prefix: str, m: torch.nn.Module) -> None:
+        name = torch_type_name(type(m))
+        if is_torch_layer(type(m)) and name not in registry.CONTAINERS:
+            out.append((prefix, m))
+            return
+        for child_name, child in m.named_children():
+            visit(f"{prefix}.{child_name}" if prefix else child_name, child)
+
+    visit("", model)
+    return out
+
+
+@dataclass
+class ModuleRecord:
+    type: str
+    config: dict[str, Any] = field(default_factory=dict)
+    parameters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    buffers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    source: str | None = None

@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture
+def cargo_env(monkeypatch):
+    """Shares the workspace's target dir so scratch crates reuse the compiled candle."""
+    if shutil.which("cargo") is None:
+        pytest.fail("cargo is required for this test (install a Rust toolchain)")
+    monkeypatch.setenv("CARGO_TARGET_DIR", os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target")))
+    return os.environ
+
+
+def pin_lockfile(crate_dir: Path) -> None:
+    """Scratch crates resolve the same crate versions as the workspace."""
+    crate_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "Cargo.lock", crate_dir / "Cargo.lock")

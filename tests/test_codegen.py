@@ -1,0 +1,152 @@
+"""codegen from hand-written manifests, with torch unavailable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from handmade import meta, speaker_encoder, with_node
+from pycandle.codegen import CodegenError, codegen, generate_model
+from pycandle.codegen.cargo import cargo_toml_text, lib_rs_text
+from pycandle.codegen.lower import lower
+from pycandle.errors import UnsupportedError
+from pycandle.manifest import Node, Ref
+
+
+def write_manifest(artifacts: Path, manifest) -> None:
+    out = artifacts / manifest.name
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").write_text(manifest.dumps())
+
+
+def test_codegen_runs_without_torch(tmp_path):
+    """The whole codegen stage in a fresh interpreter where `import torch` fails."""
+    write_manifest(tmp_path / "artifacts", speaker_encoder())
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["torch"] = None  # any `import torch` now raises ImportError
+        sys.path.insert(0, {str(ROOT)!r})
+        from pathlib import Path
+        from pycandle.codegen import codegen
+        changed = codegen(Path({str(tmp_path / 'crate')!r}), Path({str(tmp_path / 'artifacts')!r}),
+                          ["speaker"])
+        print(len(changed))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "4"
+    src = (tmp_path / "crate" / "src" / "speaker.rs").read_text()
+    # the forward glue, generated from the graph, shape-generic
+    assert "let (_lstm_output, (lstm_h_n, _lstm_c_n)) = self.lstm.forward(mels, None)?;" in src
+    assert "lstm_h_n.get_on_dim(0, lstm_h_n.dim(0)? - 1)?" in src
+    assert "let proj = self.proj.forward(&getitem)?;" in src
+    assert "relu.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?" in src
+    assert "relu.broadcast_div(&norm)?" in src
+    assert 'vb.pp("lstm")' in src and 'candle_nn::linear(16, 4, vb.pp("proj"))?' in src
+    # nothing specialised to the traced batch (2 / 1) or sequence length (10 / 7)
+    assert "10" not in src.split("pub fn forward")[1]
+    test = (tmp_path / "crate" / "tests" / "speaker_parity.rs").read_text()
+    assert "fn case0()" in test and "fn case1()" in test
+    assert 'report.check("layer", "lstm", "h_n", &lstm_h_n, &g("lstm.out.1.0")?)?;' in test
+    assert 'const ARTIFACTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../artifacts/speaker");' in test
+    lib = (tmp_path / "crate" / "src" / "lib.rs").read_text()
+    assert "pub mod speaker;" in lib
+
+
+def test_codegen_is_deterministic(tmp_path):
+    write_manifest(tmp_path / "artifacts", speaker_encoder())
+    a = generate_model(tmp_path / "artifacts/speaker/manifest.json", tmp_path / "c",
+                       tmp_path / "artifacts/speaker")
+    b = generate_model(tmp_path / "artifacts/speaker/manifest.json", tmp_path / "c",
+                       tmp_path / "artifacts/speaker")
+    assert a.files == b.files
+
+
+def test_unchanged_files_are_not_rewritten(tmp_path):
+    write_manifest(tmp_path / "artifacts", speaker_encoder())
+    assert codegen(tmp_path / "crate", tmp_path / "artifacts", ["speaker"])
+    assert codegen(tmp_path / "crate", tmp_path / "artifacts", ["speaker"]) == []
+
+
+def test_unsupported_op_is_reported_with_its_source_and_nothing_is_written(tmp_path):
+    manifest = with_node(
+        speaker_encoder("bad"),
+        Node("cumsum", "call_function", "torch.cumsum", (Ref("div"), 1), out=meta((2, 4), (1, 4)),
+             source="model.py:14"),
+        Ref("cumsum"))
+    with pytest.raises(UnsupportedError) as info:
+        lower(manifest)
+    assert "model.py:14: function torch.cumsum is not supported" in str(info.value)
+    write_manifest(tmp_path / "artifacts", manifest)
+    write_manifest(tmp_path / "artifacts", speaker_encoder())
+    with pytest.raises(CodegenError, match="nothing was written"):
+        codegen(tmp_path / "crate", tmp_path / "artifacts", ["speaker", "bad"])
+    assert not (tmp_path / "crate").exists()
+
+
+def test_unsupported_argument_values_are_reported():
+    manifest = with_node(
+        speaker_encoder(),
+        Node("strided", "call_function", "Tensor.__getitem__",
+             (Ref("div"), (slice(None, None, None), slice(0, None, 2))),
+             out=meta((2, 2), (1, 2)), source="model.py:15"),
+        Ref("strided"))
+    with pytest.raises(UnsupportedError, match=r"model.py:15: slice with step 2"):
+        lower(manifest)
+
+
+def test_value_checks_that_do_not_reach_the_output_are_dropped():
+    """A range check (min/max/gt, then bool) is traced but is not part of the output."""
+    manifest = speaker_encoder()
+    nodes = list(manifest.nodes)
+    nodes.insert(1, Node("max", "call_function", "Tensor.max", (Ref("mels"),), out=meta((), ())))
+    nodes.insert(2, Node("gt", "call_function", "Tensor.gt", (Ref("max"), 1.0),
+                         out=meta((), (), dtype="bool")))
+    ir = lower(type(manifest)(**{**manifest.__dict__, "nodes": tuple(nodes)}))
+    assert all("max" not in s.expr for s in ir.stmts)
+
+
+def test_cargo_toml_keeps_the_users_entries_and_comments(tmp_path):
+    crate = tmp_path / "crate"
+    crate.mkdir()
+    (crate / "Cargo.toml").write_text(textwrap.dedent("""\
+        # my crate, my comments
+        [package]
+        name = "my-models"
+        version = "2.0.0"
+        edition = "2021"
+
+        [dependencies]
+        anyhow = "1"  # for the CLI
+        candle-core = { version = "0.3", features = ["mkl"] }
+        """))
+    text = cargo_toml_text(crate)
+    assert "# my crate, my comments" in text and 'anyhow = "1"  # for the CLI' in text
+    assert 'version = "2.0.0"' in text and 'name = "my-models"' in text
+    assert 'candle-core = { version = "0.11.1", features = ["mkl"] }' in text
+    assert 'candle-nn = "0.11.1"' in text and "pycandle-runtime = {path = " in text
+    assert "[workspace]" not in text  # /tmp has no workspace around it
+
+
+def test_crate_inside_a_foreign_workspace_gets_its_own(tmp_path):
+    (tmp_path / "Cargo.toml").write_text('[workspace]\nmembers = ["other"]\n')
+    text = cargo_toml_text(tmp_path / "gen")
+    assert "[workspace]" in text and '[profile.dev.package."*"]' in text
+
+
+def test_lib_rs_module_block_is_kept_in_sync(tmp_path):
+    crate = tmp_path / "crate"
+    (crate / "src").mkdir(parents=True)
+    (crate / "src" / "lib.rs").write_text("//! mine\npub mod helpers;\n")
+    first = lib_rs_text(crate, {"b", "a"})
+    assert first.startswith("//! mine\npub mod helpers;\n")
+    assert "pub mod a;\npub mod b;" in first
+    (crate / "src" / "lib.rs").write_text(first + "\n// trailing user text\n")
+    second = lib_rs_text(crate, {"a", "c"})
+    assert "pub mod b;" not in second and "pub mod c;" in second
+    assert second.endswith("// trailing user text\n") and "pub mod helpers;" in second

@@ -1,0 +1,148 @@
+"""record: graph capture on real PyTorch models (needs torch)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from safetensors.torch import load_file  # noqa: E402
+
+from pycandle.cli import main  # noqa: E402
+from pycandle.config import load_config  # noqa: E402
+from pycandle.record import RecordError, record  # noqa: E402
+
+
+def project(tmp_path: Path, module: str, models_yaml: str) -> Path:
+    (tmp_path / "usermodels.py").write_text(textwrap.dedent(module))
+    path = tmp_path / "models.yaml"
+    path.write_text(textwrap.dedent(models_yaml))
+    return path
+
+
+ENCODER = """\
+    import torch
+    from torch import nn
+
+    class Encoder(nn.Module):
+        def __init__(self, hidden=8):
+            super().__init__()
+            self.lstm = nn.LSTM(5, hidden, num_layers=2, batch_first=True)
+            self.proj = nn.Linear(hidden, 3)
+
+        def forward(self, x):
+            if x.max() > 1:  # data-dependent Python
+                raise ValueError("out of range")
+            out, (h, c) = self.lstm(x)
+            y = torch.relu(self.proj(h[-1]))
+            return y / torch.linalg.norm(y, dim=1, keepdim=True)
+
+    class Cumsum(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(5, 5)
+
+        def forward(self, x):
+            return torch.cumsum(self.proj(x), dim=1)
+
+    class WithGru(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = nn.GRU(5, 4)
+
+        def forward(self, x):
+            return self.gru(x)[0]
+    """
+
+YAML = """\
+    models:
+      - name: enc
+        factory: usermodels:Encoder
+        kwargs: {hidden: 6}
+        inputs:
+          - x: {shape: [2, 7, 5]}
+          - x: {shape: [3, 4, 5]}
+    """
+
+
+def test_record_writes_manifest_weights_and_all_leaf_outputs(tmp_path):
+    cfg = load_config(project(tmp_path, ENCODER, YAML))
+    (rec,) = record(cfg, list(cfg.models))
+    out = tmp_path / "artifacts" / "enc"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["schema"] == 1
+    assert manifest["modules"]["lstm"]["type"] == "torch.nn.LSTM"
+    assert manifest["modules"]["lstm"]["config"]["num_layers"] == {"int": 2}
+    targets = [n["target"] for n in manifest["graph"]["nodes"]]
+    assert targets[:3] == ["x", "Tensor.max", "Tensor.gt"]  # the range check is traced too
+    assert "lstm" in targets and "torch.linalg.norm" in targets
+    node = next(n for n in manifest["graph"]["nodes"] if n["target"] == "torch.linalg.norm")
+    assert node["source"] == "usermodels.py:15"
+    assert node["kwargs"] == {"dim": {"int": 1}, "keepdim": {"bool": True}}
+    # every output of the LSTM, for both trace cases; weights under state-dict names
+    golden = load_file(out / "golden.safetensors")
+    for case, batch in ((0, 2), (1, 3)):
+        assert golden[f"c{case}.lstm.out.0"].shape == (batch, 7 if case == 0 else 4, 6)
+        assert golden[f"c{case}.lstm.out.1.0"].shape == (2, batch, 6)
+        assert golden[f"c{case}.lstm.out.1.1"].shape == (2, batch, 6)
+        assert f"c{case}.input.x" in golden and f"c{case}.output.0" in golden
+    weights = load_file(out / "weights.safetensors")
+    assert set(weights) == set(rec.manifest.modules["lstm"].parameters and [
+        f"lstm.{p}" for p in rec.manifest.modules["lstm"].parameters] + ["proj.weight", "proj.bias"])
+    assert any("a tensor became a Python value" in w and "usermodels.py:11" in w
+               for w in rec.manifest.warnings)
+
+
+def test_record_is_deterministic(tmp_path):
+    cfg = load_config(project(tmp_path, ENCODER, YAML))
+    record(cfg, list(cfg.models))
+    out = tmp_path / "artifacts" / "enc"
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    record(cfg, list(cfg.models))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first
+
+
+@pytest.mark.parametrize("factory, expected", [
+    ("usermodels:Cumsum", "usermodels.py:23: function torch.cumsum is not supported"),
+    ("usermodels:WithGru", "[gru] layer type torch.nn.GRU is not supported"),
+])
+def test_unsupported_model_writes_nothing_and_exits_non_zero(tmp_path, capsys, factory, expected):
+    path = project(tmp_path, ENCODER, YAML.rstrip(" ") + f"""\
+      - name: bad
+        factory: {factory}
+        inputs:
+          - x: {{shape: [2, 3, 5]}}
+    """)
+    # a previous good recording of `enc` must survive the failed run untouched
+    cfg = load_config(path)
+    record(cfg, [cfg.models[0]])
+    before = (tmp_path / "artifacts" / "enc" / "manifest.json").read_bytes()
+    code = main(["record", "--config", str(path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert expected in " ".join(err.split()), err
+    assert "nothing was written" in err
+    assert not (tmp_path / "artifacts" / "bad").exists()
+    assert (tmp_path / "artifacts" / "enc" / "manifest.json").read_bytes() == before
+
+
+def test_inputs_that_do_not_fit_forward_are_named(tmp_path):
+    path = project(tmp_path, ENCODER, YAML.replace("- x: {shape: [2, 7, 5]}", "- y: {shape: [2, 7, 5]}")
+                   .replace("- x: {shape: [3, 4, 5]}", "- y: {shape: [3, 4, 5]}"))
+    cfg = load_config(path)
+    with pytest.raises(RecordError, match=r"models.yaml:2: model 'enc': field 'inputs\[0\]': does not fit forward\(x\)"):
+        record(cfg, list(cfg.models))
+
+
+def test_factory_errors_are_named(tmp_path):
+    path = project(tmp_path, ENCODER, YAML.replace("usermodels:Encoder", "usermodels:Nope"))
+    cfg = load_config(path)
+    with pytest.raises(RecordError, match="field 'factory': 'usermodels' has no attribute 'Nope'"):
+        record(cfg, list(cfg.models))
+    path = project(tmp_path, ENCODER, YAML.replace("{hidden: 6}", "{hidden: 6, colour: 1}"))
+    cfg = load_config(path)
+    with pytest.raises(RecordError, match="field 'kwargs': calling usermodels:Encoder"):
+        record(cfg, list(cfg.models))
