@@ -17,8 +17,9 @@ from rich.progress import BarColumn, Progress, TextColumn
 from pycandle.config import Config, load_config
 from pycandle.errors import PyCandleError
 
-console = Console(stderr=False, highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# Wide enough for the parity tables when output goes to a file or CI log.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
 
 
 def _progress(total: int, verb: str) -> tuple[Progress, callable]:

@@ -23,7 +23,7 @@ DTYPES = FLOAT_DTYPES + INT_DTYPES
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 # Rust keywords (strict and reserved) cannot name a module.
-_RUST_KEYWORDS = frozenset(
+RUST_KEYWORDS = frozenset(
     "as break const continue crate else enum extern false fn for if impl in let loop match mod "
     "move mut pub ref return self static struct super trait true type unsafe use where while "
     "async await dyn abstract become box do final macro override priv typeof unsized virtual "
@@ -246,7 +246,7 @@ def _model(ctx_file: Path, root: Path, raw: Any, index: int, line: int) -> Model
     m.line, m.key_lines = raw.line, dict(raw.key_lines)
     name_line = _line(m, "name")
     name = _take(ctx, m, "name", (str,), True, None, f"models[{index}].name")
-    if not _IDENT.match(name) or keyword.iskeyword(name) or name in _RUST_KEYWORDS:
+    if not _IDENT.match(name) or keyword.iskeyword(name) or name in RUST_KEYWORDS:
         raise ctx.error(name_line, "name",
                         f"'{name}' must be a lowercase identifier usable as a Rust module name "
                         "(letters a-z, digits, underscores; not a keyword), e.g. voice_encoder")
@@ -287,9 +287,10 @@ def _model(ctx_file: Path, root: Path, raw: Any, index: int, line: int) -> Model
                             "e.g. {mels: {shape: [2, 160, 40]}}")
         specs = {}
         for arg, spec in case.items():
-            if not arg.isidentifier() or keyword.iskeyword(arg):
+            if not arg.isidentifier() or keyword.iskeyword(arg) or arg in RUST_KEYWORDS:
                 raise ctx.error(case.key_lines[arg], f"inputs[{i}].{arg}",
-                                "must be a forward() argument name")
+                                "must be a forward() argument name that is not a Python or "
+                                "Rust keyword")
             specs[arg] = _tensor_spec(ctx, spec, case.key_lines[arg], f"inputs[{i}].{arg}")
         if i and list(specs) != list(cases[0]):
             raise ctx.error(case_line, f"inputs[{i}]",

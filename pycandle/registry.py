@@ -133,7 +133,8 @@ class Layer:
     field: Callable[[dict[str, Any]], Field | None]  # None: stateless, nothing to load
     call: Callable[[dict[str, Any], str, tuple, dict[str, Any]], str]
     check: Callable[[dict[str, Any]], list[str]] = lambda cfg: []
-    uses: tuple[str, ...] = ()  # Rust `use` paths the code needs
+    uses: tuple[str, ...] = ()  # Rust `use` paths the model code needs
+    call_uses: tuple[str, ...] = ()  # ... and the traits a call needs (parity tests use these)
     passthrough: bool = False  # forwards its single input unchanged (Dropout in eval, Identity)
     doc: str = ""
 
@@ -249,7 +250,7 @@ LAYERS: dict[str, Layer] = {
         Layer(
             "torch.nn.Linear", ("in_features", "out_features", "bias"), outputs="out",
             field=_linear_field, call=_linear_call,
-            uses=("candle_nn::{Linear, Module}",),
+            uses=("candle_nn::Linear",), call_uses=("candle_nn::Module",),
             doc="with or without bias",
         ),
         Layer("torch.nn.ReLU", ("inplace",), "out", _no_field, _unary("{x.name}.relu()?")),

@@ -103,6 +103,8 @@ def test_good_config_is_typed_and_relative_to_the_file(tmp_path):
                                           "    inputs: []\n"), 4,
          "field 'inputs': needs at least one trace case"),
         ("models:\n" + GOOD_MODEL + "    name: again\n", 6, "duplicate key 'name'"),
+        ("models:\n" + GOOD_MODEL.replace("- x:", "- fn:"), 5,
+         "field 'inputs[0].fn': must be a forward() argument name that is not a Python or Rust"),
     ],
 )
 def test_bad_config_names_file_line_and_field(tmp_path, text, line, expected):

@@ -116,7 +116,7 @@ def test_a_diverging_layer_is_named(tmp_path, cargo_env, capsys):
         assert run(stage, "--config", config, "--model", "mlp") == 0
     golden_path = tmp_path / "artifacts" / "mlp" / "golden.safetensors"
     golden = load_file(golden_path)
-    golden["c1.2.out.0"] = golden["c1.2.out.0"] + 0.01  # the second Linear's output
+    golden["c1.layer_2.out.0"] = golden["c1.layer_2.out.0"] + 0.01  # the second Linear's output
     save_file(golden, golden_path)
     capsys.readouterr()
     assert run("parity", "--config", config, "--model", "mlp") == 1

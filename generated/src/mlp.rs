@@ -31,15 +31,15 @@ impl Mlp {
     /// `input`: (d0, 16)
     pub fn forward(&self, input: &Tensor) -> Result<Tensor> {
         // (d0, 32)
-        let v0 = self.layer_0.forward(input)?;
+        let layer_0 = self.layer_0.forward(input)?;
         // (d0, 32)
-        let v1 = v0.relu()?;
+        let layer_1 = layer_0.relu()?;
         // (d0, 32)
-        let v2 = self.layer_2.forward(&v1)?;
+        let layer_2 = self.layer_2.forward(&layer_1)?;
         // (d0, 32)
-        let v3 = v2.tanh()?;
+        let layer_3 = layer_2.tanh()?;
         // (d0, 8)
-        let v4 = self.layer_4.forward(&v3)?;
-        Ok(v4)
+        let layer_4 = self.layer_4.forward(&layer_3)?;
+        Ok(layer_4)
     }
 }

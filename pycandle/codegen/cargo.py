@@ -11,6 +11,7 @@ import tomlkit
 from tomlkit.items import Table
 
 import pycandle
+from pycandle.config import RUST_KEYWORDS
 from pycandle.errors import PyCandleError
 
 CANDLE_VERSION = "0.11.1"
@@ -32,7 +33,10 @@ def crate_name(crate_dir: Path) -> str:
         name = doc.get("package", {}).get("name")
         if isinstance(name, str):
             return name
-    return re.sub(r"[^a-z0-9_-]", "-", crate_dir.name.lower()) or "generated"
+    name = re.sub(r"[^a-z0-9_-]", "-", crate_dir.name.lower()).strip("-_") or "generated"
+    if name[0].isdigit() or name.replace("-", "_") in RUST_KEYWORDS:
+        name = f"{name}-models"  # the library name must be a Rust identifier
+    return name
 
 
 def lib_name(crate_dir: Path) -> str:

@@ -271,7 +271,7 @@ class _Lowering:
         names = _out_names(layer.outputs, node.out, node.name)
         used_paths = {p for (n, p), c in used.items() if n == node.name and c}
         expr = layer.call(info.config, this, args, kwargs)
-        self.uses.update(layer.uses)
+        self.uses.update(layer.uses + layer.call_uses)
         self.stmts.append(Stmt(_pattern(names, used_paths), expr,
                                self.comment(node, names)))
         self._bind(node, names)
@@ -327,7 +327,7 @@ class _Lowering:
                 label = name[len(node.name) + 1:] if name != node.name else path_key(path)
                 key = golden_node_key(0, node.name, "out", path_key(path)).split(".", 1)[1]
                 checks.append(Check(label or path_key(path), name, key))
-        self.test_uses.update(layer.uses)
+        self.test_uses.update(layer.call_uses)
         self.layer_tests.append(LayerTest(node.name, node.target, layer.torch_type, inputs,
                                           Stmt(_pattern(names, {p for p, _ in leaves(names)}),
                                                expr), checks))

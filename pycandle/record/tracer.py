@@ -22,6 +22,7 @@ from torch.overrides import TorchFunctionMode
 
 import pycandle
 from pycandle import registry
+from pycandle.config import RUST_KEYWORDS
 from pycandle.manifest import DType, Param, Ref, TensorMeta, golden_node_key, leaves, path_key
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
@@ -114,18 +115,14 @@ def user_source(root: Path) -> str | None:
 def _rust_ident(text: str) -> str:
     ident = re.sub(r"[^0-9a-zA-Z_]", "_", text).strip("_").lower() or "value"
     if ident[0].isdigit():
-        ident = f"v{ident}"
+        ident = f"layer_{ident}"  # nn.Sequential's children are named 0, 1, ...
     if keyword.iskeyword(ident) or ident in _RESERVED:
         ident += "_"
     return ident
 
 
-_RESERVED = frozenset(
-    "as break const continue crate else enum extern false fn for if impl in let loop match mod "
-    "move mut pub ref return self static struct super trait true type unsafe use where while "
-    "async await dyn abstract become box do final macro override priv typeof unsized virtual "
-    "yield try gen model report golden vb device xs".split()
-)
+# Rust keywords, and the names the generated code itself uses.
+_RESERVED = RUST_KEYWORDS | {"model", "report", "golden", "weights", "vb", "device", "g", "case"}
 
 
 @dataclass
@@ -314,9 +311,9 @@ class GraphTracer(TorchFunctionMode):
 
     def run(self, inputs: dict[str, torch.Tensor], leaf_modules: list[torch.nn.Module]) -> CaseTrace:
         for arg, tensor in inputs.items():
-            node = DraftNode(self._fresh(arg), "input", arg, (), {}, self._meta(tensor), None)
-            if node.name != _rust_ident(arg):
-                raise ValueError(f"input name '{arg}' cannot be used as a Rust identifier")
+            # models.yaml validation guarantees argument names are Rust identifiers
+            self._names.add(arg)
+            node = DraftNode(arg, "input", arg, (), {}, self._meta(tensor), None)
             self.nodes.append(node)
             self._bind_outputs(node, tensor)
         handles = []

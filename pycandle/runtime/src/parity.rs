@@ -70,6 +70,17 @@ impl Golden {
         keys
     }
 
+    /// All recorded tensors by key.
+    pub fn tensors(&self) -> &HashMap<String, Tensor> {
+        &self.tensors
+    }
+
+    /// Consumes the goldens and returns the tensors by key, e.g. to build a
+    /// `VarBuilder` with `VarBuilder::from_tensors` from a weights file.
+    pub fn into_tensors(self) -> HashMap<String, Tensor> {
+        self.tensors
+    }
+
     /// The file the goldens were loaded from.
     pub fn path(&self) -> &Path {
         &self.path
@@ -114,7 +125,10 @@ pub struct ParityEntry {
 }
 
 /// Serialises a non-finite float as `null`, since JSON cannot represent it.
-fn finite_or_null<S: Serializer>(value: &f64, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+fn finite_or_null<S: Serializer>(
+    value: &f64,
+    serializer: S,
+) -> std::result::Result<S::Ok, S::Error> {
     if value.is_finite() {
         serializer.serialize_f64(*value)
     } else {

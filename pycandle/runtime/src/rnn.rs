@@ -210,7 +210,11 @@ impl Cell {
 /// `i, f, o, g`.
 fn reorder_gates(t: &Tensor, h: usize) -> Result<Tensor> {
     Tensor::cat(
-        &[t.narrow(0, 0, 2 * h)?, t.narrow(0, 3 * h, h)?, t.narrow(0, 2 * h, h)?],
+        &[
+            t.narrow(0, 0, 2 * h)?,
+            t.narrow(0, 3 * h, h)?,
+            t.narrow(0, 2 * h, h)?,
+        ],
         0,
     )
 }
@@ -306,7 +310,11 @@ impl Lstm {
             [_, _, _] => (xs.clone(), false),
             _ => bail!(
                 "LSTM: expected input of rank 2 (T, I) or 3 ({}), got shape {:?}",
-                if cfg.batch_first { "B, T, I" } else { "T, B, I" },
+                if cfg.batch_first {
+                    "B, T, I"
+                } else {
+                    "T, B, I"
+                },
                 xs.dims()
             ),
         };
@@ -319,10 +327,7 @@ impl Lstm {
             );
         }
         if t_len == 0 {
-            bail!(
-                "LSTM: input has an empty time axis (shape {:?})",
-                xs.dims()
-            );
+            bail!("LSTM: input has an empty time axis (shape {:?})", xs.dims());
         }
 
         // Initial states: given as (L*D, B, F), or shared zeros (B, F).

@@ -105,7 +105,7 @@ fn half_precision_runs() -> Result<()> {
     for dtype in [DType::F16, DType::BF16] {
         for fx in fixtures::ALL {
             let err = run_fixture(fx, dtype)?;
-            assert!(err < 5e-2, "{} in {dtype:?}: max abs error {err}", fx.name);
+            assert!(err < 2e-2, "{} in {dtype:?}: max abs error {err}", fx.name);
         }
     }
     Ok(())
@@ -188,7 +188,10 @@ fn bad_feature_size_is_an_error() -> Result<()> {
     let fx = &fixtures::ONE_LAYER;
     let lstm = load(fx, config(fx), DType::F32)?;
     let msg = err_text(lstm.forward(&zeros(&[5, 2, 7])?, None));
-    assert!(msg.contains("[5, 2, 7]") && msg.contains("input_size 3"), "{msg}");
+    assert!(
+        msg.contains("[5, 2, 7]") && msg.contains("input_size 3"),
+        "{msg}"
+    );
     let msg = err_text(lstm.forward(&zeros(&[5, 7])?, None));
     assert!(msg.contains("[5, 7]"), "{msg}");
     Ok(())
@@ -217,7 +220,10 @@ fn bad_state_shapes_are_errors() -> Result<()> {
     for (h_shape, c_shape) in cases {
         let (h0, c0) = (zeros(h_shape)?, zeros(c_shape)?);
         let msg = err_text(lstm.forward(&xs, Some((&h0, &c0))));
-        assert!(msg.contains(&format!("got h0 {h_shape:?} and c0 {c_shape:?}")), "{msg}");
+        assert!(
+            msg.contains(&format!("got h0 {h_shape:?} and c0 {c_shape:?}")),
+            "{msg}"
+        );
     }
     // Batched state for unbatched input.
     let (h0, c0) = (zeros(&[2, 1, 4])?, zeros(&[2, 1, 4])?);

@@ -38,7 +38,9 @@ fn passing_entries() -> Result<()> {
     assert_eq!(report.failed_count(), 0);
     let entries = report.entries();
     assert_eq!(entries.len(), 2);
-    assert!(entries.iter().all(|e| e.pass && e.mismatched == 0 && e.note.is_none()));
+    assert!(entries
+        .iter()
+        .all(|e| e.pass && e.mismatched == 0 && e.note.is_none()));
     assert_eq!(entries[0].max_abs, 0.0);
     assert_eq!(entries[0].cosine, 1.0);
     assert!((entries[1].max_abs - 2e-4).abs() < 1e-6);
@@ -86,12 +88,19 @@ fn shape_mismatch_is_a_failing_entry_not_an_error() -> Result<()> {
     assert_eq!(entry.shape, vec![4]);
     assert_eq!(entry.expected_shape, vec![2, 2]);
     assert_eq!(entry.mismatched, 4);
-    assert!(entry.note.as_deref().unwrap_or("").contains("shape mismatch"));
+    assert!(entry
+        .note
+        .as_deref()
+        .unwrap_or("")
+        .contains("shape mismatch"));
     let json: serde_json::Value = serde_json::from_str(&report.to_json()?).unwrap();
     assert!(json["entries"][0]["max_abs"].is_null());
     assert!(json["entries"][0]["cosine"].is_null());
     let msg = report.finish().unwrap_err().to_string();
-    assert!(msg.contains("layer=proj") && msg.contains("shape mismatch"), "{msg}");
+    assert!(
+        msg.contains("layer=proj") && msg.contains("shape mismatch"),
+        "{msg}"
+    );
     Ok(())
 }
 
@@ -223,6 +232,10 @@ fn golden_round_trip_and_errors() -> Result<()> {
     let msg = golden.get("enc.9.out").unwrap_err().to_string();
     assert!(msg.contains("enc.9.out"), "{msg}");
     assert!(msg.contains("tiny.safetensors"), "{msg}");
+
+    assert_eq!(golden.tensors().len(), 2);
+    let all = golden.clone().into_tensors();
+    assert_eq!(all["enc.0.out"].to_vec1::<f32>()?, vec![1.0, 2.0, 3.0]);
 
     let missing = dir.join("absent.safetensors");
     let msg = Golden::load(&missing, &Device::Cpu)
