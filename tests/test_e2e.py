@@ -6,7 +6,6 @@ import json
 import random
 import shutil
 import textwrap
-from pathlib import Path
 
 import pytest
 
