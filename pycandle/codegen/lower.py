@@ -341,9 +341,16 @@ class _Lowering:
         kwargs = {k: self.operand(v) for k, v in node.kwargs.items()}
         bound = registry.bind(op.spellings[node.target], args, kwargs)
         expr = op.emit(node.target, bound, node.out)
+        self.uses.update(op.uses)
+        if isinstance(node.out, (tuple, list)) and node.out \
+                and all(isinstance(m, TensorMeta) for m in node.out):
+            # ops such as chunk/split/unbind: `expr` is a Vec<Tensor>, elements are indexed
+            self.stmts.append(Stmt(node.name, expr))
+            for i, m in enumerate(node.out):
+                self.vars[(node.name, (i,))] = T(f"{node.name}[{i}]", m)
+            return
         if not isinstance(node.out, TensorMeta):
             raise Unsupported(f"{node.target} returning {type(node.out).__name__}")
-        self.uses.update(op.uses)
         if expr.isidentifier():  # the op returns an existing value unchanged
             self.vars[(node.name, ())] = next(
                 t for _, t in leaves((args, tuple(kwargs.values())))

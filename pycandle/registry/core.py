@@ -46,6 +46,25 @@ class T:
         return d % rank
 
 
+@dataclass(frozen=True)
+class Dim:
+    """A size that depends on the input shapes, as a Rust `usize` expression (e.g.
+    `x.dim(0)?`), with the value it had in each trace case. Emitters get it wherever the
+    trace passed an integer that was derived from a tensor's shape."""
+
+    expr: str
+    values: tuple[int, ...]
+
+
+def usize_expr(v: Any) -> str:
+    """A size argument (int literal or Dim) as Rust."""
+    if isinstance(v, Dim):
+        return v.expr
+    if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+        return str(v)
+    raise Unsupported(f"expected a non-negative size, got {v!r}")
+
+
 def rust_float(v: float) -> str:
     if math.isnan(v):
         return "f64::NAN"
