@@ -45,6 +45,19 @@ class DType:
 
 
 @dataclass(frozen=True)
+class SymInt:
+    """An integer derived from tensor shapes, e.g. `x.shape[0] * x.shape[1]`.
+
+    kind "dim": `a` is a Ref, `b` the dimension; "mul": `a` and `b` are SymInts or ints;
+    "add" and "floordiv": `a` a SymInt, `b` an int.
+    """
+
+    kind: str
+    a: Any
+    b: Any
+
+
+@dataclass(frozen=True)
 class TensorMeta:
     """A tensor value's dtype, and its shape in each trace case."""
 
@@ -82,6 +95,8 @@ def encode(value: Any) -> Any:
         return {"param": value.name}
     if isinstance(value, DType):
         return {"dtype": value.name}
+    if isinstance(value, SymInt):
+        return {"sym": [value.kind, encode(value.a), encode(value.b)]}
     if isinstance(value, TensorMeta):
         return {"tensor": {"dtype": value.dtype, "shapes": [list(s) for s in value.shapes]}}
     raise ManifestError(f"cannot encode {type(value).__name__} {value!r} in a manifest")
@@ -113,6 +128,10 @@ def decode(obj: Any) -> Any:
         return Param(v)
     if kind == "dtype":
         return DType(v)
+    if kind == "sym":
+        if v[0] not in ("dim", "mul", "add", "floordiv"):
+            raise ManifestError(f"unknown symbolic integer kind {v[0]!r}")
+        return SymInt(v[0], decode(v[1]), decode(v[2]))
     if kind == "tensor":
         return TensorMeta(v["dtype"], tuple(tuple(s) for s in v["shapes"]))
     raise ManifestError(f"unknown typed value kind '{kind}'")
@@ -125,6 +144,22 @@ def leaves(value: Any, path: tuple[int, ...] = ()) -> Iterator[tuple[tuple[int, 
             yield from leaves(v, path + (i,))
     else:
         yield path, value
+
+
+def refs_in(value: Any) -> Iterator[Ref]:
+    """Every tensor reference inside an argument, also within slices and symbolic integers."""
+    if isinstance(value, Ref):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from refs_in(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from refs_in(v)
+    elif isinstance(value, slice):
+        yield from refs_in((value.start, value.stop, value.step))
+    elif isinstance(value, SymInt):
+        yield from refs_in((value.a, value.b))
 
 
 def at_path(value: Any, path: tuple[int, ...]) -> Any:

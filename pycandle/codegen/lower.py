@@ -14,10 +14,11 @@ from typing import Any
 from pycandle import registry
 from pycandle.errors import Problem, UnsupportedError
 from pycandle.manifest import (
-    Manifest, Node, Param, Ref, TensorMeta, golden_input_key, golden_node_key, golden_output_key,
+    Manifest, Node, Param, Ref, SymInt, TensorMeta, refs_in, golden_input_key, golden_node_key, golden_output_key,
     leaves, path_key,
 )
-from pycandle.registry import T, Unsupported
+from pycandle.registry import Dim, T, Unsupported
+from pycandle.symbolic import evaluate
 
 RUST_DTYPES = {"float32": "F32", "float64": "F64", "float16": "F16", "bfloat16": "BF16",
                "int64": "I64", "uint8": "U8", "uint32": "U32"}
@@ -118,7 +119,7 @@ def shape_comment(meta: Any, names: dict[tuple[int, ...], str]) -> str | None:
 def live_nodes(manifest: Manifest) -> list[Node]:
     """Nodes that contribute to the output, in graph order (value checks and the like drop out)."""
     needed: set[str] = set()
-    work = [r.node for _, r in leaves(manifest.output) if isinstance(r, Ref)]
+    work = [r.node for r in refs_in(manifest.output)]
     by_name = {n.name: n for n in manifest.nodes}
     while work:
         name = work.pop()
@@ -126,20 +127,15 @@ def live_nodes(manifest: Manifest) -> list[Node]:
             continue
         needed.add(name)
         node = by_name[name]
-        for _, v in leaves((node.args, tuple(node.kwargs.values()))):
-            if isinstance(v, Ref):
-                work.append(v.node)
-            elif isinstance(v, slice):
-                work += [b.node for b in (v.start, v.stop, v.step) if isinstance(b, Ref)]
+        work += [r.node for r in refs_in((node.args, node.kwargs))]
     return [n for n in manifest.nodes if n.name in needed]
 
 
 def _uses_of(nodes: list[Node], output: Any) -> dict[tuple[str, tuple[int, ...]], int]:
     counts: dict[tuple[str, tuple[int, ...]], int] = {}
     for node in nodes:
-        for _, v in leaves((node.args, tuple(node.kwargs.values()))):
-            if isinstance(v, Ref):
-                counts[(v.node, v.path)] = counts.get((v.node, v.path), 0) + 1
+        for v in refs_in((node.args, node.kwargs)):
+            counts[(v.node, v.path)] = counts.get((v.node, v.path), 0) + 1
     for _, v in leaves(output):
         if isinstance(v, Ref):
             counts[(v.node, v.path)] = counts.get((v.node, v.path), 0) + 1
@@ -215,7 +211,29 @@ class _Lowering:
         if isinstance(value, slice):
             return slice(self.operand(value.start), self.operand(value.stop),
                          self.operand(value.step))
+        if isinstance(value, SymInt):
+            return Dim(self.usize(value), self.sym_values(value))
         return value
+
+    def usize(self, sym: Any, outer: str = "") -> str:
+        """A symbolic integer as a Rust usize expression."""
+        if isinstance(sym, int):
+            return str(sym)
+        if sym.kind == "dim":
+            return self.operand(sym.a).dim(sym.b)
+        a = self.usize(sym.a, sym.kind)
+        if sym.kind == "add":
+            text = f"{a} + {sym.b}" if sym.b >= 0 else f"{a} - {-sym.b}"
+        elif sym.kind == "mul":
+            text = f"{a} * {self.usize(sym.b, 'mul')}"
+        else:
+            text = f"{a} / {sym.b}"
+        return f"({text})" if outer and (sym.kind == "add" or outer == "floordiv") else text
+
+    def sym_values(self, sym: SymInt) -> tuple[int, ...]:
+        return tuple(
+            evaluate(sym, lambda ref, d, c=case: self.m.meta(ref).shapes[c][d])
+            for case in range(self.m.num_cases))
 
     def run(self) -> None:
         live = live_nodes(self.m)
@@ -384,7 +402,8 @@ def lower(manifest: Manifest) -> ModelIR:
     rets = []
     for _, ref in out_leaves:
         t = lo.vars[(ref.node, ref.path)]
-        rets.append(f"{t.name}.clone()" if t.is_ref or sum(
+        # clone what cannot be moved out: a `&Tensor` argument, a Vec element, a repeated value
+        rets.append(f"{t.name}.clone()" if t.is_ref or "[" in t.name or sum(
             1 for _, r in out_leaves if lo.vars[(r.node, r.path)].name == t.name) > 1 else t.name)
     if isinstance(manifest.output, Ref):
         return_type, return_expr = "Tensor", rets[0]

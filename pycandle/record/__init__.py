@@ -26,10 +26,12 @@ from pycandle.config import Config, ConfigError, ModelConfig, TensorSpec
 from pycandle.errors import Problem, PyCandleError, UnsupportedError
 from pycandle.fsutil import sha256_file, write_atomic
 from pycandle.manifest import (
-    Manifest, ModuleInfo, Node, TensorMeta, golden_input_key, golden_output_key, leaves,
+    Manifest, ModuleInfo, Node, Ref, TensorMeta, at_path, golden_input_key, golden_output_key,
+    leaves, refs_in,
 )
+from pycandle.symbolic import dim_candidates, symbolize
 from pycandle.record.tracer import (
-    CaseTrace, DraftNode, GraphTracer, _Opaque, dtype_name, leaf_modules, torch_type_name,
+    CaseTrace, GraphTracer, _Opaque, dtype_name, leaf_modules, torch_type_name,
 )
 from pycandle import registry
 
@@ -219,29 +221,37 @@ def _merge(mc: ModelConfig, traces: list[CaseTrace]) -> tuple[list[Node], list[P
                 f"{where}): forward() takes shape- or data-dependent paths",
                 hint="give trace cases that follow the same code path"))
             return [], problems
-    nodes = []
+    nodes: list[Node] = []
+    metas: dict[str, Any] = {}  # node name -> merged output meta, for shape candidates
+    inputs = [Ref(n.name) for n in first.nodes if n.op == "input"]
     for k, base in enumerate(first.nodes):
         variants = [t.nodes[k] for t in traces]
-        for i, v in enumerate(variants[1:], start=1):
-            if v.args != base.args or v.kwargs != base.kwargs:
+        if any(v.args != base.args or v.kwargs != base.kwargs for v in variants[1:]):
+            # integers that change with the input shapes become expressions of dimensions
+            own = [r for r in refs_in((base.args, base.kwargs)) if r.node in metas]
+            earlier = [Ref(n.name, p) for n in reversed(nodes)
+                       for p, _ in leaves(n.out) if n.op != "input"]
+            candidates = dim_candidates(own + inputs + earlier,
+                                        lambda r: at_path(metas.get(r.node), r.path))
+            (args, kwargs), issues = symbolize(
+                [(v.args, v.kwargs) for v in variants], candidates, [])
+            for issue in issues:
                 problems.append(Problem(
-                    f"{base.target}: an argument differs between trace case 0 and case {i} "
-                    f"({_diff(base, v)}); a shape-dependent integer is baked into the trace",
-                    base.source, base.target if base.op == "call_module" else None,
-                    "shape-dependent arguments are not supported yet; use ops that infer sizes "
-                    "(e.g. -1 in reshape)"))
+                    f"{base.target}: {issue}", base.source,
+                    base.target if base.op == "call_module" else None,
+                    "give trace cases whose sizes differ, or compute the value from a "
+                    "tensor's shape"))
+        else:
+            args, kwargs = base.args, base.kwargs
         out = _merge_meta([v.out for v in variants])
         if out is None:
             problems.append(Problem(f"{base.target}: outputs differ in structure or dtype "
                                     "between trace cases", base.source))
             continue
-        nodes.append(Node(base.name, base.op, base.target, base.args, base.kwargs, out,
+        metas[base.name] = out
+        nodes.append(Node(base.name, base.op, base.target, tuple(args), dict(kwargs), out,
                           base.source))
     return nodes, problems
-
-
-def _diff(a: DraftNode, b: DraftNode) -> str:
-    return f"{list(a.args) + [a.kwargs]} vs {list(b.args) + [b.kwargs]}"[:200]
 
 
 def _merge_meta(outs: list[Any]) -> Any:

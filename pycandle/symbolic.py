@@ -1,0 +1,117 @@
+"""Telling dimensions from constants: integers that change between trace cases.
+
+Python arithmetic on sizes (`b, t, _ = x.shape; x.view(b * t, -1)`) is invisible to the tracer:
+only the resulting integers reach torch. When such an integer differs between trace cases, it
+is explained by the shapes seen in each case: a tensor's dimension, the product of two, or one
+scaled (x2..x8), offset (up to 16) or floor-divided. The simplest explanation wins, preferring
+the call's own tensor arguments, then the model inputs, then earlier values. Parity at every
+trace shape then checks the explanation. No torch here.
+"""
+
+from __future__ import annotations
+
+from itertools import product
+from typing import Any, Iterable
+
+from pycandle.manifest import Ref, SymInt, TensorMeta
+
+Values = tuple[int, ...]
+
+
+def dim_candidates(refs: Iterable[Ref], meta_of) -> list[tuple[SymInt, Values]]:
+    """(x.dim(d), its size in each case) for every dimension of the given tensors."""
+    out: list[tuple[SymInt, Values]] = []
+    seen: set[Values] = set()
+    for ref in refs:
+        meta = meta_of(ref)
+        if not isinstance(meta, TensorMeta):
+            continue
+        for d in range(meta.rank):
+            values = tuple(shape[d] for shape in meta.shapes)
+            if values in seen:  # the first tensor (in preference order) names a size
+                continue
+            seen.add(values)
+            out.append((SymInt("dim", ref, d), values))
+    return out
+
+
+def explain(target: Values, candidates: list[tuple[SymInt, Values]]) -> SymInt | None:
+    """The simplest shape expression equal to `target` in every case, if any."""
+    if len(set(target)) == 1:
+        return None  # the same in every case: a constant
+    for sym, values in candidates:
+        if values == target:
+            return sym
+    varying = [(s, v) for s, v in candidates if len(set(v)) > 1]
+    for (sa, va), (sb, vb) in product(varying, repeat=2):
+        if all(t == a * b for t, a, b in zip(target, va, vb)):
+            return SymInt("mul", sa, sb)
+    for sym, values in candidates:
+        for k in range(2, 9):
+            if all(t == v * k for t, v in zip(target, values)):
+                return SymInt("mul", sym, k)
+    for sym, values in candidates:
+        offset = target[0] - values[0]
+        if 0 < abs(offset) <= 16 and all(t - v == offset for t, v in zip(target, values)):
+            return SymInt("add", sym, offset)
+    for sym, values in candidates:
+        for k in range(2, 65):
+            if all(t == v // k for t, v in zip(target, values)):
+                return SymInt("floordiv", sym, k)
+    return None
+
+
+def symbolize(variants: list[Any], candidates: list[tuple[SymInt, Values]],
+              where: list[str]) -> tuple[Any, list[str]]:
+    """Merge one argument structure seen in each trace case.
+
+    Equal leaves stay as they are; integers that differ become SymInts; anything else that
+    differs is a problem, described in the returned list (with its path in `where`)."""
+    first = variants[0]
+    if all(_same(v, first) for v in variants[1:]):
+        return first, []
+    if isinstance(first, (tuple, list)) and all(
+            type(v) is type(first) and len(v) == len(first) for v in variants):
+        merged, problems = [], []
+        for i in range(len(first)):
+            m, p = symbolize([v[i] for v in variants], candidates, where + [str(i)])
+            merged.append(m)
+            problems += p
+        return (tuple(merged) if isinstance(first, tuple) else merged), problems
+    if isinstance(first, dict) and all(isinstance(v, dict) and v.keys() == first.keys()
+                                       for v in variants):
+        merged_d, problems = {}, []
+        for k in first:
+            merged_d[k], p = symbolize([v[k] for v in variants], candidates, where + [k])
+            problems += p
+        return merged_d, problems
+    if isinstance(first, slice) and all(isinstance(v, slice) for v in variants):
+        parts = []
+        problems = []
+        for attr in ("start", "stop", "step"):
+            m, p = symbolize([getattr(v, attr) for v in variants], candidates, where + [attr])
+            parts.append(m)
+            problems += p
+        return slice(*parts), problems
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in variants):
+        sym = explain(tuple(variants), candidates)
+        if sym is not None:
+            return sym, []
+        return first, [f"argument {'/'.join(where) or '0'} is {' / '.join(map(str, variants))} "
+                       "in the trace cases and no input dimension explains it"]
+    return first, [f"argument {'/'.join(where) or '0'} differs between trace cases: "
+                   f"{' / '.join(repr(v)[:40] for v in variants)}"]
+
+
+def _same(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and a == b
+
+
+def evaluate(sym: Any, size_of) -> int:
+    """The value of a symbolic integer given `size_of(ref, dim)`."""
+    if isinstance(sym, int):
+        return sym
+    if sym.kind == "dim":
+        return size_of(sym.a, sym.b)
+    a, b = evaluate(sym.a, size_of), evaluate(sym.b, size_of)
+    return {"mul": a * b, "add": a + b, "floordiv": a // b if b else 0}[sym.kind]
