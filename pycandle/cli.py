@@ -33,13 +33,15 @@ def _progress(total: int, verb: str) -> tuple[Progress, callable]:
     return bar, step
 
 
-def cmd_record(cfg: Config, names: list[str] | None) -> int:
+def cmd_record(cfg: Config, names: list[str] | None, force: bool = False) -> int:
     from pycandle.record import record  # torch is imported only here
 
     models = cfg.select(names)
     bar, step = _progress(len(models), "record")
     with bar:
-        recordings = record(cfg, models, progress=step)
+        recordings, skipped = record(cfg, models, progress=step, force=force)
+    for name in skipped:
+        console.print(f"{name}: up to date (use --force to record again)")
     for rec in recordings:
         m = rec.manifest
         console.print(f"recorded [bold]{m.name}[/bold]: {len(m.nodes)} graph nodes, "
@@ -50,7 +52,7 @@ def cmd_record(cfg: Config, names: list[str] | None) -> int:
     return 0
 
 
-def cmd_codegen(cfg: Config, names: list[str] | None) -> int:
+def cmd_codegen(cfg: Config, names: list[str] | None, force: bool = False) -> int:
     from pycandle.codegen import codegen
 
     models = [m.name for m in cfg.select(names)]
@@ -65,7 +67,7 @@ def cmd_codegen(cfg: Config, names: list[str] | None) -> int:
     return 0
 
 
-def cmd_parity(cfg: Config, names: list[str] | None) -> int:
+def cmd_parity(cfg: Config, names: list[str] | None, force: bool = False) -> int:
     from pycandle.parity import parity, summarize
 
     models = cfg.select(names)
@@ -109,6 +111,8 @@ def parser() -> argparse.ArgumentParser:
                    help="models.yaml to use (default: ./models.yaml)")
     p.add_argument("--model", action="append", dest="models", metavar="NAME",
                    help="only this model (repeatable)")
+    p.add_argument("--force", action="store_true",
+                   help="record again even when the artifacts are up to date")
     return p
 
 
@@ -120,11 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config)
         if args.command == "all":
             for step in (cmd_record, cmd_codegen, cmd_parity):
-                code = step(cfg, args.models)
+                code = step(cfg, args.models, args.force)
                 if code:
                     return code
             return 0
-        return COMMANDS[args.command](cfg, args.models)
+        return COMMANDS[args.command](cfg, args.models, args.force)
     except PyCandleError as e:
         err_console.print(f"[red]error[/red]: {escape(str(e))}", soft_wrap=True)
         return 2

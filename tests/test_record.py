@@ -70,7 +70,7 @@ YAML = """\
 
 def test_record_writes_manifest_weights_and_all_leaf_outputs(tmp_path):
     cfg = load_config(project(tmp_path, ENCODER, YAML))
-    (rec,) = record(cfg, list(cfg.models))
+    (rec,), _ = record(cfg, list(cfg.models))
     out = tmp_path / "artifacts" / "enc"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["schema"] == 1
@@ -101,8 +101,28 @@ def test_record_is_deterministic(tmp_path):
     record(cfg, list(cfg.models))
     out = tmp_path / "artifacts" / "enc"
     first = {p.name: p.read_bytes() for p in out.iterdir()}
-    record(cfg, list(cfg.models))
+    recordings, _ = record(cfg, list(cfg.models), force=True)
+    assert len(recordings) == 1
     assert {p.name: p.read_bytes() for p in out.iterdir()} == first
+
+
+def test_record_skips_what_is_up_to_date_and_redoes_what_changed(tmp_path):
+    path = project(tmp_path, ENCODER, YAML.rstrip(" ") + """\
+      - name: other
+        factory: usermodels:Cumsum
+        inputs:
+          - x: {shape: [2, 3, 5]}
+    """.replace("Cumsum", "WithGru").replace("WithGru", "Encoder"))
+    cfg = load_config(path)
+    recordings, skipped = record(cfg, list(cfg.models))
+    assert len(recordings) == 2 and skipped == []
+    recordings, skipped = record(cfg, list(cfg.models))
+    assert recordings == [] and skipped == ["enc", "other"]
+    # a changed models.yaml entry redoes only that model
+    path.write_text(path.read_text().replace("{hidden: 6}", "{hidden: 5}"))
+    cfg = load_config(path)
+    recordings, skipped = record(cfg, list(cfg.models))
+    assert [r.manifest.name for r in recordings] == ["enc"] and skipped == ["other"]
 
 
 @pytest.mark.parametrize("factory, expected", [

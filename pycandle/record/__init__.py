@@ -54,7 +54,9 @@ def _err(mc: ModelConfig, field: str, msg: str) -> RecordError:
     return RecordError(f"{mc.location}: model '{mc.name}': field '{field}': {msg}")
 
 
-def build_model(cfg: Config, mc: ModelConfig) -> torch.nn.Module:
+def import_factory(cfg: Config, mc: ModelConfig) -> Any:
+    """The factory callable named by `mc.factory`, imported with the config's directory on the
+    path."""
     root = str(cfg.root)
     if root not in sys.path:
         sys.path.insert(0, root)
@@ -72,6 +74,11 @@ def build_model(cfg: Config, mc: ModelConfig) -> torch.nn.Module:
         target = getattr(target, part)
     if not callable(target):
         raise _err(mc, "factory", f"'{mc.factory}' is not callable")
+    return target
+
+
+def build_model(cfg: Config, mc: ModelConfig) -> torch.nn.Module:
+    target = import_factory(cfg, mc)
     torch.manual_seed(mc.seed)
     try:
         model = target(**mc.kwargs)
@@ -140,17 +147,45 @@ def make_inputs(specs: dict[str, TensorSpec], seed: int) -> dict[str, torch.Tens
     return out
 
 
-def _content_hash(cfg: Config, mc: ModelConfig) -> str:
+_PYCANDLE_SOURCES = sorted(Path(pycandle.__file__).parent.rglob("*.py"))
+
+
+def content_hash(cfg: Config, mc: ModelConfig) -> str:
+    """What a recording depends on: the model's entry in models.yaml, the user's modules
+    (every imported module under the config's directory), the weights file, PyCandle's own
+    sources and the torch version. Call after `import_factory`."""
     h = hashlib.sha256()
     h.update(json.dumps(mc.raw, sort_keys=True, default=str).encode())
-    module = sys.modules.get(mc.module_name)
-    src = getattr(module, "__file__", None)
-    if src and Path(src).is_file():
-        h.update(Path(src).read_bytes())
+    root = cfg.root.resolve()
+    user_files = set()
+    for module in list(sys.modules.values()):
+        src = getattr(module, "__file__", None)
+        if src and src.endswith(".py"):
+            path = Path(src).resolve()
+            if path.is_relative_to(root) and path.is_file():
+                user_files.add(path)
+    for path in sorted(user_files) + _PYCANDLE_SOURCES:
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
     if mc.weights is not None:
         h.update(sha256_file(mc.weights).encode())
     h.update(f"torch={torch.__version__};pycandle={pycandle.__version__}".encode())
     return h.hexdigest()
+
+
+def up_to_date(cfg: Config, mc: ModelConfig) -> bool:
+    """Whether artifacts/<model>/ was recorded from exactly these inputs."""
+    out = cfg.artifacts / mc.name
+    manifest = out / "manifest.json"
+    if not all((out / f).is_file() for f in ("manifest.json", "weights.safetensors",
+                                               "golden.safetensors")):
+        return False
+    try:
+        recorded = json.loads(manifest.read_text()).get("content_hash")
+    except (OSError, ValueError):
+        return False
+    import_factory(cfg, mc)
+    return recorded == content_hash(cfg, mc)
 
 
 def _module_infos(model: torch.nn.Module, root: Path) -> dict[str, ModuleInfo]:
@@ -316,7 +351,7 @@ def record_model(cfg: Config, mc: ModelConfig) -> Recording:
         name=mc.name, factory=mc.factory, seed=mc.seed, atol=mc.tolerance.atol,
         rtol=mc.tolerance.rtol,
         versions={"pycandle": pycandle.__version__, "torch": torch.__version__.split("+")[0]},
-        content_hash=_content_hash(cfg, mc), inputs=tuple(mc.inputs[0]),
+        content_hash=content_hash(cfg, mc), inputs=tuple(mc.inputs[0]),
         cases=tuple({"inputs": {a: {"shape": list(s.shape), "dtype": s.dtype,
                                     "low": s.low, "high": s.high}
                                 for a, s in specs.items()}} for specs in mc.inputs),
@@ -341,12 +376,17 @@ def write_recording(artifacts: Path, rec: Recording) -> list[Path]:
     return [p for p, data in files.items() if write_atomic(p, data)]
 
 
-def record(cfg: Config, models: list[ModelConfig], progress=None) -> list[Recording]:
-    """Trace every model, then write them all; nothing is written if any model fails."""
-    recordings, errors = [], []
+def record(cfg: Config, models: list[ModelConfig], progress=None,
+           force: bool = False) -> tuple[list[Recording], list[str]]:
+    """Trace every model that is not up to date, then write them all; nothing is written if
+    any model fails. Returns the recordings and the names of the models skipped."""
+    recordings, skipped, errors = [], [], []
     for mc in models:
         try:
-            recordings.append(record_model(cfg, mc))
+            if not force and up_to_date(cfg, mc):
+                skipped.append(mc.name)
+            else:
+                recordings.append(record_model(cfg, mc))
         except (PyCandleError, ConfigError) as e:
             errors.append(str(e))
         if progress is not None:
@@ -359,4 +399,4 @@ def record(cfg: Config, models: list[ModelConfig], progress=None) -> list[Record
         except OSError as e:
             raise RecordError(f"cannot write artifacts for '{rec.manifest.name}' under "
                               f"{cfg.artifacts}: {e}") from None
-    return recordings
+    return recordings, skipped
