@@ -35,8 +35,21 @@ impl FrameScorer {
 
     /// `frames`: (d0, d1, 24)
     pub fn forward(&self, frames: &Tensor) -> Result<(Tensor, Tensor)> {
+        self.forward_stream(frames, &mut FrameScorerState::default())
+    }
+
+    /// Runs one chunk of a longer sequence: recurrent layers start from `state` and leave
+    /// their final state in it, so consecutive chunks give the same result as one long call.
+    pub fn forward_stream(
+        &self,
+        frames: &Tensor,
+        state: &mut FrameScorerState,
+    ) -> Result<(Tensor, Tensor)> {
         // rnn_output: (d0, d1, 48), rnn_h_n: (2, d1, 48), rnn_c_n: (2, d1, 48)
-        let (rnn_output, (rnn_h_n, _rnn_c_n)) = self.rnn.forward(frames, None)?;
+        let (rnn_output, (rnn_h_n, rnn_c_n)) = self
+            .rnn
+            .forward(frames, state.rnn.as_ref().map(|(h, c)| (h, c)))?;
+        state.rnn = Some((rnn_h_n.clone(), rnn_c_n.clone()));
         // (d0, d1, 4)
         let head = self.head.forward(&rnn_output)?;
         // (d0, d1, 4)
@@ -56,4 +69,12 @@ impl FrameScorer {
         let add = sub.add(&getitem_1)?;
         Ok((sigmoid, add))
     }
+}
+
+/// Recurrent state carried between chunks by [`FrameScorer::forward_stream`]; start from
+/// `Default::default()` (zeros, as PyTorch).
+#[derive(Debug, Clone, Default)]
+pub struct FrameScorerState {
+    /// final state of `rnn`
+    pub rnn: Option<(Tensor, Tensor)>,
 }

@@ -38,8 +38,17 @@ impl VoiceEncoder {
 
     /// `mels`: (d0, d1, 40)
     pub fn forward(&self, mels: &Tensor) -> Result<Tensor> {
+        self.forward_stream(mels, &mut VoiceEncoderState::default())
+    }
+
+    /// Runs one chunk of a longer sequence: recurrent layers start from `state` and leave
+    /// their final state in it, so consecutive chunks give the same result as one long call.
+    pub fn forward_stream(&self, mels: &Tensor, state: &mut VoiceEncoderState) -> Result<Tensor> {
         // lstm_output: (d0, d1, 256), lstm_h_n: (3, d0, 256), lstm_c_n: (3, d0, 256)
-        let (_lstm_output, (lstm_h_n, _lstm_c_n)) = self.lstm.forward(mels, None)?;
+        let (_lstm_output, (lstm_h_n, lstm_c_n)) = self
+            .lstm
+            .forward(mels, state.lstm.as_ref().map(|(h, c)| (h, c)))?;
+        state.lstm = Some((lstm_h_n.clone(), lstm_c_n.clone()));
         // (d0, 256)
         let getitem = lstm_h_n.get_on_dim(0, lstm_h_n.dim(0)? - 1)?;
         // (d0, 256)
@@ -52,4 +61,12 @@ impl VoiceEncoder {
         let div = relu.broadcast_div(&norm)?;
         Ok(div)
     }
+}
+
+/// Recurrent state carried between chunks by [`VoiceEncoder::forward_stream`]; start from
+/// `Default::default()` (zeros, as PyTorch).
+#[derive(Debug, Clone, Default)]
+pub struct VoiceEncoderState {
+    /// final state of `lstm`
+    pub lstm: Option<(Tensor, Tensor)>,
 }

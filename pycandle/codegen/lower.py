@@ -55,6 +55,7 @@ class LayerTest:
     inputs: list[tuple[str, str]]  # (variable, golden key without case prefix)
     stmt: Stmt
     checks: list[Check]
+    stream_lines: list[str] = field(default_factory=list)  # the chunked-run check, if any
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class ModelIR:
     model_checks: list[Check]
     input_keys: list[tuple[str, str]]  # (forward arg, golden key suffix)
     out_pattern: str  # binds the model's outputs to the `model_checks` variables
+    state_fields: list[tuple[str, str, str]]  # carried recurrent state: (name, type, module)
     num_cases: int
     atol: float
     rtol: float
@@ -189,6 +191,7 @@ class _Lowering:
         self.test_uses: set[str] = set()
         self.stmts: list[Stmt] = []
         self.layer_tests: list[LayerTest] = []
+        self.state_fields: list[tuple[str, str, str]] = []  # (node, Rust type, module)
         self.shape_names = _shape_names(manifest)
 
     def problem(self, node: Node, what: str, hint: str | None = None) -> None:
@@ -288,12 +291,26 @@ class _Lowering:
         this = f"self.{fld.name}" if fld else ""
         names = _out_names(layer.outputs, node.out, node.name)
         used_paths = {p for (n, p), c in used.items() if n == node.name and c}
-        expr = layer.call(info.config, this, args, kwargs)
+        stream = layer.stream
+        streaming = stream is not None and stream.blocker(info.config, args, kwargs) is None
+        if streaming:
+            # the call resumes from the carried state and leaves its final state there
+            x = registry.one_tensor(args, kwargs, "input, hx=None")
+            expr = stream.call(info.config, this, x, stream.resume(f"state.{node.name}"))
+            used_paths |= set(stream.state_paths)
+        else:
+            expr = layer.call(info.config, this, args, kwargs)
         self.uses.update(layer.uses + layer.call_uses)
         self.stmts.append(Stmt(_pattern(names, used_paths), expr,
                                self.comment(node, names)))
+        if streaming:
+            finals = [f"{_at(names, p)}.clone()" for p in stream.state_paths]
+            value = finals[0] if len(finals) == 1 else "(" + ", ".join(finals) + ")"
+            self.stmts.append(Stmt("", f"state.{node.name} = Some({value})"))
+            self.state_fields.append((node.name, stream.state_type, node.target))
         self._bind(node, names)
-        self.layer_test(node, layer, info.config, fld, names)
+        self.layer_test(node, layer, info.config, fld, names,
+                        stream if streaming else None)
 
     def comment(self, node: Node, names: Any) -> str | None:
         parts = []
@@ -318,7 +335,7 @@ class _Lowering:
         return decl
 
     def layer_test(self, node: Node, layer: registry.Layer, cfg: dict[str, Any],
-                   fld: FieldDecl | None, names: Any) -> None:
+                   fld: FieldDecl | None, names: Any, stream: registry.Stream | None) -> None:
         counter = iter(range(1 << 30))
         inputs: list[tuple[str, str]] = []
 
@@ -346,9 +363,10 @@ class _Lowering:
                 key = golden_node_key(0, node.name, "out", path_key(path)).split(".", 1)[1]
                 checks.append(Check(label or path_key(path), name, key))
         self.test_uses.update(layer.call_uses)
+        stream_lines = _stream_test(node, cfg, this, args, names, stream) if stream else []
         self.layer_tests.append(LayerTest(node.name, node.target, layer.torch_type, inputs,
                                           Stmt(_pattern(names, {p for p, _ in leaves(names)}),
-                                               expr), checks))
+                                               expr), checks, stream_lines))
 
     def lower_function(self, node: Node) -> None:
         op = registry.op_for(node.target)
@@ -376,6 +394,45 @@ class _Lowering:
             return
         self.stmts.append(Stmt(node.name, expr, shape_comment(node.out, self.shape_names)))
         self.vars[(node.name, ())] = T(node.name, node.out)
+
+
+def _stream_test(node: Node, cfg: dict[str, Any], this: str, args: Any, names: Any,
+                 stream: registry.Stream) -> list[str]:
+    """Rust lines running the layer on its golden input in two chunks, the second resuming
+    from the first's final state; the joined output and the final state must match the
+    whole-sequence goldens."""
+    x = next(t for _, t in leaves(args) if isinstance(t, T))
+    td = stream.time_dim(cfg, x.rank)
+    first, second = _out_names_suffixed(names, "a"), _out_names_suffixed(names, "b")
+    every = {p for p, _ in leaves(names)}
+    out_a, out_b = _at(first, (0,)), _at(second, (0,))
+    resume = stream.some([_at(first, p) for p in stream.state_paths])
+    lines = [
+        f"let steps = {x.name}.dim({td})?;",
+        "if steps >= 2 {",
+        f"let head = {x.name}.narrow({td}, 0, steps / 2)?;",
+        f"let tail = {x.name}.narrow({td}, steps / 2, steps - steps / 2)?;",
+        f"let {_pattern(first, every)} = "
+        f"{stream.call(cfg, this, T('head', x.meta), 'None')};",
+        f"let {_pattern(second, every)} = "
+        f"{stream.call(cfg, this, T('tail', x.meta), resume)};",
+        f"let joined = Tensor::cat(&[&{out_a}, &{out_b}], {td})?;",
+        f'report.check("stream", "{node.target}", "output", &joined, '
+        f'&g("{golden_node_key(0, node.name, "out", "0").split(".", 1)[1]}")?)?;',
+    ]
+    for p in stream.state_paths:
+        key = golden_node_key(0, node.name, "out", path_key(p)).split(".", 1)[1]
+        label = _at(names, p)[len(node.name) + 1:]
+        lines.append(f'report.check("stream", "{node.target}", "{label}", &{_at(second, p)}, '
+                     f'&g("{key}")?)?;')
+    lines.append("}")
+    return lines
+
+
+def _out_names_suffixed(names: Any, suffix: str) -> Any:
+    if isinstance(names, str):
+        return f"{names}_{suffix}"
+    return tuple(_out_names_suffixed(n, suffix) for n in names)
 
 
 def _at(value: Any, path: tuple[int, ...]) -> Any:
@@ -423,6 +480,8 @@ def lower(manifest: Manifest) -> ModelIR:
         lo.uses.add("candle_core::D")
     test_code = " ".join(t.stmt.expr for t in lo.layer_tests)
     test_uses = set(lo.test_uses)
+    if any(t.stream_lines for t in lo.layer_tests):
+        test_uses.add("candle_core::Tensor")
     if "D::" in test_code:
         test_uses.add("candle_core::D")
     first_param = next((p["dtype"] for info in manifest.modules.values()
@@ -435,7 +494,7 @@ def lower(manifest: Manifest) -> ModelIR:
         stmts=lo.stmts, return_type=return_type, return_expr=return_expr,
         layer_tests=lo.layer_tests, model_checks=model_checks,
         input_keys=[(a, golden_input_key(0, a).split(".", 1)[1]) for a in manifest.inputs],
-        out_pattern=out_pattern,
+        out_pattern=out_pattern, state_fields=lo.state_fields,
         num_cases=manifest.num_cases, atol=manifest.atol, rtol=manifest.rtol,
         dtype=RUST_DTYPES.get(dtype, "F32"), test_uses=merge_uses(test_uses),
         warnings=[line for w in manifest.warnings

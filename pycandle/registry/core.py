@@ -138,6 +138,29 @@ class Field:
 
 
 @dataclass(frozen=True)
+class Stream:
+    """How a recurrent layer runs a long sequence in chunks, carrying its state between calls."""
+
+    state_type: str  # Rust type of the carried state, e.g. "(Tensor, Tensor)"
+    state_paths: tuple[tuple[int, ...], ...]  # where the final state sits in the outputs
+    # (cfg, args, kwargs) -> why this call cannot stream (explicit initial state,
+    # bidirectional, ...), or None
+    blocker: Callable[[dict[str, Any], tuple, dict[str, Any]], str | None]
+    # (cfg, this, input operand, Rust `Option<...>` initial-state argument) -> call expression
+    call: Callable[[dict[str, Any], str, "T", str], str]
+    # Rust expression turning `&Option<state_type>` (given as text) into that argument
+    resume: Callable[[str], str]
+    # (cfg, input rank) -> the time dimension of the input and of the output sequence
+    time_dim: Callable[[dict[str, Any], int], int]
+
+    def some(self, names: list[str]) -> str:
+        """`Some(...)` borrowing the given state variables, as the call's argument."""
+        if len(names) == 1:
+            return f"Some(&{names[0]})"
+        return "Some((" + ", ".join(f"&{n}" for n in names) + "))"
+
+
+@dataclass(frozen=True)
 class Layer:
     torch_type: str  # "torch.nn.LSTM"
     config_attrs: tuple[str, ...]  # attributes `record` reads off the module instance
@@ -148,6 +171,7 @@ class Layer:
     uses: tuple[str, ...] = ()  # Rust `use` paths the model code needs
     call_uses: tuple[str, ...] = ()  # ... and the traits a call needs (parity tests use these)
     passthrough: bool = False  # forwards its single input unchanged (Dropout in eval, Identity)
+    stream: Stream | None = None  # recurrent layers: chunked runs carrying the state
     doc: str = ""
 
     @property

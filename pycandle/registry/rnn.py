@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pycandle.registry.core import Field, Layer, T, Unsupported, bind, register_layer, require
+from pycandle.registry.core import (
+    Field, Layer, Stream, T, Unsupported, bind, register_layer, require,
+)
 
 
 def _lstm_check(cfg: dict[str, Any]) -> list[str]:
@@ -49,6 +51,29 @@ def _lstm_call(cfg: dict[str, Any], this: str, args: tuple, kwargs: dict[str, An
     return f"{this}.forward({x.borrow}, {state})?"
 
 
+def _sequence_blocker(cfg: dict[str, Any], args: tuple, kwargs: dict[str, Any]) -> str | None:
+    if cfg.get("bidirectional"):
+        return "bidirectional: the reverse direction needs the whole sequence"
+    if bind("input, hx=None", args, kwargs)["hx"] is not None:
+        return "called with an explicit initial state"
+    return None
+
+
+def _sequence_time_dim(cfg: dict[str, Any], rank: int) -> int:
+    return 1 if cfg.get("batch_first") and rank == 3 else 0
+
+
+def _forward_with(cfg: dict[str, Any], this: str, x: T, state: str) -> str:
+    return f"{this}.forward({x.borrow}, {state})?"
+
+
+LSTM_STREAM = Stream(
+    state_type="(Tensor, Tensor)", state_paths=((1, 0), (1, 1)), blocker=_sequence_blocker,
+    call=_forward_with, resume=lambda s: f"{s}.as_ref().map(|(h, c)| (h, c))",
+    time_dim=_sequence_time_dim,
+)
+
+
 register_layer(Layer(
     "torch.nn.LSTM",
     ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
@@ -56,6 +81,7 @@ register_layer(Layer(
     outputs=("output", ("h_n", "c_n")),
     field=_lstm_field, call=_lstm_call, check=_lstm_check,
     uses=("pycandle_runtime::{Lstm, LstmConfig}",),
+    stream=LSTM_STREAM,
     doc="any num_layers, bias, batch_first, bidirectional, proj_size, (h0, c0), unbatched "
         "input; dropout is inactive in eval",
 ))

@@ -182,7 +182,8 @@ impl ParityReport {
 
     /// Compares `actual` with `expected` element-wise and records the result.
     ///
-    /// `kind` is `"layer"` or `"model"`. A shape or value mismatch is recorded
+    /// `kind` is `"layer"` (a layer fed golden inputs), `"stream"` (a recurrent layer run
+    /// in chunks, carrying its state) or `"model"` (end to end). A shape or value mismatch is recorded
     /// as a failing entry, not returned as an error; errors come only from
     /// tensor operations (or an unknown `kind`).
     pub fn check(
@@ -193,8 +194,8 @@ impl ParityReport {
         actual: &Tensor,
         expected: &Tensor,
     ) -> Result<()> {
-        if kind != "layer" && kind != "model" {
-            bail!("parity check kind must be \"layer\" or \"model\", got {kind:?}");
+        if !matches!(kind, "layer" | "stream" | "model") {
+            bail!("parity check kind must be \"layer\", \"stream\" or \"model\", got {kind:?}");
         }
         let shape = actual.dims().to_vec();
         let expected_shape = expected.dims().to_vec();
