@@ -70,6 +70,17 @@ def parity(session: nox.Session) -> None:
 
 
 @nox.session
+def fuzz(session: nox.Session) -> None:
+    """Randomised recurrent configurations through the pipeline: `nox -s fuzz -- --count 500`."""
+    count = "100"
+    if "--count" in session.posargs:
+        count = session.posargs[session.posargs.index("--count") + 1]
+    env = {**_cargo_env(), "PYCANDLE_FUZZ_COUNT": count}
+    session.run(_python(session), "-m", "pytest", "-q", "-x", "tests/test_recurrent_sweep.py",
+                env=env, external=True)
+
+
+@nox.session
 def tests(session: nox.Session) -> None:
     """pytest (unit, codegen, runtime and end-to-end) plus the runtime's cargo tests."""
     python = _python(session)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import random
 import shutil
-import textwrap
 
 import pytest
 
@@ -50,60 +48,6 @@ def test_example_models_pass_parity_at_every_trace_shape(tmp_path, cargo_env, ca
     for name in ("voice_encoder", "frame_scorer", "mlp"):
         assert (tmp_path / "generated" / "src" / f"{name}.rs").read_text() == \
             (ROOT / "generated" / "src" / f"{name}.rs").read_text()
-
-
-def _lstm_case(rng: random.Random, i: int) -> tuple[str, str]:
-    """One random nn.LSTM configuration as a model class and its models.yaml entry."""
-    layers = rng.randint(1, 3)
-    bidirectional = rng.random() < 0.5
-    proj = rng.choice([0, 0, 2])
-    hidden = rng.randint(3, 7)
-    hidden = max(hidden, proj + 1)
-    inp = rng.randint(1, 6)
-    bias = rng.random() < 0.8
-    batch_first = rng.random() < 0.5
-    with_state = rng.random() < 0.5
-    dirs = 2 if bidirectional else 1
-    h_out = proj or hidden
-    batches = [rng.randint(1, 4), rng.randint(1, 4)]
-    steps = [rng.randint(1, 9), rng.randint(1, 9)]
-    args = "x, h0, c0" if with_state else "x"
-    call = "self.lstm(x, (h0, c0))" if with_state else "self.lstm(x)"
-    cls = textwrap.dedent(f"""
-        class Lstm{i}(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.lstm = nn.LSTM({inp}, {hidden}, num_layers={layers}, bias={bias},
-                                    batch_first={batch_first}, bidirectional={bidirectional},
-                                    proj_size={proj})
-
-            def forward(self, {args}):
-                out, (h, c) = {call}
-                return out, h, c
-        """)
-    cases = []
-    for b, t in zip(batches, steps):
-        x = [b, t, inp] if batch_first else [t, b, inp]
-        case = f"      - x: {{shape: {x}, low: -1, high: 1}}\n"
-        if with_state:
-            case += f"        h0: {{shape: [{layers * dirs}, {b}, {h_out}], low: -1, high: 1}}\n"
-            case += f"        c0: {{shape: [{layers * dirs}, {b}, {hidden}], low: -1, high: 1}}\n"
-        cases.append(case)
-    entry = (f"  - name: lstm{i}\n    factory: rnnmodels:Lstm{i}\n    seed: {i}\n    inputs:\n"
-             + "".join(cases))
-    return cls, entry
-
-
-def test_random_lstm_configurations(tmp_path, cargo_env, capsys):
-    """Randomised nn.LSTM options (layers, directions, projection, bias, layout, initial state,
-    batch and sequence sizes), all in one generated crate so there is one cargo build."""
-    rng = random.Random(20261123)
-    classes, entries = zip(*(_lstm_case(rng, i) for i in range(8)))
-    (tmp_path / "rnnmodels.py").write_text("from torch import nn\n" + "".join(classes))
-    (tmp_path / "models.yaml").write_text("crate: crate\nmodels:\n" + "".join(entries))
-    pin_lockfile(tmp_path / "crate")
-    assert run("all", "--config", str(tmp_path / "models.yaml")) == 0, capsys.readouterr()
-    assert "parity: 16 passed, 0 failed" in capsys.readouterr().out
 
 
 def test_a_diverging_layer_is_named(tmp_path, cargo_env, capsys):
