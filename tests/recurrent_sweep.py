@@ -3,7 +3,6 @@ for sweeps through the real pipeline (record -> codegen -> cargo test)."""
 
 from __future__ import annotations
 
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from conftest import pin_lockfile
 
 @dataclass(frozen=True)
 class RecurrentCase:
-    kind: str  # "LSTM"
+    kind: str  # "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"
     input_size: int
     hidden: int
     layers: int
@@ -26,14 +25,35 @@ class RecurrentCase:
     unbatched: bool
     batches: tuple[int, int]
     steps: tuple[int, int]
+    relu: bool = False  # RNN / RNNCell nonlinearity
 
     @property
     def h_out(self) -> int:
         return self.proj or self.hidden
 
+    @property
+    def cell(self) -> bool:
+        return self.kind.endswith("Cell")
+
+    @property
+    def pair(self) -> bool:
+        return self.kind.startswith("LSTM")
+
+    def constructor(self) -> str:
+        args = [str(self.input_size), str(self.hidden), f"bias={self.bias}"]
+        if not self.cell:
+            args += [f"num_layers={self.layers}", f"batch_first={self.batch_first}",
+                     f"bidirectional={self.bidirectional}"]
+        if self.kind == "LSTM":
+            args.append(f"proj_size={self.proj}")
+        if self.kind.startswith("RNN"):
+            args.append(f"nonlinearity={'relu' if self.relu else 'tanh'!r}")
+        return f"nn.{self.kind}({', '.join(args)})"
+
 
 @st.composite
-def recurrent_cases(draw, kinds=("LSTM",)) -> RecurrentCase:
+def recurrent_cases(draw, kinds=("LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell")
+                    ) -> RecurrentCase:
     kind = draw(st.sampled_from(kinds))
     hidden = draw(st.integers(1, 8))
     return RecurrentCase(
@@ -45,40 +65,46 @@ def recurrent_cases(draw, kinds=("LSTM",)) -> RecurrentCase:
         with_state=draw(st.booleans()), unbatched=draw(st.booleans()),
         batches=(draw(st.integers(1, 4)), draw(st.integers(1, 4))),
         steps=(draw(st.integers(1, 9)), draw(st.integers(1, 9))),
+        relu=draw(st.booleans()),
     )
 
 
 def model_source(case: RecurrentCase, i: int) -> str:
-    args = "x, h0, c0" if case.with_state else "x"
-    call = "self.rnn(x, (h0, c0))" if case.with_state else "self.rnn(x)"
-    return textwrap.dedent(f"""
-        class Model{i}(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.rnn = nn.{case.kind}({case.input_size}, {case.hidden}, num_layers={case.layers},
-                                   bias={case.bias}, batch_first={case.batch_first},
-                                   bidirectional={case.bidirectional}, proj_size={case.proj})
-
-            def forward(self, {args}):
-                out, (h, c) = {call}
-                return out, h, c
-        """)
+    state = ("(h0, c0)" if case.pair else "h0") if case.with_state else None
+    args = ("x, h0, c0" if case.pair else "x, h0") if case.with_state else "x"
+    call = f"self.rnn(x, {state})" if state else "self.rnn(x)"
+    if case.cell:
+        body = f"return {call}"
+    elif case.pair:
+        body = f"out, (h, c) = {call}\n        return out, h, c"
+    else:
+        body = f"out, h = {call}\n        return out, h"
+    return (f"\n\nclass Model{i}(nn.Module):\n"
+            f"    def __init__(self):\n"
+            f"        super().__init__()\n"
+            f"        self.rnn = {case.constructor()}\n\n"
+            f"    def forward(self, {args}):\n"
+            f"        {body}\n")
 
 
 def yaml_entry(case: RecurrentCase, i: int) -> str:
-    dirs = 2 if case.bidirectional else 1
+    dirs = 1 if case.cell else (2 if case.bidirectional else 1)
+    layers = 1 if case.cell else case.layers
     lines = [f"  - name: model{i}", f"    factory: sweep:Model{i}", f"    seed: {i}", "    inputs:"]
     for b, t in zip(case.batches, case.steps):
-        if case.unbatched:
-            x, h, c = [t, case.input_size], [case.layers * dirs, case.h_out], \
-                [case.layers * dirs, case.hidden]
+        batch = [] if case.unbatched else [b]
+        if case.cell:
+            x, h, c = batch + [case.input_size], batch + [case.hidden], batch + [case.hidden]
         else:
-            x = [b, t, case.input_size] if case.batch_first else [t, b, case.input_size]
-            h, c = [case.layers * dirs, b, case.h_out], [case.layers * dirs, b, case.hidden]
+            x = [t, case.input_size] if case.unbatched else (
+                [b, t, case.input_size] if case.batch_first else [t, b, case.input_size])
+            h = [layers * dirs] + batch + [case.h_out]
+            c = [layers * dirs] + batch + [case.hidden]
         lines.append(f"      - x: {{shape: {x}, low: -1, high: 1}}")
         if case.with_state:
             lines.append(f"        h0: {{shape: {h}, low: -1, high: 1}}")
-            lines.append(f"        c0: {{shape: {c}, low: -1, high: 1}}")
+            if case.pair:
+                lines.append(f"        c0: {{shape: {c}, low: -1, high: 1}}")
     lines.append("    tolerance: {atol: 2.0e-5, rtol: 1.0e-4}")
     return "\n".join(lines) + "\n"
 

@@ -33,6 +33,12 @@ FIXED: list[RecurrentCase] = [
     RecurrentCase("LSTM", 3, 4, 2, True, 2, True, False, True, True, (1, 1), (1, 2)),
     # hidden size 1, no bias, batch-first, streaming (no state) at batch 1
     RecurrentCase("LSTM", 1, 1, 3, False, 0, False, True, False, False, (1, 4), (9, 2)),
+    RecurrentCase("GRU", 2, 3, 2, True, 0, True, True, True, False, (3, 1), (4, 1)),
+    RecurrentCase("RNN", 2, 3, 2, False, 0, False, False, False, False, (2, 1), (5, 3), relu=True),
+    RecurrentCase("LSTMCell", 3, 2, 1, False, 0, True, False, True, True, (1, 1), (1, 1)),
+    RecurrentCase("GRUCell", 3, 2, 1, False, 0, False, False, True, False, (2, 3), (1, 1)),
+    RecurrentCase("RNNCell", 3, 2, 1, False, 0, True, False, False, False, (2, 3), (1, 1),
+                  relu=True),
 ]
 
 

@@ -58,9 +58,11 @@ def import_factory(cfg: Config, mc: ModelConfig) -> Any:
     """The factory callable named by `mc.factory`, imported with the config's directory on the
     path."""
     root = str(cfg.root)
-    if root not in sys.path:
-        sys.path.insert(0, root)
+    if root in sys.path:
+        sys.path.remove(root)
+    sys.path.insert(0, root)
     module_name, attr = mc.factory.split(":")
+    _forget_foreign(module_name.split(".")[0], cfg.root)
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # the user's module may raise anything on import
@@ -75,6 +77,17 @@ def import_factory(cfg: Config, mc: ModelConfig) -> Any:
     if not callable(target):
         raise _err(mc, "factory", f"'{mc.factory}' is not callable")
     return target
+
+
+def _forget_foreign(package: str, root: Path) -> None:
+    """Drop an already-imported module of that name that lives outside the config's directory
+    (another models.yaml's module of the same name), so the import finds this one."""
+    module = sys.modules.get(package)
+    src = getattr(module, "__file__", None)
+    if module is None or (src and Path(src).resolve().is_relative_to(root.resolve())):
+        return
+    for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+        del sys.modules[name]
 
 
 def build_model(cfg: Config, mc: ModelConfig) -> torch.nn.Module:

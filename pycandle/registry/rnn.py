@@ -1,54 +1,70 @@
-"""Recurrent layers: implemented by the pycandle-runtime crate."""
+"""Recurrent layers and cells: implemented by the pycandle-runtime crate."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from pycandle.registry.core import (
     Field, Layer, Stream, T, Unsupported, bind, register_layer, require,
 )
 
 
-def _lstm_check(cfg: dict[str, Any]) -> list[str]:
-    problems: list[str] = []
-    require(cfg.get("mode", "LSTM") == "LSTM", problems, f"mode {cfg.get('mode')!r}")
-    return problems
-
-
-def _lstm_field(cfg: dict[str, Any]) -> Field:
-    def b(v: bool) -> str:
+def _literal(v: Any) -> str:
+    if isinstance(v, bool):
         return "true" if v else "false"
-
-    init = (
-        "Lstm::load(\n"
-        "LstmConfig {\n"
-        f"input_size: {cfg['input_size']},\n"
-        f"hidden_size: {cfg['hidden_size']},\n"
-        f"num_layers: {cfg['num_layers']},\n"
-        f"bias: {b(cfg['bias'])},\n"
-        f"batch_first: {b(cfg['batch_first'])},\n"
-        f"bidirectional: {b(cfg['bidirectional'])},\n"
-        f"proj_size: {cfg['proj_size']},\n"
-        "},\n"
-        "$vb,\n"
-        ")?"
-    )
-    return Field("Lstm", init)
+    return str(v)
 
 
-def _lstm_call(cfg: dict[str, Any], this: str, args: tuple, kwargs: dict[str, Any]) -> str:
-    bound = bind("input, hx=None", args, kwargs)
-    x = bound["input"]
-    if not isinstance(x, T):
-        raise Unsupported("LSTM input must be a tensor (PackedSequence is not supported yet)")
-    hx = bound["hx"]
+def _loader(rust_type: str, config: str, fields: dict[str, str]) -> Callable[[dict], Field]:
+    """`Type::load(TypeConfig { field: cfg[attr], ... }, vb)` from the recorded config."""
+
+    def field(cfg: dict[str, Any]) -> Field:
+        body = "".join(f"{name}: {_value(cfg, attr)},\n" for name, attr in fields.items())
+        return Field(rust_type, f"{rust_type}::load(\n{config} {{\n{body}}},\n$vb,\n)?")
+
+    return field
+
+
+def _value(cfg: dict[str, Any], attr: str) -> str:
+    if attr == "nonlinearity":
+        return {"tanh": "Nonlinearity::Tanh", "relu": "Nonlinearity::Relu"}[cfg["nonlinearity"]]
+    if attr == "mode":  # nn.RNN records its nonlinearity in `mode` too
+        return {"RNN_TANH": "Nonlinearity::Tanh", "RNN_RELU": "Nonlinearity::Relu"}[cfg["mode"]]
+    return _literal(cfg[attr])
+
+
+def _state_arg(hx: Any, pair: bool, what: str) -> str:
     if hx is None:
-        state = "None"
-    elif isinstance(hx, (tuple, list)) and len(hx) == 2 and all(isinstance(h, T) for h in hx):
-        state = f"Some(({hx[0].borrow}, {hx[1].borrow}))"
-    else:
-        raise Unsupported(f"LSTM initial state must be a (h0, c0) tuple of tensors, got {hx!r}")
-    return f"{this}.forward({x.borrow}, {state})?"
+        return "None"
+    if pair and isinstance(hx, (tuple, list)) and len(hx) == 2 and all(isinstance(h, T) for h in hx):
+        return f"Some(({hx[0].borrow}, {hx[1].borrow}))"
+    if not pair and isinstance(hx, T):
+        return f"Some({hx.borrow})"
+    expected = "a (h, c) tuple of tensors" if pair else "a tensor"
+    raise Unsupported(f"{what} initial state must be {expected}, got {hx!r}")
+
+
+def _call(what: str, pair: bool) -> Callable[[dict, str, tuple, dict], str]:
+    def call(cfg: dict[str, Any], this: str, args: tuple, kwargs: dict[str, Any]) -> str:
+        bound = bind("input, hx=None", args, kwargs)
+        x = bound["input"]
+        if not isinstance(x, T):
+            raise Unsupported(f"{what} input must be a tensor, got {x!r}")
+        return f"{this}.forward({x.borrow}, {_state_arg(bound['hx'], pair, what)})?"
+
+    return call
+
+
+def _check_mode(expected: tuple[str, ...]) -> Callable[[dict[str, Any]], list[str]]:
+    def check(cfg: dict[str, Any]) -> list[str]:
+        problems: list[str] = []
+        require(cfg.get("mode") in expected, problems, f"mode {cfg.get('mode')!r}")
+        return problems
+
+    return check
+
+
+# --- streaming: sequence layers carry their final state into the next chunk ---------------------
 
 
 def _sequence_blocker(cfg: dict[str, Any], args: tuple, kwargs: dict[str, Any]) -> str | None:
@@ -72,16 +88,59 @@ LSTM_STREAM = Stream(
     call=_forward_with, resume=lambda s: f"{s}.as_ref().map(|(h, c)| (h, c))",
     time_dim=_sequence_time_dim,
 )
+HIDDEN_STREAM = Stream(
+    state_type="Tensor", state_paths=((1,),), blocker=_sequence_blocker,
+    call=_forward_with, resume=lambda s: f"{s}.as_ref()", time_dim=_sequence_time_dim,
+)
 
+_SEQUENCE_ATTRS = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
+                   "bidirectional", "mode")
+_SEQUENCE_FIELDS = {"input_size": "input_size", "hidden_size": "hidden_size",
+                    "num_layers": "num_layers", "bias": "bias", "batch_first": "batch_first",
+                    "bidirectional": "bidirectional"}
+_SEQUENCE_DOC = ("num_layers, bias, batch_first, bidirectional, initial state, unbatched input; "
+                 "dropout is inactive in eval")
 
 register_layer(Layer(
-    "torch.nn.LSTM",
-    ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
-     "bidirectional", "proj_size", "mode"),
+    "torch.nn.LSTM", _SEQUENCE_ATTRS + ("proj_size",),
     outputs=("output", ("h_n", "c_n")),
-    field=_lstm_field, call=_lstm_call, check=_lstm_check,
-    uses=("pycandle_runtime::{Lstm, LstmConfig}",),
-    stream=LSTM_STREAM,
-    doc="any num_layers, bias, batch_first, bidirectional, proj_size, (h0, c0), unbatched "
-        "input; dropout is inactive in eval",
+    field=_loader("Lstm", "LstmConfig", {**_SEQUENCE_FIELDS, "proj_size": "proj_size"}),
+    call=_call("LSTM", pair=True), check=_check_mode(("LSTM",)),
+    uses=("pycandle_runtime::{Lstm, LstmConfig}",), stream=LSTM_STREAM,
+    doc=f"{_SEQUENCE_DOC}, proj_size",
+))
+register_layer(Layer(
+    "torch.nn.GRU", _SEQUENCE_ATTRS, outputs=("output", "h_n"),
+    field=_loader("Gru", "GruConfig", _SEQUENCE_FIELDS),
+    call=_call("GRU", pair=False), check=_check_mode(("GRU",)),
+    uses=("pycandle_runtime::{Gru, GruConfig}",), stream=HIDDEN_STREAM, doc=_SEQUENCE_DOC,
+))
+register_layer(Layer(
+    "torch.nn.RNN", _SEQUENCE_ATTRS + ("nonlinearity",), outputs=("output", "h_n"),
+    field=_loader("Rnn", "RnnConfig", {**_SEQUENCE_FIELDS, "nonlinearity": "mode"}),
+    call=_call("RNN", pair=False), check=_check_mode(("RNN_TANH", "RNN_RELU")),
+    uses=("pycandle_runtime::{Nonlinearity, Rnn, RnnConfig}",), stream=HIDDEN_STREAM,
+    doc=f"tanh and relu, {_SEQUENCE_DOC}",
+))
+
+_CELL_ATTRS = ("input_size", "hidden_size", "bias")
+_CELL_FIELDS = {"input_size": "input_size", "hidden_size": "hidden_size", "bias": "bias"}
+
+register_layer(Layer(
+    "torch.nn.LSTMCell", _CELL_ATTRS, outputs=("h", "c"),
+    field=_loader("LstmCell", "LstmCellConfig", _CELL_FIELDS), call=_call("LSTMCell", pair=True),
+    uses=("pycandle_runtime::{LstmCell, LstmCellConfig}",),
+    doc="bias, (h, c) state, unbatched input; step it in a Python loop",
+))
+register_layer(Layer(
+    "torch.nn.GRUCell", _CELL_ATTRS, outputs="out",
+    field=_loader("GruCell", "GruCellConfig", _CELL_FIELDS), call=_call("GRUCell", pair=False),
+    uses=("pycandle_runtime::{GruCell, GruCellConfig}",), doc="bias, state, unbatched input",
+))
+register_layer(Layer(
+    "torch.nn.RNNCell", _CELL_ATTRS + ("nonlinearity",), outputs="out",
+    field=_loader("RnnCell", "RnnCellConfig", {**_CELL_FIELDS, "nonlinearity": "nonlinearity"}),
+    call=_call("RNNCell", pair=False),
+    uses=("pycandle_runtime::{Nonlinearity, RnnCell, RnnCellConfig}",),
+    doc="tanh and relu, bias, state, unbatched input",
 ))
