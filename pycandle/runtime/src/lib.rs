@@ -4,9 +4,11 @@
 //! the port computes the same numbers as the original. This crate holds the
 //! pieces that generated code links against:
 //!
-//! * [`rnn`]: layers whose PyTorch semantics Candle does not provide out of
-//!   the box, starting with a complete `nn.LSTM` ([`Lstm`]) that loads
-//!   PyTorch's parameter names unchanged.
+//! * [`rnn`]: recurrent layers whose PyTorch semantics Candle does not
+//!   provide out of the box: complete `nn.LSTM`, `nn.GRU` and `nn.RNN`
+//!   ([`Lstm`], [`Gru`], [`Rnn`]) with padded-batch support, and the cells
+//!   `nn.LSTMCell`, `nn.GRUCell`, `nn.RNNCell` ([`LstmCell`], [`GruCell`],
+//!   [`RnnCell`]), all loading PyTorch's parameter names unchanged.
 //! * [`parity`]: golden tensors recorded from PyTorch ([`Golden`]) and the
 //!   tolerance bookkeeping that turns comparisons into a pass/fail verdict
 //!   and a JSON report ([`ParityReport`]).
@@ -15,4 +17,7 @@ pub mod parity;
 pub mod rnn;
 
 pub use parity::{Golden, ParityReport};
-pub use rnn::{Lstm, LstmConfig};
+pub use rnn::{
+    Gru, GruCell, GruCellConfig, GruConfig, Lstm, LstmCell, LstmCellConfig, LstmConfig,
+    Nonlinearity, Rnn, RnnCell, RnnCellConfig, RnnConfig,
+};

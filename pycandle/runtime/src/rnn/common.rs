@@ -1,0 +1,564 @@
+//! Machinery shared by the recurrent layers: parameter loading, input layout
+//! and state checks, padded-batch masks, and the layer, direction and time
+//! loops.
+
+use candle_core::{bail, DType, Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// One layer in one direction of a recurrent network (or a cell), split the
+/// way the fast path needs it: an input projection computed for every step
+/// at once, and a per-step update from the previous state.
+pub(super) trait Recurrence: Sized {
+    /// What is carried from step to step.
+    type State: RecurrentState;
+
+    /// The same parameters in `dtype` (a cheap clone when they already are).
+    fn to_dtype(&self, dtype: DType) -> Result<Self>;
+
+    /// The input's contribution to the gates, folded biases included.
+    /// (N, I) -> (N, G*H)
+    fn project_input(&self, xs: &Tensor) -> Result<Tensor>;
+
+    /// One step from this step's projected input `xp` (B, G*H) and the
+    /// previous state.
+    fn step(&self, xp: &Tensor, state: &Self::State) -> Result<Self::State>;
+}
+
+/// The state carried by a recurrence: `h`, or `(h, c)` for the LSTM.
+pub(super) trait RecurrentState: Sized {
+    /// The hidden state, which is also the step's output. (B, H_out)
+    fn hidden(&self) -> &Tensor;
+
+    /// Row by row, `next` where `valid` (B, 1) is set and `prev` elsewhere.
+    fn select(valid: &Tensor, next: Self, prev: Self) -> Result<Self>;
+}
+
+impl RecurrentState for Tensor {
+    fn hidden(&self) -> &Tensor {
+        self
+    }
+
+    fn select(valid: &Tensor, next: Self, prev: Self) -> Result<Self> {
+        valid.broadcast_as(next.shape())?.where_cond(&next, &prev)
+    }
+}
+
+/// `(h, c)`.
+impl RecurrentState for (Tensor, Tensor) {
+    fn hidden(&self) -> &Tensor {
+        &self.0
+    }
+
+    fn select(valid: &Tensor, next: Self, prev: Self) -> Result<Self> {
+        Ok((
+            <Tensor as RecurrentState>::select(valid, next.0, prev.0)?,
+            <Tensor as RecurrentState>::select(valid, next.1, prev.1)?,
+        ))
+    }
+}
+
+/// `x W^T + b` with `W^T` stored contiguous, so a call is a single matmul.
+#[derive(Debug, Clone)]
+pub(super) struct Affine {
+    /// (in, out)
+    w_t: Tensor,
+    /// (out)
+    b: Option<Tensor>,
+}
+
+impl Affine {
+    /// From PyTorch's `(out, in)` weight and `(out)` bias.
+    pub(super) fn new(w: &Tensor, b: Option<Tensor>) -> Result<Self> {
+        Ok(Self {
+            w_t: w.t()?.contiguous()?,
+            b,
+        })
+    }
+
+    /// (N, in) -> (N, out)
+    pub(super) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let ys = xs.matmul(&self.w_t)?;
+        match &self.b {
+            Some(b) => ys.broadcast_add(b),
+            None => Ok(ys),
+        }
+    }
+
+    pub(super) fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        Ok(Self {
+            w_t: self.w_t.to_dtype(dtype)?,
+            b: self.b.as_ref().map(|b| b.to_dtype(dtype)).transpose()?,
+        })
+    }
+}
+
+/// PyTorch's parameters of one layer and direction, or of a cell, as stored.
+pub(super) struct TorchParams {
+    /// `weight_ih`, (G*H, I)
+    pub(super) w_ih: Tensor,
+    /// `weight_hh`, (G*H, H_out)
+    pub(super) w_hh: Tensor,
+    /// `bias_ih` and `bias_hh`, (G*H) each.
+    pub(super) biases: Option<(Tensor, Tensor)>,
+}
+
+impl TorchParams {
+    /// Loads `weight_ih{suffix}`, `weight_hh{suffix}` and, with `bias`,
+    /// `bias_ih{suffix}` and `bias_hh{suffix}`, with `rows = G*H`.
+    pub(super) fn load(
+        vb: &VarBuilder,
+        suffix: &str,
+        rows: usize,
+        in_size: usize,
+        hidden_in: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let w_ih = vb.get((rows, in_size), &format!("weight_ih{suffix}"))?;
+        let w_hh = vb.get((rows, hidden_in), &format!("weight_hh{suffix}"))?;
+        let biases = if bias {
+            Some((
+                vb.get(rows, &format!("bias_ih{suffix}"))?,
+                vb.get(rows, &format!("bias_hh{suffix}"))?,
+            ))
+        } else {
+            None
+        };
+        Ok(Self { w_ih, w_hh, biases })
+    }
+}
+
+/// Loads the layers of a stacked module in PyTorch's `h_n` order
+/// (`layer * num_directions + direction`). `load(layer, suffix)` loads one
+/// of them from the parameters named `..._l{layer}[_reverse]`.
+pub(super) fn load_layers<R>(
+    num_layers: usize,
+    bidirectional: bool,
+    mut load: impl FnMut(usize, &str) -> Result<R>,
+) -> Result<Vec<R>> {
+    let mut layers = Vec::with_capacity(num_layers * num_directions(bidirectional));
+    for layer in 0..num_layers {
+        layers.push(load(layer, &format!("_l{layer}"))?);
+        if bidirectional {
+            layers.push(load(layer, &format!("_l{layer}_reverse"))?);
+        }
+    }
+    Ok(layers)
+}
+
+pub(super) fn num_directions(bidirectional: bool) -> usize {
+    if bidirectional {
+        2
+    } else {
+        1
+    }
+}
+
+pub(super) fn check_config(kind: &str, hidden_size: usize, num_layers: usize) -> Result<()> {
+    if hidden_size == 0 {
+        bail!("{kind}: hidden_size must be positive");
+    }
+    if num_layers == 0 {
+        bail!("{kind}: num_layers must be positive");
+    }
+    Ok(())
+}
+
+/// Checks user-provided states, each given as `(name, tensor, expected
+/// shape)`, against their shapes and the input's dtype.
+fn validate_states(kind: &str, xs: &Tensor, states: &[(&str, &Tensor, Vec<usize>)]) -> Result<()> {
+    let describe = |part: fn(&Tensor, &[usize]) -> String| {
+        let parts: Vec<String> = states
+            .iter()
+            .map(|(name, t, dims)| format!("{name} {}", part(t, dims)))
+            .collect();
+        parts.join(" and ")
+    };
+    if states.iter().any(|(_, t, dims)| t.dims() != dims) {
+        bail!(
+            "{kind}: expected {} for input {:?}, got {}",
+            describe(|_, dims| format!("{dims:?}")),
+            xs.dims(),
+            describe(|t, _| format!("{:?}", t.dims())),
+        );
+    }
+    if states.iter().any(|(_, t, _)| t.dtype() != xs.dtype()) {
+        bail!(
+            "{kind}: {} must have the input dtype {:?}",
+            describe(|t, _| format!("({:?})", t.dtype())),
+            xs.dtype()
+        );
+    }
+    Ok(())
+}
+
+/// Which steps of a padded batch are real: sequence `b` covers the steps
+/// `t < lengths[b]`.
+pub(super) struct Padding {
+    /// 1 at real steps, 0 at padding. (T, B, 1) u8 with T = max(lengths)
+    valid: Tensor,
+    /// `valid[t]` (B, 1) for the steps at which some sequence is padding,
+    /// `None` where every sequence is real and nothing needs masking.
+    masks: Vec<Option<Tensor>>,
+}
+
+impl Padding {
+    /// Checks `lengths` against a batch of `batch` sequences of `t_len`
+    /// steps, given as `xs`, and builds the masks on its device.
+    fn new(kind: &str, lengths: &[usize], t_len: usize, batch: usize, xs: &Tensor) -> Result<Self> {
+        if lengths.len() != batch {
+            bail!(
+                "{kind}: got {} lengths for a batch of {batch} sequences (input shape {:?})",
+                lengths.len(),
+                xs.dims()
+            );
+        }
+        if lengths.iter().any(|&len| len == 0 || len > t_len) {
+            bail!(
+                "{kind}: every length must be in 1..={t_len} (input shape {:?}), got lengths {lengths:?}",
+                xs.dims()
+            );
+        }
+        let max_len = lengths.iter().copied().max().unwrap_or(0);
+        let min_len = lengths.iter().copied().min().unwrap_or(0);
+        let valid: Vec<u8> = (0..max_len)
+            .flat_map(|t| lengths.iter().map(move |&len| u8::from(t < len)))
+            .collect();
+        let valid = Tensor::from_vec(valid, (max_len, batch, 1), xs.device())?;
+        let masks = (0..max_len)
+            .map(|t| (t >= min_len).then(|| valid.get(t)).transpose())
+            .collect::<Result<_>>()?;
+        Ok(Self { valid, masks })
+    }
+
+    /// The padded batch's time length, max(lengths).
+    fn max_len(&self) -> usize {
+        self.masks.len()
+    }
+
+    /// The mask of step `t`, when some sequence is padding there. (B, 1)
+    pub(super) fn mask(&self, t: usize) -> Option<&Tensor> {
+        self.masks.get(t).and_then(Option::as_ref)
+    }
+
+    /// Zeroes the padding positions of a time-major output. (T, B, F)
+    fn zero_padding(&self, out: &Tensor) -> Result<Tensor> {
+        if self.masks.iter().all(Option::is_none) {
+            return Ok(out.clone());
+        }
+        self.valid
+            .broadcast_as(out.shape())?
+            .where_cond(out, &out.zeros_like()?)
+    }
+}
+
+/// The input of a stacked module, checked and brought to time-major layout.
+pub(super) struct SequenceInput {
+    kind: &'static str,
+    /// The input as given, for error messages and dtype checks.
+    original: Tensor,
+    /// (T, B, I), cut to max(lengths) for a padded batch.
+    pub(super) xs: Tensor,
+    batch_first: bool,
+    unbatched: bool,
+    pub(super) padding: Option<Padding>,
+}
+
+impl SequenceInput {
+    /// Accepts `(T, B, I)`, `(B, T, I)` when `batch_first`, or unbatched
+    /// `(T, I)`; a padded batch (`lengths`) must be batched.
+    pub(super) fn new(
+        kind: &'static str,
+        xs: &Tensor,
+        input_size: usize,
+        batch_first: bool,
+        lengths: Option<&[usize]>,
+    ) -> Result<Self> {
+        let layout = if batch_first { "B, T, I" } else { "T, B, I" };
+        let (xs_tm, unbatched) = match *xs.dims() {
+            [_, _] if lengths.is_some() => bail!(
+                "{kind}: a padded batch must be batched ({layout}), got shape {:?}",
+                xs.dims()
+            ),
+            [_, _] => (xs.unsqueeze(1)?, true),
+            [_, _, _] if batch_first => (xs.transpose(0, 1)?, false),
+            [_, _, _] => (xs.clone(), false),
+            _ => bail!(
+                "{kind}: expected input of rank 2 (T, I) or 3 ({layout}), got shape {:?}",
+                xs.dims()
+            ),
+        };
+        let (t_len, batch, in_size) = xs_tm.dims3()?;
+        if in_size != input_size {
+            bail!(
+                "{kind}: input feature size {in_size} (input shape {:?}) does not match input_size {input_size}",
+                xs.dims()
+            );
+        }
+        if t_len == 0 {
+            bail!(
+                "{kind}: input has an empty time axis (shape {:?})",
+                xs.dims()
+            );
+        }
+        let (xs_tm, padding) = match lengths {
+            None => (xs_tm, None),
+            Some(lengths) => {
+                let padding = Padding::new(kind, lengths, t_len, batch, xs)?;
+                (xs_tm.narrow(0, 0, padding.max_len())?, Some(padding))
+            }
+        };
+        Ok(Self {
+            kind,
+            original: xs.clone(),
+            xs: xs_tm,
+            batch_first,
+            unbatched,
+            padding,
+        })
+    }
+
+    /// Checks the user's initial states, each `(name, tensor, features)`
+    /// for `n` layer-directions: `(n, B, F)`, or `(n, F)` for unbatched
+    /// input, in the input's dtype.
+    pub(super) fn check_states<const N: usize>(
+        &self,
+        n: usize,
+        states: [(&str, &Tensor, usize); N],
+    ) -> Result<()> {
+        let batch = self.xs.dim(1)?;
+        let expected: Vec<_> = states
+            .iter()
+            .map(|&(name, t, features)| {
+                let dims = if self.unbatched {
+                    vec![n, features]
+                } else {
+                    vec![n, batch, features]
+                };
+                (name, t, dims)
+            })
+            .collect();
+        validate_states(self.kind, &self.original, &expected)
+    }
+
+    /// A checked user state as (n, B, F).
+    pub(super) fn batched_state(&self, state: &Tensor) -> Result<Tensor> {
+        if self.unbatched {
+            state.unsqueeze(1)
+        } else {
+            Ok(state.clone())
+        }
+    }
+
+    /// An all-zero initial state. (n, B, F)
+    pub(super) fn zero_state(&self, n: usize, features: usize) -> Result<Tensor> {
+        Tensor::zeros(
+            (n, self.xs.dim(1)?, features),
+            self.xs.dtype(),
+            self.xs.device(),
+        )
+    }
+
+    /// Brings the last layer's output back to the input's layout, with
+    /// zeros at padding positions. (T, B, F) -> input layout
+    pub(super) fn output(&self, out: Tensor) -> Result<Tensor> {
+        let out = match &self.padding {
+            Some(padding) => padding.zero_padding(&out)?,
+            None => out,
+        };
+        if self.unbatched {
+            out.squeeze(1) // (T, F)
+        } else if self.batch_first {
+            out.transpose(0, 1)?.contiguous() // (B, T, F)
+        } else {
+            Ok(out)
+        }
+    }
+
+    /// Stacks per-layer-direction final states. n x (B, F) -> (n, B, F),
+    /// or (n, F) for unbatched input.
+    pub(super) fn final_state(&self, states: &[Tensor]) -> Result<Tensor> {
+        let stacked = Tensor::stack(states, 0)?;
+        if self.unbatched {
+            stacked.squeeze(1)
+        } else {
+            Ok(stacked)
+        }
+    }
+}
+
+/// Runs a stack of layers over `input`.
+///
+/// `layers` holds `num_layers * num_directions` recurrences in PyTorch's
+/// `h_n` order; `init(idx)` gives the initial state of `layers[idx]`. Layer
+/// `k > 0` reads the concatenated outputs of both directions of layer
+/// `k - 1`. Returns the last layer's output (T, B, D*H_out) and the final
+/// state of every layer and direction, in `h_n` order.
+pub(super) fn run_layers<R: Recurrence>(
+    layers: &[R],
+    bidirectional: bool,
+    input: &SequenceInput,
+    init: impl Fn(usize) -> Result<R::State>,
+) -> Result<(Tensor, Vec<R::State>)> {
+    let dirs = num_directions(bidirectional);
+    let (t_len, batch, _) = input.xs.dims3()?;
+    let dtype = input.xs.dtype();
+    let mut layer_in = input.xs.clone(); // (T, B, I_k)
+    let mut finals = Vec::with_capacity(layers.len());
+    for (layer, directions) in layers.chunks(dirs).enumerate() {
+        let x2d = layer_in.reshape((t_len * batch, ()))?; // (T*B, I_k)
+        let mut outs = Vec::with_capacity(dirs);
+        for (dir, recurrence) in directions.iter().enumerate() {
+            let recurrence = recurrence.to_dtype(dtype)?;
+            let xp = recurrence
+                .project_input(&x2d)?
+                .reshape((t_len, batch, ()))?; // (T, B, G*H)
+            let init = init(layer * dirs + dir)?;
+            let reverse = dir == 1;
+            let (out, last) = run_direction(&recurrence, &xp, init, reverse, input)?;
+            outs.push(out);
+            finals.push(last);
+        }
+        layer_in = if outs.len() == 1 {
+            outs.swap_remove(0)
+        } else {
+            Tensor::cat(&outs, 2)? // (T, B, D*H_out)
+        };
+    }
+    Ok((layer_in, finals))
+}
+
+/// [`run_layers`] for the recurrences whose state is `h` alone (GRU and
+/// RNN), with PyTorch's `h0` of shape (L*D, B, H) and result `(output, h_n)`
+/// in the input's layout.
+pub(super) fn run_hidden_state<R: Recurrence<State = Tensor>>(
+    layers: &[R],
+    bidirectional: bool,
+    hidden_size: usize,
+    input: &SequenceInput,
+    h0: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
+    let n = layers.len();
+    let h0 = match h0 {
+        Some(h0) => {
+            input.check_states(n, [("h0", h0, hidden_size)])?;
+            input.batched_state(h0)?
+        }
+        None => input.zero_state(n, hidden_size)?,
+    }; // (L*D, B, H)
+    let (out, h_n) = run_layers(layers, bidirectional, input, |idx| h0.get(idx))?;
+    Ok((input.output(out)?, input.final_state(&h_n)?))
+}
+
+/// Runs one direction over the projected inputs `xp` (T, B, G*H). Returns
+/// the outputs in time order (T, B, H_out) and the final state.
+///
+/// In a padded batch, a sequence keeps its state at the steps past its end:
+/// going forward, its state freezes after its last real step; going
+/// backward, it stays at the initial state until its last real step. The
+/// outputs at those steps are zeroed later, once for the whole stack.
+fn run_direction<R: Recurrence>(
+    recurrence: &R,
+    xp: &Tensor,
+    mut state: R::State,
+    reverse: bool,
+    input: &SequenceInput,
+) -> Result<(Tensor, R::State)> {
+    let t_len = xp.dim(0)?;
+    let mut outs = Vec::with_capacity(t_len);
+    for step in 0..t_len {
+        let t = if reverse { t_len - 1 - step } else { step };
+        let next = recurrence.step(&xp.get(t)?, &state)?;
+        state = match input.padding.as_ref().and_then(|p| p.mask(t)) {
+            Some(valid) => R::State::select(valid, next, state)?,
+            None => next,
+        };
+        outs.push(state.hidden().clone());
+    }
+    if reverse {
+        outs.reverse();
+    }
+    Ok((Tensor::stack(&outs, 0)?, state))
+}
+
+/// The input of a cell, checked and brought to `(B, I)`.
+pub(super) struct CellInput {
+    kind: &'static str,
+    /// The input as given, for error messages and dtype checks.
+    original: Tensor,
+    /// (B, I)
+    pub(super) xs: Tensor,
+    unbatched: bool,
+}
+
+impl CellInput {
+    /// Accepts `(B, I)` or unbatched `(I)`.
+    pub(super) fn new(kind: &'static str, xs: &Tensor, input_size: usize) -> Result<Self> {
+        let (batched, unbatched) = match xs.rank() {
+            1 => (xs.unsqueeze(0)?, true),
+            2 => (xs.clone(), false),
+            _ => bail!(
+                "{kind}: expected input of rank 1 (I) or 2 (B, I), got shape {:?}",
+                xs.dims()
+            ),
+        };
+        let in_size = batched.dim(1)?;
+        if in_size != input_size {
+            bail!(
+                "{kind}: input feature size {in_size} (input shape {:?}) does not match input_size {input_size}",
+                xs.dims()
+            );
+        }
+        Ok(Self {
+            kind,
+            original: xs.clone(),
+            xs: batched,
+            unbatched,
+        })
+    }
+
+    /// Checks the user's states, each `(name, tensor)`: `(B, H)`, or `(H)`
+    /// for unbatched input, in the input's dtype.
+    pub(super) fn check_states<const N: usize>(
+        &self,
+        hidden_size: usize,
+        states: [(&str, &Tensor); N],
+    ) -> Result<()> {
+        let dims = if self.unbatched {
+            vec![hidden_size]
+        } else {
+            vec![self.xs.dim(0)?, hidden_size]
+        };
+        let expected: Vec<_> = states
+            .iter()
+            .map(|&(name, t)| (name, t, dims.clone()))
+            .collect();
+        validate_states(self.kind, &self.original, &expected)
+    }
+
+    /// A checked user state as (B, H).
+    pub(super) fn batched_state(&self, state: &Tensor) -> Result<Tensor> {
+        if self.unbatched {
+            state.unsqueeze(0)
+        } else {
+            Ok(state.clone())
+        }
+    }
+
+    /// An all-zero state. (B, H)
+    pub(super) fn zero_state(&self, hidden_size: usize) -> Result<Tensor> {
+        Tensor::zeros(
+            (self.xs.dim(0)?, hidden_size),
+            self.xs.dtype(),
+            self.xs.device(),
+        )
+    }
+
+    /// Drops the batch axis again for unbatched input. (B, H) -> input layout
+    pub(super) fn output(&self, h: Tensor) -> Result<Tensor> {
+        if self.unbatched {
+            h.squeeze(0)
+        } else {
+            Ok(h)
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! `torch.nn.GRU`.
+
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::common::{self, Affine, Recurrence, SequenceInput, TorchParams};
+
+/// Hyper-parameters of a [`Gru`], named as in `torch.nn.GRU`.
+///
+/// `dropout` is not represented: between-layer dropout is a no-op at
+/// inference time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GruConfig {
+    /// Number of features of the input `x`.
+    pub input_size: usize,
+    /// Number of features of the hidden state `h`.
+    pub hidden_size: usize,
+    /// Number of stacked layers.
+    pub num_layers: usize,
+    /// Whether the layer has `bias_ih_l{k}` / `bias_hh_l{k}`.
+    pub bias: bool,
+    /// Input and output are `(B, T, F)` instead of `(T, B, F)`.
+    pub batch_first: bool,
+    /// Run a second, time-reversed direction and concatenate the outputs.
+    pub bidirectional: bool,
+}
+
+impl GruConfig {
+    /// A single-layer, unidirectional GRU with biases, like
+    /// `nn.GRU(input_size, hidden_size)`.
+    pub fn new(input_size: usize, hidden_size: usize) -> Self {
+        Self {
+            input_size,
+            hidden_size,
+            num_layers: 1,
+            bias: true,
+            batch_first: false,
+            bidirectional: false,
+        }
+    }
+
+    /// Number of directions: 2 when bidirectional, else 1.
+    pub fn num_directions(&self) -> usize {
+        common::num_directions(self.bidirectional)
+    }
+
+    /// Input feature size of layer `layer`.
+    fn layer_input_size(&self, layer: usize) -> usize {
+        if layer == 0 {
+            self.input_size
+        } else {
+            self.num_directions() * self.hidden_size
+        }
+    }
+}
+
+/// One GRU layer in one direction (or a `GRUCell`), prepared for fast
+/// inference. Gates keep PyTorch's order r, z, n.
+#[derive(Debug, Clone)]
+pub(super) struct GruLayer {
+    /// `x W_ih^T + b_ih + [b_hr, b_hz, 0]`. (I, 3H)
+    input: Affine,
+    /// `W_hh^T`. (H, 3H)
+    w_hh_t: Tensor,
+    /// `b_hn`, which cannot be folded: the reset gate multiplies it. (H)
+    b_hn: Option<Tensor>,
+    hidden_size: usize,
+}
+
+impl GruLayer {
+    /// Loads the parameters named `{weight,bias}_{ih,hh}{suffix}`.
+    pub(super) fn load(
+        vb: &VarBuilder,
+        suffix: &str,
+        in_size: usize,
+        hidden_size: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let h = hidden_size;
+        let p = TorchParams::load(vb, suffix, 3 * h, in_size, h, bias)?;
+        let (bias, b_hn) = match p.biases {
+            Some((b_ih, b_hh)) => {
+                let b_rz = (b_ih.narrow(0, 0, 2 * h)? + b_hh.narrow(0, 0, 2 * h)?)?;
+                let b_in = b_ih.narrow(0, 2 * h, h)?;
+                let folded = Tensor::cat(&[&b_rz, &b_in], 0)?; // (3H)
+                (Some(folded), Some(b_hh.narrow(0, 2 * h, h)?))
+            }
+            None => (None, None),
+        };
+        Ok(Self {
+            input: Affine::new(&p.w_ih, bias)?,
+            w_hh_t: p.w_hh.t()?.contiguous()?,
+            b_hn,
+            hidden_size,
+        })
+    }
+}
+
+impl Recurrence for GruLayer {
+    /// `h`, (B, H).
+    type State = Tensor;
+
+    fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        Ok(Self {
+            input: self.input.to_dtype(dtype)?,
+            w_hh_t: self.w_hh_t.to_dtype(dtype)?,
+            b_hn: self.b_hn.as_ref().map(|b| b.to_dtype(dtype)).transpose()?,
+            hidden_size: self.hidden_size,
+        })
+    }
+
+    fn project_input(&self, xs: &Tensor) -> Result<Tensor> {
+        self.input.forward(xs)
+    }
+
+    fn step(&self, xp: &Tensor, h: &Tensor) -> Result<Tensor> {
+        let hs = self.hidden_size;
+        let hp = h.matmul(&self.w_hh_t)?; // (B, 3H)
+        let rz = (xp.narrow(1, 0, 2 * hs)? + hp.narrow(1, 0, 2 * hs)?)?;
+        let rz = candle_nn::ops::sigmoid(&rz)?; // (B, 2H)
+        let r = rz.narrow(1, 0, hs)?;
+        let z = rz.narrow(1, hs, hs)?;
+        let mut hn = hp.narrow(1, 2 * hs, hs)?; // (B, H)
+        if let Some(b_hn) = &self.b_hn {
+            hn = hn.broadcast_add(b_hn)?;
+        }
+        let n = (xp.narrow(1, 2 * hs, hs)? + r.mul(&hn)?)?.tanh()?; // (B, H)
+
+        // (1 - z) * n + z * h, in the form PyTorch evaluates it.
+        z.mul(&(h - &n)?)? + n
+    }
+}
+
+/// `torch.nn.GRU` for inference.
+///
+/// With `D` directions, each layer and direction computes, for every step,
+///
+/// ```text
+/// r = sigmoid(x_t W_ir^T + b_ir + h_{t-1} W_hr^T + b_hr)
+/// z = sigmoid(x_t W_iz^T + b_iz + h_{t-1} W_hz^T + b_hz)
+/// n = tanh(x_t W_in^T + b_in + r * (h_{t-1} W_hn^T + b_hn))
+/// h_t = (1 - z) * n + z * h_{t-1}
+/// ```
+///
+/// Layer `k > 0` reads the `D * H` concatenated outputs of layer `k - 1`.
+#[derive(Debug, Clone)]
+pub struct Gru {
+    config: GruConfig,
+    /// Indexed `layer * num_directions + direction`, like PyTorch's `h_n`.
+    layers: Vec<GruLayer>,
+    device: Device,
+}
+
+impl Gru {
+    /// Loads PyTorch's parameter names from `vb`: `weight_ih_l{k}`,
+    /// `weight_hh_l{k}`, and `bias_ih_l{k}`, `bias_hh_l{k}` when `bias`,
+    /// each with the suffix `_reverse` for the backward direction.
+    ///
+    /// The weights are kept in `vb`'s dtype; `forward` converts them when the
+    /// input has another dtype, so load in the dtype you run in.
+    pub fn load(config: GruConfig, vb: VarBuilder) -> Result<Self> {
+        common::check_config("GRU", config.hidden_size, config.num_layers)?;
+        let layers = common::load_layers(config.num_layers, config.bidirectional, |k, suffix| {
+            GruLayer::load(
+                &vb,
+                suffix,
+                config.layer_input_size(k),
+                config.hidden_size,
+                config.bias,
+            )
+        })?;
+        Ok(Self {
+            config,
+            layers,
+            device: vb.device().clone(),
+        })
+    }
+
+    /// The configuration this layer was loaded with.
+    pub fn config(&self) -> &GruConfig {
+        &self.config
+    }
+
+    /// The device the parameters live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Runs the GRU with PyTorch's semantics.
+    ///
+    /// * `xs`: `(B, T, I)` when `batch_first`, else `(T, B, I)`; or unbatched
+    ///   `(T, I)`.
+    /// * `h0`: `(num_layers * D, B, H)` (without the `B` axis for unbatched
+    ///   input), in the dtype of `xs`; `None` starts from zeros.
+    ///
+    /// Returns `(output, h_n)`: `output` is `(B, T, D * H)`, `(T, B, D * H)`
+    /// or `(T, D * H)` following the input layout, with the forward and
+    /// backward outputs concatenated on the last axis; `h_n` has the shape
+    /// of `h0`, ordered layer-major then direction, and holds the true final
+    /// states (for the backward direction, the state after consuming `t = 0`).
+    pub fn forward(&self, xs: &Tensor, h0: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        let input = SequenceInput::new(
+            "GRU",
+            xs,
+            self.config.input_size,
+            self.config.batch_first,
+            None,
+        )?;
+        self.run(&input, h0)
+    }
+
+    /// Runs a padded batch as PyTorch does for
+    /// `pad_packed_sequence(gru(pack_padded_sequence(xs, lengths, enforce_sorted=False)))`.
+    ///
+    /// `xs` is batched, `(B, T, I)` or `(T, B, I)` following `batch_first`,
+    /// and `lengths[b]` is the true length of sequence `b`, in `1..=T`, in
+    /// any order. Each sequence is run over its own steps only, so `h_n`
+    /// holds its state at its true end (for the backward direction, which
+    /// starts at `t = lengths[b] - 1`, after `t = 0`). The output is zero
+    /// past each sequence's end and its time axis is `max(lengths)`.
+    pub fn forward_padded(
+        &self,
+        xs: &Tensor,
+        lengths: &[usize],
+        h0: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        let input = SequenceInput::new(
+            "GRU",
+            xs,
+            self.config.input_size,
+            self.config.batch_first,
+            Some(lengths),
+        )?;
+        self.run(&input, h0)
+    }
+
+    fn run(&self, input: &SequenceInput, h0: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        let cfg = &self.config;
+        common::run_hidden_state(&self.layers, cfg.bidirectional, cfg.hidden_size, input, h0)
+    }
+}

@@ -1,0 +1,317 @@
+//! `torch.nn.LSTM`.
+
+use candle_core::{bail, DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::common::{self, Affine, Recurrence, SequenceInput, TorchParams};
+
+/// Hyper-parameters of an [`Lstm`], named as in `torch.nn.LSTM`.
+///
+/// `dropout` is not represented: between-layer dropout is a no-op at
+/// inference time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LstmConfig {
+    /// Number of features of the input `x`.
+    pub input_size: usize,
+    /// Number of features of the cell state `c` (and of `h` without projection).
+    pub hidden_size: usize,
+    /// Number of stacked layers.
+    pub num_layers: usize,
+    /// Whether the layer has `bias_ih_l{k}` / `bias_hh_l{k}`.
+    pub bias: bool,
+    /// Input and output are `(B, T, F)` instead of `(T, B, F)`.
+    pub batch_first: bool,
+    /// Run a second, time-reversed direction and concatenate the outputs.
+    pub bidirectional: bool,
+    /// Size of the projected hidden state; 0 means no projection.
+    pub proj_size: usize,
+}
+
+impl LstmConfig {
+    /// A single-layer, unidirectional LSTM with biases, like
+    /// `nn.LSTM(input_size, hidden_size)`.
+    pub fn new(input_size: usize, hidden_size: usize) -> Self {
+        Self {
+            input_size,
+            hidden_size,
+            num_layers: 1,
+            bias: true,
+            batch_first: false,
+            bidirectional: false,
+            proj_size: 0,
+        }
+    }
+
+    /// Number of directions: 2 when bidirectional, else 1.
+    pub fn num_directions(&self) -> usize {
+        common::num_directions(self.bidirectional)
+    }
+
+    /// Feature size of `h`: `proj_size` when projecting, else `hidden_size`.
+    pub fn output_hidden_size(&self) -> usize {
+        if self.proj_size > 0 {
+            self.proj_size
+        } else {
+            self.hidden_size
+        }
+    }
+
+    /// Input feature size of layer `layer`.
+    fn layer_input_size(&self, layer: usize) -> usize {
+        if layer == 0 {
+            self.input_size
+        } else {
+            self.num_directions() * self.output_hidden_size()
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        common::check_config("LSTM", self.hidden_size, self.num_layers)?;
+        if self.proj_size >= self.hidden_size {
+            bail!(
+                "LSTM: proj_size ({}) must be smaller than hidden_size ({})",
+                self.proj_size,
+                self.hidden_size
+            );
+        }
+        Ok(())
+    }
+}
+
+/// One LSTM layer in one direction (or an `LSTMCell`), prepared for fast
+/// inference.
+///
+/// The gate blocks are reordered from PyTorch's `i, f, g, o` to `i, f, o, g`
+/// so that the three sigmoid gates form one contiguous block.
+#[derive(Debug, Clone)]
+pub(super) struct LstmLayer {
+    /// `x W_ih^T + b_ih + b_hh`, gates i, f, o, g. (I, 4H)
+    input: Affine,
+    /// `W_hh^T`, gates i, f, o, g. (H_out, 4H)
+    w_hh_t: Tensor,
+    /// `W_hr^T` when projecting. (H, P)
+    w_hr_t: Option<Tensor>,
+    hidden_size: usize,
+}
+
+impl LstmLayer {
+    /// Loads the parameters named `{weight,bias}_{ih,hh}{suffix}` and, when
+    /// `proj_size > 0`, `weight_hr{suffix}`.
+    pub(super) fn load(
+        vb: &VarBuilder,
+        suffix: &str,
+        in_size: usize,
+        hidden_size: usize,
+        proj_size: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let h = hidden_size;
+        let h_out = if proj_size > 0 { proj_size } else { h };
+        let p = TorchParams::load(vb, suffix, 4 * h, in_size, h_out, bias)?;
+        let bias = match p.biases {
+            Some((b_ih, b_hh)) => Some(reorder_gates(&(b_ih + b_hh)?, h)?),
+            None => None,
+        };
+        let w_hr_t = if proj_size > 0 {
+            let w_hr = vb.get((proj_size, h), &format!("weight_hr{suffix}"))?;
+            Some(w_hr.t()?.contiguous()?)
+        } else {
+            None
+        };
+        Ok(Self {
+            input: Affine::new(&reorder_gates(&p.w_ih, h)?, bias)?,
+            w_hh_t: reorder_gates(&p.w_hh, h)?.t()?.contiguous()?,
+            w_hr_t,
+            hidden_size,
+        })
+    }
+}
+
+impl Recurrence for LstmLayer {
+    /// `(h, c)`, (B, H_out) and (B, H).
+    type State = (Tensor, Tensor);
+
+    fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        Ok(Self {
+            input: self.input.to_dtype(dtype)?,
+            w_hh_t: self.w_hh_t.to_dtype(dtype)?,
+            w_hr_t: self
+                .w_hr_t
+                .as_ref()
+                .map(|w| w.to_dtype(dtype))
+                .transpose()?,
+            hidden_size: self.hidden_size,
+        })
+    }
+
+    fn project_input(&self, xs: &Tensor) -> Result<Tensor> {
+        self.input.forward(xs)
+    }
+
+    fn step(&self, xp: &Tensor, (h, c): &Self::State) -> Result<Self::State> {
+        let hs = self.hidden_size;
+        let gates = h.matmul(&self.w_hh_t)?.add(xp)?; // (B, 4H)
+        let ifo = candle_nn::ops::sigmoid(&gates.narrow(1, 0, 3 * hs)?)?; // (B, 3H)
+        let g = gates.narrow(1, 3 * hs, hs)?.tanh()?; // (B, H)
+        let i = ifo.narrow(1, 0, hs)?;
+        let f = ifo.narrow(1, hs, hs)?;
+        let o = ifo.narrow(1, 2 * hs, hs)?;
+        let c = (f.mul(c)? + i.mul(&g)?)?; // (B, H)
+        let mut h = o.mul(&c.tanh()?)?; // (B, H)
+        if let Some(w_hr_t) = &self.w_hr_t {
+            h = h.matmul(w_hr_t)?; // (B, P)
+        }
+        Ok((h, c))
+    }
+}
+
+/// Moves PyTorch's gate blocks `i, f, g, o` (along dim 0, `h` rows each) to
+/// `i, f, o, g`.
+fn reorder_gates(t: &Tensor, h: usize) -> Result<Tensor> {
+    Tensor::cat(
+        &[
+            t.narrow(0, 0, 2 * h)?,
+            t.narrow(0, 3 * h, h)?,
+            t.narrow(0, 2 * h, h)?,
+        ],
+        0,
+    )
+}
+
+/// `torch.nn.LSTM` for inference.
+///
+/// With `D` directions and `H_out = proj_size` (or `hidden_size` when
+/// `proj_size == 0`), each layer and direction computes, for every step,
+///
+/// ```text
+/// i, f, g, o = split(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)
+/// c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
+/// h_t = (sigmoid(o) * tanh(c_t)) [W_hr^T]
+/// ```
+///
+/// Layer `k > 0` reads the `D * H_out` concatenated outputs of layer `k - 1`.
+#[derive(Debug, Clone)]
+pub struct Lstm {
+    config: LstmConfig,
+    /// Indexed `layer * num_directions + direction`, like PyTorch's `h_n`.
+    layers: Vec<LstmLayer>,
+    device: Device,
+}
+
+impl Lstm {
+    /// Loads PyTorch's parameter names from `vb`: `weight_ih_l{k}`,
+    /// `weight_hh_l{k}`, `bias_ih_l{k}`, `bias_hh_l{k}` (when `bias`),
+    /// `weight_hr_l{k}` (when `proj_size > 0`), each with the suffix
+    /// `_reverse` for the backward direction.
+    ///
+    /// The weights are kept in `vb`'s dtype; `forward` converts them when the
+    /// input has another dtype, so load in the dtype you run in.
+    pub fn load(config: LstmConfig, vb: VarBuilder) -> Result<Self> {
+        config.validate()?;
+        let layers = common::load_layers(config.num_layers, config.bidirectional, |k, suffix| {
+            LstmLayer::load(
+                &vb,
+                suffix,
+                config.layer_input_size(k),
+                config.hidden_size,
+                config.proj_size,
+                config.bias,
+            )
+        })?;
+        Ok(Self {
+            config,
+            layers,
+            device: vb.device().clone(),
+        })
+    }
+
+    /// The configuration this layer was loaded with.
+    pub fn config(&self) -> &LstmConfig {
+        &self.config
+    }
+
+    /// The device the parameters live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Runs the LSTM with PyTorch's semantics.
+    ///
+    /// * `xs`: `(B, T, I)` when `batch_first`, else `(T, B, I)`; or unbatched
+    ///   `(T, I)`.
+    /// * `state`: `Some((h0, c0))` with `h0` of shape
+    ///   `(num_layers * D, B, H_out)` and `c0` of shape `(num_layers * D, B, H)`
+    ///   (without the `B` axis for unbatched input), in the dtype of `xs`;
+    ///   `None` starts from zeros.
+    ///
+    /// Returns `(output, (h_n, c_n))`: `output` is `(B, T, D * H_out)`,
+    /// `(T, B, D * H_out)` or `(T, D * H_out)` following the input layout,
+    /// with the forward and backward outputs concatenated on the last axis;
+    /// `h_n` and `c_n` have the shapes of `h0` and `c0`, ordered layer-major
+    /// then direction, and hold the true final states (for the backward
+    /// direction, the state after consuming `t = 0`).
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        state: Option<(&Tensor, &Tensor)>,
+    ) -> Result<(Tensor, (Tensor, Tensor))> {
+        let input = SequenceInput::new(
+            "LSTM",
+            xs,
+            self.config.input_size,
+            self.config.batch_first,
+            None,
+        )?;
+        self.run(&input, state)
+    }
+
+    /// Runs a padded batch as PyTorch does for
+    /// `pad_packed_sequence(lstm(pack_padded_sequence(xs, lengths, enforce_sorted=False)))`.
+    ///
+    /// `xs` is batched, `(B, T, I)` or `(T, B, I)` following `batch_first`,
+    /// and `lengths[b]` is the true length of sequence `b`, in `1..=T`, in
+    /// any order. Each sequence is run over its own steps only, so `h_n` and
+    /// `c_n` are its states at its true end (for the backward direction,
+    /// which starts at `t = lengths[b] - 1`, after `t = 0`). The output is
+    /// zero past each sequence's end and its time axis is `max(lengths)`.
+    pub fn forward_padded(
+        &self,
+        xs: &Tensor,
+        lengths: &[usize],
+        state: Option<(&Tensor, &Tensor)>,
+    ) -> Result<(Tensor, (Tensor, Tensor))> {
+        let input = SequenceInput::new(
+            "LSTM",
+            xs,
+            self.config.input_size,
+            self.config.batch_first,
+            Some(lengths),
+        )?;
+        self.run(&input, state)
+    }
+
+    fn run(
+        &self,
+        input: &SequenceInput,
+        state: Option<(&Tensor, &Tensor)>,
+    ) -> Result<(Tensor, (Tensor, Tensor))> {
+        let cfg = &self.config;
+        let n = cfg.num_layers * cfg.num_directions();
+        let (h, h_out) = (cfg.hidden_size, cfg.output_hidden_size());
+        let (h0, c0) = match state {
+            Some((h0, c0)) => {
+                input.check_states(n, [("h0", h0, h_out), ("c0", c0, h)])?;
+                (input.batched_state(h0)?, input.batched_state(c0)?)
+            }
+            None => (input.zero_state(n, h_out)?, input.zero_state(n, h)?),
+        }; // (L*D, B, H_out), (L*D, B, H)
+        let (out, finals) = common::run_layers(&self.layers, cfg.bidirectional, input, |idx| {
+            Ok((h0.get(idx)?, c0.get(idx)?))
+        })?;
+        let (h_n, c_n): (Vec<_>, Vec<_>) = finals.into_iter().unzip();
+        Ok((
+            input.output(out)?,
+            (input.final_state(&h_n)?, input.final_state(&c_n)?),
+        ))
+    }
+}

@@ -1,0 +1,52 @@
+//! Recurrent layers with PyTorch semantics.
+//!
+//! * [`Lstm`], [`Gru`] and [`Rnn`] reproduce `torch.nn.LSTM`, `torch.nn.GRU`
+//!   and `torch.nn.RNN` in inference mode: any number of layers, optional
+//!   biases, `batch_first`, bidirectional runs, unbatched input, and for the
+//!   LSTM the `proj_size` projection.
+//! * [`LstmCell`], [`GruCell`] and [`RnnCell`] reproduce the single-step
+//!   `torch.nn.LSTMCell`, `torch.nn.GRUCell` and `torch.nn.RNNCell`.
+//!
+//! Parameters are loaded under PyTorch's own names, so a `state_dict`
+//! exported to safetensors loads as is.
+//!
+//! # Padded batches
+//!
+//! `forward_padded` takes a padded batch and the true length of every
+//! sequence, and returns what PyTorch computes for
+//! `pad_packed_sequence(module(pack_padded_sequence(xs, lengths, enforce_sorted=False)))`:
+//! each sequence is run over its own steps only (the backward direction
+//! starts at its last real step), its final state is the state at its true
+//! end, and output positions past its end are zero. The output's time axis
+//! is `max(lengths)`. The lengths may come in any order.
+//!
+//! # Streaming
+//!
+//! Every `forward` takes an initial state and returns the true final state,
+//! so a unidirectional module can consume a long sequence chunk by chunk:
+//! feeding each chunk with the state returned by the previous one gives the
+//! same outputs and final state as one call on the whole sequence.
+//! Bidirectional modules cannot stream this way: their backward direction
+//! starts from the end of the whole sequence, which a chunk does not see.
+//!
+//! # Performance notes
+//!
+//! At load time the weights are transposed once into contiguous `(in, G*H)`
+//! matrices (`G` gates of `H` features) and the biases are folded into the
+//! input projection wherever the math allows. In `forward`, the input
+//! projection of a whole sequence is one matmul per layer and direction; the
+//! time loop only multiplies the previous hidden state by `W_hh^T` and
+//! applies the gate nonlinearities. A padded batch adds one masked select of
+//! the state per step, and only at the steps that are padding for some
+//! sequence (`t >= min(lengths)`).
+
+mod cell;
+mod common;
+mod gru;
+mod lstm;
+mod simple;
+
+pub use cell::{GruCell, GruCellConfig, LstmCell, LstmCellConfig, RnnCell, RnnCellConfig};
+pub use gru::{Gru, GruConfig};
+pub use lstm::{Lstm, LstmConfig};
+pub use simple::{Nonlinearity, Rnn, RnnConfig};

@@ -1,0 +1,261 @@
+//! Loading fixtures and comparing against PyTorch.
+
+use std::collections::HashMap;
+
+use candle_core::{bail, DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
+use pycandle_runtime::{
+    Gru, GruCell, GruCellConfig, GruConfig, Lstm, LstmCell, LstmCellConfig, LstmConfig,
+    Nonlinearity, Rnn, RnnCell, RnnCellConfig, RnnConfig,
+};
+
+use crate::fixtures::{Data, Module, Run, HIDDEN_SIZE, INPUT_SIZE};
+
+/// Largest accepted absolute error against PyTorch.
+pub const TOL: f64 = 1e-5;
+
+pub fn tensor(data: &Data, dtype: DType) -> Result<Tensor> {
+    Tensor::from_slice(data.values, data.shape, &Device::Cpu)?.to_dtype(dtype)
+}
+
+pub fn zeros(shape: &[usize]) -> Result<Tensor> {
+    Tensor::zeros(shape, DType::F32, &Device::Cpu)
+}
+
+/// The module's PyTorch parameters, under their PyTorch names.
+pub fn var_builder(m: &Module, dtype: DType) -> Result<VarBuilder<'static>> {
+    let mut map = HashMap::new();
+    for (name, data) in m.params {
+        map.insert(name.to_string(), tensor(data, dtype)?);
+    }
+    Ok(VarBuilder::from_tensors(map, dtype, &Device::Cpu))
+}
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
+    assert_eq!(a.dims(), b.dims(), "shape mismatch");
+    let a = a.to_dtype(DType::F64)?;
+    let b = b.to_dtype(DType::F64)?;
+    (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()
+}
+
+pub fn err_text<T>(r: Result<T>) -> String {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn nonlinearity(m: &Module) -> Nonlinearity {
+    if m.relu {
+        Nonlinearity::Relu
+    } else {
+        Nonlinearity::Tanh
+    }
+}
+
+pub fn lstm_config(m: &Module) -> LstmConfig {
+    LstmConfig {
+        num_layers: m.num_layers,
+        bias: m.bias,
+        batch_first: m.batch_first,
+        bidirectional: m.bidirectional,
+        proj_size: m.proj_size,
+        ..LstmConfig::new(INPUT_SIZE, HIDDEN_SIZE)
+    }
+}
+
+pub fn gru_config(m: &Module) -> GruConfig {
+    GruConfig {
+        num_layers: m.num_layers,
+        bias: m.bias,
+        batch_first: m.batch_first,
+        bidirectional: m.bidirectional,
+        ..GruConfig::new(INPUT_SIZE, HIDDEN_SIZE)
+    }
+}
+
+pub fn rnn_config(m: &Module) -> RnnConfig {
+    RnnConfig {
+        num_layers: m.num_layers,
+        nonlinearity: nonlinearity(m),
+        bias: m.bias,
+        batch_first: m.batch_first,
+        bidirectional: m.bidirectional,
+        ..RnnConfig::new(INPUT_SIZE, HIDDEN_SIZE)
+    }
+}
+
+/// Any of the stacked modules, called with flattened states.
+pub enum Stack {
+    Lstm(Lstm),
+    Gru(Gru),
+    Rnn(Rnn),
+}
+
+impl Stack {
+    /// Loads a fixture's `nn.LSTM`, `nn.GRU` or `nn.RNN`.
+    pub fn load(m: &Module, dtype: DType) -> Result<Self> {
+        let vb = var_builder(m, dtype)?;
+        Ok(match m.torch.split('(').next() {
+            Some("nn.LSTM") => Self::Lstm(Lstm::load(lstm_config(m), vb)?),
+            Some("nn.GRU") => Self::Gru(Gru::load(gru_config(m), vb)?),
+            Some("nn.RNN") => Self::Rnn(Rnn::load(rnn_config(m), vb)?),
+            _ => bail!("{} is not a stacked recurrent module", m.torch),
+        })
+    }
+
+    /// `forward`, or `forward_padded` when `lengths` is given. `state` is
+    /// `[]`, `[h0]` or `[h0, c0]`; returns `[output, h_n]` or
+    /// `[output, h_n, c_n]`.
+    pub fn call(
+        &self,
+        xs: &Tensor,
+        lengths: Option<&[usize]>,
+        state: &[Tensor],
+    ) -> Result<Vec<Tensor>> {
+        let h0 = state.first();
+        Ok(match self {
+            Self::Lstm(lstm) => {
+                let state = match state {
+                    [h0, c0] => Some((h0, c0)),
+                    _ => None,
+                };
+                let (out, (h_n, c_n)) = match lengths {
+                    Some(lengths) => lstm.forward_padded(xs, lengths, state)?,
+                    None => lstm.forward(xs, state)?,
+                };
+                vec![out, h_n, c_n]
+            }
+            Self::Gru(gru) => {
+                let (out, h_n) = match lengths {
+                    Some(lengths) => gru.forward_padded(xs, lengths, h0)?,
+                    None => gru.forward(xs, h0)?,
+                };
+                vec![out, h_n]
+            }
+            Self::Rnn(rnn) => {
+                let (out, h_n) = match lengths {
+                    Some(lengths) => rnn.forward_padded(xs, lengths, h0)?,
+                    None => rnn.forward(xs, h0)?,
+                };
+                vec![out, h_n]
+            }
+        })
+    }
+}
+
+/// Any of the cells, called with flattened states.
+pub enum Cell {
+    Lstm(LstmCell),
+    Gru(GruCell),
+    Rnn(RnnCell),
+}
+
+impl Cell {
+    /// Loads a fixture's `nn.LSTMCell`, `nn.GRUCell` or `nn.RNNCell`.
+    pub fn load(m: &Module, dtype: DType) -> Result<Self> {
+        let vb = var_builder(m, dtype)?;
+        Ok(match m.torch.split('(').next() {
+            Some("nn.LSTMCell") => Self::Lstm(LstmCell::load(
+                LstmCellConfig {
+                    bias: m.bias,
+                    ..LstmCellConfig::new(INPUT_SIZE, HIDDEN_SIZE)
+                },
+                vb,
+            )?),
+            Some("nn.GRUCell") => Self::Gru(GruCell::load(
+                GruCellConfig {
+                    bias: m.bias,
+                    ..GruCellConfig::new(INPUT_SIZE, HIDDEN_SIZE)
+                },
+                vb,
+            )?),
+            Some("nn.RNNCell") => Self::Rnn(RnnCell::load(
+                RnnCellConfig {
+                    bias: m.bias,
+                    nonlinearity: nonlinearity(m),
+                    ..RnnCellConfig::new(INPUT_SIZE, HIDDEN_SIZE)
+                },
+                vb,
+            )?),
+            _ => bail!("{} is not a recurrent cell", m.torch),
+        })
+    }
+
+    /// One step; `state` is `[]`, `[h]` or `[h, c]`, and so is the result.
+    pub fn call(&self, x: &Tensor, state: &[Tensor]) -> Result<Vec<Tensor>> {
+        Ok(match self {
+            Self::Lstm(cell) => {
+                let state = match state {
+                    [h, c] => Some((h, c)),
+                    _ => None,
+                };
+                let (h, c) = cell.forward(x, state)?;
+                vec![h, c]
+            }
+            Self::Gru(cell) => vec![cell.forward(x, state.first())?],
+            Self::Rnn(cell) => vec![cell.forward(x, state.first())?],
+        })
+    }
+}
+
+/// Replays one recorded call in `dtype`.
+pub fn replay(m: &Module, run: &Run, dtype: DType) -> Result<Vec<Tensor>> {
+    let xs = tensor(&run.input, dtype)?;
+    let state = run
+        .state
+        .iter()
+        .map(|d| tensor(d, dtype))
+        .collect::<Result<Vec<_>>>()?;
+    if m.torch.contains("Cell(") {
+        Cell::load(m, dtype)?.call(&xs, &state)
+    } else {
+        let lengths = (!run.lengths.is_empty()).then_some(run.lengths);
+        Stack::load(m, dtype)?.call(&xs, lengths, &state)
+    }
+}
+
+/// Worst absolute error of every recorded call of `m` in `dtype`, checking
+/// dtypes and shapes on the way.
+pub fn worst_error(m: &Module, dtype: DType) -> Result<f64> {
+    let mut worst = 0f64;
+    for (i, run) in m.runs.iter().enumerate() {
+        let got = replay(m, run, dtype)?;
+        assert_eq!(got.len(), run.outputs.len(), "{}: run {i}", m.torch);
+        for (k, (actual, expected)) in got.iter().zip(run.outputs).enumerate() {
+            assert_eq!(actual.dtype(), dtype, "{}: run {i}, result {k}", m.torch);
+            assert_eq!(
+                actual.dims(),
+                expected.shape,
+                "{}: run {i}, result {k} shape",
+                m.torch
+            );
+            worst = worst.max(max_abs_diff(actual, &tensor(expected, DType::F64)?)?);
+        }
+    }
+    Ok(worst)
+}
+
+/// Every recorded call of `m` matches PyTorch in f32 and f64.
+pub fn check_against_torch(m: &Module) -> Result<()> {
+    for dtype in [DType::F32, DType::F64] {
+        let err = worst_error(m, dtype)?;
+        assert!(
+            err <= TOL,
+            "{} ({}) in {dtype:?}: max abs error {err:e} > {TOL:e}",
+            m.name,
+            m.torch
+        );
+    }
+    Ok(())
+}
+
+/// One test per fixture module: `test_name => fixtures::family::MODULE`.
+macro_rules! torch_cases {
+    ($($test:ident => $module:path,)*) => {$(
+        #[test]
+        fn $test() -> candle_core::Result<()> {
+            crate::support::check_against_torch(&$module)
+        }
+    )*};
+}
