@@ -12,9 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # The family modules register their entries on import, in this (deterministic) order.
-from pycandle.registry import activation, arith, identity, index, linear, reduce, rnn, shape  # noqa: F401
+from pycandle.registry import (  # noqa: F401
+    activation, arith, conv, create, embedding, identity, index, linear, norm, pool, reduce, rnn,
+    shape,
+)
 from pycandle.registry.core import (  # noqa: F401  (the registry's public surface)
-    CONTAINERS, LAYERS, OPS, Dim, Field, Layer, Op, Stream, T, Unsupported, bind, one_tensor,
+    CONTAINERS, LAYERS, OPS, Dim, Field, Layer, Op, Packed, Stream, T, Unsupported, bind, one_tensor,
     rust_dim, rust_float, usize_expr,
 )
 

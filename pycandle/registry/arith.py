@@ -1,12 +1,15 @@
-"""Arithmetic: tensor-tensor (with broadcasting) and tensor-scalar, also reflected and in-place."""
+"""Arithmetic: tensor-tensor (with broadcasting) and tensor-scalar, also reflected and in-place;
+comparisons, matrix products, elementwise math, clamp, where and masked_fill."""
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Callable
 
-from typing import Callable
-
-from pycandle.registry.core import Op, T, Unsupported, register_op, rust_float
+from pycandle.manifest import TensorMeta
+from pycandle.registry.core import (
+    Op, T, Unsupported, is_number, register_op, rust_float, rust_scalar, tensor, unary_op,
+)
 
 _BINARY_METHODS = {"add": "add", "sub": "sub", "mul": "mul", "div": "div"}
 _SCALAR_FORMS = {"add": "({x.borrow} + {s})?", "sub": "({x.borrow} - {s})?",
@@ -55,3 +58,214 @@ register_op(Op("add", _binary_spellings("add", ("add",)), _binary("add")))
 register_op(Op("sub", _binary_spellings("sub", ("sub", "subtract")), _binary("sub")))
 register_op(Op("mul", _binary_spellings("mul", ("mul", "multiply")), _binary("mul")))
 register_op(Op("div", _binary_spellings("div", ("div", "divide", "true_divide")), _binary("div")))
+
+
+# --- comparisons --------------------------------------------------------------------------------------
+
+_COMPARISONS = {"gt": ("gt", "__gt__", "greater"), "lt": ("lt", "__lt__", "less"),
+                "ge": ("ge", "__ge__", "greater_equal"), "le": ("le", "__le__", "less_equal"),
+                "eq": ("eq", "__eq__", "equal_"), "ne": ("ne", "__ne__", "not_equal")}
+_MIRRORED = {"gt": "lt", "lt": "gt", "ge": "le", "le": "ge", "eq": "eq", "ne": "ne"}
+
+
+def _compare(kind: str) -> Callable[[str, dict[str, Any], Any], str]:
+    """Elementwise comparisons; Candle's result is a u8 mask (PyTorch's is bool)."""
+
+    def emit(spelling: str, a: dict[str, Any], out: Any) -> str:
+        x, y = a["input"], a["other"]
+        op = kind
+        if not isinstance(x, T):  # `0.5 < t` reaches us as t.__gt__(0.5) already; be safe
+            x, y, op = y, x, _MIRRORED[kind]
+        x = tensor(x)
+        if isinstance(y, T):
+            if x.meta.shapes != y.meta.shapes:
+                return f"{x.name}.broadcast_{op}({y.borrow})?"
+            return f"{x.name}.{op}({y.borrow})?"
+        if not is_number(y):
+            raise Unsupported(f"comparison of a tensor with {y!r}")
+        if not x.meta.dtype.startswith(("float", "bfloat")) and not float(y).is_integer():
+            raise Unsupported(f"comparison of a {x.meta.dtype} tensor with {y!r}")
+        return f"{x.name}.{op}({rust_float(float(y))})?"
+
+    return emit
+
+
+for _kind, (_method, _dunder, _alias) in _COMPARISONS.items():
+    _names = {f"torch.{_kind}": "input, other", f"Tensor.{_kind}": "input, other",
+              f"Tensor.{_dunder}": "input, other"}
+    if not _alias.endswith("_"):
+        _names.update({f"torch.{_alias}": "input, other", f"Tensor.{_alias}": "input, other"})
+    register_op(Op(_kind, _names, _compare(_kind), doc="with a tensor (broadcast) or a number"))
+
+# --- matrix products ------------------------------------------------------------------------------------
+
+
+def _matmul(spelling: str, a: dict[str, Any], out: Any) -> str:
+    x, y = tensor(a["input"]), tensor(a["other"], "other")
+    if spelling == "Tensor.__rmatmul__":
+        x, y = y, x
+    if x.rank == 1 and y.rank == 1:
+        return f"({x.borrow} * {y.borrow})?.sum_all()?"
+    if x.rank == 1:  # a row vector, then dropped
+        return f"{x.name}.unsqueeze(0)?.broadcast_matmul({y.borrow})?.squeeze(D::Minus2)?"
+    if y.rank == 1:  # a column vector, then dropped
+        return f"{x.name}.broadcast_matmul(&{y.name}.unsqueeze(1)?)?.squeeze(D::Minus1)?"
+    same_batch = x.rank == y.rank and all(
+        sx[:-2] == sy[:-2] for sx, sy in zip(x.meta.shapes, y.meta.shapes))
+    fn = "matmul" if same_batch else "broadcast_matmul"
+    return f"{x.name}.{fn}({y.borrow})?"
+
+
+register_op(Op("matmul", {"torch.matmul": "input, other", "Tensor.matmul": "input, other",
+                          "Tensor.__matmul__": "input, other", "Tensor.__rmatmul__": "input, other",
+                          "torch.bmm": "input, mat2", "Tensor.bmm": "input, mat2",
+                          "torch.mm": "input, mat2", "Tensor.mm": "input, mat2"},
+               lambda s, a, out: _matmul(s, {**a, "other": a.get("other", a.get("mat2"))}, out),
+               doc="with PyTorch's 1-D and broadcasting rules"))
+
+# --- unary math ----------------------------------------------------------------------------------------
+
+_UNARY = {"exp": "{x.name}.exp()?", "log": "{x.name}.log()?", "sqrt": "{x.name}.sqrt()?",
+          "rsqrt": "{x.name}.sqrt()?.recip()?", "abs": "{x.name}.abs()?",
+          "neg": "{x.name}.neg()?", "reciprocal": "{x.name}.recip()?", "square": "{x.name}.sqr()?"}
+
+for _name, _template in _UNARY.items():
+    _names = {f"torch.{_name}": "input", f"Tensor.{_name}": "input", f"Tensor.{_name}_": "input",
+              f"torch.{_name}_": "input"}
+    if _name == "neg":
+        _names.update({"Tensor.__neg__": "input", "torch.negative": "input",
+                       "Tensor.negative": "input"})
+    if _name == "abs":
+        _names.update({"Tensor.__abs__": "input", "torch.absolute": "input"})
+    register_op(Op(_name, _names, unary_op(_template)))
+
+
+def _pow(spelling: str, a: dict[str, Any], out: Any) -> str:
+    x, e = a["input"], a["exponent"]
+    if spelling == "Tensor.__rpow__":  # number ** tensor
+        base, t = e, tensor(x)
+        if not is_number(base) or base <= 0:
+            raise Unsupported(f"{base!r} ** tensor (only a positive number base)")
+        if base == math.e:
+            return f"{t.name}.exp()?"
+        return f"{t.name}.affine({rust_float(math.log(base))}, 0.0)?.exp()?"
+    x = tensor(x)
+    if isinstance(e, T):
+        raise Unsupported("pow with a tensor exponent", hint="only a number exponent")
+    if not is_number(e):
+        raise Unsupported(f"pow with exponent {e!r}")
+    if e == 1:
+        return x.name
+    if e == 2:
+        return f"{x.name}.sqr()?"
+    if e == 0.5:
+        return f"{x.name}.sqrt()?"
+    if e == -1:
+        return f"{x.name}.recip()?"
+    return f"{x.name}.powf({rust_float(float(e))})?"
+
+
+register_op(Op("pow", {"torch.pow": "input, exponent", "Tensor.pow": "input, exponent",
+                       "Tensor.pow_": "input, exponent", "Tensor.__pow__": "input, exponent",
+                       "Tensor.__ipow__": "input, exponent", "Tensor.__rpow__": "input, exponent"},
+               _pow, doc="a number exponent; a positive number base"))
+
+# --- clamp ---------------------------------------------------------------------------------------------
+
+
+def _bound(x: T, v: Any, fn: str) -> str:
+    if isinstance(v, T):
+        b = "broadcast_" if v.meta.shapes != x.meta.shapes else ""
+        return f".{b}{fn}({v.borrow})?"
+    if not is_number(v):
+        raise Unsupported(f"clamp bound {v!r}")
+    return f".{fn}({rust_float(float(v))})?"
+
+
+def _clamp(spelling: str, a: dict[str, Any], out: Any) -> str:
+    x = tensor(a["input"])
+    lo, hi = a.get("min"), a.get("max")
+    if lo is None and hi is None:
+        raise Unsupported("clamp without min or max")
+    if is_number(lo) and is_number(hi):
+        return f"{x.name}.clamp({rust_float(float(lo))}, {rust_float(float(hi))})?"
+    expr = x.name
+    if lo is not None:
+        expr += _bound(x, lo, "maximum")
+    if hi is not None:
+        expr += _bound(x, hi, "minimum")
+    return expr
+
+
+_CLAMP = "input, min=None, max=None"
+register_op(Op("clamp", {"torch.clamp": _CLAMP, "Tensor.clamp": _CLAMP, "Tensor.clamp_": _CLAMP,
+                         "torch.clip": _CLAMP, "Tensor.clip": _CLAMP, "Tensor.clip_": _CLAMP},
+               _clamp, doc="number or tensor bounds"))
+register_op(Op("clamp_min", {"torch.clamp_min": "input, min", "Tensor.clamp_min": "input, min",
+                             "Tensor.clamp_min_": "input, min"}, _clamp))
+register_op(Op("clamp_max", {"torch.clamp_max": "input, max", "Tensor.clamp_max": "input, max",
+                             "Tensor.clamp_max_": "input, max"}, _clamp))
+
+# --- where, masked_fill ---------------------------------------------------------------------------------
+
+
+def _filled(value: Any, like: T, out: Any) -> str:
+    """A tensor shaped like `like` holding the number `value`, in the output's dtype."""
+    if float(value) == 0.0:
+        return f"{like.name}.zeros_like()?"
+    dtype = out.dtype if isinstance(out, TensorMeta) else like.meta.dtype
+    return f"Tensor::full({rust_scalar(value, dtype)}, {like.name}.shape(), {like.name}.device())?"
+
+
+def _where(spelling: str, a: dict[str, Any], out: Any) -> str:
+    cond, x, y = a["condition"], a["input"], a["other"]
+    if x is None or y is None:
+        raise Unsupported("torch.where(condition) (the indices of non-zeros: a data-dependent "
+                          "shape)")
+    cond = tensor(cond, "condition")
+    operands = [v for v in (cond, x, y) if isinstance(v, T)]
+    full = next((t for t in operands if isinstance(out, TensorMeta)
+                 and t.meta.shapes == out.shapes), None)
+    if full is None:
+        raise Unsupported("torch.where where every operand needs broadcasting")
+    if any(isinstance(v, T) and v.meta.dtype != out.dtype for v in (x, y)):
+        raise Unsupported("torch.where with operands of different dtypes (type promotion)")
+
+    def arg(v: Any) -> str:
+        if isinstance(v, T):
+            if v.meta.shapes == full.meta.shapes:
+                return v.borrow
+            return f"&{v.name}.broadcast_as({full.name}.shape())?"
+        if not is_number(v):
+            raise Unsupported(f"torch.where with {v!r}")
+        return "&" + _filled(v, full, out)
+
+    c = cond.name if cond.meta.shapes == full.meta.shapes else \
+        f"{cond.name}.broadcast_as({full.name}.shape())?"
+    return f"{c}.where_cond({arg(x)}, {arg(y)})?"
+
+
+def _masked_fill(spelling: str, a: dict[str, Any], out: Any) -> str:
+    x, mask, value = tensor(a["input"]), tensor(a["mask"], "mask"), a["value"]
+    if isinstance(value, T):
+        if value.rank != 0:
+            raise Unsupported("masked_fill with a value tensor of rank > 0")
+        fill = f"&{value.name}.broadcast_as({x.name}.shape())?"
+    elif is_number(value):
+        fill = "&" + _filled(value, x, out)
+    else:
+        raise Unsupported(f"masked_fill with value {value!r}")
+    m = mask.name if mask.meta.shapes == x.meta.shapes else \
+        f"{mask.name}.broadcast_as({x.name}.shape())?"
+    return f"{m}.where_cond({fill}, {x.borrow})?"
+
+
+register_op(Op("where", {"torch.where": "condition, input=None, other=None",
+                         "Tensor.where": "input, condition, other"},
+               lambda s, a, out: _where(s, a if s == "torch.where" else
+                                        {**a, "input": a["input"]}, out),
+               doc="tensor or number branches, broadcast to the larger operand"))
+register_op(Op("masked_fill", {"torch.masked_fill": "input, mask, value",
+                               "Tensor.masked_fill": "input, mask, value",
+                               "Tensor.masked_fill_": "input, mask, value"}, _masked_fill,
+               doc="a number or a 0-d tensor value"))

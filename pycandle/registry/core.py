@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -44,6 +45,25 @@ class T:
         if not -rank <= d < rank:
             raise Unsupported(f"dimension {d} out of range for a rank-{rank} tensor")
         return d % rank
+
+
+@dataclass(frozen=True)
+class Packed:
+    """What `pack_padded_sequence` made: a padded batch with per-sequence lengths.
+
+    `x` is the padded batch as it was packed (`batch_first` its layout) and `lengths` the
+    Rust variable holding the lengths as a `Vec<usize>`; `lengths_t` is the lengths tensor."""
+
+    x: T
+    lengths: str
+    lengths_t: T
+    batch_first: bool
+
+    def padded_in(self, batch_first: bool) -> str:
+        """The padded batch borrowed in the given layout."""
+        if batch_first == self.batch_first:
+            return self.x.borrow
+        return f"&{self.x.name}.transpose(0, 1)?"
 
 
 @dataclass(frozen=True)
@@ -89,13 +109,18 @@ def rust_dim(d: int, rank: int) -> str:
 _REQUIRED = object()
 
 
+_VARARGS = object()
+
+
 def _parse_sig(sig: str) -> list[tuple[str, Any]]:
     params = []
     for part in sig.split(","):
         part = part.strip()
         if not part or part == "*":
             continue
-        if "=" in part:
+        if part.startswith("*"):  # `*shape`: the remaining positional arguments, as a tuple
+            params.append((part[1:], _VARARGS))
+        elif "=" in part:
             name, default = part.split("=", 1)
             params.append((name.strip(), eval(default, {"__builtins__": {}}, {})))  # noqa: S307
         else:
@@ -105,15 +130,20 @@ def _parse_sig(sig: str) -> list[tuple[str, Any]]:
 
 def bind(sig: str, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Bind recorded args/kwargs to a Python-style signature string such as
-    ``"input, dim=None, keepdim=False"``; unknown or missing arguments raise Unsupported."""
+    ``"input, dim=None, keepdim=False"`` or ``"input, *shape"`` (`shape` gets the remaining
+    positional arguments as a tuple); unknown or missing arguments raise Unsupported."""
     params = _parse_sig(sig)
-    if len(args) > len(params):
+    star = next((i for i, (_, d) in enumerate(params) if d is _VARARGS), None)
+    positional = params if star is None else params[:star]
+    if star is None and len(args) > len(params):
         raise Unsupported(f"too many positional arguments ({len(args)}) for ({sig})")
     out: dict[str, Any] = {}
-    for (name, _), value in zip(params, args):
+    for (name, _), value in zip(positional, args):
         out[name] = value
+    if star is not None:
+        out[params[star][0]] = tuple(args[len(positional):])
     for name, value in kwargs.items():
-        if name not in dict(params):
+        if name not in dict(params) or (star is not None and name == params[star][0]):
             raise Unsupported(f"unknown keyword argument '{name}' for ({sig})")
         if name in out:
             raise Unsupported(f"argument '{name}' given twice")
@@ -249,3 +279,121 @@ def unary_op(template: str) -> Callable[[str, dict[str, Any], Any], str]:
         return template.format(x=tensor(a["input"]))
 
     return emit
+
+
+# --- helpers shared by the family modules ---------------------------------------------------------
+
+# Where tensors that no operand determines are created (torch.zeros(...) and the like). The
+# manifest does not record devices; see the registry's note on creation ops.
+DEVICE = "&Device::Cpu"
+
+_RUST_DTYPES = {"float32": "F32", "float64": "F64", "float16": "F16", "bfloat16": "BF16",
+                "int64": "I64", "int32": "I32", "int16": "I16", "uint8": "U8", "uint32": "U32",
+                "bool": "U8"}
+_LITERAL_SUFFIX = {"float32": "f32", "float64": "f64", "int64": "i64", "int32": "i32",
+                   "uint8": "u8", "uint32": "u32"}
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def int_arg(v: Any, what: str) -> int:
+    """A plain integer argument (a dimension, a count); anything else is reported."""
+    if not is_int(v):
+        raise Unsupported(f"'{what}' must be an integer here, got {v!r}")
+    return v
+
+
+def ntuple(v: Any, n: int, what: str) -> tuple[int, ...]:
+    """`3` or `(3,)` or `[3, 3]` -> a tuple of `n` ints (PyTorch's _single/_pair)."""
+    items = list(v) if isinstance(v, (tuple, list)) else [v] * n
+    if len(items) == 1:
+        items *= n
+    if len(items) != n or not all(is_int(i) for i in items):
+        raise Unsupported(f"{what}={v!r} (expected {n} integer(s))")
+    return tuple(items)
+
+
+def varargs_sizes(sizes: tuple, what: str = "size") -> list[Any]:
+    """Sizes given as varargs (`x.view(2, -1)`) or as one sequence (`x.view((2, -1))`)."""
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = tuple(sizes[0])
+    for s in sizes:
+        if not (is_int(s) or isinstance(s, Dim)):
+            raise Unsupported(f"{what} {s!r} (expected integers)")
+    return list(sizes)
+
+
+def shape_tuple(items: list[str]) -> str:
+    """Rust for a shape (or dims) argument: `(2, 3)`, `(5,)`, `()`; a Vec past rank 6."""
+    if len(items) > 6:
+        return "vec![" + ", ".join(items) + "]"
+    return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+
+
+def rust_dtype(name: str) -> str:
+    if name not in _RUST_DTYPES:
+        raise Unsupported(f"dtype {name} has no Candle equivalent")
+    return f"DType::{_RUST_DTYPES[name]}"
+
+
+def _shortest_f32(v: float) -> float:
+    """The shortest decimal that rounds to the same f32 as `v` (what clippy wants to read)."""
+    if not math.isfinite(v):
+        return v
+    target = struct.pack("<f", v)
+    for digits in range(1, 10):
+        candidate = float(f"{v:.{digits}g}")
+        if struct.pack("<f", candidate) == target:
+            return candidate
+    return v
+
+
+def qualified_dtype(name: str) -> str:
+    """`candle_core::DType::F32`: for code that needs a dtype only sometimes (the model's `use`
+    list is fixed per op, and an unused import would not pass clippy)."""
+    return f"candle_core::{rust_dtype(name)}"
+
+
+def rust_scalar(value: Any, dtype: str) -> str:
+    """A typed Rust literal of `dtype` (e.g. `0.5f32`, `3i64`), for Tensor::full and the like."""
+    if dtype not in _LITERAL_SUFFIX:
+        raise Unsupported(f"a {dtype} scalar (only float32/float64 and integer dtypes here)")
+    suffix = _LITERAL_SUFFIX[dtype]
+    if dtype.startswith("float"):
+        lit = rust_float(_shortest_f32(float(value)) if suffix == "f32" else float(value))
+        if lit.startswith("f64::"):  # NAN, INFINITY, NEG_INFINITY
+            return lit.replace("f64", suffix)
+        return lit + suffix
+    if isinstance(value, float) and not value.is_integer():
+        raise Unsupported(f"the non-integer value {value!r} for a {dtype} tensor")
+    return f"{int(value)}{suffix}"
+
+
+def dims_arg(x: T, dims: list[int]) -> str:
+    """A `Dims` argument: one dimension as `rust_dim`, several as a tuple."""
+    if len(dims) == 1:
+        return rust_dim(dims[0], x.rank)
+    return shape_tuple([str(d) for d in dims])
+
+
+def tensors(v: Any, what: str = "tensors") -> list[T]:
+    """A tensor list argument (torch.cat's `tensors`): a Python list or tuple of tensors."""
+    if not isinstance(v, (tuple, list)) or not v or not all(isinstance(t, T) for t in v):
+        raise Unsupported(f"'{what}' must be a non-empty list of tensors, got {v!r}")
+    return list(v)
+
+
+
+def local_name(base: str, *operands: T) -> str:
+    """A name for a variable local to an emitted `{ ... }` block that shadows no operand."""
+    taken = {t.name.split("[", 1)[0].split(".", 1)[0] for t in operands}
+    name = base
+    while name in taken:
+        name += "_"
+    return name

@@ -1,10 +1,12 @@
-"""Layers that pass their input through unchanged at inference."""
+"""Layers and functions that pass their input through unchanged at inference."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pycandle.registry.core import Layer, no_field, one_tensor, register_layer
+from pycandle.registry.core import (
+    Layer, Op, Unsupported, no_field, one_tensor, register_layer, register_op, tensor,
+)
 
 
 def _passthrough_call(cfg: dict[str, Any], this: str, args: tuple, kwargs: dict[str, Any]) -> str:
@@ -15,3 +17,30 @@ register_layer(Layer("torch.nn.Dropout", ("p",), "out", no_field, _passthrough_c
                      passthrough=True, doc="identity in eval mode"))
 register_layer(Layer("torch.nn.Identity", (), "out", no_field, _passthrough_call,
                      passthrough=True))
+
+
+def _identity(spelling: str, a: dict[str, Any], out: Any) -> str:
+    """Returns the input's name: `lower` binds the output to the input, no statement."""
+    return tensor(a["input"]).name
+
+
+def _dropout(spelling: str, a: dict[str, Any], out: Any) -> str:
+    training = a.get("training", a.get("train"))
+    p = a["p"]
+    if training and p != 0:
+        raise Unsupported(f"{spelling} with training=True (random at inference)",
+                          hint="pass training=self.training, the model is traced in eval mode")
+    return _identity(spelling, a, out)
+
+
+_DROPOUT = "input, p=0.5, training=True, inplace=False"
+register_op(Op("dropout", {"torch.nn.functional.dropout": _DROPOUT,
+                           "torch.nn.functional.dropout1d": _DROPOUT,
+                           "torch.nn.functional.dropout2d": _DROPOUT,
+                           "torch.nn.functional.alpha_dropout": _DROPOUT,
+                           "torch.dropout": "input, p, train"}, _dropout,
+               doc="identity when not training"))
+register_op(Op("detach", {"Tensor.detach": "input", "torch.detach": "input",
+                          "Tensor.clone": "input, *, memory_format=None",
+                          "torch.clone": "input, *, memory_format=None"}, _identity,
+               doc="identity (Candle tensors are immutable)"))

@@ -1,10 +1,15 @@
-"""Reductions."""
+"""Reductions: sums, means, extremes, norms."""
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Callable
 
-from pycandle.registry.core import Op, T, Unsupported, register_op, rust_dim, tensor
+from pycandle.manifest import TensorMeta
+from pycandle.registry.core import (
+    Op, T, Unsupported, dims_arg, int_arg, is_number, qualified_dtype, register_op, rust_dim,
+    rust_float, shape_tuple, tensor,
+)
 
 
 def _dims_arg(x: T, dim: Any) -> list[int]:
@@ -45,3 +50,140 @@ register_op(Op(
      "torch.norm": "input, p='fro', dim=None, keepdim=False, dtype=None",
      "Tensor.norm": "input, p='fro', dim=None, keepdim=False, dtype=None"},
     _norm, uses=("candle_core::D",), doc="2-norm / Frobenius, over dims, keepdim"))
+
+
+# --- sum, mean ------------------------------------------------------------------------------------
+
+
+def _reduce_dims(x: T, dim: Any) -> list[int]:
+    """`dim` of sum/mean/amax: None or () reduce every dimension."""
+    if isinstance(dim, (tuple, list)) and not dim:
+        return list(range(x.rank))
+    return _dims_arg(x, dim)
+
+
+def _cast_to(expr: str, x: T, out: Any) -> str:
+    """PyTorch promotes some reductions (an int32 sum is int64); Candle keeps the dtype."""
+    if isinstance(out, TensorMeta) and out.dtype != x.meta.dtype:
+        return f"{expr}.to_dtype({qualified_dtype(out.dtype)})?"
+    return expr
+
+
+def _sum_mean(kind: str) -> Callable[[str, dict[str, Any], Any], str]:
+    def emit(spelling: str, a: dict[str, Any], out: Any) -> str:
+        x = tensor(a["input"])
+        if a.get("dtype") is not None:  # PyTorch casts the input first
+            x = T(f"{x.name}.to_dtype({qualified_dtype(a['dtype'].name)})?",
+                  TensorMeta(a["dtype"].name, x.meta.shapes))
+        dims = _reduce_dims(x, a["dim"])
+        if len(dims) == x.rank and not a["keepdim"]:
+            return _cast_to(f"{x.name}.{kind}_all()?", x, out)
+        fn = f"{kind}_keepdim" if a["keepdim"] else kind
+        return _cast_to(f"{x.name}.{fn}({dims_arg(x, dims)})?", x, out)
+
+    return emit
+
+
+_SUM_SIG = "input, dim=None, keepdim=False, *, dtype=None"
+register_op(Op("sum", {"torch.sum": _SUM_SIG, "Tensor.sum": _SUM_SIG}, _sum_mean("sum"),
+               doc="over all, one or several dims; keepdim; dtype"))
+register_op(Op("mean", {"torch.mean": _SUM_SIG, "Tensor.mean": _SUM_SIG}, _sum_mean("mean"),
+               doc="over all, one or several dims; keepdim; dtype"))
+
+# --- max, min, amax, amin, argmax, argmin -----------------------------------------------------------
+
+
+def _extreme_over(x: T, kind: str, dims: list[int], keepdim: bool) -> str:
+    """max/min over several dimensions: one dimension at a time, the highest first."""
+    if len(dims) == x.rank and not keepdim:
+        return f"{x.name}.{kind}_all()?"
+    fn = f"{kind}_keepdim" if keepdim else kind
+    return x.name + "".join(f".{fn}({rust_dim(d, x.rank) if len(dims) == 1 else d})?"
+                            for d in sorted(dims, reverse=True))
+
+
+def _arg_extreme(x: T, kind: str, dim: Any, keepdim: bool) -> str:
+    """argmax/argmin as PyTorch's int64 indices (Candle returns u32)."""
+    i64 = qualified_dtype("int64")
+    if dim is None:
+        expr = f"{x.name}.flatten_all()?.arg{kind}(0)?"
+        if keepdim:
+            expr += f".reshape({shape_tuple(['1'] * x.rank)})?"
+        return f"{expr}.to_dtype({i64})?"
+    d = x.norm_dim(int_arg(dim, "dim"))
+    fn = f"arg{kind}_keepdim" if keepdim else f"arg{kind}"
+    return f"{x.name}.{fn}({rust_dim(d, x.rank)})?.to_dtype({i64})?"
+
+
+def _max_min(kind: str) -> Callable[[str, dict[str, Any], Any], str]:
+    """torch.max(x), torch.max(x, dim) -> (values, indices), torch.max(x, other)."""
+
+    def emit(spelling: str, a: dict[str, Any], out: Any) -> str:
+        x = tensor(a["input"])
+        other = a["other"] if a["other"] is not None else a["dim"]
+        if isinstance(other, T):
+            fn = "maximum" if kind == "max" else "minimum"
+            if x.meta.shapes != other.meta.shapes:
+                fn = f"broadcast_{fn}"
+            return f"{x.name}.{fn}({other.borrow})?"
+        if a["dim"] is None:
+            if a["keepdim"]:
+                raise Unsupported(f"{kind} with keepdim and no dim")
+            return f"{x.name}.{kind}_all()?"
+        d = x.norm_dim(int_arg(a["dim"], "dim"))
+        values = _extreme_over(x, kind, [d], a["keepdim"])
+        return f"vec![{values}, {_arg_extreme(x, kind, d, a['keepdim'])}]"
+
+    return emit
+
+
+def _amax_amin(kind: str) -> Callable[[str, dict[str, Any], Any], str]:
+    def emit(spelling: str, a: dict[str, Any], out: Any) -> str:
+        x = tensor(a["input"])
+        return _extreme_over(x, kind, _reduce_dims(x, a["dim"]), a["keepdim"])
+
+    return emit
+
+
+for _kind in ("max", "min"):
+    _sig = "input, dim=None, keepdim=False, *, other=None"
+    register_op(Op(_kind, {f"torch.{_kind}": _sig, f"Tensor.{_kind}": _sig}, _max_min(_kind),
+                   doc="of all; over a dim -> (values, int64 indices); elementwise with a tensor"))
+    _sig = "input, dim=(), keepdim=False"
+    register_op(Op(f"a{_kind}", {f"torch.a{_kind}": _sig, f"Tensor.a{_kind}": _sig},
+                   _amax_amin(_kind), doc="over all, one or several dims; keepdim"))
+    _sig = "input, dim=None, keepdim=False"
+    register_op(Op(f"arg{_kind}", {f"torch.arg{_kind}": _sig, f"Tensor.arg{_kind}": _sig},
+                   (lambda k: lambda s, a, out: _arg_extreme(tensor(a["input"]), k, a["dim"],
+                                                             a["keepdim"]))(_kind),
+                   doc="int64 indices, over a dim or all"))
+
+# --- F.normalize ------------------------------------------------------------------------------------
+
+
+def _normalize(spelling: str, a: dict[str, Any], out: Any) -> str:
+    x = tensor(a["input"])
+    if a["out"] is not None:
+        raise Unsupported("normalize with out=")
+    p = a["p"]
+    if not is_number(p) or p <= 0:
+        raise Unsupported(f"normalize with p={p!r}")
+    d = rust_dim(x.norm_dim(int_arg(a["dim"], "dim")), x.rank)
+    if p == 2:
+        norm = f"{x.name}.sqr()?.sum_keepdim({d})?.sqrt()?"
+    elif p == 1:
+        norm = f"{x.name}.abs()?.sum_keepdim({d})?"
+    elif math.isinf(p):
+        norm = f"{x.name}.abs()?.max_keepdim({d})?"
+    else:
+        norm = (f"{x.name}.abs()?.powf({rust_float(float(p))})?.sum_keepdim({d})?"
+                f".powf({rust_float(1.0 / p)})?")
+    eps = a["eps"]
+    if not is_number(eps):
+        raise Unsupported(f"normalize with eps={eps!r}")
+    return f"{x.name}.broadcast_div(&{norm}.maximum({rust_float(float(eps))})?)?"
+
+
+register_op(Op("normalize", {"torch.nn.functional.normalize":
+                             "input, p=2.0, dim=1, eps=1e-12, out=None"}, _normalize,
+               doc="any p > 0 (also inf), dim, eps"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from pycandle.registry.core import (
-    Field, Layer, Stream, T, Unsupported, bind, register_layer, require,
+    Field, Layer, Packed, Stream, T, Unsupported, bind, register_layer, require,
 )
 
 
@@ -48,9 +48,16 @@ def _call(what: str, pair: bool) -> Callable[[dict, str, tuple, dict], str]:
     def call(cfg: dict[str, Any], this: str, args: tuple, kwargs: dict[str, Any]) -> str:
         bound = bind("input, hx=None", args, kwargs)
         x = bound["input"]
+        state = _state_arg(bound["hx"], pair, what)
+        if isinstance(x, Packed):
+            if what.endswith("Cell"):
+                raise Unsupported(f"{what} on a packed sequence")
+            # pack_padded_sequence -> layer -> pad_packed_sequence, on the padded batch
+            padded = x.padded_in(bool(cfg.get("batch_first")))
+            return f"{this}.forward_padded({padded}, &{x.lengths}, {state})?"
         if not isinstance(x, T):
             raise Unsupported(f"{what} input must be a tensor, got {x!r}")
-        return f"{this}.forward({x.borrow}, {_state_arg(bound['hx'], pair, what)})?"
+        return f"{this}.forward({x.borrow}, {state})?"
 
     return call
 
@@ -70,6 +77,8 @@ def _check_mode(expected: tuple[str, ...]) -> Callable[[dict[str, Any]], list[st
 def _sequence_blocker(cfg: dict[str, Any], args: tuple, kwargs: dict[str, Any]) -> str | None:
     if cfg.get("bidirectional"):
         return "bidirectional: the reverse direction needs the whole sequence"
+    if isinstance(bind("input, hx=None", args, kwargs)["input"], Packed):
+        return "a padded batch: sequences end at different steps"
     if bind("input, hx=None", args, kwargs)["hx"] is not None:
         return "called with an explicit initial state"
     return None

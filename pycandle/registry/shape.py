@@ -1,16 +1,28 @@
-"""Layout: transpose, contiguous."""
+"""Layout: reshaping, permuting, joining and splitting, padding."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pycandle.registry.core import Op, register_op, tensor
+from pycandle.registry.core import (
+    Dim, Layer, Op, T, Unsupported, int_arg, is_int, local_name, no_field, one_tensor, register_layer,
+    register_op, rust_dim, shape_tuple, tensor, tensors, usize_expr, varargs_sizes,
+)
+
+# --- transpose, contiguous --------------------------------------------------------------------------
 
 
 def _transpose(spelling: str, a: dict[str, Any], out: Any) -> str:
     x = tensor(a["input"])
     d0, d1 = x.norm_dim(a["dim0"]), x.norm_dim(a["dim1"])
     return f"{x.name}.transpose({d0}, {d1})?"
+
+
+def _t(spelling: str, a: dict[str, Any], out: Any) -> str:
+    x = tensor(a["input"])
+    if x.rank > 2:
+        raise Unsupported(f"Tensor.t() on a rank-{x.rank} tensor")
+    return f"{x.name}.t()?" if x.rank == 2 else x.name
 
 
 def _contiguous(spelling: str, a: dict[str, Any], out: Any) -> str:
@@ -21,4 +33,327 @@ register_op(Op("transpose", {"torch.transpose": "input, dim0, dim1",
                              "Tensor.transpose": "input, dim0, dim1",
                              "torch.swapaxes": "input, dim0, dim1",
                              "Tensor.swapaxes": "input, dim0, dim1"}, _transpose))
-register_op(Op("contiguous", {"Tensor.contiguous": "input"}, _contiguous))
+register_op(Op("t", {"Tensor.t": "input", "torch.t": "input"}, _t))
+register_op(Op("contiguous", {"Tensor.contiguous": "input, memory_format=None"}, _contiguous))
+
+# --- reshape, view, flatten, unflatten ------------------------------------------------------------
+
+
+def reshape_to(x: T, items: list[str | None]) -> str:
+    """`x.reshape(...)` to a shape of Rust size expressions; `None` is the one inferred size
+    (a `()` hole in Candle's shape tuple, which Candle supports up to rank 5)."""
+    if items == [None]:
+        return f"{x.name}.flatten_all()?"
+    if None in items and len(items) > 5:
+        known = " * ".join(i for i in items if i is not None)
+        items = [f"{x.name}.elem_count() / ({known})" if i is None else i for i in items]
+    return f"{x.name}.reshape({shape_tuple(['()' if i is None else i for i in items])})?"
+
+
+def _size_items(sizes: list[Any]) -> list[str | None]:
+    """PyTorch sizes (ints, Dims, one -1) as Rust size expressions, the -1 as None."""
+    holes = sum(1 for s in sizes if is_int(s) and s == -1)
+    if holes > 1:
+        raise Unsupported(f"shape {sizes!r} with more than one -1")
+    return [None if is_int(s) and s == -1 else usize_expr(s) for s in sizes]
+
+
+def _reshape(spelling: str, a: dict[str, Any], out: Any) -> str:
+    x = tensor(a["input"])
+    shape = a["shape"]
+    if spelling == "torch.reshape":
+        shape = (shape,)
+    if len(shape) == 1 and not isinstance(shape[0], (tuple, list, int, Dim)):
+        raise Unsupported(f"{spelling} to {shape[0]!r}", hint="view(dtype) is not supported")
+    return reshape_to(x, _size_items(varargs_sizes(shape)))
+
+
+def _reshape_as(spelling: str, a: dict[str, Any], out: Any) -> str:
+    x, other = tensor(a["input"]), tensor(a["other"], "other")
+    return f"{x.name}.reshape({other.name}.shape())?"
+
+
+def flatten(x: T, start: Any, end: Any) -> str:
+    if x.rank == 0:
+        return f"{x.name}.reshape(1)?"
+    s, e = x.norm_dim(int_arg(start, "start_dim")), x.norm_dim(int_arg(end, "end_dim"))
+    if s > e:
+        raise Unsupported(f"flatten with start_dim {start} after end_dim {end}")
+    if s == e:
+        return x.name
+    if s == 0 and e == x.rank - 1:
+        return f"{x.name}.flatten_all()?"
+    if e == x.rank - 1:
+        return f"{x.name}.flatten_from({s})?"
+    if s == 0:
+        return f"{x.name}.flatten_to({e})?"
+    return f"{x.name}.flatten({s}, {e})?"
+
+
+def unflatten(x: T, dim: Any, sizes: Any) -> str:
+    d = x.norm_dim(int_arg(dim, "dim"))
+    if not isinstance(sizes, (tuple, list)) or not sizes:
+        raise Unsupported(f"unflatten to sizes {sizes!r}")
+    inner = _size_items(list(sizes))
+    outer: list[str | None] = [x.dim(i) for i in range(x.rank)]
+    if None not in inner:  # let Candle infer one of the other dimensions (usually the batch)
+        free = next((i for i in range(x.rank) if i != d), None)
+        if free is not None:
+            outer[free] = None
+    return reshape_to(x, outer[:d] + inner + outer[d + 1:])
+
+
+register_op(Op("reshape", {"torch.reshape": "input, shape", "Tensor.reshape": "input, *shape",
+                           "Tensor.view": "input, *shape"}, _reshape,
+               doc="sizes may be -1 (inferred)"))
+register_op(Op("reshape_as", {"Tensor.reshape_as": "input, other",
+                              "Tensor.view_as": "input, other"}, _reshape_as))
+register_op(Op("flatten", {"torch.flatten": "input, start_dim=0, end_dim=-1",
+                           "Tensor.flatten": "input, start_dim=0, end_dim=-1"},
+               lambda s, a, out: flatten(tensor(a["input"]), a["start_dim"], a["end_dim"])))
+register_op(Op("unflatten", {"torch.unflatten": "input, dim, sizes",
+                             "Tensor.unflatten": "input, dim, sizes"},
+               lambda s, a, out: unflatten(tensor(a["input"]), a["dim"], a["sizes"])))
+
+
+def _flatten_call(cfg: dict[str, Any], this: str, args: tuple, kwargs: dict[str, Any]) -> str:
+    x = one_tensor(args, kwargs)
+    expr = flatten(x, cfg["start_dim"], cfg["end_dim"])
+    return f"{x.name}.clone()" if expr == x.name else expr  # a layer's output is a new variable
+
+
+def _unflatten_call(cfg: dict[str, Any], this: str, args: tuple, kwargs: dict[str, Any]) -> str:
+    return unflatten(one_tensor(args, kwargs), cfg["dim"], cfg["unflattened_size"])
+
+
+register_layer(Layer("torch.nn.Flatten", ("start_dim", "end_dim"), "out", no_field,
+                     _flatten_call))
+register_layer(Layer("torch.nn.Unflatten", ("dim", "unflattened_size"), "out", no_field,
+                     _unflatten_call))
+
+# --- permute, squeeze, unsqueeze, expand, repeat ----------------------------------------------------
+
+
+def _permute(spelling: str, a: dict[str, Any], out: Any) -> str:
+    x = tensor(a["input"])
+    dims = a["dims"] if spelling == "torch.permute" else varargs_sizes(a["dims"], "dim")
+    dims = [x.norm_dim(int_arg(d, "dims")) for d in dims]
+    if sorted(dims) != list(range(x.rank)):
+        raise Unsupported(f"permute dims {a['dims']!r} are not a permutation")
+    if dims == list(range(x.rank)):
+        return x.name
+    return f"{x.name}.permute({shape_tuple([str(d) for d in dims])})?"
+
+
+def _squeeze(spelling: str, a: dict[str, Any], out: Any) -> str:
+    x = tensor(a["input"])
+    dim = a["dim"]
+    if dim is None:  # every dimension of size 1 (the same ones in every trace case)
+        dims = [d for d in range(x.rank) if all(s[d] == 1 for s in x.meta.shapes)]
+    elif isinstance(dim, (tuple, list)):
+        dims = sorted({x.norm_dim(int_arg(d, "dim")) for d in dim})
+    else:
+        dims = [x.norm_dim(int_arg(dim, "dim"))]
+    if not dims:
+        return x.name
+    # highest first, so the remaining indices stay valid; like PyTorch, Candle leaves a
+    # dimension whose size is not 1 as it is
+    return x.name + "".join(f".squeeze({d})?" for d in sorted(dims, reverse=True))
+
+
+def _unsqueeze(spelling: str, a: dict[str, Any], out: Any) -> str:
+    x = tensor(a["input"])
+    d = x.norm_dim(int_arg(a["dim"], "dim"), x.rank + 1)
+    return f"{x.name}.unsqueeze({rust_dim(d, x.rank + 1)})?"
+
+
+def _expand(spelling: str, a: dict[str, Any], out: Any) -> str:
+    x = tensor(a["input"])
+    sizes = varargs_sizes(a["size"])
+    lead = len(sizes) - x.rank
+    if lead < 0:
+        raise Unsupported(f"expand to {len(sizes)} dimensions from {x.rank}")
+    items = []
+    for j, s in enumerate(sizes):
+        if is_int(s) and s == -1:
+            if j < lead:
+                raise Unsupported("expand with -1 for a new leading dimension")
+            items.append(x.dim(j - lead))
+        else:
+            items.append(usize_expr(s))
+    return f"{x.name}.expand({shape_tuple(items)})?"
+
+
+def _expand_as(spelling: str, a: dict[str, Any], out: Any) -> str:
+    x, other = tensor(a["input"]), tensor(a["other"], "other")
+    return f"{x.name}.expand({other.name}.shape())?"
+
+
+def _repeat(spelling: str, a: dict[str, Any], out: Any) -> str:
+    x = tensor(a["input"])
+    reps = varargs_sizes(a["repeats"], "repeat")
+    if len(reps) < x.rank:
+        raise Unsupported(f"repeat with {len(reps)} sizes for a rank-{x.rank} tensor")
+    return f"{x.name}.repeat({shape_tuple([usize_expr(r) for r in reps])})?"
+
+
+register_op(Op("permute", {"torch.permute": "input, dims", "Tensor.permute": "input, *dims"},
+               _permute))
+register_op(Op("squeeze", {"torch.squeeze": "input, dim=None", "Tensor.squeeze": "input, dim=None",
+                           "Tensor.squeeze_": "input, dim=None"}, _squeeze,
+               doc="all, one or several dims"))
+register_op(Op("unsqueeze", {"torch.unsqueeze": "input, dim", "Tensor.unsqueeze": "input, dim",
+                             "Tensor.unsqueeze_": "input, dim"}, _unsqueeze))
+register_op(Op("expand", {"Tensor.expand": "input, *size"}, _expand, doc="-1 keeps a size"))
+register_op(Op("expand_as", {"Tensor.expand_as": "input, other"}, _expand_as))
+register_op(Op("repeat", {"Tensor.repeat": "input, *repeats"}, _repeat))
+
+# --- cat, stack -----------------------------------------------------------------------------------
+
+
+def _joined(spelling: str, a: dict[str, Any], out: Any, stack: bool) -> str:
+    ts = tensors(a["tensors"])
+    if len({t.meta.dtype for t in ts}) > 1:
+        raise Unsupported("joining tensors of different dtypes (type promotion)")
+    rank = ts[0].rank + (1 if stack else 0)
+    d = ts[0].norm_dim(int_arg(a["dim"], "dim"), rank)
+    if len(ts) == 1 and not stack:
+        return ts[0].name
+    items = ", ".join(t.name if t.is_ref else f"&{t.name}" for t in ts)
+    fn = "stack" if stack else "cat"
+    return f"Tensor::{fn}(&[{items}], {rust_dim(d, rank)})?"
+
+
+_CAT = "tensors, dim=0"
+register_op(Op("cat", {"torch.cat": _CAT, "torch.concat": _CAT,
+                       "torch.concatenate": "tensors, axis=0"},
+               lambda s, a, out: _joined(s, {**a, "dim": a.get("dim", a.get("axis"))}, out, False)))
+register_op(Op("stack", {"torch.stack": _CAT},
+               lambda s, a, out: _joined(s, a, out, True)))
+
+# --- chunk, split, unbind: a Vec<Tensor> ------------------------------------------------------------
+
+
+def _torch_chunks(size: int, n: int) -> list[int]:
+    step = -(-size // n)
+    return [min(step, size - s) for s in range(0, size, step)] if size else []
+
+
+def _candle_chunks(size: int, n: int) -> list[int]:
+    if size < n:
+        return [1] * size
+    return [size // n + (1 if i < size % n else 0) for i in range(n)]
+
+
+def _narrows(x: T, d: int, lengths: list[str]) -> str:
+    """`vec![x.narrow(d, 0, a)?, x.narrow(d, a, b)?, ...]`: pieces of the given lengths."""
+    parts, offset = [], 0
+    terms: list[str] = []  # the non-literal part of the running offset
+    for length in lengths:
+        start = " + ".join(terms + ([str(offset)] if offset or not terms else []))
+        parts.append(f"{x.name}.narrow({d}, {start}, {length})?")
+        if length.isdigit():
+            offset += int(length)
+        else:
+            terms.append(length)
+    return "vec![" + ", ".join(parts) + "]"
+
+
+def _pieces_of(x: T, d: int, step: str) -> str:
+    """Consecutive pieces of `step` along `d` (the last one shorter), for any size of `d`;
+    `step` may refer to the size as `{size}`."""
+    size, step_, start = (local_name(n, x) for n in ("size", "step", "start"))
+    return ("{\n"
+            f"let {size} = {x.dim(d)};\n"
+            f"let {step_} = {step.replace('{size}', size)};\n"
+            f"(0..{size})\n"
+            f".step_by({step_})\n"
+            f".map(|{start}| {x.name}.narrow({d}, {start}, {step_}.min({size} - {start})))\n"
+            ".collect::<Result<Vec<_>>>()?\n"
+            "}")
+
+
+def _chunk(spelling: str, a: dict[str, Any], out: Any) -> str:
+    x = tensor(a["input"])
+    n = int_arg(a["chunks"], "chunks")
+    if n < 1:
+        raise Unsupported(f"chunk into {n} pieces")
+    d = x.norm_dim(int_arg(a["dim"], "dim"))
+    sizes = {s[d] for s in x.meta.shapes}
+    if len(sizes) == 1:  # a fixed size: the pieces are known
+        size = sizes.pop()
+        if _torch_chunks(size, n) == _candle_chunks(size, n):
+            return f"{x.name}.chunk({n}, {d})?"
+        return _narrows(x, d, [str(p) for p in _torch_chunks(size, n)])
+    # PyTorch's rule: pieces of ceil(size / chunks); Candle's `chunk` spreads the remainder
+    return _pieces_of(x, d, f"{{size}}.div_ceil({n})")
+
+
+def _split(spelling: str, a: dict[str, Any], out: Any) -> str:
+    x = tensor(a["input"])
+    d = x.norm_dim(int_arg(a["dim"], "dim"))
+    how = a.get("split_size", a.get("split_size_or_sections"))
+    if isinstance(how, (tuple, list)):
+        return _narrows(x, d, [usize_expr(s) for s in how])
+    if isinstance(how, Dim):
+        return _pieces_of(x, d, how.expr)
+    step = int_arg(how, "split_size")
+    if step < 1:
+        raise Unsupported(f"split into pieces of {step}")
+    sizes = {s[d] for s in x.meta.shapes}
+    if len(sizes) == 1:
+        size = sizes.pop()
+        if size % step == 0:
+            return f"{x.name}.chunk({size // step}, {d})?"
+        return _narrows(x, d, [str(min(step, size - s)) for s in range(0, size, step)])
+    return _pieces_of(x, d, str(step))
+
+
+def _unbind(spelling: str, a: dict[str, Any], out: Any) -> str:
+    x = tensor(a["input"])
+    d = x.norm_dim(int_arg(a["dim"], "dim"))
+    return (f"(0..{x.dim(d)})\n.map(|i| {x.name}.get_on_dim({d}, i))\n"
+            ".collect::<Result<Vec<_>>>()?")
+
+
+register_op(Op("chunk", {"torch.chunk": "input, chunks, dim=0",
+                         "Tensor.chunk": "input, chunks, dim=0"}, _chunk,
+               doc="PyTorch's piece sizes"))
+register_op(Op("split", {"torch.split": "input, split_size_or_sections, dim=0",
+                         "Tensor.split": "input, split_size, dim=0"},
+               _split, doc="a piece size or a list of sizes"))
+register_op(Op("unbind", {"torch.unbind": "input, dim=0", "Tensor.unbind": "input, dim=0"},
+               _unbind))
+
+# --- padding ------------------------------------------------------------------------------------------
+
+
+def pad(x: T, amounts: Any, mode: str, value: Any = None) -> str:
+    """F.pad: `amounts` pairs (left, right) from the last dimension backwards."""
+    if not isinstance(amounts, (tuple, list)) or len(amounts) % 2 or len(amounts) > 2 * x.rank:
+        raise Unsupported(f"pad {amounts!r} for a rank-{x.rank} tensor")
+    if mode == "constant":
+        if value not in (None, 0, 0.0):
+            raise Unsupported(f"constant padding with value {value!r} (only zeros)",
+                              hint="pad with zeros and add a masked constant")
+        fn = "pad_with_zeros"
+    elif mode == "replicate":
+        fn = "pad_with_same"
+    else:
+        raise Unsupported(f"padding mode {mode!r} (Candle has zero and replicate padding)")
+    expr = x.name
+    for k in range(len(amounts) // 2):
+        left, right = amounts[2 * k], amounts[2 * k + 1]
+        for v in (left, right):
+            if is_int(v) and v < 0:
+                raise Unsupported(f"negative padding {v} (cropping)")
+        if left == 0 and right == 0:
+            continue
+        d = x.rank - 1 - k
+        expr += f".{fn}({rust_dim(d, x.rank)}, {usize_expr(left)}, {usize_expr(right)})?"
+    return expr
+
+
+register_op(Op("pad", {"torch.nn.functional.pad": "input, pad, mode='constant', value=None"},
+               lambda s, a, out: pad(tensor(a["input"]), a["pad"], a["mode"], a["value"]),
+               doc="constant zeros and replicate"))

@@ -1,0 +1,184 @@
+"""Convolutions: nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, via candle_nn."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from pycandle.registry.core import (
+    Field, Layer, T, Unsupported, bind, ntuple, register_layer, require,
+)
+
+_ATTRS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
+          "groups", "bias", "padding_mode")
+# Candle pads with zeros (pad_with_zeros) or with the edge value (pad_with_same); PyTorch's
+# 'reflect' and 'circular' modes have no Candle op.
+_PAD_FNS = {"zeros": "pad_with_zeros", "replicate": "pad_with_same"}
+
+
+def _has_bias(cfg: dict[str, Any]) -> bool:
+    # `bias` is the module attribute: a parameter (recorded as its text) or None
+    return cfg.get("bias") not in (None, False)
+
+
+def _pads(cfg: dict[str, Any], n: int) -> list[tuple[int, int]]:
+    """(left, right) padding of each spatial dimension, PyTorch's rules for 'same'/'valid'."""
+    padding = cfg["padding"]
+    if padding == "valid":
+        return [(0, 0)] * n
+    if padding == "same":
+        kernel = ntuple(cfg["kernel_size"], n, "kernel_size")
+        dilation = ntuple(cfg["dilation"], n, "dilation")
+        totals = [d * (k - 1) for k, d in zip(kernel, dilation)]
+        return [(t // 2, t - t // 2) for t in totals]
+    return [(p, p) for p in ntuple(padding, n, "padding")]
+
+
+def _uneven(v: Any, n: int, what: str) -> str | None:
+    values = ntuple(v, n, what)
+    if len(set(values)) != 1:
+        return f"{what}={tuple(values)} (Candle's conv2d takes one {what} for both dimensions)"
+    return None
+
+
+def _conv_check(n: int) -> Callable[[dict[str, Any]], list[str]]:
+    def check(cfg: dict[str, Any]) -> list[str]:
+        problems: list[str] = []
+        mode = cfg.get("padding_mode", "zeros")
+        require(mode in _PAD_FNS, problems,
+                f"padding_mode={mode!r} (Candle has zero and replicate padding only)")
+        for what in ("stride", "dilation"):
+            uneven = _uneven(cfg[what], n, what)
+            if uneven:
+                problems.append(uneven)
+        return problems
+
+    return check
+
+
+def _config(rust_type: str, values: dict[str, int], defaults: dict[str, int]) -> str:
+    """`Conv1dConfig { padding: 1, ..Default::default() }`, naming the non-default fields."""
+    fields = [f"{k}: {v}" for k, v in values.items() if v != defaults[k]]
+    if not fields:
+        return f"{rust_type}::default()"
+    return f"{rust_type} {{ {', '.join(fields)}, ..Default::default() }}"
+
+
+def _conv_padding(cfg: dict[str, Any], n: int) -> int:
+    """The padding Candle's conv applies itself: PyTorch's when it is zeros, the same on both
+    sides and in every dimension; otherwise the call pads the input first."""
+    pads = _pads(cfg, n)
+    if cfg.get("padding_mode", "zeros") == "zeros" and len(set(pads)) == 1 \
+            and pads[0][0] == pads[0][1]:
+        return pads[0][0]
+    return 0
+
+
+def _conv_field(n: int) -> Callable[[dict[str, Any]], Field]:
+    def field(cfg: dict[str, Any]) -> Field:
+        kernel = ntuple(cfg["kernel_size"], n, "kernel_size")
+        name = f"Conv{n}d"
+        config = _config(f"{name}Config", {
+            "padding": _conv_padding(cfg, n), "stride": ntuple(cfg["stride"], n, "stride")[0],
+            "dilation": ntuple(cfg["dilation"], n, "dilation")[0], "groups": cfg["groups"]},
+            {"padding": 0, "stride": 1, "dilation": 1, "groups": 1})
+        cin, cout, bias = cfg["in_channels"], cfg["out_channels"], _has_bias(cfg)
+        if len(set(kernel)) == 1:
+            fn = f"conv{n}d" if bias else f"conv{n}d_no_bias"
+            return Field(name, f"candle_nn::{fn}({cin}, {cout}, {kernel[0]}, {config}, $vb)?")
+        # a rectangular kernel: candle_nn's builders take one kernel size, Conv2d::new any
+        shape = ", ".join(str(v) for v in (cout, cin // cfg["groups"], *kernel))
+        bias_arg = 'Some(vb.get(' + str(cout) + ', "bias")?)' if bias else "None"
+        init = ("{\n"
+                "let vb = $vb;\n"
+                f'let weight = vb.get(({shape}), "weight")?;\n'
+                f"{name}::new(weight, {bias_arg}, {config})\n"
+                "}")
+        return Field(name, init)
+
+    return field
+
+
+def _padded_input(x: T, cfg: dict[str, Any], n: int) -> T:
+    """The input with the padding Candle's conv does not apply itself."""
+    if _conv_padding(cfg, n) or all(p == (0, 0) for p in _pads(cfg, n)):
+        return x
+    fn = _PAD_FNS.get(cfg.get("padding_mode", "zeros"), "pad_with_zeros")  # check reports others
+    expr = x.name
+    for i, (left, right) in enumerate(_pads(cfg, n)):
+        if left or right:
+            expr += f".{fn}(D::Minus{n - i}, {left}, {right})?"  # counted from the end
+    return T(expr, x.meta)
+
+
+def _conv_call(n: int, transposed: bool = False) -> Callable[..., str]:
+    def call(cfg: dict[str, Any], this: str, args: tuple, kwargs: dict[str, Any]) -> str:
+        bound = bind("input, output_size=None" if transposed else "input", args, kwargs)
+        x = bound["input"]
+        if not isinstance(x, T):
+            raise Unsupported(f"expected a tensor input, got {x!r}")
+        if bound.get("output_size") is not None:
+            raise Unsupported("ConvTranspose with output_size (pass output_padding instead)")
+        if x.rank not in (n + 1, n + 2):
+            raise Unsupported(f"a rank-{x.rank} input to a {n}-d convolution")
+        unbatched = x.rank == n + 1
+        if unbatched:  # Candle's convolutions take a batch dimension
+            x = T(f"{x.name}.unsqueeze(0)?", x.meta)
+        if not transposed:
+            x = _padded_input(x, cfg, n)
+        elif not unbatched and _uses_col2im(cfg):
+            # Candle 0.11's CPU col2im kernel for this configuration multiplies the input's
+            # (length, channels) transpose with a batch-broadcast kernel, and its matmul folds
+            # that batch wrongly unless those rows are contiguous: hand it a length-major layout
+            x = T(f"{x.name}.transpose(1, 2)?.contiguous()?.transpose(1, 2)?", x.meta)
+        expr = f"{this}.forward({x.borrow})?"
+        return f"{expr}.squeeze(0)?" if unbatched else expr
+
+    return call
+
+
+for _n in (1, 2):
+    register_layer(Layer(
+        f"torch.nn.Conv{_n}d", _ATTRS, outputs="out", field=_conv_field(_n), call=_conv_call(_n),
+        check=_conv_check(_n), uses=(f"candle_nn::{{Conv{_n}d, Conv{_n}dConfig}}",),
+        call_uses=("candle_nn::Module",),
+        doc="stride, padding (also 'same', 'valid', asymmetric), dilation, groups, bias, "
+            "padding_mode 'zeros'/'replicate', unbatched input"
+            + ("; rectangular kernels, one stride and dilation for both dims" if _n == 2 else ""),
+    ))
+
+
+# --- transposed -----------------------------------------------------------------------------------
+
+
+def _uses_col2im(cfg: dict[str, Any]) -> bool:
+    """Whether Candle's CPU backend takes its col2im path for this ConvTranspose1d."""
+    return all(ntuple(cfg[k], 1, k) == (v,) for k, v in (("padding", 0), ("output_padding", 0),
+                                                          ("dilation", 1)))
+
+
+def _transpose_check(cfg: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    require(cfg.get("padding_mode", "zeros") == "zeros", problems,
+            f"padding_mode={cfg.get('padding_mode')!r}")
+    return problems
+
+
+def _transpose_field(cfg: dict[str, Any]) -> Field:
+    one = {k: ntuple(cfg[k], 1, k)[0] for k in ("kernel_size", "stride", "padding",
+                                                 "output_padding", "dilation")}
+    config = _config("ConvTranspose1dConfig", {
+        "padding": one["padding"], "output_padding": one["output_padding"],
+        "stride": one["stride"], "dilation": one["dilation"], "groups": cfg["groups"]},
+        {"padding": 0, "output_padding": 0, "stride": 1, "dilation": 1, "groups": 1})
+    fn = "conv_transpose1d" if _has_bias(cfg) else "conv_transpose1d_no_bias"
+    return Field("ConvTranspose1d", f"candle_nn::{fn}({cfg['in_channels']}, "
+                 f"{cfg['out_channels']}, {one['kernel_size']}, {config}, $vb)?")
+
+
+register_layer(Layer(
+    "torch.nn.ConvTranspose1d", _ATTRS + ("output_padding",), outputs="out",
+    field=_transpose_field, call=_conv_call(1, transposed=True),
+    check=_transpose_check, uses=("candle_nn::{ConvTranspose1d, ConvTranspose1dConfig}",),
+    call_uses=("candle_nn::Module",),
+    doc="stride, padding, output_padding, dilation, groups, bias, unbatched input",
+))
