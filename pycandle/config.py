@@ -65,6 +65,7 @@ class ModelConfig:
     kwargs: dict[str, Any]
     weights: Path | None
     seed: int
+    dtype: str | None  # convert the model's floating-point parameters to this dtype
     inputs: tuple[dict[str, TensorSpec], ...]
     tolerance: Tolerance
     location: Location
@@ -195,7 +196,12 @@ def _no_leftovers(ctx: _Ctx, m: _Map, where: str, allowed: list[str]) -> None:
 def _number(ctx: _Ctx, m: _Map, key: str, default: float, field_name: str,
             minimum: float | None = None) -> float:
     line = _line(m, key)
-    value = float(_take(ctx, m, key, (int, float), False, default, field_name))
+    raw = _take(ctx, m, key, (int, float, str), False, default, field_name)
+    try:
+        # YAML 1.1 reads `1e-5` (no dot) as a string: accept it as the number it means
+        value = float(raw)
+    except ValueError:
+        raise ctx.error(line, field_name, f"must be a number, got {raw!r}") from None
     if not math.isfinite(value):
         raise ctx.error(line, field_name, f"must be finite, got {value}")
     if minimum is not None and value < minimum:
@@ -203,7 +209,8 @@ def _number(ctx: _Ctx, m: _Map, key: str, default: float, field_name: str,
     return value
 
 
-def _tensor_spec(ctx: _Ctx, raw: Any, line: int, field_name: str) -> TensorSpec:
+def _tensor_spec(ctx: _Ctx, raw: Any, line: int, field_name: str,
+                 default_dtype: str = "float32") -> TensorSpec:
     if not isinstance(raw, _Map):
         raise ctx.error(line, field_name,
                         f"must be a mapping like {{shape: [2, 16], dtype: float32}}, got {raw!r}")
@@ -216,7 +223,7 @@ def _tensor_spec(ctx: _Ctx, raw: Any, line: int, field_name: str) -> TensorSpec:
         raise ctx.error(shape_line, f"{field_name}.shape",
                         f"must be a non-empty list of positive integers, got {list(shape)!r}")
     dtype_line = _line(m, "dtype")
-    dtype = _take(ctx, m, "dtype", (str,), False, "float32", f"{field_name}.dtype")
+    dtype = _take(ctx, m, "dtype", (str,), False, default_dtype, f"{field_name}.dtype")
     if dtype not in DTYPES:
         raise ctx.error(dtype_line, f"{field_name}.dtype",
                         f"unknown dtype '{dtype}'; one of: {', '.join(DTYPES)}")
@@ -235,7 +242,7 @@ def _tensor_spec(ctx: _Ctx, raw: Any, line: int, field_name: str) -> TensorSpec:
     return TensorSpec(shape=tuple(shape), dtype=dtype, low=low, high=high)
 
 
-_MODEL_KEYS = ["name", "factory", "kwargs", "weights", "seed", "inputs", "tolerance"]
+_MODEL_KEYS = ["name", "factory", "kwargs", "weights", "seed", "dtype", "inputs", "tolerance"]
 
 
 def _model(ctx_file: Path, root: Path, raw: Any, index: int, line: int) -> ModelConfig:
@@ -270,6 +277,11 @@ def _model(ctx_file: Path, root: Path, raw: Any, index: int, line: int) -> Model
         weights_path = (root / weights).resolve()
         if not weights_path.is_file():
             raise ctx.error(weights_line, "weights", f"file not found: {weights_path}")
+    dtype_line = _line(m, "dtype")
+    dtype = _take(ctx, m, "dtype", (str, type(None)), False, None, "dtype")
+    if dtype is not None and dtype not in FLOAT_DTYPES:
+        raise ctx.error(dtype_line, "dtype",
+                        f"'{dtype}' is not a floating-point dtype; one of: {', '.join(FLOAT_DTYPES)}")
     seed_line = _line(m, "seed")
     seed = _take(ctx, m, "seed", (int,), False, 0, "seed")
     if seed < 0:
@@ -291,7 +303,8 @@ def _model(ctx_file: Path, root: Path, raw: Any, index: int, line: int) -> Model
                 raise ctx.error(case.key_lines[arg], f"inputs[{i}].{arg}",
                                 "must be a forward() argument name that is not a Python or "
                                 "Rust keyword")
-            specs[arg] = _tensor_spec(ctx, spec, case.key_lines[arg], f"inputs[{i}].{arg}")
+            specs[arg] = _tensor_spec(ctx, spec, case.key_lines[arg], f"inputs[{i}].{arg}",
+                                      dtype or "float32")
         if i and list(specs) != list(cases[0]):
             raise ctx.error(case_line, f"inputs[{i}]",
                             f"every trace case must name the same arguments in the same order "
@@ -309,7 +322,7 @@ def _model(ctx_file: Path, root: Path, raw: Any, index: int, line: int) -> Model
         _no_leftovers(ctx, t, "tolerance.", ["atol", "rtol"])
     _no_leftovers(ctx, m, "", _MODEL_KEYS)
     return ModelConfig(
-        name=name, factory=factory, kwargs=kwargs, weights=weights_path, seed=seed,
+        name=name, factory=factory, kwargs=kwargs, weights=weights_path, seed=seed, dtype=dtype,
         inputs=tuple(cases), tolerance=tolerance, location=Location(ctx_file, line),
         raw=_plain(raw),
     )

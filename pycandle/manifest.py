@@ -16,6 +16,11 @@ from pycandle.errors import PyCandleError
 
 SCHEMA_VERSION = 1
 
+# Recorded as single nodes (see record/tracer.py); codegen runs the layer between them on the
+# padded batch.
+PACK = "torch.nn.utils.rnn.pack_padded_sequence"
+PAD = "torch.nn.utils.rnn.pad_packed_sequence"
+
 
 class ManifestError(PyCandleError):
     pass

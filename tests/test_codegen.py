@@ -42,7 +42,11 @@ def test_codegen_runs_without_torch(tmp_path):
     assert proc.stdout.strip() == "4"
     src = (tmp_path / "crate" / "src" / "speaker.rs").read_text()
     # the forward glue, generated from the graph, shape-generic
-    assert "let (_lstm_output, (lstm_h_n, _lstm_c_n)) = self.lstm.forward(mels, None)?;" in src
+    # the LSTM resumes from (and leaves) its state in forward_stream; forward starts from zeros
+    assert "let (_lstm_output, (lstm_h_n, lstm_c_n)) =" in src
+    assert ".forward(mels, state.lstm.as_ref().map(|(h, c)| (h, c)))?;" in src
+    assert "state.lstm = Some((lstm_h_n.clone(), lstm_c_n.clone()));" in src
+    assert "self.forward_stream(mels, &mut SpeakerState::default())" in src
     assert "lstm_h_n.get_on_dim(0, lstm_h_n.dim(0)? - 1)?" in src
     assert "let proj = self.proj.forward(&getitem)?;" in src
     assert "relu.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?" in src

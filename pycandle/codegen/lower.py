@@ -14,10 +14,10 @@ from typing import Any
 from pycandle import registry
 from pycandle.errors import Problem, UnsupportedError
 from pycandle.manifest import (
-    Manifest, Node, Param, Ref, SymInt, TensorMeta, refs_in, golden_input_key, golden_node_key, golden_output_key,
+    PACK, PAD, Manifest, Node, Param, Ref, SymInt, TensorMeta, refs_in, golden_input_key, golden_node_key, golden_output_key,
     leaves, path_key,
 )
-from pycandle.registry import Dim, T, Unsupported
+from pycandle.registry import Dim, Packed, T, Unsupported
 from pycandle.symbolic import evaluate
 
 RUST_DTYPES = {"float32": "F32", "float64": "F64", "float16": "F16", "bfloat16": "BF16",
@@ -56,6 +56,7 @@ class LayerTest:
     stmt: Stmt
     checks: list[Check]
     stream_lines: list[str] = field(default_factory=list)  # the chunked-run check, if any
+    prelude: list[str] = field(default_factory=list)  # statements before the call
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,8 @@ class _Lowering:
         self.stmts: list[Stmt] = []
         self.layer_tests: list[LayerTest] = []
         self.state_fields: list[tuple[str, str, str]] = []  # (node, Rust type, module)
+        # outputs of recurrent layers run on a packed batch: (the Packed input, layer layout)
+        self.packed_outputs: dict[tuple[str, tuple[int, ...]], tuple[Packed, bool]] = {}
         self.shape_names = _shape_names(manifest)
 
     def problem(self, node: Node, what: str, hint: str | None = None) -> None:
@@ -303,6 +306,10 @@ class _Lowering:
         self.uses.update(layer.uses + layer.call_uses)
         self.stmts.append(Stmt(_pattern(names, used_paths), expr,
                                self.comment(node, names)))
+        x_arg = next((v for _, v in leaves((args, tuple(kwargs.values())))
+                      if isinstance(v, (T, Packed))), None)
+        if isinstance(x_arg, Packed):
+            self.packed_outputs[(node.name, (0,))] = (x_arg, bool(info.config.get("batch_first")))
         if streaming:
             finals = [f"{_at(names, p)}.clone()" for p in stream.state_paths]
             value = finals[0] if len(finals) == 1 else "(" + ", ".join(finals) + ")"
@@ -339,7 +346,19 @@ class _Lowering:
         counter = iter(range(1 << 30))
         inputs: list[tuple[str, str]] = []
 
+        prelude: list[str] = []
+
         def golden_operand(v: Any) -> Any:
+            if isinstance(v, Ref) and self.m.node(v.node).target == PACK:
+                # recorded as the padded batch, in the layer's layout, and the lengths
+                i, j = next(counter), next(counter)
+                for k in (i, j):
+                    key = golden_node_key(0, node.name, "in", str(k)).split(".", 1)[1]
+                    inputs.append((f"in{k}", key))
+                prelude.append(f"let lengths = sequence_lengths(&in{j})?;")
+                self.test_uses.add("pycandle_runtime::sequence_lengths")
+                return Packed(T(f"in{i}", self.m.meta(v)), "lengths",
+                              T(f"in{j}", self.m.meta(v)), bool(cfg.get("batch_first")))
             if isinstance(v, Ref):
                 i = next(counter)
                 var = f"in{i}"
@@ -366,9 +385,58 @@ class _Lowering:
         stream_lines = _stream_test(node, cfg, this, args, names, stream) if stream else []
         self.layer_tests.append(LayerTest(node.name, node.target, layer.torch_type, inputs,
                                           Stmt(_pattern(names, {p for p, _ in leaves(names)}),
-                                               expr), checks, stream_lines))
+                                               expr), checks, stream_lines, prelude))
+
+    def lower_packing(self, node: Node) -> None:
+        """pack_padded_sequence: no computation, the padded batch and the lengths travel on;
+        pad_packed_sequence: the recurrent layer already returned the padded batch."""
+        if node.target == PACK:
+            a = registry.bind("input, lengths, batch_first=False, enforce_sorted=True",
+                              self.operand(node.args),
+                              {k: self.operand(v) for k, v in node.kwargs.items()})
+            x, lengths = a["input"], a["lengths"]
+            if not isinstance(x, T) or not isinstance(lengths, T):
+                raise Unsupported("pack_padded_sequence needs the padded batch and the lengths "
+                                  "as tensors (pass lengths to forward() as a tensor)")
+            var = f"{node.name}_lengths"
+            self.stmts.append(Stmt(var, f"sequence_lengths({lengths.borrow})?"))
+            self.uses.add("pycandle_runtime::sequence_lengths")
+            self.vars[(node.name, ())] = Packed(x, var, lengths, bool(a["batch_first"]))
+            return
+        a = registry.bind("sequence, batch_first=False, padding_value=0.0, total_length=None",
+                          self.operand(node.args),
+                              {k: self.operand(v) for k, v in node.kwargs.items()})
+        ref = node.args[0]
+        source = self.packed_outputs.get((ref.node, ref.path)) if isinstance(ref, Ref) else None
+        if source is None:
+            raise Unsupported("pad_packed_sequence of a value that is not the output of a "
+                              "recurrent layer fed by pack_padded_sequence")
+        packed, layer_batch_first = source
+        if a["padding_value"] != 0.0:
+            raise Unsupported(f"pad_packed_sequence with padding_value={a['padding_value']}",
+                              hint="only zero padding is supported")
+        out = a["sequence"]
+        expr = out.name
+        if bool(a["batch_first"]) != layer_batch_first:
+            expr += ".transpose(0, 1)?"
+        if a["total_length"] is not None:
+            if expr != out.name:
+                raise Unsupported("pad_packed_sequence with both a layout change and total_length")
+            td = 1 if a["batch_first"] else 0
+            total = registry.usize_expr(a["total_length"])
+            expr = f"{out.name}.pad_with_zeros({td}, 0, {total} - {out.name}.dim({td})?)?"
+        meta = _at(node.out, (0,))
+        if expr == out.name:
+            self.vars[(node.name, (0,))] = out
+        else:
+            self.stmts.append(Stmt(node.name, expr, shape_comment(meta, self.shape_names)))
+            self.vars[(node.name, (0,))] = T(node.name, meta)
+        self.vars[(node.name, (1,))] = packed.lengths_t
 
     def lower_function(self, node: Node) -> None:
+        if node.target in (PACK, PAD):
+            self.lower_packing(node)
+            return
         op = registry.op_for(node.target)
         if op is None:
             raise Unsupported(f"function {node.target} is not supported",

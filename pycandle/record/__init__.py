@@ -103,6 +103,8 @@ def build_model(cfg: Config, mc: ModelConfig) -> torch.nn.Module:
         raise _err(mc, "factory", f"returned {type(model).__name__}, not a torch.nn.Module")
     if mc.weights is not None:
         _load_weights(mc, model)
+    if mc.dtype is not None:
+        model = model.to(_TORCH_DTYPES[mc.dtype])
     return model.eval()
 
 

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.utils.rnn import PackedSequence
 from torch.overrides import TorchFunctionMode
 
 import pycandle
 from pycandle import registry
 from pycandle.config import RUST_KEYWORDS
-from pycandle.manifest import DType, Param, Ref, TensorMeta, golden_node_key, leaves, path_key
+from pycandle.manifest import PACK, PAD, DType, Param, Ref, TensorMeta, golden_node_key, leaves, path_key
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _PYCANDLE_DIR = os.path.dirname(pycandle.__file__) + os.sep
@@ -167,6 +168,7 @@ class GraphTracer(TorchFunctionMode):
         self._leaf_depth = 0
         self._paused = False
         self._stack: list[_Frame] = []
+        self._packed_layout: dict[int, bool] = {}  # id(PackedSequence) -> batch_first
         self._params = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
         self._params.update({id(b): n for n, b in model.named_buffers(remove_duplicate=False)})
         self._module_names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
@@ -183,6 +185,8 @@ class GraphTracer(TorchFunctionMode):
         return name
 
     def _meta(self, value: Any) -> Any:
+        if isinstance(value, PackedSequence):
+            return self._meta(self._padded(value)[0])
         if isinstance(value, torch.Tensor):
             return TensorMeta(dtype_name(value.dtype), (tuple(value.shape),))
         if isinstance(value, tuple):
@@ -192,14 +196,24 @@ class GraphTracer(TorchFunctionMode):
         return value
 
     def _bind_outputs(self, node: DraftNode, value: Any) -> None:
-        for path, leaf in leaves(value):
-            if isinstance(leaf, torch.Tensor):
+        for path, leaf in _leaves(value):
+            if isinstance(leaf, (torch.Tensor, PackedSequence)):
                 self._values[id(leaf)] = Ref(node.name, path)
                 self._alive.append(leaf)
 
+    def _padded(self, packed: PackedSequence) -> tuple[torch.Tensor, torch.Tensor]:
+        """(padded batch, lengths) of a packed sequence, in the layout it was packed from."""
+        batch_first = self._packed_layout.get(id(packed), False)
+        return _ORIGINALS["pad_packed_sequence"](packed, batch_first=batch_first)
+
     def _arg(self, value: Any) -> Any:
         """A runtime argument -> manifest value (tensors become references)."""
-        if isinstance(value, torch.nn.Parameter) or isinstance(value, torch.Tensor):
+        if isinstance(value, PackedSequence):
+            ref = self._values.get(id(value))
+            if ref is None:
+                return _Opaque("PackedSequence", "not made by pack_padded_sequence in forward()")
+            return ref
+        if isinstance(value, torch.Tensor):
             ref = self._values.get(id(value))
             if ref is not None:
                 return ref
@@ -283,8 +297,16 @@ class GraphTracer(TorchFunctionMode):
                     out=None, source=user_source(self.root),
                 )
                 self.nodes.append(node)
-                flat = [v for _, v in leaves((tuple(args), tuple(v for _, v in sorted(kwargs.items()))))]
-                tensors = [t for t in flat if isinstance(t, torch.Tensor)]
+                flat = [v for _, v in _leaves((tuple(args),
+                                               tuple(v for _, v in sorted(kwargs.items()))))]
+                tensors = []
+                for v in flat:
+                    if isinstance(v, PackedSequence):
+                        # in the layer's own layout, as the generated code feeds it
+                        self._packed_layout[id(v)] = bool(getattr(module, "batch_first", False))
+                        tensors += list(self._padded(v))
+                    elif isinstance(v, torch.Tensor):
+                        tensors.append(v)
                 for i, t in enumerate(tensors):
                     self.golden[golden_node_key(self.case, node.name, "in", str(i))] = _snapshot(t)
                 self._stack.append(_Frame(node))
@@ -298,9 +320,15 @@ class GraphTracer(TorchFunctionMode):
             self._paused = True
             try:
                 frame = self._stack.pop()
+                layout = bool(getattr(module, "batch_first", False))
+                for _, leaf in _leaves(output):
+                    if isinstance(leaf, PackedSequence):
+                        self._packed_layout[id(leaf)] = layout
                 frame.node.out = self._meta(output)
                 self._bind_outputs(frame.node, output)
-                for path, leaf in leaves(output):
+                for path, leaf in _leaves(output):
+                    if isinstance(leaf, PackedSequence):
+                        leaf = self._padded(leaf)[0]
                     if isinstance(leaf, torch.Tensor):
                         key = golden_node_key(self.case, frame.node.name, "out", path_key(path))
                         self.golden[key] = _snapshot(leaf)
@@ -317,6 +345,7 @@ class GraphTracer(TorchFunctionMode):
             self.nodes.append(node)
             self._bind_outputs(node, tensor)
         handles = []
+        restore = _patch_packing(self, self.root)
         for m in leaf_modules:
             handles.append(m.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
             handles.append(m.register_forward_hook(self._post_hook, with_kwargs=True))
@@ -324,6 +353,7 @@ class GraphTracer(TorchFunctionMode):
             with torch.no_grad(), self:
                 result = self.model(**inputs)
         finally:
+            restore()
             for h in handles:
                 h.remove()
         output = self._output(result)
@@ -382,3 +412,100 @@ class ModuleRecord:
     parameters: dict[str, dict[str, Any]] = field(default_factory=dict)
     buffers: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: str | None = None
+
+
+# --- packed sequences -----------------------------------------------------------------------------
+#
+# pack_padded_sequence and pad_packed_sequence are Python functions whose internals (sorting,
+# index_select, ...) mean nothing to the port: while tracing they are replaced by wrappers that
+# record each as one node. The recurrent layer between them then runs on the padded batch and
+# the lengths (`forward_padded` in the runtime).
+
+_ORIGINALS = {
+    "pack_padded_sequence": torch.nn.utils.rnn.pack_padded_sequence,
+    "pad_packed_sequence": torch.nn.utils.rnn.pad_packed_sequence,
+}
+
+
+def _leaves(value: Any, path: tuple[int, ...] = ()):
+    """Like manifest.leaves, but a PackedSequence (a tuple) is one leaf."""
+    if isinstance(value, PackedSequence):
+        yield path, value
+    elif isinstance(value, (tuple, list)):
+        for i, v in enumerate(value):
+            yield from _leaves(v, path + (i,))
+    else:
+        yield path, value
+
+
+def _patch_packing(tracer: GraphTracer, root: Path):
+    """Swap in the recording wrappers (in torch.nn.utils.rnn and in the user's modules that
+    imported the functions by name); returns the function that puts everything back."""
+
+    def pack(input, lengths, batch_first=False, enforce_sorted=True):
+        paused, tracer._paused = tracer._paused, True
+        try:
+            result = _ORIGINALS["pack_padded_sequence"](
+                input, lengths, batch_first=batch_first, enforce_sorted=enforce_sorted)
+        finally:
+            tracer._paused = paused
+        if tracer._leaf_depth or tracer._paused:
+            return result
+        tracer._paused = True
+        try:
+            tracer._packed_layout[id(result)] = bool(batch_first)
+            node = DraftNode(tracer._fresh("packed"), "call_function", PACK,
+                             (tracer._arg(input), tracer._arg(lengths)),
+                             {"batch_first": bool(batch_first),
+                              "enforce_sorted": bool(enforce_sorted)},
+                             tracer._meta(input), user_source(tracer.root))
+            tracer.nodes.append(node)
+            tracer._bind_outputs(node, result)
+        finally:
+            tracer._paused = paused
+        return result
+
+    def pad(sequence, batch_first=False, padding_value=0.0, total_length=None):
+        paused, tracer._paused = tracer._paused, True
+        try:
+            result = _ORIGINALS["pad_packed_sequence"](
+                sequence, batch_first=batch_first, padding_value=padding_value,
+                total_length=total_length)
+        finally:
+            tracer._paused = paused
+        if tracer._leaf_depth or tracer._paused:
+            return result
+        tracer._paused = True
+        try:
+            node = DraftNode(tracer._fresh("padded"), "call_function", PAD,
+                             (tracer._arg(sequence),),
+                             {"batch_first": bool(batch_first),
+                              "padding_value": float(padding_value),
+                              "total_length": total_length},
+                             tracer._meta(result), user_source(tracer.root))
+            tracer.nodes.append(node)
+            tracer._bind_outputs(node, result)
+        finally:
+            tracer._paused = paused
+        return result
+
+    wrappers = {"pack_padded_sequence": pack, "pad_packed_sequence": pad}
+    swapped: list[tuple[Any, str, Any]] = []
+    for name, wrapper in wrappers.items():
+        swapped.append((torch.nn.utils.rnn, name, _ORIGINALS[name]))
+        setattr(torch.nn.utils.rnn, name, wrapper)
+    for module in list(sys.modules.values()):
+        src = getattr(module, "__file__", None)
+        if not src or not Path(src).resolve().is_relative_to(root):
+            continue
+        for attr, value in list(vars(module).items()):
+            for name, original in _ORIGINALS.items():
+                if value is original:
+                    swapped.append((module, attr, original))
+                    setattr(module, attr, wrappers[name])
+
+    def restore() -> None:
+        for owner, attr, original in reversed(swapped):
+            setattr(owner, attr, original)
+
+    return restore

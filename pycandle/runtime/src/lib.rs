@@ -18,6 +18,6 @@ pub mod rnn;
 
 pub use parity::{Golden, ParityReport};
 pub use rnn::{
-    Gru, GruCell, GruCellConfig, GruConfig, Lstm, LstmCell, LstmCellConfig, LstmConfig,
-    Nonlinearity, Rnn, RnnCell, RnnCellConfig, RnnConfig,
+    sequence_lengths, Gru, GruCell, GruCellConfig, GruConfig, Lstm, LstmCell, LstmCellConfig,
+    LstmConfig, Nonlinearity, Rnn, RnnCell, RnnCellConfig, RnnConfig,
 };

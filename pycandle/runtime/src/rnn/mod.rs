@@ -50,3 +50,48 @@ pub use cell::{GruCell, GruCellConfig, LstmCell, LstmCellConfig, RnnCell, RnnCel
 pub use gru::{Gru, GruConfig};
 pub use lstm::{Lstm, LstmConfig};
 pub use simple::{Nonlinearity, Rnn, RnnConfig};
+
+use candle_core::{bail, DType, Result, Tensor};
+
+/// The per-sequence lengths of a padded batch, as `forward_padded` takes them, from the
+/// integer tensor a PyTorch model passes to `pack_padded_sequence`.
+pub fn sequence_lengths(lengths: &Tensor) -> Result<Vec<usize>> {
+    if lengths.rank() != 1 {
+        bail!(
+            "sequence lengths must be a 1-D tensor, got shape {:?}",
+            lengths.dims()
+        );
+    }
+    if lengths.dtype().is_float() {
+        bail!(
+            "sequence lengths must be integers, got {:?}",
+            lengths.dtype()
+        );
+    }
+    let values = lengths.to_dtype(DType::I64)?.to_vec1::<i64>()?;
+    values
+        .into_iter()
+        .map(|n| match usize::try_from(n) {
+            Ok(n) => Ok(n),
+            Err(_) => bail!("sequence lengths must be non-negative, got {n}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn lengths_from_integer_tensors() -> Result<()> {
+        let t = Tensor::new(&[3i64, 1, 2], &Device::Cpu)?;
+        assert_eq!(sequence_lengths(&t)?, vec![3, 1, 2]);
+        let t = Tensor::new(&[4u32, 2], &Device::Cpu)?;
+        assert_eq!(sequence_lengths(&t)?, vec![4, 2]);
+        assert!(sequence_lengths(&Tensor::new(&[-1i64], &Device::Cpu)?).is_err());
+        assert!(sequence_lengths(&Tensor::new(&[1.0f32], &Device::Cpu)?).is_err());
+        assert!(sequence_lengths(&Tensor::new(&[[1i64]], &Device::Cpu)?).is_err());
+        Ok(())
+    }
+}
