@@ -166,3 +166,54 @@ def test_factory_errors_are_named(tmp_path):
     cfg = load_config(path)
     with pytest.raises(RecordError, match="field 'kwargs': calling usermodels:Encoder"):
         record(cfg, list(cfg.models))
+
+
+PACKED = """\
+    import torch
+    from torch import nn
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    class Packed(nn.Module):
+        def __init__(self, padding_value=0.0):
+            super().__init__()
+            self.rnn = nn.GRU(3, 4, batch_first=True)
+            self.padding_value = padding_value
+
+        def forward(self, x, lengths):
+            packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            out, h = self.rnn(packed)
+            out, _ = pad_packed_sequence(out, batch_first=True, padding_value=self.padding_value)
+            return out, h
+    """
+
+PACKED_YAML = """\
+    models:
+      - name: packed
+        factory: usermodels:Packed
+        kwargs: {padding_value: PAD}
+        inputs:
+          - x: {shape: [3, 5, 3]}
+            lengths: {shape: [3], dtype: int64, low: 1, high: 6}
+          - x: {shape: [2, 4, 3]}
+            lengths: {shape: [2], dtype: int64, low: 4, high: 5}
+    """
+
+
+def test_packing_is_recorded_as_single_nodes(tmp_path):
+    cfg = load_config(project(tmp_path, PACKED, PACKED_YAML.replace("PAD", "0.0")))
+    (rec,), _ = record(cfg, list(cfg.models))
+    targets = [n.target for n in rec.manifest.nodes]
+    assert targets == ["x", "lengths", "torch.nn.utils.rnn.pack_padded_sequence", "rnn",
+                       "torch.nn.utils.rnn.pad_packed_sequence"]
+    pack = rec.manifest.nodes[2]
+    assert pack.source == "usermodels.py:12" and pack.kwargs["enforce_sorted"] is False
+    # the GRU's goldens are the padded batch (its own layout) and the lengths
+    assert rec.golden["c0.rnn.in.0"].shape[0] == 3  # batch first, time cut to max(lengths)
+    assert rec.golden["c0.rnn.in.1"].dtype == torch.int64
+
+
+def test_an_unsupported_packing_option_is_reported(tmp_path, capsys):
+    path = project(tmp_path, PACKED, PACKED_YAML.replace("PAD", "-1.0"))
+    assert main(["record", "--config", str(path)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "usermodels.py:14: pad_packed_sequence with padding_value=-1.0" in err, err
