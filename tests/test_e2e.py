@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 
 import pytest
 
@@ -46,6 +47,11 @@ def test_example_models_pass_parity_at_every_trace_shape(tmp_path, cargo_env, ca
             if e["layer"] == "lstm"]
     assert {(e["kind"], e["output"]) for e in lstm} == {
         (k, o) for k in ("layer", "stream") for o in ("output", "h_n", "c_n")}
+    # the generated crate is clippy-clean (rustfmt-formatted by codegen itself)
+    clippy = subprocess.run(
+        ["cargo", "clippy", "--quiet", "--manifest-path", str(tmp_path / "generated" / "Cargo.toml"),
+         "--all-targets", "--", "-D", "warnings"], capture_output=True, text=True)
+    assert clippy.returncode == 0, clippy.stderr
     # the same generated code as the repo's generated/ crate (byte-identical codegen)
     for name in models:
         assert (tmp_path / "generated" / "src" / f"{name}.rs").read_text() == \
