@@ -8,6 +8,7 @@ This module does not import torch.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -81,7 +82,9 @@ def encode(value: Any) -> Any:
     if isinstance(value, int):
         return {"int": value}
     if isinstance(value, float):
-        return {"float": value}
+        if math.isfinite(value):
+            return {"float": value}
+        return {"float": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
     if isinstance(value, str):
         return {"str": value}
     if value is None:
@@ -112,6 +115,8 @@ def decode(obj: Any) -> Any:
     if not isinstance(obj, dict) or len(obj) != 1:
         raise ManifestError(f"malformed typed value: {obj!r}")
     ((kind, v),) = obj.items()
+    if kind == "float" and v in ("inf", "-inf", "nan"):
+        return float(v)
     if kind in ("bool", "int", "float", "str"):
         expected = {"bool": bool, "int": int, "float": (int, float), "str": str}[kind]
         if not isinstance(v, expected) or (kind == "int" and isinstance(v, bool)):

@@ -62,7 +62,8 @@ def run_cargo_tests(crate_dir: Path, models: list[str], report_dir: Path,
     if missing:
         raise ParityError(f"no parity test for {', '.join(missing)} in {crate_dir / 'tests'}: "
                           "run `pycandle codegen` first")
-    cmd = [cargo, "test", "--manifest-path", str(manifest)]
+    # --no-fail-fast: every model's tests run and report, whichever fails
+    cmd = [cargo, "test", "--no-fail-fast", "--manifest-path", str(manifest)]
     for m in models:
         cmd += ["--test", f"{m}_parity"]
     cmd += ["--", "--test-threads=1"]

@@ -2,10 +2,11 @@
 
 Python arithmetic on sizes (`b, t, _ = x.shape; x.view(b * t, -1)`) is invisible to the tracer:
 only the resulting integers reach torch. When such an integer differs between trace cases, it
-is explained by the shapes seen in each case: a tensor's dimension, the product of two, or one
-scaled (x2..x8), offset (up to 16) or floor-divided. The simplest explanation wins, preferring
-the call's own tensor arguments, then the model inputs, then earlier values. Parity at every
-trace shape then checks the explanation. No torch here.
+is explained by the shapes seen in each case: a tensor's dimension, one scaled (x2..x8) or
+floor-divided, the product of two, or one offset (up to 16), tried in that order (with two trace
+cases several formulas can fit; a third case with other sizes settles it). Dimensions are
+looked up in the call's own tensor arguments first, then the model inputs, then earlier values.
+Parity at every trace shape then checks the explanation. No torch here.
 """
 
 from __future__ import annotations
@@ -43,21 +44,21 @@ def explain(target: Values, candidates: list[tuple[SymInt, Values]]) -> SymInt |
         if values == target:
             return sym
     varying = [(s, v) for s, v in candidates if len(set(v)) > 1]
-    for (sa, va), (sb, vb) in product(varying, repeat=2):
-        if all(t == a * b for t, a, b in zip(target, va, vb)):
-            return SymInt("mul", sa, sb)
     for sym, values in candidates:
         for k in range(2, 9):
             if all(t == v * k for t, v in zip(target, values)):
                 return SymInt("mul", sym, k)
     for sym, values in candidates:
-        offset = target[0] - values[0]
-        if 0 < abs(offset) <= 16 and all(t - v == offset for t, v in zip(target, values)):
-            return SymInt("add", sym, offset)
-    for sym, values in candidates:
         for k in range(2, 65):
             if all(t == v // k for t, v in zip(target, values)):
                 return SymInt("floordiv", sym, k)
+    for (sa, va), (sb, vb) in product(varying, repeat=2):
+        if all(t == a * b for t, a, b in zip(target, va, vb)):
+            return SymInt("mul", sa, sb)
+    for sym, values in candidates:
+        offset = target[0] - values[0]
+        if 0 < abs(offset) <= 16 and all(t - v == offset for t, v in zip(target, values)):
+            return SymInt("add", sym, offset)
     return None
 
 

@@ -48,13 +48,13 @@ ENCODER = """\
         def forward(self, x):
             return torch.cumsum(self.proj(x), dim=1)
 
-    class WithGru(nn.Module):
+    class WithPrelu(nn.Module):
         def __init__(self):
             super().__init__()
-            self.gru = nn.GRU(5, 4)
+            self.act = nn.PReLU()
 
         def forward(self, x):
-            return self.gru(x)[0]
+            return self.act(x)
     """
 
 YAML = """\
@@ -112,7 +112,7 @@ def test_record_skips_what_is_up_to_date_and_redoes_what_changed(tmp_path):
         factory: usermodels:Cumsum
         inputs:
           - x: {shape: [2, 3, 5]}
-    """.replace("Cumsum", "WithGru").replace("WithGru", "Encoder"))
+    """.replace("Cumsum", "Encoder"))
     cfg = load_config(path)
     recordings, skipped = record(cfg, list(cfg.models))
     assert len(recordings) == 2 and skipped == []
@@ -127,7 +127,7 @@ def test_record_skips_what_is_up_to_date_and_redoes_what_changed(tmp_path):
 
 @pytest.mark.parametrize("factory, expected", [
     ("usermodels:Cumsum", "usermodels.py:23: function torch.cumsum is not supported"),
-    ("usermodels:WithGru", "[gru] layer type torch.nn.GRU is not supported"),
+    ("usermodels:WithPrelu", "[act] layer type torch.nn.PReLU is not supported"),
 ])
 def test_unsupported_model_writes_nothing_and_exits_non_zero(tmp_path, capsys, factory, expected):
     path = project(tmp_path, ENCODER, YAML.rstrip(" ") + f"""\

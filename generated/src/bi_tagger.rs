@@ -7,6 +7,9 @@ use candle_core::{Result, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
 use pycandle_runtime::{Lstm, LstmConfig};
 
+/// What [`BiTagger::forward`] returns, in PyTorch's order.
+pub type BiTaggerOutput = (Tensor, Tensor, Tensor);
+
 /// Sublayers keep their PyTorch names, so weights load straight from the state dict.
 pub struct BiTagger {
     /// `encoder` (torch.nn.LSTM)
@@ -36,17 +39,12 @@ impl BiTagger {
     /// `frames`: (frames.dim(0), frames.dim(1), 20)
     /// `h0`: (4, frames.dim(1), 32)
     /// `c0`: (4, frames.dim(1), 32)
-    pub fn forward(
-        &self,
-        frames: &Tensor,
-        h0: &Tensor,
-        c0: &Tensor,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
+    pub fn forward(&self, frames: &Tensor, h0: &Tensor, c0: &Tensor) -> Result<BiTaggerOutput> {
         // encoder_output: (frames.dim(0), frames.dim(1), 64), encoder_h_n: (4, frames.dim(1), 32), encoder_c_n: (4, frames.dim(1), 32)
         let (encoder_output, (encoder_h_n, encoder_c_n)) =
             self.encoder.forward(frames, Some((h0, c0)))?;
         // (frames.dim(0), frames.dim(1), 6)
-        let tags = self.tags.forward(&encoder_output)?;
+        let tags = self.tags.forward(&encoder_output.contiguous()?)?;
         Ok((tags, encoder_h_n, encoder_c_n))
     }
 }

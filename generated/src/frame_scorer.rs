@@ -51,7 +51,7 @@ impl FrameScorer {
             .forward(frames, state.rnn.as_ref().map(|(h, c)| (h, c)))?;
         state.rnn = Some((rnn_h_n.clone(), rnn_c_n.clone()));
         // (d0, d1, 4)
-        let head = self.head.forward(&rnn_output)?;
+        let head = self.head.forward(&rnn_output.contiguous()?)?;
         // (d0, d1, 4)
         let sigmoid = candle_nn::ops::sigmoid(&head)?;
         // (d1, 4)

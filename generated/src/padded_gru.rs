@@ -39,7 +39,7 @@ impl PaddedGru {
         // gru_output: (x.dim(0), _, 24), gru_h_n: (2, x.dim(0), 24)
         let (gru_output, gru_h_n) = self.gru.forward_padded(x, &packed_lengths, None)?;
         // (x.dim(0), _, 4)
-        let out = self.out.forward(&gru_output)?;
+        let out = self.out.forward(&gru_output.contiguous()?)?;
         // (x.dim(0), _, 4)
         let tanh = out.tanh()?;
         // (x.dim(0), 24)

@@ -82,6 +82,7 @@ class ModelIR:
     input_keys: list[tuple[str, str]]  # (forward arg, golden key suffix)
     out_pattern: str  # binds the model's outputs to the `model_checks` variables
     state_fields: list[tuple[str, str, str]]  # carried recurrent state: (name, type, module)
+    output_alias: tuple[str, str] | None  # (alias, tuple type) for a long tuple of outputs
     num_cases: int
     atol: float
     rtol: float
@@ -530,11 +531,15 @@ def lower(manifest: Manifest) -> ModelIR:
         # clone what cannot be moved out: a `&Tensor` argument, a Vec element, a repeated value
         rets.append(f"{t.name}.clone()" if t.is_ref or "[" in t.name or sum(
             1 for _, r in out_leaves if lo.vars[(r.node, r.path)].name == t.name) > 1 else t.name)
+    output_alias = None
     if isinstance(manifest.output, Ref):
         return_type, return_expr = "Tensor", rets[0]
     else:
         return_type = _type_of(manifest.output)
         return_expr = _tuple_expr(manifest.output, iter(rets))
+        if len(out_leaves) >= 3:  # name a long tuple rather than spell it out
+            output_alias = (f"{camel(manifest.name)}Output", return_type)
+            return_type = output_alias[0]
 
     model_checks = []
     for path, ref in out_leaves:
@@ -543,15 +548,16 @@ def lower(manifest: Manifest) -> ModelIR:
                                   golden_output_key(0, path).split(".", 1)[1]))
     check_vars = iter(c.var for c in model_checks)
     out_pattern = _tuple_expr(manifest.output, check_vars)
+    device = f"{manifest.inputs[0]}.device()"  # creation ops make tensors where inputs live
+    lo.stmts = [Stmt(st.pattern, st.expr.replace("$device", device), st.comment)
+                for st in lo.stmts]
     all_code = " ".join(s.expr for s in lo.stmts) + " ".join(f.init for f in lo.fields.values())
-    if "D::" in all_code:
-        lo.uses.add("candle_core::D")
+    lo.uses |= _names_used(all_code)
     test_code = " ".join(t.stmt.expr for t in lo.layer_tests)
-    test_uses = set(lo.test_uses)
+    test_uses = set(lo.test_uses) | _names_used(test_code) | {
+        "candle_core::{DType, Device, Result}", "candle_nn::VarBuilder"}
     if any(t.stream_lines for t in lo.layer_tests):
         test_uses.add("candle_core::Tensor")
-    if "D::" in test_code:
-        test_uses.add("candle_core::D")
     first_param = next((p["dtype"] for info in manifest.modules.values()
                         for p in info.parameters.values()), None)
     dtype = first_param or manifest.node(manifest.inputs[0]).out.dtype
@@ -562,13 +568,22 @@ def lower(manifest: Manifest) -> ModelIR:
         stmts=lo.stmts, return_type=return_type, return_expr=return_expr,
         layer_tests=lo.layer_tests, model_checks=model_checks,
         input_keys=[(a, golden_input_key(0, a).split(".", 1)[1]) for a in manifest.inputs],
-        out_pattern=out_pattern, state_fields=lo.state_fields,
+        out_pattern=out_pattern, state_fields=lo.state_fields, output_alias=output_alias,
         num_cases=manifest.num_cases, atol=manifest.atol, rtol=manifest.rtol,
         dtype=RUST_DTYPES.get(dtype, "F32"), test_uses=merge_uses(test_uses),
         warnings=[line for w in manifest.warnings
                   for line in textwrap.wrap(f"Trace note: {w}", 95, subsequent_indent="  ")],
     )
     return ir
+
+
+def _names_used(code: str) -> set[str]:
+    """`use` lines for the Candle names the code mentions unqualified."""
+    uses = set()
+    for name in ("D", "DType", "Device", "IndexOp"):
+        if re.search(rf"(?<![\w:]){name}::", code):
+            uses.add(f"candle_core::{name}")
+    return uses
 
 
 def _type_of(structure: Any) -> str:

@@ -238,6 +238,8 @@ def _plain(v: Any) -> Any:
         return [_plain(x) for x in v]
     if isinstance(v, torch.dtype):
         return dtype_name(v)
+    if isinstance(v, torch.Tensor):  # an optional parameter such as Linear.bias: present
+        return True
     return repr(v)
 
 

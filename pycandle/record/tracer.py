@@ -178,6 +178,7 @@ class GraphTracer(TorchFunctionMode):
     def _fresh(self, base: str) -> str:
         base = _rust_ident(base)
         name, k = base, 1
+        base = base.rstrip("_")  # `where_` (a keyword escaped) numbers on as `where_1`
         while name in self._names:
             name = f"{base}_{k}"
             k += 1

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from pycandle.registry.core import (
-    Layer, Op, T, Unsupported, int_arg, is_number, local_name, no_field, one_tensor, register_layer,
-    qualified_dtype, register_op, rust_dim, rust_float, tensor, unary_call, unary_op,
+    Layer, Op, T, Unsupported, int_arg, is_number, local_name, no_field, one_tensor,
+    qualified_dtype, register_layer, register_op, rust_dim, rust_float, tensor, unary_call,
+    unary_op,
 )
 
 # --- Rust for each activation, shared by the layer and the function spellings ---------------------
@@ -27,7 +28,8 @@ def gelu(x: T, approximate: Any) -> str:
 
 
 def leaky_relu(x: T, slope: Any) -> str:
-    return f"candle_nn::ops::leaky_relu({x.borrow}, {rust_float(_number(slope, 'negative_slope'))})?"
+    slope = rust_float(_number(slope, "negative_slope"))
+    return f"candle_nn::ops::leaky_relu({x.borrow}, {slope})?"
 
 
 def elu(x: T, alpha: Any) -> str:
@@ -86,7 +88,8 @@ register_layer(Layer("torch.nn.Sigmoid", (), "out", no_field,
                      unary_call("candle_nn::ops::sigmoid({x.borrow})?")))
 _layer("torch.nn.GELU", ("approximate",), lambda x, c: gelu(x, c["approximate"]),
        doc="approximate 'none' (erf) and 'tanh'")
-register_layer(Layer("torch.nn.SiLU", ("inplace",), "out", no_field, unary_call("{x.name}.silu()?")))
+register_layer(Layer("torch.nn.SiLU", ("inplace",), "out", no_field,
+                     unary_call("{x.name}.silu()?")))
 register_layer(Layer("torch.nn.Mish", ("inplace",), "out", no_field,
                      unary_call("candle_nn::ops::mish({x.borrow})?")))
 _layer("torch.nn.LeakyReLU", ("negative_slope", "inplace"),

@@ -8,7 +8,8 @@ from typing import Any, Callable
 
 from pycandle.manifest import TensorMeta
 from pycandle.registry.core import (
-    Op, T, Unsupported, is_number, register_op, rust_float, rust_scalar, tensor, unary_op,
+    Op, T, Unsupported, is_number, qualified_dtype, register_op, rust_float, rust_scalar, tensor,
+    unary_op,
 )
 
 _BINARY_METHODS = {"add": "add", "sub": "sub", "mul": "mul", "div": "div"}
@@ -60,7 +61,7 @@ register_op(Op("mul", _binary_spellings("mul", ("mul", "multiply")), _binary("mu
 register_op(Op("div", _binary_spellings("div", ("div", "divide", "true_divide")), _binary("div")))
 
 
-# --- comparisons --------------------------------------------------------------------------------------
+# --- comparisons ----------------------------------------------------------------------------------
 
 _COMPARISONS = {"gt": ("gt", "__gt__", "greater"), "lt": ("lt", "__lt__", "less"),
                 "ge": ("ge", "__ge__", "greater_equal"), "le": ("le", "__le__", "less_equal"),
@@ -97,7 +98,7 @@ for _kind, (_method, _dunder, _alias) in _COMPARISONS.items():
         _names.update({f"torch.{_alias}": "input, other", f"Tensor.{_alias}": "input, other"})
     register_op(Op(_kind, _names, _compare(_kind), doc="with a tensor (broadcast) or a number"))
 
-# --- matrix products ------------------------------------------------------------------------------------
+# --- matrix products ------------------------------------------------------------------------------
 
 
 def _matmul(spelling: str, a: dict[str, Any], out: Any) -> str:
@@ -123,7 +124,7 @@ register_op(Op("matmul", {"torch.matmul": "input, other", "Tensor.matmul": "inpu
                lambda s, a, out: _matmul(s, {**a, "other": a.get("other", a.get("mat2"))}, out),
                doc="with PyTorch's 1-D and broadcasting rules"))
 
-# --- unary math ----------------------------------------------------------------------------------------
+# --- unary math -----------------------------------------------------------------------------------
 
 _UNARY = {"exp": "{x.name}.exp()?", "log": "{x.name}.log()?", "sqrt": "{x.name}.sqrt()?",
           "rsqrt": "{x.name}.sqrt()?.recip()?", "abs": "{x.name}.abs()?",
@@ -140,6 +141,9 @@ for _name, _template in _UNARY.items():
     register_op(Op(_name, _names, unary_op(_template)))
 
 
+_LN_CONSTS = {2.0: "std::f64::consts::LN_2", 10.0: "std::f64::consts::LN_10"}
+
+
 def _pow(spelling: str, a: dict[str, Any], out: Any) -> str:
     x, e = a["input"], a["exponent"]
     if spelling == "Tensor.__rpow__":  # number ** tensor
@@ -148,7 +152,8 @@ def _pow(spelling: str, a: dict[str, Any], out: Any) -> str:
             raise Unsupported(f"{base!r} ** tensor (only a positive number base)")
         if base == math.e:
             return f"{t.name}.exp()?"
-        return f"{t.name}.affine({rust_float(math.log(base))}, 0.0)?.exp()?"
+        ln = _LN_CONSTS.get(float(base), rust_float(math.log(base)))
+        return f"{t.name}.affine({ln}, 0.0)?.exp()?"
     x = tensor(x)
     if isinstance(e, T):
         raise Unsupported("pow with a tensor exponent", hint="only a number exponent")
@@ -170,7 +175,7 @@ register_op(Op("pow", {"torch.pow": "input, exponent", "Tensor.pow": "input, exp
                        "Tensor.__ipow__": "input, exponent", "Tensor.__rpow__": "input, exponent"},
                _pow, doc="a number exponent; a positive number base"))
 
-# --- clamp ---------------------------------------------------------------------------------------------
+# --- clamp ----------------------------------------------------------------------------------------
 
 
 def _bound(x: T, v: Any, fn: str) -> str:
@@ -206,14 +211,17 @@ register_op(Op("clamp_min", {"torch.clamp_min": "input, min", "Tensor.clamp_min"
 register_op(Op("clamp_max", {"torch.clamp_max": "input, max", "Tensor.clamp_max": "input, max",
                              "Tensor.clamp_max_": "input, max"}, _clamp))
 
-# --- where, masked_fill ---------------------------------------------------------------------------------
+# --- where, masked_fill ---------------------------------------------------------------------------
 
 
 def _filled(value: Any, like: T, out: Any) -> str:
     """A tensor shaped like `like` holding the number `value`, in the output's dtype."""
-    if float(value) == 0.0:
-        return f"{like.name}.zeros_like()?"
     dtype = out.dtype if isinstance(out, TensorMeta) else like.meta.dtype
+    if float(value) == 0.0:
+        if dtype == like.meta.dtype:
+            return f"{like.name}.zeros_like()?"
+        return (f"Tensor::zeros({like.name}.shape(), {qualified_dtype(dtype)}, "
+                f"{like.name}.device())?")
     return f"Tensor::full({rust_scalar(value, dtype)}, {like.name}.shape(), {like.name}.device())?"
 
 
@@ -223,7 +231,7 @@ def _where(spelling: str, a: dict[str, Any], out: Any) -> str:
         raise Unsupported("torch.where(condition) (the indices of non-zeros: a data-dependent "
                           "shape)")
     cond = tensor(cond, "condition")
-    operands = [v for v in (cond, x, y) if isinstance(v, T)]
+    operands = [v for v in (x, y, cond) if isinstance(v, T)]  # the values' shape first
     full = next((t for t in operands if isinstance(out, TensorMeta)
                  and t.meta.shapes == out.shapes), None)
     if full is None:
@@ -260,10 +268,9 @@ def _masked_fill(spelling: str, a: dict[str, Any], out: Any) -> str:
     return f"{m}.where_cond({fill}, {x.borrow})?"
 
 
-register_op(Op("where", {"torch.where": "condition, input=None, other=None",
-                         "Tensor.where": "input, condition, other"},
-               lambda s, a, out: _where(s, a if s == "torch.where" else
-                                        {**a, "input": a["input"]}, out),
+# named after Candle's op: a graph node named `where` would need a raw identifier in Rust
+register_op(Op("where_cond", {"torch.where": "condition, input=None, other=None",
+                              "Tensor.where": "input, condition, other"}, _where,
                doc="tensor or number branches, broadcast to the larger operand"))
 register_op(Op("masked_fill", {"torch.masked_fill": "input, mask, value",
                                "Tensor.masked_fill": "input, mask, value",

@@ -87,7 +87,7 @@ def _conv_field(n: int) -> Callable[[dict[str, Any]], Field]:
             return Field(name, f"candle_nn::{fn}({cin}, {cout}, {kernel[0]}, {config}, $vb)?")
         # a rectangular kernel: candle_nn's builders take one kernel size, Conv2d::new any
         shape = ", ".join(str(v) for v in (cout, cin // cfg["groups"], *kernel))
-        bias_arg = 'Some(vb.get(' + str(cout) + ', "bias")?)' if bias else "None"
+        bias_arg = f'Some(vb.get({cout}, "bias")?)' if bias else "None"
         init = ("{\n"
                 "let vb = $vb;\n"
                 f'let weight = vb.get(({shape}), "weight")?;\n'

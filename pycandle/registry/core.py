@@ -283,9 +283,9 @@ def unary_op(template: str) -> Callable[[str, dict[str, Any], Any], str]:
 
 # --- helpers shared by the family modules ---------------------------------------------------------
 
-# Where tensors that no operand determines are created (torch.zeros(...) and the like). The
-# manifest does not record devices; see the registry's note on creation ops.
-DEVICE = "&Device::Cpu"
+# Where tensors that no operand determines are created (torch.zeros(...) and the like): the
+# manifest does not record devices, so lowering puts the first forward() input's device here.
+DEVICE = "$device"
 
 _RUST_DTYPES = {"float32": "F32", "float64": "F64", "float16": "F16", "bfloat16": "BF16",
                 "int64": "I64", "int32": "I32", "int16": "I16", "uint8": "U8", "uint32": "U32",

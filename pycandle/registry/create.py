@@ -48,7 +48,7 @@ def _full(value: Any, shape: str, device: str, dtype: str, qualified: bool) -> s
     return f"Tensor::full({rust_scalar(value, 'float32')}, {shape}, {device})?.to_dtype({cast})?"
 
 
-# --- torch.zeros / ones / full / arange -------------------------------------------------------------
+# --- torch.zeros / ones / full / arange -----------------------------------------------------------
 
 
 def _zeros_ones(kind: str) -> Callable[[str, dict[str, Any], Any], str]:
@@ -97,7 +97,7 @@ register_op(Op("full", {"torch.full": f"size, fill_value, *, {_FACTORY_KW}"}, _f
 register_op(Op("arange", {"torch.arange": f"*range, {_FACTORY_KW}"}, _arange,
                uses=("candle_core::Device",), doc="end / start, end / start, end, step"))
 
-# --- *_like and Tensor.new_* -------------------------------------------------------------------------
+# --- *_like and Tensor.new_* ----------------------------------------------------------------------
 
 
 def _like(kind: str) -> Callable[[str, dict[str, Any], Any], str]:
@@ -146,7 +146,7 @@ register_op(Op("new_ones", {"Tensor.new_ones": f"input, *size, {_NEW_KW}"}, _new
 register_op(Op("new_full", {"Tensor.new_full": f"input, size, fill_value, *, {_NEW_KW}"},
                _new("full")))
 
-# --- dtype casts --------------------------------------------------------------------------------------
+# --- dtype casts ----------------------------------------------------------------------------------
 
 
 def _cast(x: T, dtype: str) -> str:
@@ -197,4 +197,4 @@ register_op(Op("to", {"Tensor.to": "input, *args, dtype=None, non_blocking=False
 register_op(Op("cast", {f"Tensor.{n}": "input, memory_format=None" for n in _SHORTHANDS},
                _shorthand, doc="float, double, half, bfloat16, long, int"))
 register_op(Op("type_as", {"Tensor.type_as": "input, other"}, _type_as))
-register_op(Op("type", {"Tensor.type": "input, dtype=None, non_blocking=False"}, _type))
+register_op(Op("type_cast", {"Tensor.type": "input, dtype=None, non_blocking=False"}, _type))

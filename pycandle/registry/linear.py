@@ -16,6 +16,10 @@ def _linear_call(cfg: dict[str, Any], this: str, args: tuple, kwargs: dict[str, 
     x = one_tensor(args, kwargs)
     if not 2 <= x.rank <= 4:
         raise Unsupported(f"Linear on a rank-{x.rank} input (Candle's Linear takes rank 2 to 4)")
+    if x.rank >= 3:
+        # Candle 0.11's batched matmul mixes up batches for a strided (e.g. transposed) input;
+        # `contiguous` costs nothing when the input already is.
+        return f"{this}.forward(&{x.name}.contiguous()?)?"
     return f"{this}.forward({x.borrow})?"
 
 

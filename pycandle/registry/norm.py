@@ -120,7 +120,8 @@ def _batch_norm_call(ranks: tuple[int, ...]) -> Callable[..., str]:
     def call(cfg: dict[str, Any], this: str, args: tuple, kwargs: dict[str, Any]) -> str:
         x = one_tensor(args, kwargs)
         if x.rank not in ranks:
-            raise Unsupported(f"a rank-{x.rank} input (expected rank {' or '.join(map(str, ranks))})")
+            expected = " or ".join(map(str, ranks))
+            raise Unsupported(f"a rank-{x.rank} input (expected rank {expected})")
         return f"{this}.forward_t({x.borrow}, false)?"  # eval: the running statistics
 
     return call

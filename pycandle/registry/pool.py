@@ -95,7 +95,7 @@ def adaptive_avg_pool1d(x: T, output_size: Any) -> str:
             f"{x.name}.narrow(D::Minus1, {start}, {end} - {start})?.mean_keepdim(D::Minus1)\n"
             "})\n"
             ".collect::<Result<Vec<_>>>()?;\n"
-            f"Tensor::cat(&{windows}, D::Minus1)?\n"
+            f"candle_core::Tensor::cat(&{windows}, D::Minus1)?\n"  # parity tests import no Tensor
             "}")
 
 
@@ -129,7 +129,7 @@ def _adaptive_call(cfg: dict[str, Any], this: str, args: tuple, kwargs: dict[str
 
 
 register_layer(Layer("torch.nn.AdaptiveAvgPool1d", ("output_size",), "out", no_field,
-                     _adaptive_call, call_uses=("candle_core::Tensor",),
+                     _adaptive_call,
                      doc="any output size (PyTorch's uneven windows)"))
 
 # --- functions ------------------------------------------------------------------------------------

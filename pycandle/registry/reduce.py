@@ -90,7 +90,7 @@ register_op(Op("sum", {"torch.sum": _SUM_SIG, "Tensor.sum": _SUM_SIG}, _sum_mean
 register_op(Op("mean", {"torch.mean": _SUM_SIG, "Tensor.mean": _SUM_SIG}, _sum_mean("mean"),
                doc="over all, one or several dims; keepdim; dtype"))
 
-# --- max, min, amax, amin, argmax, argmin -----------------------------------------------------------
+# --- max, min, amax, amin, argmax, argmin ---------------------------------------------------------
 
 
 def _extreme_over(x: T, kind: str, dims: list[int], keepdim: bool) -> str:
@@ -132,7 +132,7 @@ def _max_min(kind: str) -> Callable[[str, dict[str, Any], Any], str]:
             return f"{x.name}.{kind}_all()?"
         d = x.norm_dim(int_arg(a["dim"], "dim"))
         values = _extreme_over(x, kind, [d], a["keepdim"])
-        return f"vec![{values}, {_arg_extreme(x, kind, d, a['keepdim'])}]"
+        return f"[{values}, {_arg_extreme(x, kind, d, a['keepdim'])}]"  # (values, indices)
 
     return emit
 
@@ -141,6 +141,13 @@ def _amax_amin(kind: str) -> Callable[[str, dict[str, Any], Any], str]:
     def emit(spelling: str, a: dict[str, Any], out: Any) -> str:
         x = tensor(a["input"])
         return _extreme_over(x, kind, _reduce_dims(x, a["dim"]), a["keepdim"])
+
+    return emit
+
+
+def _arg_op(kind: str) -> Callable[[str, dict[str, Any], Any], str]:
+    def emit(spelling: str, a: dict[str, Any], out: Any) -> str:
+        return _arg_extreme(tensor(a["input"]), kind, a["dim"], a["keepdim"])
 
     return emit
 
@@ -154,11 +161,9 @@ for _kind in ("max", "min"):
                    _amax_amin(_kind), doc="over all, one or several dims; keepdim"))
     _sig = "input, dim=None, keepdim=False"
     register_op(Op(f"arg{_kind}", {f"torch.arg{_kind}": _sig, f"Tensor.arg{_kind}": _sig},
-                   (lambda k: lambda s, a, out: _arg_extreme(tensor(a["input"]), k, a["dim"],
-                                                             a["keepdim"]))(_kind),
-                   doc="int64 indices, over a dim or all"))
+                   _arg_op(_kind), doc="int64 indices, over a dim or all"))
 
-# --- F.normalize ------------------------------------------------------------------------------------
+# --- F.normalize ----------------------------------------------------------------------------------
 
 
 def _normalize(spelling: str, a: dict[str, Any], out: Any) -> str:

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from pycandle.registry.core import (
-    Dim, Layer, Op, T, Unsupported, int_arg, is_int, local_name, no_field, one_tensor, register_layer,
-    register_op, rust_dim, shape_tuple, tensor, tensors, usize_expr, varargs_sizes,
+    Dim, Layer, Op, T, Unsupported, int_arg, is_int, local_name, no_field, one_tensor,
+    register_layer, register_op, rust_dim, shape_tuple, tensor, tensors, usize_expr,
+    varargs_sizes,
 )
 
-# --- transpose, contiguous --------------------------------------------------------------------------
+# --- transpose, contiguous ------------------------------------------------------------------------
 
 
 def _transpose(spelling: str, a: dict[str, Any], out: Any) -> str:
@@ -131,7 +132,7 @@ register_layer(Layer("torch.nn.Flatten", ("start_dim", "end_dim"), "out", no_fie
 register_layer(Layer("torch.nn.Unflatten", ("dim", "unflattened_size"), "out", no_field,
                      _unflatten_call))
 
-# --- permute, squeeze, unsqueeze, expand, repeat ----------------------------------------------------
+# --- permute, squeeze, unsqueeze, expand, repeat --------------------------------------------------
 
 
 def _permute(spelling: str, a: dict[str, Any], out: Any) -> str:
@@ -231,7 +232,7 @@ register_op(Op("cat", {"torch.cat": _CAT, "torch.concat": _CAT,
 register_op(Op("stack", {"torch.stack": _CAT},
                lambda s, a, out: _joined(s, a, out, True)))
 
-# --- chunk, split, unbind: a Vec<Tensor> ------------------------------------------------------------
+# --- chunk, split, unbind: a Vec (or an array) of tensors -----------------------------------------
 
 
 def _torch_chunks(size: int, n: int) -> list[int]:
@@ -246,7 +247,7 @@ def _candle_chunks(size: int, n: int) -> list[int]:
 
 
 def _narrows(x: T, d: int, lengths: list[str]) -> str:
-    """`vec![x.narrow(d, 0, a)?, x.narrow(d, a, b)?, ...]`: pieces of the given lengths."""
+    """`[x.narrow(d, 0, a)?, x.narrow(d, a, b)?, ...]`: pieces of the given lengths."""
     parts, offset = [], 0
     terms: list[str] = []  # the non-literal part of the running offset
     for length in lengths:
@@ -256,7 +257,7 @@ def _narrows(x: T, d: int, lengths: list[str]) -> str:
             offset += int(length)
         else:
             terms.append(length)
-    return "vec![" + ", ".join(parts) + "]"
+    return "[" + ", ".join(parts) + "]"
 
 
 def _pieces_of(x: T, d: int, step: str) -> str:
@@ -325,7 +326,7 @@ register_op(Op("split", {"torch.split": "input, split_size_or_sections, dim=0",
 register_op(Op("unbind", {"torch.unbind": "input, dim=0", "Tensor.unbind": "input, dim=0"},
                _unbind))
 
-# --- padding ------------------------------------------------------------------------------------------
+# --- padding --------------------------------------------------------------------------------------
 
 
 def pad(x: T, amounts: Any, mode: str, value: Any = None) -> str:
