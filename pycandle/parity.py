@@ -58,15 +58,13 @@ def run_cargo_tests(crate_dir: Path, models: list[str], report_dir: Path,
     manifest = crate_dir / "Cargo.toml"
     if not manifest.is_file():
         raise ParityError(f"{manifest} not found: run `pycandle codegen` first")
-    missing = [m for m in models if not (crate_dir / "tests" / f"{m}_parity.rs").is_file()]
+    missing = [m for m in models if not (crate_dir / "tests" / "parity" / f"{m}.rs").is_file()]
     if missing:
         raise ParityError(f"no parity test for {', '.join(missing)} in {crate_dir / 'tests'}: "
                           "run `pycandle codegen` first")
     # --no-fail-fast: every model's tests run and report, whichever fails
     cmd = [cargo, "test", "--no-fail-fast", "--manifest-path", str(manifest)]
-    for m in models:
-        cmd += ["--test", f"{m}_parity"]
-    cmd += ["--", "--test-threads=1"]
+    cmd += ["--test", "parity", "--", "--test-threads=1"] + [f"{m}::" for m in models]
     env = cargo_env(crate_dir)
     env["PYCANDLE_REPORT_DIR"] = str(report_dir)
     with console.status("cargo test: building and running the parity tests…"):
@@ -88,7 +86,7 @@ def collect(report_dir: Path, models: list[str], num_cases: dict[str, int],
 
 
 def _failure_excerpt(output: str, model: str, case: int) -> str:
-    marker = f"---- case{case} stdout ----"
+    marker = f"---- {model}::case{case} stdout ----"
     lines = output.splitlines()
     for i, line in enumerate(lines):
         if marker in line:

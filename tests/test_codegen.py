@@ -39,7 +39,7 @@ def test_codegen_runs_without_torch(tmp_path):
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "4"
+    assert proc.stdout.strip() == "5"  # model, parity test, parity main.rs, Cargo.toml, lib.rs
     src = (tmp_path / "crate" / "src" / "speaker.rs").read_text()
     # the forward glue, generated from the graph, shape-generic
     # the LSTM resumes from (and leaves) its state in forward_stream; forward starts from zeros
@@ -54,7 +54,7 @@ def test_codegen_runs_without_torch(tmp_path):
     assert 'vb.pp("lstm")' in src and 'candle_nn::linear(16, 4, vb.pp("proj"))?' in src
     # nothing specialised to the traced batch (2 / 1) or sequence length (10 / 7)
     assert "10" not in src.split("pub fn forward")[1]
-    test = (tmp_path / "crate" / "tests" / "speaker_parity.rs").read_text()
+    test = (tmp_path / "crate" / "tests" / "parity" / "speaker.rs").read_text()
     assert "fn case0()" in test and "fn case1()" in test
     assert 'report.check("layer", "lstm", "h_n", &lstm_h_n, &g("lstm.out.1.0")?)?;' in test
     assert 'const ARTIFACTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../artifacts/speaker");' in test

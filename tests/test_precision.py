@@ -66,5 +66,5 @@ def test_every_precision_passes_parity(tmp_path, cargo_env, capsys):
     # the wider type is the closer one, and each is far inside its own tolerance's reach
     assert worst["encoder_float64"] < 1e-12 < worst["encoder_float32"] < 1e-5
     assert worst["encoder_float16"] < 1e-2 and worst["encoder_bfloat16"] < 6e-2
-    generated = (tmp_path / "crate" / "tests" / "encoder_bfloat16_parity.rs").read_text()
+    generated = (tmp_path / "crate" / "tests" / "parity" / "encoder_bfloat16.rs").read_text()
     assert "DType::BF16" in generated

@@ -77,7 +77,7 @@ def generate_model(manifest_path: Path, crate_dir: Path, artifacts_dir: Path) ->
     rel = Path(os.path.relpath(artifacts_dir.resolve(), crate_dir.resolve())).as_posix()
     return Generated(manifest.name, {
         crate_dir / "src" / f"{ir.name}.rs": render_model(ir),
-        crate_dir / "tests" / f"{ir.name}_parity.rs": render_parity(ir, crate, rel),
+        crate_dir / "tests" / "parity" / f"{ir.name}.rs": render_parity(ir, crate, rel),
     })
 
 
@@ -102,6 +102,9 @@ def codegen(crate_dir: Path, artifacts_root: Path, models: list[str],
     modules = cargo.generated_modules(crate_dir) | {g.model for g in generated}
     files[crate_dir / "Cargo.toml"] = cargo.cargo_toml_text(crate_dir)
     files[crate_dir / "src" / "lib.rs"] = cargo.lib_rs_text(crate_dir, modules)
+    # All parity tests form one test binary (one link, however many models)
+    files[crate_dir / "tests" / "parity" / "main.rs"] = cargo.parity_main_text(
+        cargo.generated_modules(crate_dir, "tests/parity") | {g.model for g in generated})
     try:
         crate_dir.mkdir(parents=True, exist_ok=True)
         changed = [path for path, text in sorted(files.items()) if write_atomic(path, text)]

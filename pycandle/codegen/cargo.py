@@ -123,13 +123,13 @@ def cargo_toml_text(crate_dir: Path) -> str:
     return tomlkit.dumps(doc)
 
 
-def generated_modules(crate_dir: Path) -> set[str]:
-    """Modules in src/ that PyCandle generated (they carry its mark)."""
-    src = crate_dir / "src"
+def generated_modules(crate_dir: Path, folder: str = "src") -> set[str]:
+    """Modules in `folder` that PyCandle generated (they carry its mark)."""
+    src = crate_dir / folder
     found = set()
     if src.is_dir():
         for rs in src.glob("*.rs"):
-            if rs.name != "lib.rs":
+            if rs.name not in ("lib.rs", "main.rs"):
                 head = rs.read_text(encoding="utf-8", errors="replace")[:600]
                 if GENERATED_MARK in head:
                     found.add(rs.stem)
@@ -148,3 +148,16 @@ def lib_rs_text(crate_dir: Path, modules: set[str]) -> str:
         _, tail = rest.split(LIB_END, 1)
         return head + "\n".join(block) + tail
     return text.rstrip("\n") + "\n\n" + "\n".join(block) + "\n"
+
+
+def parity_main_text(modules: set[str]) -> str:
+    """tests/parity/main.rs: the one parity test binary, a module per model."""
+    lines = [
+        "//! Parity of the generated models with PyTorch: one module per model, one test per",
+        "//! trace case (`cargo test --test parity -- <model>::`).",
+        "//!",
+        f"//! {GENERATED_MARK}; do not edit by hand, run `pycandle codegen` instead.",
+        "",
+    ]
+    lines += [f"mod {m};" for m in sorted(modules)]
+    return "\n".join(lines) + "\n"
