@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 
@@ -78,3 +79,95 @@ def test_a_diverging_layer_is_named(tmp_path, cargo_env, capsys):
     err = " ".join(capsys.readouterr().err.split())
     assert "mlp case 1: first diverging layer is '2' (output 0)" in err, err
     assert "1 passed, 1 failed" in err
+
+
+RECURRENT_PATTERNS = """
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+
+class TwoPasses(nn.Module):
+    \"\"\"One LSTM called twice: the second pass resumes from the first's final state.\"\"\"
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(4, 6, batch_first=True)
+
+    def forward(self, first, second):
+        a, state = self.lstm(first)
+        b, (h, c) = self.lstm(second, state)
+        return torch.cat([a, b], dim=1), h, c
+
+
+class CellLoop(nn.Module):
+    \"\"\"A VAD-style cell stepped in a Python loop over a fixed number of frames.\"\"\"
+
+    def __init__(self):
+        super().__init__()
+        self.cell = nn.LSTMCell(3, 5)
+        self.gru_cell = nn.GRUCell(5, 4)
+
+    def forward(self, frames, h, c):
+        g = None
+        for t in range(4):
+            h, c = self.cell(frames[:, t], (h, c))
+            g = self.gru_cell(h, g)
+        return g, c
+
+
+class SortedPacked(nn.Module):
+    \"\"\"pack_padded_sequence with enforce_sorted=True, time-major, into a bidirectional RNN.\"\"\"
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.RNN(3, 4, bidirectional=True, nonlinearity="relu")
+
+    def forward(self, x, lengths):
+        out, h = self.rnn(pack_padded_sequence(x, lengths))
+        out, _ = pad_packed_sequence(out, total_length=x.shape[0])
+        return out, h
+"""
+
+PATTERNS_YAML = """\
+crate: crate
+models:
+  - name: two_passes
+    factory: patterns:TwoPasses
+    inputs:
+      - first: {shape: [2, 5, 4], low: -1, high: 1}
+        second: {shape: [2, 3, 4], low: -1, high: 1}
+      - first: {shape: [1, 7, 4], low: -1, high: 1}
+        second: {shape: [1, 2, 4], low: -1, high: 1}
+  - name: cell_loop
+    factory: patterns:CellLoop
+    inputs:
+      - frames: {shape: [3, 4, 3], low: -1, high: 1}
+        h: {shape: [3, 5], low: -1, high: 1}
+        c: {shape: [3, 5], low: -1, high: 1}
+      - frames: {shape: [1, 4, 3], low: -1, high: 1}
+        h: {shape: [1, 5], low: -1, high: 1}
+        c: {shape: [1, 5], low: -1, high: 1}
+  - name: sorted_packed
+    factory: patterns:SortedPacked
+    inputs:
+      # one sequence per case, so lengths are sorted whatever is drawn
+      - x: {shape: [6, 1, 3], low: -1, high: 1}
+        lengths: {shape: [1], dtype: int64, low: 1, high: 7}
+      - x: {shape: [4, 1, 3], low: -1, high: 1}
+        lengths: {shape: [1], dtype: int64, low: 1, high: 5}
+"""
+
+
+def test_recurrent_usage_patterns(tmp_path, cargo_env, capsys):
+    """A module called twice with state carried by the model itself, cells stepped in a loop,
+    and a sorted time-major packed batch padded back to total_length."""
+    (tmp_path / "patterns.py").write_text(RECURRENT_PATTERNS)
+    (tmp_path / "models.yaml").write_text(PATTERNS_YAML)
+    pin_lockfile(tmp_path / "crate")
+    assert run("all", "--config", str(tmp_path / "models.yaml")) == 0, capsys.readouterr()
+    assert "parity: 6 passed, 0 failed" in capsys.readouterr().out
+    src = (tmp_path / "crate" / "src" / "two_passes.rs").read_text()
+    assert len(re.findall(r"self\s*\.lstm\s*\.forward\(", src)) == 2  # one field, two calls
+    loop = (tmp_path / "crate" / "src" / "cell_loop.rs").read_text()
+    assert len(re.findall(r"self\s*\.cell\s*\.forward\(", loop)) == 4  # the loop unrolled
