@@ -39,7 +39,7 @@ def test_example_models_pass_parity_at_every_trace_shape(tmp_path, cargo_env, ca
         kinds = {e["kind"] for e in r["entries"]}
         # every model has a layer fed golden inputs and an end-to-end check; recurrent layers
         # that can stream (one direction, no explicit state, not packed) also run in chunks
-        streams = r["model"] in ("voice_encoder", "frame_scorer")
+        streams = r["model"] in ("voice_encoder", "frame_scorer", "token_tagger")
         expected = {"layer", "model"} | ({"stream"} if streams else set())
         assert kinds == expected, r
         assert all(e["pass"] for e in r["entries"])

@@ -7,4 +7,6 @@ mod bi_tagger;
 mod frame_scorer;
 mod mlp;
 mod padded_gru;
+mod tacotron_encoder;
+mod token_tagger;
 mod voice_encoder;
