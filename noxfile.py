@@ -87,3 +87,10 @@ def tests(session: nox.Session) -> None:
     env = _cargo_env()
     session.run("cargo", "test", "--quiet", "-p", "pycandle-runtime", env=env, external=True)
     session.run(python, "-m", "pytest", *(session.posargs or ["-q"]), env=env, external=True)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Recurrent layers: PyTorch vs candle-nn vs PyCandle's kernels; writes reports/bench.json."""
+    session.run(_python(session), str(ROOT / "pycandle" / "bench.py"), *session.posargs,
+                env=_cargo_env(), external=True)

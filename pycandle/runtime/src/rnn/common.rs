@@ -2,7 +2,7 @@
 //! and state checks, padded-batch masks, and the layer, direction and time
 //! loops.
 
-use candle_core::{bail, DType, Result, Tensor};
+use candle_core::{bail, DType, Result, Storage, StorageRef, Tensor, WithDType};
 use candle_nn::VarBuilder;
 
 /// One layer in one direction of a recurrent network (or a cell), split the
@@ -384,6 +384,72 @@ impl SequenceInput {
             Ok(stacked)
         }
     }
+}
+
+/// The element type of the CPU kernel fast path for `input`: `Some(F32)` or
+/// `Some(F64)` when the input is on the CPU in one of those dtypes, the
+/// parameters live on the CPU too, and the run is plain; `None` when the
+/// generic Candle-op path must run.
+///
+/// A run is plain when no step needs masking (no padding, or a padded batch
+/// whose lengths are all equal, which is the same computation) and it has
+/// more than one step. A single step stays on the generic path, the one the
+/// cells use, so that a cell step and a length-1 run of the stacked module
+/// agree bit for bit (the kernels' `f32` sigmoid and tanh are polynomial
+/// approximations, and they accumulate products in another order).
+pub(super) fn fast_path_dtype(input: &SequenceInput, params_on_cpu: bool) -> Option<DType> {
+    let dtype = input.xs.dtype();
+    let unmasked = input
+        .padding
+        .as_ref()
+        .is_none_or(|p| p.masks.iter().all(Option::is_none));
+    let eligible = params_on_cpu
+        && unmasked
+        && input.xs.dim(0).is_ok_and(|t| t > 1)
+        && input.xs.device().is_cpu()
+        && matches!(dtype, DType::F32 | DType::F64);
+    eligible.then_some(dtype)
+}
+
+/// The elements of a contiguous CPU tensor, borrowed from its storage
+/// without copying (the storage stays read-locked while the view lives).
+pub(super) struct CpuView<'a> {
+    storage: StorageRef<'a>,
+    start: usize,
+    end: usize,
+}
+
+impl<'a> CpuView<'a> {
+    /// Fails when `t` is not contiguous; `slice` fails off the CPU.
+    pub(super) fn new(t: &'a Tensor) -> Result<Self> {
+        let (storage, layout) = t.storage_and_layout();
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!("recurrent fast path: expected a contiguous tensor")
+        };
+        Ok(Self {
+            storage,
+            start,
+            end,
+        })
+    }
+
+    pub(super) fn slice<T: WithDType>(&self) -> Result<&[T]> {
+        match &*self.storage {
+            Storage::Cpu(cpu) => Ok(&cpu.as_slice::<T>()?[self.start..self.end]),
+            _ => bail!("recurrent fast path: expected a CPU tensor"),
+        }
+    }
+}
+
+/// `state[idx]` (B, F) copied out as a flat vector, for the kernels' `h0`
+/// and `c0`.
+pub(super) fn state_vec<T: WithDType>(
+    state: Option<&Tensor>,
+    idx: usize,
+) -> Result<Option<Vec<T>>> {
+    state
+        .map(|s| s.get(idx)?.flatten_all()?.to_vec1::<T>())
+        .transpose()
 }
 
 /// Runs a stack of layers over `input`.

@@ -1,9 +1,10 @@
 //! `torch.nn.GRU`.
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor, WithDType};
 use candle_nn::VarBuilder;
 
-use super::common::{self, Affine, Recurrence, SequenceInput, TorchParams};
+use super::common::{self, Affine, CpuView, Recurrence, SequenceInput, TorchParams};
+use crate::kernel::{self, Float, GruDirection, RecurrentShape};
 
 /// Hyper-parameters of a [`Gru`], named as in `torch.nn.GRU`.
 ///
@@ -64,6 +65,9 @@ pub(super) struct GruLayer {
     w_hh_t: Tensor,
     /// `b_hn`, which cannot be folded: the reset gate multiplies it. (H)
     b_hn: Option<Tensor>,
+    /// `[0, 0, b_hn]`, the kernels' `b_hh` to go with the folded input
+    /// projection. (3H)
+    b_hh_kernel: Option<Tensor>,
     hidden_size: usize,
 }
 
@@ -78,19 +82,22 @@ impl GruLayer {
     ) -> Result<Self> {
         let h = hidden_size;
         let p = TorchParams::load(vb, suffix, 3 * h, in_size, h, bias)?;
-        let (bias, b_hn) = match p.biases {
+        let (bias, b_hn, b_hh_kernel) = match p.biases {
             Some((b_ih, b_hh)) => {
                 let b_rz = (b_ih.narrow(0, 0, 2 * h)? + b_hh.narrow(0, 0, 2 * h)?)?;
                 let b_in = b_ih.narrow(0, 2 * h, h)?;
                 let folded = Tensor::cat(&[&b_rz, &b_in], 0)?; // (3H)
-                (Some(folded), Some(b_hh.narrow(0, 2 * h, h)?))
+                let b_hn = b_hh.narrow(0, 2 * h, h)?;
+                let b_hh_kernel = Tensor::cat(&[&b_rz.zeros_like()?, &b_hn], 0)?; // (3H)
+                (Some(folded), Some(b_hn), Some(b_hh_kernel))
             }
-            None => (None, None),
+            None => (None, None, None),
         };
         Ok(Self {
             input: Affine::new(&p.w_ih, bias)?,
             w_hh_t: p.w_hh.t()?.contiguous()?,
             b_hn,
+            b_hh_kernel,
             hidden_size,
         })
     }
@@ -105,6 +112,11 @@ impl Recurrence for GruLayer {
             input: self.input.to_dtype(dtype)?,
             w_hh_t: self.w_hh_t.to_dtype(dtype)?,
             b_hn: self.b_hn.as_ref().map(|b| b.to_dtype(dtype)).transpose()?,
+            b_hh_kernel: self
+                .b_hh_kernel
+                .as_ref()
+                .map(|b| b.to_dtype(dtype))
+                .transpose()?,
             hidden_size: self.hidden_size,
         })
     }
@@ -235,7 +247,101 @@ impl Gru {
     }
 
     fn run(&self, input: &SequenceInput, h0: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        match common::fast_path_dtype(input, self.device.is_cpu()) {
+            Some(DType::F32) => self.run_fast::<f32>(input, h0),
+            Some(DType::F64) => self.run_fast::<f64>(input, h0),
+            _ => self.run_generic(input, h0),
+        }
+    }
+
+    /// [`Self::run`] with Candle ops, on any device and dtype.
+    fn run_generic(&self, input: &SequenceInput, h0: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
         let cfg = &self.config;
         common::run_hidden_state(&self.layers, cfg.bidirectional, cfg.hidden_size, input, h0)
+    }
+
+    /// [`Self::run_generic`] on the CPU kernels of [`crate::kernel`], for a
+    /// plain run (see `common::fast_path_dtype`) of `f32` or `f64` on the CPU:
+    /// per layer, one Candle matmul per direction for the input projection
+    /// (the foldable biases included), then the kernel runs the time loop of
+    /// every direction.
+    fn run_fast<T: Float + WithDType>(
+        &self,
+        input: &SequenceInput,
+        h0: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        let cfg = &self.config;
+        let dirs = cfg.num_directions();
+        let n = cfg.num_layers * dirs;
+        let h = cfg.hidden_size;
+        let h0 = match h0 {
+            Some(h0) => {
+                input.check_states(n, [("h0", h0, h)])?;
+                Some(input.batched_state(h0)?)
+            }
+            None => None,
+        }; // (L*D, B, H)
+        let (t_len, batch, _) = input.xs.dims3()?;
+        let (dtype, device) = (input.xs.dtype(), input.xs.device());
+        let shape = RecurrentShape {
+            steps: t_len,
+            batch,
+            hidden: h,
+        };
+        let mut layer_in = input.xs.clone(); // (T, B, I_k)
+        let mut h_n = Vec::with_capacity(n);
+        for (layer, directions) in self.layers.chunks(dirs).enumerate() {
+            let x2d = layer_in.reshape((t_len * batch, ()))?; // (T*B, I_k)
+            let params = directions
+                .iter()
+                .map(|p| p.to_dtype(dtype))
+                .collect::<Result<Vec<_>>>()?;
+            let gx = params
+                .iter()
+                .map(|p| p.project_input(&x2d)?.contiguous()) // (T*B, 3H)
+                .collect::<Result<Vec<_>>>()?;
+            let init = (0..dirs)
+                .map(|dir| common::state_vec::<T>(h0.as_ref(), layer * dirs + dir))
+                .collect::<Result<Vec<_>>>()?;
+            let gx_views = gx.iter().map(CpuView::new).collect::<Result<Vec<_>>>()?;
+            let w_hh_views = params
+                .iter()
+                .map(|p| CpuView::new(&p.w_hh_t))
+                .collect::<Result<Vec<_>>>()?;
+            let b_hh_views = params
+                .iter()
+                .map(|p| p.b_hh_kernel.as_ref().map(CpuView::new).transpose())
+                .collect::<Result<Vec<_>>>()?;
+            let mut kernel_dirs = Vec::with_capacity(dirs);
+            for dir in 0..dirs {
+                kernel_dirs.push(GruDirection {
+                    gx: gx_views[dir].slice::<T>()?,
+                    b_ih: None, // folded into gx
+                    w_hh_t: w_hh_views[dir].slice::<T>()?,
+                    b_hh: b_hh_views[dir]
+                        .as_ref()
+                        .map(|v| v.slice::<T>())
+                        .transpose()?,
+                    h0: init[dir].as_deref(),
+                    reverse: dir == 1,
+                });
+            }
+            let mut out = vec![T::ZERO; t_len * batch * dirs * h];
+            let mut hn = vec![T::ZERO; dirs * batch * h];
+            kernel::gru_recurrence(
+                shape,
+                &kernel_dirs,
+                &mut out,
+                &mut hn,
+                kernel::default_threads(),
+            )
+            .map_err(candle_core::Error::wrap)?;
+            layer_in = Tensor::from_vec(out, (t_len, batch, dirs * h), device)?;
+            let hn = Tensor::from_vec(hn, (dirs, batch, h), device)?;
+            for dir in 0..dirs {
+                h_n.push(hn.get(dir)?);
+            }
+        }
+        Ok((input.output(layer_in)?, input.final_state(&h_n)?))
     }
 }

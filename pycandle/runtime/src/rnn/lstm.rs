@@ -1,9 +1,10 @@
 //! `torch.nn.LSTM`.
 
-use candle_core::{bail, DType, Device, Result, Tensor};
+use candle_core::{bail, DType, Device, Result, Tensor, WithDType};
 use candle_nn::VarBuilder;
 
-use super::common::{self, Affine, Recurrence, SequenceInput, TorchParams};
+use super::common::{self, Affine, CpuView, Recurrence, SequenceInput, TorchParams};
+use crate::kernel::{self, Float, LstmDirection, RecurrentShape};
 
 /// Hyper-parameters of an [`Lstm`], named as in `torch.nn.LSTM`.
 ///
@@ -81,13 +82,14 @@ impl LstmConfig {
 /// One LSTM layer in one direction (or an `LSTMCell`), prepared for fast
 /// inference.
 ///
-/// The gate blocks are reordered from PyTorch's `i, f, g, o` to `i, f, o, g`
-/// so that the three sigmoid gates form one contiguous block.
+/// The gate blocks keep PyTorch's order `i, f, g, o`, which is also the order
+/// the CPU kernels of [`crate::kernel`] take, so the same weights serve both
+/// the generic path and the fast path without any per-call reordering.
 #[derive(Debug, Clone)]
 pub(super) struct LstmLayer {
-    /// `x W_ih^T + b_ih + b_hh`, gates i, f, o, g. (I, 4H)
+    /// `x W_ih^T + b_ih + b_hh`, gates i, f, g, o. (I, 4H)
     input: Affine,
-    /// `W_hh^T`, gates i, f, o, g. (H_out, 4H)
+    /// `W_hh^T`, gates i, f, g, o. (H_out, 4H)
     w_hh_t: Tensor,
     /// `W_hr^T` when projecting. (H, P)
     w_hr_t: Option<Tensor>,
@@ -109,7 +111,7 @@ impl LstmLayer {
         let h_out = if proj_size > 0 { proj_size } else { h };
         let p = TorchParams::load(vb, suffix, 4 * h, in_size, h_out, bias)?;
         let bias = match p.biases {
-            Some((b_ih, b_hh)) => Some(reorder_gates(&(b_ih + b_hh)?, h)?),
+            Some((b_ih, b_hh)) => Some((b_ih + b_hh)?),
             None => None,
         };
         let w_hr_t = if proj_size > 0 {
@@ -119,8 +121,8 @@ impl LstmLayer {
             None
         };
         Ok(Self {
-            input: Affine::new(&reorder_gates(&p.w_ih, h)?, bias)?,
-            w_hh_t: reorder_gates(&p.w_hh, h)?.t()?.contiguous()?,
+            input: Affine::new(&p.w_ih, bias)?,
+            w_hh_t: p.w_hh.t()?.contiguous()?,
             w_hr_t,
             hidden_size,
         })
@@ -150,12 +152,12 @@ impl Recurrence for LstmLayer {
 
     fn step(&self, xp: &Tensor, (h, c): &Self::State) -> Result<Self::State> {
         let hs = self.hidden_size;
-        let gates = h.matmul(&self.w_hh_t)?.add(xp)?; // (B, 4H)
-        let ifo = candle_nn::ops::sigmoid(&gates.narrow(1, 0, 3 * hs)?)?; // (B, 3H)
-        let g = gates.narrow(1, 3 * hs, hs)?.tanh()?; // (B, H)
-        let i = ifo.narrow(1, 0, hs)?;
-        let f = ifo.narrow(1, hs, hs)?;
-        let o = ifo.narrow(1, 2 * hs, hs)?;
+        let gates = h.matmul(&self.w_hh_t)?.add(xp)?; // (B, 4H), i, f, g, o
+        let if_ = candle_nn::ops::sigmoid(&gates.narrow(1, 0, 2 * hs)?)?; // (B, 2H)
+        let g = gates.narrow(1, 2 * hs, hs)?.tanh()?; // (B, H)
+        let o = candle_nn::ops::sigmoid(&gates.narrow(1, 3 * hs, hs)?)?; // (B, H)
+        let i = if_.narrow(1, 0, hs)?;
+        let f = if_.narrow(1, hs, hs)?;
         let c = (f.mul(c)? + i.mul(&g)?)?; // (B, H)
         let mut h = o.mul(&c.tanh()?)?; // (B, H)
         if let Some(w_hr_t) = &self.w_hr_t {
@@ -163,19 +165,6 @@ impl Recurrence for LstmLayer {
         }
         Ok((h, c))
     }
-}
-
-/// Moves PyTorch's gate blocks `i, f, g, o` (along dim 0, `h` rows each) to
-/// `i, f, o, g`.
-fn reorder_gates(t: &Tensor, h: usize) -> Result<Tensor> {
-    Tensor::cat(
-        &[
-            t.narrow(0, 0, 2 * h)?,
-            t.narrow(0, 3 * h, h)?,
-            t.narrow(0, 2 * h, h)?,
-        ],
-        0,
-    )
 }
 
 /// `torch.nn.LSTM` for inference.
@@ -295,6 +284,19 @@ impl Lstm {
         input: &SequenceInput,
         state: Option<(&Tensor, &Tensor)>,
     ) -> Result<(Tensor, (Tensor, Tensor))> {
+        match common::fast_path_dtype(input, self.device.is_cpu()) {
+            Some(DType::F32) => self.run_fast::<f32>(input, state),
+            Some(DType::F64) => self.run_fast::<f64>(input, state),
+            _ => self.run_generic(input, state),
+        }
+    }
+
+    /// [`Self::run`] with Candle ops, on any device and dtype.
+    fn run_generic(
+        &self,
+        input: &SequenceInput,
+        state: Option<(&Tensor, &Tensor)>,
+    ) -> Result<(Tensor, (Tensor, Tensor))> {
         let cfg = &self.config;
         let n = cfg.num_layers * cfg.num_directions();
         let (h, h_out) = (cfg.hidden_size, cfg.output_hidden_size());
@@ -311,6 +313,103 @@ impl Lstm {
         let (h_n, c_n): (Vec<_>, Vec<_>) = finals.into_iter().unzip();
         Ok((
             input.output(out)?,
+            (input.final_state(&h_n)?, input.final_state(&c_n)?),
+        ))
+    }
+
+    /// [`Self::run_generic`] on the CPU kernels of [`crate::kernel`], for a
+    /// plain run (see `common::fast_path_dtype`) of `f32` or `f64` on the CPU:
+    /// per layer, one Candle matmul per direction for the input projection
+    /// (biases folded in), then the kernel runs the time loop of every
+    /// direction.
+    fn run_fast<T: Float + WithDType>(
+        &self,
+        input: &SequenceInput,
+        state: Option<(&Tensor, &Tensor)>,
+    ) -> Result<(Tensor, (Tensor, Tensor))> {
+        let cfg = &self.config;
+        let dirs = cfg.num_directions();
+        let n = cfg.num_layers * dirs;
+        let (h, h_out) = (cfg.hidden_size, cfg.output_hidden_size());
+        let state = match state {
+            Some((h0, c0)) => {
+                input.check_states(n, [("h0", h0, h_out), ("c0", c0, h)])?;
+                Some((input.batched_state(h0)?, input.batched_state(c0)?))
+            }
+            None => None,
+        }; // (L*D, B, H_out), (L*D, B, H)
+        let (t_len, batch, _) = input.xs.dims3()?;
+        let (dtype, device) = (input.xs.dtype(), input.xs.device());
+        let shape = RecurrentShape {
+            steps: t_len,
+            batch,
+            hidden: h,
+        };
+        let mut layer_in = input.xs.clone(); // (T, B, I_k)
+        let (mut h_n, mut c_n) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for (layer, directions) in self.layers.chunks(dirs).enumerate() {
+            let x2d = layer_in.reshape((t_len * batch, ()))?; // (T*B, I_k)
+            let params = directions
+                .iter()
+                .map(|p| p.to_dtype(dtype))
+                .collect::<Result<Vec<_>>>()?;
+            let gx = params
+                .iter()
+                .map(|p| p.project_input(&x2d)?.contiguous()) // (T*B, 4H)
+                .collect::<Result<Vec<_>>>()?;
+            let mut h0 = Vec::with_capacity(dirs);
+            let mut c0 = Vec::with_capacity(dirs);
+            for dir in 0..dirs {
+                let idx = layer * dirs + dir;
+                h0.push(common::state_vec::<T>(state.as_ref().map(|s| &s.0), idx)?);
+                c0.push(common::state_vec::<T>(state.as_ref().map(|s| &s.1), idx)?);
+            }
+            let gx_views = gx.iter().map(CpuView::new).collect::<Result<Vec<_>>>()?;
+            let w_hh_views = params
+                .iter()
+                .map(|p| CpuView::new(&p.w_hh_t))
+                .collect::<Result<Vec<_>>>()?;
+            let w_hr_views = params
+                .iter()
+                .map(|p| p.w_hr_t.as_ref().map(CpuView::new).transpose())
+                .collect::<Result<Vec<_>>>()?;
+            let mut kernel_dirs = Vec::with_capacity(dirs);
+            for dir in 0..dirs {
+                kernel_dirs.push(LstmDirection {
+                    gx: gx_views[dir].slice::<T>()?,
+                    bias: None, // folded into gx
+                    w_hh_t: w_hh_views[dir].slice::<T>()?,
+                    w_hr_t: w_hr_views[dir]
+                        .as_ref()
+                        .map(|v| v.slice::<T>())
+                        .transpose()?,
+                    h0: h0[dir].as_deref(),
+                    c0: c0[dir].as_deref(),
+                    reverse: dir == 1,
+                });
+            }
+            let mut out = vec![T::ZERO; t_len * batch * dirs * h_out];
+            let mut hn = vec![T::ZERO; dirs * batch * h_out];
+            let mut cn = vec![T::ZERO; dirs * batch * h];
+            kernel::lstm_recurrence(
+                shape,
+                &kernel_dirs,
+                &mut out,
+                &mut hn,
+                &mut cn,
+                kernel::default_threads(),
+            )
+            .map_err(candle_core::Error::wrap)?;
+            layer_in = Tensor::from_vec(out, (t_len, batch, dirs * h_out), device)?;
+            let hn = Tensor::from_vec(hn, (dirs, batch, h_out), device)?;
+            let cn = Tensor::from_vec(cn, (dirs, batch, h), device)?;
+            for dir in 0..dirs {
+                h_n.push(hn.get(dir)?);
+                c_n.push(cn.get(dir)?);
+            }
+        }
+        Ok((
+            input.output(layer_in)?,
             (input.final_state(&h_n)?, input.final_state(&c_n)?),
         ))
     }

@@ -39,6 +39,14 @@
 //! applies the gate nonlinearities. A padded batch adds one masked select of
 //! the state per step, and only at the steps that are padding for some
 //! sequence (`t >= min(lengths)`).
+//!
+//! For [`Lstm`] and [`Gru`] on the CPU in `f32` or `f64`, a run of more than
+//! one step with nothing to mask (`forward`, or `forward_padded` with equal
+//! lengths) hands the time loop to the direct CPU kernels of
+//! [`crate::kernel`] after the input projection; the other cases (other
+//! devices and dtypes, padded batches, single steps, the cells) use Candle
+//! ops. The kernels' `f32` sigmoid and tanh are polynomial approximations,
+//! so the two paths agree to rounding, not bit for bit.
 
 mod cell;
 mod common;
