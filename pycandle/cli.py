@@ -86,17 +86,41 @@ def cmd_parity(cfg: Config, names: list[str] | None, force: bool = False) -> int
     return 0
 
 
-def cmd_coverage(cfg: Config | None, names: list[str] | None) -> int:
+def cmd_coverage(cfg: Config | None, names: list[str] | None, force: bool = False) -> int:
+    """Without a config: everything supported. With one: per model, traced in PyTorch (nothing
+    is written), the layers and ops it uses and every one that is not supported."""
     from pycandle import registry
 
-    cov = registry.coverage()
-    console.print("[bold]layers[/bold]")
-    for name, doc in cov.layers:
-        console.print(f"  {name}" + (f": {doc}" if doc else ""))
-    console.print("[bold]functions and Tensor methods[/bold]")
-    for name, spellings, doc in cov.ops:
-        console.print(f"  {name}: {', '.join(spellings)}" + (f" ({doc})" if doc else ""))
-    return 0
+    if cfg is None:
+        cov = registry.coverage()
+        console.print("[bold]layers[/bold]")
+        for name, doc in cov.layers:
+            console.print(f"  {name}" + (f": {doc}" if doc else ""))
+        console.print("[bold]functions and Tensor methods[/bold]")
+        for name, spellings, doc in cov.ops:
+            console.print(f"  {name}: {', '.join(spellings)}" + (f" ({doc})" if doc else ""))
+        return 0
+
+    from pycandle.codegen.lower import live_nodes
+    from pycandle.errors import UnsupportedError
+    from pycandle.record import record_model
+
+    code = 0
+    for mc in cfg.select(names):
+        try:
+            manifest = record_model(cfg, mc).manifest
+        except UnsupportedError as e:
+            code = 1
+            console.print(f"[red]{mc.name}[/red]: {len(e.problems)} unsupported")
+            for p in e.problems:
+                console.print(f"  - {escape(str(p))}")
+            continue
+        live = live_nodes(manifest)
+        layers = sorted({manifest.modules[n.target].type for n in live if n.op == "call_module"})
+        ops = sorted({n.target for n in live if n.op == "call_function"})
+        console.print(f"[green]{mc.name}[/green]: supported; layers: {', '.join(layers) or '-'}; "
+                      f"functions: {', '.join(ops) or '-'}")
+    return code
 
 
 COMMANDS = {"record": cmd_record, "codegen": cmd_codegen, "parity": cmd_parity,
@@ -119,7 +143,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        if args.command == "coverage":
+        if args.command == "coverage" and not args.config.exists() \
+                and str(args.config) == parser().get_default("config"):
             return cmd_coverage(None, None)
         cfg = load_config(args.config)
         if args.command == "all":

@@ -217,3 +217,17 @@ def test_an_unsupported_packing_option_is_reported(tmp_path, capsys):
     assert main(["record", "--config", str(path)]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "usermodels.py:14: pad_packed_sequence with padding_value=-1.0" in err, err
+
+
+def test_coverage_of_a_config_names_what_each_model_uses(tmp_path, capsys):
+    path = project(tmp_path, ENCODER, YAML.rstrip(" ") + """\
+      - name: bad
+        factory: usermodels:Cumsum
+        inputs:
+          - x: {shape: [2, 3, 5]}
+    """)
+    assert main(["coverage", "--config", str(path)]) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert "enc: supported; layers: torch.nn.LSTM, torch.nn.Linear;" in out
+    assert "bad: 1 unsupported" in out and "function torch.cumsum is not supported" in out
+    assert not (tmp_path / "artifacts").exists()  # coverage writes nothing
