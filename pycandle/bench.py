@@ -128,13 +128,15 @@ def build_bench(env: dict) -> str:
     """Builds the Rust benchmark; returns the path of its executable."""
     cmd = ["cargo", "bench", "-p", "pycandle-runtime", "--bench", "recurrent", "--no-run",
            "--message-format=json"]
-    done = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, check=True, text=True)
-    for line in done.stdout.splitlines():
-        msg = json.loads(line)
+    done = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, check=False)
+    messages = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    for msg in messages:
         if msg.get("reason") == "compiler-artifact" and msg["target"]["name"] == "recurrent" \
-                and msg.get("executable"):
+                and msg.get("executable") and done.returncode == 0:
             return msg["executable"]
-    raise RuntimeError("cargo did not report the recurrent benchmark's executable")
+    rendered = "".join(m["message"].get("rendered") or "" for m in messages
+                       if m.get("reason") == "compiler-message")
+    raise RuntimeError(f"building the Rust benchmark failed:\n{rendered}")
 
 
 class RustBench:
@@ -220,24 +222,26 @@ def memory_shape(prefix: Path, exe: str, env: dict, threads: int) -> dict:
     return out
 
 
-def _table(results: dict, threads: int):
+def _ratio_cell(q: dict) -> str:
+    return f"{q['median']:.2f} [{q['p25']:.2f}-{q['p75']:.2f}]"
+
+
+def _table(results: dict, threads: int, load: tuple[float, float]):
+    from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title=f"Recurrent layers, f32, CPU, {threads} threads (medians; ratios: median of "
-                    "per-round ratios [p25-p75])")
+    title = (f"Recurrent layers, f32, CPU, {threads} threads (medians; ratios: median of "
+             f"per-round ratios [p25-p75]); load average {load[0]:.2f} before, {load[1]:.2f} after")
+    t = Table(title=escape(title))
     for col in ("shape", "PyTorch ms", "candle-nn ms", "kernel ms", "kernel/PyTorch",
                 "candle-nn/kernel", "peak RSS growth MB (PT / cn / kernel)", "max |err| kernel"):
         t.add_column(col, justify="left" if col == "shape" else "right")
     for name, r in results.items():
         s, q = r["summary"], r["ratios"]
-
-        def ratio(key: str) -> str:
-            return f"{q[key]['median']:.2f} [{q[key]['p25']:.2f}-{q[key]['p75']:.2f}]"
-
         mem = r.get("memory")
         mem_cell = " / ".join(f"{mem[c]['growth_mb']:.0f}" for c in CONTENDERS) if mem else "-"
         t.add_row(name, *(f"{s[c]['median'] * 1e3:.1f}" for c in CONTENDERS),
-                  ratio("kernel/pytorch"), ratio("baseline/kernel"), mem_cell,
+                  _ratio_cell(q["kernel/pytorch"]), _ratio_cell(q["baseline/kernel"]), mem_cell,
                   f"{r['check']['kernel_err']:.1e}")
     return t
 
@@ -291,13 +295,14 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             rust.close()
 
-    console.print(_table(results, args.threads))
+    load_after = os.getloadavg()
+    console.print(_table(results, args.threads, (load_before[0], load_after[0])))
     report = {
         "threads": args.threads,
         "torch": torch.__version__,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "processor": platform.processor(), "loadavg_before": load_before,
-                    "loadavg_after": os.getloadavg()},
+                    "loadavg_after": load_after},
         "rounds_warmup": args.warmup,
         "results": results,
     }

@@ -19,8 +19,10 @@
 //! * the directions of a bidirectional layer run concurrently, and a single
 //!   direction can be split by hidden units over a small team of threads
 //!   that meet at a spinning barrier once per step (twice with a
-//!   projection). A team that keeps waiting for a member that lost its core
-//!   (an oversubscribed machine) dissolves, and its leader finishes alone.
+//!   projection). The calling thread starts alone and hands the other
+//!   members their units as soon as their threads are running; a team that
+//!   waits too long for a member that lost its core (an oversubscribed
+//!   machine) dissolves, and the calling thread finishes alone.
 //!
 //! The kernels are independent of any layer struct: they take slices laid out
 //! as PyTorch lays out its tensors (time-major `(T, B, F)`, weights
@@ -774,10 +776,21 @@ impl SpinBarrier {
 #[cfg(test)]
 static DISSOLVE_AT: AtomicUsize = AtomicUsize::new(0);
 
-/// Tests set this to `GO` (teams wait for their members however long they
-/// take to start) or `CANCELLED` (leaders always work alone).
+/// Tests set this to `1 + s` (leaders wait for their members, however long
+/// they take to start, and hand over at step `s`) or to [`NEVER`] (leaders
+/// always work alone).
 #[cfg(test)]
 static START_MODE: AtomicUsize = AtomicUsize::new(PENDING);
+
+const NEVER: usize = usize::MAX;
+
+/// Whether the leader, at `step`, should send its members away.
+fn too_late(step: usize, steps: usize) -> bool {
+    match start_mode() {
+        PENDING => steps - step < MIN_JOIN_STEPS,
+        mode => mode == NEVER,
+    }
+}
 
 fn start_mode() -> usize {
     #[cfg(test)]
@@ -810,6 +823,11 @@ impl Drop for PoisonOnPanic<'_> {
 
 /// The threads working on one direction and the buffers they exchange.
 ///
+/// The leader (the calling thread) starts the sequence alone; the members,
+/// freshly spawned, report in [`Team::join`] and the leader hands them their
+/// units at the next step boundary, or sends them away if they start too
+/// late.
+///
 /// Member `k` owns hidden units `units[k]` (all gates of those units, and
 /// their cell state) and the output columns `cols[k]` (the same units
 /// without projection, a slice of the projection otherwise). Each step it
@@ -830,18 +848,17 @@ struct Team<T> {
     c_pub: Vec<Mutex<Vec<T>>>,
     /// Members (other than the leader) that have started.
     joined: AtomicUsize,
-    /// The leader's go / cancel decision, see [`Team::lead`].
+    /// The leader's decision for the waiting members: [`PENDING`],
+    /// [`CANCELLED`], or `1 + s` to start at step `s`.
     start: AtomicUsize,
 }
 
 const PENDING: usize = 0;
-const GO: usize = 1;
-const CANCELLED: usize = 2;
+const CANCELLED: usize = usize::MAX;
 
-/// How long the leader waits for freshly spawned members to start before it
-/// runs the direction alone: on a busy machine a new thread can wait for a
-/// core far longer than the whole sequence takes.
-const START_TIMEOUT: Duration = Duration::from_micros(300);
+/// Fewest remaining steps for which the leader still hands work over to
+/// members that started late: the hand-over repacks the leader's weights.
+const MIN_JOIN_STEPS: usize = 8;
 
 impl<T: Float> Team<T> {
     fn new(
@@ -880,47 +897,53 @@ impl<T: Float> Team<T> {
         }
     }
 
-    /// The leader: waits (up to [`START_TIMEOUT`]) for every member to start.
-    /// Returns whether the team goes ahead; if not, the members that started
-    /// leave and the leader works alone.
-    fn lead(&self) -> bool {
-        if self.size == 1 {
-            return true;
-        }
-        let mut spins = 0u32;
-        let mut clock: Option<Instant> = None;
-        let mode = start_mode();
-        while self.joined.load(Ordering::Acquire) + 1 < self.size || mode == CANCELLED {
-            spins = spins.wrapping_add(1);
-            let late = spins >= SPINS_BEFORE_CLOCK
-                && spins.is_multiple_of(64)
-                && clock.get_or_insert_with(Instant::now).elapsed() > START_TIMEOUT;
-            if (late && mode != GO) || mode == CANCELLED {
-                self.start.store(CANCELLED, Ordering::Release);
-                return false;
+    /// The leader, before step `step` (which it would run alone): whether
+    /// every member has started and the team should take over from here.
+    fn ready(&self, step: usize, steps: usize) -> bool {
+        match start_mode() {
+            NEVER => false,
+            PENDING => {
+                steps - step >= MIN_JOIN_STEPS
+                    && self.joined.load(Ordering::Acquire) + 1 == self.size
             }
-            std::hint::spin_loop();
+            // Tests: wait for the members at exactly this step.
+            mode if mode == step + 1 => {
+                while self.joined.load(Ordering::Acquire) + 1 < self.size {
+                    std::thread::yield_now();
+                }
+                true
+            }
+            _ => false,
         }
-        self.start.store(GO, Ordering::Release);
-        true
     }
 
-    /// A member: reports for work and waits for the leader's decision.
-    fn join(&self) -> bool {
+    /// The leader: lets the waiting members start at `step`.
+    fn go(&self, step: usize) {
+        self.start.store(step + 1, Ordering::Release);
+    }
+
+    /// The leader: sends members that start (or started) too late away.
+    fn cancel(&self) {
+        self.start.store(CANCELLED, Ordering::Release);
+    }
+
+    /// A member: reports for work and waits for the leader's decision, the
+    /// step to start at or `None`.
+    fn join(&self) -> Option<usize> {
         self.joined.fetch_add(1, Ordering::AcqRel);
         let mut spins = 0u32;
         loop {
             match self.start.load(Ordering::Acquire) {
-                GO => return true,
-                CANCELLED => return false,
-                _ => {
-                    spins += 1;
+                PENDING => {
+                    spins = spins.saturating_add(1);
                     if spins < SPINS_BEFORE_CLOCK {
                         std::hint::spin_loop();
                     } else {
                         std::thread::yield_now();
                     }
                 }
+                CANCELLED => return None,
+                go => return Some(go - 1),
             }
         }
     }
@@ -945,6 +968,25 @@ fn gather<T: Float>(
         for b in 0..batch {
             dst[b * total + range.start..b * total + range.end]
                 .copy_from_slice(&buf[b * w..(b + 1) * w]);
+        }
+    }
+}
+
+/// The inverse of [`gather`]: hands every member its columns of the full
+/// `(B, total)` matrix `src`.
+fn scatter<T: Float>(
+    bufs: &[Mutex<Vec<T>>],
+    ranges: &[Range<usize>],
+    batch: usize,
+    total: usize,
+    src: &[T],
+) {
+    for (buf, range) in bufs.iter().zip(ranges) {
+        let mut buf = lock(buf);
+        let w = range.len();
+        for b in 0..batch {
+            buf[b * w..(b + 1) * w]
+                .copy_from_slice(&src[b * total + range.start..b * total + range.end]);
         }
     }
 }
@@ -1094,20 +1136,30 @@ fn member<T: Float, const FMA: bool>(
         Cell::Gru { b_hh } => (false, None, b_hh),
     };
     let is_lstm = matches!(job.cell, Cell::Lstm { .. });
-    // Working alone: from the start, or after the team was cancelled or
-    // dissolved.
-    let mut solo = if id == 0 {
-        team.size == 1 || !team.lead()
-    } else if team.join() {
-        false
+    // The leader starts alone, without waiting for the members' threads: it
+    // hands their units over at the first step boundary after they have all
+    // started (see `Team::ready`). A member waits for that step.
+    let (first, mut sh) = if id == 0 {
+        (0, Share::new(geom, job, 0..hidden, 0..h_out, c0))
     } else {
-        return;
+        let Some(first) = team.join() else { return };
+        let mut sh = Share::new(
+            geom,
+            job,
+            team.units[id].clone(),
+            team.cols[id].clone(),
+            None,
+        );
+        if is_lstm {
+            sh.c.copy_from_slice(&lock(&team.c_pub[id]));
+        }
+        (first, sh)
     };
-    let mut sh = if solo {
-        Share::new(geom, job, 0..hidden, 0..h_out, c0)
-    } else {
-        Share::new(geom, job, team.units[id].clone(), team.cols[id].clone(), c0)
-    };
+    // Working alone: the leader until the members take over, and after the
+    // team dissolved.
+    let mut solo = id == 0;
+    // The leader may still hand over.
+    let mut waiting = id == 0 && team.size > 1;
 
     // The full previous `h`, `(B, H_out)`, and with projection the full
     // unprojected `h`, `(B, H)`.
@@ -1127,7 +1179,7 @@ fn member<T: Float, const FMA: bool>(
 
     let time = |step: usize| if job.reverse { steps - 1 - step } else { step };
     let gx_width = gates * hidden;
-    for step in 0..steps {
+    for step in first..steps {
         if step > 0 {
             if !solo {
                 gather(
@@ -1141,6 +1193,36 @@ fn member<T: Float, const FMA: bool>(
             if let Some(leader) = leader.as_mut() {
                 write_rows(&mut leader.rows, time(step - 1), batch, &h_prev);
             }
+        }
+        if waiting && team.ready(step, steps) {
+            // Hand over: every member's columns of `h` (where the members
+            // gather them) and its cell states; the leader keeps its share.
+            if step > 0 {
+                scatter(
+                    &team.h_pub[(step - 1) % 2],
+                    &team.cols,
+                    batch,
+                    h_out,
+                    &h_prev,
+                );
+            }
+            if is_lstm {
+                scatter(&team.c_pub, &team.units, batch, hidden, &sh.c);
+            }
+            team.go(step);
+            let c_full = std::mem::take(&mut sh.c);
+            sh = Share::new(
+                geom,
+                job,
+                team.units[0].clone(),
+                team.cols[0].clone(),
+                Some(&c_full),
+            );
+            solo = false;
+            waiting = false;
+        } else if waiting && too_late(step, steps) {
+            team.cancel();
+            waiting = false;
         }
         let t = time(step);
         let gx_t = &job.gx[t * batch * gx_width..(t + 1) * batch * gx_width];
@@ -1164,12 +1246,17 @@ fn member<T: Float, const FMA: bool>(
                 }
             }
         }
-        sh.w_hh.mul_acc::<FMA>(&mut sh.gates, &h_prev, batch, h_out);
+        // Every other step walks the weights backwards: what the previous
+        // step read last is still in cache when a share is a little too
+        // large for L2 (5 to 10% faster for batch 1).
+        let zigzag = step % 2 == 1;
+        sh.w_hh
+            .mul_acc::<FMA>(&mut sh.gates, &h_prev, batch, h_out, zigzag);
 
         if is_lstm {
             for b in 0..batch {
                 lstm_gates(
-                    &sh.gates[b * 4 * n..(b + 1) * 4 * n],
+                    &mut sh.gates[b * 4 * n..(b + 1) * 4 * n],
                     &mut sh.c[b * n..(b + 1) * n],
                     &mut sh.h_units[b * n..(b + 1) * n],
                 );
@@ -1179,7 +1266,7 @@ fn member<T: Float, const FMA: bool>(
                 let x = &gx_t[b * gx_width..(b + 1) * gx_width];
                 let part = |g: usize| g * hidden + units.start..g * hidden + units.end;
                 gru_gates(
-                    &sh.gates[b * 3 * n..(b + 1) * 3 * n],
+                    &mut sh.gates[b * 3 * n..(b + 1) * 3 * n],
                     [&x[part(0)], &x[part(1)], &x[part(2)]],
                     [&x_bias[part(0)], &x_bias[part(1)], &x_bias[part(2)]],
                     &h_prev[b * h_out + units.start..b * h_out + units.end],
@@ -1203,7 +1290,7 @@ fn member<T: Float, const FMA: bool>(
                     gather(&team.hid_pub, &team.units, batch, hidden, &mut hid_full);
                 }
                 sh.h_cols.fill(T::ZERO);
-                w_hr.mul_acc::<FMA>(&mut sh.h_cols, &hid_full, batch, hidden);
+                w_hr.mul_acc::<FMA>(&mut sh.h_cols, &hid_full, batch, hidden, zigzag);
                 if solo {
                     h_prev.copy_from_slice(&sh.h_cols);
                 } else {
@@ -1236,6 +1323,9 @@ fn member<T: Float, const FMA: bool>(
         }
     }
 
+    if waiting {
+        team.cancel();
+    }
     // Only the leader goes on: everything it reads was published before the
     // last barrier.
     let Some(mut leader) = leader else { return };
@@ -1268,52 +1358,56 @@ fn write_rows<T: Float>(rows: &mut [&mut [T]], t: usize, batch: usize, h: &[T]) 
     }
 }
 
-/// The fused LSTM update for one batch row of `n` units: `pre` holds the
-/// pre-activations `[i | f | g | o]`, `c` is updated in place, `h` written.
+/// The LSTM update for one batch row of `n` units: `pre` holds the
+/// pre-activations `[i | f | g | o]` (overwritten by the activations), `c`
+/// is updated in place, `h` written.
+///
+/// Two passes: the four activations first, each a loop of independent
+/// elements, then the cell update. One fused loop is about 1.5 times slower:
+/// each element's chain of exponentials and divisions is too long for the
+/// CPU to overlap enough elements.
 #[inline(always)]
-fn lstm_gates<T: Float>(pre: &[T], c: &mut [T], h: &mut [T]) {
+fn lstm_gates<T: Float>(pre: &mut [T], c: &mut [T], h: &mut [T]) {
     let n = c.len();
-    let (pi, rest) = pre.split_at(n);
-    let (pf, rest) = rest.split_at(n);
-    let (pg, po) = rest.split_at(n);
-    for (((((c, h), &pi), &pf), &pg), &po) in c
-        .iter_mut()
-        .zip(h.iter_mut())
-        .zip(pi)
-        .zip(pf)
-        .zip(pg)
-        .zip(po)
-    {
-        let i = T::sigmoid(pi);
-        let f = T::sigmoid(pf);
-        let g = T::tanh(pg);
-        let o = T::sigmoid(po);
+    let (ifg, po) = pre.split_at_mut(3 * n);
+    let (pif, pg) = ifg.split_at_mut(2 * n);
+    // Separate loops: `chain`ed iterators do not vectorise.
+    for v in pif.iter_mut() {
+        *v = T::sigmoid(*v);
+    }
+    for v in po.iter_mut() {
+        *v = T::sigmoid(*v);
+    }
+    for v in pg.iter_mut() {
+        *v = T::tanh(*v);
+    }
+    let (pi, pf) = pif.split_at(n);
+    let gates = pi.iter().zip(pf).zip(pg.iter().zip(po.iter()));
+    for ((c, h), ((&i, &f), (&g, &o))) in c.iter_mut().zip(h.iter_mut()).zip(gates) {
         let c_new = f * *c + i * g;
         *c = c_new;
         *h = o * T::tanh(c_new);
     }
 }
 
-/// The fused GRU update for one batch row of `n` units: `hh` holds
-/// `h W_hh^T + b_hh` as `[r | z | n]`, `x` and `xb` the input parts and
-/// their biases, `h_prev` this member's units of the previous state.
+/// The GRU update for one batch row of `n` units: `hh` holds
+/// `h W_hh^T + b_hh` as `[r | z | n]` (its `r` and `z` parts are overwritten
+/// by the gates), `x` and `xb` the input parts and their biases, `h_prev`
+/// this member's units of the previous state. Two passes, as for the LSTM.
 #[inline(always)]
-fn gru_gates<T: Float>(hh: &[T], x: [&[T]; 3], xb: [&[T]; 3], h_prev: &[T], h: &mut [T]) {
+fn gru_gates<T: Float>(hh: &mut [T], x: [&[T]; 3], xb: [&[T]; 3], h_prev: &[T], h: &mut [T]) {
     let n = h.len();
-    let (hr, rest) = hh.split_at(n);
-    let (hz, hn) = rest.split_at(n);
+    let (hrz, hn) = hh.split_at_mut(2 * n);
+    let (r, z) = hrz.split_at_mut(n);
     let [xr, xz, xn] = x;
     let [br, bz, bn] = xb;
-    let inputs = xr
-        .iter()
-        .zip(br)
-        .zip(xz.iter().zip(bz))
-        .zip(xn.iter().zip(bn));
-    for (((((h, &hp), &hr), &hz), &hn), (((&xr, &br), (&xz, &bz)), (&xn, &bn))) in
-        h.iter_mut().zip(h_prev).zip(hr).zip(hz).zip(hn).zip(inputs)
-    {
-        let r = T::sigmoid(xr + br + hr);
-        let z = T::sigmoid(xz + bz + hz);
+    for (gate, x, b) in [(&mut *r, xr, br), (&mut *z, xz, bz)] {
+        for ((v, &x), &b) in gate.iter_mut().zip(x).zip(b) {
+            *v = T::sigmoid(x + b + *v);
+        }
+    }
+    let gates = r.iter().zip(z.iter()).zip(hn.iter().zip(xn.iter().zip(bn)));
+    for ((h, &hp), ((&r, &z), (&hn, (&xn, &bn)))) in h.iter_mut().zip(h_prev).zip(gates) {
         let cand = T::tanh(xn + bn + r * hn);
         *h = cand + z * (hp - cand);
     }
@@ -1374,11 +1468,15 @@ fn gemm_packed<T: Float, const FMA: bool>(
     lhs: &[T],
     m: usize,
     packed: &Packed<T>,
+    reverse: bool,
 ) {
     let k = packed.k;
     assert!(lhs.len() >= m * k && (m == 0 || dst.len() >= (m - 1) * dst_rs + packed.cols));
     let max_rows = T::TILE_ROWS;
-    for (p, panel) in packed.data.chunks_exact(k * NR).enumerate() {
+    let panels = packed.cols.div_ceil(NR);
+    for i in 0..panels {
+        let p = if reverse { panels - 1 - i } else { i };
+        let panel = &packed.data[p * k * NR..(p + 1) * k * NR];
         let c0 = p * NR;
         let width = NR.min(packed.cols - c0);
         let mut row = 0;
@@ -1604,9 +1702,10 @@ mod x86 {
 
 /// `dst[g * n + j] += sum_kk x[kk] * w[kk * w_rs + g * gate_stride + col0 + j]`
 /// for `g < gates`, `j < n`: one row times some columns of the unpacked,
-/// row-major `w`. Streams `w` once, four rows at a time, into the
-/// `gates * n` accumulators (which stay in L1). For batch 1, where the step
-/// is bound by reading `w`, this beats packing a copy.
+/// row-major `w`. Streams `w` once, four rows at a time (the last row first
+/// when `reverse`), into the `gates * n` accumulators (which stay in L1).
+/// For batch 1, where the step is bound by reading `w`, this beats packing
+/// a copy.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn matvec_acc<T: Float, const FMA: bool>(
@@ -1619,9 +1718,11 @@ fn matvec_acc<T: Float, const FMA: bool>(
     gate_stride: usize,
     col0: usize,
     n: usize,
+    reverse: bool,
 ) {
-    let mut kk = 0;
-    while kk + 4 <= k {
+    let quads = k / 4;
+    for q in 0..quads {
+        let kk = if reverse { quads - 1 - q } else { q } * 4;
         let (a0, a1, a2, a3) = (x[kk], x[kk + 1], x[kk + 2], x[kk + 3]);
         for g in 0..gates {
             let off = g * gate_stride + col0;
@@ -1637,9 +1738,8 @@ fn matvec_acc<T: Float, const FMA: bool>(
                 *acc = T::madd::<FMA>(a3, w3, v);
             }
         }
-        kk += 4;
     }
-    while kk < k {
+    for kk in quads * 4..k {
         let a = x[kk];
         for g in 0..gates {
             let r = &w[kk * w_rs + g * gate_stride + col0..][..n];
@@ -1647,7 +1747,6 @@ fn matvec_acc<T: Float, const FMA: bool>(
                 *acc = T::madd::<FMA>(a, wv, *acc);
             }
         }
-        kk += 1;
     }
 }
 
@@ -1718,9 +1817,17 @@ impl<'a, T: Float> Weights<'a, T> {
         }
     }
 
-    /// `dst (m, gates * n) += lhs (m, k) @ these columns`.
+    /// `dst (m, gates * n) += lhs (m, k) @ these columns`, walking the
+    /// weights backwards when `reverse` (see [`matvec_acc`]).
     #[inline(always)]
-    fn mul_acc<const FMA: bool>(&self, dst: &mut [T], lhs: &[T], m: usize, k: usize) {
+    fn mul_acc<const FMA: bool>(
+        &self,
+        dst: &mut [T],
+        lhs: &[T],
+        m: usize,
+        k: usize,
+        reverse: bool,
+    ) {
         match self {
             Weights::Rows {
                 w,
@@ -1742,10 +1849,11 @@ impl<'a, T: Float> Weights<'a, T> {
                         *gate_stride,
                         *col0,
                         *n,
+                        reverse,
                     );
                 }
             }
-            Weights::Panels(p) => gemm_packed::<T, FMA>(dst, p.cols, lhs, m, p),
+            Weights::Panels(p) => gemm_packed::<T, FMA>(dst, p.cols, lhs, m, p, reverse),
         }
     }
 }
@@ -2191,14 +2299,24 @@ mod tests {
         PORTABLE_ONLY.store(false, Ordering::Relaxed);
     }
 
-    /// Teams that start, teams whose leader starts alone, and teams that
-    /// dissolve part-way (barrier 1 ends step 0, or its first half with a
-    /// projection; the leader then finishes alone). The hooks are global, so
-    /// other tests running meanwhile may take these paths too (they check
-    /// results, which do not depend on the path).
+    /// Teams whose members take over at the first step, or later, or never,
+    /// and teams that dissolve part-way (barrier 1 ends the first team step,
+    /// or its first half with a projection; the leader then finishes alone).
+    /// The hooks are global, so other tests running meanwhile may take these
+    /// paths too (they check results, which do not depend on the path).
     #[test]
     fn every_team_path_matches_reference() {
-        for (mode, dissolve_at) in [(GO, 0), (CANCELLED, 0), (GO, 1), (GO, 2), (GO, 5)] {
+        let hand_over_at = |step: usize| step + 1;
+        let modes = [
+            (hand_over_at(0), 0),
+            (hand_over_at(3), 0),
+            (NEVER, 0),
+            (hand_over_at(0), 1),
+            (hand_over_at(0), 2),
+            (hand_over_at(0), 5),
+            (hand_over_at(2), 1),
+        ];
+        for (mode, dissolve_at) in modes {
             START_MODE.store(mode, Ordering::Relaxed);
             DISSOLVE_AT.store(dissolve_at, Ordering::Relaxed);
             for case in team_cases() {

@@ -14,7 +14,6 @@
 //!   and a JSON report ([`ParityReport`]).
 
 // `kernel` is maintained separately; its spin-wait counters use `% 64 == 0`.
-#[allow(clippy::manual_is_multiple_of)]
 pub mod kernel;
 pub mod parity;
 pub mod rnn;
