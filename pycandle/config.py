@@ -31,6 +31,17 @@ RUST_KEYWORDS = frozenset(
 )
 
 
+def rust_ident(text: str, reserved: frozenset[str] = RUST_KEYWORDS) -> str:
+    """A lowercase Rust identifier for a PyTorch name (`encoder.0` -> `encoder_0`, `0` ->
+    `layer_0`, `type` -> `type_`)."""
+    ident = re.sub(r"[^0-9a-zA-Z_]", "_", text).strip("_").lower() or "value"
+    if ident[0].isdigit():
+        ident = f"layer_{ident}"  # nn.Sequential's children are named 0, 1, ...
+    if keyword.iskeyword(ident) or ident in reserved:
+        ident += "_"
+    return ident
+
+
 class ConfigError(PyCandleError):
     pass
 

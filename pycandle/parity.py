@@ -43,10 +43,6 @@ class CaseResult:
         return self.error is None and self.first_failure is None and bool(self.entries)
 
 
-def cargo_env(crate_dir: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("CARGO_TERM_COLOR", "never")
-    return env
 
 
 def run_cargo_tests(crate_dir: Path, models: list[str], report_dir: Path,
@@ -65,8 +61,8 @@ def run_cargo_tests(crate_dir: Path, models: list[str], report_dir: Path,
     # --no-fail-fast: every model's tests run and report, whichever fails
     cmd = [cargo, "test", "--no-fail-fast", "--manifest-path", str(manifest)]
     cmd += ["--test", "parity", "--", "--test-threads=1"] + [f"{m}::" for m in models]
-    env = cargo_env(crate_dir)
-    env["PYCANDLE_REPORT_DIR"] = str(report_dir)
+    env = {**os.environ, "CARGO_TERM_COLOR": os.environ.get("CARGO_TERM_COLOR", "never"),
+           "PYCANDLE_REPORT_DIR": str(report_dir)}
     with console.status("cargo test: building and running the parity tests…"):
         return subprocess.run(cmd, env=env, capture_output=True, text=True)
 

@@ -154,3 +154,14 @@ def test_lib_rs_module_block_is_kept_in_sync(tmp_path):
     second = lib_rs_text(crate, {"a", "c"})
     assert "pub mod b;" not in second and "pub mod c;" in second
     assert second.endswith("// trailing user text\n") and "pub mod helpers;" in second
+
+
+def test_module_names_that_are_rust_keywords_become_valid_fields():
+    manifest = speaker_encoder()
+    modules = dict(manifest.modules)
+    modules["type"] = modules.pop("proj")
+    nodes = tuple(Node(n.name, n.op, "type", n.args, n.kwargs, n.out, n.source)
+                  if n.target == "proj" else n for n in manifest.nodes)
+    ir = lower(type(manifest)(**{**manifest.__dict__, "modules": modules, "nodes": nodes}))
+    field = next(f for f in ir.fields if f.module == "type")
+    assert field.name == "type_" and 'vb.pp("type")' in field.init

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pycandle import registry
+from pycandle.config import rust_ident
 from pycandle.errors import Problem, UnsupportedError
 from pycandle.manifest import (
     PACK, PAD, Manifest, Node, Param, Ref, SymInt, TensorMeta, refs_in, golden_input_key, golden_node_key, golden_output_key,
@@ -334,9 +335,7 @@ class _Lowering:
         built = layer.field(info.config)
         if built is None:
             return None
-        name = re.sub(r"[^0-9a-zA-Z_]", "_", qual).lower()
-        if name[0].isdigit():
-            name = f"layer_{name}"
+        name = rust_ident(qual)
         vb = f'vb.pp("{qual}")'
         decl = FieldDecl(name, built.rust_type, built.init.replace("$vb", vb), qual, info.type)
         self.fields[qual] = decl

@@ -31,12 +31,11 @@ from pycandle.manifest import (
 )
 from pycandle.symbolic import dim_candidates, symbolize
 from pycandle.record.tracer import (
-    CaseTrace, GraphTracer, _Opaque, dtype_name, leaf_modules, torch_type_name,
+    _DTYPE_NAMES, CaseTrace, GraphTracer, _Opaque, dtype_name, leaf_modules, torch_type_name,
 )
 from pycandle import registry
 
-_TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
-                 "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32}
+_TORCH_DTYPES = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
 
 
 class RecordError(PyCandleError):

@@ -9,7 +9,6 @@ line where a tensor became a Python bool or number.
 
 from __future__ import annotations
 
-import keyword
 import os
 import re
 import sys
@@ -23,7 +22,7 @@ from torch.overrides import TorchFunctionMode
 
 import pycandle
 from pycandle import registry
-from pycandle.config import RUST_KEYWORDS
+from pycandle.config import RUST_KEYWORDS, rust_ident
 from pycandle.manifest import PACK, PAD, DType, Param, Ref, TensorMeta, golden_node_key, leaves, path_key
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
@@ -113,16 +112,7 @@ def user_source(root: Path) -> str | None:
     return None
 
 
-def _rust_ident(text: str) -> str:
-    ident = re.sub(r"[^0-9a-zA-Z_]", "_", text).strip("_").lower() or "value"
-    if ident[0].isdigit():
-        ident = f"layer_{ident}"  # nn.Sequential's children are named 0, 1, ...
-    if keyword.iskeyword(ident) or ident in _RESERVED:
-        ident += "_"
-    return ident
-
-
-# Rust keywords, and the names the generated code itself uses.
+# Rust keywords, and the names the generated code itself uses for its locals.
 _RESERVED = RUST_KEYWORDS | {"model", "report", "golden", "weights", "vb", "device", "g", "case"}
 
 
@@ -176,7 +166,7 @@ class GraphTracer(TorchFunctionMode):
     # --- naming and values ---------------------------------------------------------------------
 
     def _fresh(self, base: str) -> str:
-        base = _rust_ident(base)
+        base = rust_ident(base, _RESERVED)
         name, k = base, 1
         base = base.rstrip("_")  # `where_` (a keyword escaped) numbers on as `where_1`
         while name in self._names:
