@@ -163,5 +163,6 @@ def test_module_names_that_are_rust_keywords_become_valid_fields():
     nodes = tuple(Node(n.name, n.op, "type", n.args, n.kwargs, n.out, n.source)
                   if n.target == "proj" else n for n in manifest.nodes)
     ir = lower(type(manifest)(**{**manifest.__dict__, "modules": modules, "nodes": nodes}))
-    field = next(f for f in ir.fields if f.module == "type")
+    field = next(f for f in ir.fields if f.doc.startswith("`type`"))
     assert field.name == "type_" and 'vb.pp("type")' in field.init
+    assert any("self.type_.forward(" in s.expr for s in ir.stmts)

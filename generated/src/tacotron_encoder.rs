@@ -11,18 +11,8 @@ use pycandle_runtime::{Lstm, LstmConfig};
 pub struct TacotronEncoder {
     /// `embedding` (torch.nn.Embedding)
     pub embedding: Embedding,
-    /// `convolutions.0.0` (torch.nn.Conv1d)
-    pub convolutions_0_0: Conv1d,
-    /// `convolutions.0.1` (torch.nn.BatchNorm1d)
-    pub convolutions_0_1: BatchNorm,
-    /// `convolutions.1.0` (torch.nn.Conv1d)
-    pub convolutions_1_0: Conv1d,
-    /// `convolutions.1.1` (torch.nn.BatchNorm1d)
-    pub convolutions_1_1: BatchNorm,
-    /// `convolutions.2.0` (torch.nn.Conv1d)
-    pub convolutions_2_0: Conv1d,
-    /// `convolutions.2.1` (torch.nn.BatchNorm1d)
-    pub convolutions_2_1: BatchNorm,
+    /// `convolutions` (torch.nn.ModuleList of 3)
+    pub convolutions: Vec<Convolution>,
     /// `lstm` (torch.nn.LSTM)
     pub lstm: Lstm,
 }
@@ -30,39 +20,9 @@ pub struct TacotronEncoder {
 impl TacotronEncoder {
     pub fn load(vb: VarBuilder) -> Result<Self> {
         let embedding = candle_nn::embedding(40, 32, vb.pp("embedding"))?;
-        let convolutions_0_0 = candle_nn::conv1d(
-            32,
-            32,
-            5,
-            Conv1dConfig {
-                padding: 2,
-                ..Default::default()
-            },
-            vb.pp("convolutions.0.0"),
-        )?;
-        let convolutions_0_1 = candle_nn::batch_norm(32, 1e-05, vb.pp("convolutions.0.1"))?;
-        let convolutions_1_0 = candle_nn::conv1d(
-            32,
-            32,
-            5,
-            Conv1dConfig {
-                padding: 2,
-                ..Default::default()
-            },
-            vb.pp("convolutions.1.0"),
-        )?;
-        let convolutions_1_1 = candle_nn::batch_norm(32, 1e-05, vb.pp("convolutions.1.1"))?;
-        let convolutions_2_0 = candle_nn::conv1d(
-            32,
-            32,
-            5,
-            Conv1dConfig {
-                padding: 2,
-                ..Default::default()
-            },
-            vb.pp("convolutions.2.0"),
-        )?;
-        let convolutions_2_1 = candle_nn::batch_norm(32, 1e-05, vb.pp("convolutions.2.1"))?;
+        let convolutions = (0..3)
+            .map(|i| Convolution::load(vb.pp("convolutions").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
         let lstm = Lstm::load(
             LstmConfig {
                 input_size: 32,
@@ -77,12 +37,7 @@ impl TacotronEncoder {
         )?;
         Ok(Self {
             embedding,
-            convolutions_0_0,
-            convolutions_0_1,
-            convolutions_1_0,
-            convolutions_1_1,
-            convolutions_2_0,
-            convolutions_2_1,
+            convolutions,
             lstm,
         })
     }
@@ -94,21 +49,27 @@ impl TacotronEncoder {
         // (d0, 32, d1)
         let transpose = embedding.transpose(1, 2)?;
         // (d0, 32, d1)
-        let convolutions_0_0 = self.convolutions_0_0.forward(&transpose)?;
+        let convolutions_0_0 = self.convolutions[0].layer_0.forward(&transpose)?;
         // (d0, 32, d1)
-        let convolutions_0_1 = self.convolutions_0_1.forward_t(&convolutions_0_0, false)?;
+        let convolutions_0_1 = self.convolutions[0]
+            .layer_1
+            .forward_t(&convolutions_0_0, false)?;
         // (d0, 32, d1)
         let relu = convolutions_0_1.relu()?;
         // (d0, 32, d1)
-        let convolutions_1_0 = self.convolutions_1_0.forward(&relu)?;
+        let convolutions_1_0 = self.convolutions[1].layer_0.forward(&relu)?;
         // (d0, 32, d1)
-        let convolutions_1_1 = self.convolutions_1_1.forward_t(&convolutions_1_0, false)?;
+        let convolutions_1_1 = self.convolutions[1]
+            .layer_1
+            .forward_t(&convolutions_1_0, false)?;
         // (d0, 32, d1)
         let relu_1 = convolutions_1_1.relu()?;
         // (d0, 32, d1)
-        let convolutions_2_0 = self.convolutions_2_0.forward(&relu_1)?;
+        let convolutions_2_0 = self.convolutions[2].layer_0.forward(&relu_1)?;
         // (d0, 32, d1)
-        let convolutions_2_1 = self.convolutions_2_1.forward_t(&convolutions_2_0, false)?;
+        let convolutions_2_1 = self.convolutions[2]
+            .layer_1
+            .forward_t(&convolutions_2_0, false)?;
         // (d0, 32, d1)
         let relu_2 = convolutions_2_1.relu()?;
         // (d0, d1, 32)
@@ -116,5 +77,30 @@ impl TacotronEncoder {
         // lstm_output: (d0, d1, 32), lstm_h_n: (2, d0, 16), lstm_c_n: (2, d0, 16)
         let (lstm_output, (_lstm_h_n, _lstm_c_n)) = self.lstm.forward(&transpose_1, None)?;
         Ok(lstm_output)
+    }
+}
+
+/// `convolutions.0`, `convolutions.1`, `convolutions.2` (torch.nn.Sequential)
+pub struct Convolution {
+    /// `0` (torch.nn.Conv1d)
+    pub layer_0: Conv1d,
+    /// `1` (torch.nn.BatchNorm1d)
+    pub layer_1: BatchNorm,
+}
+
+impl Convolution {
+    pub fn load(vb: VarBuilder) -> Result<Self> {
+        let layer_0 = candle_nn::conv1d(
+            32,
+            32,
+            5,
+            Conv1dConfig {
+                padding: 2,
+                ..Default::default()
+            },
+            vb.pp("0"),
+        )?;
+        let layer_1 = candle_nn::batch_norm(32, 1e-05, vb.pp("1"))?;
+        Ok(Self { layer_0, layer_1 })
     }
 }

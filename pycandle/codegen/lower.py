@@ -6,32 +6,27 @@ unsupported layer, op or argument is reported (with its source line) before any 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
 from pycandle import registry
-from pycandle.config import rust_ident
+from pycandle.codegen.structs import FieldDecl, LeafField, StructDef, build_tree
 from pycandle.errors import Problem, UnsupportedError
 from pycandle.manifest import (
-    PACK, PAD, Manifest, Node, Param, Ref, SymInt, TensorMeta, refs_in, golden_input_key, golden_node_key, golden_output_key,
-    leaves, path_key,
+    PACK, PAD, Manifest, Node, Param, Ref, SymInt, TensorMeta, golden_input_key, golden_node_key,
+    golden_output_key, leaves, path_key, refs_in,
 )
 from pycandle.registry import Dim, Packed, T, Unsupported
 from pycandle.symbolic import evaluate
 
+_FIELD_OPEN, _FIELD_CLOSE = "\u27e6", "\u27e7"  # around a module name awaiting its Rust path
+_FIELD_RE = re.compile(f"{_FIELD_OPEN}([^{_FIELD_CLOSE}]*){_FIELD_CLOSE}")
+
 RUST_DTYPES = {"float32": "F32", "float64": "F64", "float16": "F16", "bfloat16": "BF16",
                "int64": "I64", "uint8": "U8", "uint32": "U32"}
-
-
-@dataclass(frozen=True)
-class FieldDecl:
-    name: str
-    rust_type: str
-    init: str
-    module: str  # PyTorch qualified name (the VarBuilder prefix)
-    torch_type: str
 
 
 @dataclass(frozen=True)
@@ -74,6 +69,7 @@ class ModelIR:
     doc_lines: list[str]
     uses: list[str]
     fields: list[FieldDecl]
+    structs: list[StructDef]  # nested ones: containers and user modules
     args: list[Arg]
     stmts: list[Stmt]
     return_type: str
@@ -189,7 +185,7 @@ class _Lowering:
         self.m = manifest
         self.problems: list[Problem] = []
         self.vars: dict[tuple[str, tuple[int, ...]], T] = {}
-        self.fields: dict[str, FieldDecl] = {}
+        self.fields: dict[str, LeafField] = {}  # by qualified module name
         self.uses: set[str] = {"candle_core::{Result, Tensor}", "candle_nn::VarBuilder"}
         self.test_uses: set[str] = set()
         self.stmts: list[Stmt] = []
@@ -292,8 +288,7 @@ class _Lowering:
             src = next(t for _, t in leaves((args, tuple(kwargs.values()))) if isinstance(t, T))
             self.vars[(node.name, ())] = src
             return
-        fld = self.field_for(node.target, info, layer)
-        this = f"self.{fld.name}" if fld else ""
+        this = self.field_for(node.target, info, layer, "self")
         names = _out_names(layer.outputs, node.out, node.name)
         used_paths = {p for (n, p), c in used.items() if n == node.name and c}
         stream = layer.stream
@@ -318,8 +313,8 @@ class _Lowering:
             self.stmts.append(Stmt("", f"state.{node.name} = Some({value})"))
             self.state_fields.append((node.name, stream.state_type, node.target))
         self._bind(node, names)
-        self.layer_test(node, layer, info.config, fld, names,
-                        stream if streaming else None)
+        self.layer_test(node, layer, info.config, self.field_for(node.target, info, layer, "model"),
+                        names, stream if streaming else None)
 
     def comment(self, node: Node, names: Any) -> str | None:
         parts = []
@@ -329,20 +324,18 @@ class _Lowering:
                 parts.append(c if isinstance(names, str) else f"{name}: {c}")
         return ", ".join(parts) or None
 
-    def field_for(self, qual: str, info: Any, layer: registry.Layer) -> FieldDecl | None:
-        if qual in self.fields:
-            return self.fields[qual]
-        built = layer.field(info.config)
-        if built is None:
-            return None
-        name = rust_ident(qual)
-        vb = f'vb.pp("{qual}")'
-        decl = FieldDecl(name, built.rust_type, built.init.replace("$vb", vb), qual, info.type)
-        self.fields[qual] = decl
-        return decl
+    def field_for(self, qual: str, info: Any, layer: registry.Layer, owner: str) -> str:
+        """`owner` plus a placeholder for the path to the sublayer `qual` (filled in once
+        every sublayer is known and the struct tree is built), or "" for a stateless layer."""
+        if qual not in self.fields:
+            built = layer.field(info.config)
+            if built is None:
+                return ""
+            self.fields[qual] = LeafField(built.rust_type, built.init, info.type)
+        return f"{owner}.{_FIELD_OPEN}{qual}{_FIELD_CLOSE}"
 
     def layer_test(self, node: Node, layer: registry.Layer, cfg: dict[str, Any],
-                   fld: FieldDecl | None, names: Any, stream: registry.Stream | None) -> None:
+                   this: str, names: Any, stream: registry.Stream | None) -> None:
         counter = iter(range(1 << 30))
         inputs: list[tuple[str, str]] = []
 
@@ -373,7 +366,6 @@ class _Lowering:
         # Same flattening order as the recorder: positional args, then kwargs by name.
         args = golden_operand(node.args)
         kw_sorted = {k: golden_operand(node.kwargs[k]) for k in sorted(node.kwargs)}
-        this = f"model.{fld.name}" if fld else ""
         expr = layer.call(cfg, this, args, kw_sorted)
         checks = []
         for path, name in leaves(names):
@@ -547,10 +539,22 @@ def lower(manifest: Manifest) -> ModelIR:
                                   golden_output_key(0, path).split(".", 1)[1]))
     check_vars = iter(c.var for c in model_checks)
     out_pattern = _tuple_expr(manifest.output, check_vars)
+    struct = camel(manifest.name)
+    tree = build_tree(lo.fields, {q: info.type for q, info in manifest.modules.items()}, struct,
+                      { f"{struct}State", f"{struct}Output", *_PRELUDE_TYPES,
+                       *_imported_names(lo.uses | lo.test_uses)})
+
+    def fill(code: str) -> str:
+        return _FIELD_RE.sub(lambda m: tree.access[m.group(1)], code)
+
     device = f"{manifest.inputs[0]}.device()"  # creation ops make tensors where inputs live
-    lo.stmts = [Stmt(st.pattern, st.expr.replace("$device", device), st.comment)
+    lo.stmts = [Stmt(st.pattern, fill(st.expr.replace("$device", device)), st.comment)
                 for st in lo.stmts]
-    all_code = " ".join(s.expr for s in lo.stmts) + " ".join(f.init for f in lo.fields.values())
+    lo.layer_tests = [dataclasses.replace(
+        t, stmt=Stmt(t.stmt.pattern, fill(t.stmt.expr), t.stmt.comment),
+        stream_lines=[fill(line) for line in t.stream_lines]) for t in lo.layer_tests]
+    all_code = " ".join(s.expr for s in lo.stmts) + " ".join(
+        f.init for f in lo.fields.values())
     lo.uses |= _names_used(all_code)
     test_code = " ".join(t.stmt.expr for t in lo.layer_tests)
     test_uses = set(lo.test_uses) | _names_used(test_code) | {
@@ -562,8 +566,9 @@ def lower(manifest: Manifest) -> ModelIR:
     dtype = first_param or manifest.node(manifest.inputs[0]).out.dtype
     args = [Arg(a, shape_comment(manifest.node(a).out, lo.shape_names) or "") for a in manifest.inputs]
     ir = ModelIR(
-        name=manifest.name, struct=camel(manifest.name), factory=manifest.factory,
-        doc_lines=[], uses=merge_uses(lo.uses), fields=list(lo.fields.values()), args=args,
+        name=manifest.name, struct=struct, factory=manifest.factory,
+        doc_lines=[], uses=merge_uses(lo.uses), fields=tree.fields, structs=tree.structs,
+        args=args,
         stmts=lo.stmts, return_type=return_type, return_expr=return_expr,
         layer_tests=lo.layer_tests, model_checks=model_checks,
         input_keys=[(a, golden_input_key(0, a).split(".", 1)[1]) for a in manifest.inputs],
@@ -574,6 +579,19 @@ def lower(manifest: Manifest) -> ModelIR:
                   for line in textwrap.wrap(f"Trace note: {w}", 95, subsequent_indent="  ")],
     )
     return ir
+
+
+# type names a nested struct must not take: the prelude's and the generated files' own
+_PRELUDE_TYPES = frozenset({"Box", "Option", "Result", "Some", "String", "Vec", "Self"})
+
+
+def _imported_names(uses: set[str]) -> set[str]:
+    names = set()
+    for path in uses:
+        m = _USE_RE.match(path)
+        items = m.group(3).split(",") if m and m.group(3) is not None else [path.rsplit(":", 1)[-1]]
+        names.update(i.strip() for i in items if i.strip() and i.strip() != "self")
+    return names
 
 
 def _names_used(code: str) -> set[str]:

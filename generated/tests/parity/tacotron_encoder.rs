@@ -37,7 +37,7 @@ fn run_case(case: usize) -> Result<()> {
     // `convolutions.0.0` (torch.nn.Conv1d) on its golden inputs
     {
         let in0 = g("convolutions_0_0.in.0")?;
-        let convolutions_0_0 = model.convolutions_0_0.forward(&in0)?;
+        let convolutions_0_0 = model.convolutions[0].layer_0.forward(&in0)?;
         report.check(
             "layer",
             "convolutions.0.0",
@@ -50,7 +50,7 @@ fn run_case(case: usize) -> Result<()> {
     // `convolutions.0.1` (torch.nn.BatchNorm1d) on its golden inputs
     {
         let in0 = g("convolutions_0_1.in.0")?;
-        let convolutions_0_1 = model.convolutions_0_1.forward_t(&in0, false)?;
+        let convolutions_0_1 = model.convolutions[0].layer_1.forward_t(&in0, false)?;
         report.check(
             "layer",
             "convolutions.0.1",
@@ -63,7 +63,7 @@ fn run_case(case: usize) -> Result<()> {
     // `convolutions.1.0` (torch.nn.Conv1d) on its golden inputs
     {
         let in0 = g("convolutions_1_0.in.0")?;
-        let convolutions_1_0 = model.convolutions_1_0.forward(&in0)?;
+        let convolutions_1_0 = model.convolutions[1].layer_0.forward(&in0)?;
         report.check(
             "layer",
             "convolutions.1.0",
@@ -76,7 +76,7 @@ fn run_case(case: usize) -> Result<()> {
     // `convolutions.1.1` (torch.nn.BatchNorm1d) on its golden inputs
     {
         let in0 = g("convolutions_1_1.in.0")?;
-        let convolutions_1_1 = model.convolutions_1_1.forward_t(&in0, false)?;
+        let convolutions_1_1 = model.convolutions[1].layer_1.forward_t(&in0, false)?;
         report.check(
             "layer",
             "convolutions.1.1",
@@ -89,7 +89,7 @@ fn run_case(case: usize) -> Result<()> {
     // `convolutions.2.0` (torch.nn.Conv1d) on its golden inputs
     {
         let in0 = g("convolutions_2_0.in.0")?;
-        let convolutions_2_0 = model.convolutions_2_0.forward(&in0)?;
+        let convolutions_2_0 = model.convolutions[2].layer_0.forward(&in0)?;
         report.check(
             "layer",
             "convolutions.2.0",
@@ -102,7 +102,7 @@ fn run_case(case: usize) -> Result<()> {
     // `convolutions.2.1` (torch.nn.BatchNorm1d) on its golden inputs
     {
         let in0 = g("convolutions_2_1.in.0")?;
-        let convolutions_2_1 = model.convolutions_2_1.forward_t(&in0, false)?;
+        let convolutions_2_1 = model.convolutions[2].layer_1.forward_t(&in0, false)?;
         report.check(
             "layer",
             "convolutions.2.1",

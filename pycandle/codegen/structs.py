@@ -1,0 +1,209 @@
+"""The module tree as Rust structs: containers nest, repeated identical blocks become a `Vec`.
+
+Lowering registers each sublayer the forward pass uses (its PyTorch qualified name, Rust type
+and constructor). This module arranges them as PyTorch does: a user module, `nn.Sequential`
+or `nn.ModuleDict` becomes a struct of its own, and a container whose children are named
+0..n-1 and build identically (same types, same constructor arguments) becomes a `Vec` loaded
+in a loop. Identical subtrees share one struct. Every struct loads from the VarBuilder prefix
+of its module, so weights still load by state-dict name.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from dataclasses import dataclass, field
+from typing import Any
+
+from pycandle.config import rust_ident
+
+
+@dataclass(frozen=True)
+class LeafField:
+    """A sublayer the forward pass calls: Rust type and constructor (`$vb` = its VarBuilder)."""
+
+    rust_type: str
+    init: str
+    torch_type: str
+
+
+@dataclass(frozen=True)
+class FieldDecl:
+    name: str
+    rust_type: str
+    init: str  # the constructor, with `vb` the enclosing struct's VarBuilder
+    doc: str
+
+
+@dataclass
+class StructDef:
+    name: str
+    doc: str  # lines
+    fields: list[FieldDecl]
+    modules: list[str] = field(default_factory=list)  # qualified names of its instances
+
+
+@dataclass(frozen=True)
+class _Member:
+    rust_type: str
+    init: str  # `$vb` stands for the member's own VarBuilder
+    signature: Any  # equal signatures build identical values
+    doc: str
+
+
+@dataclass
+class Tree:
+    fields: list[FieldDecl]  # the model struct's
+    structs: list[StructDef]  # the nested ones, in order of first use
+    access: dict[str, str]  # qualified module name -> Rust path from the model (`a[0].b`)
+
+
+def _parent(qual: str) -> str:
+    return qual.rsplit(".", 1)[0] if "." in qual else ""
+
+
+def _last(qual: str) -> str:
+    return qual.rsplit(".", 1)[-1]
+
+
+def _camel(text: str) -> str:
+    return "".join(p[:1].upper() + p[1:] for p in re.split(r"[^0-9a-zA-Z]+", text) if p)
+
+
+def _element_init(init: str, rust_type: str) -> str:
+    """A closure body building element `i` of a Vec from the member's constructor."""
+    init = init.replace("$vb", "$vb.pp(i)")
+    if init.endswith("?") and not init.startswith("{"):
+        return init[:-1]  # the constructor already returns a Result
+    return f"-> Result<{rust_type}> {{ Ok({init}) }}"
+
+
+class _Builder:
+    def __init__(self, leaves: dict[str, LeafField], module_types: dict[str, str]):
+        self.leaves = leaves
+        self.types = module_types
+        # children on the way to a used sublayer, in the order the forward pass first uses them
+        self.children: dict[str, list[str]] = {}
+        for qual in leaves:
+            while qual:
+                parent = _parent(qual)
+                kids = self.children.setdefault(parent, [])
+                if qual in kids:
+                    break
+                kids.append(qual)
+                qual = parent
+        self.structs: dict[Any, StructDef] = {}  # by signature, named once all are known
+        self.members: dict[str, _Member] = {}
+        self.vec_elements: set[str] = set()  # qualified names of the blocks held in a Vec
+        self.access: dict[str, str] = {}
+
+    def member(self, qual: str) -> _Member:
+        if qual not in self.members:
+            self.members[qual] = self._member(qual)
+        return self.members[qual]
+
+    def _member(self, qual: str) -> _Member:
+        torch_type = self.types.get(qual, "module")
+        if qual in self.leaves:
+            leaf = self.leaves[qual]
+            return _Member(leaf.rust_type, leaf.init, ("leaf", leaf.rust_type, leaf.init),
+                           f"`{_last(qual)}` ({leaf.torch_type})")
+        kids = self.children[qual]
+        members = [self.member(k) for k in kids]
+        names = [_last(k) for k in kids]
+        if qual and len(kids) >= 2 and sorted(names) == sorted(map(str, range(len(kids)))) \
+                and len({m.signature for m in members}) == 1:
+            kids.sort(key=lambda k: int(_last(k)))
+            self.vec_elements.update(kids)
+            elem = members[0]
+            init = (f"(0..{len(kids)}).map(|i| {_element_init(elem.init, elem.rust_type)})"
+                    ".collect::<Result<Vec<_>>>()?")
+            return _Member(f"Vec<{elem.rust_type}>", init, ("vec", len(kids), elem.signature),
+                           f"`{_last(qual)}` ({torch_type} of {len(kids)})")
+        fields = [FieldDecl(rust_ident(n), m.rust_type, m.init.replace("$vb", f'vb.pp("{n}")'),
+                            m.doc) for n, m in zip(names, members)]
+        signature = ("struct", torch_type, tuple((f.name, m.signature)
+                                                 for f, m in zip(fields, members)))
+        struct = self.structs.setdefault(
+            signature, StructDef(f"{_OPEN}{len(self.structs)}{_CLOSE}", f"({torch_type})", fields))
+        struct.modules.append(qual)
+        return _Member(struct.name, f"{struct.name}::load($vb)?", signature,
+                       f"`{_last(qual)}` ({torch_type})")
+
+    def name_structs(self, model: str, reserved: set[str]) -> dict[str, str]:
+        """Final names for the nested structs (placeholder -> name), in order of first use."""
+        taken = set(reserved)
+        names = {}
+        for struct in self.structs.values():
+            if not struct.modules[0]:
+                names[struct.name] = model
+                continue
+            qual = struct.modules[0]
+            torch_type = self.types.get(qual, "")
+            if not torch_type.startswith("torch.nn."):
+                base = _camel(torch_type.rsplit(".", 1)[-1])  # a user module: its class
+            elif qual in self.vec_elements:  # `blocks.0` of a list of blocks: Block
+                base = _camel(_singular(_last(_parent(qual)))) or "Block"
+            elif _last(qual).isdigit():  # an element of a list of unlike blocks
+                base = _camel(_last(_parent(qual)) or "block") + _last(qual)
+            else:
+                base = _camel(_last(qual))
+            if not base or base[0].isdigit():
+                base = "Block" + base
+            if base in reserved:  # an imported type's name: `Lstm` -> `LstmBlock`
+                base += "Block"
+            name, n = base, 2
+            while name in taken:  # another struct's: `ResBlock` -> `ResBlock2`
+                name, n = f"{base}{n}", n + 1
+            taken.add(name)
+            names[struct.name] = name
+        return names
+
+    def paths(self, qual: str, prefix: str) -> None:
+        """Fill `access` for `qual`'s subtree; `prefix` is the Rust path to `qual`."""
+        self.access[qual] = prefix
+        is_vec = self.member(qual).signature[0] == "vec"
+        for kid in self.children.get(qual, []):
+            step = f"[{_last(kid)}]" if is_vec else f".{rust_ident(_last(kid))}"
+            self.paths(kid, prefix + step)
+
+
+_OPEN, _CLOSE = "\u27ea", "\u27eb"  # around a struct's number until it is named
+_PLACEHOLDER = re.compile(f"{_OPEN}\\d+{_CLOSE}")
+
+
+def _singular(word: str) -> str:
+    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") \
+        else word
+
+
+def build_tree(leaves: dict[str, LeafField], module_types: dict[str, str], model: str,
+               reserved: set[str]) -> Tree:
+    """Arrange the used sublayers into the model struct `model` and its nested structs.
+
+    `leaves` is in the order the forward pass first uses them; `module_types` maps every
+    qualified module name to its PyTorch type; `reserved` holds the Rust type names already in
+    scope, which nested structs must not shadow.
+    """
+    if not leaves:
+        return Tree([], [], {})
+    b = _Builder(leaves, module_types)
+    b.member("")
+    names = b.name_structs(model, reserved | {model})
+
+    def named(text: str) -> str:
+        return _PLACEHOLDER.sub(lambda m: names[m.group(0)], text)
+
+    for kid in b.children[""]:
+        b.paths(kid, rust_ident(_last(kid)))
+    order = {qual: i for i, qual in enumerate(b.access)}  # top-down, in order of use
+    structs = []
+    for struct in sorted(b.structs.values(), key=lambda s: order.get(s.modules[0], -1)):
+        struct.name = names[struct.name]
+        struct.fields = [FieldDecl(f.name, named(f.rust_type), named(f.init), named(f.doc))
+                         for f in struct.fields]
+        struct.doc = "\n".join(textwrap.wrap(
+            ", ".join(f"`{q}`" for q in struct.modules) + f" {struct.doc}", 95))
+        structs.append(struct)
+    top = structs.pop(0)  # the model's own
+    return Tree(top.fields, structs, b.access)
