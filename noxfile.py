@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import nox
+from nox.command import CommandFailed
 
 ROOT = Path(__file__).parent
 ENV = ROOT / ".nox" / "pycandle"
@@ -80,11 +82,31 @@ def fuzz(session: nox.Session) -> None:
                 env=env, external=True)
 
 
+def _ensure_chromium(session: nox.Session) -> None:
+    """The HTML report's test renders it in headless Chromium: install Debian's when missing."""
+    if os.environ.get("PYCANDLE_CHROMIUM") or shutil.which("chromium"):
+        return
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    install = [*sudo, "apt-get", "install", "-y", "--no-install-recommends", "chromium"]
+    try:
+        session.run(*install, env=env, external=True)
+    except CommandFailed:
+        try:  # the package lists may be missing or stale
+            session.run(*sudo, "apt-get", "update", env=env, external=True)
+            session.run(*install, env=env, external=True)
+        except CommandFailed:
+            session.error("the tests need Chromium and it could not be installed: install "
+                          "Debian's `chromium` package, or set PYCANDLE_CHROMIUM to a Chromium "
+                          "binary")
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """pytest (unit, codegen, runtime and end-to-end) plus the runtime's cargo tests."""
     python = _python(session)
     env = _cargo_env()
+    _ensure_chromium(session)
     session.run("cargo", "test", "--quiet", "-p", "pycandle-runtime", env=env, external=True)
     session.run(python, "-m", "pytest", *(session.posargs or ["-q"]), env=env, external=True)
 

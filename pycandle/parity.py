@@ -1,14 +1,15 @@
 """parity: run the generated crate's parity tests and report, layer by layer.
 
 cargo does the work; each generated test writes a JSON report per model and trace case to
-$PYCANDLE_REPORT_DIR. Python gathers them, prints a table per model and names the first
-layer that diverges.
+$PYCANDLE_REPORT_DIR. Python gathers them, prints a table per model, names the first
+layer that diverges and writes the results as JSON and as an HTML page.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -17,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from pycandle.errors import PyCandleError
 from pycandle.fsutil import write_atomic
+from pycandle.html_report import render as render_html
 
 
 class ParityError(PyCandleError):
@@ -33,6 +36,8 @@ class CaseResult:
     case: int
     entries: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None  # the test did not produce a report
+    atol: float | None = None  # the tolerance the test checked with (None: unknown)
+    rtol: float | None = None
 
     @property
     def first_failure(self) -> dict[str, Any] | None:
@@ -43,9 +48,79 @@ class CaseResult:
         return self.error is None and self.first_failure is None and bool(self.entries)
 
 
+# libtest's line for a finished test, as `--test-threads=1` prints it
+_TEST_DONE = re.compile(r"^test (\S+) \.\.\. (?:ok|FAILED|ignored)")
 
 
-def run_cargo_tests(crate_dir: Path, models: list[str], report_dir: Path,
+def _unit_count(cargo: str, manifest: Path, env: dict[str, str]) -> int | None:
+    """About how many compiler artifacts building the crate's parity test produces: a library
+    per package the crate depends on (its dev-dependencies included), a build script per package
+    that has one, and the test itself. None when `cargo metadata` fails (cargo test will say why).
+    """
+    version = subprocess.run([cargo, "-vV"], capture_output=True, text=True, env=env)
+    host = next((line.split(":", 1)[1].strip() for line in version.stdout.splitlines()
+                 if line.startswith("host:")), None)
+    cmd = [cargo, "metadata", "--format-version", "1", "--manifest-path", str(manifest)]
+    if host:
+        cmd += ["--filter-platform", host]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        return None
+    meta = json.loads(proc.stdout)
+    packages = {p["id"]: p for p in meta["packages"]}
+    deps = {n["id"]: n["deps"] for n in meta["resolve"]["nodes"]}
+    root = next(p["id"] for p in meta["packages"]
+                if Path(p["manifest_path"]).resolve() == manifest.resolve())
+    seen, todo = set(), [root]
+    while todo:
+        pkg = todo.pop()
+        if pkg in seen:
+            continue
+        seen.add(pkg)
+        todo += [d["pkg"] for d in deps[pkg]
+                 if pkg == root or any(k["kind"] != "dev" for k in d["dep_kinds"])]
+    build_scripts = sum(any("custom-build" in t["kind"] for t in packages[p]["targets"])
+                        for p in seen)
+    return len(seen) + build_scripts + 1
+
+
+def _run_with_progress(cmd: list[str], env: dict[str, str], units: int | None, tests: int,
+                       console: Console) -> subprocess.CompletedProcess[str]:
+    """Run `cargo test --message-format=json-render-diagnostics`: one bar advances per compiled
+    artifact (up to the estimate `units`), then one per finished test. The returned stdout is
+    libtest's output without cargo's JSON messages."""
+    stdout: list[str] = []
+    compiled = 0
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with (Progress(*columns, console=console, transient=True) as progress,
+          tempfile.TemporaryFile() as stderr,
+          subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=stderr,
+                           encoding="utf-8", errors="replace") as proc):
+        build = progress.add_task("cargo: compiling", total=units)
+        run = progress.add_task("cargo: parity tests", total=tests, start=False)
+        for line in proc.stdout:
+            if line.startswith('{"reason":'):
+                message = json.loads(line)
+                if message["reason"] == "compiler-artifact":
+                    compiled += 1
+                    progress.update(build, completed=min(compiled, units or compiled),
+                                    description=f"cargo: compiled {message['target']['name']}")
+                elif message["reason"] == "build-finished":  # the estimate was only that
+                    progress.update(build, total=compiled, completed=compiled,
+                                    description="cargo: compiled")
+                    progress.start_task(run)
+                continue
+            stdout.append(line)
+            if done := _TEST_DONE.match(line):
+                progress.update(run, advance=1, description=f"cargo: tested {done[1]}")
+        proc.wait()
+        stderr.seek(0)
+        errors = stderr.read().decode(errors="replace")
+    return subprocess.CompletedProcess(cmd, proc.returncode, "".join(stdout), errors)
+
+
+def run_cargo_tests(crate_dir: Path, models: list[str], num_tests: int, report_dir: Path,
                     console: Console) -> subprocess.CompletedProcess[str]:
     cargo = shutil.which("cargo")
     if cargo is None:
@@ -59,12 +134,12 @@ def run_cargo_tests(crate_dir: Path, models: list[str], report_dir: Path,
         raise ParityError(f"no parity test for {', '.join(missing)} in {crate_dir / 'tests'}: "
                           "run `pycandle codegen` first")
     # --no-fail-fast: every model's tests run and report, whichever fails
-    cmd = [cargo, "test", "--no-fail-fast", "--manifest-path", str(manifest)]
+    cmd = [cargo, "test", "--no-fail-fast", "--message-format=json-render-diagnostics",
+           "--manifest-path", str(manifest)]
     cmd += ["--test", "parity", "--", "--test-threads=1"] + [f"{m}::" for m in models]
     env = {**os.environ, "CARGO_TERM_COLOR": os.environ.get("CARGO_TERM_COLOR", "never"),
            "PYCANDLE_REPORT_DIR": str(report_dir)}
-    with console.status("cargo test: building and running the parity tests…"):
-        return subprocess.run(cmd, env=env, capture_output=True, text=True)
+    return _run_with_progress(cmd, env, _unit_count(cargo, manifest, env), num_tests, console)
 
 
 def collect(report_dir: Path, models: list[str], num_cases: dict[str, int],
@@ -77,7 +152,8 @@ def collect(report_dir: Path, models: list[str], num_cases: dict[str, int],
                 results.append(CaseResult(m, case, error=_failure_excerpt(cargo_output, m, case)))
                 continue
             data = json.loads(path.read_text())
-            results.append(CaseResult(m, case, data["entries"]))
+            results.append(CaseResult(m, case, data["entries"], atol=data["atol"],
+                                      rtol=data["rtol"]))
     return results
 
 
@@ -140,7 +216,8 @@ def summarize(results: list[CaseResult]) -> list[str]:
 def parity(crate_dir: Path, models: list[str], num_cases: dict[str, int], report_path: Path,
            console: Console) -> list[CaseResult]:
     with tempfile.TemporaryDirectory(prefix="pycandle-parity-") as tmp:
-        proc = run_cargo_tests(crate_dir, models, Path(tmp), console)
+        proc = run_cargo_tests(crate_dir, models, sum(num_cases[m] for m in models), Path(tmp),
+                               console)
         output = proc.stdout + "\n" + proc.stderr
         if proc.returncode != 0 and "error: could not compile" in proc.stderr:
             raise ParityError("the generated crate does not compile:\n"
@@ -148,8 +225,11 @@ def parity(crate_dir: Path, models: list[str], num_cases: dict[str, int], report
         results = collect(Path(tmp), models, num_cases, output)
     print_report(results, console)
     write_atomic(report_path, json.dumps(
-        [{"model": r.model, "case": r.case, "error": r.error, "entries": r.entries}
-         for r in results], indent=1, sort_keys=True) + "\n")
+        [{"model": r.model, "case": r.case, "error": r.error, "atol": r.atol, "rtol": r.rtol,
+          "entries": r.entries} for r in results], indent=1, sort_keys=True) + "\n")
+    html_path = report_path.with_suffix(".html")
+    write_atomic(html_path, render_html(results))
+    console.print(f"HTML report: {html_path}")
     if proc.returncode != 0 and all(r.passed for r in results):
         raise ParityError("cargo test failed although every report passed:\n"
                           + "\n".join(output.splitlines()[-30:]))
