@@ -92,6 +92,17 @@ OPS = """\
                     x.masked_fill(x[:, :1] > 0, -2.0))
 
 
+    class Indexing(nn.Module):
+        def forward(self, x):  # x: (batch, 4, length)
+            n = x.shape[-1]
+            cols = x.argmax(1)[0]  # (length,) integers in 0..3
+            return (x[-1], x[1:], x[:, 1:3], x[..., ::2], x[:, ::3, 1:], x[:, -3:], x[:, :-1],
+                    x[..., 1::2], x[None, 0], x[:, 1:100], x[:, :, 2:n - 1:2], x[:, :, n // 2:],
+                    x[x.shape[0] - 1], x[:, 0, n - 2], x[x > 0], x[x[:, 0, 0] > 0],
+                    x[x[:, :, 0] > 0, ...], x[:, [0, 2, -1]], x[[1]], x[0][cols],
+                    x[0][:, cols - 4], x[0][cols[:2].view(1, 2)], x[:, 1, cols[:3]])
+
+
     class Creation(nn.Module):
         def forward(self, x):  # x: (batch, 4, length)
             z64 = x.double()
@@ -106,7 +117,7 @@ OPS = """\
     """
 
 MODELS = {"layout": "Layout", "reductions": "Reductions", "activations": "Activations",
-          "math": "Math", "creation": "Creation"}
+          "math": "Math", "indexing": "Indexing", "creation": "Creation"}
 
 
 def _inputs(name: str) -> str:
@@ -173,6 +184,15 @@ UNSUPPORTED = """\
 
     def view_as_dtype():
         return Call(lambda x: x.view(torch.int32).float())
+
+    def apart_indices():
+        return Call(lambda x: x[0, :, [1, 2]])
+
+    def two_lists():
+        return Call(lambda x: x[[0, 1], [1, 2]])
+
+    def mask_and_int():
+        return Call(lambda x: x[x[:, 0, 0] > 0, 0])
     """
 
 REPORTED = {
@@ -183,6 +203,9 @@ REPORTED = {
     "implicit_softmax": "softmax without dim",
     "nonzero_where": "torch.where(condition)",
     "view_as_dtype": "Tensor.view to DType(name='int32')",
+    "apart_indices": "an integer index apart from a tensor index",
+    "two_lists": "more than one tensor or list index",
+    "mask_and_int": "a boolean mask together with other indices",
 }
 
 

@@ -4,13 +4,62 @@ from __future__ import annotations
 
 from typing import Any
 
-from pycandle.registry.core import Op, T, Unsupported, register_op, tensor
+from pycandle.registry.core import (
+    DEVICE, Dim, Op, T, Unsupported, is_int, register_op, tensor,
+)
+
+
+_INT_DTYPES = ("int64", "int32", "int16", "int8", "uint8", "uint32")
+
+
+def _bound(b: Any, size: str, what: str) -> str | None:
+    """A slice bound as a Rust usize (None: the bound is absent). Python clamps a stop past
+    the end, and so does the generated code; a start past the end is Candle's error."""
+    if b is None:
+        return None
+    if isinstance(b, Dim):
+        if min(b.values) < 0:
+            raise Unsupported(f"slice {what} {b.expr} that is negative in a trace case")
+        return b.expr if what == "start" else f"{size}.min({b.expr})"
+    if not is_int(b):
+        raise Unsupported(f"slice {what} {b!r}")
+    if b < 0:
+        return f"{size}.saturating_sub({-b})"
+    return str(b) if what == "start" else f"{size}.min({b})"
+
+
+def _slice(expr: str, it: slice, d: int, size: str) -> str:
+    if it.step is not None and not (is_int(it.step) and it.step >= 1):
+        raise Unsupported(f"slice step {it.step!r}", hint="steps must be positive integers")
+    start = None if it.start in (None, 0) else _bound(it.start, size, "start")
+    stop = _bound(it.stop, size, "stop")
+    if start is not None or stop is not None:
+        stop = stop or size
+        length = stop if start is None else f"{stop}.saturating_sub({start})"
+        expr = f"{expr}.narrow({d}, {start or 0}, {length})?"
+    if it.step not in (None, 1):
+        expr = f"take_every(&{expr}, {d}, {it.step})?"
+    return expr
 
 
 def _getitem(spelling: str, a: dict[str, Any], out: Any) -> str:
     x = tensor(a["input"])
     index = a["index"]
     items = list(index) if isinstance(index, tuple) else [index]
+    if any(isinstance(it, T) and it.meta.dtype == "bool" for it in items):
+        return _masked(x, items)
+    advanced = [i for i, it in enumerate(items) if isinstance(it, (T, list))]
+    if len(advanced) > 1:
+        raise Unsupported("more than one tensor or list index",
+                          hint="index one dimension at a time")
+    if advanced:
+        # PyTorch puts the index's dimensions where the advanced indices (this one and any
+        # integers) are, if they are adjacent; otherwise first
+        group = [i for i, it in enumerate(items) if i in advanced or is_int(it)
+                 or isinstance(it, Dim)]
+        if group != list(range(group[0], group[-1] + 1)):
+            raise Unsupported("an integer index apart from a tensor index",
+                              hint="index in two steps")
     consumed = sum(1 for it in items if it is not None and it is not Ellipsis)
     if consumed > x.rank:
         raise Unsupported(f"too many indices ({consumed}) for a rank-{x.rank} tensor")
@@ -27,40 +76,50 @@ def _getitem(spelling: str, a: dict[str, Any], out: Any) -> str:
         elif it is None:
             expr += f".unsqueeze({d})?"
             d += 1
-        elif isinstance(it, int) and not isinstance(it, bool):
+        elif is_int(it):
             idx = str(it) if it >= 0 else f"{x.dim(od)} - {-it}"
             expr += f".get_on_dim({d}, {idx})?"
             od += 1
+        elif isinstance(it, Dim):
+            if min(it.values) < 0:
+                raise Unsupported(f"index {it.expr} that is negative in a trace case")
+            expr += f".get_on_dim({d}, {it.expr})?"
+            od += 1
         elif isinstance(it, slice):
-            if it.step not in (None, 1):
-                raise Unsupported(f"slice with step {it.step}",
-                                  hint="strided slices are not supported yet")
-            for bound in (it.start, it.stop):
-                if bound is not None and not isinstance(bound, int):
-                    raise Unsupported(f"slice bound {bound!r} (only integer literals)")
-            if it.start in (None, 0) and it.stop is None:
-                pass  # a full slice
-            else:
-                # Python clamps out-of-range bounds; so does the generated code.
-                size = x.dim(od)
-                start = "0" if it.start in (None, 0) else (
-                    str(it.start) if it.start > 0 else f"{size}.saturating_sub({-it.start})")
-                if it.stop is None:
-                    stop = size
-                elif it.stop >= 0:
-                    stop = f"{size}.min({it.stop})"
-                else:
-                    stop = f"{size}.saturating_sub({-it.stop})"
-                length = stop if start == "0" else f"{stop}.saturating_sub({start})"
-                expr += f".narrow({d}, {start}, {length})?"
+            expr = _slice(expr, it, d, x.dim(od))
             d += 1
             od += 1
         elif isinstance(it, T):
-            raise Unsupported("indexing with a tensor (advanced indexing)")
+            if it.meta.dtype not in _INT_DTYPES:
+                raise Unsupported(f"indexing with a {it.meta.dtype} tensor")
+            expr = f"take(&{expr}, {it.borrow}, {d})?"
+            d += it.rank
+            od += 1
+        elif isinstance(it, list):
+            if not it or not all(is_int(v) for v in it):
+                raise Unsupported(f"index list {it!r}", hint="only lists of integers")
+            values = ", ".join(f"{v}i64" if i == 0 else str(v) for i, v in enumerate(it))
+            expr = f"take(&{expr}, &Tensor::new(&[{values}], {DEVICE})?, {d})?"
+            d += 1
+            od += 1
         else:
             raise Unsupported(f"index {it!r}")
     return expr if expr != x.name else f"{x.name}.clone()"
 
 
+def _masked(x: T, items: list[Any]) -> str:
+    """`x[mask]` (also `x[mask, ...]`): the mask covers the leading dimensions."""
+    mask = items[0]
+    if not isinstance(mask, T) or any(it is not Ellipsis for it in items[1:]):
+        raise Unsupported("a boolean mask together with other indices",
+                          hint="only x[mask] and x[mask, ...] are supported")
+    if mask.rank > x.rank or any(tuple(m[:mask.rank]) != tuple(s[:mask.rank])
+                                 for m, s in zip(mask.meta.shapes, x.meta.shapes)):
+        raise Unsupported("a boolean mask whose shape is not that of the leading dimensions")
+    return f"masked_select({x.borrow}, {mask.borrow})?"
+
+
 register_op(Op("getitem", {"Tensor.__getitem__": "input, index"}, _getitem,
-               doc="integers (also negative), slices with step 1, None, Ellipsis"))
+               doc="integers (also negative or from shapes), slices with positive steps and "
+                   "bounds from shapes, None, Ellipsis, one integer tensor or list index, a "
+                   "boolean mask over the leading dimensions"))

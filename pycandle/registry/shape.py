@@ -37,6 +37,24 @@ register_op(Op("transpose", {"torch.transpose": "input, dim0, dim1",
 register_op(Op("t", {"Tensor.t": "input", "torch.t": "input"}, _t))
 register_op(Op("contiguous", {"Tensor.contiguous": "input, memory_format=None"}, _contiguous))
 
+
+def _narrow(spelling: str, a: dict[str, Any], out: Any) -> str:
+    x = tensor(a["input"])
+    d = x.norm_dim(int_arg(a["dim"], "dim"))
+    start = a["start"]
+    if is_int(start) and start < 0:  # counts from the end, as in PyTorch
+        start = f"{x.dim(d)} - {-start}"
+    elif isinstance(start, T):
+        raise Unsupported("narrow with a tensor start")
+    else:
+        start = usize_expr(start)
+    return f"{x.name}.narrow({rust_dim(d, x.rank)}, {start}, {usize_expr(a['length'])})?"
+
+
+register_op(Op("narrow", {"torch.narrow": "input, dim, start, length",
+                          "Tensor.narrow": "input, dim, start, length"}, _narrow,
+               doc="start may be negative or come from shapes"))
+
 # --- reshape, view, flatten, unflatten ------------------------------------------------------------
 
 

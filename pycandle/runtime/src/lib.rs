@@ -9,15 +9,19 @@
 //!   ([`Lstm`], [`Gru`], [`Rnn`]) with padded-batch support, and the cells
 //!   `nn.LSTMCell`, `nn.GRUCell`, `nn.RNNCell` ([`LstmCell`], [`GruCell`],
 //!   [`RnnCell`]), all loading PyTorch's parameter names unchanged.
+//! * [`index`]: PyTorch indexing Candle has no single op for: strided
+//!   slices, integer-tensor indices and boolean masks.
 //! * [`parity`]: golden tensors recorded from PyTorch ([`Golden`]) and the
 //!   tolerance bookkeeping that turns comparisons into a pass/fail verdict
 //!   and a JSON report ([`ParityReport`]).
 
 // `kernel` is maintained separately; its spin-wait counters use `% 64 == 0`.
+pub mod index;
 pub mod kernel;
 pub mod parity;
 pub mod rnn;
 
+pub use index::{masked_select, take, take_every};
 pub use parity::{Golden, ParityReport};
 pub use rnn::{
     sequence_lengths, Gru, GruCell, GruCellConfig, GruConfig, Lstm, LstmCell, LstmCellConfig,
