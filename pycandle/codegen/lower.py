@@ -219,20 +219,22 @@ class _Lowering:
             return Dim(self.usize(value), self.sym_values(value))
         return value
 
-    def usize(self, sym: Any, outer: str = "") -> str:
-        """A symbolic integer as a Rust usize expression."""
+    def usize(self, sym: Any, context: int = 0) -> str:
+        """A symbolic integer as a Rust usize expression, parenthesised for an operator of
+        precedence `context` (1: `+ -`, 2: `* /`; one more for a right-hand operand)."""
         if isinstance(sym, int):
             return str(sym)
         if sym.kind == "dim":
             return self.operand(sym.a).dim(sym.b)
-        a = self.usize(sym.a, sym.kind)
-        if sym.kind == "add":
-            text = f"{a} + {sym.b}" if sym.b >= 0 else f"{a} - {-sym.b}"
-        elif sym.kind == "mul":
-            text = f"{a} * {self.usize(sym.b, 'mul')}"
-        else:
-            text = f"{a} / {sym.b}"
-        return f"({text})" if outer and (sym.kind == "add" or outer == "floordiv") else text
+        kind, b = sym.kind, sym.b
+        if kind == "add" and isinstance(b, int) and b < 0:
+            kind, b = "sub", -b
+        prec = 1 if kind in ("add", "sub") else 2
+        op = {"add": "+", "sub": "-", "mul": "*", "floordiv": "/"}[kind]
+        # `a - (b + c)`, `a / (b * c)`: the right operand binds tighter than its operator
+        right = prec + 1 if kind in ("sub", "floordiv") else prec
+        text = f"{self.usize(sym.a, prec)} {op} {self.usize(b, right)}"
+        return f"({text})" if prec < context else text
 
     def sym_values(self, sym: SymInt) -> tuple[int, ...]:
         return tuple(
@@ -595,11 +597,14 @@ def _imported_names(uses: set[str]) -> set[str]:
 
 
 def _names_used(code: str) -> set[str]:
-    """`use` lines for the Candle names the code mentions unqualified."""
+    """`use` lines for the Candle names and runtime functions the code mentions unqualified."""
     uses = set()
     for name in ("D", "DType", "Device", "IndexOp"):
         if re.search(rf"(?<![\w:]){name}::", code):
             uses.add(f"candle_core::{name}")
+    for name in ("masked_select", "take", "take_every"):
+        if re.search(rf"(?<![\w:.]){name}\(", code):
+            uses.add(f"pycandle_runtime::{name}")
     return uses
 
 
