@@ -36,7 +36,7 @@ def conv1d(rng: random.Random) -> str:
     kernel, dilation = rng.randint(1, 4), rng.choice([1, 1, 2])
     padding = rng.choice([0, 1, 2, "'same'", "'valid'"])
     stride = 1 if padding == "'same'" else rng.choice([1, 1, 2, 3])
-    mode = rng.choice(["'zeros'", "'zeros'", "'replicate'"])
+    mode = rng.choice(["'zeros'", "'zeros'", "'replicate'", "'reflect'", "'circular'"])
     return (f"nn.Conv1d({C1}, {out}, {kernel}, stride={stride}, padding={padding}, "
             f"dilation={dilation}, groups={_divisor(rng, C1, out)}, bias={rng.random() < 0.7}, "
             f"padding_mode={mode})")
@@ -55,8 +55,8 @@ def conv2d(rng: random.Random) -> str:
     out = rng.choice([2, 4, 6])
     kernel = rng.choice([rng.randint(1, 3), (rng.randint(1, 3), rng.randint(1, 3))])
     padding = rng.choice([0, 1, (1, 0), (0, 2), "'same'", "'valid'"])
-    stride = 1 if padding == "'same'" else rng.choice([1, 2])
-    mode = rng.choice(["'zeros'", "'zeros'", "'replicate'"])
+    stride = 1 if padding == "'same'" else rng.choice([1, 2, (1, 2), (3, 1)])
+    mode = rng.choice(["'zeros'", "'zeros'", "'replicate'", "'reflect'", "'circular'"])
     return (f"nn.Conv2d({C2}, {out}, {kernel}, stride={stride}, padding={padding}, "
             f"dilation={rng.choice([1, 1, 2])}, groups={_divisor(rng, C2, out)}, "
             f"bias={rng.random() < 0.7}, padding_mode={mode})")
@@ -243,14 +243,8 @@ UNSUPPORTED = """\
             return self.layer(x)
 
 
-    def circular():
-        return One(nn.Conv1d(4, 4, 3, padding=1, padding_mode="circular"))
-
-    def reflect():
-        return One(nn.Conv1d(4, 4, 3, padding=1, padding_mode="reflect"))
-
-    def uneven_stride():
-        return One(nn.Conv2d(4, 4, 3, stride=(1, 2)))
+    def uneven_dilation():
+        return One(nn.Conv2d(4, 4, 3, dilation=(1, 2)))
 
     def batch_stats():
         return One(nn.BatchNorm1d(4, track_running_stats=False))
@@ -277,9 +271,8 @@ UNSUPPORTED = """\
 
 # factory -> (input shape, what the report says)
 REPORTED = {
-    "circular": ("[2, 4, 6]", "[layer] Conv1d option not supported: padding_mode='circular'"),
-    "reflect": ("[2, 4, 6]", "[layer] Conv1d option not supported: padding_mode='reflect'"),
-    "uneven_stride": ("[2, 4, 6, 6]", "[layer] Conv2d option not supported: stride=(1, 2)"),
+    "uneven_dilation": ("[2, 4, 6, 6]",
+                        "[layer] Conv2d option not supported: dilation=(1, 2)"),
     "batch_stats": ("[2, 4, 6]",
                     "[layer] BatchNorm1d option not supported: track_running_stats=False"),
     "max_norm": ("[2, 3], dtype: int64, low: 0, high: 10",

@@ -41,7 +41,10 @@ OPS = """\
                     torch.cat([x, 2 * x], dim=1), torch.cat((x, x), -1),
                     torch.stack([x, x], dim=1), torch.stack((x, x), -1),
                     F.pad(x, (1, 2)), F.pad(x, (1, 1, 2, 0)), F.pad(x, (0, 2), mode="replicate"),
-                    F.pad(x.unsqueeze(1), [1, 1, 2, 0], "replicate"), x.contiguous()) + pieces
+                    F.pad(x.unsqueeze(1), [1, 1, 2, 0], "replicate"), x.contiguous(),
+                    F.pad(x, (2, 1), mode="reflect"), F.pad(x, (1, 3), mode="circular"),
+                    F.pad(x.unsqueeze(1), (1, 2, 0, 1), mode="reflect"),
+                    F.pad(x, (1, 2, 1, 0), value=-2.5), F.pad(x, (0, b), "circular")) + pieces
 
 
     class Reductions(nn.Module):
@@ -164,11 +167,8 @@ UNSUPPORTED = """\
             return self.fn(x)
 
 
-    def reflect_pad():
-        return Call(lambda x: F.pad(x, (1, 1), mode="reflect"))
-
-    def valued_pad():
-        return Call(lambda x: F.pad(x, (1, 1), value=2.0))
+    def cropping_pad():
+        return Call(lambda x: F.pad(x, (-1, 1)))
 
     def training_dropout():
         return Call(lambda x: F.dropout(x, 0.5, training=True))
@@ -196,8 +196,7 @@ UNSUPPORTED = """\
     """
 
 REPORTED = {
-    "reflect_pad": "padding mode 'reflect'",
-    "valued_pad": "constant padding with value 2.0 (only zeros)",
+    "cropping_pad": "negative padding -1 (cropping)",
     "training_dropout": "torch.nn.functional.dropout with training=True",
     "tensor_exponent": "pow with a tensor exponent",
     "implicit_softmax": "softmax without dim",

@@ -602,7 +602,8 @@ def _names_used(code: str) -> set[str]:
     for name in ("D", "DType", "Device", "IndexOp"):
         if re.search(rf"(?<![\w:]){name}::", code):
             uses.add(f"candle_core::{name}")
-    for name in ("masked_select", "take", "take_every"):
+    for name in ("masked_select", "take", "take_every", "pad_circular", "pad_constant",
+                 "pad_reflect"):
         if re.search(rf"(?<![\w:.]){name}\(", code):
             uses.add(f"pycandle_runtime::{name}")
     return uses

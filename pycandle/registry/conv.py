@@ -7,12 +7,14 @@ from typing import Any, Callable
 from pycandle.registry.core import (
     Field, Layer, T, Unsupported, bind, ntuple, register_layer, require,
 )
+from pycandle.manifest import TensorMeta
+from pycandle.registry.shape import pad
 
 _ATTRS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
           "groups", "bias", "padding_mode")
-# Candle pads with zeros (pad_with_zeros) or with the edge value (pad_with_same); PyTorch's
-# 'reflect' and 'circular' modes have no Candle op.
-_PAD_FNS = {"zeros": "pad_with_zeros", "replicate": "pad_with_same"}
+# padding_mode -> F.pad's mode: the call pads the input itself unless Candle's conv can
+_PAD_MODES = {"zeros": "constant", "replicate": "replicate", "reflect": "reflect",
+              "circular": "circular"}
 
 
 def _has_bias(cfg: dict[str, Any]) -> bool:
@@ -44,12 +46,10 @@ def _conv_check(n: int) -> Callable[[dict[str, Any]], list[str]]:
     def check(cfg: dict[str, Any]) -> list[str]:
         problems: list[str] = []
         mode = cfg.get("padding_mode", "zeros")
-        require(mode in _PAD_FNS, problems,
-                f"padding_mode={mode!r} (Candle has zero and replicate padding only)")
-        for what in ("stride", "dilation"):
-            uneven = _uneven(cfg[what], n, what)
-            if uneven:
-                problems.append(uneven)
+        require(mode in _PAD_MODES, problems, f"padding_mode={mode!r}")
+        uneven = _uneven(cfg["dilation"], n, "dilation")
+        if uneven:
+            problems.append(uneven)
         return problems
 
     return check
@@ -73,12 +73,20 @@ def _conv_padding(cfg: dict[str, Any], n: int) -> int:
     return 0
 
 
+def _conv_stride(cfg: dict[str, Any], n: int) -> int:
+    """The stride Candle's conv applies itself: one for every dimension. Uneven strides run at
+    stride 1 and the call keeps every stride-th output (exact, at the cost of the skipped
+    positions)."""
+    strides = ntuple(cfg["stride"], n, "stride")
+    return strides[0] if len(set(strides)) == 1 else 1
+
+
 def _conv_field(n: int) -> Callable[[dict[str, Any]], Field]:
     def field(cfg: dict[str, Any]) -> Field:
         kernel = ntuple(cfg["kernel_size"], n, "kernel_size")
         name = f"Conv{n}d"
         config = _config(f"{name}Config", {
-            "padding": _conv_padding(cfg, n), "stride": ntuple(cfg["stride"], n, "stride")[0],
+            "padding": _conv_padding(cfg, n), "stride": _conv_stride(cfg, n),
             "dilation": ntuple(cfg["dilation"], n, "dilation")[0], "groups": cfg["groups"]},
             {"padding": 0, "stride": 1, "dilation": 1, "groups": 1})
         cin, cout, bias = cfg["in_channels"], cfg["out_channels"], _has_bias(cfg)
@@ -100,14 +108,11 @@ def _conv_field(n: int) -> Callable[[dict[str, Any]], Field]:
 
 def _padded_input(x: T, cfg: dict[str, Any], n: int) -> T:
     """The input with the padding Candle's conv does not apply itself."""
-    if _conv_padding(cfg, n) or all(p == (0, 0) for p in _pads(cfg, n)):
+    pads = _pads(cfg, n)
+    if _conv_padding(cfg, n) or all(p == (0, 0) for p in pads):
         return x
-    fn = _PAD_FNS.get(cfg.get("padding_mode", "zeros"), "pad_with_zeros")  # check reports others
-    expr = x.name
-    for i, (left, right) in enumerate(_pads(cfg, n)):
-        if left or right:
-            expr += f".{fn}(D::Minus{n - i}, {left}, {right})?"  # counted from the end
-    return T(expr, x.meta)
+    amounts = [side for pair in reversed(pads) for side in pair]  # F.pad's order: last dim first
+    return T(pad(x, amounts, _PAD_MODES[cfg.get("padding_mode", "zeros")]), x.meta)
 
 
 def _conv_call(n: int, transposed: bool = False) -> Callable[..., str]:
@@ -122,7 +127,8 @@ def _conv_call(n: int, transposed: bool = False) -> Callable[..., str]:
             raise Unsupported(f"a rank-{x.rank} input to a {n}-d convolution")
         unbatched = x.rank == n + 1
         if unbatched:  # Candle's convolutions take a batch dimension
-            x = T(f"{x.name}.unsqueeze(0)?", x.meta)
+            x = T(f"{x.name}.unsqueeze(0)?", TensorMeta(
+                x.meta.dtype, tuple((1, *shape) for shape in x.meta.shapes)))
         if not transposed:
             x = _padded_input(x, cfg, n)
         elif not unbatched and _uses_col2im(cfg):
@@ -131,6 +137,10 @@ def _conv_call(n: int, transposed: bool = False) -> Callable[..., str]:
             # that batch wrongly unless those rows are contiguous: hand it a length-major layout
             x = T(f"{x.name}.transpose(1, 2)?.contiguous()?.transpose(1, 2)?", x.meta)
         expr = f"{this}.forward({x.borrow})?"
+        if not transposed and _conv_stride(cfg, n) == 1:
+            for i, stride in enumerate(ntuple(cfg["stride"], n, "stride")):
+                if stride > 1:
+                    expr = f"take_every(&{expr}, {2 + i}, {stride})?"
         return f"{expr}.squeeze(0)?" if unbatched else expr
 
     return call
@@ -142,8 +152,9 @@ for _n in (1, 2):
         check=_conv_check(_n), uses=(f"candle_nn::{{Conv{_n}d, Conv{_n}dConfig}}",),
         call_uses=("candle_nn::Module",),
         doc="stride, padding (also 'same', 'valid', asymmetric), dilation, groups, bias, "
-            "padding_mode 'zeros'/'replicate', unbatched input"
-            + ("; rectangular kernels, one stride and dilation for both dims" if _n == 2 else ""),
+            "every padding_mode, unbatched input"
+            + ("; rectangular kernels, uneven strides, one dilation for both dims"
+               if _n == 2 else ""),
     ))
 
 

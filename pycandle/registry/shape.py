@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from pycandle.registry.core import (
-    Dim, Layer, Op, T, Unsupported, int_arg, is_int, local_name, no_field, one_tensor,
-    register_layer, register_op, rust_dim, shape_tuple, tensor, tensors, usize_expr,
+    Dim, Layer, Op, T, Unsupported, int_arg, is_int, is_number, local_name, no_field, one_tensor,
+    register_layer, register_op, rust_dim, rust_float, shape_tuple, tensor, tensors, usize_expr,
     varargs_sizes,
 )
 
@@ -347,32 +347,40 @@ register_op(Op("unbind", {"torch.unbind": "input, dim=0", "Tensor.unbind": "inpu
 # --- padding --------------------------------------------------------------------------------------
 
 
+# F.pad's modes: Candle's own methods, or the runtime's functions
+_PAD_METHODS = {"zeros": "pad_with_zeros", "replicate": "pad_with_same"}
+_PAD_FUNCTIONS = {"reflect": "pad_reflect", "circular": "pad_circular"}
+
+
 def pad(x: T, amounts: Any, mode: str, value: Any = None) -> str:
     """F.pad: `amounts` pairs (left, right) from the last dimension backwards."""
     if not isinstance(amounts, (tuple, list)) or len(amounts) % 2 or len(amounts) > 2 * x.rank:
         raise Unsupported(f"pad {amounts!r} for a rank-{x.rank} tensor")
     if mode == "constant":
-        if value not in (None, 0, 0.0):
-            raise Unsupported(f"constant padding with value {value!r} (only zeros)",
-                              hint="pad with zeros and add a masked constant")
-        fn = "pad_with_zeros"
-    elif mode == "replicate":
-        fn = "pad_with_same"
-    else:
-        raise Unsupported(f"padding mode {mode!r} (Candle has zero and replicate padding)")
+        if value in (None, 0, 0.0):
+            mode = "zeros"
+        elif not is_number(value):
+            raise Unsupported(f"constant padding with value {value!r}")
+    elif mode not in _PAD_METHODS and mode not in _PAD_FUNCTIONS:
+        raise Unsupported(f"padding mode {mode!r}")
     expr = x.name
     for k in range(len(amounts) // 2):
         left, right = amounts[2 * k], amounts[2 * k + 1]
         for v in (left, right):
             if is_int(v) and v < 0:
-                raise Unsupported(f"negative padding {v} (cropping)")
+                raise Unsupported(f"negative padding {v} (cropping)", hint="use narrow or slicing")
         if left == 0 and right == 0:
             continue
-        d = x.rank - 1 - k
-        expr += f".{fn}({rust_dim(d, x.rank)}, {usize_expr(left)}, {usize_expr(right)})?"
+        where = f"{rust_dim(x.rank - 1 - k, x.rank)}, {usize_expr(left)}, {usize_expr(right)}"
+        if mode in _PAD_METHODS:
+            expr += f".{_PAD_METHODS[mode]}({where})?"
+        elif mode == "constant":
+            expr = f"pad_constant(&{expr}, {where}, {rust_float(float(value))})?"
+        else:
+            expr = f"{_PAD_FUNCTIONS[mode]}(&{expr}, {where})?"
     return expr
 
 
 register_op(Op("pad", {"torch.nn.functional.pad": "input, pad, mode='constant', value=None"},
                lambda s, a, out: pad(tensor(a["input"]), a["pad"], a["mode"], a["value"]),
-               doc="constant zeros and replicate"))
+               doc="constant (any value), replicate, reflect and circular"))

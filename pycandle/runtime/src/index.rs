@@ -100,7 +100,10 @@ mod tests {
     fn mask_selects_elements_or_rows() -> Result<()> {
         let x = grid()?;
         let odd = x.ge(5f64)?;
-        assert_eq!(masked_select(&x, &odd)?.to_vec1::<f32>()?, [5., 6., 7., 8., 9., 10., 11.]);
+        assert_eq!(
+            masked_select(&x, &odd)?.to_vec1::<f32>()?,
+            [5., 6., 7., 8., 9., 10., 11.]
+        );
         let rows = Tensor::new(&[1u8, 0, 1], &Device::Cpu)?;
         assert_eq!(masked_select(&x, &rows)?.dims(), &[2, 4]);
         let none = Tensor::zeros(3, DType::U8, &Device::Cpu)?;

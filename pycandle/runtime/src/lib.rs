@@ -11,6 +11,8 @@
 //!   [`RnnCell`]), all loading PyTorch's parameter names unchanged.
 //! * [`index`]: PyTorch indexing Candle has no single op for: strided
 //!   slices, integer-tensor indices and boolean masks.
+//! * [`pad`]: the padding modes Candle lacks: reflect, circular and a
+//!   non-zero constant.
 //! * [`parity`]: golden tensors recorded from PyTorch ([`Golden`]) and the
 //!   tolerance bookkeeping that turns comparisons into a pass/fail verdict
 //!   and a JSON report ([`ParityReport`]).
@@ -18,10 +20,12 @@
 // `kernel` is maintained separately; its spin-wait counters use `% 64 == 0`.
 pub mod index;
 pub mod kernel;
+pub mod pad;
 pub mod parity;
 pub mod rnn;
 
 pub use index::{masked_select, take, take_every};
+pub use pad::{pad_circular, pad_constant, pad_reflect};
 pub use parity::{Golden, ParityReport};
 pub use rnn::{
     sequence_lengths, Gru, GruCell, GruCellConfig, GruConfig, Lstm, LstmCell, LstmCellConfig,
