@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,3 +25,11 @@ def pin_lockfile(crate_dir: Path) -> None:
     """Scratch crates resolve the same crate versions as the workspace."""
     crate_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "Cargo.lock", crate_dir / "Cargo.lock")
+
+
+def assert_clippy_clean(crate_dir: Path) -> None:
+    """Generated code must pass clippy with warnings as errors (rustfmt ran in codegen)."""
+    clippy = subprocess.run(
+        ["cargo", "clippy", "--quiet", "--manifest-path", str(crate_dir / "Cargo.toml"),
+         "--all-targets", "--", "-D", "warnings"], capture_output=True, text=True)
+    assert clippy.returncode == 0, clippy.stderr

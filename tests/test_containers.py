@@ -8,11 +8,10 @@ names and shares structs as documented.
 from __future__ import annotations
 
 import re
-import subprocess
 
 import pytest
 
-from conftest import pin_lockfile
+from conftest import assert_clippy_clean, pin_lockfile
 from pycandle.codegen.structs import LeafField, build_tree
 
 CONTAINERS = '''
@@ -109,10 +108,7 @@ def test_nested_containers_pass_parity_as_nested_structs(tmp_path, cargo_env, ca
     # weights still load by their state-dict names
     assert 'vb.pp("stages").pp(i)' in src and 'vb.pp("blocks").pp(i)' in src
 
-    clippy = subprocess.run(
-        ["cargo", "clippy", "--quiet", "--manifest-path", str(tmp_path / "crate" / "Cargo.toml"),
-         "--all-targets", "--", "-D", "warnings"], capture_output=True, text=True)
-    assert clippy.returncode == 0, clippy.stderr
+    assert_clippy_clean(tmp_path / "crate")
 
 
 def leaf(rust_type: str, init: str = "") -> LeafField:

@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from conftest import pin_lockfile  # noqa: E402
+from conftest import assert_clippy_clean, pin_lockfile  # noqa: E402
 from pycandle import registry  # noqa: E402
 from pycandle.cli import main  # noqa: E402
 from pycandle.config import load_config  # noqa: E402
@@ -62,11 +62,24 @@ def conv2d(rng: random.Random) -> str:
             f"bias={rng.random() < 0.7}, padding_mode={mode})")
 
 
+def _pool_options(rng: random.Random, kind: str, n: int) -> str:
+    """The options beyond kernel, stride and padding, each drawn now and then."""
+    options = [f"ceil_mode={rng.random() < 0.4}"]
+    if kind == "Max":
+        options.append(f"dilation={rng.choice([1, 1, 2])}")
+    else:
+        options.append(f"count_include_pad={rng.random() < 0.6}")
+        if n == 2 and rng.random() < 0.3:
+            options.append(f"divisor_override={rng.randint(1, 5)}")
+    return ", ".join(options)
+
+
 def pool1d(rng: random.Random) -> str:
     kernel = rng.randint(1, 4)
     stride, padding = rng.randint(1, kernel), rng.randint(0, kernel // 2)
     kind = rng.choice(["Max", "Avg"])
-    return f"nn.{kind}Pool1d({kernel}, stride={stride}, padding={padding})"
+    return (f"nn.{kind}Pool1d({kernel}, stride={stride}, padding={padding}, "
+            f"{_pool_options(rng, kind, 1)})")
 
 
 def pool2d(rng: random.Random) -> str:
@@ -75,7 +88,8 @@ def pool2d(rng: random.Random) -> str:
     stride = rng.choice([None, rng.randint(1, 2), (rng.randint(1, 2), rng.randint(1, 2))])
     padding = rng.choice([0, (kh // 2, kw // 2)])
     kind = rng.choice(["Max", "Avg"])
-    return f"nn.{kind}Pool2d({kernel}, stride={stride}, padding={padding})"
+    return (f"nn.{kind}Pool2d({kernel}, stride={stride}, padding={padding}, "
+            f"{_pool_options(rng, kind, 2)})")
 
 
 # Edge cases every run checks, next to the random draws.
@@ -93,9 +107,13 @@ FIXED_CONV2D = [
     f"nn.Conv2d({C2}, 2, 3, stride=2, padding=(1, 2), dilation=2, groups=2)",
 ]
 FIXED_POOL1D = ["nn.MaxPool1d(3, padding=1)", "nn.AvgPool1d(2, count_include_pad=False)",
-                "nn.AvgPool1d(3, stride=2, padding=1)"]
+                "nn.AvgPool1d(3, stride=2, padding=1)",
+                "nn.MaxPool1d(2, stride=2, padding=1, dilation=2, ceil_mode=True)",
+                "nn.AvgPool1d(3, stride=2, padding=1, ceil_mode=True, count_include_pad=False)"]
 FIXED_POOL2D = ["nn.MaxPool2d((3, 2), stride=(2, 1), padding=(1, 1))",
-                "nn.AvgPool2d(3, stride=2, padding=1)"]
+                "nn.AvgPool2d(3, stride=2, padding=1)",
+                "nn.MaxPool2d(2, stride=(2, 1), dilation=(1, 2), ceil_mode=True)",
+                "nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True, divisor_override=4)"]
 
 
 def module_source(rng: random.Random) -> str:
@@ -224,6 +242,7 @@ def test_layers_match_pytorch(tmp_path, cargo_env, capsys):
     # Dropout are not layers in the generated code: they pass their input through)
     assert {"c1.8", "t1.4", "c2.6", "unbatched", "p1.7", "p2.6", "adaptive.3", "ln_2d",
             "gn_plain", "bn_2d", "acts.17", "unflatten", "embed"} <= checked
+    assert_clippy_clean(tmp_path / "crate")
 
 
 # --- options that are reported --------------------------------------------------------------------
@@ -252,17 +271,8 @@ UNSUPPORTED = """\
     def max_norm():
         return One(nn.Sequential(nn.Flatten(0), nn.Embedding(10, 3, max_norm=1.0)))
 
-    def ceil_mode():
-        return One(nn.MaxPool1d(2, ceil_mode=True))
-
     def indices():
         return One(nn.MaxPool1d(2, return_indices=True))
-
-    def dilated_pool():
-        return One(nn.MaxPool1d(2, dilation=2))
-
-    def uncounted_padding():
-        return One(nn.AvgPool1d(3, padding=1, count_include_pad=False))
 
     def implicit_softmax():
         return One(nn.Softmax())
@@ -277,11 +287,7 @@ REPORTED = {
                     "[layer] BatchNorm1d option not supported: track_running_stats=False"),
     "max_norm": ("[2, 3], dtype: int64, low: 0, high: 10",
                  "[layer.1] Embedding option not supported: max_norm=1.0"),
-    "ceil_mode": ("[2, 4, 6]", "[layer] MaxPool1d option not supported: ceil_mode=True"),
     "indices": ("[2, 4, 6]", "[layer] MaxPool1d option not supported: return_indices=True"),
-    "dilated_pool": ("[2, 4, 6]", "[layer] MaxPool1d option not supported: dilation=2"),
-    "uncounted_padding": ("[2, 4, 6]", "[layer] AvgPool1d option not supported: "
-                                       "count_include_pad=False with padding"),
     "implicit_softmax": ("[2, 4, 6]", "[layer] softmax without dim"),
 }
 

@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from conftest import pin_lockfile  # noqa: E402
+from conftest import assert_clippy_clean, pin_lockfile  # noqa: E402
 from pycandle.cli import main  # noqa: E402
 from pycandle.config import load_config  # noqa: E402
 from pycandle.record import RecordError, record  # noqa: E402
@@ -148,6 +148,9 @@ def test_ops_match_pytorch(tmp_path, cargo_env, capsys):
     # identities (dropout, detach, clone, same-dtype casts) are aliases, not statements
     code = (tmp_path / "crate" / "src" / "activations.rs").read_text()
     assert "dropout" not in code and "detach" not in code and "clone()?" not in code
+    indexing = (tmp_path / "crate" / "src" / "indexing.rs").read_text()
+    assert "x.get_on_dim(0, x.dim(0)? - 1)?" in indexing  # x[x.shape[0] - 1], by provenance
+    assert_clippy_clean(tmp_path / "crate")
 
 
 # --- arguments that are reported ------------------------------------------------------------------

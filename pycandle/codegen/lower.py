@@ -596,15 +596,19 @@ def _imported_names(uses: set[str]) -> set[str]:
     return names
 
 
+# the runtime's functions and types generated code calls unqualified
+_RUNTIME_NAMES = ("masked_select", "take", "take_every", "pad_circular", "pad_constant",
+                  "pad_reflect", "max_pool_dim", "avg_pool_dim", "PoolDim", "Divisor")
+
+
 def _names_used(code: str) -> set[str]:
     """`use` lines for the Candle names and runtime functions the code mentions unqualified."""
     uses = set()
     for name in ("D", "DType", "Device", "IndexOp"):
         if re.search(rf"(?<![\w:]){name}::", code):
             uses.add(f"candle_core::{name}")
-    for name in ("masked_select", "take", "take_every", "pad_circular", "pad_constant",
-                 "pad_reflect"):
-        if re.search(rf"(?<![\w:.]){name}\(", code):
+    for name in _RUNTIME_NAMES:
+        if re.search(rf"(?<![\w:.]){name}(\(| {{|::)", code):
             uses.add(f"pycandle_runtime::{name}")
     return uses
 

@@ -231,6 +231,11 @@ class Op:
     doc: str = ""
 
 
+def borrow_expr(expr: str, x: T) -> str:
+    """`expr`, a method chain on `x` or `x` itself, as a `&Tensor` argument."""
+    return x.borrow if expr == x.name else f"&{expr}"
+
+
 def tensor(v: Any, what: str = "input") -> T:
     if not isinstance(v, T):
         raise Unsupported(f"'{what}' must be a tensor here, got {v!r}")

@@ -89,13 +89,12 @@ def _arange(spelling: str, a: dict[str, Any], out: Any) -> str:
 
 
 register_op(Op("zeros", {"torch.zeros": f"*size, {_FACTORY_KW}"}, _zeros_ones("zeros"),
-               uses=("candle_core::{DType, Device}",), doc="sizes as varargs or a sequence"))
+               doc="sizes as varargs or a sequence"))
 register_op(Op("ones", {"torch.ones": f"*size, {_FACTORY_KW}"}, _zeros_ones("ones"),
-               uses=("candle_core::{DType, Device}",), doc="sizes as varargs or a sequence"))
-register_op(Op("full", {"torch.full": f"size, fill_value, *, {_FACTORY_KW}"}, _full_op,
-               uses=("candle_core::Device",)))
+               doc="sizes as varargs or a sequence"))
+register_op(Op("full", {"torch.full": f"size, fill_value, *, {_FACTORY_KW}"}, _full_op))
 register_op(Op("arange", {"torch.arange": f"*range, {_FACTORY_KW}"}, _arange,
-               uses=("candle_core::Device",), doc="end / start, end / start, end, step"))
+               doc="end / start, end / start, end, step"))
 
 # --- *_like and Tensor.new_* ----------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pycandle.registry.core import (
-    DEVICE, Dim, Op, T, Unsupported, is_int, register_op, tensor,
+    DEVICE, Dim, Op, T, Unsupported, borrow_expr, is_int, register_op, tensor,
 )
 
 
@@ -28,7 +28,7 @@ def _bound(b: Any, size: str, what: str) -> str | None:
     return str(b) if what == "start" else f"{size}.min({b})"
 
 
-def _slice(expr: str, it: slice, d: int, size: str) -> str:
+def _slice(x: T, expr: str, it: slice, d: int, size: str) -> str:
     if it.step is not None and not (is_int(it.step) and it.step >= 1):
         raise Unsupported(f"slice step {it.step!r}", hint="steps must be positive integers")
     start = None if it.start in (None, 0) else _bound(it.start, size, "start")
@@ -38,7 +38,7 @@ def _slice(expr: str, it: slice, d: int, size: str) -> str:
         length = stop if start is None else f"{stop}.saturating_sub({start})"
         expr = f"{expr}.narrow({d}, {start or 0}, {length})?"
     if it.step not in (None, 1):
-        expr = f"take_every(&{expr}, {d}, {it.step})?"
+        expr = f"take_every({borrow_expr(expr, x)}, {d}, {it.step})?"
     return expr
 
 
@@ -86,20 +86,21 @@ def _getitem(spelling: str, a: dict[str, Any], out: Any) -> str:
             expr += f".get_on_dim({d}, {it.expr})?"
             od += 1
         elif isinstance(it, slice):
-            expr = _slice(expr, it, d, x.dim(od))
+            expr = _slice(x, expr, it, d, x.dim(od))
             d += 1
             od += 1
         elif isinstance(it, T):
             if it.meta.dtype not in _INT_DTYPES:
                 raise Unsupported(f"indexing with a {it.meta.dtype} tensor")
-            expr = f"take(&{expr}, {it.borrow}, {d})?"
+            expr = f"take({borrow_expr(expr, x)}, {it.borrow}, {d})?"
             d += it.rank
             od += 1
         elif isinstance(it, list):
             if not it or not all(is_int(v) for v in it):
                 raise Unsupported(f"index list {it!r}", hint="only lists of integers")
             values = ", ".join(f"{v}i64" if i == 0 else str(v) for i, v in enumerate(it))
-            expr = f"take(&{expr}, &Tensor::new(&[{values}], {DEVICE})?, {d})?"
+            index = f"&Tensor::new(&[{values}], {DEVICE})?"
+            expr = f"take({borrow_expr(expr, x)}, {index}, {d})?"
             d += 1
             od += 1
         else:

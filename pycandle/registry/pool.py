@@ -1,37 +1,66 @@
 """Pooling: max and average pooling in 1-d and 2-d, adaptive average pooling in 1-d; as layers
 and as functions. Candle pools 2-d windows (`max_pool2d_with_stride`, `avg_pool2d_with_stride`)
-without padding; 1-d pooling is 2-d pooling over a (1, L) plane, padding is done first."""
+without padding; 1-d pooling is 2-d pooling over a (1, L) plane, padding is done first. The
+options Candle lacks (ceil_mode, dilation, count_include_pad=False, divisor_override) go to
+the runtime's separable `max_pool_dim`/`avg_pool_dim`."""
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
 from pycandle.registry.core import (
-    Layer, Op, T, Unsupported, bind, int_arg, local_name, no_field, ntuple, register_layer,
-    register_op, tensor,
+    Layer, Op, T, Unsupported, bind, borrow_expr, int_arg, local_name, no_field, ntuple,
+    register_layer, register_op, tensor,
 )
 
 
 def pool_problems(kind: str, n: int, cfg: dict[str, Any]) -> list[str]:
-    """What Candle's pooling cannot do; `cfg` holds the layer attributes / function arguments."""
+    """What the port cannot do; `cfg` holds the layer attributes / function arguments."""
     problems = []
     kernel = ntuple(cfg["kernel_size"], n, "kernel_size")
     padding = ntuple(cfg.get("padding", 0), n, "padding")
-    if cfg.get("ceil_mode"):
-        problems.append("ceil_mode=True (Candle pools whole windows only)")
-    if kind == "max":
-        if cfg.get("return_indices"):
-            problems.append("return_indices=True")
-        if ntuple(cfg.get("dilation", 1), n, "dilation") != (1,) * n:
-            problems.append(f"dilation={cfg['dilation']!r}")
-    else:
-        if any(padding) and not cfg.get("count_include_pad", True):
-            problems.append("count_include_pad=False with padding")
-        if cfg.get("divisor_override") is not None:
-            problems.append(f"divisor_override={cfg['divisor_override']!r}")
+    if kind == "max" and cfg.get("return_indices"):
+        problems.append("return_indices=True")
     if any(2 * p > k for p, k in zip(padding, kernel)):
         problems.append(f"padding {cfg['padding']!r} larger than half the kernel")
     return problems
+
+
+def _needs_runtime(kind: str, n: int, cfg: dict[str, Any]) -> bool:
+    """Options Candle's max_pool2d/avg_pool2d do not have: the runtime pools them."""
+    if cfg.get("ceil_mode"):
+        return True
+    if kind == "max":
+        return ntuple(cfg.get("dilation", 1), n, "dilation") != (1,) * n
+    return (any(ntuple(cfg.get("padding", 0), n, "padding"))
+            and not cfg.get("count_include_pad", True)) \
+        or cfg.get("divisor_override") is not None
+
+
+def _pool_dim(kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool) -> str:
+    fields = [f"{name}: {value}" for name, value, default in (
+        ("stride", stride, kernel), ("padding", padding, 0), ("dilation", dilation, 1),
+        ("ceil_mode", "true" if ceil_mode else "false", "false")) if value != default]
+    new = f"PoolDim::new({kernel})"
+    return f"PoolDim {{ {', '.join(fields)}, ..{new} }}" if fields else new
+
+
+def _runtime_pool(kind: str, n: int, x: T, cfg: dict[str, Any], kernel: tuple[int, ...],
+                  stride: tuple[int, ...], padding: tuple[int, ...]) -> str:
+    """One runtime call per spatial dimension (pooling is separable), the last one first."""
+    dilation = ntuple(cfg.get("dilation", 1), n, "dilation") if kind == "max" else (1,) * n
+    override = cfg.get("divisor_override") if kind == "avg" else None
+    divisor = "Divisor::One" if override is not None else (
+        "Divisor::Padded" if cfg.get("count_include_pad", True) else "Divisor::Inside")
+    expr = x.name
+    for i in reversed(range(n)):
+        dim = _pool_dim(kernel[i], stride[i], padding[i], dilation[i], bool(cfg.get("ceil_mode")))
+        where = borrow_expr(expr, x)
+        expr = (f"max_pool_dim({where}, D::Minus{n - i}, &{dim})?" if kind == "max" else
+                f"avg_pool_dim({where}, D::Minus{n - i}, &{dim}, {divisor})?")
+    if override is not None:
+        expr = f"({expr} / {float(int_arg(override, 'divisor_override'))})?"
+    return expr
 
 
 def pool(kind: str, n: int, x: T, cfg: dict[str, Any]) -> str:
@@ -45,6 +74,8 @@ def pool(kind: str, n: int, x: T, cfg: dict[str, Any]) -> str:
     stride = ntuple(cfg["stride"] if cfg.get("stride") not in (None, (), []) else kernel, n,
                     "stride")
     padding = ntuple(cfg.get("padding", 0), n, "padding")
+    if _needs_runtime(kind, n, cfg):
+        return _runtime_pool(kind, n, x, cfg, kernel, stride, padding)
     expr = x.name
     unbatched = x.rank == n + 1
     if unbatched:
@@ -114,9 +145,9 @@ def _pool_layer(kind: str, n: int) -> None:
 
     register_layer(Layer(name, attrs, "out", no_field, call,
                          check=lambda cfg: pool_problems(kind, n, cfg),
-                         doc="kernel, stride, padding" + (" (replicated edges: exact for max)"
-                                                          if kind == "max" else
-                                                          " (counted zeros)")))
+                         doc="kernel, stride, padding, ceil_mode" + (
+                             ", dilation" if kind == "max" else
+                             ", count_include_pad" + (", divisor_override" if n == 2 else ""))))
 
 
 for _kind in ("max", "avg"):

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from pycandle.registry.core import (
-    Dim, Layer, Op, T, Unsupported, int_arg, is_int, is_number, local_name, no_field, one_tensor,
-    register_layer, register_op, rust_dim, rust_float, shape_tuple, tensor, tensors, usize_expr,
-    varargs_sizes,
+    Dim, Layer, Op, T, Unsupported, borrow_expr, int_arg, is_int, is_number, local_name,
+    no_field, one_tensor, register_layer, register_op, rust_dim, rust_float, shape_tuple, tensor,
+    tensors, usize_expr, varargs_sizes,
 )
 
 # --- transpose, contiguous ------------------------------------------------------------------------
@@ -375,9 +375,9 @@ def pad(x: T, amounts: Any, mode: str, value: Any = None) -> str:
         if mode in _PAD_METHODS:
             expr += f".{_PAD_METHODS[mode]}({where})?"
         elif mode == "constant":
-            expr = f"pad_constant(&{expr}, {where}, {rust_float(float(value))})?"
+            expr = f"pad_constant({borrow_expr(expr, x)}, {where}, {rust_float(float(value))})?"
         else:
-            expr = f"{_PAD_FUNCTIONS[mode]}(&{expr}, {where})?"
+            expr = f"{_PAD_FUNCTIONS[mode]}({borrow_expr(expr, x)}, {where})?"
     return expr
 
 

@@ -13,6 +13,8 @@
 //!   slices, integer-tensor indices and boolean masks.
 //! * [`pad`]: the padding modes Candle lacks: reflect, circular and a
 //!   non-zero constant.
+//! * [`pool`]: pooling with `ceil_mode`, dilation and the averaging options
+//!   Candle's pooling lacks.
 //! * [`parity`]: golden tensors recorded from PyTorch ([`Golden`]) and the
 //!   tolerance bookkeeping that turns comparisons into a pass/fail verdict
 //!   and a JSON report ([`ParityReport`]).
@@ -21,12 +23,14 @@
 pub mod index;
 pub mod kernel;
 pub mod pad;
+pub mod pool;
 pub mod parity;
 pub mod rnn;
 
 pub use index::{masked_select, take, take_every};
 pub use pad::{pad_circular, pad_constant, pad_reflect};
 pub use parity::{Golden, ParityReport};
+pub use pool::{avg_pool_dim, max_pool_dim, Divisor, PoolDim};
 pub use rnn::{
     sequence_lengths, Gru, GruCell, GruCellConfig, GruConfig, Lstm, LstmCell, LstmCellConfig,
     LstmConfig, Nonlinearity, Rnn, RnnCell, RnnCellConfig, RnnConfig,
