@@ -4,9 +4,10 @@ Python arithmetic on sizes (`b, t, _ = x.shape; x.view(b * t, -1)`) is invisible
 only the resulting integers reach torch. When such an integer differs between trace cases, it
 is explained by the shapes seen in each case: a tensor's dimension, one scaled (x2..x8) or
 floor-divided, the product of two, or one offset (up to 16), tried in that order (with two trace
-cases several formulas can fit; a third case with other sizes settles it). Dimensions are
-looked up in the call's own tensor arguments first, then the model inputs, then earlier values.
-Parity at every trace shape then checks the explanation. No torch here.
+cases several formulas can fit; a third case with other sizes settles it). Candidates come in
+tiers: every form is tried on the call's own tensor arguments and the model inputs before
+earlier values are considered, so `x.dim(2)? - 1` wins over an intermediate that happens to
+have that size. Parity at every trace shape then checks the explanation. No torch here.
 """
 
 from __future__ import annotations
@@ -19,27 +20,43 @@ from pycandle.manifest import Ref, SymInt, TensorMeta
 Values = tuple[int, ...]
 
 
-def dim_candidates(refs: Iterable[Ref], meta_of) -> list[tuple[SymInt, Values]]:
-    """(x.dim(d), its size in each case) for every dimension of the given tensors."""
-    out: list[tuple[SymInt, Values]] = []
+Candidates = list[list[tuple[SymInt, Values]]]  # tiers, preferred first
+
+
+def dim_candidates(tiers: Iterable[Iterable[Ref]], meta_of) -> Candidates:
+    """(x.dim(d), its size in each case) for every dimension of the given tensors, per tier."""
+    out: Candidates = []
     seen: set[Values] = set()
-    for ref in refs:
-        meta = meta_of(ref)
-        if not isinstance(meta, TensorMeta):
-            continue
-        for d in range(meta.rank):
-            values = tuple(shape[d] for shape in meta.shapes)
-            if values in seen:  # the first tensor (in preference order) names a size
+    for refs in tiers:
+        tier = []
+        for ref in refs:
+            meta = meta_of(ref)
+            if not isinstance(meta, TensorMeta):
                 continue
-            seen.add(values)
-            out.append((SymInt("dim", ref, d), values))
+            for d in range(meta.rank):
+                values = tuple(shape[d] for shape in meta.shapes)
+                if values in seen:  # the first tensor (in preference order) names a size
+                    continue
+                seen.add(values)
+                tier.append((SymInt("dim", ref, d), values))
+        out.append(tier)
     return out
 
 
-def explain(target: Values, candidates: list[tuple[SymInt, Values]]) -> SymInt | None:
+def explain(target: Values, tiers: Candidates) -> SymInt | None:
     """The simplest shape expression equal to `target` in every case, if any."""
     if len(set(target)) == 1:
         return None  # the same in every case: a constant
+    pool: list[tuple[SymInt, Values]] = []
+    for tier in tiers:
+        pool += tier
+        sym = _explain(target, pool)
+        if sym is not None:
+            return sym
+    return None
+
+
+def _explain(target: Values, candidates: list[tuple[SymInt, Values]]) -> SymInt | None:
     for sym, values in candidates:
         if values == target:
             return sym
@@ -62,8 +79,7 @@ def explain(target: Values, candidates: list[tuple[SymInt, Values]]) -> SymInt |
     return None
 
 
-def symbolize(variants: list[Any], candidates: list[tuple[SymInt, Values]],
-              where: list[str]) -> tuple[Any, list[str]]:
+def symbolize(variants: list[Any], candidates: Candidates, where: list[str]) -> tuple[Any, list[str]]:
     """Merge one argument structure seen in each trace case.
 
     Equal leaves stay as they are; integers that differ become SymInts; anything else that
@@ -115,4 +131,22 @@ def evaluate(sym: Any, size_of) -> int:
     if sym.kind == "dim":
         return size_of(sym.a, sym.b)
     a, b = evaluate(sym.a, size_of), evaluate(sym.b, size_of)
-    return {"mul": a * b, "add": a + b, "floordiv": a // b if b else 0}[sym.kind]
+    return {"mul": a * b, "add": a + b, "sub": a - b, "floordiv": a // b if b else 0}[sym.kind]
+
+
+def settle(value: Any, values_of) -> Any:
+    """Sizes recorded by provenance (pycandle.record.shapes) that are the same in every trace
+    case become plain ints: a constant channel count stays a literal. `values_of(sym)` gives a
+    SymInt's value in each case."""
+    if isinstance(value, SymInt):
+        values = values_of(value)
+        return values[0] if len(set(values)) == 1 else value
+    if isinstance(value, tuple):
+        return tuple(settle(v, values_of) for v in value)
+    if isinstance(value, list):
+        return [settle(v, values_of) for v in value]
+    if isinstance(value, dict):
+        return {k: settle(v, values_of) for k, v in value.items()}
+    if isinstance(value, slice):
+        return slice(*(settle(getattr(value, a), values_of) for a in ("start", "stop", "step")))
+    return value

@@ -11,11 +11,11 @@ METAS = {
     X: TensorMeta("float32", ((2, 10, 8), (3, 7, 8))),
     H: TensorMeta("float32", ((2, 2, 16), (2, 3, 16))),
 }
-CANDS = dim_candidates([X, H], METAS.get)
+CANDS = dim_candidates([[X, H]], METAS.get)
 
 
 def test_candidates_name_each_size_once_in_preference_order():
-    assert [(s.a, s.b, v) for s, v in CANDS] == [
+    assert [(s.a, s.b, v) for s, v in CANDS[0]] == [
         (X, 0, (2, 3)), (X, 1, (10, 7)), (X, 2, (8, 8)), (H, 0, (2, 2)), (H, 2, (16, 16))]
 
 
@@ -30,6 +30,15 @@ def test_dimensions_and_simple_expressions():
     assert explain((5, 3), CANDS) == SymInt("floordiv", SymInt("dim", X, 1), 2)
     assert explain((4, 6), CANDS) == SymInt("mul", SymInt("dim", X, 0), 2)
     assert explain((101, 5), CANDS) is None
+
+
+def test_inputs_are_preferred_to_intermediates_of_the_same_size():
+    narrowed = Ref("getitem")  # x[:, 1:], whose dim 1 is x.dim(1) - 1
+    metas = {**METAS, narrowed: TensorMeta("float32", ((2, 9, 8), (3, 6, 8)))}
+    tiers = dim_candidates([[X], [narrowed]], metas.get)
+    assert explain((9, 6), tiers) == SymInt("add", SymInt("dim", X, 1), -1)
+    # ... which still explain what the inputs cannot
+    assert explain((18, 12), tiers) == SymInt("mul", SymInt("dim", narrowed, 1), 2)
 
 
 def test_symbolize_merges_argument_structures():

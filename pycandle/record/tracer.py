@@ -23,9 +23,14 @@ from torch.overrides import TorchFunctionMode
 import pycandle
 from pycandle import registry
 from pycandle.config import RUST_KEYWORDS, rust_ident
-from pycandle.manifest import PACK, PAD, DType, Param, Ref, TensorMeta, golden_node_key, leaves, path_key
+from pycandle.manifest import (
+    PACK, PAD, DType, Param, Ref, TensorMeta, golden_node_key, leaves, path_key,
+)
+from pycandle.record import shapes
+from pycandle.record.shapes import ShapeInt, TracedSize, traced_size
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+_SHAPES_FILE = shapes.__file__
 _PYCANDLE_DIR = os.path.dirname(pycandle.__file__) + os.sep
 
 # Calls that turn tensor data into Python values: the trace bakes the value seen.
@@ -33,6 +38,9 @@ _DATA_ESCAPES = {
     "Tensor.__bool__", "Tensor.item", "Tensor.__float__", "Tensor.__int__", "Tensor.__index__",
     "Tensor.tolist", "Tensor.numpy", "Tensor.__complex__",
 }
+
+# Calls that read a tensor's sizes: the trace hands back ShapeInts that remember the source.
+_SIZE_READS = {"Tensor.shape", "Tensor.size", "Tensor.__len__", "Tensor.numel"}
 
 _DTYPE_NAMES = {
     torch.float32: "float32", torch.float64: "float64", torch.float16: "float16",
@@ -223,8 +231,10 @@ class GraphTracer(TorchFunctionMode):
             return [self._arg(v) for v in value]
         if isinstance(value, torch.dtype):
             return DType(dtype_name(value))
-        if isinstance(value, torch.Size):
-            return tuple(int(v) for v in value)
+        if isinstance(value, ShapeInt):
+            return value.sym
+        if isinstance(value, (torch.Size, TracedSize)):
+            return tuple(self._arg(v) for v in value)
         if isinstance(value, (bool, int, float, str)) or value is None or value is Ellipsis:
             return value
         if isinstance(value, slice):
@@ -242,10 +252,42 @@ class GraphTracer(TorchFunctionMode):
             return result
         self._paused = True
         try:
+            name = spelling(func)
+            if name in _SIZE_READS:
+                return self._traced_size(name, args, result)
             self._record_call(func, args, kwargs, result)
         finally:
             self._paused = False
         return result
+
+    def _traced_size(self, name: str, args: tuple, result: Any) -> Any:
+        """`x.shape` and friends of a traced tensor, as ints that know their origin."""
+        ref = self._values.get(id(args[0])) if args and isinstance(args[0], torch.Tensor) else None
+        if ref is None:
+            return result  # a parameter's or a constant's size: a constant
+        size = traced_size(ref, tuple(args[0].shape))
+        if name == "Tensor.__len__":
+            return size[0]
+        if name == "Tensor.numel":
+            return size.numel()
+        if isinstance(result, int):  # x.size(d)
+            return size[args[1] if len(args) > 1 else 0]
+        return size
+
+    def _shape_compared(self, value: ShapeInt) -> None:
+        """A size steered Python control flow (e.g. `if x.shape[1] > 4`): worth a warning when
+        the user's code did it, as the trace follows the traced sizes."""
+        where = user_source(self.root)
+        frame = sys._getframe(2)  # the comparison's caller
+        while frame is not None and frame.f_code.co_filename == _SHAPES_FILE:
+            frame = frame.f_back
+        filename = frame.f_code.co_filename if frame is not None else ""
+        if where is None or filename.startswith((_TORCH_DIR, _PYCANDLE_DIR)):
+            return
+        warning = (f"{where}: a tensor size was compared in Python; the generated code follows "
+                   f"the path this trace took")
+        if warning not in self.warnings:
+            self.warnings.append(warning)
 
     def _record_call(self, func: Any, args: tuple, kwargs: dict, result: Any) -> None:
         name = spelling(func)
@@ -340,10 +382,12 @@ class GraphTracer(TorchFunctionMode):
         for m in leaf_modules:
             handles.append(m.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
             handles.append(m.register_forward_hook(self._post_hook, with_kwargs=True))
+        ShapeInt.on_compare = self._shape_compared
         try:
             with torch.no_grad(), self:
                 result = self.model(**inputs)
         finally:
+            ShapeInt.on_compare = None
             restore()
             for h in handles:
                 h.remove()
