@@ -53,12 +53,17 @@ def cmd_record(cfg: Config, names: list[str] | None, force: bool = False) -> int
 
 
 def cmd_codegen(cfg: Config, names: list[str] | None, force: bool = False) -> int:
-    from pycandle.codegen import codegen
+    from pycandle.codegen import CrateWriteError, codegen
 
     models = [m.name for m in cfg.select(names)]
     bar, step = _progress(len(models), "codegen")
-    with bar:
-        changed = codegen(cfg.crate, cfg.artifacts, models, progress=step)
+    try:
+        with bar:
+            changed = codegen(cfg.crate, cfg.artifacts, models, progress=step)
+    except CrateWriteError as e:
+        named = ", ".join(f"'{m}'" for m in models)
+        raise PyCandleError(f"{cfg.where('crate')} model{'s' * (len(models) > 1)} {named}: {e}") \
+            from None
     root = cfg.root
     for path in changed:
         shown = path.relative_to(root) if path.is_relative_to(root) else path

@@ -81,10 +81,18 @@ class ModelConfig:
     tolerance: Tolerance
     location: Location
     raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+    # line of each key of the entry, and of each trace case as "inputs[i]"
+    lines: dict[str, int] = field(repr=False, compare=False, default_factory=dict)
 
     @property
     def module_name(self) -> str:
         return self.factory.split(":")[0]
+
+    def where(self, field_name: str) -> str:
+        """`file:line: model 'x': field 'y':`, the prefix of every error about this model."""
+        key = field_name if field_name in self.lines else re.split(r"[.\[]", field_name)[0]
+        line = self.lines.get(key, self.location.line)
+        return f"{self.location.file}:{line}: model '{self.name}': field '{field_name}':"
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,11 @@ class Config:
     crate: Path
     artifacts: Path
     models: tuple[ModelConfig, ...]
+    lines: dict[str, int] = field(repr=False, compare=False, default_factory=dict)  # top-level keys
+
+    def where(self, field_name: str) -> str:
+        """`file:line: field 'y':` for a top-level field such as `crate` or `artifacts`."""
+        return f"{self.path}:{self.lines.get(field_name, 1)}: field '{field_name}':"
 
     @property
     def root(self) -> Path:
@@ -262,6 +275,7 @@ def _model(ctx_file: Path, root: Path, raw: Any, index: int, line: int) -> Model
         raise ctx.error(line, f"models[{index}]", f"must be a mapping, got {type(raw).__name__}")
     m = _Map(raw)
     m.line, m.key_lines = raw.line, dict(raw.key_lines)
+    lines = {**m.key_lines}
     name_line = _line(m, "name")
     name = _take(ctx, m, "name", (str,), True, None, f"models[{index}].name")
     if not _IDENT.match(name) or keyword.iskeyword(name) or name in RUST_KEYWORDS:
@@ -304,6 +318,7 @@ def _model(ctx_file: Path, root: Path, raw: Any, index: int, line: int) -> Model
     cases = []
     for i, case in enumerate(cases_raw):
         case_line = getattr(case, "line", inputs_line)
+        lines[f"inputs[{i}]"] = case_line
         if not isinstance(case, _Map) or not case:
             raise ctx.error(case_line, f"inputs[{i}]",
                             "must map forward() argument names to tensor specs, "
@@ -335,7 +350,7 @@ def _model(ctx_file: Path, root: Path, raw: Any, index: int, line: int) -> Model
     return ModelConfig(
         name=name, factory=factory, kwargs=kwargs, weights=weights_path, seed=seed, dtype=dtype,
         inputs=tuple(cases), tolerance=tolerance, location=Location(ctx_file, line),
-        raw=_plain(raw),
+        raw=_plain(raw), lines=lines,
     )
 
 
@@ -352,7 +367,14 @@ def load_config(path: str | Path = "models.yaml") -> Config:
     path = Path(path).absolute()
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found (pass --config FILE)")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") \
+            from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror}") from None
+    # a SafeLoader: tags such as !!python/object never construct objects or run code
     loader = _Loader(text)
     loader.name = str(path)
     try:
@@ -360,6 +382,12 @@ def load_config(path: str | Path = "models.yaml") -> Config:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else 0
+        tag = re.search(r"constructor for the tag '([^']+)'", e.problem or "")
+        if isinstance(e, yaml.constructor.ConstructorError) and tag:
+            shown = tag.group(1).replace("tag:yaml.org,2002:", "!!")
+            raise ConfigError(f"{path}:{line}: invalid YAML: the tag {shown} is not allowed; "
+                              "models.yaml holds plain data (mappings, lists, strings, "
+                              "numbers)") from None
         raise ConfigError(f"{path}:{line}: invalid YAML: {e.problem or e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from None
@@ -369,6 +397,7 @@ def load_config(path: str | Path = "models.yaml") -> Config:
     if not isinstance(data, _Map):
         raise ctx.error(1, None, "the top level must be a mapping with keys 'crate' and 'models'")
     root = path.parent
+    lines = dict(data.key_lines)
     crate = _take(ctx, data, "crate", (str,), False, "generated", "crate")
     artifacts = _take(ctx, data, "artifacts", (str,), False, "artifacts", "artifacts")
     models_line = _line(data, "models")
@@ -385,4 +414,4 @@ def load_config(path: str | Path = "models.yaml") -> Config:
         seen[model.name] = line
         models.append(model)
     return Config(path=path, crate=(root / crate).resolve(), artifacts=(root / artifacts).resolve(),
-                  models=tuple(models))
+                  models=tuple(models), lines=lines)

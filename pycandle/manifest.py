@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -50,12 +51,16 @@ class DType:
     name: str
 
 
+_MODULE_NAME = re.compile(r"^([A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*)?$")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
 @dataclass(frozen=True)
 class SymInt:
     """An integer derived from tensor shapes, e.g. `x.shape[0] * x.shape[1]`.
 
-    kind "dim": `a` is a Ref, `b` the dimension; "mul": `a` and `b` are SymInts or ints;
-    "add" and "floordiv": `a` a SymInt, `b` an int.
+    kind "dim": `a` is a Ref, `b` the dimension; "add", "sub", "mul" and "floordiv": `a` and `b`
+    are SymInts or ints (at least one a SymInt).
     """
 
     kind: str
@@ -305,6 +310,14 @@ class Manifest:
                 f"manifest schema {schema!r} is not the supported version {SCHEMA_VERSION}; "
                 "run `pycandle record` again")
         model = d["model"]
+        # names reach generated Rust as identifiers and string literals: record writes only
+        # plain ones, and a hand-edited manifest must not smuggle in anything else
+        for name in d["modules"]:
+            if not _MODULE_NAME.match(name):
+                raise ValueError(f"module name {name!r} is not a dotted path of plain words")
+        for node in d["graph"]["nodes"]:
+            if not _IDENT.match(node["name"]):
+                raise ValueError(f"node name {node['name']!r} is not an identifier")
         return cls(
             name=model["name"], factory=model["factory"], seed=model["seed"],
             atol=model["tolerance"]["atol"], rtol=model["tolerance"]["rtol"],

@@ -48,3 +48,18 @@ def test_manifest_errors_are_clear(tmp_path):
         Manifest.load(bad)
     with pytest.raises(ManifestError, match="unknown typed value kind"):
         decode({"complex": 1})
+
+
+@pytest.mark.parametrize("field, value", [
+    ("module", 'enc"); drop("'), ("module", "a..b"), ("node", "x y"), ("node", "1x")])
+def test_names_that_could_break_out_of_rust_are_refused(tmp_path, field, value):
+    """record writes plain names only; a hand-edited manifest cannot inject code."""
+    d = json.loads(speaker_encoder().dumps())
+    if field == "module":
+        d["modules"][value] = next(iter(d["modules"].values()))
+    else:
+        d["graph"]["nodes"][0]["name"] = value
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(d))
+    with pytest.raises(ManifestError, match="malformed manifest"):
+        Manifest.load(path)

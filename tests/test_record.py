@@ -153,7 +153,7 @@ def test_inputs_that_do_not_fit_forward_are_named(tmp_path):
     path = project(tmp_path, ENCODER, YAML.replace("- x: {shape: [2, 7, 5]}", "- y: {shape: [2, 7, 5]}")
                    .replace("- x: {shape: [3, 4, 5]}", "- y: {shape: [3, 4, 5]}"))
     cfg = load_config(path)
-    with pytest.raises(RecordError, match=r"models.yaml:2: model 'enc': field 'inputs\[0\]': does not fit forward\(x\)"):
+    with pytest.raises(RecordError, match=r"models.yaml:6: model 'enc': field 'inputs\[0\]': does not fit forward\(x\)"):
         record(cfg, list(cfg.models))
 
 

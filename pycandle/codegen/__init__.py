@@ -1,7 +1,9 @@
 """codegen: manifests -> Rust modules, parity tests, Cargo.toml and lib.rs upkeep.
 
 Works from the manifests alone (no torch import). Every model is lowered before anything is
-written, so an unsupported construct leaves the crate as it was.
+written, so an unsupported construct leaves the crate as it was. Each file is replaced
+atomically, in an order that keeps the crate buildable if the run is killed: a model's module
+and parity test before the `mod` lines that name them, Cargo.toml last.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import jinja2
 from pycandle.codegen import cargo
 from pycandle.codegen.lower import ModelIR, lower
 from pycandle.errors import PyCandleError
-from pycandle.fsutil import write_atomic
+from pycandle.fsutil import remove_stale_temps, write_atomic
 from pycandle.manifest import Manifest
 
 _TEMPLATES = Path(__file__).parent / "templates"
@@ -25,6 +27,10 @@ _TEMPLATES = Path(__file__).parent / "templates"
 
 class CodegenError(PyCandleError):
     pass
+
+
+class CrateWriteError(CodegenError):
+    """The crate directory cannot be written (the CLI adds where models.yaml names it)."""
 
 
 _env = jinja2.Environment(
@@ -37,10 +43,16 @@ _env = jinja2.Environment(
 )
 
 
-def rustfmt(source: str, what: str) -> str:
+def _rustfmt_exe() -> str:
     exe = shutil.which("rustfmt")
     if exe is None:
-        raise CodegenError("rustfmt not found: install it with `rustup component add rustfmt`")
+        raise CodegenError("rustfmt not found on PATH: install it with `rustup component add "
+                           "rustfmt` (https://rustup.rs for a Rust toolchain)")
+    return exe
+
+
+def rustfmt(source: str, what: str) -> str:
+    exe = _rustfmt_exe()
     proc = subprocess.run([exe, "--edition", "2021", "--emit", "stdout"], input=source,
                           capture_output=True, text=True)
     if proc.returncode != 0:
@@ -70,11 +82,14 @@ class Generated:
     files: dict[Path, str]
 
 
-def generate_model(manifest_path: Path, crate_dir: Path, artifacts_dir: Path) -> Generated:
+def generate_model(manifest_path: Path, crate_dir: Path, artifacts_dir: Path,
+                   lib: str | None = None) -> Generated:
     manifest = Manifest.load(manifest_path)
     ir = lower(manifest)
-    crate = cargo.lib_name(crate_dir)
-    rel = Path(os.path.relpath(artifacts_dir.resolve(), crate_dir.resolve())).as_posix()
+    crate = lib or cargo.lib_name(crate_dir)
+    # The stable path artifacts/<model>, not where its symlink points (one recording's files)
+    artifacts_dir = artifacts_dir.parent.resolve() / artifacts_dir.name
+    rel = Path(os.path.relpath(artifacts_dir, crate_dir.resolve())).as_posix()
     return Generated(manifest.name, {
         crate_dir / "src" / f"{ir.name}.rs": render_model(ir),
         crate_dir / "tests" / "parity" / f"{ir.name}.rs": render_parity(ir, crate, rel),
@@ -83,31 +98,45 @@ def generate_model(manifest_path: Path, crate_dir: Path, artifacts_dir: Path) ->
 
 def codegen(crate_dir: Path, artifacts_root: Path, models: list[str],
             progress=None) -> list[Path]:
-    """Generate every model; returns the files that changed. All or nothing."""
+    """Generate every model; returns the files that changed. All or nothing: nothing is written
+    unless every model generates."""
+    _rustfmt_exe()  # checked once, not for every model
+    lib = cargo.lib_name(crate_dir)  # an unreadable Cargo.toml stops here, reported once
     generated: list[Generated] = []
     errors: list[str] = []
     for name in models:
         try:
             generated.append(generate_model(artifacts_root / name / "manifest.json", crate_dir,
-                                            artifacts_root / name))
+                                            artifacts_root / name, lib))
         except PyCandleError as e:
-            errors.append(str(e))
+            text = str(e)
+            errors.append(text if f"'{name}'" in text else f"model '{name}': {text}")
         if progress is not None:
             progress(name)
     if errors:
         raise CodegenError("codegen stopped; nothing was written:\n" + "\n".join(errors))
+    # In dependency order: the modules and tests, then the lists that name them (a `mod x;`
+    # never precedes x.rs), Cargo.toml last (a new crate exists only once it is complete).
     files: dict[Path, str] = {}
-    for g in generated:
-        files.update(g.files)
+    for g in sorted(generated, key=lambda g: g.model):
+        files.update(sorted(g.files.items()))
     modules = cargo.generated_modules(crate_dir) | {g.model for g in generated}
-    files[crate_dir / "Cargo.toml"] = cargo.cargo_toml_text(crate_dir)
     files[crate_dir / "src" / "lib.rs"] = cargo.lib_rs_text(crate_dir, modules)
     # All parity tests form one test binary (one link, however many models)
     files[crate_dir / "tests" / "parity" / "main.rs"] = cargo.parity_main_text(
         cargo.generated_modules(crate_dir, "tests/parity") | {g.model for g in generated})
+    files[crate_dir / "Cargo.toml"] = cargo.cargo_toml_text(crate_dir)
+    changed: list[Path] = []
     try:
-        crate_dir.mkdir(parents=True, exist_ok=True)
-        changed = [path for path, text in sorted(files.items()) if write_atomic(path, text)]
+        for folder in {path.parent for path in files}:  # what a killed run left
+            remove_stale_temps(folder)
+        for path, text in files.items():
+            if write_atomic(path, text):
+                changed.append(path)
     except OSError as e:
-        raise CodegenError(f"cannot write the crate at {crate_dir}: {e}") from None
+        done = (f"{len(changed)} file(s) were updated before the error, the others are as "
+                "they were" if changed else "nothing was changed")
+        raise CrateWriteError(f"cannot write the crate at {crate_dir}: {e.strerror or e} "
+                              f"({e.filename or crate_dir}); {done}; make {crate_dir} a "
+                              "writable directory and run codegen again") from None
     return changed

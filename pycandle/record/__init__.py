@@ -1,8 +1,9 @@
 """record: run each model in PyTorch; write its manifest, weights and golden tensors.
 
 The only stage that imports torch and the user's code. Every selected model is traced and
-checked against the registry before anything is written; then each model's three files are
-renamed into place, so a failure leaves the previous good outputs intact.
+checked against the registry before anything is written; then each model's three files switch
+together in one atomic step (`fsutil.write_dir_atomic`: `artifacts/<model>` is a symlink to the
+current set), so a failure or a kill leaves the previous good recording intact.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import hashlib
 import importlib
 import inspect
 import json
+import pickle
+import re
 import sys
 import traceback
 from dataclasses import dataclass
@@ -24,18 +27,21 @@ import pycandle
 from pycandle.codegen.lower import lower
 from pycandle.config import Config, ConfigError, ModelConfig, TensorSpec
 from pycandle.errors import Problem, PyCandleError, UnsupportedError
-from pycandle.fsutil import sha256_file, write_atomic
+from pycandle.fsutil import sha256_file, tidy_dir_versions, write_dir_atomic
 from pycandle.manifest import (
     Manifest, ModuleInfo, Node, Ref, TensorMeta, at_path, golden_input_key, golden_output_key,
     leaves, refs_in,
 )
-from pycandle.symbolic import dim_candidates, symbolize
+from pycandle.symbolic import dim_candidates, evaluate, settle, symbolize
 from pycandle.record.tracer import (
     _DTYPE_NAMES, CaseTrace, GraphTracer, _Opaque, dtype_name, leaf_modules, torch_type_name,
 )
 from pycandle import registry
 
 _TORCH_DTYPES = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
+_PYCANDLE_DIR = Path(pycandle.__file__).resolve().parent
+# The three files of a recording, written and switched together.
+ARTIFACT_FILES = ("manifest.json", "weights.safetensors", "golden.safetensors")
 
 
 class RecordError(PyCandleError):
@@ -50,7 +56,7 @@ class Recording:
 
 
 def _err(mc: ModelConfig, field: str, msg: str) -> RecordError:
-    return RecordError(f"{mc.location}: model '{mc.name}': field '{field}': {msg}")
+    return RecordError(f"{mc.where(field)} {msg}")
 
 
 def import_factory(cfg: Config, mc: ModelConfig) -> Any:
@@ -65,9 +71,12 @@ def import_factory(cfg: Config, mc: ModelConfig) -> Any:
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # the user's module may raise anything on import
-        where = _user_frame(e)
-        raise _err(mc, "factory", f"cannot import '{module_name}': {type(e).__name__}: {e}"
-                   + (f" (at {where})" if where else "")) from None
+        where = _user_frame(e, cfg.root)
+        hint = ""
+        if isinstance(e, ModuleNotFoundError) and e.name == module_name.split(".")[0]:
+            hint = f"; put {e.name}.py (or the package {e.name}/) next to {mc.location.file.name}"
+        raise _err(mc, "factory", f"cannot import '{module_name}': {type(e).__name__}: "
+                   f"{_one_line(e)}" + (f" (at {where})" if where else "") + hint) from None
     target: Any = module
     for part in attr.split("."):
         if not hasattr(target, part):
@@ -91,13 +100,21 @@ def _forget_foreign(package: str, root: Path) -> None:
 
 def build_model(cfg: Config, mc: ModelConfig) -> torch.nn.Module:
     target = import_factory(cfg, mc)
+    try:
+        inspect.signature(target).bind(**mc.kwargs)
+    except TypeError as e:  # the kwargs do not fit the factory's parameters
+        raise _err(mc, "kwargs", f"calling {mc.factory}(**kwargs) failed: TypeError: {e}") \
+            from None
+    except ValueError:  # no signature to check (a builtin): calling it will tell
+        pass
     torch.manual_seed(mc.seed)
     try:
         model = target(**mc.kwargs)
     except Exception as e:
-        where = _user_frame(e)
-        raise _err(mc, "kwargs", f"calling {mc.factory}(**kwargs) failed: {type(e).__name__}: {e}"
-                   + (f" (at {where})" if where else "")) from None
+        where = _user_frame(e, cfg.root)
+        call = ", ".join(f"{k}={v!r}" for k, v in mc.kwargs.items())
+        raise _err(mc, "factory", f"{mc.factory}({call}) raised {type(e).__name__}: "
+                   f"{_one_line(e)}" + (f" (at {where})" if where else "")) from None
     if not isinstance(model, torch.nn.Module):
         raise _err(mc, "factory", f"returned {type(model).__name__}, not a torch.nn.Module")
     if mc.weights is not None:
@@ -107,12 +124,49 @@ def build_model(cfg: Config, mc: ModelConfig) -> torch.nn.Module:
     return model.eval()
 
 
-def _user_frame(e: BaseException) -> str | None:
-    frames = traceback.extract_tb(e.__traceback__)
-    for f in reversed(frames):
-        if "site-packages" not in f.filename and "/pycandle/" not in f.filename:
-            return f"{f.filename}:{f.lineno}"
-    return None
+def _user_frame(e: BaseException, root: Path) -> str | None:
+    """`file:line` in the user's code where `e` was raised (relative to the config's directory
+    when inside it): the innermost frame in that directory, else the innermost frame that is
+    neither PyCandle, nor an installed package, nor Python's own."""
+    if isinstance(e, SyntaxError) and e.filename:  # raised by the compiler, not in a frame
+        return _shown(Path(e.filename), e.lineno, root)
+    root = root.resolve()
+    library = [Path(p).resolve() for p in {sys.prefix, sys.base_prefix, sys.exec_prefix}]
+    outside: str | None = None
+    for f in reversed(traceback.extract_tb(e.__traceback__)):
+        if f.filename.startswith("<"):  # <frozen importlib._bootstrap>, <string>
+            continue
+        path = Path(f.filename).resolve()
+        if path.is_relative_to(root):
+            return _shown(path, f.lineno, root)
+        if outside is None and not path.is_relative_to(_PYCANDLE_DIR) \
+                and not any(path.is_relative_to(p) for p in library):
+            outside = _shown(path, f.lineno, root)
+    return outside
+
+
+def _shown(path: Path, line: int | None, root: Path) -> str:
+    path = path.resolve()
+    shown = path.relative_to(root.resolve()).as_posix() if path.is_relative_to(root.resolve()) \
+        else str(path)
+    return f"{shown}:{line}" if line else shown
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception's message on one line (a SyntaxError's without its file and line, which
+    `_user_frame` gives)."""
+    text = e.msg if isinstance(e, SyntaxError) and e.msg else str(e)
+    return " ".join(text.split())
+
+
+def _unpickling_reason(text: str) -> str:
+    """Why torch.load(weights_only=True) refused a file, without its long generic advice."""
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return (f"it holds a pickled Python object ({found.group(1)}), which is never loaded "
+                "because unpickling it could run code")
+    found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    return f"not a PyTorch state dict ({found.group(1).strip() if found else text.splitlines()[0]})"
 
 
 def _load_weights(mc: ModelConfig, model: torch.nn.Module) -> None:
@@ -122,11 +176,17 @@ def _load_weights(mc: ModelConfig, model: torch.nn.Module) -> None:
         if path.suffix == ".safetensors":
             state = load_file(str(path))
         else:
+            # weights_only: tensors and plain containers only, never arbitrary pickled objects
             state = torch.load(str(path), map_location="cpu", weights_only=True)
             if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
                 state = state["state_dict"]
+    except pickle.UnpicklingError as e:
+        raise _err(mc, "weights", f"{path} does not load with torch.load(weights_only=True): "
+                   f"{_unpickling_reason(str(e))}; save the state dict instead "
+                   "(torch.save(model.state_dict(), path)) or a .safetensors file") from None
     except Exception as e:
-        raise _err(mc, "weights", f"cannot read {path}: {type(e).__name__}: {e}") from None
+        raise _err(mc, "weights", f"cannot read {path}: {type(e).__name__}: {_one_line(e)}") \
+            from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise _err(mc, "weights", f"{path} does not hold a state dict of tensors")
     expected = model.state_dict()
@@ -191,8 +251,7 @@ def up_to_date(cfg: Config, mc: ModelConfig) -> bool:
     """Whether artifacts/<model>/ was recorded from exactly these inputs."""
     out = cfg.artifacts / mc.name
     manifest = out / "manifest.json"
-    if not all((out / f).is_file() for f in ("manifest.json", "weights.safetensors",
-                                               "golden.safetensors")):
+    if not all((out / f).is_file() for f in ARTIFACT_FILES):
         return False
     try:
         recorded = json.loads(manifest.read_text()).get("content_hash")
@@ -282,7 +341,7 @@ def _merge(mc: ModelConfig, traces: list[CaseTrace]) -> tuple[list[Node], list[P
             own = [r for r in refs_in((base.args, base.kwargs)) if r.node in metas]
             earlier = [Ref(n.name, p) for n in reversed(nodes)
                        for p, _ in leaves(n.out) if n.op != "input"]
-            candidates = dim_candidates(own + inputs + earlier,
+            candidates = dim_candidates([own + inputs, earlier],
                                         lambda r: at_path(metas.get(r.node), r.path))
             (args, kwargs), issues = symbolize(
                 [(v.args, v.kwargs) for v in variants], candidates, [])
@@ -294,6 +353,9 @@ def _merge(mc: ModelConfig, traces: list[CaseTrace]) -> tuple[list[Node], list[P
                     "tensor's shape"))
         else:
             args, kwargs = base.args, base.kwargs
+        args, kwargs = settle((args, kwargs), lambda sym: tuple(
+            evaluate(sym, lambda r, d, c=case: at_path(metas[r.node], r.path).shapes[c][d])
+            for case in range(len(traces))))
         out = _merge_meta([v.out for v in variants])
         if out is None:
             problems.append(Problem(f"{base.target}: outputs differ in structure or dtype "
@@ -322,9 +384,33 @@ def _merge_meta(outs: list[Any]) -> Any:
     return first if all(o == first for o in outs) else None
 
 
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+def _odd_names(model: torch.nn.Module) -> list[Problem]:
+    """Submodule, parameter and buffer names that are not plain words (PyTorch allows any text
+    without a dot). They become Rust identifiers and string literals in the generated code, so
+    they are refused rather than escaped, and the generated code stays readable."""
+    problems = []
+    for qual, module in model.named_modules():
+        own = [(n, "submodule") for n, _ in module.named_children()]
+        own += [(n, "parameter") for n, _ in module.named_parameters(recurse=False)]
+        own += [(n, "buffer") for n, _ in module.named_buffers(recurse=False)]
+        for name, kind in own:
+            if not _PLAIN_NAME.match(name):
+                problems.append(Problem(
+                    f"{kind} name {name!r} is not made of letters, digits and underscores",
+                    module=qual, hint="rename it (add_module / register_parameter / "
+                    "register_buffer) to a plain name"))
+    return problems
+
+
 def record_model(cfg: Config, mc: ModelConfig) -> Recording:
     torch.use_deterministic_algorithms(True)
     model = build_model(cfg, mc)
+    problems = _odd_names(model)
+    if problems:
+        raise UnsupportedError(mc.name, problems)
     leaves_ = [m for _, m in leaf_modules(model)]
     try:
         forward_sig = inspect.signature(model.forward)
@@ -347,9 +433,9 @@ def record_model(cfg: Config, mc: ModelConfig) -> Recording:
         except PyCandleError:
             raise
         except Exception as e:
-            where = _user_frame(e)
-            raise _err(mc, f"inputs[{case}]", f"forward() raised {type(e).__name__}: {e}"
-                       + (f" (at {where})" if where else "")) from None
+            where = _user_frame(e, cfg.root)
+            raise _err(mc, f"inputs[{case}]", f"forward() raised {type(e).__name__}: "
+                       f"{_one_line(e)}" + (f" (at {where})" if where else "")) from None
         problems = _opaque_problems(trace)
         if problems:
             raise UnsupportedError(mc.name, problems)
@@ -381,15 +467,15 @@ def record_model(cfg: Config, mc: ModelConfig) -> Recording:
     return Recording(manifest, weights, golden)
 
 
-def write_recording(artifacts: Path, rec: Recording) -> list[Path]:
-    out = artifacts / rec.manifest.name
+def write_recording(artifacts: Path, rec: Recording) -> bool:
+    """Switch `artifacts/<model>` to this recording in one atomic step; False when it already
+    holds exactly these bytes."""
     files = {
-        out / "weights.safetensors": save(dict(sorted(rec.weights.items()))),
-        out / "golden.safetensors": save(dict(sorted(rec.golden.items()))),
-        # the manifest last: its presence means the other two match it
-        out / "manifest.json": rec.manifest.dumps(),
+        "manifest.json": rec.manifest.dumps().encode(),
+        "weights.safetensors": save(dict(sorted(rec.weights.items()))),
+        "golden.safetensors": save(dict(sorted(rec.golden.items()))),
     }
-    return [p for p, data in files.items() if write_atomic(p, data)]
+    return write_dir_atomic(artifacts / rec.manifest.name, files)
 
 
 def record(cfg: Config, models: list[ModelConfig], progress=None,
@@ -403,16 +489,31 @@ def record(cfg: Config, models: list[ModelConfig], progress=None,
                 skipped.append(mc.name)
             else:
                 recordings.append(record_model(cfg, mc))
-        except (PyCandleError, ConfigError) as e:
+        except UnsupportedError as e:  # its problems point into the user's code
+            errors.append(f"{mc.location}: {e}")
+        except (PyCandleError, ConfigError) as e:  # these start with the file and line
             errors.append(str(e))
         if progress is not None:
             progress(mc.name)
     if errors:
         raise RecordError("record stopped; nothing was written:\n" + "\n".join(errors))
+    written: list[str] = []
     for rec in recordings:
         try:
             write_recording(cfg.artifacts, rec)
         except OSError as e:
-            raise RecordError(f"cannot write artifacts for '{rec.manifest.name}' under "
-                              f"{cfg.artifacts}: {e}") from None
+            # an OSError of the system has a strerror; one of fsutil's says what to do itself
+            reason = (f"{e.strerror} ({e.filename}); make {cfg.artifacts} a writable directory"
+                      if e.strerror else str(e))
+            kept = (f"{', '.join(written)} recorded, the previous recordings of the others kept"
+                    if written else "the previous recordings are kept")
+            raise RecordError(f"{cfg.where('artifacts')} model '{rec.manifest.name}': cannot "
+                              f"write {cfg.artifacts / rec.manifest.name}: {reason} ({kept})") \
+                from None
+        written.append(rec.manifest.name)
+    for name in skipped:  # leftovers of a killed run
+        try:
+            tidy_dir_versions(cfg.artifacts / name)
+        except OSError:
+            pass  # only housekeeping: the recording itself is complete
     return recordings, skipped

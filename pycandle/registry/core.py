@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import math
 import struct
 from dataclasses import dataclass
@@ -122,7 +123,7 @@ def _parse_sig(sig: str) -> list[tuple[str, Any]]:
             params.append((part[1:], _VARARGS))
         elif "=" in part:
             name, default = part.split("=", 1)
-            params.append((name.strip(), eval(default, {"__builtins__": {}}, {})))  # noqa: S307
+            params.append((name.strip(), ast.literal_eval(default)))
         else:
             params.append((part, _REQUIRED))
     return params
