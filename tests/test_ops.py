@@ -92,7 +92,9 @@ OPS = """\
                     (x <= y.transpose(1, 2)).float(), torch.ge(x, 0.1).float(), (x != x).float(),
                     torch.where(x > 0, x, 0.1 * x), torch.where(x > 0, x, 0.0),
                     torch.where(x[:, :1] > 0, x, -1.0), x.masked_fill(x < 0, 0.5),
-                    x.masked_fill(x[:, :1] > 0, -2.0))
+                    x.masked_fill(x[:, :1] > 0, -2.0), x + 0, 1 * x, x / 1, x - 0, 0 - x,
+                    (x > 0).long() + 0.5, (x > 0).long() * 2, 3 - (x > 0).int(),
+                    (x > 0).long() / 2)
 
 
     class Indexing(nn.Module):
@@ -173,6 +175,9 @@ UNSUPPORTED = """\
     def cropping_pad():
         return Call(lambda x: F.pad(x, (-1, 1)))
 
+    def promoted_exp():
+        return Call(lambda x: torch.exp((x > 0).long()))
+
     def training_dropout():
         return Call(lambda x: F.dropout(x, 0.5, training=True))
 
@@ -200,6 +205,7 @@ UNSUPPORTED = """\
 
 REPORTED = {
     "cropping_pad": "negative padding -1 (cropping)",
+    "promoted_exp": "torch.exp gives float32 from int64",
     "training_dropout": "torch.nn.functional.dropout with training=True",
     "tensor_exponent": "pow with a tensor exponent",
     "implicit_softmax": "softmax without dim",

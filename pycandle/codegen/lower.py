@@ -438,7 +438,15 @@ class _Lowering:
         args = self.operand(node.args)
         kwargs = {k: self.operand(v) for k, v in node.kwargs.items()}
         bound = registry.bind(op.spellings[node.target], args, kwargs)
-        expr = op.emit(node.target, bound, node.out)
+        expr = op.emit(node.target, bound, node.out)  # its own problems are the clearest
+        if isinstance(node.out, TensorMeta) and op.name not in registry.DTYPE_AWARE_OPS:
+            dtypes = {t.meta.dtype for _, t in leaves((args, tuple(kwargs.values())))
+                      if isinstance(t, T)}
+            if dtypes and node.out.dtype not in dtypes:
+                raise Unsupported(
+                    f"{node.target} gives {node.out.dtype} from {', '.join(sorted(dtypes))} "
+                    "(PyTorch's type promotion, which the port does not model here)",
+                    hint="cast the operand first, e.g. x.float()")
         self.uses.update(op.uses)
         if isinstance(node.out, (tuple, list)) and node.out \
                 and all(isinstance(m, TensorMeta) for m in node.out):

@@ -15,8 +15,16 @@ from pycandle.registry.core import (
 _BINARY_METHODS = {"add": "add", "sub": "sub", "mul": "mul", "div": "div"}
 _SCALAR_FORMS = {"add": "({x.borrow} + {s})?", "sub": "({x.borrow} - {s})?",
                  "mul": "({x.borrow} * {s})?", "div": "({x.borrow} / {s})?"}
+_NEUTRAL = {"add": 0, "sub": 0, "mul": 1, "div": 1}
 _REFLECTED_SCALAR_FORMS = {"add": "({x.borrow} + {s})?", "sub": "{x.name}.affine(-1.0, {s})?",
                            "mul": "({x.borrow} * {s})?", "div": "({x.name}.recip()? * {s})?"}
+
+
+def _promoted(v: Any, out: Any) -> Any:
+    if isinstance(v, T) and isinstance(out, TensorMeta) and v.meta.dtype != out.dtype:
+        return T(f"{v.name}.to_dtype({qualified_dtype(out.dtype)})?",
+                 TensorMeta(out.dtype, v.meta.shapes))
+    return v
 
 
 def _binary(kind: str) -> Callable[[str, dict[str, Any], Any], str]:
@@ -29,13 +37,21 @@ def _binary(kind: str) -> Callable[[str, dict[str, Any], Any], str]:
         reflected = spelling.startswith("Tensor.__r")
         if reflected:  # `other <op> self`
             x, y = y, x
+        # PyTorch promotes (an integer tensor plus 0.5, or divided, is a float one); Candle
+        # keeps the tensor's dtype, so the operands are cast to the result's first
+        x, y = _promoted(x, out), _promoted(y, out)
         if isinstance(x, T) and isinstance(y, T):
             if x.meta.shapes == y.meta.shapes:
                 return f"{x.name}.{_BINARY_METHODS[kind]}({y.borrow})?"
             return f"{x.name}.broadcast_{_BINARY_METHODS[kind]}({y.borrow})?"
         if isinstance(x, T) and isinstance(y, (int, float)) and not isinstance(y, bool):
+            if y == _NEUTRAL[kind] and isinstance(out, TensorMeta) and out.dtype == x.meta.dtype:
+                return x.name  # `x + 0`, `x * 1` (Python's `sum` starts at 0): x itself
             return _SCALAR_FORMS[kind].format(x=x, s=rust_float(float(y)))
         if isinstance(y, T) and isinstance(x, (int, float)) and not isinstance(x, bool):
+            if kind in ("add", "mul") and x == _NEUTRAL[kind] and isinstance(out, TensorMeta) \
+                    and out.dtype == y.meta.dtype:
+                return y.name
             return _REFLECTED_SCALAR_FORMS[kind].format(x=y, s=rust_float(float(x)))
         raise Unsupported(f"{kind} of {x!r} and {y!r}")
 

@@ -244,6 +244,15 @@ def tensor(v: Any, what: str = "input") -> T:
 
 
 
+# Ops whose emitters give PyTorch's result dtype themselves (casts, comparisons, promotion of
+# arithmetic, index results, creation, reductions with `dtype=`). For any other op, a result
+# dtype that none of its operands has is type promotion the port does not model: reported.
+DTYPE_AWARE_OPS = frozenset({
+    "add", "sub", "mul", "div", "gt", "lt", "ge", "le", "eq", "ne", "argmax", "argmin", "cast",
+    "to", "type_as", "arange", "zeros", "ones", "full", "zeros_like", "ones_like", "full_like",
+    "new_zeros", "new_ones", "new_full", "sum", "mean", "softmax", "log_softmax",
+})
+
 LAYERS: dict[str, Layer] = {}
 OPS: dict[str, Op] = {}
 # Containers are traced through: their forward() is plain Python over their children.
