@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 from pathlib import Path
 
@@ -123,6 +124,39 @@ def test_record_skips_what_is_up_to_date_and_redoes_what_changed(tmp_path):
     cfg = load_config(path)
     recordings, skipped = record(cfg, list(cfg.models))
     assert [r.manifest.name for r in recordings] == ["enc"] and skipped == ["other"]
+
+
+def test_modules_of_a_virtualenv_under_the_project_do_not_count(tmp_path, monkeypatch):
+    """A venv inside the project (nox's .nox/, a .venv/) holds torch's lazily imported modules:
+    they must not make a model look changed on the next run."""
+    site = tmp_path / ".venv" / "lib" / "site-packages"
+    site.mkdir(parents=True)
+    (site / "lazy_helper.py").write_text("SCALE = 2.0\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delitem(sys.modules, "lazy_helper", raising=False)
+    path = project(tmp_path, """\
+        import torch
+        from torch import nn
+
+        class Lazy(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.proj = nn.Linear(5, 3)
+
+            def forward(self, x):
+                import lazy_helper  # first imported while recording
+                return self.proj(x) * lazy_helper.SCALE
+        """, """\
+        models:
+          - name: lazy
+            factory: usermodels:Lazy
+            inputs:
+              - x: {shape: [2, 5]}
+        """)
+    cfg = load_config(path)
+    assert [r.manifest.name for r in record(cfg, list(cfg.models))[0]] == ["lazy"]
+    del sys.modules["lazy_helper"]  # as in the next run's fresh process
+    assert record(cfg, list(cfg.models)) == ([], ["lazy"])
 
 
 @pytest.mark.parametrize("factory, expected", [

@@ -221,7 +221,18 @@ def make_inputs(specs: dict[str, TensorSpec], seed: int) -> dict[str, torch.Tens
     return out
 
 
-_PYCANDLE_SOURCES = sorted(Path(pycandle.__file__).parent.rglob("*.py"))
+_PYCANDLE_DIR = Path(pycandle.__file__).resolve().parent
+_PYCANDLE_SOURCES = sorted(_PYCANDLE_DIR.rglob("*.py"))
+
+
+def _is_user_source(path: Path, root: Path) -> bool:
+    """A module of the user's project: not PyCandle's own (hashed as a whole) and not inside a
+    virtualenv or another hidden or installed tree under the config's directory, whose modules
+    torch imports lazily, so their set would change between runs."""
+    parts = path.relative_to(root).parts[:-1]
+    return not path.is_relative_to(_PYCANDLE_DIR) and not any(
+        p.startswith(".") or p in ("site-packages", "dist-packages", "__pycache__")
+        for p in parts)
 
 
 def content_hash(cfg: Config, mc: ModelConfig) -> str:
@@ -236,7 +247,7 @@ def content_hash(cfg: Config, mc: ModelConfig) -> str:
         src = getattr(module, "__file__", None)
         if src and src.endswith(".py"):
             path = Path(src).resolve()
-            if path.is_relative_to(root) and path.is_file():
+            if path.is_relative_to(root) and path.is_file() and _is_user_source(path, root):
                 user_files.add(path)
     for path in sorted(user_files) + _PYCANDLE_SOURCES:
         h.update(path.name.encode())
