@@ -113,6 +113,7 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Recurrent layers: PyTorch vs candle-nn vs PyCandle's kernels; writes reports/bench.json."""
+    """Recurrent layers: PyTorch vs stacked candle-nn layers vs PyCandle's Lstm/Gru, side by side;
+    writes reports/bench.json."""
     session.run(_python(session), str(ROOT / "pycandle" / "bench.py"), *session.posargs,
                 env=_cargo_env(), external=True)

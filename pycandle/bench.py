@@ -1,4 +1,4 @@
-"""Benchmark of recurrent layers: PyTorch against Candle's candle-nn layers and PyCandle's kernels.
+"""Benchmark of recurrent layers: PyTorch against Candle's candle-nn layers and PyCandle's.
 
 For each shape, random weights are drawn in PyTorch and saved (PyTorch's parameter names, plus the
 input and PyTorch's output) to safetensors in a temporary directory. The Rust benchmark
@@ -9,13 +9,13 @@ with the same number of threads:
 * pytorch: eager `torch.nn.LSTM` / `torch.nn.GRU` under `torch.no_grad()`, in this process;
 * baseline: `candle_nn::lstm` / `candle_nn::gru` layers stacked and run with `RNN::seq` (the way
   candle-transformers' EncodecLSTM does);
-* kernel: one Candle matmul per layer and direction for the input projection, then the time loop
-  in `pycandle_runtime::kernel`.
+* pycandle: `pycandle_runtime::Lstm` / `Gru`, as generated code uses them (on the CPU, each layer
+  is one call of the kernels in `pycandle_runtime::kernel`, input projection included).
 
 Peak memory is measured by running one forward of each contender in a fresh process: the growth
 of the resident set (Linux VmHWM, reset just before the forward) over its size before.
 
-Prints a table with the medians and the ratios kernel/pytorch and baseline/kernel (medians of the
+Prints a table with the medians and the ratios pycandle/pytorch and baseline/pycandle (medians of the
 per-round ratios, which the rotation pairs up), and writes everything to reports/bench.json.
 
     python pycandle/bench.py [--rounds N] [--warmup N] [--threads N] [--only NAME ...]
@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTENDERS = ("pytorch", "baseline", "kernel")
+CONTENDERS = ("pytorch", "baseline", "pycandle")
 
 # name, kind, input size, hidden size, layers, bidirectional, steps, batch, rounds (default)
 SHAPES = [
@@ -194,8 +194,8 @@ def time_shape(spec: dict, prefix: Path, rust: RustBench, rounds: int, warmup: i
                 seconds[c].append(run(c))
     rust.ask(f"drop {spec['name']}")
     paired = {
-        "kernel/pytorch": [k / p for k, p in zip(seconds["kernel"], seconds["pytorch"])],
-        "baseline/kernel": [b / k for b, k in zip(seconds["baseline"], seconds["kernel"])],
+        "pycandle/pytorch": [k / p for k, p in zip(seconds["pycandle"], seconds["pytorch"])],
+        "baseline/pycandle": [b / k for b, k in zip(seconds["baseline"], seconds["pycandle"])],
         "baseline/pytorch": [b / p for b, p in zip(seconds["baseline"], seconds["pytorch"])],
     }
     return {
@@ -233,16 +233,16 @@ def _table(results: dict, threads: int, load: tuple[float, float]):
     title = (f"Recurrent layers, f32, CPU, {threads} threads (medians; ratios: median of "
              f"per-round ratios [p25-p75]); load average {load[0]:.2f} before, {load[1]:.2f} after")
     t = Table(title=escape(title))
-    for col in ("shape", "PyTorch ms", "candle-nn ms", "kernel ms", "kernel/PyTorch",
-                "candle-nn/kernel", "peak RSS growth MB (PT / cn / kernel)", "max |err| kernel"):
+    for col in ("shape", "PyTorch ms", "candle-nn ms", "PyCandle ms", "PyCandle/PyTorch",
+                "candle-nn/PyCandle", "peak RSS growth MB (PT / cn / PC)", "max |err| PyCandle"):
         t.add_column(col, justify="left" if col == "shape" else "right")
     for name, r in results.items():
         s, q = r["summary"], r["ratios"]
         mem = r.get("memory")
         mem_cell = " / ".join(f"{mem[c]['growth_mb']:.0f}" for c in CONTENDERS) if mem else "-"
         t.add_row(name, *(f"{s[c]['median'] * 1e3:.1f}" for c in CONTENDERS),
-                  _ratio_cell(q["kernel/pytorch"]), _ratio_cell(q["baseline/kernel"]), mem_cell,
-                  f"{r['check']['kernel_err']:.1e}")
+                  _ratio_cell(q["pycandle/pytorch"]), _ratio_cell(q["baseline/pycandle"]), mem_cell,
+                  f"{r['check']['pycandle_err']:.1e}")
     return t
 
 
@@ -309,9 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     console.print(f"wrote {args.out}")
-    worst = max((r["check"]["kernel_err"] for r in results.values()), default=0.0)
+    worst = max((r["check"]["pycandle_err"] for r in results.values()), default=0.0)
     if worst > 1e-4:
-        console.print(f"[red]kernel output differs from PyTorch by {worst:.1e}[/red]")
+        console.print(f"[red]PyCandle output differs from PyTorch by {worst:.1e}[/red]")
         return 1
     return 0
 

@@ -1,5 +1,5 @@
-//! Recurrent-layer benchmark: the time-loop kernels of
-//! `pycandle_runtime::kernel` against Candle's own `candle_nn::lstm` / `candle_nn::gru` layers, and
+//! Recurrent-layer benchmark: PyCandle's `Lstm` / `Gru` (which run on the CPU kernels of
+//! `pycandle_runtime::kernel`) against Candle's own `candle_nn::lstm` / `candle_nn::gru` layers, and
 //! (driven by `pycandle/bench.py`) against PyTorch, on the same weights.
 //!
 //! Contenders, all f32 on the CPU, input and output time-major `(T, B, F)`:
@@ -7,8 +7,8 @@
 //! * `baseline`: `candle_nn` layers stacked and run with `RNN::seq`, the way
 //!   `candle-transformers`' `EncodecLSTM` does it (a backward direction runs
 //!   on the time-flipped input; GRU states are stacked with `Tensor::stack`).
-//! * `kernel`: per layer, one Candle matmul per direction for the input
-//!   projection, then `kernel::lstm_recurrence` / `kernel::gru_recurrence`.
+//! * `pycandle`: `pycandle_runtime::Lstm` / `Gru` loaded from the same tensors, exactly as
+//!   generated code uses them (`forward` on the time-major input).
 //!
 //! Modes:
 //!
@@ -37,7 +37,7 @@ use std::io::{BufRead, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use candle_core::{bail, DType, Device, Result, Storage, Tensor};
+use candle_core::{bail, DType, Device, Result, Tensor};
 use candle_nn::rnn::{Direction, GRUConfig, LSTMConfig, GRU, LSTM, RNN};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
@@ -296,129 +296,38 @@ impl Baseline {
     }
 }
 
-/// One direction's parameters, prepared for the kernel.
-struct KernelDir {
-    /// `W_ih^T`, `(I, G * H)`, for the Candle input projection.
-    w_ih_t: Tensor,
-    /// LSTM: `b_ih + b_hh`; GRU: `b_ih`.
-    x_bias: Vec<f32>,
-    /// `W_hh^T`, `(H, G * H)`.
-    w_hh_t: Vec<f32>,
-    /// GRU only.
-    b_hh: Vec<f32>,
+/// PyCandle's layers, as generated code uses them.
+enum PyCandle {
+    Lstm(pycandle_runtime::Lstm),
+    Gru(pycandle_runtime::Gru),
 }
 
-/// The thin driver: one Candle matmul per layer and direction, then the kernel.
-struct KernelModel {
-    spec: Spec,
-    layers: Vec<Vec<KernelDir>>,
-    threads: usize,
-}
-
-fn flat(t: &Tensor) -> Result<Vec<f32>> {
-    t.flatten_all()?.to_vec1::<f32>()
-}
-
-/// The contiguous f32 data of a CPU tensor.
-fn cpu_f32<'a>(storage: &'a Storage, layout: &candle_core::Layout) -> Result<&'a [f32]> {
-    let Storage::Cpu(cpu) = storage else {
-        bail!("the kernel benchmark runs on the CPU")
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        bail!("expected a contiguous tensor")
-    };
-    Ok(&cpu.as_slice::<f32>()?[start..end])
-}
-
-impl KernelModel {
-    fn load(spec: &Spec, ts: &HashMap<String, Tensor>) -> Result<Self> {
-        let mut layers = Vec::new();
-        for layer in 0..spec.num_layers {
-            let mut dirs = Vec::new();
-            for dir in 0..spec.dirs() {
-                let s = Spec::suffix(dir);
-                let get = |base: &str| ts[&format!("{base}_l{layer}{s}")].clone();
-                let (b_ih, b_hh) = (get("bias_ih"), get("bias_hh"));
-                dirs.push(KernelDir {
-                    w_ih_t: get("weight_ih").t()?.contiguous()?,
-                    x_bias: if spec.is_lstm() {
-                        flat(&(&b_ih + &b_hh)?)?
-                    } else {
-                        flat(&b_ih)?
-                    },
-                    w_hh_t: flat(&get("weight_hh").t()?.contiguous()?)?,
-                    b_hh: flat(&b_hh)?,
-                });
-            }
-            layers.push(dirs);
-        }
-        Ok(Self {
-            spec: spec.clone(),
-            layers,
-            threads: kernel::default_threads(),
+impl PyCandle {
+    fn load(spec: &Spec, ts: &HashMap<String, Tensor>, dev: &Device) -> Result<Self> {
+        let vb = VarBuilder::from_tensors(ts.clone(), DType::F32, dev);
+        Ok(if spec.is_lstm() {
+            let cfg = pycandle_runtime::LstmConfig {
+                num_layers: spec.num_layers,
+                bidirectional: spec.bidirectional,
+                ..pycandle_runtime::LstmConfig::new(spec.input_size, spec.hidden_size)
+            };
+            Self::Lstm(pycandle_runtime::Lstm::load(cfg, vb)?)
+        } else {
+            let cfg = pycandle_runtime::GruConfig {
+                num_layers: spec.num_layers,
+                bidirectional: spec.bidirectional,
+                ..pycandle_runtime::GruConfig::new(spec.input_size, spec.hidden_size)
+            };
+            Self::Gru(pycandle_runtime::Gru::load(cfg, vb)?)
         })
     }
 
     /// `(T, B, I)` to `(T, B, D * H)`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (steps, batch, _) = x.dims3()?;
-        let (h, d) = (self.spec.hidden_size, self.spec.dirs());
-        let shape = kernel::RecurrentShape {
-            steps,
-            batch,
-            hidden: h,
-        };
-        let mut x = x.clone();
-        for dirs in &self.layers {
-            let x2d = x.reshape((steps * batch, x.dim(2)?))?;
-            let gx = dirs
-                .iter()
-                .map(|dir| x2d.matmul(&dir.w_ih_t))
-                .collect::<Result<Vec<_>>>()?;
-            let guards: Vec<_> = gx.iter().map(Tensor::storage_and_layout).collect();
-            let gx = guards
-                .iter()
-                .map(|(storage, layout)| cpu_f32(storage, layout))
-                .collect::<Result<Vec<_>>>()?;
-            let mut out = vec![0f32; steps * batch * d * h];
-            let mut h_n = vec![0f32; d * batch * h];
-            let done = if self.spec.is_lstm() {
-                let kdirs: Vec<_> = dirs
-                    .iter()
-                    .zip(&gx)
-                    .enumerate()
-                    .map(|(i, (dir, gx))| kernel::LstmDirection {
-                        gx,
-                        bias: Some(&dir.x_bias),
-                        w_hh_t: &dir.w_hh_t,
-                        w_hr_t: None,
-                        h0: None,
-                        c0: None,
-                        reverse: i == 1,
-                    })
-                    .collect();
-                let mut c_n = vec![0f32; d * batch * h];
-                kernel::lstm_recurrence(shape, &kdirs, &mut out, &mut h_n, &mut c_n, self.threads)
-            } else {
-                let kdirs: Vec<_> = dirs
-                    .iter()
-                    .zip(&gx)
-                    .enumerate()
-                    .map(|(i, (dir, gx))| kernel::GruDirection {
-                        gx,
-                        b_ih: Some(&dir.x_bias),
-                        w_hh_t: &dir.w_hh_t,
-                        b_hh: Some(&dir.b_hh),
-                        h0: None,
-                        reverse: i == 1,
-                    })
-                    .collect();
-                kernel::gru_recurrence(shape, &kdirs, &mut out, &mut h_n, self.threads)
-            };
-            done.map_err(candle_core::Error::wrap)?;
-            x = Tensor::from_vec(out, (steps, batch, d * h), &Device::Cpu)?;
+        match self {
+            Self::Lstm(l) => Ok(l.forward(x, None)?.0),
+            Self::Gru(g) => Ok(g.forward(x, None)?.0),
         }
-        Ok(x)
     }
 }
 
@@ -428,7 +337,7 @@ struct Loaded {
     input: Tensor,
     expected: Option<Tensor>,
     baseline: Baseline,
-    kernel: KernelModel,
+    pycandle: PyCandle,
 }
 
 impl Loaded {
@@ -436,13 +345,13 @@ impl Loaded {
         let input = ts["input"].clone();
         let expected = ts.get("output").cloned();
         let baseline = Baseline::load(&spec, &ts, dev)?;
-        let kernel = KernelModel::load(&spec, &ts)?;
+        let pycandle = PyCandle::load(&spec, &ts, dev)?;
         Ok(Self {
             spec,
             input,
             expected,
             baseline,
-            kernel,
+            pycandle,
         })
     }
 
@@ -455,9 +364,9 @@ impl Loaded {
 
     fn run(&self, contender: &str) -> Result<Tensor> {
         match contender {
-            "kernel" => self.kernel.forward(&self.input),
+            "pycandle" => self.pycandle.forward(&self.input),
             "baseline" => self.baseline.forward(&self.input),
-            other => bail!("unknown contender {other:?} (expected kernel or baseline)"),
+            other => bail!("unknown contender {other:?} (expected pycandle or baseline)"),
         }
     }
 }
@@ -479,26 +388,24 @@ fn median(xs: &mut [f64]) -> f64 {
     }
 }
 
-/// `cargo bench`: random weights, baseline against kernel.
+/// `cargo bench`: random weights, baseline against PyCandle.
 fn standalone() -> Result<()> {
     let dev = Device::Cpu;
     let threads = kernel::default_threads();
-    println!(
-        "recurrent kernels vs candle-nn, f32, {threads} threads (PyTorch: run pycandle/bench.py)"
-    );
+    println!("PyCandle vs candle-nn, f32, {threads} threads (PyTorch: run pycandle/bench.py)");
     println!(
         "{:<18} {:>12} {:>12} {:>16} {:>11}",
-        "shape", "kernel ms", "baseline ms", "baseline/kernel", "max |diff|"
+        "shape", "pycandle ms", "baseline ms", "baseline/pycandle", "max |diff|"
     );
     for spec in standard_specs() {
         let ts = random_model(&spec, &dev)?;
         let m = Loaded::new(spec, ts, &dev)?;
-        let diff = max_abs_diff(&m.run("kernel")?, &m.run("baseline")?)?;
+        let diff = max_abs_diff(&m.run("pycandle")?, &m.run("baseline")?)?;
         let big = m.spec.steps * m.spec.batch * m.spec.hidden_size > 1_000_000;
         let rounds = if big { 3 } else { 15 };
         let (mut k, mut b, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
-            let tk = measure(|| m.run("kernel"))?.0;
+            let tk = measure(|| m.run("pycandle"))?.0;
             let tb = measure(|| m.run("baseline"))?.0;
             k.push(tk);
             b.push(tb);
@@ -528,7 +435,7 @@ fn serve() -> Result<()> {
         let reply = match words.as_slice() {
             ["load", name, prefix] => {
                 let m = Loaded::from_files(prefix, &dev)?;
-                let (k, b) = (m.run("kernel")?, m.run("baseline")?);
+                let (k, b) = (m.run("pycandle")?, m.run("baseline")?);
                 let err = |t: &Tensor| -> Result<serde_json::Value> {
                     Ok(match &m.expected {
                         Some(e) => max_abs_diff(t, e)?.into(),
@@ -536,10 +443,10 @@ fn serve() -> Result<()> {
                     })
                 };
                 let reply = serde_json::json!({
-                    "kernel_err": err(&k)?,
+                    "pycandle_err": err(&k)?,
                     "baseline_err": err(&b)?,
-                    "kernel_vs_baseline": max_abs_diff(&k, &b)?,
-                    "threads": m.kernel.threads,
+                    "pycandle_vs_baseline": max_abs_diff(&k, &b)?,
+                    "threads": kernel::default_threads(),
                 });
                 models.insert(name.to_string(), m);
                 reply

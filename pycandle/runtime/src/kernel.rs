@@ -1,34 +1,43 @@
-//! Direct CPU kernels for the time loop of recurrent layers.
+//! Direct CPU kernels for recurrent layers.
 //!
 //! A recurrent layer spends its time in a strictly sequential loop: every step
 //! multiplies the previous hidden state by `W_hh^T` and applies a handful of
 //! elementwise gate operations. Expressed with generic tensor ops, each step
 //! pays for several small allocations, kernel launches and thread-pool round
 //! trips, which dominate at the sizes speech and audio models use. The
-//! functions here run that loop on plain contiguous buffers instead:
+//! functions here run a whole layer on plain contiguous buffers instead:
 //!
-//! * the input projection `x W_ih^T` for all steps is computed by the caller
-//!   beforehand (one large matmul, e.g. with Candle) and passed in as `gx`,
-//!   the input biases separately (they are added on the fly);
-//! * each step does one small matrix product into a reused scratch buffer,
-//!   followed by one fused gate loop, without allocating. For batch 1 the
-//!   product streams the weights in place (it is bound by reading them); for
-//!   larger batches the weights are first copied, once per call, into
-//!   column panels that a register-blocked micro-kernel (AVX2 + FMA
-//!   intrinsics on x86-64) walks linearly;
+//! * the weights of each direction are packed once ([`PackedWeights`]) into
+//!   panels that hold the gates of one block of hidden units side by side,
+//!   so that any contiguous range of units is one contiguous range of
+//!   memory, read linearly by a register-blocked micro-kernel (AVX2 + FMA
+//!   intrinsics on x86-64);
+//! * the input projection `x W_ih^T + b` is computed inside the layer, for a
+//!   chunk of steps at a time, by the threads that then run those steps, each
+//!   for its own units: it needs no synchronisation and the chunk stays in
+//!   cache;
+//! * each step does one small matrix product in place on the chunk's
+//!   pre-activations, followed by the gate loop, without allocating. For
+//!   batch 1 the product is bound by reading the weights: the matrix-vector
+//!   product reads every panel row once, with up to 8 vector accumulators;
 //! * the directions of a bidirectional layer run concurrently, and a single
 //!   direction can be split by hidden units over a small team of threads
 //!   that meet at a spinning barrier once per step (twice with a
-//!   projection). The calling thread starts alone and hands the other
-//!   members their units as soon as their threads are running; a team that
-//!   waits too long for a member that lost its core (an oversubscribed
-//!   machine) dissolves, and the calling thread finishes alone.
+//!   projection) and exchange `h` through shared buffers. The other
+//!   directions and team members run as tasks of Rayon's pool (the one
+//!   Candle uses), whose threads persist between calls: a freshly spawned
+//!   thread often waits for the spawning thread's core. The calling thread
+//!   projects its share of the first chunk while the other members start;
+//!   members that take too long to start are sent away (and a direction no
+//!   pool thread has started when the calling thread is done runs on it),
+//!   and a team whose members stall or fall behind (an oversubscribed
+//!   machine) dissolves: the calling thread finishes alone.
 //!
-//! The kernels are independent of any layer struct: they take slices laid out
-//! as PyTorch lays out its tensors (time-major `(T, B, F)`, weights
-//! transposed to `(in, gates * H)` with PyTorch's gate order) and write the
-//! layer output with the directions concatenated on the last axis, exactly
-//! like the `output`, `h_n` (and `c_n`) of `torch.nn.LSTM` / `torch.nn.GRU`.
+//! The kernels take the weights as PyTorch holds them, transposed to
+//! `(in, gates * H)` with PyTorch's gate order, and the input and outputs
+//! time-major `(T, B, F)`, with the directions concatenated on the last axis
+//! of the output, exactly like the `output`, `h_n` (and `c_n`) of
+//! `torch.nn.LSTM` / `torch.nn.GRU`.
 //!
 //! On x86-64 CPUs with AVX2 and FMA the hot loops are compiled a second time
 //! with those features and selected at run time; elsewhere portable Rust
@@ -38,18 +47,71 @@
 //! accumulated in a different order than a BLAS would, so results match
 //! PyTorch to rounding, not bit for bit.
 
-use std::borrow::Cow;
+mod affinity;
+mod gates;
+mod product;
+mod task;
+#[cfg(test)]
+mod tests;
+
 use std::error::Error;
 use std::fmt;
 use std::ops::{Add, Div, Mul, Range, Sub};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use affinity::AvoidCpu;
+use gates::{gru_block, lstm_row};
+use product::{gate_vector, mul_acc, Panels, UNITS};
+use task::Task;
+
 mod private {
-    pub trait Sealed {}
-    impl Sealed for f32 {}
-    impl Sealed for f64 {}
+    /// Seals [`Float`](super::Float) and carries its per-type plumbing.
+    pub trait Sealed: Sized {
+        /// The atomic type with the bits of `Self`, for the buffers team
+        /// members share.
+        type Atomic: Send + Sync;
+        fn new_atomic(v: Self) -> Self::Atomic;
+        fn load(a: &Self::Atomic) -> Self;
+        fn store(a: &Self::Atomic, v: Self);
+
+        /// The logistic function on `v[..s]` and `tanh` on `v[s..]`, in
+        /// lockstep (see the `gates` module).
+        fn activate<const FMA: bool, const N: usize>(v: &mut [Self; N], s: usize);
+
+        /// Rows per micro-tile of the many-row product (12 accumulators).
+        const TILE_ROWS: usize;
+        /// Elements per AVX register.
+        const LANES: usize;
+
+        /// The AVX2 + FMA micro-kernel: `rows x vecs` registers of
+        /// accumulators (see `product::tile`).
+        ///
+        /// # Safety
+        ///
+        /// The CPU supports AVX2 and FMA, and every index the tile touches
+        /// is in bounds.
+        #[cfg(target_arch = "x86_64")]
+        unsafe fn tile_avx2(
+            rows: usize,
+            vecs: usize,
+            dst: *mut Self,
+            lhs: *const Self,
+            w: *const Self,
+            s: Strides,
+        );
+    }
+
+    /// The strides and depth of one micro-tile (see `product::tile`).
+    #[derive(Debug, Clone, Copy)]
+    pub struct Strides {
+        /// Between rows of the destination.
+        pub dst_rs: usize,
+        /// Between the 16-column sub-panels of the weights.
+        pub w_sub: usize,
+        /// Depth of the product.
+        pub depth: usize,
+    }
 }
 
 /// The element types the kernels support: `f32` and `f64`.
@@ -81,18 +143,42 @@ pub trait Float:
 
     /// The hyperbolic tangent.
     fn tanh(x: Self) -> Self;
+}
 
-    /// Rows per micro-tile of [`gemm_packed`] (12 vector accumulators).
-    const TILE_ROWS: usize;
+impl private::Sealed for f32 {
+    type Atomic = AtomicU32;
+    fn new_atomic(v: Self) -> AtomicU32 {
+        AtomicU32::new(v.to_bits())
+    }
+    #[inline(always)]
+    fn load(a: &AtomicU32) -> Self {
+        f32::from_bits(a.load(Ordering::Relaxed))
+    }
+    #[inline(always)]
+    fn store(a: &AtomicU32, v: Self) {
+        a.store(v.to_bits(), Ordering::Relaxed)
+    }
 
-    /// One micro-tile of [`gemm_packed`]: with `FMA`, the AVX2 + FMA
-    /// version (only instantiated in code that checked the CPU has both).
-    fn tile<const FMA: bool, const R: usize>(
-        dst: &mut [Self],
-        lhs: &[Self],
-        panel: &[Self],
-        tile: Tile,
-    );
+    #[inline(always)]
+    fn activate<const FMA: bool, const N: usize>(v: &mut [Self; N], s: usize) {
+        gates::activate_f32::<FMA, N>(v, s)
+    }
+
+    const TILE_ROWS: usize = 6;
+    const LANES: usize = 8;
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn tile_avx2(
+        rows: usize,
+        vecs: usize,
+        dst: *mut Self,
+        lhs: *const Self,
+        w: *const Self,
+        s: private::Strides,
+    ) {
+        // SAFETY: the caller's contract.
+        unsafe { product::x86::dispatch(rows, vecs, dst, lhs, w, s) }
+    }
 }
 
 impl Float for f32 {
@@ -110,32 +196,48 @@ impl Float for f32 {
 
     #[inline(always)]
     fn sigmoid(x: Self) -> Self {
-        1.0 / (1.0 + exp_f32(-x))
+        gates::sigmoid_f32::<false>(x)
     }
 
     #[inline(always)]
     fn tanh(x: Self) -> Self {
-        tanh_f32(x)
+        gates::tanh_f32::<false>(x)
+    }
+}
+
+impl private::Sealed for f64 {
+    type Atomic = AtomicU64;
+    fn new_atomic(v: Self) -> AtomicU64 {
+        AtomicU64::new(v.to_bits())
+    }
+    #[inline(always)]
+    fn load(a: &AtomicU64) -> Self {
+        f64::from_bits(a.load(Ordering::Relaxed))
+    }
+    #[inline(always)]
+    fn store(a: &AtomicU64, v: Self) {
+        a.store(v.to_bits(), Ordering::Relaxed)
     }
 
-    const TILE_ROWS: usize = 6;
-
     #[inline(always)]
-    fn tile<const FMA: bool, const R: usize>(
-        dst: &mut [Self],
-        lhs: &[Self],
-        panel: &[Self],
-        tile: Tile,
+    fn activate<const FMA: bool, const N: usize>(v: &mut [Self; N], s: usize) {
+        gates::activate_f64::<N>(v, s)
+    }
+
+    const TILE_ROWS: usize = 3;
+    const LANES: usize = 4;
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn tile_avx2(
+        rows: usize,
+        vecs: usize,
+        dst: *mut Self,
+        lhs: *const Self,
+        w: *const Self,
+        s: private::Strides,
     ) {
-        #[cfg(target_arch = "x86_64")]
-        if FMA {
-            tile.check(dst, lhs, panel, R);
-            // SAFETY: `FMA` code only runs after AVX2 and FMA were detected,
-            // and `check` verified every index the tile touches.
-            unsafe { x86::tile_f32::<R>(dst, lhs, panel, tile) };
-            return;
-        }
-        tile_portable::<Self, FMA, R>(dst, lhs, panel, tile);
+        // SAFETY: the caller's contract.
+        unsafe { product::x86::dispatch(rows, vecs, dst, lhs, w, s) }
     }
 }
 
@@ -161,130 +263,6 @@ impl Float for f64 {
     fn tanh(x: Self) -> Self {
         x.tanh()
     }
-
-    const TILE_ROWS: usize = 3;
-
-    #[inline(always)]
-    fn tile<const FMA: bool, const R: usize>(
-        dst: &mut [Self],
-        lhs: &[Self],
-        panel: &[Self],
-        tile: Tile,
-    ) {
-        #[cfg(target_arch = "x86_64")]
-        if FMA {
-            tile.check(dst, lhs, panel, R);
-            // SAFETY: as for f32.
-            unsafe { x86::tile_f64::<R>(dst, lhs, panel, tile) };
-            return;
-        }
-        tile_portable::<Self, FMA, R>(dst, lhs, panel, tile);
-    }
-}
-
-/// `exp(x)` for `f32` without branches or calls, so that loops over it
-/// vectorise.
-///
-/// Range reduction `x = n ln 2 + r` with `|r| <= ln 2 / 2` (`ln 2` split in
-/// two parts so that `n ln 2` is exact), a degree-7 polynomial for `exp(r)`,
-/// and the scale `2^n` built directly in the exponent bits. The input is
-/// clamped to `[-87, 88]`, where `2^n` stays a normal number; NaN propagates.
-#[inline(always)]
-fn exp_f32(x: f32) -> f32 {
-    // 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits.
-    const ROUND: f32 = 12_582_912.0;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = x.clamp(-87.0, 88.0);
-    let shifted = x * std::f32::consts::LOG2_E + ROUND;
-    let n = shifted - ROUND;
-    let r = (x - n * LN2_HI) - n * LN2_LO;
-    let mut p = 1.987_569_1e-4_f32;
-    p = p * r + 1.398_2e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
-    let p = p * (r * r) + r + 1.0;
-    let n_int = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
-    let scale = f32::from_bits(((n_int + 127) as u32) << 23);
-    p * scale
-}
-
-/// `tanh(x)` for `f32` without branches or calls: an odd polynomial for
-/// `|x| < 0.625`, `1 - 2 / (exp(2|x|) + 1)` with the sign of `x` beyond.
-#[inline(always)]
-fn tanh_f32(x: f32) -> f32 {
-    let a = x.abs();
-    let s = x * x;
-    let mut p = -5.704_988_7e-3_f32;
-    p = p * s + 2.063_909e-2;
-    p = p * s - 5.373_971_6e-2;
-    p = p * s + 1.333_144_2e-1;
-    p = p * s - 3.333_328e-1;
-    let small = p * s * x + x;
-    let large = (1.0 - 2.0 / (exp_f32(a + a) + 1.0)).copysign(x);
-    if a < 0.625 {
-        small
-    } else {
-        large
-    }
-}
-
-/// Sizes shared by every direction of one recurrent layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RecurrentShape {
-    /// Number of timesteps `T`.
-    pub steps: usize,
-    /// Batch size `B`.
-    pub batch: usize,
-    /// Hidden size `H` (the cell state size for an LSTM with projection).
-    pub hidden: usize,
-}
-
-/// One direction of an LSTM layer.
-///
-/// With `H_out` the size of `h` (`hidden`, or the projection size when
-/// `w_hr_t` is given):
-#[derive(Debug, Clone, Copy)]
-pub struct LstmDirection<'a, T> {
-    /// The input projection `x_t W_ih^T` for every step, in time order
-    /// (also for a reverse direction), `(T, B, 4H)`, gates in PyTorch's
-    /// order `i, f, g, o`.
-    pub gx: &'a [T],
-    /// `(4H)`, added to `gx` at every step: `b_ih + b_hh`, or `None` when
-    /// `gx` already includes the biases or the layer has none.
-    pub bias: Option<&'a [T]>,
-    /// `W_hh^T`, row-major `(H_out, 4H)`.
-    pub w_hh_t: &'a [T],
-    /// `W_hr^T`, row-major `(H, H_out)`, when the layer projects `h`.
-    pub w_hr_t: Option<&'a [T]>,
-    /// Initial hidden state `(B, H_out)`; `None` means zeros.
-    pub h0: Option<&'a [T]>,
-    /// Initial cell state `(B, H)`; `None` means zeros.
-    pub c0: Option<&'a [T]>,
-    /// Walk the sequence from the last step to the first.
-    pub reverse: bool,
-}
-
-/// One direction of a GRU layer.
-#[derive(Debug, Clone, Copy)]
-pub struct GruDirection<'a, T> {
-    /// The input projection `x_t W_ih^T` for every step, in time order,
-    /// `(T, B, 3H)`, gates in PyTorch's order `r, z, n`.
-    pub gx: &'a [T],
-    /// `b_ih`, `(3H)`, added to `gx` at every step; `None` when `gx` already
-    /// includes it or the layer has no biases. (`b_hh` cannot be folded into
-    /// `gx`: its `n` part is scaled by the reset gate.)
-    pub b_ih: Option<&'a [T]>,
-    /// `W_hh^T`, row-major `(H, 3H)`.
-    pub w_hh_t: &'a [T],
-    /// `b_hh`, `(3H)`, or `None` for a layer without biases.
-    pub b_hh: Option<&'a [T]>,
-    /// Initial hidden state `(B, H)`; `None` means zeros.
-    pub h0: Option<&'a [T]>,
-    /// Walk the sequence from the last step to the first.
-    pub reverse: bool,
 }
 
 /// A buffer whose length does not match the shape it was passed with.
@@ -320,217 +298,396 @@ pub fn default_threads() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// Runs the time loop of one LSTM layer (one or two directions).
+// ---------------------------------------------------------------------------
+// Weights
+
+/// The cell a [`PackedWeights`] belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CellKind {
+    Lstm,
+    Gru,
+}
+
+/// The parameters of one direction of an LSTM layer, as slices of PyTorch's
+/// tensors (weights transposed), for [`PackedWeights::lstm`].
 ///
-/// * `dirs`: one [`LstmDirection`] per direction, forward first (PyTorch's
-///   order); all must agree on whether they project.
+/// With `H` the hidden size, `I` the input size and `H_out` the size of `h`
+/// (`H`, or the projection size with `w_hr_t`); gates in PyTorch's order
+/// `i, f, g, o`.
+#[derive(Debug, Clone, Copy)]
+pub struct LstmWeights<'a, T> {
+    /// `W_ih^T`, row-major `(I, 4H)`.
+    pub w_ih_t: &'a [T],
+    /// `W_hh^T`, row-major `(H_out, 4H)`.
+    pub w_hh_t: &'a [T],
+    /// `b_ih`, `(4H)`; `None` for zeros.
+    pub b_ih: Option<&'a [T]>,
+    /// `b_hh`, `(4H)`; `None` for zeros.
+    pub b_hh: Option<&'a [T]>,
+    /// `W_hr^T`, row-major `(H, H_out)`, when the layer projects `h`.
+    pub w_hr_t: Option<&'a [T]>,
+}
+
+/// The parameters of one direction of a GRU layer, as slices of PyTorch's
+/// tensors (weights transposed), for [`PackedWeights::gru`]; gates in
+/// PyTorch's order `r, z, n`.
+#[derive(Debug, Clone, Copy)]
+pub struct GruWeights<'a, T> {
+    /// `W_ih^T`, row-major `(I, 3H)`.
+    pub w_ih_t: &'a [T],
+    /// `W_hh^T`, row-major `(H, 3H)`.
+    pub w_hh_t: &'a [T],
+    /// `b_ih`, `(3H)`; `None` for zeros.
+    pub b_ih: Option<&'a [T]>,
+    /// `b_hh`, `(3H)`; `None` for zeros.
+    pub b_hh: Option<&'a [T]>,
+}
+
+/// The parameters of one direction of a recurrent layer, packed for the
+/// kernels (see the module documentation). Packing copies the weights once;
+/// keep the result for as long as the weights do not change.
+///
+/// The biases are folded where the math allows: the LSTM adds `b_ih + b_hh`
+/// to the input projection, the GRU adds `b_ih` and the `r`, `z` parts of
+/// `b_hh` there and keeps `b_hn`, which the reset gate multiplies, apart.
+#[derive(Debug, Clone)]
+pub struct PackedWeights<T> {
+    cell: CellKind,
+    input: usize,
+    hidden: usize,
+    h_out: usize,
+    w_ih: Panels<T>,
+    w_hh: Panels<T>,
+    /// Added to the input projection, in panel order.
+    x_bias: Vec<T>,
+    /// GRU: `[0, 0, b_hn]` in panel order, added to `h W_hh^T`.
+    h_bias: Option<Vec<T>>,
+    /// `W_hr^T` in panels of 16 columns.
+    w_hr: Option<Panels<T>>,
+}
+
+/// The kernels' order of the LSTM gates in a block of units, as indices
+/// into PyTorch's `i, f, g, o`: the three logistic gates side by side, then
+/// the candidate.
+const LSTM_GATES: [usize; 4] = [0, 1, 3, 2];
+/// The GRU gates keep PyTorch's order `r, z, n`.
+const GRU_GATES: [usize; 3] = [0, 1, 2];
+
+/// `a + b`, either of which may be missing.
+fn sum<T: Float>(a: Option<&[T]>, b: Option<&[T]>) -> Option<Vec<T>> {
+    match (a, b) {
+        (None, None) => None,
+        (Some(v), None) | (None, Some(v)) => Some(v.to_vec()),
+        (Some(a), Some(b)) => Some(a.iter().zip(b).map(|(&a, &b)| a + b).collect()),
+    }
+}
+
+impl<T: Float> PackedWeights<T> {
+    /// Packs one direction of an LSTM layer with `input` features and
+    /// `hidden` units.
+    pub fn lstm(input: usize, hidden: usize, w: LstmWeights<'_, T>) -> Result<Self, ShapeError> {
+        if hidden == 0 {
+            return Err(ShapeError(
+                "recurrent kernel: the hidden size must be positive".into(),
+            ));
+        }
+        let h_out = match w.w_hr_t {
+            Some(w_hr) if !w_hr.is_empty() && w_hr.len() % hidden == 0 => w_hr.len() / hidden,
+            Some(w_hr) => {
+                return Err(ShapeError(format!(
+                    "recurrent kernel: w_hr_t has {} elements, not a positive multiple of hidden ({hidden})",
+                    w_hr.len()
+                )))
+            }
+            None => hidden,
+        };
+        check_len("w_ih_t", w.w_ih_t, input * 4 * hidden)?;
+        check_len("w_hh_t", w.w_hh_t, h_out * 4 * hidden)?;
+        for b in [w.b_ih, w.b_hh].into_iter().flatten() {
+            check_len("b_ih/b_hh", b, 4 * hidden)?;
+        }
+        let bias = sum(w.b_ih, w.b_hh);
+        Ok(Self {
+            cell: CellKind::Lstm,
+            input,
+            hidden,
+            h_out,
+            w_ih: Panels::gates(w.w_ih_t, input, &LSTM_GATES, hidden),
+            w_hh: Panels::gates(w.w_hh_t, h_out, &LSTM_GATES, hidden),
+            x_bias: gate_vector(bias.as_deref(), &LSTM_GATES, hidden),
+            h_bias: None,
+            w_hr: w.w_hr_t.map(|w_hr| Panels::plain(w_hr, hidden, h_out)),
+        })
+    }
+
+    /// Packs one direction of a GRU layer with `input` features and
+    /// `hidden` units.
+    pub fn gru(input: usize, hidden: usize, w: GruWeights<'_, T>) -> Result<Self, ShapeError> {
+        if hidden == 0 {
+            return Err(ShapeError(
+                "recurrent kernel: the hidden size must be positive".into(),
+            ));
+        }
+        check_len("w_ih_t", w.w_ih_t, input * 3 * hidden)?;
+        check_len("w_hh_t", w.w_hh_t, hidden * 3 * hidden)?;
+        for b in [w.b_ih, w.b_hh].into_iter().flatten() {
+            check_len("b_ih/b_hh", b, 3 * hidden)?;
+        }
+        // b_hr and b_hz join the input projection; b_hn stays with h W_hn^T.
+        let (b_rz, b_n) = match w.b_hh {
+            Some(b) => {
+                let mut rz = b.to_vec();
+                rz[2 * hidden..].fill(T::ZERO);
+                let mut n = b.to_vec();
+                n[..2 * hidden].fill(T::ZERO);
+                (Some(rz), Some(n))
+            }
+            None => (None, None),
+        };
+        let x_bias = sum(w.b_ih, b_rz.as_deref());
+        Ok(Self {
+            cell: CellKind::Gru,
+            input,
+            hidden,
+            h_out: hidden,
+            w_ih: Panels::gates(w.w_ih_t, input, &GRU_GATES, hidden),
+            w_hh: Panels::gates(w.w_hh_t, hidden, &GRU_GATES, hidden),
+            x_bias: gate_vector(x_bias.as_deref(), &GRU_GATES, hidden),
+            h_bias: b_n.map(|b| gate_vector(Some(&b), &GRU_GATES, hidden)),
+            w_hr: None,
+        })
+    }
+
+    /// Number of input features `I`.
+    pub fn input_size(&self) -> usize {
+        self.input
+    }
+
+    /// Number of hidden units `H` (the cell state size of an LSTM).
+    pub fn hidden_size(&self) -> usize {
+        self.hidden
+    }
+
+    /// Number of features of `h`: `H`, or the projection size.
+    pub fn output_size(&self) -> usize {
+        self.h_out
+    }
+
+    /// Whether these are LSTM weights (else GRU).
+    pub fn is_lstm(&self) -> bool {
+        self.cell == CellKind::Lstm
+    }
+
+    fn gates(&self) -> usize {
+        match self.cell {
+            CellKind::Lstm => 4,
+            CellKind::Gru => 3,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Layers
+
+/// Sizes of one run of a recurrent layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecurrentShape {
+    /// Number of timesteps `T`.
+    pub steps: usize,
+    /// Batch size `B`.
+    pub batch: usize,
+}
+
+/// One direction of a recurrent layer: its weights and initial state.
+#[derive(Debug, Clone, Copy)]
+pub struct Direction<'a, T> {
+    /// The direction's parameters.
+    pub weights: &'a PackedWeights<T>,
+    /// Initial hidden state `(B, H_out)`; `None` means zeros.
+    pub h0: Option<&'a [T]>,
+    /// Initial cell state `(B, H)` of an LSTM; `None` means zeros.
+    pub c0: Option<&'a [T]>,
+    /// Walk the sequence from the last step to the first.
+    pub reverse: bool,
+}
+
+/// Runs one recurrent layer (LSTM or GRU, one or two directions) over the
+/// input `x`, `(T, B, I)`.
+///
+/// * `dirs`: one [`Direction`] per direction, forward first (PyTorch's
+///   order); all must have the same cell, sizes and input size.
 /// * `out`: `(T, B, D * H_out)`, the directions concatenated on the last
-///   axis like `torch.nn.LSTM`'s `output`.
-/// * `h_n`: `(D, B, H_out)` and `c_n`: `(D, B, H)`, the final states (for a
-///   reverse direction, after consuming step 0).
+///   axis like the `output` of `torch.nn.LSTM` / `torch.nn.GRU`.
+/// * `h_n`: `(D, B, H_out)`, the final states (for a reverse direction,
+///   after consuming step 0); `c_n`: `(D, B, H)` for an LSTM, `None` for a
+///   GRU.
 /// * `threads`: how many threads the call may use, including the caller's
-///   (e.g. [`default_threads`]). Directions run concurrently when there are
-///   at least as many threads as directions; spare threads split a
-///   direction's hidden units when the step is large enough to pay for the
-///   per-step synchronisation.
+///   (e.g. [`default_threads`]); the others are tasks of Rayon's global pool.
+///   Directions run concurrently when there are at least as many threads as
+///   directions; spare threads split a direction's hidden units when the
+///   step is large enough to pay for the per-step synchronisation.
 ///
-/// Per step and direction:
+/// Per step and direction, for an LSTM:
 ///
 /// ```text
-/// i, f, g, o = split(gx_t + h_{t-1} W_hh^T)
+/// i, f, g, o = split(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)
 /// c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
 /// h_t = (sigmoid(o) * tanh(c_t)) [W_hr^T]
 /// ```
-pub fn lstm_recurrence<T: Float>(
-    shape: RecurrentShape,
-    dirs: &[LstmDirection<'_, T>],
-    out: &mut [T],
-    h_n: &mut [T],
-    c_n: &mut [T],
-    threads: usize,
-) -> Result<(), ShapeError> {
-    let RecurrentShape {
-        steps,
-        batch,
-        hidden,
-    } = shape;
-    if dirs.is_empty() || hidden == 0 {
-        return Err(ShapeError(format!(
-            "recurrent kernel: need at least one direction and a positive hidden size, got {} and {hidden}",
-            dirs.len()
-        )));
-    }
-    let h_out = match dirs[0].w_hr_t {
-        Some(w) if w.len() % hidden == 0 && !w.is_empty() => w.len() / hidden,
-        Some(w) => {
-            return Err(ShapeError(format!(
-                "recurrent kernel: w_hr_t has {} elements, not a positive multiple of hidden ({hidden})",
-                w.len()
-            )))
-        }
-        None => hidden,
-    };
-    let d = dirs.len();
-    for dir in dirs {
-        check_len("gx", dir.gx, steps * batch * 4 * hidden)?;
-        check_len("w_hh_t", dir.w_hh_t, h_out * 4 * hidden)?;
-        if let Some(b) = dir.bias {
-            check_len("bias", b, 4 * hidden)?;
-        }
-        match dir.w_hr_t {
-            Some(w) => check_len("w_hr_t", w, hidden * h_out)?,
-            None if h_out != hidden => {
-                return Err(ShapeError(
-                    "recurrent kernel: directions disagree on the projection".into(),
-                ))
-            }
-            None => {}
-        }
-        if let Some(h0) = dir.h0 {
-            check_len("h0", h0, batch * h_out)?;
-        }
-        if let Some(c0) = dir.c0 {
-            check_len("c0", c0, batch * hidden)?;
-        }
-    }
-    check_len("out", out, steps * batch * d * h_out)?;
-    check_len("h_n", h_n, d * batch * h_out)?;
-    check_len("c_n", c_n, d * batch * hidden)?;
-
-    let jobs: Vec<Job<'_, T>> = dirs
-        .iter()
-        .map(|dir| Job {
-            cell: Cell::Lstm {
-                w_hr_t: dir.w_hr_t,
-                c0: dir.c0,
-            },
-            gx: dir.gx,
-            x_bias: dir.bias,
-            w_hh_t: dir.w_hh_t,
-            h0: dir.h0,
-            reverse: dir.reverse,
-        })
-        .collect();
-    let geom = Geometry {
-        steps,
-        batch,
-        hidden,
-        h_out,
-        gates: 4,
-    };
-    run_layer(geom, &jobs, out, h_n, Some(c_n), threads);
-    Ok(())
-}
-
-/// Runs the time loop of one GRU layer (one or two directions).
 ///
-/// Same conventions as [`lstm_recurrence`], with `out`: `(T, B, D * H)` and
-/// `h_n`: `(D, B, H)`. Per step and direction, in PyTorch's formulation:
+/// and for a GRU:
 ///
 /// ```text
+/// xr, xz, xn = split(x_t W_ih^T + b_ih)
 /// hr, hz, hn = split(h_{t-1} W_hh^T + b_hh)
-/// xr, xz, xn = split(gx_t)
 /// r = sigmoid(xr + hr);  z = sigmoid(xz + hz)
 /// n = tanh(xn + r * hn)
 /// h_t = (1 - z) * n + z * h_{t-1}
 /// ```
-pub fn gru_recurrence<T: Float>(
+pub fn recurrent_layer<T: Float>(
     shape: RecurrentShape,
-    dirs: &[GruDirection<'_, T>],
+    x: &[T],
+    dirs: &[Direction<'_, T>],
     out: &mut [T],
     h_n: &mut [T],
+    c_n: Option<&mut [T]>,
     threads: usize,
 ) -> Result<(), ShapeError> {
-    let RecurrentShape {
-        steps,
-        batch,
-        hidden,
-    } = shape;
-    if dirs.is_empty() || hidden == 0 {
-        return Err(ShapeError(format!(
-            "recurrent kernel: need at least one direction and a positive hidden size, got {} and {hidden}",
-            dirs.len()
-        )));
-    }
+    let RecurrentShape { steps, batch } = shape;
+    let Some(first) = dirs.first() else {
+        return Err(ShapeError(
+            "recurrent kernel: need at least one direction".into(),
+        ));
+    };
+    let w0 = first.weights;
+    let (input, hidden, h_out) = (w0.input, w0.hidden, w0.h_out);
+    let is_lstm = w0.is_lstm();
     let d = dirs.len();
     for dir in dirs {
-        check_len("gx", dir.gx, steps * batch * 3 * hidden)?;
-        check_len("w_hh_t", dir.w_hh_t, hidden * 3 * hidden)?;
-        for b in [dir.b_ih, dir.b_hh].into_iter().flatten() {
-            check_len("b_ih/b_hh", b, 3 * hidden)?;
+        let w = dir.weights;
+        if w.cell != w0.cell || (w.input, w.hidden, w.h_out) != (input, hidden, h_out) {
+            return Err(ShapeError(
+                "recurrent kernel: the directions' weights disagree on the cell or the sizes"
+                    .into(),
+            ));
         }
         if let Some(h0) = dir.h0 {
-            check_len("h0", h0, batch * hidden)?;
+            check_len("h0", h0, batch * h_out)?;
+        }
+        match (dir.c0, is_lstm) {
+            (Some(c0), true) => check_len("c0", c0, batch * hidden)?,
+            (Some(_), false) => return Err(ShapeError("recurrent kernel: a GRU has no c0".into())),
+            (None, _) => {}
         }
     }
-    check_len("out", out, steps * batch * d * hidden)?;
-    check_len("h_n", h_n, d * batch * hidden)?;
+    check_len("x", x, steps * batch * input)?;
+    check_len("out", out, steps * batch * d * h_out)?;
+    check_len("h_n", h_n, d * batch * h_out)?;
+    match (&c_n, is_lstm) {
+        (Some(c_n), true) => check_len("c_n", c_n, d * batch * hidden)?,
+        (None, false) => {}
+        (None, true) => return Err(ShapeError("recurrent kernel: an LSTM needs c_n".into())),
+        (Some(_), false) => return Err(ShapeError("recurrent kernel: a GRU has no c_n".into())),
+    }
 
     let jobs: Vec<Job<'_, T>> = dirs
         .iter()
         .map(|dir| Job {
-            cell: Cell::Gru { b_hh: dir.b_hh },
-            gx: dir.gx,
-            x_bias: dir.b_ih,
-            w_hh_t: dir.w_hh_t,
+            w: dir.weights,
+            x,
             h0: dir.h0,
+            c0: dir.c0,
             reverse: dir.reverse,
         })
         .collect();
+    let blocks = hidden.div_ceil(UNITS);
     let geom = Geometry {
         steps,
         batch,
+        input,
         hidden,
-        h_out: hidden,
-        gates: 3,
+        h_out,
+        gates: w0.gates(),
+        blocks,
+        width: w0.gates() * UNITS,
+        proj_panels: w0.w_hr.as_ref().map_or(0, Panels::count),
+        chunk: (ROWS_PER_CHUNK / batch.max(1)).clamp(1, steps.max(1)),
     };
-    run_layer(geom, &jobs, out, h_n, None, threads);
+    run_layer(geom, &jobs, out, h_n, c_n, threads);
     Ok(())
 }
 
 // ---------------------------------------------------------------------------
 // Scheduling
 
+/// Input-projection rows (steps times batch) computed at a time: enough for
+/// the micro-kernel to reuse every panel slice many times (192 rows measure
+/// about 2% slower), few enough for the chunk to stay small next to the
+/// sequence. Batch 1 projects up to this many steps at once.
+const ROWS_PER_CHUNK: usize = 384;
+
 /// Validated sizes of one layer.
 #[derive(Debug, Clone, Copy)]
 struct Geometry {
     steps: usize,
     batch: usize,
+    input: usize,
     hidden: usize,
     h_out: usize,
     /// 4 for an LSTM, 3 for a GRU.
     gates: usize,
+    /// Blocks of [`UNITS`] hidden units (the last may be partial).
+    blocks: usize,
+    /// Columns per block: `gates * UNITS`.
+    width: usize,
+    /// Panels of `W_hr^T` (16 columns each), 0 without projection.
+    proj_panels: usize,
+    /// Steps per chunk of the input projection.
+    chunk: usize,
 }
 
-/// What differs between the cells.
-#[derive(Debug, Clone, Copy)]
-enum Cell<'a, T> {
-    Lstm {
-        w_hr_t: Option<&'a [T]>,
-        c0: Option<&'a [T]>,
-    },
-    Gru {
-        b_hh: Option<&'a [T]>,
-    },
+impl Geometry {
+    fn projects(&self) -> bool {
+        self.proj_panels > 0
+    }
+
+    /// Real units of block `j`.
+    fn units_in(&self, j: usize) -> Range<usize> {
+        j * UNITS..((j + 1) * UNITS).min(self.hidden)
+    }
 }
 
 /// One direction's inputs.
 #[derive(Debug, Clone, Copy)]
 struct Job<'a, T> {
-    cell: Cell<'a, T>,
-    gx: &'a [T],
-    /// `(gates * H)`, added to `gx`.
-    x_bias: Option<&'a [T]>,
-    w_hh_t: &'a [T],
+    w: &'a PackedWeights<T>,
+    /// `(T, B, I)`.
+    x: &'a [T],
     h0: Option<&'a [T]>,
+    c0: Option<&'a [T]>,
     reverse: bool,
+}
+
+impl<T> Job<'_, T> {
+    /// The time index of walk step `step`.
+    fn time(&self, steps: usize, step: usize) -> usize {
+        if self.reverse {
+            steps - 1 - step
+        } else {
+            step
+        }
+    }
+
+    fn is_lstm(&self) -> bool {
+        self.w.cell == CellKind::Lstm
+    }
 }
 
 /// Multiply-adds per step below which a direction is not split over threads:
 /// the per-step barrier would cost more than it saves.
 const MIN_SPLIT_WORK: usize = 64 * 1024;
-/// Fewest hidden units a team member handles.
-const MIN_UNITS_PER_MEMBER: usize = 32;
+/// Fewest blocks of units a team member handles.
+const MIN_BLOCKS_PER_MEMBER: usize = 2;
 
 /// How many threads work on each direction.
 fn team_size(geom: &Geometry, threads_for_dir: usize) -> usize {
@@ -539,23 +696,15 @@ fn team_size(geom: &Geometry, threads_for_dir: usize) -> usize {
         return 1;
     }
     threads_for_dir
-        .min(geom.hidden / MIN_UNITS_PER_MEMBER)
-        .min(geom.h_out.div_ceil(8))
+        .min(geom.blocks / MIN_BLOCKS_PER_MEMBER)
         .max(1)
 }
 
 /// Splits `0..total` into exactly `parts` contiguous ranges of nearly equal
-/// length whose inner boundaries are multiples of `align` (ranges may be
-/// empty when `total` is small).
-fn split_range(total: usize, parts: usize, align: usize) -> Vec<Range<usize>> {
+/// length (ranges may be empty when `total` is small).
+fn split_range(total: usize, parts: usize) -> Vec<Range<usize>> {
     let parts = parts.max(1);
-    let bound = |k: usize| {
-        if k == parts {
-            total
-        } else {
-            ((total * k / parts + align / 2) / align * align).min(total)
-        }
-    };
+    let bound = |k: usize| total * k / parts;
     (0..parts).map(|k| bound(k)..bound(k + 1)).collect()
 }
 
@@ -607,11 +756,11 @@ fn run_layer<T: Float>(
         })
         .collect();
 
-    if geom.steps == 0 {
+    if geom.steps == 0 || batch == 0 {
         for (job, leader) in jobs.iter().zip(&mut leaders) {
             copy_or_zero(leader.h_n, job.h0);
-            if let (Some(c_n), Cell::Lstm { c0, .. }) = (leader.c_n.as_deref_mut(), job.cell) {
-                copy_or_zero(c_n, c0);
+            if let Some(c_n) = leader.c_n.as_deref_mut() {
+                copy_or_zero(c_n, job.c0);
             }
         }
         return;
@@ -626,16 +775,18 @@ fn run_layer<T: Float>(
         return;
     }
     let per_dir = threads / d;
-    std::thread::scope(|scope| {
-        let mut leaders = leaders.into_iter().zip(jobs);
-        let first = leaders.next();
-        for (leader, job) in leaders {
-            scope.spawn(move || run_direction(geom, job, leader, per_dir));
-        }
-        if let Some((leader, job)) = first {
-            run_direction(geom, job, leader, per_dir);
-        }
-    });
+    let mut leaders = leaders.into_iter().zip(jobs);
+    let first = leaders.next();
+    let others: Vec<Task<'_>> = leaders
+        .map(|(leader, job)| Task::spawn(move || run_direction(geom, job, leader, per_dir)))
+        .collect();
+    if let Some((leader, job)) = first {
+        run_direction(geom, job, leader, per_dir);
+    }
+    // A direction that no pool thread has started yet runs here.
+    for task in others {
+        task.finish();
+    }
 }
 
 fn copy_or_zero<T: Float>(dst: &mut [T], src: Option<&[T]>) {
@@ -653,32 +804,25 @@ fn run_direction<T: Float>(
     leader: LeaderOut<'_, T>,
     threads: usize,
 ) {
-    let size = team_size(&geom, threads);
-    let units = split_range(geom.hidden, size, 8);
-    let projects = matches!(
-        job.cell,
-        Cell::Lstm {
-            w_hr_t: Some(_),
-            ..
-        }
-    );
-    let cols = if projects {
-        split_range(geom.h_out, size, 8)
+    let size = if contended() {
+        1
     } else {
-        units.clone()
+        team_size(&geom, threads)
     };
-    let team = Team::new(geom, units, cols, projects);
+    let team = Team::new(geom, size);
     if team.size == 1 {
         member_dispatch(geom, job, &team, 0, Some(leader));
         return;
     }
     let team = &team;
-    std::thread::scope(|scope| {
-        for member in 1..team.size {
-            scope.spawn(move || member_dispatch(geom, job, team, member, None));
-        }
-        member_dispatch(geom, job, team, 0, Some(leader));
-    });
+    let members: Vec<Task<'_>> = (1..team.size)
+        .map(|member| Task::spawn(move || member_dispatch(geom, job, team, member, None)))
+        .collect();
+    member_dispatch(geom, job, team, 0, Some(leader));
+    // A member that has not started by now has nothing left to do.
+    for task in members {
+        task.cancel();
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -688,16 +832,19 @@ fn run_direction<T: Float>(
 /// a step takes microseconds, far less than a futex wake-up.
 ///
 /// Spinning teams suffer when the machine is oversubscribed: a member that
-/// loses its core stalls its partners for a whole scheduler time slice. The
-/// barrier counts such stalls (waits longer than [`SLOW_WAIT`]); after
-/// [`SLOW_WAITS_TO_DISSOLVE`] of them it tells the team to dissolve, and the
-/// leader finishes the sequence alone.
+/// loses its core stalls its partners for a whole scheduler time slice, and
+/// a member that shares its core with another busy thread runs at a
+/// fraction of its speed. Two signs tell the team to dissolve (the leader
+/// then finishes the sequence alone): any wait longer than [`STALL`], and
+/// the leader's request when it spends more time waiting than working (see
+/// [`Pace`]): alone, it would be faster.
 struct SpinBarrier {
     size: usize,
     arrived: AtomicUsize,
     generation: AtomicUsize,
     poisoned: AtomicBool,
-    slow_waits: AtomicUsize,
+    stalled: AtomicBool,
+    requested: AtomicBool,
     dissolve: AtomicBool,
 }
 
@@ -705,10 +852,35 @@ struct SpinBarrier {
 const SPINS_BEFORE_CLOCK: u32 = 1 << 10;
 /// Spinning time before a waiting thread starts yielding its core.
 const SPIN_TIME: Duration = Duration::from_micros(50);
-/// A wait this long means a partner lost its core.
-const SLOW_WAIT: Duration = Duration::from_micros(300);
-/// Stalls after which a team dissolves.
-const SLOW_WAITS_TO_DISSOLVE: usize = 1;
+/// A wait this long means a partner lost its core for a scheduler time
+/// slice, not just to a short interruption.
+const STALL: Duration = Duration::from_millis(1);
+
+/// Spins, then yields, until `done()`; panics when `poisoned` is set. Returns
+/// how long the wait took once it started watching the clock (`None` for a
+/// short wait).
+fn wait_until(mut done: impl FnMut() -> bool, poisoned: &AtomicBool) -> Option<Duration> {
+    let mut spins = 0u32;
+    let mut clock: Option<Instant> = None;
+    let mut yielding = false;
+    while !done() {
+        if poisoned.load(Ordering::Relaxed) {
+            panic!("recurrent kernel: another team member panicked");
+        }
+        spins = spins.wrapping_add(1);
+        // Reading the clock costs about as much as a short spin: only
+        // every 64 rounds, once spinning has gone on for a while.
+        if spins >= SPINS_BEFORE_CLOCK && spins.is_multiple_of(64) {
+            yielding = clock.get_or_insert_with(Instant::now).elapsed() >= SPIN_TIME;
+        }
+        if yielding {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+    clock.map(|start| start.elapsed())
+}
 
 impl SpinBarrier {
     fn new(size: usize) -> Self {
@@ -717,7 +889,8 @@ impl SpinBarrier {
             arrived: AtomicUsize::new(0),
             generation: AtomicUsize::new(0),
             poisoned: AtomicBool::new(false),
-            slow_waits: AtomicUsize::new(0),
+            stalled: AtomicBool::new(false),
+            requested: AtomicBool::new(false),
             dissolve: AtomicBool::new(false),
         }
     }
@@ -728,11 +901,12 @@ impl SpinBarrier {
         }
         let generation = self.generation.load(Ordering::Acquire);
         if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.size {
-            // Last to arrive: every member's earlier `slow_waits` increments
-            // are visible through `arrived`; publish the decision with the
-            // new generation.
+            // Last to arrive: every member's earlier `stalled` and
+            // `requested` stores are visible through `arrived`; publish the
+            // decision with the new generation.
             self.arrived.store(0, Ordering::Relaxed);
-            if self.slow_waits.load(Ordering::Relaxed) >= SLOW_WAITS_TO_DISSOLVE
+            if self.stalled.load(Ordering::Relaxed)
+                || self.requested.load(Ordering::Relaxed)
                 || forced_dissolve(generation)
             {
                 self.dissolve.store(true, Ordering::Relaxed);
@@ -741,28 +915,20 @@ impl SpinBarrier {
                 .store(generation.wrapping_add(1), Ordering::Release);
             return;
         }
-        let mut spins = 0u32;
-        let mut clock: Option<Instant> = None;
-        let mut yielding = false;
-        while self.generation.load(Ordering::Acquire) == generation {
-            if self.poisoned.load(Ordering::Relaxed) {
-                panic!("recurrent kernel: another team member panicked");
-            }
-            spins = spins.wrapping_add(1);
-            // Reading the clock costs about as much as a short spin: only
-            // every 64 rounds, once spinning has gone on for a while.
-            if spins >= SPINS_BEFORE_CLOCK && spins.is_multiple_of(64) {
-                yielding = clock.get_or_insert_with(Instant::now).elapsed() >= SPIN_TIME;
-            }
-            if yielding {
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
+        let waited = wait_until(
+            || self.generation.load(Ordering::Acquire) != generation,
+            &self.poisoned,
+        );
+        // The first barrier also waits for the members that started last to
+        // project their share of the first chunk.
+        if generation > 0 && waited.is_some_and(|w| w > STALL) {
+            self.stalled.store(true, Ordering::Relaxed);
         }
-        if clock.is_some_and(|start| start.elapsed() > SLOW_WAIT) {
-            self.slow_waits.fetch_add(1, Ordering::Relaxed);
-        }
+    }
+
+    /// The leader asks the team to dissolve at the next barrier.
+    fn request_dissolve(&self) {
+        self.requested.store(true, Ordering::Relaxed);
     }
 
     /// Whether the team should dissolve; the same answer for every member
@@ -772,25 +938,66 @@ impl SpinBarrier {
     }
 }
 
+/// The leader's account of its team's pace: time spent working and time
+/// spent waiting at the barrier for the members, from the end of the first
+/// barrier on.
+struct Pace {
+    last: Option<Instant>,
+    work: Duration,
+    wait: Duration,
+    barriers: usize,
+}
+
+/// Barriers the leader counts before it judges the team's pace.
+const PACE_BARRIERS: usize = 4;
+/// Waiting the leader tolerates whatever the pace: one short interruption
+/// of a member costs less than finishing alone.
+const PACE_TOLERANCE: Duration = Duration::from_micros(500);
+
+impl Pace {
+    fn new() -> Self {
+        Self {
+            last: None,
+            work: Duration::ZERO,
+            wait: Duration::ZERO,
+            barriers: 0,
+        }
+    }
+
+    /// The leader's barrier: when, since the team formed, it waited for the
+    /// members longer than it worked (and more than [`PACE_TOLERANCE`]),
+    /// they run at less than half its speed (their cores are shared), and it
+    /// asks the team to dissolve.
+    fn wait(&mut self, barrier: &SpinBarrier) {
+        let arrived = Instant::now();
+        if let Some(last) = self.last {
+            self.work += arrived - last;
+            self.barriers += 1;
+        }
+        barrier.wait();
+        let done = Instant::now();
+        if self.last.is_some() {
+            self.wait += done - arrived;
+        }
+        self.last = Some(done);
+        if self.barriers >= PACE_BARRIERS && self.wait > self.work && self.wait > PACE_TOLERANCE {
+            barrier.request_dissolve();
+        }
+    }
+}
+
 /// Tests set this to `n > 0` to dissolve every team at its `n`-th barrier.
 #[cfg(test)]
 static DISSOLVE_AT: AtomicUsize = AtomicUsize::new(0);
 
-/// Tests set this to `1 + s` (leaders wait for their members, however long
-/// they take to start, and hand over at step `s`) or to [`NEVER`] (leaders
-/// always work alone).
+/// Tests set this to [`ALWAYS`] (leaders wait for their members, however
+/// long they take to start) or [`NEVER`] (leaders always work alone).
 #[cfg(test)]
 static START_MODE: AtomicUsize = AtomicUsize::new(PENDING);
 
+#[cfg(test)]
+const ALWAYS: usize = 1;
 const NEVER: usize = usize::MAX;
-
-/// Whether the leader, at `step`, should send its members away.
-fn too_late(step: usize, steps: usize) -> bool {
-    match start_mode() {
-        PENDING => steps - step < MIN_JOIN_STEPS,
-        mode => mode == NEVER,
-    }
-}
 
 fn start_mode() -> usize {
     #[cfg(test)]
@@ -821,179 +1028,176 @@ impl Drop for PoisonOnPanic<'_> {
     }
 }
 
-/// The threads working on one direction and the buffers they exchange.
-///
-/// The leader (the calling thread) starts the sequence alone; the members,
-/// freshly spawned, report in [`Team::join`] and the leader hands them their
-/// units at the next step boundary, or sends them away if they start too
-/// late.
-///
-/// Member `k` owns hidden units `units[k]` (all gates of those units, and
-/// their cell state) and the output columns `cols[k]` (the same units
-/// without projection, a slice of the projection otherwise). Each step it
-/// publishes its columns of `h` for the whole batch; after the barrier every
-/// member gathers the full `h` for the next step. The published buffers are
-/// double-buffered by step parity so that one barrier per step suffices.
-/// The locks are never contended: the barrier orders writers and readers.
-struct Team<T> {
-    size: usize,
-    barrier: SpinBarrier,
-    units: Vec<Range<usize>>,
-    cols: Vec<Range<usize>>,
-    /// `[parity][member]`: `(B, cols[member].len())`.
-    h_pub: [Vec<Mutex<Vec<T>>>; 2],
-    /// With projection, `[member]`: the unprojected `h`, `(B, units[member].len())`.
-    hid_pub: Vec<Mutex<Vec<T>>>,
-    /// LSTM final cell state, `[member]`: `(B, units[member].len())`.
-    c_pub: Vec<Mutex<Vec<T>>>,
-    /// Members (other than the leader) that have started.
-    joined: AtomicUsize,
-    /// The leader's decision for the waiting members: [`PENDING`],
-    /// [`CANCELLED`], or `1 + s` to start at step `s`.
-    start: AtomicUsize,
+/// How long teams do not form after one was sent away or dissolved: the
+/// machine is likely still oversubscribed, and another team would lose
+/// another stall before it dissolves in turn.
+const CONTENTION_BACKOFF: Duration = Duration::from_millis(20);
+
+/// When a team was last sent away or dissolved, in nanoseconds since
+/// [`epoch`] plus one; 0 for never.
+static CONTENTION_SEEN: AtomicU64 = AtomicU64::new(0);
+
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
 }
 
-const PENDING: usize = 0;
-const CANCELLED: usize = usize::MAX;
+fn nanos_since_epoch() -> u64 {
+    u64::try_from(epoch().elapsed().as_nanos()).unwrap_or(u64::MAX - 1)
+}
 
-/// Fewest remaining steps for which the leader still hands work over to
-/// members that started late: the hand-over repacks the leader's weights.
-const MIN_JOIN_STEPS: usize = 8;
+/// Records that a team was sent away or dissolved now.
+fn note_contention() {
+    CONTENTION_SEEN.store(nanos_since_epoch() + 1, Ordering::Relaxed);
+}
+
+/// Whether a team was sent away or dissolved less than
+/// [`CONTENTION_BACKOFF`] ago (ignored by the tests' forced team paths).
+fn contended() -> bool {
+    let seen = CONTENTION_SEEN.load(Ordering::Relaxed);
+    let backoff = CONTENTION_BACKOFF.as_nanos() as u64;
+    start_mode() == PENDING && seen > 0 && nanos_since_epoch().saturating_sub(seen - 1) < backoff
+}
+
+/// How long the leader, done with its share of the first chunk, waits for
+/// the members' threads to start before it sends them away and runs alone.
+const JOIN_WAIT: Duration = Duration::from_micros(50);
+
+const PENDING: usize = 0;
+const GO: usize = 1;
+const CANCELLED: usize = 2;
+
+/// The threads working on one direction and the buffers they exchange.
+///
+/// Member `k` owns the unit blocks `blocks[k]` (all gates of those units,
+/// their input projection and cell state) and with a projection the
+/// `W_hr^T` panels `cols[k]`. Each step it publishes its columns of `h` for
+/// the whole batch into `h`, double-buffered by step parity so that one
+/// barrier per step suffices; after the barrier every member reads the full
+/// `h` for the next step. Relaxed atomics carry the values; the barrier
+/// orders writers and readers.
+struct Team<T: Float> {
+    size: usize,
+    barrier: SpinBarrier,
+    blocks: Vec<Range<usize>>,
+    cols: Vec<Range<usize>>,
+    /// `[parity]`: `(B, H_out)`.
+    h: [Vec<T::Atomic>; 2],
+    /// With projection: the unprojected `h`, `(B, H)`.
+    hid: Vec<T::Atomic>,
+    /// LSTM cell state, `(B, H)`, published at the end and when dissolving.
+    c: Vec<T::Atomic>,
+    /// Members (other than the leader) that have started.
+    joined: AtomicUsize,
+    /// The leader's decision for the members: [`PENDING`], [`GO`] or
+    /// [`CANCELLED`].
+    start: AtomicUsize,
+    /// The core the leader started on, when known.
+    leader_cpu: Option<usize>,
+}
 
 impl<T: Float> Team<T> {
-    fn new(
-        geom: Geometry,
-        units: Vec<Range<usize>>,
-        cols: Vec<Range<usize>>,
-        projects: bool,
-    ) -> Self {
-        let size = units.len();
-        debug_assert_eq!(size, cols.len());
+    fn new(geom: Geometry, size: usize) -> Self {
         let b = geom.batch;
-        let bufs = |ranges: &[Range<usize>]| -> Vec<Mutex<Vec<T>>> {
-            ranges
-                .iter()
-                .map(|r| Mutex::new(vec![T::ZERO; b * r.len()]))
+        let many = size > 1;
+        let shared = |len: usize| -> Vec<T::Atomic> {
+            (0..if many { len } else { 0 })
+                .map(|_| T::new_atomic(T::ZERO))
                 .collect()
         };
-        let many = size > 1;
         Self {
             size,
             barrier: SpinBarrier::new(size),
-            h_pub: [
-                if many { bufs(&cols) } else { Vec::new() },
-                if many { bufs(&cols) } else { Vec::new() },
-            ],
-            hid_pub: if many && projects {
-                bufs(&units)
-            } else {
-                Vec::new()
-            },
-            c_pub: if many { bufs(&units) } else { Vec::new() },
-            units,
-            cols,
+            blocks: split_range(geom.blocks, size),
+            cols: split_range(geom.proj_panels, size),
+            h: [shared(b * geom.h_out), shared(b * geom.h_out)],
+            hid: shared(if geom.projects() { b * geom.hidden } else { 0 }),
+            c: shared(if geom.gates == 4 { b * geom.hidden } else { 0 }),
             joined: AtomicUsize::new(0),
             start: AtomicUsize::new(PENDING),
+            leader_cpu: if many { affinity::current_cpu() } else { None },
         }
     }
 
-    /// The leader, before step `step` (which it would run alone): whether
-    /// every member has started and the team should take over from here.
-    fn ready(&self, step: usize, steps: usize) -> bool {
+    /// The leader: waits (boundedly) for every member to start; whether they
+    /// all did.
+    fn members_started(&self) -> bool {
+        let all = || self.joined.load(Ordering::Acquire) + 1 == self.size;
         match start_mode() {
             NEVER => false,
             PENDING => {
-                steps - step >= MIN_JOIN_STEPS
-                    && self.joined.load(Ordering::Acquire) + 1 == self.size
-            }
-            // Tests: wait for the members at exactly this step.
-            mode if mode == step + 1 => {
-                while self.joined.load(Ordering::Acquire) + 1 < self.size {
-                    std::thread::yield_now();
-                }
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// The leader: lets the waiting members start at `step`.
-    fn go(&self, step: usize) {
-        self.start.store(step + 1, Ordering::Release);
-    }
-
-    /// The leader: sends members that start (or started) too late away.
-    fn cancel(&self) {
-        self.start.store(CANCELLED, Ordering::Release);
-    }
-
-    /// A member: reports for work and waits for the leader's decision, the
-    /// step to start at or `None`.
-    fn join(&self) -> Option<usize> {
-        self.joined.fetch_add(1, Ordering::AcqRel);
-        let mut spins = 0u32;
-        loop {
-            match self.start.load(Ordering::Acquire) {
-                PENDING => {
-                    spins = spins.saturating_add(1);
+                let start = Instant::now();
+                let mut spins = 0u32;
+                while !all() {
+                    if start.elapsed() > JOIN_WAIT {
+                        return all();
+                    }
+                    spins = spins.wrapping_add(1);
                     if spins < SPINS_BEFORE_CLOCK {
                         std::hint::spin_loop();
                     } else {
                         std::thread::yield_now();
                     }
                 }
-                CANCELLED => return None,
-                go => return Some(go - 1),
+                true
+            }
+            // Tests: wait however long it takes.
+            _ => {
+                wait_until(all, &self.barrier.poisoned);
+                true
             }
         }
     }
-}
 
-/// Copies `src` (`(B, width)`, this member's columns) into `buf`.
-fn publish<T: Float>(buf: &Mutex<Vec<T>>, src: &[T]) {
-    lock(buf).copy_from_slice(src);
-}
+    /// The leader's decision: `go` or send the members away.
+    fn decide(&self, go: bool) {
+        self.start
+            .store(if go { GO } else { CANCELLED }, Ordering::Release);
+    }
 
-/// Assembles the full `(B, total)` matrix from every member's columns.
-fn gather<T: Float>(
-    bufs: &[Mutex<Vec<T>>],
-    ranges: &[Range<usize>],
-    batch: usize,
-    total: usize,
-    dst: &mut [T],
-) {
-    for (buf, range) in bufs.iter().zip(ranges) {
-        let buf = lock(buf);
-        let w = range.len();
-        for b in 0..batch {
-            dst[b * total + range.start..b * total + range.end]
-                .copy_from_slice(&buf[b * w..(b + 1) * w]);
-        }
+    /// A member: whether the leader has already sent the members away.
+    fn cancelled(&self) -> bool {
+        self.start.load(Ordering::Acquire) == CANCELLED
+    }
+
+    /// A member: waits for the leader's decision; whether to work.
+    fn started(&self) -> bool {
+        let mut decision = PENDING;
+        wait_until(
+            || {
+                decision = self.start.load(Ordering::Acquire);
+                decision != PENDING
+            },
+            &self.barrier.poisoned,
+        );
+        decision == GO
     }
 }
 
-/// The inverse of [`gather`]: hands every member its columns of the full
-/// `(B, total)` matrix `src`.
-fn scatter<T: Float>(
-    bufs: &[Mutex<Vec<T>>],
-    ranges: &[Range<usize>],
-    batch: usize,
-    total: usize,
+/// Copies `src` (`B` rows `src_rs` apart, of `cols.len()` elements) into
+/// columns `cols` of the shared `(B, width)` matrix `buf`.
+fn publish<T: Float>(
+    buf: &[T::Atomic],
+    width: usize,
+    cols: Range<usize>,
     src: &[T],
+    src_rs: usize,
+    batch: usize,
 ) {
-    for (buf, range) in bufs.iter().zip(ranges) {
-        let mut buf = lock(buf);
-        let w = range.len();
-        for b in 0..batch {
-            buf[b * w..(b + 1) * w]
-                .copy_from_slice(&src[b * total + range.start..b * total + range.end]);
+    let n = cols.len();
+    for b in 0..batch {
+        let dst = &buf[b * width + cols.start..b * width + cols.end];
+        for (d, &v) in dst.iter().zip(&src[b * src_rs..b * src_rs + n]) {
+            T::store(d, v);
         }
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A poisoned lock means a partner panicked; the barrier reports that.
-    m.lock().unwrap_or_else(|e| e.into_inner())
+/// Reads the shared matrix `buf` into `dst`.
+fn read_shared<T: Float>(buf: &[T::Atomic], dst: &mut [T]) {
+    for (d, s) in dst.iter_mut().zip(buf) {
+        *d = T::load(s);
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1031,6 +1235,10 @@ fn portable_only() -> bool {
     false
 }
 
+/// [`member`] with AVX2 and FMA. Everything generic over `FMA` that it calls
+/// is `#[inline(always)]`: a function compiled on its own would lack the
+/// features, and its `mul_add`s would become calls to a software fused
+/// multiply-add.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn member_avx2<T: Float>(
@@ -1043,76 +1251,320 @@ fn member_avx2<T: Float>(
     member::<T, true>(geom, job, team, id, leader);
 }
 
-/// A member's share of the work: its units and output columns, its part of
-/// the weights and its buffers, allocated once per call.
-struct Share<'w, T: Float> {
-    units: Range<usize>,
-    w_hh: Weights<'w, T>,
-    w_hr: Option<Weights<'w, T>>,
-    /// Gate pre-activations of the units, `(B, gates * n)`.
-    gates: Vec<T>,
-    /// The units' new `h` (LSTM: before projection), `(B, n)`.
-    h_units: Vec<T>,
-    /// LSTM cell state of the units, `(B, n)`.
+/// A member's working state: its share and buffers, allocated once per
+/// call. The buffers cover the blocks `base .. base + span`: the leader's
+/// cover every block (it may have to finish alone), a member's its own.
+struct Work<T> {
+    /// The unit blocks this member computes.
+    blocks: Range<usize>,
+    /// The `W_hr^T` panels this member computes.
+    cols: Range<usize>,
+    base: usize,
+    span: usize,
+    /// Input projection of the times `chunk`, `(chunk * B, span * width)`,
+    /// time-major; an LSTM turns each row into its gate pre-activations in
+    /// place.
+    gx: Vec<T>,
+    /// The times `gx` holds (for the blocks of the share).
+    chunk: Range<usize>,
+    /// GRU: `h W_hh^T + b_hh`, `(B, span * width)`.
+    hh: Vec<T>,
+    /// LSTM cell state, `(B, span * UNITS)`.
     c: Vec<T>,
-    /// With projection: the projected columns, `(B, cols)`.
+    /// The units' new `h` (LSTM: before projection), `(B, span * UNITS)`.
+    h_units: Vec<T>,
+    /// With projection, in a team: the full unprojected `h`, `(B, H)`.
+    hid: Vec<T>,
+    /// With projection: the projected columns, `(B, proj_panels * 16)`.
     h_cols: Vec<T>,
+    /// For the products.
+    scratch: Vec<T>,
 }
 
-impl<'w, T: Float> Share<'w, T> {
-    /// `c_full`: the `(B, H)` cell state to start from (LSTM), `None` for zeros.
-    fn new(
-        geom: Geometry,
-        job: &Job<'w, T>,
-        units: Range<usize>,
-        cols: Range<usize>,
-        c_full: Option<&[T]>,
-    ) -> Self {
-        let Geometry {
-            batch,
-            hidden,
-            h_out,
-            gates,
-            ..
-        } = geom;
-        let n = units.len();
-        let (w_hr_t, is_lstm) = match job.cell {
-            Cell::Lstm { w_hr_t, .. } => (w_hr_t, true),
-            Cell::Gru { .. } => (None, false),
+/// Columns per panel of `W_hr^T`.
+const PROJ_COLS: usize = 16;
+
+/// The row stride for rows of `cols` elements: one cache line more when the
+/// rows would be a multiple of 4 KiB apart, where the rows a micro-tile
+/// loads and stores would all compete for the same few L1 sets.
+fn row_stride<T>(cols: usize) -> usize {
+    let size = std::mem::size_of::<T>();
+    if (cols * size).is_multiple_of(4096) {
+        cols + 64 / size
+    } else {
+        cols
+    }
+}
+
+impl<T: Float> Work<T> {
+    /// Member `id`'s share of `team`; the leader's buffers span every block.
+    fn new(geom: &Geometry, job: &Job<'_, T>, team: &Team<T>, id: usize) -> Self {
+        let Geometry { batch, width, .. } = *geom;
+        let span = if id == 0 {
+            0..geom.blocks
+        } else {
+            team.blocks[id].clone()
         };
+        let is_lstm = job.is_lstm();
+        let n = span.len() * UNITS;
         let mut c = vec![T::ZERO; if is_lstm { batch * n } else { 0 }];
-        if let (true, Some(c_full)) = (is_lstm, c_full) {
+        if let Some(c0) = job.c0 {
+            let units = span.start * UNITS..(span.end * UNITS).min(geom.hidden);
             for b in 0..batch {
-                c[b * n..(b + 1) * n]
-                    .copy_from_slice(&c_full[b * hidden + units.start..b * hidden + units.end]);
+                let src = b * geom.hidden;
+                c[b * n..b * n + units.len()]
+                    .copy_from_slice(&c0[src + units.start..src + units.end]);
             }
         }
+        let rows = |width: usize| vec![T::ZERO; batch * width];
         Self {
-            w_hh: Weights::new(
-                job.w_hh_t,
-                h_out,
-                gates * hidden,
-                gates,
-                hidden,
-                units.start,
-                n,
-                batch,
-            ),
-            w_hr: w_hr_t
-                .map(|w| Weights::new(w, hidden, h_out, 1, 0, cols.start, cols.len(), batch)),
-            gates: vec![T::ZERO; batch * gates * n],
-            h_units: vec![T::ZERO; batch * n],
+            blocks: team.blocks[id].clone(),
+            cols: team.cols[id].clone(),
+            base: span.start,
+            span: span.len(),
+            gx: rows(geom.chunk * row_stride::<T>(span.len() * width)),
+            chunk: 0..0,
+            hh: rows(if is_lstm {
+                0
+            } else {
+                row_stride::<T>(span.len() * width)
+            }),
             c,
-            h_cols: vec![
-                T::ZERO;
-                if w_hr_t.is_some() {
-                    batch * cols.len()
-                } else {
-                    0
-                }
-            ],
-            units,
+            h_units: rows(n),
+            hid: rows(if geom.projects() { geom.hidden } else { 0 }),
+            h_cols: rows(geom.proj_panels * PROJ_COLS),
+            scratch: Vec::new(),
         }
+    }
+
+    /// Row stride of `gx` and `hh`.
+    fn stride(&self, geom: &Geometry) -> usize {
+        row_stride::<T>(self.span * geom.width)
+    }
+
+    /// Row stride of `c` and `h_units`.
+    fn unit_stride(&self) -> usize {
+        self.span * UNITS
+    }
+
+    /// Offset of the share's first unit in the rows of `c` and `h_units`.
+    fn unit0(&self) -> usize {
+        (self.blocks.start - self.base) * UNITS
+    }
+
+    /// The real units of the share.
+    fn units(&self, geom: &Geometry) -> Range<usize> {
+        (self.blocks.start * UNITS).min(geom.hidden)..(self.blocks.end * UNITS).min(geom.hidden)
+    }
+
+    /// Projects the input of the times `self.chunk` for `blocks` into `gx`:
+    /// `x_t W_ih^T + bias`.
+    #[inline(always)]
+    fn project<const FMA: bool>(
+        &mut self,
+        geom: &Geometry,
+        job: &Job<'_, T>,
+        blocks: Range<usize>,
+    ) {
+        let Geometry {
+            batch,
+            input,
+            width,
+            ..
+        } = *geom;
+        let stride = self.stride(geom);
+        let rows = self.chunk.len() * batch;
+        let col0 = (blocks.start - self.base) * width;
+        let bias = &job.w.x_bias[blocks.start * width..blocks.end * width];
+        for row in self.gx[..rows * stride].chunks_exact_mut(stride) {
+            row[col0..col0 + bias.len()].copy_from_slice(bias);
+        }
+        let x = &job.x[self.chunk.start * batch * input..self.chunk.end * batch * input];
+        mul_acc::<T, FMA>(
+            &mut self.gx[col0..],
+            stride,
+            x,
+            input,
+            rows,
+            &job.w.w_ih,
+            blocks,
+            false,
+            &mut self.scratch,
+        );
+    }
+
+    /// Makes `gx` hold walk step `step` (time `t`): when it does not, loads
+    /// the chunk of steps starting there.
+    #[inline(always)]
+    fn ensure_chunk<const FMA: bool>(
+        &mut self,
+        geom: &Geometry,
+        job: &Job<'_, T>,
+        step: usize,
+        t: usize,
+    ) {
+        if self.chunk.contains(&t) {
+            return;
+        }
+        let n = geom.chunk.min(geom.steps - step);
+        self.chunk = if job.reverse {
+            t + 1 - n..t + 1
+        } else {
+            t..t + n
+        };
+        self.project::<FMA>(geom, job, self.blocks.clone());
+    }
+
+    /// The leader, from now on alone: takes over every block and projection
+    /// panel, with the current chunk's projection of the blocks it gains.
+    #[inline(always)]
+    fn take_all<const FMA: bool>(&mut self, geom: &Geometry, job: &Job<'_, T>) {
+        let gained = self.blocks.end..geom.blocks;
+        self.blocks = 0..geom.blocks;
+        self.cols = 0..geom.proj_panels;
+        self.project::<FMA>(geom, job, gained);
+    }
+
+    /// One step at time `t` from the previous state `h_prev` `(B, H_out)`:
+    /// the share's gate pre-activations, then the gates, which update `c`
+    /// and write the units' new `h` into `h_units`.
+    #[inline(always)]
+    fn step<const FMA: bool>(
+        &mut self,
+        geom: &Geometry,
+        job: &Job<'_, T>,
+        t: usize,
+        h_prev: Option<&[T]>,
+        zigzag: bool,
+    ) {
+        let Geometry {
+            batch,
+            h_out,
+            width,
+            ..
+        } = *geom;
+        let stride = self.stride(geom);
+        let share = self.blocks.clone();
+        let col0 = (share.start - self.base) * width;
+        let row0 = (t - self.chunk.start) * batch * stride;
+        let (cs, u0, n) = (self.unit_stride(), self.unit0(), share.len() * UNITS);
+        // `h W_hh^T`: for an LSTM in place on the projected input, for a GRU
+        // into `hh`, after `b_hh`.
+        let dst = if job.is_lstm() {
+            &mut self.gx[row0 + col0..]
+        } else {
+            for row in self.hh.chunks_exact_mut(stride) {
+                let dst = &mut row[col0..col0 + share.len() * width];
+                match &job.w.h_bias {
+                    Some(b) => dst.copy_from_slice(&b[share.start * width..share.end * width]),
+                    None => dst.fill(T::ZERO),
+                }
+            }
+            &mut self.hh[col0..]
+        };
+        if let Some(h_prev) = h_prev {
+            mul_acc::<T, FMA>(
+                dst,
+                stride,
+                h_prev,
+                h_out,
+                batch,
+                &job.w.w_hh,
+                share.clone(),
+                zigzag,
+                &mut self.scratch,
+            );
+        }
+        for b in 0..batch {
+            let pre = row0 + b * stride + col0;
+            let u = b * cs + u0;
+            if job.is_lstm() {
+                lstm_row::<T, FMA>(
+                    &mut self.gx[pre..pre + share.len() * width],
+                    &mut self.c[u..u + n],
+                    &mut self.h_units[u..u + n],
+                );
+                continue;
+            }
+            let zeros = [T::ZERO; UNITS];
+            for (k, j) in share.clone().enumerate() {
+                let units = geom.units_in(j);
+                let hh = b * stride + col0 + k * width;
+                let hp = match h_prev {
+                    Some(h) => &h[b * h_out + units.start..b * h_out + units.end],
+                    None => &zeros[..units.len()],
+                };
+                gru_block::<T, FMA>(
+                    &mut self.hh[hh..hh + width],
+                    &self.gx[pre + k * width..pre + (k + 1) * width],
+                    hp,
+                    &mut self.h_units[u + k * UNITS..u + k * UNITS + units.len()],
+                );
+            }
+        }
+    }
+
+    /// With projection: the columns `cols` of `h W_hr^T` into `h_cols`, `h`
+    /// being `h_units` (alone) or the team's full `hid`.
+    #[inline(always)]
+    fn project_h<const FMA: bool>(
+        &mut self,
+        geom: &Geometry,
+        job: &Job<'_, T>,
+        alone: bool,
+        zigzag: bool,
+    ) {
+        let ps = geom.proj_panels * PROJ_COLS;
+        let cols = self.cols.clone();
+        for row in self.h_cols.chunks_exact_mut(ps) {
+            row[cols.start * PROJ_COLS..cols.end * PROJ_COLS].fill(T::ZERO);
+        }
+        let (lhs, lhs_rs) = if alone {
+            (&self.h_units, self.unit_stride())
+        } else {
+            (&self.hid, geom.hidden)
+        };
+        mul_acc::<T, FMA>(
+            &mut self.h_cols[cols.start * PROJ_COLS..],
+            ps,
+            lhs,
+            lhs_rs,
+            geom.batch,
+            job.w.w_hr.as_ref().expect("projecting weights"),
+            cols,
+            zigzag,
+            &mut self.scratch,
+        );
+    }
+
+    /// The columns of `h` this member computes, and where they are: `(cols,
+    /// buffer, row stride)`.
+    fn h_out_part(&self, geom: &Geometry) -> (Range<usize>, &[T], usize) {
+        if geom.projects() {
+            let cols = (self.cols.start * PROJ_COLS).min(geom.h_out)
+                ..(self.cols.end * PROJ_COLS).min(geom.h_out);
+            let ps = geom.proj_panels * PROJ_COLS;
+            (cols.clone(), &self.h_cols[cols.start..], ps)
+        } else {
+            (
+                self.units(geom),
+                &self.h_units[self.unit0()..],
+                self.unit_stride(),
+            )
+        }
+    }
+
+    /// Publishes the share's cell state into the team's `c`.
+    fn publish_c(&self, geom: &Geometry, team: &Team<T>) {
+        let c = &self.c[self.unit0()..];
+        publish(
+            &team.c,
+            geom.hidden,
+            self.units(geom),
+            c,
+            self.unit_stride(),
+            geom.batch,
+        );
     }
 }
 
@@ -1129,223 +1581,125 @@ fn member<T: Float, const FMA: bool>(
         batch,
         hidden,
         h_out,
-        gates,
+        ..
     } = geom;
-    let (projects, c0, b_hh) = match job.cell {
-        Cell::Lstm { w_hr_t, c0 } => (w_hr_t.is_some(), c0, None),
-        Cell::Gru { b_hh } => (false, None, b_hh),
-    };
-    let is_lstm = matches!(job.cell, Cell::Lstm { .. });
-    // The leader starts alone, without waiting for the members' threads: it
-    // hands their units over at the first step boundary after they have all
-    // started (see `Team::ready`). A member waits for that step.
-    let (first, mut sh) = if id == 0 {
-        (0, Share::new(geom, job, 0..hidden, 0..h_out, c0))
-    } else {
-        let Some(first) = team.join() else { return };
-        let mut sh = Share::new(
-            geom,
-            job,
-            team.units[id].clone(),
-            team.cols[id].clone(),
-            None,
-        );
-        if is_lstm {
-            sh.c.copy_from_slice(&lock(&team.c_pub[id]));
-        }
-        (first, sh)
-    };
-    // Working alone: the leader until the members take over, and after the
-    // team dissolved.
-    let mut solo = id == 0;
-    // The leader may still hand over.
-    let mut waiting = id == 0 && team.size > 1;
+    let is_lstm = job.is_lstm();
 
-    // The full previous `h`, `(B, H_out)`, and with projection the full
-    // unprojected `h`, `(B, H)`.
+    // Start: every member projects its share of the first chunk; the leader
+    // then decides whether the team works together or it runs alone.
+    if id > 0 {
+        team.joined.fetch_add(1, Ordering::AcqRel);
+        if team.cancelled() {
+            // Started too late: the leader already works alone.
+            return;
+        }
+    }
+    // A member on its leader's core moves away for as long as it works.
+    let _away = (id > 0).then(|| AvoidCpu::new(team.leader_cpu));
+    let mut work = Work::new(&geom, job, team, id);
+    work.ensure_chunk::<FMA>(&geom, job, 0, job.time(steps, 0));
+    let mut solo = id == 0;
+    if id == 0 && team.size > 1 {
+        let go = team.members_started();
+        team.decide(go);
+        if go {
+            solo = false;
+        } else {
+            note_contention();
+            work.take_all::<FMA>(&geom, job);
+        }
+    } else if id > 0 && !team.started() {
+        return;
+    }
+
+    // The leader watches the team's pace.
+    let mut pace = (id == 0).then(Pace::new);
+    // The full previous `h`, `(B, H_out)`.
     let mut h_prev = vec![T::ZERO; batch * h_out];
-    let mut hid_full = vec![T::ZERO; if projects { batch * hidden } else { 0 }];
     if let Some(h0) = job.h0 {
         h_prev.copy_from_slice(h0);
     }
-    let zeros;
-    let x_bias = match job.x_bias {
-        Some(bias) => bias,
-        None => {
-            zeros = vec![T::ZERO; gates * hidden];
-            &zeros
-        }
-    };
-
-    let time = |step: usize| if job.reverse { steps - 1 - step } else { step };
-    let gx_width = gates * hidden;
-    for step in first..steps {
-        if step > 0 {
-            if !solo {
-                gather(
-                    &team.h_pub[(step - 1) % 2],
-                    &team.cols,
-                    batch,
-                    h_out,
-                    &mut h_prev,
-                );
-            }
-            if let Some(leader) = leader.as_mut() {
-                write_rows(&mut leader.rows, time(step - 1), batch, &h_prev);
-            }
-        }
-        if waiting && team.ready(step, steps) {
-            // Hand over: every member's columns of `h` (where the members
-            // gather them) and its cell states; the leader keeps its share.
-            if step > 0 {
-                scatter(
-                    &team.h_pub[(step - 1) % 2],
-                    &team.cols,
-                    batch,
-                    h_out,
-                    &h_prev,
-                );
-            }
-            if is_lstm {
-                scatter(&team.c_pub, &team.units, batch, hidden, &sh.c);
-            }
-            team.go(step);
-            let c_full = std::mem::take(&mut sh.c);
-            sh = Share::new(
-                geom,
-                job,
-                team.units[0].clone(),
-                team.cols[0].clone(),
-                Some(&c_full),
-            );
-            solo = false;
-            waiting = false;
-        } else if waiting && too_late(step, steps) {
-            team.cancel();
-            waiting = false;
-        }
-        let t = time(step);
-        let gx_t = &job.gx[t * batch * gx_width..(t + 1) * batch * gx_width];
-        let units = sh.units.clone();
-        let n = units.len();
-
-        // Pre-activations: the input part (LSTM) or b_hh (GRU), plus h W_hh^T.
-        for b in 0..batch {
-            for g in 0..gates {
-                let dst = &mut sh.gates[(b * gates + g) * n..(b * gates + g + 1) * n];
-                let src = g * hidden + units.start..g * hidden + units.end;
-                match (is_lstm, b_hh) {
-                    (true, _) => {
-                        let x = &gx_t[b * gx_width..][src.clone()];
-                        for ((d, &x), &bias) in dst.iter_mut().zip(x).zip(&x_bias[src]) {
-                            *d = x + bias;
-                        }
-                    }
-                    (false, Some(bias)) => dst.copy_from_slice(&bias[src]),
-                    (false, None) => dst.fill(T::ZERO),
-                }
-            }
-        }
+    for step in 0..steps {
+        let t = job.time(steps, step);
+        work.ensure_chunk::<FMA>(&geom, job, step, t);
         // Every other step walks the weights backwards: what the previous
         // step read last is still in cache when a share is a little too
-        // large for L2 (5 to 10% faster for batch 1).
+        // large for it.
         let zigzag = step % 2 == 1;
-        sh.w_hh
-            .mul_acc::<FMA>(&mut sh.gates, &h_prev, batch, h_out, zigzag);
-
-        if is_lstm {
+        let nonzero_h = step > 0 || job.h0.is_some();
+        work.step::<FMA>(&geom, job, t, nonzero_h.then_some(&h_prev[..]), zigzag);
+        if !solo && is_lstm && step + 1 == steps {
+            work.publish_c(&geom, team);
+        }
+        if geom.projects() {
+            if !solo {
+                let (cs, u0) = (work.unit_stride(), work.unit0());
+                let units = work.units(&geom);
+                publish(&team.hid, hidden, units, &work.h_units[u0..], cs, batch);
+                sync(team, &mut pace);
+                read_shared(&team.hid, &mut work.hid);
+            }
+            work.project_h::<FMA>(&geom, job, solo, zigzag);
+        }
+        // The new `h`: into `h_prev` when alone, else through the team.
+        let (cols, part, part_rs) = work.h_out_part(&geom);
+        if solo {
             for b in 0..batch {
-                lstm_gates(
-                    &mut sh.gates[b * 4 * n..(b + 1) * 4 * n],
-                    &mut sh.c[b * n..(b + 1) * n],
-                    &mut sh.h_units[b * n..(b + 1) * n],
-                );
+                h_prev[b * h_out + cols.start..b * h_out + cols.end]
+                    .copy_from_slice(&part[b * part_rs..b * part_rs + cols.len()]);
             }
         } else {
-            for b in 0..batch {
-                let x = &gx_t[b * gx_width..(b + 1) * gx_width];
-                let part = |g: usize| g * hidden + units.start..g * hidden + units.end;
-                gru_gates(
-                    &mut sh.gates[b * 3 * n..(b + 1) * 3 * n],
-                    [&x[part(0)], &x[part(1)], &x[part(2)]],
-                    [&x_bias[part(0)], &x_bias[part(1)], &x_bias[part(2)]],
-                    &h_prev[b * h_out + units.start..b * h_out + units.end],
-                    &mut sh.h_units[b * n..(b + 1) * n],
-                );
-            }
+            publish(&team.h[step % 2], h_out, cols, part, part_rs, batch);
+            sync(team, &mut pace);
+            read_shared(&team.h[step % 2], &mut h_prev);
         }
-
-        if !solo && is_lstm && step + 1 == steps {
-            publish(&team.c_pub[id], &sh.c);
+        if let Some(leader) = leader.as_mut() {
+            write_rows(&mut leader.rows, t, batch, &h_prev);
         }
-        match &sh.w_hr {
-            None if solo => h_prev.copy_from_slice(&sh.h_units),
-            None => publish(&team.h_pub[step % 2][id], &sh.h_units),
-            Some(w_hr) => {
-                if solo {
-                    hid_full.copy_from_slice(&sh.h_units);
-                } else {
-                    publish(&team.hid_pub[id], &sh.h_units);
-                    team.barrier.wait();
-                    gather(&team.hid_pub, &team.units, batch, hidden, &mut hid_full);
-                }
-                sh.h_cols.fill(T::ZERO);
-                w_hr.mul_acc::<FMA>(&mut sh.h_cols, &hid_full, batch, hidden, zigzag);
-                if solo {
-                    h_prev.copy_from_slice(&sh.h_cols);
-                } else {
-                    publish(&team.h_pub[step % 2][id], &sh.h_cols);
-                }
-            }
-        }
-        if solo {
-            continue;
-        }
-        team.barrier.wait();
 
         // Every member reads the same decision after the same barrier.
-        if team.barrier.dissolving() && step + 1 < steps {
+        if !solo && team.barrier.dissolving() && step + 1 < steps {
             if is_lstm {
-                publish(&team.c_pub[id], &sh.c);
+                work.publish_c(&geom, team);
             }
             team.barrier.wait();
             if leader.is_none() {
                 return;
             }
             // The leader takes over every unit from the next step on.
-            gather(&team.h_pub[step % 2], &team.cols, batch, h_out, &mut h_prev);
-            let mut c_full = vec![T::ZERO; if is_lstm { batch * hidden } else { 0 }];
+            note_contention();
             if is_lstm {
-                gather(&team.c_pub, &team.units, batch, hidden, &mut c_full);
+                let cs = work.unit_stride();
+                for (row, shared) in work.c.chunks_exact_mut(cs).zip(team.c.chunks_exact(hidden)) {
+                    read_shared(shared, &mut row[..hidden]);
+                }
             }
-            sh = Share::new(geom, job, 0..hidden, 0..h_out, Some(&c_full));
+            work.take_all::<FMA>(&geom, job);
             solo = true;
         }
     }
 
-    if waiting {
-        team.cancel();
-    }
     // Only the leader goes on: everything it reads was published before the
     // last barrier.
-    let Some(mut leader) = leader else { return };
-    if !solo {
-        gather(
-            &team.h_pub[(steps - 1) % 2],
-            &team.cols,
-            batch,
-            h_out,
-            &mut h_prev,
-        );
-    }
-    write_rows(&mut leader.rows, time(steps - 1), batch, &h_prev);
+    let Some(leader) = leader else { return };
     leader.h_n.copy_from_slice(&h_prev);
     if let Some(c_n) = leader.c_n {
         if solo {
-            c_n.copy_from_slice(&sh.c);
+            let cs = work.unit_stride();
+            for (dst, src) in c_n.chunks_exact_mut(hidden).zip(work.c.chunks_exact(cs)) {
+                dst.copy_from_slice(&src[..hidden]);
+            }
         } else {
-            gather(&team.c_pub, &team.units, batch, hidden, c_n);
+            read_shared(&team.c, c_n);
         }
+    }
+}
+
+/// A team member's barrier: the leader's keeps its [`Pace`].
+fn sync<T: Float>(team: &Team<T>, pace: &mut Option<Pace>) {
+    match pace {
+        Some(pace) => pace.wait(&team.barrier),
+        None => team.barrier.wait(),
     }
 }
 
@@ -1355,1126 +1709,5 @@ fn write_rows<T: Float>(rows: &mut [&mut [T]], t: usize, batch: usize, h: &[T]) 
     let width = h.len() / batch.max(1);
     for (b, row) in rows[t * batch..(t + 1) * batch].iter_mut().enumerate() {
         row.copy_from_slice(&h[b * width..(b + 1) * width]);
-    }
-}
-
-/// The LSTM update for one batch row of `n` units: `pre` holds the
-/// pre-activations `[i | f | g | o]` (overwritten by the activations), `c`
-/// is updated in place, `h` written.
-///
-/// Two passes: the four activations first, each a loop of independent
-/// elements, then the cell update. One fused loop is about 1.5 times slower:
-/// each element's chain of exponentials and divisions is too long for the
-/// CPU to overlap enough elements.
-#[inline(always)]
-fn lstm_gates<T: Float>(pre: &mut [T], c: &mut [T], h: &mut [T]) {
-    let n = c.len();
-    let (ifg, po) = pre.split_at_mut(3 * n);
-    let (pif, pg) = ifg.split_at_mut(2 * n);
-    // Separate loops: `chain`ed iterators do not vectorise.
-    for v in pif.iter_mut() {
-        *v = T::sigmoid(*v);
-    }
-    for v in po.iter_mut() {
-        *v = T::sigmoid(*v);
-    }
-    for v in pg.iter_mut() {
-        *v = T::tanh(*v);
-    }
-    let (pi, pf) = pif.split_at(n);
-    let gates = pi.iter().zip(pf).zip(pg.iter().zip(po.iter()));
-    for ((c, h), ((&i, &f), (&g, &o))) in c.iter_mut().zip(h.iter_mut()).zip(gates) {
-        let c_new = f * *c + i * g;
-        *c = c_new;
-        *h = o * T::tanh(c_new);
-    }
-}
-
-/// The GRU update for one batch row of `n` units: `hh` holds
-/// `h W_hh^T + b_hh` as `[r | z | n]` (its `r` and `z` parts are overwritten
-/// by the gates), `x` and `xb` the input parts and their biases, `h_prev`
-/// this member's units of the previous state. Two passes, as for the LSTM.
-#[inline(always)]
-fn gru_gates<T: Float>(hh: &mut [T], x: [&[T]; 3], xb: [&[T]; 3], h_prev: &[T], h: &mut [T]) {
-    let n = h.len();
-    let (hrz, hn) = hh.split_at_mut(2 * n);
-    let (r, z) = hrz.split_at_mut(n);
-    let [xr, xz, xn] = x;
-    let [br, bz, bn] = xb;
-    for (gate, x, b) in [(&mut *r, xr, br), (&mut *z, xz, bz)] {
-        for ((v, &x), &b) in gate.iter_mut().zip(x).zip(b) {
-            *v = T::sigmoid(x + b + *v);
-        }
-    }
-    let gates = r.iter().zip(z.iter()).zip(hn.iter().zip(xn.iter().zip(bn)));
-    for ((h, &hp), ((&r, &z), (&hn, (&xn, &bn)))) in h.iter_mut().zip(h_prev).zip(gates) {
-        let cand = T::tanh(xn + bn + r * hn);
-        *h = cand + z * (hp - cand);
-    }
-}
-
-// ---------------------------------------------------------------------------
-// The per-step product
-
-/// Columns per packed panel: two AVX registers of `f32`.
-const NR: usize = 16;
-
-/// Some columns of a row-major `(k, w_rs)` matrix, copied once per call into
-/// panels of [`NR`] columns: panel `p` holds rows `0..k` of its columns
-/// contiguously, `NR` elements per row (zero-padded), so that the
-/// micro-kernel streams it linearly and the copy is reused by every step.
-struct Packed<T> {
-    data: Vec<T>,
-    k: usize,
-    /// Number of real columns (`gates * n`).
-    cols: usize,
-}
-
-impl<T: Float> Packed<T> {
-    /// Packs column `g * gate_stride + col0 + j` of `w` as column `g * n + j`
-    /// (for `g < gates`, `j < n`): a member's columns in scratch order.
-    fn new(
-        w: &[T],
-        w_rs: usize,
-        k: usize,
-        gates: usize,
-        gate_stride: usize,
-        col0: usize,
-        n: usize,
-    ) -> Self {
-        let cols = gates * n;
-        let panels = cols.div_ceil(NR);
-        let mut data = vec![T::ZERO; panels * k * NR];
-        for kk in 0..k {
-            let row = &w[kk * w_rs..];
-            for g in 0..gates {
-                let src = &row[g * gate_stride + col0..][..n];
-                for (j, &v) in src.iter().enumerate() {
-                    let c = g * n + j;
-                    data[((c / NR) * k + kk) * NR + c % NR] = v;
-                }
-            }
-        }
-        Self { data, k, cols }
-    }
-}
-
-/// `dst[b, c] += sum_kk lhs[b, kk] * packed[kk, c]` for `b < m`, all packed
-/// columns `c`; `dst` rows are `dst_rs` apart, `lhs` is `(m, k)`.
-#[inline(always)]
-fn gemm_packed<T: Float, const FMA: bool>(
-    dst: &mut [T],
-    dst_rs: usize,
-    lhs: &[T],
-    m: usize,
-    packed: &Packed<T>,
-    reverse: bool,
-) {
-    let k = packed.k;
-    assert!(lhs.len() >= m * k && (m == 0 || dst.len() >= (m - 1) * dst_rs + packed.cols));
-    let max_rows = T::TILE_ROWS;
-    let panels = packed.cols.div_ceil(NR);
-    for i in 0..panels {
-        let p = if reverse { panels - 1 - i } else { i };
-        let panel = &packed.data[p * k * NR..(p + 1) * k * NR];
-        let c0 = p * NR;
-        let width = NR.min(packed.cols - c0);
-        let mut row = 0;
-        while row < m {
-            let rows = max_rows.min(m - row);
-            let tile = Tile {
-                dst_rs,
-                c0,
-                width,
-                row,
-                k,
-            };
-            match rows {
-                6 => T::tile::<FMA, 6>(dst, lhs, panel, tile),
-                5 => T::tile::<FMA, 5>(dst, lhs, panel, tile),
-                4 => T::tile::<FMA, 4>(dst, lhs, panel, tile),
-                3 => T::tile::<FMA, 3>(dst, lhs, panel, tile),
-                2 => T::tile::<FMA, 2>(dst, lhs, panel, tile),
-                _ => T::tile::<FMA, 1>(dst, lhs, panel, tile),
-            }
-            row += rows;
-        }
-    }
-}
-
-/// Where a micro-tile sits: rows `row..row + R` of `dst` and `lhs`, columns
-/// `c0..c0 + width` of `dst`, with the `(k, NR)` panel of packed columns.
-#[doc(hidden)]
-#[derive(Debug, Clone, Copy)]
-pub struct Tile {
-    dst_rs: usize,
-    c0: usize,
-    width: usize,
-    row: usize,
-    k: usize,
-}
-
-impl Tile {
-    /// Panics unless every element an `rows x NR` tile reads or writes is in
-    /// bounds; the SIMD tiles rely on it.
-    #[inline(always)]
-    fn check<T>(&self, dst: &[T], lhs: &[T], panel: &[T], rows: usize) {
-        assert!(
-            rows > 0
-                && self.width <= NR
-                && panel.len() == self.k * NR
-                && lhs.len() >= (self.row + rows) * self.k
-                && dst.len() >= (self.row + rows - 1) * self.dst_rs + self.c0 + self.width
-        );
-    }
-}
-
-/// One `R x NR` tile in plain Rust: the reference for the SIMD versions.
-#[inline(always)]
-fn tile_portable<T: Float, const FMA: bool, const R: usize>(
-    dst: &mut [T],
-    lhs: &[T],
-    panel: &[T],
-    tile: Tile,
-) {
-    let Tile {
-        dst_rs,
-        c0,
-        width,
-        row,
-        k,
-    } = tile;
-    let mut acc = [[T::ZERO; NR]; R];
-    for (r, acc) in acc.iter_mut().enumerate() {
-        let start = (row + r) * dst_rs + c0;
-        acc[..width].copy_from_slice(&dst[start..start + width]);
-    }
-    let a: [&[T]; R] = std::array::from_fn(|r| &lhs[(row + r) * k..(row + r + 1) * k]);
-    for (kk, w) in panel.chunks_exact(NR).enumerate() {
-        let w: &[T; NR] = w.try_into().expect("panel rows have NR elements");
-        for r in 0..R {
-            let x = a[r][kk];
-            for j in 0..NR {
-                acc[r][j] = T::madd::<FMA>(x, w[j], acc[r][j]);
-            }
-        }
-    }
-    for (r, acc) in acc.iter().enumerate() {
-        let start = (row + r) * dst_rs + c0;
-        dst[start..start + width].copy_from_slice(&acc[..width]);
-    }
-}
-
-/// The micro-tiles with AVX2 + FMA intrinsics: `R` rows by [`NR`] columns,
-/// accumulated in 12 or fewer registers over the whole `k` loop; each packed
-/// panel row is loaded once and used for all `R` rows.
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::{Tile, NR};
-    use std::arch::x86_64::*;
-
-    /// # Safety
-    ///
-    /// The CPU must support AVX2 and FMA, and `tile.check(dst, lhs, panel, R)`
-    /// must hold.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile_f32<const R: usize>(
-        dst: &mut [f32],
-        lhs: &[f32],
-        panel: &[f32],
-        tile: Tile,
-    ) {
-        const L: usize = 8;
-        let Tile {
-            dst_rs,
-            c0,
-            width,
-            row,
-            k,
-        } = tile;
-        let mut buf = [0f32; NR];
-        let mut acc = [[_mm256_setzero_ps(); NR / L]; R];
-        for (r, acc) in acc.iter_mut().enumerate() {
-            let d = dst.as_ptr().add((row + r) * dst_rs + c0);
-            if width == NR {
-                for (v, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_loadu_ps(d.add(v * L));
-                }
-            } else {
-                buf[..width].copy_from_slice(std::slice::from_raw_parts(d, width));
-                for (v, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_loadu_ps(buf.as_ptr().add(v * L));
-                }
-            }
-        }
-        let a = lhs.as_ptr().add(row * k);
-        let mut w = panel.as_ptr();
-        for kk in 0..k {
-            let w0 = _mm256_loadu_ps(w);
-            let w1 = _mm256_loadu_ps(w.add(L));
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let x = _mm256_broadcast_ss(&*a.add(r * k + kk));
-                acc[0] = _mm256_fmadd_ps(x, w0, acc[0]);
-                acc[1] = _mm256_fmadd_ps(x, w1, acc[1]);
-            }
-            w = w.add(NR);
-        }
-        for (r, acc) in acc.iter().enumerate() {
-            let d = dst.as_mut_ptr().add((row + r) * dst_rs + c0);
-            if width == NR {
-                for (v, a) in acc.iter().enumerate() {
-                    _mm256_storeu_ps(d.add(v * L), *a);
-                }
-            } else {
-                for (v, a) in acc.iter().enumerate() {
-                    _mm256_storeu_ps(buf.as_mut_ptr().add(v * L), *a);
-                }
-                std::slice::from_raw_parts_mut(d, width).copy_from_slice(&buf[..width]);
-            }
-        }
-    }
-
-    /// # Safety
-    ///
-    /// As for [`tile_f32`].
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile_f64<const R: usize>(
-        dst: &mut [f64],
-        lhs: &[f64],
-        panel: &[f64],
-        tile: Tile,
-    ) {
-        const L: usize = 4;
-        let Tile {
-            dst_rs,
-            c0,
-            width,
-            row,
-            k,
-        } = tile;
-        let mut buf = [0f64; NR];
-        let mut acc = [[_mm256_setzero_pd(); NR / L]; R];
-        for (r, acc) in acc.iter_mut().enumerate() {
-            let d = dst.as_ptr().add((row + r) * dst_rs + c0);
-            if width == NR {
-                for (v, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_loadu_pd(d.add(v * L));
-                }
-            } else {
-                buf[..width].copy_from_slice(std::slice::from_raw_parts(d, width));
-                for (v, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_loadu_pd(buf.as_ptr().add(v * L));
-                }
-            }
-        }
-        let a = lhs.as_ptr().add(row * k);
-        let mut w = panel.as_ptr();
-        for kk in 0..k {
-            let wv = [
-                _mm256_loadu_pd(w),
-                _mm256_loadu_pd(w.add(L)),
-                _mm256_loadu_pd(w.add(2 * L)),
-                _mm256_loadu_pd(w.add(3 * L)),
-            ];
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let x = _mm256_broadcast_sd(&*a.add(r * k + kk));
-                for (a, wv) in acc.iter_mut().zip(wv) {
-                    *a = _mm256_fmadd_pd(x, wv, *a);
-                }
-            }
-            w = w.add(NR);
-        }
-        for (r, acc) in acc.iter().enumerate() {
-            let d = dst.as_mut_ptr().add((row + r) * dst_rs + c0);
-            if width == NR {
-                for (v, a) in acc.iter().enumerate() {
-                    _mm256_storeu_pd(d.add(v * L), *a);
-                }
-            } else {
-                for (v, a) in acc.iter().enumerate() {
-                    _mm256_storeu_pd(buf.as_mut_ptr().add(v * L), *a);
-                }
-                std::slice::from_raw_parts_mut(d, width).copy_from_slice(&buf[..width]);
-            }
-        }
-    }
-}
-
-/// `dst[g * n + j] += sum_kk x[kk] * w[kk * w_rs + g * gate_stride + col0 + j]`
-/// for `g < gates`, `j < n`: one row times some columns of the unpacked,
-/// row-major `w`. Streams `w` once, four rows at a time (the last row first
-/// when `reverse`), into the `gates * n` accumulators (which stay in L1).
-/// For batch 1, where the step is bound by reading `w`, this beats packing
-/// a copy.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn matvec_acc<T: Float, const FMA: bool>(
-    dst: &mut [T],
-    x: &[T],
-    k: usize,
-    w: &[T],
-    w_rs: usize,
-    gates: usize,
-    gate_stride: usize,
-    col0: usize,
-    n: usize,
-    reverse: bool,
-) {
-    let quads = k / 4;
-    for q in 0..quads {
-        let kk = if reverse { quads - 1 - q } else { q } * 4;
-        let (a0, a1, a2, a3) = (x[kk], x[kk + 1], x[kk + 2], x[kk + 3]);
-        for g in 0..gates {
-            let off = g * gate_stride + col0;
-            let r0 = &w[kk * w_rs + off..][..n];
-            let r1 = &w[(kk + 1) * w_rs + off..][..n];
-            let r2 = &w[(kk + 2) * w_rs + off..][..n];
-            let r3 = &w[(kk + 3) * w_rs + off..][..n];
-            let acc = &mut dst[g * n..(g + 1) * n];
-            for ((((acc, &w0), &w1), &w2), &w3) in acc.iter_mut().zip(r0).zip(r1).zip(r2).zip(r3) {
-                let mut v = T::madd::<FMA>(a0, w0, *acc);
-                v = T::madd::<FMA>(a1, w1, v);
-                v = T::madd::<FMA>(a2, w2, v);
-                *acc = T::madd::<FMA>(a3, w3, v);
-            }
-        }
-    }
-    for kk in quads * 4..k {
-        let a = x[kk];
-        for g in 0..gates {
-            let r = &w[kk * w_rs + g * gate_stride + col0..][..n];
-            for (acc, &wv) in dst[g * n..(g + 1) * n].iter_mut().zip(r) {
-                *acc = T::madd::<FMA>(a, wv, *acc);
-            }
-        }
-    }
-}
-
-/// A member's share of a weight matrix: its columns, used as rows (batch 1)
-/// or packed into panels (larger batches).
-enum Weights<'a, T: Float> {
-    /// Row-major `(k, w_rs)`; the share is columns
-    /// `g * gate_stride + col0 .. + n` for `g < gates`.
-    Rows {
-        w: Cow<'a, [T]>,
-        w_rs: usize,
-        gates: usize,
-        gate_stride: usize,
-        col0: usize,
-        n: usize,
-    },
-    Panels(Packed<T>),
-}
-
-impl<'a, T: Float> Weights<'a, T> {
-    /// Columns `g * gate_stride + col0 .. + n` (`g < gates`) of the
-    /// row-major `(k, w_rs)` matrix `w`, multiplied by `batch` rows.
-    ///
-    /// For batch 1 the product is bound by reading the weights: they are
-    /// used in place when the share is one contiguous block per row, and
-    /// copied into one otherwise (a team member's share of the gate blocks),
-    /// since streaming many short row segments is far slower.
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        w: &'a [T],
-        k: usize,
-        w_rs: usize,
-        gates: usize,
-        gate_stride: usize,
-        col0: usize,
-        n: usize,
-        batch: usize,
-    ) -> Self {
-        assert!(
-            k == 0 || n == 0 || w.len() >= (k - 1) * w_rs + (gates - 1) * gate_stride + col0 + n
-        );
-        if batch != 1 {
-            return Weights::Panels(Packed::new(w, w_rs, k, gates, gate_stride, col0, n));
-        }
-        if gates == 1 || gate_stride == n {
-            return Weights::Rows {
-                w: Cow::Borrowed(&w[col0..]),
-                w_rs,
-                gates: 1,
-                gate_stride: 0,
-                col0: 0,
-                n: gates * n,
-            };
-        }
-        let mut rows = Vec::with_capacity(k * gates * n);
-        for kk in 0..k {
-            for g in 0..gates {
-                rows.extend_from_slice(&w[kk * w_rs + g * gate_stride + col0..][..n]);
-            }
-        }
-        Weights::Rows {
-            w: Cow::Owned(rows),
-            w_rs: gates * n,
-            gates: 1,
-            gate_stride: 0,
-            col0: 0,
-            n: gates * n,
-        }
-    }
-
-    /// `dst (m, gates * n) += lhs (m, k) @ these columns`, walking the
-    /// weights backwards when `reverse` (see [`matvec_acc`]).
-    #[inline(always)]
-    fn mul_acc<const FMA: bool>(
-        &self,
-        dst: &mut [T],
-        lhs: &[T],
-        m: usize,
-        k: usize,
-        reverse: bool,
-    ) {
-        match self {
-            Weights::Rows {
-                w,
-                w_rs,
-                gates,
-                gate_stride,
-                col0,
-                n,
-            } => {
-                for b in 0..m {
-                    let cols = gates * n;
-                    matvec_acc::<T, FMA>(
-                        &mut dst[b * cols..(b + 1) * cols],
-                        &lhs[b * k..(b + 1) * k],
-                        k,
-                        w,
-                        *w_rs,
-                        *gates,
-                        *gate_stride,
-                        *col0,
-                        *n,
-                        reverse,
-                    );
-                }
-            }
-            Weights::Panels(p) => gemm_packed::<T, FMA>(dst, p.cols, lhs, m, p, reverse),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Deterministic uniform numbers in `[-scale, scale]` (xorshift).
-    struct Rng(u64);
-
-    impl Rng {
-        fn vec<T: Float + From<f32>>(&mut self, len: usize, scale: f32) -> Vec<T> {
-            (0..len)
-                .map(|_| {
-                    self.0 ^= self.0 << 13;
-                    self.0 ^= self.0 >> 7;
-                    self.0 ^= self.0 << 17;
-                    let unit = (self.0 >> 40) as f32 / (1u64 << 24) as f32;
-                    T::from((2.0 * unit - 1.0) * scale)
-                })
-                .collect()
-        }
-    }
-
-    trait Exact: Float + From<f32> {
-        fn exp(self) -> Self;
-        fn tanh_exact(self) -> Self;
-        fn to_f64(self) -> f64;
-    }
-
-    impl Exact for f32 {
-        fn exp(self) -> Self {
-            f32::exp(self)
-        }
-        fn tanh_exact(self) -> Self {
-            f32::tanh(self)
-        }
-        fn to_f64(self) -> f64 {
-            f64::from(self)
-        }
-    }
-
-    impl Exact for f64 {
-        fn exp(self) -> Self {
-            f64::exp(self)
-        }
-        fn tanh_exact(self) -> Self {
-            f64::tanh(self)
-        }
-        fn to_f64(self) -> f64 {
-            self
-        }
-    }
-
-    fn sig<T: Exact>(x: T) -> T {
-        T::ONE / (T::ONE + T::exp(T::ZERO - x))
-    }
-
-    /// `(B, K) @ (K, N)`, both row-major.
-    fn matmul<T: Exact>(a: &[T], b: &[T], m: usize, k: usize, n: usize) -> Vec<T> {
-        let mut out = vec![T::ZERO; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                let mut acc = T::ZERO;
-                for kk in 0..k {
-                    acc = acc + a[i * k + kk] * b[kk * n + j];
-                }
-                out[i * n + j] = acc;
-            }
-        }
-        out
-    }
-
-    /// One LSTM direction, step by step: `(out (T, B, P), h_n, c_n)`.
-    fn lstm_reference<T: Exact>(
-        shape: RecurrentShape,
-        dir: &LstmDirection<'_, T>,
-    ) -> (Vec<T>, Vec<T>, Vec<T>) {
-        let RecurrentShape {
-            steps,
-            batch,
-            hidden: hs,
-        } = shape;
-        let p = dir.w_hr_t.map_or(hs, |w| w.len() / hs);
-        let mut h = dir.h0.map_or(vec![T::ZERO; batch * p], <[T]>::to_vec);
-        let mut c = dir.c0.map_or(vec![T::ZERO; batch * hs], <[T]>::to_vec);
-        let mut out = vec![T::ZERO; steps * batch * p];
-        for step in 0..steps {
-            let t = if dir.reverse { steps - 1 - step } else { step };
-            let hh = matmul(&h, dir.w_hh_t, batch, p, 4 * hs);
-            let mut full = vec![T::ZERO; batch * hs];
-            for b in 0..batch {
-                for j in 0..hs {
-                    let pre = |g: usize| {
-                        let bias = dir.bias.map_or(T::ZERO, |bias| bias[g * hs + j]);
-                        dir.gx[(t * batch + b) * 4 * hs + g * hs + j]
-                            + bias
-                            + hh[b * 4 * hs + g * hs + j]
-                    };
-                    let (i, f, g, o) = (sig(pre(0)), sig(pre(1)), pre(2).tanh_exact(), sig(pre(3)));
-                    let cn = f * c[b * hs + j] + i * g;
-                    c[b * hs + j] = cn;
-                    full[b * hs + j] = o * cn.tanh_exact();
-                }
-            }
-            h = match dir.w_hr_t {
-                Some(w) => matmul(&full, w, batch, hs, p),
-                None => full,
-            };
-            out[t * batch * p..(t + 1) * batch * p].copy_from_slice(&h);
-        }
-        (out, h, c)
-    }
-
-    /// One GRU direction, step by step: `(out (T, B, H), h_n)`.
-    fn gru_reference<T: Exact>(
-        shape: RecurrentShape,
-        dir: &GruDirection<'_, T>,
-    ) -> (Vec<T>, Vec<T>) {
-        let RecurrentShape {
-            steps,
-            batch,
-            hidden: hs,
-        } = shape;
-        let mut h = dir.h0.map_or(vec![T::ZERO; batch * hs], <[T]>::to_vec);
-        let mut out = vec![T::ZERO; steps * batch * hs];
-        for step in 0..steps {
-            let t = if dir.reverse { steps - 1 - step } else { step };
-            let hh = matmul(&h, dir.w_hh_t, batch, hs, 3 * hs);
-            let mut next = vec![T::ZERO; batch * hs];
-            for b in 0..batch {
-                for j in 0..hs {
-                    let x = |g: usize| {
-                        let bias = dir.b_ih.map_or(T::ZERO, |bias| bias[g * hs + j]);
-                        dir.gx[(t * batch + b) * 3 * hs + g * hs + j] + bias
-                    };
-                    let hg = |g: usize| {
-                        hh[b * 3 * hs + g * hs + j]
-                            + dir.b_hh.map_or(T::ZERO, |bias| bias[g * hs + j])
-                    };
-                    let r = sig(x(0) + hg(0));
-                    let z = sig(x(1) + hg(1));
-                    let n = (x(2) + r * hg(2)).tanh_exact();
-                    next[b * hs + j] = (T::ONE - z) * n + z * h[b * hs + j];
-                }
-            }
-            h = next;
-            out[t * batch * hs..(t + 1) * batch * hs].copy_from_slice(&h);
-        }
-        (out, h)
-    }
-
-    /// Interleaves per-direction `(T, B, W)` outputs into `(T, B, D * W)`.
-    fn interleave<T: Float>(outs: &[Vec<T>], width: usize) -> Vec<T> {
-        let rows = outs[0].len() / width;
-        let mut all = Vec::with_capacity(rows * width * outs.len());
-        for r in 0..rows {
-            for o in outs {
-                all.extend_from_slice(&o[r * width..(r + 1) * width]);
-            }
-        }
-        all
-    }
-
-    fn assert_close<T: Exact>(what: &str, got: &[T], want: &[T], tol: f64) {
-        assert_eq!(got.len(), want.len(), "{what}: length");
-        let worst = got
-            .iter()
-            .zip(want)
-            .map(|(g, w)| (g.to_f64() - w.to_f64()).abs())
-            .fold(0.0, f64::max);
-        assert!(worst <= tol, "{what}: max abs error {worst:e} > {tol:e}");
-    }
-
-    #[derive(Debug, Clone, Copy)]
-    struct Case {
-        steps: usize,
-        batch: usize,
-        hidden: usize,
-        proj: usize,
-        bidirectional: bool,
-        reverse: bool,
-        with_state: bool,
-        threads: usize,
-    }
-
-    impl Case {
-        fn new(steps: usize, batch: usize, hidden: usize) -> Self {
-            Self {
-                steps,
-                batch,
-                hidden,
-                proj: 0,
-                bidirectional: false,
-                reverse: false,
-                with_state: false,
-                threads: 1,
-            }
-        }
-    }
-
-    fn check_lstm<T: Exact>(case: Case, tol: f64) {
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (case.hidden as u64 * 31 + case.batch as u64));
-        let shape = RecurrentShape {
-            steps: case.steps,
-            batch: case.batch,
-            hidden: case.hidden,
-        };
-        let (hs, b, t) = (case.hidden, case.batch, case.steps);
-        let p = if case.proj > 0 { case.proj } else { hs };
-        let d = if case.bidirectional { 2 } else { 1 };
-        let scale = 1.0 / (p as f32).sqrt();
-        let data: Vec<_> = (0..d)
-            .map(|_| {
-                (
-                    rng.vec::<T>(t * b * 4 * hs, 2.0),
-                    rng.vec::<T>(p * 4 * hs, 2.0 * scale),
-                    rng.vec::<T>(hs * p, 1.5 / (hs as f32).sqrt()),
-                    rng.vec::<T>(b * p, 0.5),
-                    rng.vec::<T>(b * hs, 0.5),
-                    rng.vec::<T>(4 * hs, 1.0),
-                )
-            })
-            .collect();
-        // Biases in some cases only, so that both code paths run.
-        let with_bias = hs % 2 == 0;
-        let dirs: Vec<_> = data
-            .iter()
-            .enumerate()
-            .map(|(i, (gx, w_hh_t, w_hr_t, h0, c0, bias))| LstmDirection {
-                gx,
-                bias: with_bias.then_some(bias.as_slice()),
-                w_hh_t,
-                w_hr_t: (case.proj > 0).then_some(w_hr_t.as_slice()),
-                h0: case.with_state.then_some(h0.as_slice()),
-                c0: case.with_state.then_some(c0.as_slice()),
-                reverse: i == 1 || case.reverse,
-            })
-            .collect();
-        let mut out = vec![T::ZERO; t * b * d * p];
-        let mut h_n = vec![T::ZERO; d * b * p];
-        let mut c_n = vec![T::ZERO; d * b * hs];
-        lstm_recurrence(shape, &dirs, &mut out, &mut h_n, &mut c_n, case.threads).unwrap();
-
-        let refs: Vec<_> = dirs.iter().map(|dir| lstm_reference(shape, dir)).collect();
-        let want_out = interleave(&refs.iter().map(|r| r.0.clone()).collect::<Vec<_>>(), p);
-        let want_h: Vec<T> = refs.iter().flat_map(|r| r.1.clone()).collect();
-        let want_c: Vec<T> = refs.iter().flat_map(|r| r.2.clone()).collect();
-        assert_close(&format!("{case:?} out"), &out, &want_out, tol);
-        assert_close(&format!("{case:?} h_n"), &h_n, &want_h, tol);
-        assert_close(&format!("{case:?} c_n"), &c_n, &want_c, tol);
-    }
-
-    fn check_gru<T: Exact>(case: Case, bias: (bool, bool), tol: f64) {
-        let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ (case.hidden as u64 * 17 + case.batch as u64));
-        let shape = RecurrentShape {
-            steps: case.steps,
-            batch: case.batch,
-            hidden: case.hidden,
-        };
-        let (hs, b, t) = (case.hidden, case.batch, case.steps);
-        let d = if case.bidirectional { 2 } else { 1 };
-        let scale = 2.0 / (hs as f32).sqrt();
-        let data: Vec<_> = (0..d)
-            .map(|_| {
-                (
-                    rng.vec::<T>(t * b * 3 * hs, 2.0),
-                    rng.vec::<T>(hs * 3 * hs, scale),
-                    rng.vec::<T>(3 * hs, 0.5),
-                    rng.vec::<T>(b * hs, 0.5),
-                    rng.vec::<T>(3 * hs, 1.0),
-                )
-            })
-            .collect();
-        let dirs: Vec<_> = data
-            .iter()
-            .enumerate()
-            .map(|(i, (gx, w_hh_t, b_hh, h0, b_ih))| GruDirection {
-                gx,
-                w_hh_t,
-                b_ih: bias.0.then_some(b_ih.as_slice()),
-                b_hh: bias.1.then_some(b_hh.as_slice()),
-                h0: case.with_state.then_some(h0.as_slice()),
-                reverse: i == 1 || case.reverse,
-            })
-            .collect();
-        let mut out = vec![T::ZERO; t * b * d * hs];
-        let mut h_n = vec![T::ZERO; d * b * hs];
-        gru_recurrence(shape, &dirs, &mut out, &mut h_n, case.threads).unwrap();
-
-        let refs: Vec<_> = dirs.iter().map(|dir| gru_reference(shape, dir)).collect();
-        let want_out = interleave(&refs.iter().map(|r| r.0.clone()).collect::<Vec<_>>(), hs);
-        let want_h: Vec<T> = refs.iter().flat_map(|r| r.1.clone()).collect();
-        assert_close(&format!("{case:?} bias={bias:?} out"), &out, &want_out, tol);
-        assert_close(&format!("{case:?} bias={bias:?} h_n"), &h_n, &want_h, tol);
-    }
-
-    /// Small cases (single-threaded teams), B = 1 (hand-written product) and
-    /// B > 1 (gemm), with every option.
-    fn small_cases() -> Vec<Case> {
-        let mut cases = Vec::new();
-        for batch in [1, 3] {
-            for hidden in [5, 16, 24] {
-                for proj in [0, 3] {
-                    for (bidirectional, reverse) in [(false, false), (false, true), (true, false)] {
-                        for with_state in [false, true] {
-                            for threads in [1, 2] {
-                                cases.push(Case {
-                                    proj,
-                                    bidirectional,
-                                    reverse,
-                                    with_state,
-                                    threads,
-                                    ..Case::new(7, batch, hidden)
-                                });
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        cases
-    }
-
-    /// Cases large enough that one direction is split over 2 or 3 threads.
-    fn team_cases() -> Vec<Case> {
-        let mut cases = Vec::new();
-        // The last one projects to as many features as it has units, which
-        // PyTorch forbids but the kernel accepts.
-        for (batch, hidden, proj) in [
-            (1, 136, 0),
-            (1, 256, 72),
-            (5, 100, 0),
-            (4, 128, 40),
-            (5, 64, 64),
-        ] {
-            for threads in [2, 3, 4] {
-                for (bidirectional, reverse) in [(false, false), (false, true), (true, false)] {
-                    cases.push(Case {
-                        proj,
-                        bidirectional,
-                        reverse,
-                        with_state: batch != 1,
-                        threads,
-                        ..Case::new(6, batch, hidden)
-                    });
-                }
-            }
-        }
-        cases
-    }
-
-    #[test]
-    fn lstm_matches_reference_f32() {
-        for case in small_cases() {
-            check_lstm::<f32>(case, 1e-5);
-        }
-    }
-
-    #[test]
-    fn lstm_matches_reference_f64() {
-        for case in small_cases() {
-            check_lstm::<f64>(case, 1e-12);
-        }
-    }
-
-    #[test]
-    fn lstm_teams_match_reference() {
-        for case in team_cases() {
-            check_lstm::<f32>(case, 1e-5);
-            check_lstm::<f64>(case, 1e-12);
-        }
-    }
-
-    #[test]
-    fn lstm_long_sequence_stays_close() {
-        for batch in [1, 2] {
-            check_lstm::<f32>(
-                Case {
-                    bidirectional: true,
-                    threads: 2,
-                    ..Case::new(200, batch, 32)
-                },
-                1e-5,
-            );
-        }
-    }
-
-    #[test]
-    fn gru_matches_reference_f32() {
-        for case in small_cases().into_iter().filter(|c| c.proj == 0) {
-            for bias in [(false, false), (true, true), (false, true), (true, false)] {
-                check_gru::<f32>(case, bias, 1e-5);
-            }
-        }
-    }
-
-    #[test]
-    fn gru_matches_reference_f64() {
-        for case in small_cases().into_iter().filter(|c| c.proj == 0) {
-            for bias in [(false, false), (true, true), (false, true), (true, false)] {
-                check_gru::<f64>(case, bias, 1e-12);
-            }
-        }
-    }
-
-    #[test]
-    fn gru_teams_match_reference() {
-        for case in team_cases().into_iter().filter(|c| c.proj == 0) {
-            check_gru::<f32>(case, (true, true), 1e-5);
-            check_gru::<f64>(case, (true, true), 1e-12);
-        }
-    }
-
-    #[test]
-    fn portable_code_matches_reference() {
-        PORTABLE_ONLY.store(true, Ordering::Relaxed);
-        let cases = [
-            Case {
-                proj: 3,
-                with_state: true,
-                ..Case::new(5, 1, 16)
-            },
-            Case {
-                bidirectional: true,
-                threads: 2,
-                ..Case::new(5, 3, 24)
-            },
-            Case {
-                proj: 40,
-                threads: 2,
-                ..Case::new(4, 4, 128)
-            },
-        ];
-        for case in cases {
-            check_lstm::<f32>(case, 1e-5);
-            check_lstm::<f64>(case, 1e-12);
-            if case.proj == 0 {
-                check_gru::<f32>(case, (true, true), 1e-5);
-            }
-        }
-        PORTABLE_ONLY.store(false, Ordering::Relaxed);
-    }
-
-    /// Teams whose members take over at the first step, or later, or never,
-    /// and teams that dissolve part-way (barrier 1 ends the first team step,
-    /// or its first half with a projection; the leader then finishes alone).
-    /// The hooks are global, so other tests running meanwhile may take these
-    /// paths too (they check results, which do not depend on the path).
-    #[test]
-    fn every_team_path_matches_reference() {
-        let hand_over_at = |step: usize| step + 1;
-        let modes = [
-            (hand_over_at(0), 0),
-            (hand_over_at(3), 0),
-            (NEVER, 0),
-            (hand_over_at(0), 1),
-            (hand_over_at(0), 2),
-            (hand_over_at(0), 5),
-            (hand_over_at(2), 1),
-        ];
-        for (mode, dissolve_at) in modes {
-            START_MODE.store(mode, Ordering::Relaxed);
-            DISSOLVE_AT.store(dissolve_at, Ordering::Relaxed);
-            for case in team_cases() {
-                check_lstm::<f32>(case, 1e-5);
-                if case.proj == 0 {
-                    check_gru::<f64>(case, (true, false), 1e-12);
-                }
-            }
-        }
-        START_MODE.store(PENDING, Ordering::Relaxed);
-        DISSOLVE_AT.store(0, Ordering::Relaxed);
-    }
-
-    #[test]
-    fn team_cases_really_split() {
-        let geom = |batch, hidden, h_out| Geometry {
-            steps: 1,
-            batch,
-            hidden,
-            h_out,
-            gates: 4,
-        };
-        assert_eq!(team_size(&geom(1, 136, 136), 2), 2);
-        assert_eq!(team_size(&geom(1, 136, 136), 4), 4);
-        assert_eq!(team_size(&geom(4, 128, 40), 3), 3);
-        assert_eq!(team_size(&geom(1, 24, 24), 2), 1);
-    }
-
-    #[test]
-    fn zero_steps_return_the_initial_state() {
-        let shape = RecurrentShape {
-            steps: 0,
-            batch: 2,
-            hidden: 3,
-        };
-        let w = vec![0.5f32; 3 * 12];
-        let h0 = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
-        let dirs = [LstmDirection {
-            gx: &[],
-            bias: None,
-            w_hh_t: &w,
-            w_hr_t: None,
-            h0: Some(&h0),
-            c0: None,
-            reverse: false,
-        }; 2];
-        let (mut h_n, mut c_n) = (vec![9.0f32; 12], vec![9.0f32; 12]);
-        lstm_recurrence(shape, &dirs, &mut [], &mut h_n, &mut c_n, 2).unwrap();
-        assert_eq!(h_n[..6], h0);
-        assert_eq!(h_n[6..], h0);
-        assert!(c_n.iter().all(|&v| v == 0.0));
-    }
-
-    #[test]
-    fn wrong_lengths_are_reported() {
-        let shape = RecurrentShape {
-            steps: 2,
-            batch: 1,
-            hidden: 2,
-        };
-        let gx = vec![0.0f32; 2 * 8];
-        let w = vec![0.0f32; 2 * 8];
-        let dir = LstmDirection {
-            gx: &gx,
-            bias: None,
-            w_hh_t: &w,
-            w_hr_t: None,
-            h0: None,
-            c0: None,
-            reverse: false,
-        };
-        let (mut h_n, mut c_n) = (vec![0.0f32; 2], vec![0.0f32; 2]);
-        let err = lstm_recurrence(shape, &[dir], &mut [0.0; 3], &mut h_n, &mut c_n, 1).unwrap_err();
-        assert!(
-            err.to_string().contains("out has 3 elements, expected 4"),
-            "{err}"
-        );
-        let bad = LstmDirection {
-            w_hh_t: &w[1..],
-            ..dir
-        };
-        assert!(lstm_recurrence(shape, &[bad], &mut [0.0; 4], &mut h_n, &mut c_n, 1).is_err());
-        let gru = GruDirection {
-            gx: &gx,
-            b_ih: None,
-            w_hh_t: &w,
-            b_hh: None,
-            h0: None,
-            reverse: false,
-        };
-        let err = gru_recurrence(shape, &[gru], &mut [0.0; 4], &mut h_n, 1).unwrap_err();
-        assert!(
-            err.to_string().contains("gx has 16 elements, expected 12"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn f32_activations_are_accurate() {
-        let (mut worst_exp, mut worst_sig, mut worst_tanh) = (0.0f64, 0.0f64, 0.0f64);
-        let mut x = -90.0f32;
-        while x <= 90.0 {
-            let want = f64::from(x).exp();
-            if (-87.0..=88.0).contains(&x) {
-                worst_exp = worst_exp.max(((f64::from(exp_f32(x)) - want) / want).abs());
-            }
-            let sig_want = 1.0 / (1.0 + (-f64::from(x)).exp());
-            worst_sig = worst_sig.max((f64::from(<f32 as Float>::sigmoid(x)) - sig_want).abs());
-            let tanh_want = f64::from(x).tanh();
-            let tanh_err = (f64::from(tanh_f32(x)) - tanh_want).abs();
-            worst_tanh = worst_tanh.max(tanh_err / tanh_want.abs().max(1.0));
-            // Fine steps where the functions curve, coarse in the tails.
-            x += if x.abs() < 10.0 {
-                1.0 / 1024.0
-            } else {
-                1.0 / 16.0
-            };
-        }
-        assert!(worst_exp < 3e-7, "exp relative error {worst_exp:e}");
-        assert!(worst_sig < 2e-7, "sigmoid absolute error {worst_sig:e}");
-        assert!(worst_tanh < 2e-7, "tanh error {worst_tanh:e}");
-        // Relative accuracy near zero, where tanh(x) ~ x.
-        for i in 1..2000 {
-            let x = i as f32 * 3e-4;
-            let want = f64::from(x).tanh();
-            assert!(
-                ((f64::from(tanh_f32(x)) - want) / want).abs() < 3e-7,
-                "tanh({x})"
-            );
-            assert_eq!(tanh_f32(-x), -tanh_f32(x));
-        }
-        assert!(exp_f32(f32::NAN).is_nan() && tanh_f32(f32::NAN).is_nan());
-        assert_eq!(tanh_f32(100.0), 1.0);
-        assert_eq!(tanh_f32(-100.0), -1.0);
-        assert_eq!(
-            <f32 as Float>::sigmoid(-200.0).min(1e-30),
-            <f32 as Float>::sigmoid(-200.0)
-        );
-        assert_eq!(<f32 as Float>::sigmoid(200.0), 1.0);
-    }
-
-    #[test]
-    fn split_range_covers_everything() {
-        for total in 1..100 {
-            for parts in 1..6 {
-                let ranges = split_range(total, parts, 8);
-                assert_eq!(ranges.len(), parts);
-                assert_eq!(ranges[0].start, 0);
-                assert_eq!(ranges.last().unwrap().end, total);
-                for pair in ranges.windows(2) {
-                    assert_eq!(pair[0].end, pair[1].start);
-                    assert!(pair[0].start <= pair[0].end);
-                    assert_eq!(pair[0].end % 8 * (pair[0].end != total) as usize, 0);
-                }
-                if total >= 8 * parts {
-                    assert!(ranges.iter().all(|r| !r.is_empty()), "{total} {parts}");
-                }
-            }
-        }
     }
 }

@@ -9,6 +9,9 @@
 //!   ([`Lstm`], [`Gru`], [`Rnn`]) with padded-batch support, and the cells
 //!   `nn.LSTMCell`, `nn.GRUCell`, `nn.RNNCell` ([`LstmCell`], [`GruCell`],
 //!   [`RnnCell`]), all loading PyTorch's parameter names unchanged.
+//! * [`kernel`]: the CPU time loop behind [`Lstm`] and [`Gru`] (f32/f64):
+//!   weights packed once, input projection and recurrence on one micro-kernel,
+//!   a fused gate update, two-thread teams on a persistent pool.
 //! * [`index`]: PyTorch indexing Candle has no single op for: strided
 //!   slices, integer-tensor indices and boolean masks.
 //! * [`pad`]: the padding modes Candle lacks: reflect, circular and a
@@ -19,7 +22,6 @@
 //!   tolerance bookkeeping that turns comparisons into a pass/fail verdict
 //!   and a JSON report ([`ParityReport`]).
 
-// `kernel` is maintained separately; its spin-wait counters use `% 64 == 0`.
 pub mod index;
 pub mod kernel;
 pub mod pad;

@@ -2,8 +2,12 @@
 //! and state checks, padded-batch masks, and the layer, direction and time
 //! loops.
 
+use std::sync::{Arc, OnceLock};
+
 use candle_core::{bail, DType, Result, Storage, StorageRef, Tensor, WithDType};
 use candle_nn::VarBuilder;
+
+use crate::kernel::{self, Float, PackedWeights, RecurrentShape};
 
 /// One layer in one direction of a recurrent network (or a cell), split the
 /// way the fast path needs it: an input projection computed for every step
@@ -89,6 +93,16 @@ impl Affine {
             w_t: self.w_t.to_dtype(dtype)?,
             b: self.b.as_ref().map(|b| b.to_dtype(dtype)).transpose()?,
         })
+    }
+
+    /// `W^T`. (in, out)
+    pub(super) fn weight_t(&self) -> &Tensor {
+        &self.w_t
+    }
+
+    /// `b`. (out)
+    pub(super) fn bias(&self) -> Option<&Tensor> {
+        self.b.as_ref()
     }
 }
 
@@ -411,9 +425,55 @@ pub(super) fn fast_path_dtype(input: &SequenceInput, params_on_cpu: bool) -> Opt
     eligible.then_some(dtype)
 }
 
+/// The element types of the CPU kernels, with their slot in a [`PackedCache`].
+pub(super) trait KernelFloat: Float + WithDType {
+    fn slot(cache: &PackedCache) -> &OnceLock<Arc<PackedWeights<Self>>>;
+}
+
+impl KernelFloat for f32 {
+    fn slot(cache: &PackedCache) -> &OnceLock<Arc<PackedWeights<f32>>> {
+        &cache.f32
+    }
+}
+
+impl KernelFloat for f64 {
+    fn slot(cache: &PackedCache) -> &OnceLock<Arc<PackedWeights<f64>>> {
+        &cache.f64
+    }
+}
+
+/// A layer's weights packed for the CPU kernels, per element type, packed
+/// on first use and shared by clones of the layer.
+#[derive(Debug, Clone, Default)]
+pub(super) struct PackedCache {
+    f32: OnceLock<Arc<PackedWeights<f32>>>,
+    f64: OnceLock<Arc<PackedWeights<f64>>>,
+}
+
+impl PackedCache {
+    /// The packed weights for `T`, from `pack` the first time.
+    pub(super) fn get_or_pack<T: KernelFloat>(
+        &self,
+        pack: impl FnOnce() -> Result<PackedWeights<T>>,
+    ) -> Result<Arc<PackedWeights<T>>> {
+        let slot = T::slot(self);
+        if let Some(packed) = slot.get() {
+            return Ok(packed.clone());
+        }
+        let packed = Arc::new(pack()?);
+        // A concurrent first call may have won; both packed the same weights.
+        Ok(slot.get_or_init(|| packed).clone())
+    }
+}
+
+/// The elements of `t` in `T` (converted from its dtype), as a flat vector.
+pub(super) fn host_vec<T: KernelFloat>(t: &Tensor) -> Result<Vec<T>> {
+    t.to_dtype(T::DTYPE)?.flatten_all()?.to_vec1::<T>()
+}
+
 /// The elements of a contiguous CPU tensor, borrowed from its storage
 /// without copying (the storage stays read-locked while the view lives).
-pub(super) struct CpuView<'a> {
+struct CpuView<'a> {
     storage: StorageRef<'a>,
     start: usize,
     end: usize,
@@ -421,7 +481,7 @@ pub(super) struct CpuView<'a> {
 
 impl<'a> CpuView<'a> {
     /// Fails when `t` is not contiguous; `slice` fails off the CPU.
-    pub(super) fn new(t: &'a Tensor) -> Result<Self> {
+    fn new(t: &'a Tensor) -> Result<Self> {
         let (storage, layout) = t.storage_and_layout();
         let Some((start, end)) = layout.contiguous_offsets() else {
             bail!("recurrent fast path: expected a contiguous tensor")
@@ -433,7 +493,7 @@ impl<'a> CpuView<'a> {
         })
     }
 
-    pub(super) fn slice<T: WithDType>(&self) -> Result<&[T]> {
+    fn slice<T: WithDType>(&self) -> Result<&[T]> {
         match &*self.storage {
             Storage::Cpu(cpu) => Ok(&cpu.as_slice::<T>()?[self.start..self.end]),
             _ => bail!("recurrent fast path: expected a CPU tensor"),
@@ -443,13 +503,91 @@ impl<'a> CpuView<'a> {
 
 /// `state[idx]` (B, F) copied out as a flat vector, for the kernels' `h0`
 /// and `c0`.
-pub(super) fn state_vec<T: WithDType>(
-    state: Option<&Tensor>,
-    idx: usize,
-) -> Result<Option<Vec<T>>> {
+fn state_vec<T: WithDType>(state: Option<&Tensor>, idx: usize) -> Result<Option<Vec<T>>> {
     state
         .map(|s| s.get(idx)?.flatten_all()?.to_vec1::<T>())
         .transpose()
+}
+
+/// Runs a stack of layers on the CPU kernels of [`crate::kernel`], for a
+/// plain run (see [`fast_path_dtype`]) in `T`.
+///
+/// `layers` holds `num_layers * dirs` packed layer-directions in PyTorch's
+/// `h_n` order; `h0` (L*D, B, H_out) and `c0` (L*D, B, H) are the checked
+/// initial states, `None` for zeros. Each layer, input projection included,
+/// is one kernel call; layer `k > 0` reads layer `k - 1`'s output buffer
+/// directly. Returns the last layer's output (T, B, D*H_out), and the final
+/// `h` and (LSTM) `c` of every layer and direction in `h_n` order.
+pub(super) fn run_kernel_layers<T: KernelFloat>(
+    input: &SequenceInput,
+    layers: &[Arc<PackedWeights<T>>],
+    dirs: usize,
+    h0: Option<&Tensor>,
+    c0: Option<&Tensor>,
+) -> Result<(Tensor, Vec<Tensor>, Vec<Tensor>)> {
+    let (t_len, batch, _) = input.xs.dims3()?;
+    let device = input.xs.device();
+    let xs = input.xs.contiguous()?; // (T, B, I)
+    let view = CpuView::new(&xs)?;
+    let x0 = view.slice::<T>()?;
+    let shape = RecurrentShape {
+        steps: t_len,
+        batch,
+    };
+    let threads = kernel::default_threads();
+    let mut prev: Option<(Vec<T>, usize)> = None; // (T, B, D*H_out) and its width
+    let (mut h_n, mut c_n) = (Vec::with_capacity(layers.len()), Vec::new());
+    for (layer, weights) in layers.chunks(dirs).enumerate() {
+        let (h, h_out) = (weights[0].hidden_size(), weights[0].output_size());
+        let lstm = weights[0].is_lstm();
+        let init = (0..dirs)
+            .map(|dir| {
+                let idx = layer * dirs + dir;
+                Ok((state_vec::<T>(h0, idx)?, state_vec::<T>(c0, idx)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let kernel_dirs: Vec<_> = weights
+            .iter()
+            .zip(&init)
+            .enumerate()
+            .map(|(dir, (w, (h0, c0)))| kernel::Direction {
+                weights: w,
+                h0: h0.as_deref(),
+                c0: c0.as_deref(),
+                reverse: dir == 1,
+            })
+            .collect();
+        let mut out = vec![T::ZERO; t_len * batch * dirs * h_out];
+        let mut hn = vec![T::ZERO; dirs * batch * h_out];
+        let mut cn = vec![T::ZERO; if lstm { dirs * batch * h } else { 0 }];
+        let x = prev.as_ref().map_or(x0, |(out, _)| out.as_slice());
+        kernel::recurrent_layer(
+            shape,
+            x,
+            &kernel_dirs,
+            &mut out,
+            &mut hn,
+            lstm.then_some(&mut cn[..]),
+            threads,
+        )
+        .map_err(candle_core::Error::wrap)?;
+        let hn = Tensor::from_vec(hn, (dirs, batch, h_out), device)?;
+        for dir in 0..dirs {
+            h_n.push(hn.get(dir)?);
+        }
+        if lstm {
+            let cn = Tensor::from_vec(cn, (dirs, batch, h), device)?;
+            for dir in 0..dirs {
+                c_n.push(cn.get(dir)?);
+            }
+        }
+        prev = Some((out, dirs * h_out));
+    }
+    let Some((out, width)) = prev else {
+        bail!("recurrent fast path: no layers")
+    };
+    let out = Tensor::from_vec(out, (t_len, batch, width), device)?;
+    Ok((out, h_n, c_n))
 }
 
 /// Runs a stack of layers over `input`.

@@ -1,10 +1,14 @@
 //! `torch.nn.GRU`.
 
-use candle_core::{DType, Device, Result, Tensor, WithDType};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::common::{self, Affine, CpuView, Recurrence, SequenceInput, TorchParams};
-use crate::kernel::{self, Float, GruDirection, RecurrentShape};
+use super::common::{
+    self, Affine, KernelFloat, PackedCache, Recurrence, SequenceInput, TorchParams,
+};
+use crate::kernel::{GruWeights, PackedWeights};
 
 /// Hyper-parameters of a [`Gru`], named as in `torch.nn.GRU`.
 ///
@@ -69,6 +73,8 @@ pub(super) struct GruLayer {
     /// projection. (3H)
     b_hh_kernel: Option<Tensor>,
     hidden_size: usize,
+    /// The same weights packed for the CPU kernels, on first use.
+    packed: PackedCache,
 }
 
 impl GruLayer {
@@ -99,6 +105,31 @@ impl GruLayer {
             b_hn,
             b_hh_kernel,
             hidden_size,
+            packed: PackedCache::default(),
+        })
+    }
+
+    /// The weights packed for the CPU kernels in `T`.
+    fn packed<T: KernelFloat>(&self) -> Result<Arc<PackedWeights<T>>> {
+        self.packed.get_or_pack(|| {
+            let w_ih_t = self.input.weight_t();
+            let in_size = w_ih_t.dim(0)?;
+            let w_ih_t = common::host_vec::<T>(w_ih_t)?;
+            let w_hh_t = common::host_vec::<T>(&self.w_hh_t)?;
+            let b_ih = self.input.bias().map(common::host_vec::<T>).transpose()?;
+            let b_hh = self
+                .b_hh_kernel
+                .as_ref()
+                .map(common::host_vec::<T>)
+                .transpose()?;
+            let weights = GruWeights {
+                w_ih_t: &w_ih_t,
+                w_hh_t: &w_hh_t,
+                // b_ih + [b_hr, b_hz, 0] and [0, 0, b_hn], as folded at load time.
+                b_ih: b_ih.as_deref(),
+                b_hh: b_hh.as_deref(),
+            };
+            PackedWeights::gru(in_size, self.hidden_size, weights).map_err(candle_core::Error::wrap)
         })
     }
 }
@@ -118,6 +149,7 @@ impl Recurrence for GruLayer {
                 .map(|b| b.to_dtype(dtype))
                 .transpose()?,
             hidden_size: self.hidden_size,
+            packed: self.packed.clone(),
         })
     }
 
@@ -262,86 +294,29 @@ impl Gru {
 
     /// [`Self::run_generic`] on the CPU kernels of [`crate::kernel`], for a
     /// plain run (see `common::fast_path_dtype`) of `f32` or `f64` on the CPU:
-    /// per layer, one Candle matmul per direction for the input projection
-    /// (the foldable biases included), then the kernel runs the time loop of
-    /// every direction.
-    fn run_fast<T: Float + WithDType>(
+    /// one kernel call per layer runs the input projection and the time loop
+    /// of every direction, on weights packed once.
+    fn run_fast<T: KernelFloat>(
         &self,
         input: &SequenceInput,
         h0: Option<&Tensor>,
     ) -> Result<(Tensor, Tensor)> {
         let cfg = &self.config;
-        let dirs = cfg.num_directions();
-        let n = cfg.num_layers * dirs;
-        let h = cfg.hidden_size;
+        let n = cfg.num_layers * cfg.num_directions();
         let h0 = match h0 {
             Some(h0) => {
-                input.check_states(n, [("h0", h0, h)])?;
+                input.check_states(n, [("h0", h0, cfg.hidden_size)])?;
                 Some(input.batched_state(h0)?)
             }
             None => None,
         }; // (L*D, B, H)
-        let (t_len, batch, _) = input.xs.dims3()?;
-        let (dtype, device) = (input.xs.dtype(), input.xs.device());
-        let shape = RecurrentShape {
-            steps: t_len,
-            batch,
-            hidden: h,
-        };
-        let mut layer_in = input.xs.clone(); // (T, B, I_k)
-        let mut h_n = Vec::with_capacity(n);
-        for (layer, directions) in self.layers.chunks(dirs).enumerate() {
-            let x2d = layer_in.reshape((t_len * batch, ()))?; // (T*B, I_k)
-            let params = directions
-                .iter()
-                .map(|p| p.to_dtype(dtype))
-                .collect::<Result<Vec<_>>>()?;
-            let gx = params
-                .iter()
-                .map(|p| p.project_input(&x2d)?.contiguous()) // (T*B, 3H)
-                .collect::<Result<Vec<_>>>()?;
-            let init = (0..dirs)
-                .map(|dir| common::state_vec::<T>(h0.as_ref(), layer * dirs + dir))
-                .collect::<Result<Vec<_>>>()?;
-            let gx_views = gx.iter().map(CpuView::new).collect::<Result<Vec<_>>>()?;
-            let w_hh_views = params
-                .iter()
-                .map(|p| CpuView::new(&p.w_hh_t))
-                .collect::<Result<Vec<_>>>()?;
-            let b_hh_views = params
-                .iter()
-                .map(|p| p.b_hh_kernel.as_ref().map(CpuView::new).transpose())
-                .collect::<Result<Vec<_>>>()?;
-            let mut kernel_dirs = Vec::with_capacity(dirs);
-            for dir in 0..dirs {
-                kernel_dirs.push(GruDirection {
-                    gx: gx_views[dir].slice::<T>()?,
-                    b_ih: None, // folded into gx
-                    w_hh_t: w_hh_views[dir].slice::<T>()?,
-                    b_hh: b_hh_views[dir]
-                        .as_ref()
-                        .map(|v| v.slice::<T>())
-                        .transpose()?,
-                    h0: init[dir].as_deref(),
-                    reverse: dir == 1,
-                });
-            }
-            let mut out = vec![T::ZERO; t_len * batch * dirs * h];
-            let mut hn = vec![T::ZERO; dirs * batch * h];
-            kernel::gru_recurrence(
-                shape,
-                &kernel_dirs,
-                &mut out,
-                &mut hn,
-                kernel::default_threads(),
-            )
-            .map_err(candle_core::Error::wrap)?;
-            layer_in = Tensor::from_vec(out, (t_len, batch, dirs * h), device)?;
-            let hn = Tensor::from_vec(hn, (dirs, batch, h), device)?;
-            for dir in 0..dirs {
-                h_n.push(hn.get(dir)?);
-            }
-        }
-        Ok((input.output(layer_in)?, input.final_state(&h_n)?))
+        let packed = self
+            .layers
+            .iter()
+            .map(GruLayer::packed::<T>)
+            .collect::<Result<Vec<_>>>()?;
+        let (out, h_n, _) =
+            common::run_kernel_layers(input, &packed, cfg.num_directions(), h0.as_ref(), None)?;
+        Ok((input.output(out)?, input.final_state(&h_n)?))
     }
 }

@@ -1,10 +1,14 @@
 //! `torch.nn.LSTM`.
 
-use candle_core::{bail, DType, Device, Result, Tensor, WithDType};
+use std::sync::Arc;
+
+use candle_core::{bail, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::common::{self, Affine, CpuView, Recurrence, SequenceInput, TorchParams};
-use crate::kernel::{self, Float, LstmDirection, RecurrentShape};
+use super::common::{
+    self, Affine, KernelFloat, PackedCache, Recurrence, SequenceInput, TorchParams,
+};
+use crate::kernel::{LstmWeights, PackedWeights};
 
 /// Hyper-parameters of an [`Lstm`], named as in `torch.nn.LSTM`.
 ///
@@ -94,6 +98,8 @@ pub(super) struct LstmLayer {
     /// `W_hr^T` when projecting. (H, P)
     w_hr_t: Option<Tensor>,
     hidden_size: usize,
+    /// The same weights packed for the CPU kernels, on first use.
+    packed: PackedCache,
 }
 
 impl LstmLayer {
@@ -125,6 +131,32 @@ impl LstmLayer {
             w_hh_t: p.w_hh.t()?.contiguous()?,
             w_hr_t,
             hidden_size,
+            packed: PackedCache::default(),
+        })
+    }
+
+    /// The weights packed for the CPU kernels in `T`.
+    fn packed<T: KernelFloat>(&self) -> Result<Arc<PackedWeights<T>>> {
+        self.packed.get_or_pack(|| {
+            let w_ih_t = self.input.weight_t();
+            let in_size = w_ih_t.dim(0)?;
+            let w_ih_t = common::host_vec::<T>(w_ih_t)?;
+            let w_hh_t = common::host_vec::<T>(&self.w_hh_t)?;
+            let bias = self.input.bias().map(common::host_vec::<T>).transpose()?;
+            let w_hr_t = self
+                .w_hr_t
+                .as_ref()
+                .map(common::host_vec::<T>)
+                .transpose()?;
+            let weights = LstmWeights {
+                w_ih_t: &w_ih_t,
+                w_hh_t: &w_hh_t,
+                b_ih: bias.as_deref(), // b_ih + b_hh, folded at load time
+                b_hh: None,
+                w_hr_t: w_hr_t.as_deref(),
+            };
+            PackedWeights::lstm(in_size, self.hidden_size, weights)
+                .map_err(candle_core::Error::wrap)
         })
     }
 }
@@ -143,6 +175,7 @@ impl Recurrence for LstmLayer {
                 .map(|w| w.to_dtype(dtype))
                 .transpose()?,
             hidden_size: self.hidden_size,
+            packed: self.packed.clone(),
         })
     }
 
@@ -319,17 +352,15 @@ impl Lstm {
 
     /// [`Self::run_generic`] on the CPU kernels of [`crate::kernel`], for a
     /// plain run (see `common::fast_path_dtype`) of `f32` or `f64` on the CPU:
-    /// per layer, one Candle matmul per direction for the input projection
-    /// (biases folded in), then the kernel runs the time loop of every
-    /// direction.
-    fn run_fast<T: Float + WithDType>(
+    /// one kernel call per layer runs the input projection and the time loop
+    /// of every direction, on weights packed once.
+    fn run_fast<T: KernelFloat>(
         &self,
         input: &SequenceInput,
         state: Option<(&Tensor, &Tensor)>,
     ) -> Result<(Tensor, (Tensor, Tensor))> {
         let cfg = &self.config;
-        let dirs = cfg.num_directions();
-        let n = cfg.num_layers * dirs;
+        let n = cfg.num_layers * cfg.num_directions();
         let (h, h_out) = (cfg.hidden_size, cfg.output_hidden_size());
         let state = match state {
             Some((h0, c0)) => {
@@ -338,78 +369,20 @@ impl Lstm {
             }
             None => None,
         }; // (L*D, B, H_out), (L*D, B, H)
-        let (t_len, batch, _) = input.xs.dims3()?;
-        let (dtype, device) = (input.xs.dtype(), input.xs.device());
-        let shape = RecurrentShape {
-            steps: t_len,
-            batch,
-            hidden: h,
-        };
-        let mut layer_in = input.xs.clone(); // (T, B, I_k)
-        let (mut h_n, mut c_n) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        for (layer, directions) in self.layers.chunks(dirs).enumerate() {
-            let x2d = layer_in.reshape((t_len * batch, ()))?; // (T*B, I_k)
-            let params = directions
-                .iter()
-                .map(|p| p.to_dtype(dtype))
-                .collect::<Result<Vec<_>>>()?;
-            let gx = params
-                .iter()
-                .map(|p| p.project_input(&x2d)?.contiguous()) // (T*B, 4H)
-                .collect::<Result<Vec<_>>>()?;
-            let mut h0 = Vec::with_capacity(dirs);
-            let mut c0 = Vec::with_capacity(dirs);
-            for dir in 0..dirs {
-                let idx = layer * dirs + dir;
-                h0.push(common::state_vec::<T>(state.as_ref().map(|s| &s.0), idx)?);
-                c0.push(common::state_vec::<T>(state.as_ref().map(|s| &s.1), idx)?);
-            }
-            let gx_views = gx.iter().map(CpuView::new).collect::<Result<Vec<_>>>()?;
-            let w_hh_views = params
-                .iter()
-                .map(|p| CpuView::new(&p.w_hh_t))
-                .collect::<Result<Vec<_>>>()?;
-            let w_hr_views = params
-                .iter()
-                .map(|p| p.w_hr_t.as_ref().map(CpuView::new).transpose())
-                .collect::<Result<Vec<_>>>()?;
-            let mut kernel_dirs = Vec::with_capacity(dirs);
-            for dir in 0..dirs {
-                kernel_dirs.push(LstmDirection {
-                    gx: gx_views[dir].slice::<T>()?,
-                    bias: None, // folded into gx
-                    w_hh_t: w_hh_views[dir].slice::<T>()?,
-                    w_hr_t: w_hr_views[dir]
-                        .as_ref()
-                        .map(|v| v.slice::<T>())
-                        .transpose()?,
-                    h0: h0[dir].as_deref(),
-                    c0: c0[dir].as_deref(),
-                    reverse: dir == 1,
-                });
-            }
-            let mut out = vec![T::ZERO; t_len * batch * dirs * h_out];
-            let mut hn = vec![T::ZERO; dirs * batch * h_out];
-            let mut cn = vec![T::ZERO; dirs * batch * h];
-            kernel::lstm_recurrence(
-                shape,
-                &kernel_dirs,
-                &mut out,
-                &mut hn,
-                &mut cn,
-                kernel::default_threads(),
-            )
-            .map_err(candle_core::Error::wrap)?;
-            layer_in = Tensor::from_vec(out, (t_len, batch, dirs * h_out), device)?;
-            let hn = Tensor::from_vec(hn, (dirs, batch, h_out), device)?;
-            let cn = Tensor::from_vec(cn, (dirs, batch, h), device)?;
-            for dir in 0..dirs {
-                h_n.push(hn.get(dir)?);
-                c_n.push(cn.get(dir)?);
-            }
-        }
+        let packed = self
+            .layers
+            .iter()
+            .map(LstmLayer::packed::<T>)
+            .collect::<Result<Vec<_>>>()?;
+        let (out, h_n, c_n) = common::run_kernel_layers(
+            input,
+            &packed,
+            cfg.num_directions(),
+            state.as_ref().map(|s| &s.0),
+            state.as_ref().map(|s| &s.1),
+        )?;
         Ok((
-            input.output(layer_in)?,
+            input.output(out)?,
             (input.final_state(&h_n)?, input.final_state(&c_n)?),
         ))
     }

@@ -42,11 +42,13 @@
 //!
 //! For [`Lstm`] and [`Gru`] on the CPU in `f32` or `f64`, a run of more than
 //! one step with nothing to mask (`forward`, or `forward_padded` with equal
-//! lengths) hands the time loop to the direct CPU kernels of
-//! [`crate::kernel`] after the input projection; the other cases (other
-//! devices and dtypes, padded batches, single steps, the cells) use Candle
-//! ops. The kernels' `f32` sigmoid and tanh are polynomial approximations,
-//! so the two paths agree to rounding, not bit for bit.
+//! lengths) runs each layer, input projection included, as one call of the
+//! direct CPU kernels of [`crate::kernel`], on weights packed for them on
+//! the first such run (and kept, per dtype, by the module and its clones);
+//! a layer reads the previous layer's output buffer directly. The other
+//! cases (other devices and dtypes, padded batches, single steps, the cells)
+//! use Candle ops. The kernels' `f32` sigmoid and tanh are polynomial
+//! approximations, so the two paths agree to rounding, not bit for bit.
 
 mod cell;
 mod common;
