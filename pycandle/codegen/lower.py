@@ -568,7 +568,7 @@ def lower(manifest: Manifest) -> ModelIR:
     lo.uses |= _names_used(all_code)
     test_code = " ".join(t.stmt.expr for t in lo.layer_tests)
     test_uses = set(lo.test_uses) | _names_used(test_code) | {
-        "candle_core::{DType, Device, Result}", "candle_nn::VarBuilder"}
+        "candle_core::{DType, Result}"}
     if any(t.stream_lines for t in lo.layer_tests):
         test_uses.add("candle_core::Tensor")
     first_param = next((p["dtype"] for info in manifest.modules.values()

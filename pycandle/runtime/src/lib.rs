@@ -31,7 +31,7 @@ pub mod rnn;
 
 pub use index::{masked_select, take, take_every};
 pub use pad::{pad_circular, pad_constant, pad_reflect};
-pub use parity::{Golden, ParityReport};
+pub use parity::{CaseGolden, Golden, ParityCase, ParityReport};
 pub use pool::{avg_pool_dim, max_pool_dim, Divisor, PoolDim};
 pub use rnn::{
     sequence_lengths, Gru, GruCell, GruCellConfig, GruConfig, Lstm, LstmCell, LstmCellConfig,

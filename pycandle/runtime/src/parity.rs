@@ -2,7 +2,8 @@
 //!
 //! `pycandle record` runs the original PyTorch model and stores inputs and
 //! outputs (per layer and end to end) in a safetensors file, read back here
-//! with [`Golden`]. A generated parity test feeds those inputs to the Candle
+//! with [`Golden`] ([`ParityCase`] opens a model's weights and one trace case's
+//! goldens). A generated parity test feeds those inputs to the Candle
 //! port and records every comparison in a [`ParityReport`], whose
 //! [`finish`](ParityReport::finish) prints a table, writes a JSON report and
 //! fails the test when any comparison is out of tolerance.
@@ -12,6 +13,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use candle_core::{bail, DType, Device, Error, Result, Tensor};
+use candle_nn::VarBuilder;
 use serde::{Serialize, Serializer};
 
 /// Environment variable naming the directory where [`ParityReport::finish`]
@@ -84,6 +86,50 @@ impl Golden {
     /// The file the goldens were loaded from.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// What a generated parity test needs for one trace case of a recorded model: the weights
+/// as a `VarBuilder`, the case's golden tensors and an empty report.
+pub struct ParityCase {
+    pub vb: VarBuilder<'static>,
+    pub golden: CaseGolden,
+    pub report: ParityReport,
+}
+
+impl ParityCase {
+    /// Loads `weights.safetensors` (as `dtype`) and `golden.safetensors` from the model's
+    /// artifacts directory, on the CPU.
+    pub fn open(
+        artifacts: impl AsRef<Path>,
+        model: &str,
+        case: usize,
+        dtype: DType,
+        atol: f64,
+        rtol: f64,
+    ) -> Result<Self> {
+        let device = Device::Cpu;
+        let dir = artifacts.as_ref();
+        let weights = Golden::load(dir.join("weights.safetensors"), &device)?;
+        let golden = Golden::load(dir.join("golden.safetensors"), &device)?;
+        Ok(Self {
+            vb: VarBuilder::from_tensors(weights.into_tensors(), dtype, &device),
+            golden: CaseGolden { golden, case },
+            report: ParityReport::new(model, case, atol, rtol),
+        })
+    }
+}
+
+/// The golden tensors of one trace case, by their key without the `c{case}.` prefix.
+pub struct CaseGolden {
+    golden: Golden,
+    case: usize,
+}
+
+impl CaseGolden {
+    /// The tensor recorded under `key` for this case.
+    pub fn get(&self, key: &str) -> Result<Tensor> {
+        self.golden.get(&format!("c{}.{key}", self.case))
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{DType, Device, Result, Tensor};
-use pycandle_runtime::{Golden, ParityReport};
+use pycandle_runtime::{Golden, ParityCase, ParityReport};
 
 /// A fresh, unique directory under the system temp dir.
 fn temp_dir(tag: &str) -> PathBuf {
@@ -244,5 +244,34 @@ fn golden_round_trip_and_errors() -> Result<()> {
     assert!(msg.contains("absent.safetensors"), "{msg}");
     assert!(msg.contains("run `pycandle record` first"), "{msg}");
     std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+#[test]
+fn parity_case_opens_weights_and_one_cases_goldens() -> Result<()> {
+    let dir = temp_dir("case");
+    let weights = HashMap::from([("proj.weight".to_string(), t(&[1.0, 2.0], &[1, 2]))]);
+    candle_core::safetensors::save(&weights, dir.join("weights.safetensors"))?;
+    let golden = HashMap::from([
+        ("c0.x".to_string(), t(&[0.5], &[1])),
+        ("c1.x".to_string(), t(&[1.5], &[1])),
+    ]);
+    candle_core::safetensors::save(&golden, dir.join("golden.safetensors"))?;
+
+    let ParityCase {
+        vb, golden, report, ..
+    } = ParityCase::open(&dir, "tiny", 1, DType::F64, 1e-5, 1e-4)?;
+    let w = vb.get((1, 2), "proj.weight")?;
+    assert_eq!(w.dtype(), DType::F64);
+    assert_eq!(golden.get("x")?.to_vec1::<f32>()?, vec![1.5]);
+    assert!(golden.get("y").unwrap_err().to_string().contains("c1.y"));
+    assert_eq!((report.model(), report.case()), ("tiny", 1));
+
+    let empty = temp_dir("case-missing");
+    let msg = ParityCase::open(&empty, "tiny", 0, DType::F32, 0.0, 0.0)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(msg.contains("weights.safetensors"), "{msg}");
     Ok(())
 }
