@@ -69,7 +69,7 @@ SHAPES_MODEL = """\
                 raise ValueError("too long")
             y = self.proj(x.reshape(b * t, c)).view(b, t, -1)
             head = y[:, : t - 1]
-            half = y.narrow(1, 0, x.size(1) // 2)
+            half = y.narrow(1, 0, x.size(dim=1) // 2)
             return head, half, x.new_zeros(x.shape), y.sum(dim=len(x.shape) - 1)
     """
 

@@ -254,13 +254,13 @@ class GraphTracer(TorchFunctionMode):
         try:
             name = spelling(func)
             if name in _SIZE_READS:
-                return self._traced_size(name, args, result)
+                return self._traced_size(name, args, kwargs, result)
             self._record_call(func, args, kwargs, result)
         finally:
             self._paused = False
         return result
 
-    def _traced_size(self, name: str, args: tuple, result: Any) -> Any:
+    def _traced_size(self, name: str, args: tuple, kwargs: dict, result: Any) -> Any:
         """`x.shape` and friends of a traced tensor, as ints that know their origin."""
         ref = self._values.get(id(args[0])) if args and isinstance(args[0], torch.Tensor) else None
         if ref is None:
@@ -270,8 +270,8 @@ class GraphTracer(TorchFunctionMode):
             return size[0]
         if name == "Tensor.numel":
             return size.numel()
-        if isinstance(result, int):  # x.size(d)
-            return size[args[1] if len(args) > 1 else 0]
+        if isinstance(result, int):  # x.size(d), x.size(dim=d)
+            return size[args[1] if len(args) > 1 else kwargs["dim"]]
         return size
 
     def _shape_compared(self, value: ShapeInt) -> None:
