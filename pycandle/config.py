@@ -16,32 +16,13 @@ from typing import Any
 import yaml
 
 from pycandle.errors import PyCandleError
+from pycandle.names import RUST_KEYWORDS, rust_ident  # noqa: F401  (re-exported)
 
 FLOAT_DTYPES = ("float32", "float64", "float16", "bfloat16")
 INT_DTYPES = ("int64", "int32")
 DTYPES = FLOAT_DTYPES + INT_DTYPES
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
-# Rust keywords (strict and reserved) cannot name a module.
-RUST_KEYWORDS = frozenset(
-    "as break const continue crate else enum extern false fn for if impl in let loop match mod "
-    "move mut pub ref return self static struct super trait true type unsafe use where while "
-    "async await dyn abstract become box do final macro override priv typeof unsized virtual "
-    "yield try gen".split()
-)
-
-
-def rust_ident(text: str, reserved: frozenset[str] = RUST_KEYWORDS) -> str:
-    """A lowercase Rust identifier for a PyTorch name (`encoder.0` -> `encoder_0`, `0` ->
-    `layer_0`, `type` -> `type_`)."""
-    ident = re.sub(r"[^0-9a-zA-Z_]", "_", text).strip("_").lower() or "value"
-    if ident[0].isdigit():
-        ident = f"layer_{ident}"  # nn.Sequential's children are named 0, 1, ...
-    if keyword.iskeyword(ident) or ident in reserved:
-        ident += "_"
-    return ident
-
-
 class ConfigError(PyCandleError):
     pass
 

@@ -22,7 +22,7 @@ from torch.overrides import TorchFunctionMode
 
 import pycandle
 from pycandle import registry
-from pycandle.config import RUST_KEYWORDS, rust_ident
+from pycandle.names import RESERVED_LOCALS, rust_ident
 from pycandle.manifest import (
     PACK, PAD, DType, Param, Ref, TensorMeta, golden_node_key, leaves, path_key,
 )
@@ -121,7 +121,7 @@ def user_source(root: Path) -> str | None:
 
 
 # Rust keywords, and the names the generated code itself uses for its locals.
-_RESERVED = RUST_KEYWORDS | {"model", "report", "golden", "weights", "vb", "device", "g", "case"}
+_RESERVED = RESERVED_LOCALS
 
 
 @dataclass
