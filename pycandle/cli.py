@@ -106,9 +106,9 @@ def cmd_coverage(cfg: Config | None, names: list[str] | None, force: bool = Fals
             console.print(f"  {name}: {', '.join(spellings)}" + (f" ({doc})" if doc else ""))
         return 0
 
-    from pycandle.codegen.lower import live_nodes
     from pycandle.errors import UnsupportedError
     from pycandle.record import record_model
+    from pycandle.support import used
 
     code = 0
     for mc in cfg.select(names):
@@ -120,9 +120,7 @@ def cmd_coverage(cfg: Config | None, names: list[str] | None, force: bool = Fals
             for p in e.problems:
                 console.print(f"  - {escape(str(p))}")
             continue
-        live = live_nodes(manifest)
-        layers = sorted({manifest.modules[n.target].type for n in live if n.op == "call_module"})
-        ops = sorted({n.target for n in live if n.op == "call_function"})
+        layers, ops = used(manifest)
         console.print(f"[green]{mc.name}[/green]: supported; layers: {', '.join(layers) or '-'}; "
                       f"functions: {', '.join(ops) or '-'}")
     return code

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from pycandle import names
+from pycandle.enums import DType as DTypeName
+from pycandle.enums import NodeOp, SymKind, UnknownValue, parse
 from pycandle.errors import PyCandleError
 
 SCHEMA_VERSION = 1
@@ -51,19 +54,26 @@ class DType:
     name: str
 
 
-_MODULE_NAME = re.compile(r"^([A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*)?$")
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# What strings in a manifest may hold. They reach generated Rust as identifiers, inside string
+# literals or comments, and as options an emitter compares with known values: a hand-edited
+# manifest is held to what record writes, so no field can carry code.
+_MODULE_NAME = re.compile(r"([A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*)?")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.(<locals>|[A-Za-z_][A-Za-z0-9_]*))*")
+_FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+_WORD = re.compile(r"[A-Za-z0-9_.,:+\-> ]*")  # option values: 'zeros', 'tanh', 'ij,jk->ik'
+_SOURCE = re.compile(r"[^\x00-\x1f\x7f\u2028\u2029]*")  # file:line, shown in comments
 
 
 @dataclass(frozen=True)
 class SymInt:
     """An integer derived from tensor shapes, e.g. `x.shape[0] * x.shape[1]`.
 
-    kind "dim": `a` is a Ref, `b` the dimension; "add", "sub", "mul" and "floordiv": `a` and `b`
-    are SymInts or ints (at least one a SymInt).
+    kind DIM: `a` is a Ref, `b` the dimension; ADD, SUB, MUL and FLOORDIV: `a` and `b` are
+    SymInts or ints (at least one a SymInt).
     """
 
-    kind: str
+    kind: SymKind
     a: Any
     b: Any
 
@@ -126,6 +136,8 @@ def decode(obj: Any) -> Any:
         expected = {"bool": bool, "int": int, "float": (int, float), "str": str}[kind]
         if not isinstance(v, expected) or (kind == "int" and isinstance(v, bool)):
             raise ManifestError(f"malformed {kind} value: {v!r}")
+        if kind == "str" and not _WORD.fullmatch(v):
+            raise ManifestError(f"string {v!r} holds characters no option value has")
         return float(v) if kind == "float" else v
     if kind == "none":
         return None
@@ -138,18 +150,42 @@ def decode(obj: Any) -> Any:
     if kind == "list":
         return [decode(x) for x in v]
     if kind == "ref":
-        return Ref(v["node"], tuple(v["path"]))
+        if not isinstance(v["node"], str) or not _IDENT.fullmatch(v["node"]):
+            raise ManifestError(f"reference to {v['node']!r}, not a node name")
+        return Ref(v["node"], tuple(_ints(v["path"], "path")))
     if kind == "param":
+        if not isinstance(v, str) or not _MODULE_NAME.fullmatch(v):
+            raise ManifestError(f"parameter name {v!r} is not a dotted path of plain words")
         return Param(v)
     if kind == "dtype":
-        return DType(v)
+        return DType(_parse(DTypeName, v, "dtype"))
     if kind == "sym":
-        if v[0] not in ("dim", "mul", "add", "floordiv"):
-            raise ManifestError(f"unknown symbolic integer kind {v[0]!r}")
-        return SymInt(v[0], decode(v[1]), decode(v[2]))
+        return SymInt(_parse(SymKind, v[0], "symbolic integer kind"), decode(v[1]), decode(v[2]))
     if kind == "tensor":
-        return TensorMeta(v["dtype"], tuple(tuple(s) for s in v["shapes"]))
+        return TensorMeta(_parse(DTypeName, v["dtype"], "dtype"),
+                          tuple(tuple(_ints(s, "shape")) for s in v["shapes"]))
     raise ManifestError(f"unknown typed value kind '{kind}'")
+
+
+def _decode_in(where: str, value: Any) -> Any:
+    try:
+        return decode(value)
+    except ManifestError as e:
+        raise ManifestError(f"{where}: {e}") from None
+
+
+def _parse(kind: Any, value: Any, what: str) -> Any:
+    try:
+        return parse(kind, value, what)
+    except UnknownValue as e:
+        raise ManifestError(str(e)) from None
+
+
+def _ints(values: Any, what: str) -> list[int]:
+    if not isinstance(values, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+        raise ManifestError(f"malformed {what} {values!r} (expected non-negative integers)")
+    return values
 
 
 def leaves(value: Any, path: tuple[int, ...] = ()) -> Iterator[tuple[tuple[int, ...], Any]]:
@@ -209,7 +245,7 @@ def golden_node_key(case: int, node: str, direction: str, index: str) -> str:
 @dataclass(frozen=True)
 class Node:
     name: str
-    op: str  # "input" | "call_module" | "call_function"
+    op: NodeOp
     target: str  # input name, module qualified name, or function spelling like "torch.relu"
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -229,12 +265,28 @@ class Node:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Node:
-        return cls(
-            name=d["name"], op=d["op"], target=d["target"],
-            args=tuple(decode(a) for a in d["args"]),
-            kwargs={k: decode(v) for k, v in d["kwargs"].items()},
-            out=decode(d["out"]), source=d.get("source"),
-        )
+        name = d["name"]
+        if not isinstance(name, str) or not _IDENT.fullmatch(name):
+            raise ManifestError(f"node name {name!r} is not an identifier")
+        try:
+            op = _parse(NodeOp, d["op"], "node kind")
+            target, source = d["target"], d.get("source")
+            if not isinstance(target, str) or not (_TYPE_NAME.fullmatch(target) or
+                                                   _MODULE_NAME.fullmatch(target)):
+                raise ManifestError(f"field 'target': {target!r} is not a function or module name")
+            if source is not None and (not isinstance(source, str) or not _SOURCE.fullmatch(source)):
+                raise ManifestError(f"field 'source': {source!r} is not a file:line location")
+            for k in d["kwargs"]:
+                if not _IDENT.fullmatch(k):
+                    raise ManifestError(f"keyword argument {k!r} is not an identifier")
+            return cls(
+                name=name, op=op, target=target,
+                args=tuple(decode(a) for a in d["args"]),
+                kwargs={k: decode(v) for k, v in d["kwargs"].items()},
+                out=decode(d["out"]), source=source,
+            )
+        except ManifestError as e:
+            raise ManifestError(f"node '{name}': {e}") from None
 
 
 @dataclass(frozen=True)
@@ -310,14 +362,34 @@ class Manifest:
                 f"manifest schema {schema!r} is not the supported version {SCHEMA_VERSION}; "
                 "run `pycandle record` again")
         model = d["model"]
-        # names reach generated Rust as identifiers and string literals: record writes only
-        # plain ones, and a hand-edited manifest must not smuggle in anything else
-        for name in d["modules"]:
-            if not _MODULE_NAME.match(name):
-                raise ValueError(f"module name {name!r} is not a dotted path of plain words")
-        for node in d["graph"]["nodes"]:
-            if not _IDENT.match(node["name"]):
-                raise ValueError(f"node name {node['name']!r} is not an identifier")
+        # names reach generated Rust as identifiers, string literals and comments: record
+        # writes only plain ones, and a hand-edited manifest must not smuggle in anything else
+        problem = names.model_name_problem(model["name"])
+        if problem:
+            raise ManifestError(f"field 'model.name': {model['name']!r} {problem}")
+        if not isinstance(model["factory"], str) or not _FACTORY.fullmatch(model["factory"]):
+            raise ManifestError(f"field 'model.factory': {model['factory']!r} is not "
+                                "'module:callable'")
+        for arg in d["inputs"]:
+            problem = names.arg_name_problem(arg)
+            if problem:
+                raise ManifestError(f"field 'inputs': {arg!r} {problem}")
+        for name, m in d["modules"].items():
+            if not _MODULE_NAME.fullmatch(name):
+                raise ManifestError(f"module name {name!r} is not a dotted path of plain words")
+            if not isinstance(m["type"], str) or not _TYPE_NAME.fullmatch(m["type"]):
+                raise ManifestError(f"module '{name}': field 'type': {m['type']!r} is not a "
+                                    "class name")
+            for p in (*m["parameters"], *m["buffers"]):
+                if not _MODULE_NAME.fullmatch(p):
+                    raise ManifestError(f"module '{name}': parameter name {p!r} is not plain")
+            for key in m["config"]:
+                if not _IDENT.fullmatch(key):
+                    raise ManifestError(f"module '{name}': config key {key!r} is not an "
+                                        "identifier")
+        for w in d.get("warnings", ()):
+            if not isinstance(w, str) or not _SOURCE.fullmatch(w):
+                raise ManifestError(f"field 'warnings': {w!r} is not one line of text")
         return cls(
             name=model["name"], factory=model["factory"], seed=model["seed"],
             atol=model["tolerance"]["atol"], rtol=model["tolerance"]["rtol"],
@@ -325,7 +397,8 @@ class Manifest:
             inputs=tuple(d["inputs"]), cases=tuple(d["cases"]),
             modules={
                 k: ModuleInfo(type=m["type"],
-                              config={c: decode(v) for c, v in m["config"].items()},
+                              config={c: _decode_in(f"module '{k}': config '{c}'", v)
+                                      for c, v in m["config"].items()},
                               parameters=m["parameters"], buffers=m["buffers"],
                               source=m.get("source"))
                 for k, m in d["modules"].items()
@@ -336,12 +409,25 @@ class Manifest:
         )
 
     @classmethod
+    def loads(cls, text: str, where: str) -> Manifest:
+        """Parse a manifest's JSON; errors name `where` (its file, or the model) and the field."""
+        try:
+            return cls.from_json(json.loads(text))
+        except ManifestError as e:
+            raise ManifestError(f"{where}: {e}; run `pycandle record --force` to write it "
+                                "again") from None
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            raise ManifestError(f"{where}: malformed manifest ({type(e).__name__}: {e}); "
+                                "run `pycandle record --force` to write it again") from None
+
+    @classmethod
     def load(cls, path: Path) -> Manifest:
         path = Path(path)
         if not path.is_file():
             raise ManifestError(f"{path}: manifest not found; run `pycandle record` first")
         try:
-            return cls.from_json(json.loads(path.read_text(encoding="utf-8")))
-        except (KeyError, TypeError, ValueError) as e:
-            raise ManifestError(f"{path}: malformed manifest ({type(e).__name__}: {e}); "
-                                "run `pycandle record` again") from None
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ManifestError(f"{path}: cannot read the manifest ({e}); run "
+                                "`pycandle record --force`") from None
+        return cls.loads(text, str(path))

@@ -31,13 +31,14 @@ CRATES = frozenset({"std", "core", "alloc", "proc_macro", "test", "candle", "can
 # carried state, the device that creation ops use, the VarBuilder of `load`.
 MODEL_LOCALS = frozenset({"state", "device", "vb"})
 
-# Locals of the generated parity tests (layer checks run inside blocks that bind node outputs,
-# so a node named `report` would shadow the report it is checked into).
-TEST_LOCALS = frozenset({"parity", "model", "report", "g", "case", "lengths", "steps", "head",
-                         "tail", "joined", "golden", "weights", "run_case"})
+# Locals of the generated parity tests that a layer's check block reads after binding the
+# layer's outputs (a node named `report` would shadow the report it is checked into).
+TEST_LOCALS = frozenset({"parity", "model", "report", "g", "case", "golden", "weights"})
 
-# Every name a user's model, argument, module or node name must not become as a Rust local.
+# Every name a node's output must not take as a Rust local.
 RESERVED_LOCALS = RUST_KEYWORDS | MODEL_LOCALS | TEST_LOCALS
+# ... and a forward() argument (the parity tests pass arguments without binding them).
+RESERVED_ARGS = RUST_KEYWORDS | MODEL_LOCALS
 
 # Model names: the Rust module name of the model, and its file names.
 MODEL_NAME_MAX = 64

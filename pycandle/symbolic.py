@@ -15,6 +15,7 @@ from __future__ import annotations
 from itertools import product
 from typing import Any, Iterable
 
+from pycandle.enums import SymKind
 from pycandle.manifest import Ref, SymInt, TensorMeta
 
 Values = tuple[int, ...]
@@ -128,10 +129,9 @@ def evaluate(sym: Any, size_of) -> int:
     """The value of a symbolic integer given `size_of(ref, dim)`."""
     if isinstance(sym, int):
         return sym
-    if sym.kind == "dim":
+    if sym.kind == SymKind.DIM:
         return size_of(sym.a, sym.b)
-    a, b = evaluate(sym.a, size_of), evaluate(sym.b, size_of)
-    return {"mul": a * b, "add": a + b, "sub": a - b, "floordiv": a // b if b else 0}[sym.kind]
+    return SymKind(sym.kind).apply(evaluate(sym.a, size_of), evaluate(sym.b, size_of))
 
 
 def settle(value: Any, values_of) -> Any:

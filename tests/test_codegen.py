@@ -13,7 +13,7 @@ from conftest import ROOT
 from handmade import meta, speaker_encoder, with_node
 from pycandle.codegen import CodegenError, codegen, generate_model
 from pycandle.codegen.cargo import cargo_toml_text, lib_rs_text
-from pycandle.codegen.lower import lower
+from pycandle.lowering import lower
 from pycandle.errors import UnsupportedError
 from pycandle.manifest import Node, Ref
 

@@ -12,7 +12,7 @@ import re
 import pytest
 
 from conftest import assert_clippy_clean, pin_lockfile
-from pycandle.codegen.structs import LeafField, build_tree
+from pycandle.lowering.structs import LeafField, build_tree
 
 CONTAINERS = '''
 import torch
@@ -111,8 +111,9 @@ def test_nested_containers_pass_parity_as_nested_structs(tmp_path, cargo_env, ca
     assert_clippy_clean(tmp_path / "crate")
 
 
-def leaf(rust_type: str, init: str = "") -> LeafField:
-    return LeafField(rust_type, init or f"{rust_type.lower()}(1, $vb)?", f"torch.nn.{rust_type}")
+def leaf(rust_type: str, arg: int = 1) -> LeafField:
+    return LeafField(rust_type, lambda vb: f"{rust_type.lower()}({arg}, {vb})?",
+                     f"torch.nn.{rust_type}")
 
 
 def test_struct_tree_without_torch():
@@ -146,8 +147,8 @@ def test_struct_tree_without_torch():
 def test_unlike_blocks_are_not_a_vec():
     types = {"": "m.Model", "layers": "torch.nn.ModuleList",
              "layers.0": "torch.nn.Linear", "layers.1": "torch.nn.Linear"}
-    tree = build_tree({"layers.0": leaf("Linear", "linear(1, $vb)?"),
-                       "layers.1": leaf("Linear", "linear(2, $vb)?")}, types, "Model", set())
+    tree = build_tree({"layers.0": leaf("Linear", 1),
+                       "layers.1": leaf("Linear", 2)}, types, "Model", set())
     (layers,) = tree.fields
     assert (layers.rust_type, layers.init) == ("Layers", 'Layers::load(vb.pp("layers"))?')
     assert [f.init for f in tree.structs[0].fields] == [
@@ -157,7 +158,9 @@ def test_unlike_blocks_are_not_a_vec():
 def test_a_block_constructor_is_wrapped_for_the_vec():
     types = {"": "m.Model", "norms": "torch.nn.ModuleList",
              "norms.0": "torch.nn.LayerNorm", "norms.1": "torch.nn.LayerNorm"}
-    block = "{\nlet vb = $vb;\nLayerNorm::new_no_bias(ones(vb)?, 1e-5)\n}"
+    def block(vb: str) -> str:
+        return f"{{\nlet vb = {vb};\nLayerNorm::new_no_bias(ones(vb)?, 1e-5)\n}}"
+
     tree = build_tree({q: LeafField("LayerNorm", block, "torch.nn.LayerNorm")
                        for q in ("norms.0", "norms.1")}, types, "Model", set())
     assert tree.fields[0].init.startswith(

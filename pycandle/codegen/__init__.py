@@ -17,10 +17,12 @@ from pathlib import Path
 import jinja2
 
 from pycandle.codegen import cargo
-from pycandle.codegen.lower import ModelIR, lower
+from pycandle.enums import EntryKind
+from pycandle.lowering import ModelIR, lower
 from pycandle.errors import PyCandleError
 from pycandle.fsutil import remove_stale_temps, write_atomic
 from pycandle.manifest import Manifest
+from pycandle.rust import rust_str
 
 _TEMPLATES = Path(__file__).parent / "templates"
 
@@ -41,6 +43,7 @@ _env = jinja2.Environment(
     keep_trailing_newline=True,
     autoescape=False,
 )
+_env.filters["rs"] = rust_str  # every string literal of the templates goes through it
 
 
 def _rustfmt_exe() -> str:
@@ -67,7 +70,8 @@ def render_model(ir: ModelIR) -> str:
 
 def render_parity(ir: ModelIR, crate: str, artifacts_rel: str) -> str:
     text = _env.get_template("parity.rs.j2").render(
-        ir=ir, crate=crate, artifacts=artifacts_rel, atol=_f(ir.atol), rtol=_f(ir.rtol))
+        ir=ir, crate=crate, artifacts=artifacts_rel, atol=_f(ir.atol), rtol=_f(ir.rtol),
+        kinds=EntryKind)
     return rustfmt(text, f"the parity test of '{ir.name}'")
 
 

@@ -24,7 +24,6 @@ import torch
 from safetensors.torch import load_file, save
 
 import pycandle
-from pycandle.codegen.lower import lower
 from pycandle.config import Config, ConfigError, ModelConfig, TensorSpec
 from pycandle.errors import Problem, PyCandleError, UnsupportedError
 from pycandle.fsutil import sha256_file, tidy_dir_versions, write_dir_atomic
@@ -36,7 +35,7 @@ from pycandle.symbolic import dim_candidates, evaluate, settle, symbolize
 from pycandle.record.tracer import (
     _DTYPE_NAMES, CaseTrace, GraphTracer, _Opaque, dtype_name, leaf_modules, torch_type_name,
 )
-from pycandle import registry
+from pycandle import registry, support
 
 _TORCH_DTYPES = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
 _PYCANDLE_DIR = Path(pycandle.__file__).resolve().parent
@@ -472,8 +471,8 @@ def record_model(cfg: Config, mc: ModelConfig) -> Recording:
         warnings=tuple(warnings),
     )
     # Round-trip through JSON so what codegen will read is exactly what is checked here.
-    manifest = Manifest.from_json(json.loads(manifest.dumps()))
-    lower(manifest)  # raises UnsupportedError listing everything codegen could not translate
+    manifest = Manifest.loads(manifest.dumps(), f"model '{mc.name}'")
+    support.check(manifest)  # raises UnsupportedError listing all codegen could not translate
     weights = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     return Recording(manifest, weights, golden)
 

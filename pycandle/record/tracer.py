@@ -120,7 +120,7 @@ def user_source(root: Path) -> str | None:
     return None
 
 
-# Rust keywords, and the names the generated code itself uses for its locals.
+# Node names avoid the names generated code uses for its own locals (lowering would rename them).
 _RESERVED = RESERVED_LOCALS
 
 

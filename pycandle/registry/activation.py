@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 from pycandle.registry.core import (
     Layer, Op, T, Unsupported, int_arg, is_number, local_name, no_field, one_tensor,
-    qualified_dtype, register_layer, register_op, rust_dim, rust_float, tensor, unary_call,
+    rust_dtype, register_layer, register_op, rust_dim, rust_float, tensor, unary_call,
     unary_op,
 )
 
@@ -150,7 +150,7 @@ def _softmax_op(log: bool) -> Callable[[str, dict[str, Any], Any], str]:
     def emit(spelling: str, a: dict[str, Any], out: Any) -> str:
         x = tensor(a["input"])
         if a["dtype"] is not None:  # PyTorch casts the input first
-            x = T(f"{x.name}.to_dtype({qualified_dtype(a['dtype'].name)})?", x.meta)
+            x = T(f"{x.name}.to_dtype({rust_dtype(a['dtype'].name)})?", x.meta)
         return softmax(x, a["dim"], log)
 
     return emit

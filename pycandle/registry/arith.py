@@ -8,8 +8,8 @@ from typing import Any, Callable
 
 from pycandle.manifest import TensorMeta
 from pycandle.registry.core import (
-    Op, T, Unsupported, is_number, qualified_dtype, register_op, rust_float, rust_scalar, tensor,
-    unary_op,
+    Op, T, Unsupported, alias, chained, is_number, minus, register_op, rust_dtype, rust_float,
+    rust_scalar, tensor, unary_op,
 )
 
 _BINARY_METHODS = {"add": "add", "sub": "sub", "mul": "mul", "div": "div"}
@@ -22,7 +22,7 @@ _REFLECTED_SCALAR_FORMS = {"add": "({x.borrow} + {s})?", "sub": "{x.name}.affine
 
 def _promoted(v: Any, out: Any) -> Any:
     if isinstance(v, T) and isinstance(out, TensorMeta) and v.meta.dtype != out.dtype:
-        return T(f"{v.name}.to_dtype({qualified_dtype(out.dtype)})?",
+        return T(f"{v.name}.to_dtype({rust_dtype(out.dtype)})?",
                  TensorMeta(out.dtype, v.meta.shapes))
     return v
 
@@ -46,12 +46,12 @@ def _binary(kind: str) -> Callable[[str, dict[str, Any], Any], str]:
             return f"{x.name}.broadcast_{_BINARY_METHODS[kind]}({y.borrow})?"
         if isinstance(x, T) and isinstance(y, (int, float)) and not isinstance(y, bool):
             if y == _NEUTRAL[kind] and isinstance(out, TensorMeta) and out.dtype == x.meta.dtype:
-                return x.name  # `x + 0`, `x * 1` (Python's `sum` starts at 0): x itself
+                return alias(x)  # `x + 0`, `x * 1` (Python's `sum` starts at 0): x itself
             return _SCALAR_FORMS[kind].format(x=x, s=rust_float(float(y)))
         if isinstance(y, T) and isinstance(x, (int, float)) and not isinstance(x, bool):
             if kind in ("add", "mul") and x == _NEUTRAL[kind] and isinstance(out, TensorMeta) \
                     and out.dtype == y.meta.dtype:
-                return y.name
+                return alias(y)
             return _REFLECTED_SCALAR_FORMS[kind].format(x=y, s=rust_float(float(x)))
         raise Unsupported(f"{kind} of {x!r} and {y!r}")
 
@@ -124,9 +124,9 @@ def _matmul(spelling: str, a: dict[str, Any], out: Any) -> str:
     if x.rank == 1 and y.rank == 1:
         return f"({x.borrow} * {y.borrow})?.sum_all()?"
     if x.rank == 1:  # a row vector, then dropped
-        return f"{x.name}.unsqueeze(0)?.broadcast_matmul({y.borrow})?.squeeze(D::Minus2)?"
+        return f"{x.name}.unsqueeze(0)?.broadcast_matmul({y.borrow})?.squeeze({minus(2)})?"
     if y.rank == 1:  # a column vector, then dropped
-        return f"{x.name}.broadcast_matmul(&{y.name}.unsqueeze(1)?)?.squeeze(D::Minus1)?"
+        return f"{x.name}.broadcast_matmul(&{y.name}.unsqueeze(1)?)?.squeeze({minus(1)})?"
     same_batch = x.rank == y.rank and all(
         sx[:-2] == sy[:-2] for sx, sy in zip(x.meta.shapes, y.meta.shapes))
     fn = "matmul" if same_batch else "broadcast_matmul"
@@ -176,7 +176,7 @@ def _pow(spelling: str, a: dict[str, Any], out: Any) -> str:
     if not is_number(e):
         raise Unsupported(f"pow with exponent {e!r}")
     if e == 1:
-        return x.name
+        return alias(x)
     if e == 2:
         return f"{x.name}.sqr()?"
     if e == 0.5:
@@ -215,7 +215,7 @@ def _clamp(spelling: str, a: dict[str, Any], out: Any) -> str:
         expr += _bound(x, lo, "maximum")
     if hi is not None:
         expr += _bound(x, hi, "minimum")
-    return expr
+    return chained(x, expr)
 
 
 _CLAMP = "input, min=None, max=None"
@@ -236,7 +236,7 @@ def _filled(value: Any, like: T, out: Any) -> str:
     if float(value) == 0.0:
         if dtype == like.meta.dtype:
             return f"{like.name}.zeros_like()?"
-        return (f"Tensor::zeros({like.name}.shape(), {qualified_dtype(dtype)}, "
+        return (f"Tensor::zeros({like.name}.shape(), {rust_dtype(dtype)}, "
                 f"{like.name}.device())?")
     return f"Tensor::full({rust_scalar(value, dtype)}, {like.name}.shape(), {like.name}.device())?"
 

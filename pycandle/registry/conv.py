@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from pycandle.registry.core import (
-    Field, Layer, T, Unsupported, bind, ntuple, register_layer, require,
+    Field, Layer, T, Unsupported, bind, ntuple, register_layer, require, runtime,
 )
 from pycandle.manifest import TensorMeta
 from pycandle.registry.shape import pad
@@ -92,16 +92,16 @@ def _conv_field(n: int) -> Callable[[dict[str, Any]], Field]:
         cin, cout, bias = cfg["in_channels"], cfg["out_channels"], _has_bias(cfg)
         if len(set(kernel)) == 1:
             fn = f"conv{n}d" if bias else f"conv{n}d_no_bias"
-            return Field(name, f"candle_nn::{fn}({cin}, {cout}, {kernel[0]}, {config}, $vb)?")
+            return Field(name, lambda vb: f"candle_nn::{fn}({cin}, {cout}, {kernel[0]}, {config}, "
+                         f"{vb})?")
         # a rectangular kernel: candle_nn's builders take one kernel size, Conv2d::new any
         shape = ", ".join(str(v) for v in (cout, cin // cfg["groups"], *kernel))
         bias_arg = f'Some(vb.get({cout}, "bias")?)' if bias else "None"
-        init = ("{\n"
-                "let vb = $vb;\n"
-                f'let weight = vb.get(({shape}), "weight")?;\n'
-                f"{name}::new(weight, {bias_arg}, {config})\n"
-                "}")
-        return Field(name, init)
+        return Field(name, lambda vb: "{\n"
+                     f"let vb = {vb};\n"
+                     f'let weight = vb.get(({shape}), "weight")?;\n'
+                     f"{name}::new(weight, {bias_arg}, {config})\n"
+                     "}")
 
     return field
 
@@ -140,7 +140,7 @@ def _conv_call(n: int, transposed: bool = False) -> Callable[..., str]:
         if not transposed and _conv_stride(cfg, n) == 1:
             for i, stride in enumerate(ntuple(cfg["stride"], n, "stride")):
                 if stride > 1:
-                    expr = f"take_every(&{expr}, {2 + i}, {stride})?"
+                    expr = f"{runtime('take_every')}(&{expr}, {2 + i}, {stride})?"
         return f"{expr}.squeeze(0)?" if unbatched else expr
 
     return call
@@ -182,8 +182,8 @@ def _transpose_field(cfg: dict[str, Any]) -> Field:
         "stride": one["stride"], "dilation": one["dilation"], "groups": cfg["groups"]},
         {"padding": 0, "output_padding": 0, "stride": 1, "dilation": 1, "groups": 1})
     fn = "conv_transpose1d" if _has_bias(cfg) else "conv_transpose1d_no_bias"
-    return Field("ConvTranspose1d", f"candle_nn::{fn}({cfg['in_channels']}, "
-                 f"{cfg['out_channels']}, {one['kernel_size']}, {config}, $vb)?")
+    return Field("ConvTranspose1d", lambda vb: f"candle_nn::{fn}({cfg['in_channels']}, "
+                 f"{cfg['out_channels']}, {one['kernel_size']}, {config}, {vb})?")
 
 
 register_layer(Layer(

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ast
+import contextvars
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from pycandle.enums import DType
 from pycandle.manifest import TensorMeta
+from pycandle.rust import rust_float  # noqa: F401  (part of the registry's surface)
 
 class Unsupported(Exception):
     """An argument value or option the Rust side cannot honour."""
@@ -29,6 +32,7 @@ class T:
     name: str
     meta: TensorMeta
     is_ref: bool = False  # the variable is already a `&Tensor`
+    movable: bool = True  # False for an element of a `Vec<Tensor>` (`chunks[1]`): clone to own
 
     @property
     def borrow(self) -> str:
@@ -86,14 +90,10 @@ def usize_expr(v: Any) -> str:
     raise Unsupported(f"expected a non-negative size, got {v!r}")
 
 
-def rust_float(v: float) -> str:
-    if math.isnan(v):
-        return "f64::NAN"
-    if math.isinf(v):
-        return "f64::INFINITY" if v > 0 else "f64::NEG_INFINITY"
-    if v == int(v) and abs(v) < 1e15:
-        return f"{v:.1f}"
-    return repr(float(v))
+def minus(k: int) -> str:
+    """The `k`-th dimension from the end: `D::Minus1`, `D::Minus2`, `D::Minus(3)`."""
+    need("candle_core::D")
+    return f"D::Minus{k}" if k in (1, 2) else f"D::Minus({k})"
 
 
 def rust_dim(d: int, rank: int) -> str:
@@ -101,8 +101,94 @@ def rust_dim(d: int, rank: int) -> str:
     if d < 0:
         d += rank
     if d == rank - 1 and rank > 1:
+        need("candle_core::D")
         return "D::Minus1"
     return str(d)
+
+
+# --- what emitters return -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rust:
+    """Emitted Rust and what it needs: the `use` paths of the names it mentions unqualified,
+    whether it reads the local `device` (where tensors that no operand determines are created),
+    and, for an op that returns an operand unchanged, that operand (`alias`: no statement)."""
+
+    code: str
+    uses: frozenset[str] = frozenset()
+    device: bool = False
+    alias: T | None = None
+
+    def __str__(self) -> str:  # an f-string would drop `uses`: compose through `emitted`
+        raise TypeError("Rust values are not text; build them with registry.core.emitted()")
+
+
+def alias(x: T) -> Rust:
+    """The result of an op that returns its operand `x` itself (a no-op cast, `x + 0`)."""
+    return Rust(x.name, alias=x)
+
+
+def chained(x: T, expr: str) -> Rust | str:
+    """A method chain built on `x` (`x.squeeze(1)?.squeeze(0)?`): `x` itself, an alias, when
+    no method was applied."""
+    return alias(x) if expr == x.name else expr
+
+
+@dataclass
+class _Needs:
+    uses: set[str] = field(default_factory=set)
+    device: bool = False
+
+
+_NEEDS: contextvars.ContextVar[_Needs | None] = contextvars.ContextVar("needs", default=None)
+
+
+def need(path: str) -> None:
+    """Declare a `use` path for the code being emitted. The helpers that write a name
+    (`rust_dim` writes `D::Minus1`, `runtime("take")` writes `take`) declare it themselves."""
+    needs = _NEEDS.get()
+    if needs is None:
+        raise RuntimeError("need() outside an emission (call the emitter through emitted())")
+    needs.uses.add(path)
+
+
+def emitted(emit: Callable[..., Any], *args: Any, **kwargs: Any) -> Rust:
+    """Run an emitter and return its code as `Rust`, with the uses and device needs that the
+    emitter and the helpers it called declared. An emitter returns text or `Rust`."""
+    needs = _Needs()
+    token = _NEEDS.set(needs)
+    try:
+        out = emit(*args, **kwargs)
+    finally:
+        _NEEDS.reset(token)
+    if isinstance(out, Rust):
+        return Rust(out.code, frozenset(needs.uses | out.uses), needs.device or out.device,
+                    out.alias)
+    if not isinstance(out, str):
+        raise TypeError(f"an emitter returned {type(out).__name__}, not Rust code")
+    return Rust(out, frozenset(needs.uses), needs.device)
+
+
+def device() -> str:
+    """The device tensors are created on when no operand determines it: the local `device`,
+    which the model's `forward` binds to its first input's device."""
+    needs = _NEEDS.get()
+    if needs is None:
+        raise RuntimeError("device() outside an emission")
+    needs.device = True
+    return "device"
+
+
+def runtime(name: str) -> str:
+    """A function or type of the pycandle-runtime crate, used unqualified."""
+    need(f"pycandle_runtime::{name}")
+    return name
+
+
+def index_op() -> None:
+    """The code calls `.i(..)`: Candle's `IndexOp` trait must be in scope."""
+    need("candle_core::IndexOp")
 
 
 # --- signatures ---------------------------------------------------------------------------------
@@ -162,10 +248,11 @@ def bind(sig: str, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Field:
-    """A sublayer held by the generated model struct."""
+    """A sublayer held by the generated model struct: its Rust type, and its constructor as a
+    function of the Rust expression of the sublayer's own `VarBuilder`."""
 
     rust_type: str
-    init: str  # Rust expression building it; `$vb` stands for this module's VarBuilder
+    init: Callable[[str], str]
 
 
 @dataclass(frozen=True)
@@ -209,6 +296,27 @@ class Layer:
     def short(self) -> str:
         return self.torch_type.rsplit(".", 1)[-1]
 
+    def emit_field(self, cfg: dict[str, Any]) -> tuple[Field, frozenset[str]] | None:
+        """The sublayer's field and the `use` paths its constructor needs (its type's too), or
+        None for a stateless layer."""
+        built: list[Field | None] = []
+
+        def build() -> str:
+            built.append(self.field(cfg))
+            return "" if built[0] is None else built[0].init("vb")
+
+        code = emitted(build)
+        if built[0] is None:
+            return None
+        return built[0], code.uses | frozenset(self.uses)
+
+    def emit_call(self, cfg: dict[str, Any], this: str, args: tuple,
+                  kwargs: dict[str, Any]) -> Rust:
+        """The call of the sublayer at Rust path `this` (`self.encoder.lstm`) on the operands."""
+        code = emitted(self.call, cfg, this, args, kwargs)
+        return Rust(code.code, code.uses | frozenset(self.uses + self.call_uses), code.device,
+                    code.alias)
+
 
 def one_tensor(args: tuple, kwargs: dict[str, Any], sig: str = "input") -> T:
     bound = bind(sig, args, kwargs)
@@ -227,9 +335,14 @@ def require(cond: bool, problems: list[str], msg: str) -> None:
 class Op:
     name: str
     spellings: dict[str, str]  # spelling ("torch.relu", "Tensor.relu") -> signature
-    emit: Callable[[str, dict[str, Any], Any], str]  # (spelling, bound args, out meta) -> Rust
+    # (spelling, bound args, out meta) -> the Rust expression, as text or `Rust`
+    emit: Callable[[str, dict[str, Any], Any], Rust | str]
     uses: tuple[str, ...] = ()
     doc: str = ""
+
+    def lower(self, spelling: str, bound: dict[str, Any], out: Any) -> Rust:
+        code = emitted(self.emit, spelling, bound, out)
+        return Rust(code.code, code.uses | frozenset(self.uses), code.device, code.alias)
 
 
 def borrow_expr(expr: str, x: T) -> str:
@@ -298,16 +411,6 @@ def unary_op(template: str) -> Callable[[str, dict[str, Any], Any], str]:
 
 # --- helpers shared by the family modules ---------------------------------------------------------
 
-# Where tensors that no operand determines are created (torch.zeros(...) and the like): the
-# manifest does not record devices, so lowering puts the first forward() input's device here.
-DEVICE = "$device"
-
-_RUST_DTYPES = {"float32": "F32", "float64": "F64", "float16": "F16", "bfloat16": "BF16",
-                "int64": "I64", "int32": "I32", "int16": "I16", "uint8": "U8", "uint32": "U32",
-                "bool": "U8"}
-_LITERAL_SUFFIX = {"float32": "f32", "float64": "f64", "int64": "i64", "int32": "i32",
-                   "uint8": "u8", "uint32": "u32"}
-
 
 def is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
@@ -352,9 +455,12 @@ def shape_tuple(items: list[str]) -> str:
 
 
 def rust_dtype(name: str) -> str:
-    if name not in _RUST_DTYPES:
+    """`DType::F32` for `float32`; a dtype Candle does not have is reported."""
+    variant = DType(name).candle
+    if variant is None:
         raise Unsupported(f"dtype {name} has no Candle equivalent")
-    return f"DType::{_RUST_DTYPES[name]}"
+    need("candle_core::DType")
+    return f"DType::{variant}"
 
 
 def _shortest_f32(v: float) -> float:
@@ -369,17 +475,13 @@ def _shortest_f32(v: float) -> float:
     return v
 
 
-def qualified_dtype(name: str) -> str:
-    """`candle_core::DType::F32`: for code that needs a dtype only sometimes (the model's `use`
-    list is fixed per op, and an unused import would not pass clippy)."""
-    return f"candle_core::{rust_dtype(name)}"
 
 
 def rust_scalar(value: Any, dtype: str) -> str:
     """A typed Rust literal of `dtype` (e.g. `0.5f32`, `3i64`), for Tensor::full and the like."""
-    if dtype not in _LITERAL_SUFFIX:
+    suffix = DType(dtype).literal_suffix
+    if suffix is None:
         raise Unsupported(f"a {dtype} scalar (only float32/float64 and integer dtypes here)")
-    suffix = _LITERAL_SUFFIX[dtype]
     if dtype.startswith("float"):
         lit = rust_float(_shortest_f32(float(value)) if suffix == "f32" else float(value))
         if lit.startswith("f64::"):  # NAN, INFINITY, NEG_INFINITY

@@ -1,7 +1,7 @@
 """Tensor creation (zeros, ones, full, arange and their `_like` / `new_` forms) and dtype casts.
 
 PyTorch's `device=` arguments are not recorded: `_like` and `new_` forms create on their
-operand's device, the others on `DEVICE` (see core.py).
+operand's device, the others on the model's `device` (see `core.device`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from pycandle.manifest import DType, TensorMeta
 from pycandle.registry.core import (
-    DEVICE, Dim, Op, T, Unsupported, is_number, qualified_dtype, register_op, rust_dtype,
+    Dim, Op, Rust, T, Unsupported, alias, device, is_number, register_op, rust_dtype,
     rust_scalar, shape_tuple, tensor, usize_expr, varargs_sizes,
 )
 
@@ -38,14 +38,14 @@ def _shape(sizes: tuple) -> str:
     return shape_tuple([usize_expr(s) for s in varargs_sizes(sizes)])
 
 
-def _full(value: Any, shape: str, device: str, dtype: str, qualified: bool) -> str:
+def _full(value: Any, shape: str, on: str, dtype: str) -> str:
     """`Tensor::full` with a literal of the dtype (cast after for f16/bf16)."""
     if isinstance(value, bool) or not is_number(value):
         raise Unsupported(f"fill value {value!r}")
     if dtype in _LITERAL_DTYPES:
-        return f"Tensor::full({rust_scalar(value, dtype)}, {shape}, {device})?"
-    cast = qualified_dtype(dtype) if qualified else rust_dtype(dtype)
-    return f"Tensor::full({rust_scalar(value, 'float32')}, {shape}, {device})?.to_dtype({cast})?"
+        return f"Tensor::full({rust_scalar(value, dtype)}, {shape}, {on})?"
+    return (f"Tensor::full({rust_scalar(value, 'float32')}, {shape}, {on})?"
+            f".to_dtype({rust_dtype(dtype)})?")
 
 
 # --- torch.zeros / ones / full / arange -----------------------------------------------------------
@@ -55,14 +55,14 @@ def _zeros_ones(kind: str) -> Callable[[str, dict[str, Any], Any], str]:
     def emit(spelling: str, a: dict[str, Any], out: Any) -> str:
         _check_layout(a)
         dtype = rust_dtype(_out_dtype(out))
-        return f"Tensor::{kind}({_shape(a['size'])}, {dtype}, {DEVICE})?"
+        return f"Tensor::{kind}({_shape(a['size'])}, {dtype}, {device()})?"
 
     return emit
 
 
 def _full_op(spelling: str, a: dict[str, Any], out: Any) -> str:
     _check_layout(a)
-    return _full(a["fill_value"], _shape((a["size"],)), DEVICE, _out_dtype(out), qualified=True)
+    return _full(a["fill_value"], _shape((a["size"],)), device(), _out_dtype(out))
 
 
 def _arange_bound(v: Any, dtype: str) -> str:
@@ -84,8 +84,8 @@ def _arange(spelling: str, a: dict[str, Any], out: Any) -> str:
     start, end = (_arange_bound(b, dtype) for b in bounds[:2])
     if len(bounds) == 3 and bounds[2] != 1:
         step = _arange_bound(bounds[2], dtype)
-        return f"Tensor::arange_step({start}, {end}, {step}, {DEVICE})?"
-    return f"Tensor::arange({start}, {end}, {DEVICE})?"
+        return f"Tensor::arange_step({start}, {end}, {step}, {device()})?"
+    return f"Tensor::arange({start}, {end}, {device()})?"
 
 
 register_op(Op("zeros", {"torch.zeros": f"*size, {_FACTORY_KW}"}, _zeros_ones("zeros"),
@@ -107,11 +107,10 @@ def _like(kind: str) -> Callable[[str, dict[str, Any], Any], str]:
         x = tensor(a["input"])
         dtype = _out_dtype(out)
         if kind == "full":
-            return _full(a["fill_value"], f"{x.name}.shape()", f"{x.name}.device()", dtype,
-                         qualified=True)
+            return _full(a["fill_value"], f"{x.name}.shape()", f"{x.name}.device()", dtype)
         if dtype == x.meta.dtype:
             return f"{x.name}.{kind}_like()?"
-        return (f"Tensor::{kind}({x.name}.shape(), {qualified_dtype(dtype)}, "
+        return (f"Tensor::{kind}({x.name}.shape(), {rust_dtype(dtype)}, "
                 f"{x.name}.device())?")
 
     return emit
@@ -126,9 +125,8 @@ def _new(kind: str) -> Callable[[str, dict[str, Any], Any], str]:
         dtype = _out_dtype(out)
         sizes = a["size"] if kind != "full" else (a["size"],)
         if kind == "full":
-            return _full(a["fill_value"], _shape(sizes), f"{x.name}.device()", dtype,
-                         qualified=True)
-        dt = f"{x.name}.dtype()" if dtype == x.meta.dtype else qualified_dtype(dtype)
+            return _full(a["fill_value"], _shape(sizes), f"{x.name}.device()", dtype)
+        dt = f"{x.name}.dtype()" if dtype == x.meta.dtype else rust_dtype(dtype)
         return f"Tensor::{kind}({_shape(sizes)}, {dt}, {x.name}.device())?"
 
     return emit
@@ -148,11 +146,11 @@ register_op(Op("new_full", {"Tensor.new_full": f"input, size, fill_value, *, {_N
 # --- dtype casts ----------------------------------------------------------------------------------
 
 
-def _cast(x: T, dtype: str) -> str:
+def _cast(x: T, dtype: str) -> Rust | str:
     """`x.to_dtype(...)`, or `x` itself (an alias) when it already has that dtype."""
     if dtype == x.meta.dtype:
-        return x.name
-    return f"{x.name}.to_dtype({qualified_dtype(dtype)})?"
+        return alias(x)
+    return f"{x.name}.to_dtype({rust_dtype(dtype)})?"
 
 
 def _to(spelling: str, a: dict[str, Any], out: Any) -> str:
@@ -169,7 +167,7 @@ def _to(spelling: str, a: dict[str, Any], out: Any) -> str:
             raise Unsupported(f"Tensor.to({v!r})")
     if a["memory_format"] is not None:
         raise Unsupported("Tensor.to with memory_format=")
-    return x.name if target is None else _cast(x, target.name)
+    return alias(x) if target is None else _cast(x, target.name)
 
 
 _SHORTHANDS = {"float": "float32", "double": "float64", "half": "float16",

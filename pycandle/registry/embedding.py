@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pycandle.registry.core import Field, Layer, Unsupported, one_tensor, register_layer, require
+from pycandle.registry.core import (
+    Field, Layer, Unsupported, one_tensor, register_layer, require, rust_dtype,
+)
 
 
 def _embedding_check(cfg: dict[str, Any]) -> list[str]:
@@ -17,14 +19,14 @@ def _embedding_check(cfg: dict[str, Any]) -> list[str]:
 
 
 def _embedding_field(cfg: dict[str, Any]) -> Field:
-    return Field("Embedding", f"candle_nn::embedding({cfg['num_embeddings']}, "
-                 f"{cfg['embedding_dim']}, $vb)?")
+    return Field("Embedding", lambda vb: f"candle_nn::embedding({cfg['num_embeddings']}, "
+                 f"{cfg['embedding_dim']}, {vb})?")
 
 
 def _embedding_call(cfg: dict[str, Any], this: str, args: tuple, kwargs: dict[str, Any]) -> str:
     x = one_tensor(args, kwargs)
     if x.meta.dtype == "int32":  # Candle looks up u8, u32 and i64 indices
-        return f"{this}.forward(&{x.name}.to_dtype(candle_core::DType::I64)?)?"
+        return f"{this}.forward(&{x.name}.to_dtype({rust_dtype('int64')})?)?"
     if x.meta.dtype not in ("int64", "uint8", "uint32"):
         raise Unsupported(f"Embedding of {x.meta.dtype} indices")
     return f"{this}.forward({x.borrow})?"

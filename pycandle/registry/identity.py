@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from pycandle.registry.core import (
-    Layer, Op, Unsupported, no_field, one_tensor, register_layer, register_op, tensor,
+    Layer, Op, Unsupported, alias, no_field, one_tensor, register_layer, register_op, tensor,
 )
 
 
 def _passthrough_call(cfg: dict[str, Any], this: str, args: tuple, kwargs: dict[str, Any]) -> str:
-    return one_tensor(args, kwargs).name
+    return alias(one_tensor(args, kwargs))
 
 
 register_layer(Layer("torch.nn.Dropout", ("p",), "out", no_field, _passthrough_call,
@@ -20,8 +20,8 @@ register_layer(Layer("torch.nn.Identity", (), "out", no_field, _passthrough_call
 
 
 def _identity(spelling: str, a: dict[str, Any], out: Any) -> str:
-    """Returns the input's name: `lower` binds the output to the input, no statement."""
-    return tensor(a["input"]).name
+    """The input itself: `lower` binds the output to it, no statement."""
+    return alias(tensor(a["input"]))
 
 
 def _dropout(spelling: str, a: dict[str, Any], out: Any) -> str:

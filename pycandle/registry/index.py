@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pycandle.registry.core import (
-    DEVICE, Dim, Op, T, Unsupported, borrow_expr, is_int, register_op, tensor,
+    Dim, Op, T, Unsupported, borrow_expr, device, is_int, register_op, runtime, tensor,
 )
 
 
@@ -38,7 +38,7 @@ def _slice(x: T, expr: str, it: slice, d: int, size: str) -> str:
         length = stop if start is None else f"{stop}.saturating_sub({start})"
         expr = f"{expr}.narrow({d}, {start or 0}, {length})?"
     if it.step not in (None, 1):
-        expr = f"take_every({borrow_expr(expr, x)}, {d}, {it.step})?"
+        expr = f"{runtime('take_every')}({borrow_expr(expr, x)}, {d}, {it.step})?"
     return expr
 
 
@@ -92,15 +92,15 @@ def _getitem(spelling: str, a: dict[str, Any], out: Any) -> str:
         elif isinstance(it, T):
             if it.meta.dtype not in _INT_DTYPES:
                 raise Unsupported(f"indexing with a {it.meta.dtype} tensor")
-            expr = f"take({borrow_expr(expr, x)}, {it.borrow}, {d})?"
+            expr = f"{runtime('take')}({borrow_expr(expr, x)}, {it.borrow}, {d})?"
             d += it.rank
             od += 1
         elif isinstance(it, list):
             if not it or not all(is_int(v) for v in it):
                 raise Unsupported(f"index list {it!r}", hint="only lists of integers")
             values = ", ".join(f"{v}i64" if i == 0 else str(v) for i, v in enumerate(it))
-            index = f"&Tensor::new(&[{values}], {DEVICE})?"
-            expr = f"take({borrow_expr(expr, x)}, {index}, {d})?"
+            index = f"&Tensor::new(&[{values}], {device()})?"
+            expr = f"{runtime('take')}({borrow_expr(expr, x)}, {index}, {d})?"
             d += 1
             od += 1
         else:
@@ -117,7 +117,7 @@ def _masked(x: T, items: list[Any]) -> str:
     if mask.rank > x.rank or any(tuple(m[:mask.rank]) != tuple(s[:mask.rank])
                                  for m, s in zip(mask.meta.shapes, x.meta.shapes)):
         raise Unsupported("a boolean mask whose shape is not that of the leading dimensions")
-    return f"masked_select({x.borrow}, {mask.borrow})?"
+    return f"{runtime('masked_select')}({x.borrow}, {mask.borrow})?"
 
 
 register_op(Op("getitem", {"Tensor.__getitem__": "input, index"}, _getitem,

@@ -9,7 +9,8 @@ from pycandle.registry.core import Field, Layer, Unsupported, one_tensor, regist
 
 def _linear_field(cfg: dict[str, Any]) -> Field:
     fn = "linear" if cfg["bias"] else "linear_no_bias"
-    return Field("Linear", f"candle_nn::{fn}({cfg['in_features']}, {cfg['out_features']}, $vb)?")
+    return Field("Linear",
+                 lambda vb: f"candle_nn::{fn}({cfg['in_features']}, {cfg['out_features']}, {vb})?")
 
 
 def _linear_call(cfg: dict[str, Any], this: str, args: tuple, kwargs: dict[str, Any]) -> str:

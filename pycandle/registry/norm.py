@@ -6,7 +6,7 @@ import math
 from typing import Any, Callable
 
 from pycandle.registry.core import (
-    Field, Layer, Unsupported, one_tensor, register_layer, require, rust_float, shape_tuple,
+    Field, Layer, Unsupported, minus, one_tensor, register_layer, require, rust_float, shape_tuple,
 )
 
 
@@ -28,24 +28,23 @@ def _layer_norm_field(cfg: dict[str, Any]) -> Field:
     affine, bias = cfg["elementwise_affine"], cfg.get("bias") is not None
     if len(dims) == 1 and affine:
         fn = "layer_norm" if bias else "layer_norm_no_bias"
-        return Field("LayerNorm", f"candle_nn::{fn}({size}, {eps}, $vb)?")
+        return Field("LayerNorm", lambda vb: f"candle_nn::{fn}({size}, {eps}, {vb})?")
     if not affine:  # nothing to load: a unit scale and no shift
-        return Field("LayerNorm", "{\n"
-                     "let vb = $vb;\n"
+        return Field("LayerNorm", lambda vb: "{\n"
+                     f"let vb = {vb};\n"
                      f"LayerNorm::new_no_bias(Tensor::ones({size}, vb.dtype(), vb.device())?, "
                      f"{eps})\n"
                      "}")
     # over several trailing dimensions: Candle normalises the last one, so the call flattens
     # them and the parameters are flattened alike
     shape = shape_tuple([str(d) for d in dims])
-    lines = ["{", "let vb = $vb;",
-             f'let weight = vb.get({shape}, "weight")?.flatten_all()?;']
+    lines = [f'let weight = vb.get({shape}, "weight")?.flatten_all()?;']
     if bias:
         lines.append(f'let bias = vb.get({shape}, "bias")?.flatten_all()?;')
         lines.append(f"LayerNorm::new(weight, bias, {eps})")
     else:
         lines.append(f"LayerNorm::new_no_bias(weight, {eps})")
-    return Field("LayerNorm", "\n".join(lines + ["}"]))
+    return Field("LayerNorm", lambda vb: "\n".join(["{", f"let vb = {vb};", *lines, "}"]))
 
 
 def _layer_norm_call(cfg: dict[str, Any], this: str, args: tuple, kwargs: dict[str, Any]) -> str:
@@ -56,7 +55,7 @@ def _layer_norm_call(cfg: dict[str, Any], this: str, args: tuple, kwargs: dict[s
         raise Unsupported(f"LayerNorm{tuple(dims)} on an input whose trailing dimensions differ")
     if len(dims) == 1:
         return f"{this}.forward({x.borrow})?"
-    return (f"{this}.forward(&{x.name}.flatten_from(D::Minus({len(dims)}))?)?"
+    return (f"{this}.forward(&{x.name}.flatten_from({minus(len(dims))})?)?"
             f".reshape({x.name}.shape())?")
 
 
@@ -73,9 +72,9 @@ register_layer(Layer(
 def _group_norm_field(cfg: dict[str, Any]) -> Field:
     g, c, eps = cfg["num_groups"], cfg["num_channels"], _eps(cfg)
     if cfg["affine"]:
-        return Field("GroupNorm", f"candle_nn::group_norm({g}, {c}, {eps}, $vb)?")
-    return Field("GroupNorm", "{\n"
-                 "let vb = $vb;\n"
+        return Field("GroupNorm", lambda vb: f"candle_nn::group_norm({g}, {c}, {eps}, {vb})?")
+    return Field("GroupNorm", lambda vb: "{\n"
+                 f"let vb = {vb};\n"
                  f"let ones = Tensor::ones({c}, vb.dtype(), vb.device())?;\n"
                  f"GroupNorm::new(ones.clone(), ones.zeros_like()?, {c}, {g}, {eps})?\n"
                  "}")
@@ -111,9 +110,9 @@ def _batch_norm_check(cfg: dict[str, Any]) -> list[str]:
 def _batch_norm_field(cfg: dict[str, Any]) -> Field:
     c, eps = cfg["num_features"], _eps(cfg)
     if cfg["affine"]:
-        return Field("BatchNorm", f"candle_nn::batch_norm({c}, {eps}, $vb)?")
+        return Field("BatchNorm", lambda vb: f"candle_nn::batch_norm({c}, {eps}, {vb})?")
     config = f"candle_nn::BatchNormConfig {{ eps: {eps}, affine: false, ..Default::default() }}"
-    return Field("BatchNorm", f"candle_nn::batch_norm({c}, {config}, $vb)?")
+    return Field("BatchNorm", lambda vb: f"candle_nn::batch_norm({c}, {config}, {vb})?")
 
 
 def _batch_norm_call(ranks: tuple[int, ...]) -> Callable[..., str]:

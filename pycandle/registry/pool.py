@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from pycandle.registry.core import (
-    Layer, Op, T, Unsupported, bind, borrow_expr, int_arg, local_name, no_field, ntuple,
-    register_layer, register_op, tensor,
+    Layer, Op, T, Unsupported, bind, borrow_expr, int_arg, local_name, minus, no_field, ntuple,
+    register_layer, register_op, runtime, tensor,
 )
 
 
@@ -41,7 +41,7 @@ def _pool_dim(kernel: int, stride: int, padding: int, dilation: int, ceil_mode: 
     fields = [f"{name}: {value}" for name, value, default in (
         ("stride", stride, kernel), ("padding", padding, 0), ("dilation", dilation, 1),
         ("ceil_mode", "true" if ceil_mode else "false", "false")) if value != default]
-    new = f"PoolDim::new({kernel})"
+    new = f"{runtime('PoolDim')}::new({kernel})"
     return f"PoolDim {{ {', '.join(fields)}, ..{new} }}" if fields else new
 
 
@@ -50,14 +50,15 @@ def _runtime_pool(kind: str, n: int, x: T, cfg: dict[str, Any], kernel: tuple[in
     """One runtime call per spatial dimension (pooling is separable), the last one first."""
     dilation = ntuple(cfg.get("dilation", 1), n, "dilation") if kind == "max" else (1,) * n
     override = cfg.get("divisor_override") if kind == "avg" else None
-    divisor = "Divisor::One" if override is not None else (
-        "Divisor::Padded" if cfg.get("count_include_pad", True) else "Divisor::Inside")
+    divisor = f"{runtime('Divisor')}::One" if override is not None else (
+        f"{runtime('Divisor')}::Padded" if cfg.get("count_include_pad", True)
+        else f"{runtime('Divisor')}::Inside")
     expr = x.name
     for i in reversed(range(n)):
         dim = _pool_dim(kernel[i], stride[i], padding[i], dilation[i], bool(cfg.get("ceil_mode")))
         where = borrow_expr(expr, x)
-        expr = (f"max_pool_dim({where}, D::Minus{n - i}, &{dim})?" if kind == "max" else
-                f"avg_pool_dim({where}, D::Minus{n - i}, &{dim}, {divisor})?")
+        expr = (f"{runtime('max_pool_dim')}({where}, {minus(n - i)}, &{dim})?" if kind == "max" else
+                f"{runtime('avg_pool_dim')}({where}, {minus(n - i)}, &{dim}, {divisor})?")
     if override is not None:
         expr = f"({expr} / {float(int_arg(override, 'divisor_override'))})?"
     return expr
@@ -85,7 +86,7 @@ def pool(kind: str, n: int, x: T, cfg: dict[str, Any]) -> str:
     pad_fn = "pad_with_same" if kind == "max" else "pad_with_zeros"
     for i, p in enumerate(padding):
         if p:
-            expr += f".{pad_fn}(D::Minus{n - i}, {p}, {p})?"
+            expr += f".{pad_fn}({minus(n - i)}, {p}, {p})?"
     if n == 1:
         expr += ".unsqueeze(2)?"
         kernel, stride = (1, *kernel), (1, *stride)
@@ -113,7 +114,7 @@ def adaptive_avg_pool1d(x: T, output_size: Any) -> str:
     if x.rank not in (2, 3):
         raise Unsupported(f"a rank-{x.rank} input to AdaptiveAvgPool1d")
     if out == 1:
-        return f"{x.name}.mean_keepdim(D::Minus1)?"
+        return f"{x.name}.mean_keepdim({minus(1)})?"
     length, i = local_name("length", x), local_name("i", x)
     start, end = local_name("start", x), local_name("end", x)
     windows = local_name("windows", x)
@@ -123,10 +124,10 @@ def adaptive_avg_pool1d(x: T, output_size: Any) -> str:
             f".map(|{i}| {{\n"
             f"let {start} = {i} * {length} / {out};\n"
             f"let {end} = (({i} + 1) * {length}).div_ceil({out});\n"
-            f"{x.name}.narrow(D::Minus1, {start}, {end} - {start})?.mean_keepdim(D::Minus1)\n"
+            f"{x.name}.narrow({minus(1)}, {start}, {end} - {start})?.mean_keepdim({minus(1)})\n"
             "})\n"
             ".collect::<Result<Vec<_>>>()?;\n"
-            f"candle_core::Tensor::cat(&{windows}, D::Minus1)?\n"  # parity tests import no Tensor
+            f"candle_core::Tensor::cat(&{windows}, {minus(1)})?\n"  # parity tests import no Tensor
             "}")
 
 

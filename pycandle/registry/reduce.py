@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from pycandle.manifest import TensorMeta
 from pycandle.registry.core import (
-    Op, T, Unsupported, dims_arg, int_arg, is_number, qualified_dtype, register_op, rust_dim,
+    Op, T, Unsupported, chained, dims_arg, int_arg, is_number, register_op, rust_dim, rust_dtype,
     rust_float, shape_tuple, tensor,
 )
 
@@ -65,7 +65,7 @@ def _reduce_dims(x: T, dim: Any) -> list[int]:
 def _cast_to(expr: str, x: T, out: Any) -> str:
     """PyTorch promotes some reductions (an int32 sum is int64); Candle keeps the dtype."""
     if isinstance(out, TensorMeta) and out.dtype != x.meta.dtype:
-        return f"{expr}.to_dtype({qualified_dtype(out.dtype)})?"
+        return f"{expr}.to_dtype({rust_dtype(out.dtype)})?"
     return expr
 
 
@@ -73,7 +73,7 @@ def _sum_mean(kind: str) -> Callable[[str, dict[str, Any], Any], str]:
     def emit(spelling: str, a: dict[str, Any], out: Any) -> str:
         x = tensor(a["input"])
         if a.get("dtype") is not None:  # PyTorch casts the input first
-            x = T(f"{x.name}.to_dtype({qualified_dtype(a['dtype'].name)})?",
+            x = T(f"{x.name}.to_dtype({rust_dtype(a['dtype'].name)})?",
                   TensorMeta(a["dtype"].name, x.meta.shapes))
         dims = _reduce_dims(x, a["dim"])
         if len(dims) == x.rank and not a["keepdim"]:
@@ -104,7 +104,7 @@ def _extreme_over(x: T, kind: str, dims: list[int], keepdim: bool) -> str:
 
 def _arg_extreme(x: T, kind: str, dim: Any, keepdim: bool) -> str:
     """argmax/argmin as PyTorch's int64 indices (Candle returns u32)."""
-    i64 = qualified_dtype("int64")
+    i64 = rust_dtype("int64")
     if dim is None:
         expr = f"{x.name}.flatten_all()?.arg{kind}(0)?"
         if keepdim:
@@ -140,7 +140,7 @@ def _max_min(kind: str) -> Callable[[str, dict[str, Any], Any], str]:
 def _amax_amin(kind: str) -> Callable[[str, dict[str, Any], Any], str]:
     def emit(spelling: str, a: dict[str, Any], out: Any) -> str:
         x = tensor(a["input"])
-        return _extreme_over(x, kind, _reduce_dims(x, a["dim"]), a["keepdim"])
+        return chained(x, _extreme_over(x, kind, _reduce_dims(x, a["dim"]), a["keepdim"]))
 
     return emit
 

@@ -20,7 +20,8 @@ def _loader(rust_type: str, config: str, fields: dict[str, str]) -> Callable[[di
 
     def field(cfg: dict[str, Any]) -> Field:
         body = "".join(f"{name}: {_value(cfg, attr)},\n" for name, attr in fields.items())
-        return Field(rust_type, f"{rust_type}::load(\n{config} {{\n{body}}},\n$vb,\n)?")
+        return Field(rust_type,
+                     lambda vb: f"{rust_type}::load(\n{config} {{\n{body}}},\n{vb},\n)?")
 
     return field
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from pycandle.registry.core import (
-    Dim, Layer, Op, T, Unsupported, borrow_expr, int_arg, is_int, is_number, local_name,
-    no_field, one_tensor, register_layer, register_op, rust_dim, rust_float, shape_tuple, tensor,
-    tensors, usize_expr, varargs_sizes,
+    Dim, Layer, Op, T, Unsupported, alias, borrow_expr, chained, int_arg, is_int, is_number,
+    local_name, no_field, one_tensor, register_layer, register_op, runtime, rust_dim, rust_float,
+    shape_tuple, tensor, tensors, usize_expr, varargs_sizes,
 )
 
 # --- transpose, contiguous ------------------------------------------------------------------------
@@ -23,7 +23,7 @@ def _t(spelling: str, a: dict[str, Any], out: Any) -> str:
     x = tensor(a["input"])
     if x.rank > 2:
         raise Unsupported(f"Tensor.t() on a rank-{x.rank} tensor")
-    return f"{x.name}.t()?" if x.rank == 2 else x.name
+    return f"{x.name}.t()?" if x.rank == 2 else alias(x)
 
 
 def _contiguous(spelling: str, a: dict[str, Any], out: Any) -> str:
@@ -99,7 +99,7 @@ def flatten(x: T, start: Any, end: Any) -> str:
     if s > e:
         raise Unsupported(f"flatten with start_dim {start} after end_dim {end}")
     if s == e:
-        return x.name
+        return alias(x)
     if s == 0 and e == x.rank - 1:
         return f"{x.name}.flatten_all()?"
     if e == x.rank - 1:
@@ -160,7 +160,7 @@ def _permute(spelling: str, a: dict[str, Any], out: Any) -> str:
     if sorted(dims) != list(range(x.rank)):
         raise Unsupported(f"permute dims {a['dims']!r} are not a permutation")
     if dims == list(range(x.rank)):
-        return x.name
+        return alias(x)
     return f"{x.name}.permute({shape_tuple([str(d) for d in dims])})?"
 
 
@@ -174,7 +174,7 @@ def _squeeze(spelling: str, a: dict[str, Any], out: Any) -> str:
     else:
         dims = [x.norm_dim(int_arg(dim, "dim"))]
     if not dims:
-        return x.name
+        return alias(x)
     # highest first, so the remaining indices stay valid; like PyTorch, Candle leaves a
     # dimension whose size is not 1 as it is
     return x.name + "".join(f".squeeze({d})?" for d in sorted(dims, reverse=True))
@@ -237,7 +237,7 @@ def _joined(spelling: str, a: dict[str, Any], out: Any, stack: bool) -> str:
     rank = ts[0].rank + (1 if stack else 0)
     d = ts[0].norm_dim(int_arg(a["dim"], "dim"), rank)
     if len(ts) == 1 and not stack:
-        return ts[0].name
+        return alias(ts[0])
     items = ", ".join(t.name if t.is_ref else f"&{t.name}" for t in ts)
     fn = "stack" if stack else "cat"
     return f"Tensor::{fn}(&[{items}], {rust_dim(d, rank)})?"
@@ -375,12 +375,13 @@ def pad(x: T, amounts: Any, mode: str, value: Any = None) -> str:
         if mode in _PAD_METHODS:
             expr += f".{_PAD_METHODS[mode]}({where})?"
         elif mode == "constant":
-            expr = f"pad_constant({borrow_expr(expr, x)}, {where}, {rust_float(float(value))})?"
+            expr = f"{runtime('pad_constant')}({borrow_expr(expr, x)}, {where}, {rust_float(float(value))})?"
         else:
-            expr = f"{_PAD_FUNCTIONS[mode]}({borrow_expr(expr, x)}, {where})?"
+            expr = f"{runtime(_PAD_FUNCTIONS[mode])}({borrow_expr(expr, x)}, {where})?"
     return expr
 
 
 register_op(Op("pad", {"torch.nn.functional.pad": "input, pad, mode='constant', value=None"},
-               lambda s, a, out: pad(tensor(a["input"]), a["pad"], a["mode"], a["value"]),
+               lambda s, a, out: chained(tensor(a["input"]),
+                                         pad(tensor(a["input"]), a["pad"], a["mode"], a["value"])),
                doc="constant (any value), replicate, reflect and circular"))

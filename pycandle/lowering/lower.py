@@ -6,27 +6,22 @@ unsupported layer, op or argument is reported (with its source line) before any 
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
-from pycandle import registry
-from pycandle.codegen.structs import FieldDecl, LeafField, StructDef, build_tree
+from pycandle import names, registry
+from pycandle.enums import DType, EntryKind, NodeOp, SymKind
 from pycandle.errors import Problem, UnsupportedError
+from pycandle.lowering.structs import FieldDecl, LeafField, StructDef, build_tree
 from pycandle.manifest import (
     PACK, PAD, Manifest, Node, Param, Ref, SymInt, TensorMeta, golden_input_key, golden_node_key,
     golden_output_key, leaves, path_key, refs_in,
 )
-from pycandle.registry import Dim, Packed, T, Unsupported
+from pycandle.registry import Dim, Packed, Rust, T, Unsupported
+from pycandle.rust import rust_str
 from pycandle.symbolic import evaluate
-
-_FIELD_OPEN, _FIELD_CLOSE = "\u27e6", "\u27e7"  # around a module name awaiting its Rust path
-_FIELD_RE = re.compile(f"{_FIELD_OPEN}([^{_FIELD_CLOSE}]*){_FIELD_CLOSE}")
-
-RUST_DTYPES = {"float32": "F32", "float64": "F64", "float16": "F16", "bfloat16": "BF16",
-               "int64": "I64", "uint8": "U8", "uint32": "U32"}
 
 
 @dataclass(frozen=True)
@@ -88,8 +83,7 @@ class ModelIR:
     warnings: list[str] = field(default_factory=list)
 
 
-def camel(name: str) -> str:
-    return "".join(part[:1].upper() + part[1:] for part in name.split("_") if part) or "Model"
+camel = names.camel
 
 
 def _shape_names(manifest: Manifest) -> dict[tuple[int, ...], str]:
@@ -180,15 +174,41 @@ def merge_uses(paths: set[str]) -> list[str]:
     return out
 
 
+class _Locals:
+    """Rust local names, unique in a function and clear of every name generated code reserves
+    for itself (`pycandle.names`): a user's `state` or `report` becomes `state_1`, `report_1`."""
+
+    def __init__(self) -> None:
+        self.taken: set[str] = set()
+        self.of: dict[str, str] = {}
+
+    def __call__(self, name: str, reserved: frozenset[str] = names.RESERVED_LOCALS) -> str:
+        """The local for the manifest name `name` (the same one every time)."""
+        if name not in self.of:
+            # a reserved name gets a number, as a repeated one does (`model_1`, never `model_`:
+            # suffixes such as `_output` are appended to it)
+            base = names.rust_ident(name, frozenset()).rstrip("_")
+            local, k = base, 1
+            while local in self.taken or local in reserved:
+                local, k = f"{base}_{k}", k + 1
+            self.taken.add(local)
+            self.of[name] = local
+        return self.of[name]
+
+
 class _Lowering:
     def __init__(self, manifest: Manifest):
         self.m = manifest
         self.problems: list[Problem] = []
         self.vars: dict[tuple[str, tuple[int, ...]], T] = {}
-        self.fields: dict[str, LeafField] = {}  # by qualified module name
+        self.local = _Locals()
+        self.fields: dict[str, LeafField] = {}  # by qualified module name, in order of use
+        self.field_uses: set[str] = set()
+        self.access: dict[str, str] = {}  # qualified module name -> Rust path from the model
         self.uses: set[str] = {"candle_core::{Result, Tensor}", "candle_nn::VarBuilder"}
         self.test_uses: set[str] = set()
         self.stmts: list[Stmt] = []
+        self.needs_device = False
         self.layer_tests: list[LayerTest] = []
         self.state_fields: list[tuple[str, str, str]] = []  # (node, Rust type, module)
         # outputs of recurrent layers run on a packed batch: (the Packed input, layer layout)
@@ -196,7 +216,7 @@ class _Lowering:
         self.shape_names = _shape_names(manifest)
 
     def problem(self, node: Node, what: str, hint: str | None = None) -> None:
-        module = node.target if node.op == "call_module" else None
+        module = node.target if node.op == NodeOp.CALL_MODULE else None
         self.problems.append(Problem(what, node.source, module, hint))
 
     def operand(self, value: Any) -> Any:
@@ -224,16 +244,15 @@ class _Lowering:
         precedence `context` (1: `+ -`, 2: `* /`; one more for a right-hand operand)."""
         if isinstance(sym, int):
             return str(sym)
-        if sym.kind == "dim":
+        if sym.kind == SymKind.DIM:
             return self.operand(sym.a).dim(sym.b)
-        kind, b = sym.kind, sym.b
-        if kind == "add" and isinstance(b, int) and b < 0:
-            kind, b = "sub", -b
-        prec = 1 if kind in ("add", "sub") else 2
-        op = {"add": "+", "sub": "-", "mul": "*", "floordiv": "/"}[kind]
+        kind, b = SymKind(sym.kind), sym.b
+        if kind == SymKind.ADD and isinstance(b, int) and b < 0:
+            kind, b = SymKind.SUB, -b
+        prec = kind.precedence
         # `a - (b + c)`, `a / (b * c)`: the right operand binds tighter than its operator
-        right = prec + 1 if kind in ("sub", "floordiv") else prec
-        text = f"{self.usize(sym.a, prec)} {op} {self.usize(b, right)}"
+        right = prec + 1 if kind in (SymKind.SUB, SymKind.FLOORDIV) else prec
+        text = f"{self.usize(sym.a, prec)} {kind.operator} {self.usize(b, right)}"
         return f"({text})" if prec < context else text
 
     def sym_values(self, sym: SymInt) -> tuple[int, ...]:
@@ -241,36 +260,55 @@ class _Lowering:
             evaluate(sym, lambda ref, d, c=case: self.m.meta(ref).shapes[c][d])
             for case in range(self.m.num_cases))
 
-    def run(self) -> None:
-        live = live_nodes(self.m)
-        used = _uses_of(live, self.m.output)
+    def collect_fields(self, live: list[Node]) -> None:
+        """The sublayers the forward pass calls, arranged as the model's struct tree, so that
+        every call is emitted with its final Rust path (`self.encoder.lstm`)."""
         for node in live:
+            if node.op != NodeOp.CALL_MODULE or node.target in self.fields:
+                continue
+            info = self.m.modules.get(node.target)
+            layer = registry.layer_for(info.type) if info is not None else None
+            if layer is None or layer.passthrough:
+                continue  # reported when the node is lowered
             try:
-                self.lower_node(node, used)
-            except Unsupported as e:
-                self.problem(node, e.what, e.hint)
+                built = layer.emit_field(info.config)
+            except (Unsupported, KeyError, TypeError, ValueError):
+                continue  # the layer's check reports what is wrong with its config
+            if built is not None:
+                field_, uses = built
+                self.fields[node.target] = LeafField(field_.rust_type, field_.init, info.type)
+                self.field_uses |= uses
+
+    def this(self, qual: str, owner: str) -> str:
+        """The Rust path of sublayer `qual` from `owner` (`self`, or `model` in the tests)."""
+        return f"{owner}.{self.access[qual]}" if qual in self.access else ""
 
     def lower_node(self, node: Node, used: dict[tuple[str, tuple[int, ...]], int]) -> None:
-        if node.op == "input":
-            self.vars[(node.name, ())] = T(node.name, node.out, is_ref=True)
+        if node.op == NodeOp.INPUT:
+            self.vars[(node.name, ())] = T(self.local(node.name, names.RESERVED_ARGS), node.out,
+                                           is_ref=True)
             return
-        if node.op == "constant":
+        if node.op == NodeOp.CONSTANT:
             raise Unsupported("a tensor created outside the traced graph (a global or captured "
                               "tensor) is used in forward()",
                               hint="register it as a buffer of the module")
-        if node.op == "call_module":
+        if node.op == NodeOp.CALL_MODULE:
             self.lower_module(node, used)
-        elif node.op == "call_function":
-            self.lower_function(node)
         else:
-            raise Unsupported(f"unknown node kind '{node.op}'")
+            self.lower_function(node)
 
-    def _bind(self, node: Node, names: Any) -> None:
-        for path, name in leaves(names):
+    def _bind(self, node: Node, names_: Any) -> None:
+        for path, name in leaves(names_):
             meta = _at(node.out, path)
             if not isinstance(meta, TensorMeta):
                 continue
             self.vars[(node.name, path)] = T(name, meta)
+
+    def emit(self, pattern: str, code: Rust, comment: str | None = None) -> None:
+        """A statement of `forward`; its uses join the model file's."""
+        self.stmts.append(Stmt(pattern, code.code, comment))
+        self.uses |= code.uses
+        self.needs_device |= code.device
 
     def lower_module(self, node: Node, used: dict[tuple[str, tuple[int, ...]], int]) -> None:
         info = self.m.modules.get(node.target)
@@ -286,58 +324,50 @@ class _Lowering:
         args = self.operand(node.args)
         kwargs = {k: self.operand(v) for k, v in node.kwargs.items()}
         if layer.passthrough:
-            expr = layer.call(info.config, "", args, kwargs)
-            src = next(t for _, t in leaves((args, tuple(kwargs.values()))) if isinstance(t, T))
-            self.vars[(node.name, ())] = src
+            out = layer.emit_call(info.config, "", args, kwargs)
+            if out.alias is None:
+                raise Unsupported(f"{layer.short} should pass its input through")
+            self.vars[(node.name, ())] = out.alias
             return
-        this = self.field_for(node.target, info, layer, "self")
-        names = _out_names(layer.outputs, node.out, node.name)
+        this = self.this(node.target, "self")
+        local = self.local(node.name)
+        out_names = _out_names(layer.outputs, node.out, local)
         used_paths = {p for (n, p), c in used.items() if n == node.name and c}
         stream = layer.stream
         streaming = stream is not None and stream.blocker(info.config, args, kwargs) is None
         if streaming:
             # the call resumes from the carried state and leaves its final state there
             x = registry.one_tensor(args, kwargs, "input, hx=None")
-            expr = stream.call(info.config, this, x, stream.resume(f"state.{node.name}"))
+            code = registry.emitted(stream.call, info.config, this, x,
+                                    stream.resume(f"state.{local}"))
             used_paths |= set(stream.state_paths)
+            code = Rust(code.code, code.uses | set(layer.uses + layer.call_uses), code.device)
         else:
-            expr = layer.call(info.config, this, args, kwargs)
-        self.uses.update(layer.uses + layer.call_uses)
-        self.stmts.append(Stmt(_pattern(names, used_paths), expr,
-                               self.comment(node, names)))
+            code = layer.emit_call(info.config, this, args, kwargs)
+        self.emit(_pattern(out_names, used_paths), code, self.comment(node, out_names))
         x_arg = next((v for _, v in leaves((args, tuple(kwargs.values())))
                       if isinstance(v, (T, Packed))), None)
         if isinstance(x_arg, Packed):
             self.packed_outputs[(node.name, (0,))] = (x_arg, bool(info.config.get("batch_first")))
         if streaming:
-            finals = [f"{_at(names, p)}.clone()" for p in stream.state_paths]
+            finals = [f"{_at(out_names, p)}.clone()" for p in stream.state_paths]
             value = finals[0] if len(finals) == 1 else "(" + ", ".join(finals) + ")"
-            self.stmts.append(Stmt("", f"state.{node.name} = Some({value})"))
-            self.state_fields.append((node.name, stream.state_type, node.target))
-        self._bind(node, names)
-        self.layer_test(node, layer, info.config, self.field_for(node.target, info, layer, "model"),
-                        names, stream if streaming else None)
+            self.stmts.append(Stmt("", f"state.{local} = Some({value})"))
+            self.state_fields.append((local, stream.state_type, node.target))
+        self._bind(node, out_names)
+        self.layer_test(node, layer, info.config, self.this(node.target, "model"), out_names,
+                        stream if streaming else None)
 
-    def comment(self, node: Node, names: Any) -> str | None:
+    def comment(self, node: Node, names_: Any) -> str | None:
         parts = []
-        for path, name in leaves(names):
+        for path, name in leaves(names_):
             c = shape_comment(_at(node.out, path), self.shape_names)
             if c:
-                parts.append(c if isinstance(names, str) else f"{name}: {c}")
+                parts.append(c if isinstance(names_, str) else f"{name}: {c}")
         return ", ".join(parts) or None
 
-    def field_for(self, qual: str, info: Any, layer: registry.Layer, owner: str) -> str:
-        """`owner` plus a placeholder for the path to the sublayer `qual` (filled in once
-        every sublayer is known and the struct tree is built), or "" for a stateless layer."""
-        if qual not in self.fields:
-            built = layer.field(info.config)
-            if built is None:
-                return ""
-            self.fields[qual] = LeafField(built.rust_type, built.init, info.type)
-        return f"{owner}.{_FIELD_OPEN}{qual}{_FIELD_CLOSE}"
-
     def layer_test(self, node: Node, layer: registry.Layer, cfg: dict[str, Any],
-                   this: str, names: Any, stream: registry.Stream | None) -> None:
+                   this: str, out_names: Any, stream: registry.Stream | None) -> None:
         counter = iter(range(1 << 30))
         inputs: list[tuple[str, str]] = []
 
@@ -368,18 +398,23 @@ class _Lowering:
         # Same flattening order as the recorder: positional args, then kwargs by name.
         args = golden_operand(node.args)
         kw_sorted = {k: golden_operand(node.kwargs[k]) for k in sorted(node.kwargs)}
-        expr = layer.call(cfg, this, args, kw_sorted)
+        code = layer.emit_call(cfg, this, args, kw_sorted)
         checks = []
-        for path, name in leaves(names):
+        base = self.local(node.name)
+        for path, name in leaves(out_names):
             if isinstance(_at(node.out, path), TensorMeta):
-                label = name[len(node.name) + 1:] if name != node.name else path_key(path)
+                label = name[len(base) + 1:] if name != base else path_key(path)
                 key = golden_node_key(0, node.name, "out", path_key(path)).split(".", 1)[1]
                 checks.append(Check(label or path_key(path), name, key))
-        self.test_uses.update(layer.call_uses)
-        stream_lines = _stream_test(node, cfg, this, args, names, stream) if stream else []
+        self.test_uses |= set(layer.call_uses) | (code.uses - set(layer.uses))
+        stream_lines = []
+        if stream:
+            lines = registry.emitted(_stream_test, node, base, cfg, this, args, out_names, stream)
+            stream_lines = lines.code.split("\n")
+            self.test_uses |= lines.uses | {"candle_core::Tensor"}
         self.layer_tests.append(LayerTest(node.name, node.target, layer.torch_type, inputs,
-                                          Stmt(_pattern(names, {p for p, _ in leaves(names)}),
-                                               expr), checks, stream_lines, prelude))
+                                          Stmt(_pattern(out_names, {p for p, _ in leaves(out_names)}),
+                                               code.code), checks, stream_lines, prelude))
 
     def lower_packing(self, node: Node) -> None:
         """pack_padded_sequence: no computation, the padded batch and the lengths travel on;
@@ -392,14 +427,14 @@ class _Lowering:
             if not isinstance(x, T) or not isinstance(lengths, T):
                 raise Unsupported("pack_padded_sequence needs the padded batch and the lengths "
                                   "as tensors (pass lengths to forward() as a tensor)")
-            var = f"{node.name}_lengths"
-            self.stmts.append(Stmt(var, f"sequence_lengths({lengths.borrow})?"))
-            self.uses.add("pycandle_runtime::sequence_lengths")
+            var = self.local(f"{node.name}_lengths")
+            self.emit(var, Rust(f"sequence_lengths({lengths.borrow})?",
+                                frozenset({"pycandle_runtime::sequence_lengths"})))
             self.vars[(node.name, ())] = Packed(x, var, lengths, bool(a["batch_first"]))
             return
         a = registry.bind("sequence, batch_first=False, padding_value=0.0, total_length=None",
                           self.operand(node.args),
-                              {k: self.operand(v) for k, v in node.kwargs.items()})
+                          {k: self.operand(v) for k, v in node.kwargs.items()})
         ref = node.args[0]
         source = self.packed_outputs.get((ref.node, ref.path)) if isinstance(ref, Ref) else None
         if source is None:
@@ -423,8 +458,9 @@ class _Lowering:
         if expr == out.name:
             self.vars[(node.name, (0,))] = out
         else:
-            self.stmts.append(Stmt(node.name, expr, shape_comment(meta, self.shape_names)))
-            self.vars[(node.name, (0,))] = T(node.name, meta)
+            local = self.local(node.name)
+            self.emit(local, Rust(expr), shape_comment(meta, self.shape_names))
+            self.vars[(node.name, (0,))] = T(local, meta)
         self.vars[(node.name, (1,))] = packed.lengths_t
 
     def lower_function(self, node: Node) -> None:
@@ -438,7 +474,7 @@ class _Lowering:
         args = self.operand(node.args)
         kwargs = {k: self.operand(v) for k, v in node.kwargs.items()}
         bound = registry.bind(op.spellings[node.target], args, kwargs)
-        expr = op.emit(node.target, bound, node.out)  # its own problems are the clearest
+        code = op.lower(node.target, bound, node.out)  # its own problems are the clearest
         if isinstance(node.out, TensorMeta) and op.name not in registry.DTYPE_AWARE_OPS:
             dtypes = {t.meta.dtype for _, t in leaves((args, tuple(kwargs.values())))
                       if isinstance(t, T)}
@@ -447,36 +483,36 @@ class _Lowering:
                     f"{node.target} gives {node.out.dtype} from {', '.join(sorted(dtypes))} "
                     "(PyTorch's type promotion, which the port does not model here)",
                     hint="cast the operand first, e.g. x.float()")
-        self.uses.update(op.uses)
         if isinstance(node.out, (tuple, list)) and node.out \
                 and all(isinstance(m, TensorMeta) for m in node.out):
-            # ops such as chunk/split/unbind: `expr` is a Vec<Tensor>, elements are indexed
-            self.stmts.append(Stmt(node.name, expr))
+            # ops such as chunk/split/unbind: the code is a Vec<Tensor>, elements are indexed
+            local = self.local(node.name)
+            self.emit(local, code)
             for i, m in enumerate(node.out):
-                self.vars[(node.name, (i,))] = T(f"{node.name}[{i}]", m)
+                self.vars[(node.name, (i,))] = T(f"{local}[{i}]", m, movable=False)
             return
         if not isinstance(node.out, TensorMeta):
             raise Unsupported(f"{node.target} returning {type(node.out).__name__}")
-        if expr.isidentifier():  # the op returns an existing value unchanged
-            self.vars[(node.name, ())] = next(
-                t for _, t in leaves((args, tuple(kwargs.values())))
-                if isinstance(t, T) and t.name == expr)
+        if code.alias is not None:  # the op returns an existing value unchanged
+            self.vars[(node.name, ())] = code.alias
             return
-        self.stmts.append(Stmt(node.name, expr, shape_comment(node.out, self.shape_names)))
-        self.vars[(node.name, ())] = T(node.name, node.out)
+        local = self.local(node.name)
+        self.emit(local, code, shape_comment(node.out, self.shape_names))
+        self.vars[(node.name, ())] = T(local, node.out)
 
 
-def _stream_test(node: Node, cfg: dict[str, Any], this: str, args: Any, names: Any,
-                 stream: registry.Stream) -> list[str]:
+def _stream_test(node: Node, base: str, cfg: dict[str, Any], this: str, args: Any,
+                 out_names: Any, stream: registry.Stream) -> str:
     """Rust lines running the layer on its golden input in two chunks, the second resuming
     from the first's final state; the joined output and the final state must match the
     whole-sequence goldens."""
     x = next(t for _, t in leaves(args) if isinstance(t, T))
     td = stream.time_dim(cfg, x.rank)
-    first, second = _out_names_suffixed(names, "a"), _out_names_suffixed(names, "b")
-    every = {p for p, _ in leaves(names)}
+    first, second = _out_names_suffixed(out_names, "a"), _out_names_suffixed(out_names, "b")
+    every = {p for p, _ in leaves(out_names)}
     out_a, out_b = _at(first, (0,)), _at(second, (0,))
     resume = stream.some([_at(first, p) for p in stream.state_paths])
+    kind, module = rust_str(EntryKind.STREAM), rust_str(node.target)
     lines = [
         f"let steps = {x.name}.dim({td})?;",
         "if steps >= 2 {",
@@ -487,22 +523,22 @@ def _stream_test(node: Node, cfg: dict[str, Any], this: str, args: Any, names: A
         f"let {_pattern(second, every)} = "
         f"{stream.call(cfg, this, T('tail', x.meta), resume)};",
         f"let joined = Tensor::cat(&[&{out_a}, &{out_b}], {td})?;",
-        f'report.check("stream", "{node.target}", "output", &joined, '
-        f'&g("{golden_node_key(0, node.name, "out", "0").split(".", 1)[1]}")?)?;',
+        f'report.check({kind}, {module}, "output", &joined, '
+        f'&g({rust_str(golden_node_key(0, node.name, "out", "0").split(".", 1)[1])})?)?;',
     ]
     for p in stream.state_paths:
         key = golden_node_key(0, node.name, "out", path_key(p)).split(".", 1)[1]
-        label = _at(names, p)[len(node.name) + 1:]
-        lines.append(f'report.check("stream", "{node.target}", "{label}", &{_at(second, p)}, '
-                     f'&g("{key}")?)?;')
+        label = _at(out_names, p)[len(base) + 1:]
+        lines.append(f"report.check({kind}, {module}, {rust_str(label)}, "
+                     f"&{_at(second, p)}, &g({rust_str(key)})?)?;")
     lines.append("}")
-    return lines
+    return "\n".join(lines)
 
 
-def _out_names_suffixed(names: Any, suffix: str) -> Any:
-    if isinstance(names, str):
-        return f"{names}_{suffix}"
-    return tuple(_out_names_suffixed(n, suffix) for n in names)
+def _out_names_suffixed(out_names: Any, suffix: str) -> Any:
+    if isinstance(out_names, str):
+        return f"{out_names}_{suffix}"
+    return tuple(_out_names_suffixed(n, suffix) for n in out_names)
 
 
 def _at(value: Any, path: tuple[int, ...]) -> Any:
@@ -513,6 +549,20 @@ def _at(value: Any, path: tuple[int, ...]) -> Any:
     return value
 
 
+def _model_dtype(manifest: Manifest) -> str:
+    """The Candle dtype the parity test loads the weights as: the parameters' (the first
+    input's for a model without any)."""
+    first_param = next((p["dtype"] for info in manifest.modules.values()
+                        for p in info.parameters.values()), None)
+    name = first_param or manifest.node(manifest.inputs[0]).out.dtype
+    variant = DType(name).candle
+    if variant is None:
+        raise UnsupportedError(manifest.name, [Problem(
+            f"the model's dtype {name} has no Candle equivalent",
+            hint="convert the model with `dtype:` in models.yaml")])
+    return variant
+
+
 def lower(manifest: Manifest) -> ModelIR:
     """Lower a manifest to Rust-ready decisions, or raise UnsupportedError listing every problem."""
     lo = _Lowering(manifest)
@@ -520,8 +570,26 @@ def lower(manifest: Manifest) -> ModelIR:
         if not isinstance(v, Ref):
             lo.problems.append(Problem(f"forward() returns {v!r}; only tensors and (nested) tuples "
                                        "or lists of tensors are supported"))
+    struct = ""
+    tree = None
     if not lo.problems:
-        lo.run()
+        live = live_nodes(manifest)
+        lo.collect_fields(live)
+        # the model's type takes its name first: nested structs and imports stay clear of it
+        imported = _imported_names(lo.field_uses | _layer_uses(manifest, live)) | {
+            "ParityCase", "DType", "Result", "Tensor", "VarBuilder", "D", "Module", "ModuleT",
+            "IndexOp", "Device"}
+        struct = names.model_struct(manifest.name, imported)
+        tree = build_tree(lo.fields, {q: info.type for q, info in manifest.modules.items()},
+                          struct, {f"{struct}State", f"{struct}Output", *names.PRELUDE_TYPES,
+                                   *imported})
+        lo.access = tree.access
+        used = _uses_of(live, manifest.output)
+        for node in live:
+            try:
+                lo.lower_node(node, used)
+            except Unsupported as e:
+                lo.problem(node, e.what, e.hint)
     if lo.problems:
         raise UnsupportedError(manifest.name, lo.problems)
 
@@ -530,7 +598,7 @@ def lower(manifest: Manifest) -> ModelIR:
     for _, ref in out_leaves:
         t = lo.vars[(ref.node, ref.path)]
         # clone what cannot be moved out: a `&Tensor` argument, a Vec element, a repeated value
-        rets.append(f"{t.name}.clone()" if t.is_ref or "[" in t.name or sum(
+        rets.append(f"{t.name}.clone()" if t.is_ref or not t.movable or sum(
             1 for _, r in out_leaves if lo.vars[(r.node, r.path)].name == t.name) > 1 else t.name)
     output_alias = None
     if isinstance(manifest.output, Ref):
@@ -539,7 +607,7 @@ def lower(manifest: Manifest) -> ModelIR:
         return_type = _type_of(manifest.output)
         return_expr = _tuple_expr(manifest.output, iter(rets))
         if len(out_leaves) >= 3:  # name a long tuple rather than spell it out
-            output_alias = (f"{camel(manifest.name)}Output", return_type)
+            output_alias = (f"{struct}Output", return_type)
             return_type = output_alias[0]
 
     model_checks = []
@@ -549,76 +617,46 @@ def lower(manifest: Manifest) -> ModelIR:
                                   golden_output_key(0, path).split(".", 1)[1]))
     check_vars = iter(c.var for c in model_checks)
     out_pattern = _tuple_expr(manifest.output, check_vars)
-    struct = camel(manifest.name)
-    tree = build_tree(lo.fields, {q: info.type for q, info in manifest.modules.items()}, struct,
-                      { f"{struct}State", f"{struct}Output", *_PRELUDE_TYPES,
-                       *_imported_names(lo.uses | lo.test_uses)})
-
-    def fill(code: str) -> str:
-        return _FIELD_RE.sub(lambda m: tree.access[m.group(1)], code)
-
-    device = f"{manifest.inputs[0]}.device()"  # creation ops make tensors where inputs live
-    lo.stmts = [Stmt(st.pattern, fill(st.expr.replace("$device", device)), st.comment)
-                for st in lo.stmts]
-    lo.layer_tests = [dataclasses.replace(
-        t, stmt=Stmt(t.stmt.pattern, fill(t.stmt.expr), t.stmt.comment),
-        stream_lines=[fill(line) for line in t.stream_lines]) for t in lo.layer_tests]
-    all_code = " ".join(s.expr for s in lo.stmts) + " ".join(
-        f.init for f in lo.fields.values())
-    lo.uses |= _names_used(all_code)
-    test_code = " ".join(t.stmt.expr for t in lo.layer_tests)
-    test_uses = set(lo.test_uses) | _names_used(test_code) | {
-        "candle_core::{DType, Result}"}
-    if any(t.stream_lines for t in lo.layer_tests):
-        test_uses.add("candle_core::Tensor")
-    first_param = next((p["dtype"] for info in manifest.modules.values()
-                        for p in info.parameters.values()), None)
-    dtype = first_param or manifest.node(manifest.inputs[0]).out.dtype
-    args = [Arg(a, shape_comment(manifest.node(a).out, lo.shape_names) or "") for a in manifest.inputs]
-    ir = ModelIR(
+    stmts = lo.stmts
+    if lo.needs_device:  # creation ops make tensors where the inputs live
+        stmts = [Stmt("device", f"{lo.vars[(manifest.inputs[0], ())].name}.device()"), *stmts]
+    lo.uses |= lo.field_uses
+    test_uses = set(lo.test_uses) | {"candle_core::{DType, Result}"}
+    args = [Arg(lo.vars[(a, ())].name, shape_comment(manifest.node(a).out, lo.shape_names) or "")
+            for a in manifest.inputs]
+    return ModelIR(
         name=manifest.name, struct=struct, factory=manifest.factory,
         doc_lines=[], uses=merge_uses(lo.uses), fields=tree.fields, structs=tree.structs,
         args=args,
-        stmts=lo.stmts, return_type=return_type, return_expr=return_expr,
+        stmts=stmts, return_type=return_type, return_expr=return_expr,
         layer_tests=lo.layer_tests, model_checks=model_checks,
         input_keys=[(a, golden_input_key(0, a).split(".", 1)[1]) for a in manifest.inputs],
         out_pattern=out_pattern, state_fields=lo.state_fields, output_alias=output_alias,
         num_cases=manifest.num_cases, atol=manifest.atol, rtol=manifest.rtol,
-        dtype=RUST_DTYPES.get(dtype, "F32"), test_uses=merge_uses(test_uses),
+        dtype=_model_dtype(manifest), test_uses=merge_uses(test_uses),
         warnings=[line for w in manifest.warnings
                   for line in textwrap.wrap(f"Trace note: {w}", 95, subsequent_indent="  ")],
     )
-    return ir
 
 
-# type names a nested struct must not take: the prelude's and the generated files' own
-_PRELUDE_TYPES = frozenset({"Box", "Option", "Result", "Some", "String", "Vec", "Self"})
+def _layer_uses(manifest: Manifest, live: list[Node]) -> set[str]:
+    """The `use` paths of every registered layer the forward pass calls."""
+    out: set[str] = set()
+    for node in live:
+        if node.op == NodeOp.CALL_MODULE and node.target in manifest.modules:
+            layer = registry.layer_for(manifest.modules[node.target].type)
+            if layer is not None:
+                out |= set(layer.uses + layer.call_uses)
+    return out
 
 
 def _imported_names(uses: set[str]) -> set[str]:
-    names = set()
+    imported = set()
     for path in uses:
         m = _USE_RE.match(path)
         items = m.group(3).split(",") if m and m.group(3) is not None else [path.rsplit(":", 1)[-1]]
-        names.update(i.strip() for i in items if i.strip() and i.strip() != "self")
-    return names
-
-
-# the runtime's functions and types generated code calls unqualified
-_RUNTIME_NAMES = ("masked_select", "take", "take_every", "pad_circular", "pad_constant",
-                  "pad_reflect", "max_pool_dim", "avg_pool_dim", "PoolDim", "Divisor")
-
-
-def _names_used(code: str) -> set[str]:
-    """`use` lines for the Candle names and runtime functions the code mentions unqualified."""
-    uses = set()
-    for name in ("D", "DType", "Device", "IndexOp"):
-        if re.search(rf"(?<![\w:]){name}::", code):
-            uses.add(f"candle_core::{name}")
-    for name in _RUNTIME_NAMES:
-        if re.search(rf"(?<![\w:.]){name}(\(| {{|::)", code):
-            uses.add(f"pycandle_runtime::{name}")
-    return uses
+        imported.update(i.strip() for i in items if i.strip() and i.strip() != "self")
+    return imported
 
 
 def _type_of(structure: Any) -> str:

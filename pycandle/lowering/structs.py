@@ -10,20 +10,21 @@ of its module, so weights still load by state-dict name.
 
 from __future__ import annotations
 
-import re
 import textwrap
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
-from pycandle.config import rust_ident
+from pycandle.names import camel, rust_ident
+from pycandle.rust import rust_str
 
 
 @dataclass(frozen=True)
 class LeafField:
-    """A sublayer the forward pass calls: Rust type and constructor (`$vb` = its VarBuilder)."""
+    """A sublayer the forward pass calls: Rust type, and its constructor as a function of the
+    Rust expression of its own VarBuilder."""
 
     rust_type: str
-    init: str
+    init: Callable[[str], str]
     torch_type: str
 
 
@@ -45,8 +46,8 @@ class StructDef:
 
 @dataclass(frozen=True)
 class _Member:
-    rust_type: str
-    init: str  # `$vb` stands for the member's own VarBuilder
+    rust_type: Callable[[], str]  # called once every struct is named
+    init: Callable[[str], str]  # the member's own VarBuilder expression -> its constructor
     signature: Any  # equal signatures build identical values
     doc: str
 
@@ -66,16 +67,25 @@ def _last(qual: str) -> str:
     return qual.rsplit(".", 1)[-1]
 
 
-def _camel(text: str) -> str:
-    return "".join(p[:1].upper() + p[1:] for p in re.split(r"[^0-9a-zA-Z]+", text) if p)
+_camel = camel
 
 
-def _element_init(init: str, rust_type: str) -> str:
-    """A closure body building element `i` of a Vec from the member's constructor."""
-    init = init.replace("$vb", "$vb.pp(i)")
-    if init.endswith("?") and not init.startswith("{"):
-        return init[:-1]  # the constructor already returns a Result
-    return f"-> Result<{rust_type}> {{ Ok({init}) }}"
+def _vec_init(elem: _Member, count: int) -> Callable[[str], str]:
+    """A Vec of `count` identical members, element `i` loading from `vb.pp(i)`."""
+
+    def init(vb: str) -> str:
+        one = elem.init(f"{vb}.pp(i)")
+        if one.endswith("?") and not one.startswith("{"):
+            body = one[:-1]  # the constructor already returns a Result
+        else:
+            body = f"-> Result<{elem.rust_type()}> {{ Ok({one}) }}"
+        return f"(0..{count}).map(|i| {body}).collect::<Result<Vec<_>>>()?"
+
+    return init
+
+
+def _pp(vb: str, name: str) -> str:
+    return f"{vb}.pp({rust_str(name)})"
 
 
 class _Builder:
@@ -92,7 +102,7 @@ class _Builder:
                     break
                 kids.append(qual)
                 qual = parent
-        self.structs: dict[Any, StructDef] = {}  # by signature, named once all are known
+        self.structs: dict[Any, _Struct] = {}  # by signature, named once all are known
         self.members: dict[str, _Member] = {}
         self.vec_elements: set[str] = set()  # qualified names of the blocks held in a Vec
         self.access: dict[str, str] = {}
@@ -106,7 +116,8 @@ class _Builder:
         torch_type = self.types.get(qual, "module")
         if qual in self.leaves:
             leaf = self.leaves[qual]
-            return _Member(leaf.rust_type, leaf.init, ("leaf", leaf.rust_type, leaf.init),
+            return _Member(lambda: leaf.rust_type, leaf.init,
+                           ("leaf", leaf.rust_type, leaf.init("vb")),
                            f"`{_last(qual)}` ({leaf.torch_type})")
         kids = self.children[qual]
         members = [self.member(k) for k in kids]
@@ -116,27 +127,24 @@ class _Builder:
             kids.sort(key=lambda k: int(_last(k)))
             self.vec_elements.update(kids)
             elem = members[0]
-            init = (f"(0..{len(kids)}).map(|i| {_element_init(elem.init, elem.rust_type)})"
-                    ".collect::<Result<Vec<_>>>()?")
-            return _Member(f"Vec<{elem.rust_type}>", init, ("vec", len(kids), elem.signature),
+            return _Member(lambda: f"Vec<{elem.rust_type()}>", _vec_init(elem, len(kids)),
+                           ("vec", len(kids), elem.signature),
                            f"`{_last(qual)}` ({torch_type} of {len(kids)})")
-        fields = [FieldDecl(rust_ident(n), m.rust_type, m.init.replace("$vb", f'vb.pp("{n}")'),
-                            m.doc) for n, m in zip(names, members)]
-        signature = ("struct", torch_type, tuple((f.name, m.signature)
-                                                 for f, m in zip(fields, members)))
-        struct = self.structs.setdefault(
-            signature, StructDef(f"{_OPEN}{len(self.structs)}{_CLOSE}", f"({torch_type})", fields))
+        signature = ("struct", torch_type, tuple((rust_ident(n), m.signature)
+                                                 for n, m in zip(names, members)))
+        struct = self.structs.get(signature)
+        if struct is None:  # named once all are known (name_structs)
+            struct = self.structs[signature] = _Struct(f"({torch_type})", names, members)
         struct.modules.append(qual)
-        return _Member(struct.name, f"{struct.name}::load($vb)?", signature,
+        return _Member(lambda: struct.name, lambda vb: f"{struct.name}::load({vb})?", signature,
                        f"`{_last(qual)}` ({torch_type})")
 
     def name_structs(self, model: str, reserved: set[str]) -> dict[str, str]:
-        """Final names for the nested structs (placeholder -> name), in order of first use."""
+        """Name every struct, in order of first use: the root is the model's."""
         taken = set(reserved)
-        names = {}
         for struct in self.structs.values():
             if not struct.modules[0]:
-                names[struct.name] = model
+                struct.name = model
                 continue
             qual = struct.modules[0]
             torch_type = self.types.get(qual, "")
@@ -156,8 +164,7 @@ class _Builder:
             while name in taken:  # another struct's: `ResBlock` -> `ResBlock2`
                 name, n = f"{base}{n}", n + 1
             taken.add(name)
-            names[struct.name] = name
-        return names
+            struct.name = name
 
     def paths(self, qual: str, prefix: str) -> None:
         """Fill `access` for `qual`'s subtree; `prefix` is the Rust path to `qual`."""
@@ -168,8 +175,20 @@ class _Builder:
             self.paths(kid, prefix + step)
 
 
-_OPEN, _CLOSE = "\u27ea", "\u27eb"  # around a struct's number until it is named
-_PLACEHOLDER = re.compile(f"{_OPEN}\\d+{_CLOSE}")
+@dataclass
+class _Struct:
+    """A struct under construction: its members are known, its name comes last."""
+
+    doc: str
+    child_names: list[str]
+    members: list[_Member]
+    name: str = ""
+    modules: list[str] = field(default_factory=list)  # qualified names of its instances
+
+    def finish(self) -> StructDef:
+        fields = [FieldDecl(rust_ident(n), m.rust_type(), m.init(_pp("vb", n)), m.doc)
+                  for n, m in zip(self.child_names, self.members)]
+        return StructDef(self.name, self.doc, fields, self.modules)
 
 
 def _singular(word: str) -> str:
@@ -189,21 +208,14 @@ def build_tree(leaves: dict[str, LeafField], module_types: dict[str, str], model
         return Tree([], [], {})
     b = _Builder(leaves, module_types)
     b.member("")
-    names = b.name_structs(model, reserved | {model})
-
-    def named(text: str) -> str:
-        return _PLACEHOLDER.sub(lambda m: names[m.group(0)], text)
-
+    b.name_structs(model, reserved | {model})
     for kid in b.children[""]:
         b.paths(kid, rust_ident(_last(kid)))
     order = {qual: i for i, qual in enumerate(b.access)}  # top-down, in order of use
     structs = []
     for struct in sorted(b.structs.values(), key=lambda s: order.get(s.modules[0], -1)):
-        struct.name = names[struct.name]
-        struct.fields = [FieldDecl(f.name, named(f.rust_type), named(f.init), named(f.doc))
-                         for f in struct.fields]
         struct.doc = "\n".join(textwrap.wrap(
             ", ".join(f"`{q}`" for q in struct.modules) + f" {struct.doc}", 95))
-        structs.append(struct)
+        structs.append(struct.finish())
     top = structs.pop(0)  # the model's own
     return Tree(top.fields, structs, b.access)
