@@ -7,6 +7,8 @@ import json
 import pytest
 
 from handmade import speaker_encoder
+from pycandle.codegen import render_model
+from pycandle.lowering import lower
 from pycandle.manifest import (
     DType, Manifest, ManifestError, Param, Ref, TensorMeta, decode, encode,
 )
@@ -63,3 +65,52 @@ def test_names_that_could_break_out_of_rust_are_refused(tmp_path, field, value):
     path.write_text(json.dumps(d))
     with pytest.raises(ManifestError, match="not a dotted path|not an identifier"):
         Manifest.load(path)
+
+
+HOSTILE = ['"); std::process::exit(1); ("', "x\n#[test] fn t() {}", "a}; fn f() {", "é\u2028//",
+           "\\\"", "a\x00b", "${vb}", "*/ fn g() {} /*", "ok\rnext"]
+
+
+def _string_fields(d: dict) -> list[tuple[str, object]]:
+    """Every place a string sits in a manifest document: (where, setter)."""
+    places = []
+    places.append(("model.name", lambda v: d["model"].__setitem__("name", v)))
+    places.append(("model.factory", lambda v: d["model"].__setitem__("factory", v)))
+    places.append(("inputs", lambda v: d.__setitem__("inputs", [v])))
+    places.append(("warnings", lambda v: d.__setitem__("warnings", [v])))
+    lstm = d["modules"]["lstm"]
+    places.append(("module type", lambda v: lstm.__setitem__("type", v)))
+    places.append(("module config string", lambda v: lstm["config"].__setitem__(
+        "mode", {"str": v})))
+    places.append(("parameter name", lambda v: lstm["parameters"].__setitem__(v, {})))
+    node = d["graph"]["nodes"][1]
+    places.append(("node source", lambda v: node.__setitem__("source", v)))
+    places.append(("node target", lambda v: node.__setitem__("target", v)))
+    norm = next(n for n in d["graph"]["nodes"] if n["name"] == "norm")
+    places.append(("node string argument", lambda v: norm["kwargs"].__setitem__(
+        "ord", {"str": v})))
+    places.append(("keyword name", lambda v: norm["kwargs"].__setitem__(v, {"int": 1})))
+    return places
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_hostile_text_in_any_manifest_field_is_refused_with_the_field_named(text):
+    """A property over every string field of a manifest: hostile text is refused when the
+    manifest is read, with the field named, and so never reaches the generated Rust."""
+    count = len(_string_fields(json.loads(speaker_encoder().dumps())))
+    for i in range(count):
+        d = json.loads(speaker_encoder().dumps())
+        where, put = _string_fields(d)[i]
+        put(text)
+        try:
+            m = Manifest.loads(json.dumps(d), "artifacts/speaker/manifest.json")
+        except ManifestError as e:
+            assert "artifacts/speaker/manifest.json" in str(e), where
+            continue
+        # free text (a trace warning, a source location) may stay when it is one line: then it
+        # must appear in comments only
+        assert where in ("warnings", "node source"), f"hostile text accepted in {where}"
+        rust = render_model(lower(m))
+        for line in rust.splitlines():
+            if text.strip() in line:
+                assert line.lstrip().startswith("//"), (where, line)
