@@ -99,8 +99,8 @@ class DType(StrEnum):
 
     @property
     def candle(self) -> str | None:
-        """The Candle `DType` variant that holds it, or None (Candle has no i32/i16/bool; a
-        bool tensor is a u8 mask on the Rust side)."""
+        """The Candle `DType` variant that holds it (a bool tensor is a u8 mask on the Rust
+        side)."""
         return _CANDLE.get(self)
 
     @property
@@ -114,8 +114,8 @@ _SIZES = {DType.FLOAT32: 4, DType.FLOAT64: 8, DType.FLOAT16: 2, DType.BFLOAT16: 
           DType.INT64: 8, DType.INT32: 4, DType.INT16: 2, DType.UINT8: 1, DType.UINT32: 4,
           DType.BOOL: 1}
 _CANDLE = {DType.FLOAT32: "F32", DType.FLOAT64: "F64", DType.FLOAT16: "F16",
-           DType.BFLOAT16: "BF16", DType.INT64: "I64", DType.UINT8: "U8", DType.UINT32: "U32",
-           DType.BOOL: "U8"}
+           DType.BFLOAT16: "BF16", DType.INT64: "I64", DType.INT32: "I32", DType.INT16: "I16",
+           DType.UINT8: "U8", DType.UINT32: "U32", DType.BOOL: "U8"}
 _SUFFIX = {DType.FLOAT32: "f32", DType.FLOAT64: "f64", DType.INT64: "i64", DType.INT32: "i32",
            DType.UINT8: "u8", DType.UINT32: "u32"}
 

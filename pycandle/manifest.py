@@ -158,11 +158,11 @@ def decode(obj: Any) -> Any:
             raise ManifestError(f"parameter name {v!r} is not a dotted path of plain words")
         return Param(v)
     if kind == "dtype":
-        return DType(_parse(DTypeName, v, "dtype"))
+        return DType(_parse(DTypeName, v, "dtype").value)
     if kind == "sym":
         return SymInt(_parse(SymKind, v[0], "symbolic integer kind"), decode(v[1]), decode(v[2]))
     if kind == "tensor":
-        return TensorMeta(_parse(DTypeName, v["dtype"], "dtype"),
+        return TensorMeta(_parse(DTypeName, v["dtype"], "dtype").value,
                           tuple(tuple(_ints(s, "shape")) for s in v["shapes"]))
     raise ManifestError(f"unknown typed value kind '{kind}'")
 

@@ -210,7 +210,7 @@ REPORTED = {
     "tensor_exponent": "pow with a tensor exponent",
     "implicit_softmax": "softmax without dim",
     "nonzero_where": "torch.where(condition)",
-    "view_as_dtype": "Tensor.view to DType(name='int32')",
+    "view_as_dtype": "Tensor.view(torch.int32): a reinterpretation of the bits",
     "apart_indices": "an integer index apart from a tensor index",
     "two_lists": "more than one tensor or list index",
     "mask_and_int": "a boolean mask together with other indices",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pycandle.manifest import DType
 from pycandle.registry.core import (
     Dim, Layer, Op, T, Unsupported, alias, borrow_expr, chained, int_arg, is_int, is_number,
     local_name, no_field, one_tensor, register_layer, register_op, runtime, rust_dim, rust_float,
@@ -83,7 +84,9 @@ def _reshape(spelling: str, a: dict[str, Any], out: Any) -> str:
     if spelling == "torch.reshape":
         shape = (shape,)
     if len(shape) == 1 and not isinstance(shape[0], (tuple, list, int, Dim)):
-        raise Unsupported(f"{spelling} to {shape[0]!r}", hint="view(dtype) is not supported")
+        what = f"torch.{shape[0].name}" if isinstance(shape[0], DType) else repr(shape[0])
+        raise Unsupported(f"{spelling}({what}): a reinterpretation of the bits",
+                          hint="view(dtype) is not supported; cast with .to(dtype) instead")
     return reshape_to(x, _size_items(varargs_sizes(shape)))
 
 
