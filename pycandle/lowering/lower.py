@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import textwrap
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 from pycandle import names, registry
 from pycandle.enums import DType, EntryKind, NodeOp, SymKind
@@ -126,6 +126,19 @@ def live_nodes(manifest: Manifest) -> list[Node]:
     return [n for n in manifest.nodes if n.name in needed]
 
 
+def _params_in(value: Any) -> Iterator[Param]:
+    if isinstance(value, Param):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _params_in(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _params_in(v)
+    elif isinstance(value, slice):
+        yield from _params_in((value.start, value.stop, value.step))
+
+
 def _uses_of(nodes: list[Node], output: Any) -> dict[tuple[str, tuple[int, ...]], int]:
     counts: dict[tuple[str, tuple[int, ...]], int] = {}
     for node in nodes:
@@ -226,8 +239,7 @@ class _Lowering:
                 raise Unsupported(f"reference to an unavailable value {value.node}{list(value.path)}")
             return t
         if isinstance(value, Param):
-            raise Unsupported(f"direct use of parameter '{value.name}' in forward()",
-                              hint="wrap the computation in a supported layer")
+            return self.param(value, "self")
         if isinstance(value, tuple):
             return tuple(self.operand(v) for v in value)
         if isinstance(value, list):
@@ -261,9 +273,12 @@ class _Lowering:
             for case in range(self.m.num_cases))
 
     def collect_fields(self, live: list[Node]) -> None:
-        """The sublayers the forward pass calls, arranged as the model's struct tree, so that
-        every call is emitted with its final Rust path (`self.encoder.lstm`)."""
+        """The sublayers the forward pass calls and the parameters it reads directly, arranged
+        as the model's struct tree, so that every use is emitted with its final Rust path
+        (`self.encoder.lstm`, `self.scale`)."""
         for node in live:
+            for param in _params_in((node.args, node.kwargs)):
+                self.collect_param(param.name)
             if node.op != NodeOp.CALL_MODULE or node.target in self.fields:
                 continue
             info = self.m.modules.get(node.target)
@@ -278,6 +293,36 @@ class _Lowering:
                 field_, uses = built
                 self.fields[node.target] = LeafField(field_.rust_type, field_.init, info.type)
                 self.field_uses |= uses
+
+    def collect_param(self, name: str) -> None:
+        owner, _, local = name.rpartition(".")
+        info = self.m.modules.get(owner)
+        spec = None if info is None else (info.parameters.get(local) or info.buffers.get(local))
+        if spec is None or name in self.fields:
+            return  # reported where it is used
+        if registry.layer_for(info.type) is not None:
+            return  # a registered layer's own parameter: reported where it is used
+        dtype = DType(spec["dtype"])
+        kind = "parameter" if local in info.parameters else "buffer"
+        self.fields[name] = LeafField("Tensor", None, kind, tuple(spec["shape"]),
+                                      None if dtype.is_float else dtype.candle)
+
+    def param(self, p: Param, owner: str) -> T:
+        """A parameter or buffer that forward() reads directly, as the struct field holding it."""
+        owner_module, _, local = p.name.rpartition(".")
+        info = self.m.modules.get(owner_module)
+        if info is not None and registry.layer_for(info.type) is not None:
+            raise Unsupported(f"direct use of parameter '{p.name}' of a {info.type} layer "
+                              "in forward()", hint="call the layer, or keep the tensor in a "
+                              "parameter of your own module")
+        leaf = self.fields.get(p.name)
+        if leaf is None or leaf.shape is None:
+            raise Unsupported(f"direct use of '{p.name}', which is not a parameter or buffer "
+                              "of the recorded modules")
+        dtype = self.m.modules[owner_module].parameters.get(local) or \
+            self.m.modules[owner_module].buffers[local]
+        meta = TensorMeta(dtype["dtype"], (tuple(leaf.shape),) * self.m.num_cases)
+        return T(f"{owner}.{self.access[p.name]}", meta, movable=False)
 
     def this(self, qual: str, owner: str) -> str:
         """The Rust path of sublayer `qual` from `owner` (`self`, or `model` in the tests)."""
@@ -389,6 +434,8 @@ class _Lowering:
                 var = f"in{i}"
                 inputs.append((var, golden_node_key(0, node.name, "in", str(i)).split(".", 1)[1]))
                 return T(var, self.m.meta(v))
+            if isinstance(v, Param):
+                return self.param(v, "model")
             if isinstance(v, tuple):
                 return tuple(golden_operand(x) for x in v)
             if isinstance(v, list):
@@ -567,7 +614,7 @@ def lower(manifest: Manifest) -> ModelIR:
     """Lower a manifest to Rust-ready decisions, or raise UnsupportedError listing every problem."""
     lo = _Lowering(manifest)
     for _, v in leaves(manifest.output):
-        if not isinstance(v, Ref):
+        if not isinstance(v, (Ref, Param)):
             lo.problems.append(Problem(f"forward() returns {v!r}; only tensors and (nested) tuples "
                                        "or lists of tensors are supported"))
     struct = ""
@@ -575,6 +622,8 @@ def lower(manifest: Manifest) -> ModelIR:
     if not lo.problems:
         live = live_nodes(manifest)
         lo.collect_fields(live)
+        for param in _params_in(manifest.output):
+            lo.collect_param(param.name)
         # the model's type takes its name first: nested structs and imports stay clear of it
         imported = _imported_names(lo.field_uses | _layer_uses(manifest, live)) | {
             "ParityCase", "DType", "Result", "Tensor", "VarBuilder", "D", "Module", "ModuleT",
@@ -594,14 +643,16 @@ def lower(manifest: Manifest) -> ModelIR:
         raise UnsupportedError(manifest.name, lo.problems)
 
     out_leaves = list(leaves(manifest.output))
+    returned = [lo.param(v, "self") if isinstance(v, Param) else lo.vars[(v.node, v.path)]
+                for _, v in out_leaves]
     rets = []
-    for _, ref in out_leaves:
-        t = lo.vars[(ref.node, ref.path)]
-        # clone what cannot be moved out: a `&Tensor` argument, a Vec element, a repeated value
+    for t in returned:
+        # clone what cannot be moved out: a `&Tensor` argument, a field or Vec element, a
+        # value returned twice
         rets.append(f"{t.name}.clone()" if t.is_ref or not t.movable or sum(
-            1 for _, r in out_leaves if lo.vars[(r.node, r.path)].name == t.name) > 1 else t.name)
+            1 for r in returned if r.name == t.name) > 1 else t.name)
     output_alias = None
-    if isinstance(manifest.output, Ref):
+    if isinstance(manifest.output, (Ref, Param)):
         return_type, return_expr = "Tensor", rets[0]
     else:
         return_type = _type_of(manifest.output)
@@ -660,14 +711,14 @@ def _imported_names(uses: set[str]) -> set[str]:
 
 
 def _type_of(structure: Any) -> str:
-    if isinstance(structure, Ref):
+    if isinstance(structure, (Ref, Param)):
         return "Tensor"
     inner = [_type_of(v) for v in structure]
     return "(" + ", ".join(inner) + ("," if len(inner) == 1 else "") + ")"
 
 
 def _tuple_expr(structure: Any, rets: Any) -> str:
-    if isinstance(structure, Ref):
+    if isinstance(structure, (Ref, Param)):
         return next(rets)
     inner = [_tuple_expr(v, rets) for v in structure]
     return "(" + ", ".join(inner) + ("," if len(inner) == 1 else "") + ")"

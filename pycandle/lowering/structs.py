@@ -21,11 +21,23 @@ from pycandle.rust import rust_str
 @dataclass(frozen=True)
 class LeafField:
     """A sublayer the forward pass calls: Rust type, and its constructor as a function of the
-    Rust expression of its own VarBuilder."""
+    Rust expression of its own VarBuilder. A parameter or buffer that forward() uses directly
+    is a `Tensor` leaf with a `shape` (and its dtype when it is not the model's float type),
+    read with `vb.get` from its module's VarBuilder."""
 
     rust_type: str
-    init: Callable[[str], str]
+    init: Callable[[str], str] | None
     torch_type: str
+    shape: tuple[int, ...] | None = None
+    dtype: str | None = None  # a Candle DType variant for a non-float tensor
+
+
+def _get_tensor(leaf: LeafField, vb: str, name: str) -> str:
+    shape = "(" + ", ".join(map(str, leaf.shape)) + ("," if len(leaf.shape) == 1 else "") + ")"
+    if leaf.dtype is None:
+        return f"{vb}.get({shape}, {rust_str(name)})?"
+    return (f"{vb}.get_with_hints_dtype({shape}, {rust_str(name)}, Default::default(), "
+            f"candle_core::DType::{leaf.dtype})?")
 
 
 @dataclass(frozen=True)
@@ -47,7 +59,8 @@ class StructDef:
 @dataclass(frozen=True)
 class _Member:
     rust_type: Callable[[], str]  # called once every struct is named
-    init: Callable[[str], str]  # the member's own VarBuilder expression -> its constructor
+    # (the parent's VarBuilder expression, the member's name there) -> its constructor
+    init: Callable[[str, str], str]
     signature: Any  # equal signatures build identical values
     doc: str
 
@@ -73,8 +86,8 @@ _camel = camel
 def _vec_init(elem: _Member, count: int) -> Callable[[str], str]:
     """A Vec of `count` identical members, element `i` loading from `vb.pp(i)`."""
 
-    def init(vb: str) -> str:
-        one = elem.init(f"{vb}.pp(i)")
+    def init(vb: str, name: str) -> str:
+        one = elem.init(f"{_pp(vb, name) if name else vb}.pp(i)", "")
         if one.endswith("?") and not one.startswith("{"):
             body = one[:-1]  # the constructor already returns a Result
         else:
@@ -116,14 +129,19 @@ class _Builder:
         torch_type = self.types.get(qual, "module")
         if qual in self.leaves:
             leaf = self.leaves[qual]
-            return _Member(lambda: leaf.rust_type, leaf.init,
+            if leaf.shape is not None:  # a parameter or buffer: read from the parent's prefix
+                return _Member(lambda: "Tensor", lambda vb, name: _get_tensor(leaf, vb, name),
+                               ("tensor", leaf.shape, leaf.dtype, _last(qual)),
+                               f"`{_last(qual)}` ({leaf.torch_type})")
+            return _Member(lambda: leaf.rust_type,
+                           lambda vb, name: leaf.init(_pp(vb, name) if name else vb),
                            ("leaf", leaf.rust_type, leaf.init("vb")),
                            f"`{_last(qual)}` ({leaf.torch_type})")
         kids = self.children[qual]
         members = [self.member(k) for k in kids]
         names = [_last(k) for k in kids]
         if qual and len(kids) >= 2 and sorted(names) == sorted(map(str, range(len(kids)))) \
-                and len({m.signature for m in members}) == 1:
+                and len({m.signature for m in members}) == 1 and members[0].signature[0] != "tensor":
             kids.sort(key=lambda k: int(_last(k)))
             self.vec_elements.update(kids)
             elem = members[0]
@@ -136,8 +154,9 @@ class _Builder:
         if struct is None:  # named once all are known (name_structs)
             struct = self.structs[signature] = _Struct(f"({torch_type})", names, members)
         struct.modules.append(qual)
-        return _Member(lambda: struct.name, lambda vb: f"{struct.name}::load({vb})?", signature,
-                       f"`{_last(qual)}` ({torch_type})")
+        return _Member(lambda: struct.name,
+                       lambda vb, name: f"{struct.name}::load({_pp(vb, name) if name else vb})?",
+                       signature, f"`{_last(qual)}` ({torch_type})")
 
     def name_structs(self, model: str, reserved: set[str]) -> dict[str, str]:
         """Name every struct, in order of first use: the root is the model's."""
@@ -186,7 +205,7 @@ class _Struct:
     modules: list[str] = field(default_factory=list)  # qualified names of its instances
 
     def finish(self) -> StructDef:
-        fields = [FieldDecl(rust_ident(n), m.rust_type(), m.init(_pp("vb", n)), m.doc)
+        fields = [FieldDecl(rust_ident(n), m.rust_type(), m.init("vb", n), m.doc)
                   for n, m in zip(self.child_names, self.members)]
         return StructDef(self.name, self.doc, fields, self.modules)
 

@@ -81,7 +81,7 @@ register_op(Op("div", _binary_spellings("div", ("div", "divide", "true_divide"))
 
 _COMPARISONS = {"gt": ("gt", "__gt__", "greater"), "lt": ("lt", "__lt__", "less"),
                 "ge": ("ge", "__ge__", "greater_equal"), "le": ("le", "__le__", "less_equal"),
-                "eq": ("eq", "__eq__", "equal_"), "ne": ("ne", "__ne__", "not_equal")}
+                "eq": ("eq", "__eq__", None), "ne": ("ne", "__ne__", "not_equal")}
 _MIRRORED = {"gt": "lt", "lt": "gt", "ge": "le", "le": "ge", "eq": "eq", "ne": "ne"}
 
 
@@ -110,7 +110,7 @@ def _compare(kind: str) -> Callable[[str, dict[str, Any], Any], str]:
 for _kind, (_method, _dunder, _alias) in _COMPARISONS.items():
     _names = {f"torch.{_kind}": "input, other", f"Tensor.{_kind}": "input, other",
               f"Tensor.{_dunder}": "input, other"}
-    if not _alias.endswith("_"):
+    if _alias is not None:  # (torch.equal is another op: one bool for the whole tensors)
         _names.update({f"torch.{_alias}": "input, other", f"Tensor.{_alias}": "input, other"})
     register_op(Op(_kind, _names, _compare(_kind), doc="with a tensor (broadcast) or a number"))
 
