@@ -118,7 +118,9 @@ OPS = """\
                     torch.full_like(x, 3.0), x.new_zeros(2, 3), x.new_ones((x.shape[0], 2)),
                     x.new_full((2,), 7.0), z64, x.to(torch.float64), x.to(dtype=torch.float16),
                     x.half(), (x > 0.5).long(), x.float() + 1, x.type_as(z64),
-                    x.to(x) * 2, x.to("cpu") * 3, (10 * x).int(), z64.float())
+                    x.to(x) * 2, x.to("cpu") * 3, (10 * x).int(), z64.float(),
+                    x.data * 2, x.cpu() + 1, (x > 0).byte().float(), x.bool().long(),
+                    (10 * x).short().float(), (x > 0).bool().float())
     """
 
 MODELS = {"layout": "Layout", "reductions": "Reductions", "activations": "Activations",

@@ -147,9 +147,12 @@ register_op(Op("new_full", {"Tensor.new_full": f"input, size, fill_value, *, {_N
 
 
 def _cast(x: T, dtype: str) -> Rust | str:
-    """`x.to_dtype(...)`, or `x` itself (an alias) when it already has that dtype."""
+    """`x.to_dtype(...)`, or `x` itself (an alias) when it already has that dtype. A cast to
+    bool is a test against zero (Candle's masks are u8 0/1, as its comparisons give)."""
     if dtype == x.meta.dtype:
         return alias(x)
+    if dtype == "bool":
+        return f"{x.name}.ne(0.0)?"
     return f"{x.name}.to_dtype({rust_dtype(dtype)})?"
 
 
@@ -171,7 +174,8 @@ def _to(spelling: str, a: dict[str, Any], out: Any) -> str:
 
 
 _SHORTHANDS = {"float": "float32", "double": "float64", "half": "float16",
-               "bfloat16": "bfloat16", "long": "int64", "int": "int32"}
+               "bfloat16": "bfloat16", "long": "int64", "int": "int32", "short": "int16",
+               "byte": "uint8", "bool": "bool"}
 
 
 def _shorthand(spelling: str, a: dict[str, Any], out: Any) -> str:
@@ -192,6 +196,6 @@ register_op(Op("to", {"Tensor.to": "input, *args, dtype=None, non_blocking=False
                                    "memory_format=None, device=None"}, _to,
                doc="a dtype, another tensor's dtype; devices are ignored"))
 register_op(Op("cast", {f"Tensor.{n}": "input, memory_format=None" for n in _SHORTHANDS},
-               _shorthand, doc="float, double, half, bfloat16, long, int"))
+               _shorthand, doc="float, double, half, bfloat16, long, int, short, byte, bool"))
 register_op(Op("type_as", {"Tensor.type_as": "input, other"}, _type_as))
 register_op(Op("type_cast", {"Tensor.type": "input, dtype=None, non_blocking=False"}, _type))

@@ -41,6 +41,9 @@ register_op(Op("dropout", {"torch.nn.functional.dropout": _DROPOUT,
                            "torch.dropout": "input, p, train"}, _dropout,
                doc="identity when not training"))
 register_op(Op("detach", {"Tensor.detach": "input", "torch.detach": "input",
+                          "Tensor.data": "input",
                           "Tensor.clone": "input, *, memory_format=None",
                           "torch.clone": "input, *, memory_format=None"}, _identity,
                doc="identity (Candle tensors are immutable)"))
+register_op(Op("cpu", {"Tensor.cpu": "input, memory_format=None"}, _identity,
+               doc="identity (generated code runs on its inputs' device)"))
