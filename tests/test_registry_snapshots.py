@@ -21,7 +21,7 @@ method on an operand (`x.relu()` is `Tensor.relu`), an operator (`x + y` is `Ten
 `Tensor.__getitem__`), or a layer built and called: `nn.LSTM(4, 8, batch_first=True)(x)`.
 Arguments are Python literals (numbers, strings, None, tuples, lists, slices, `...`, dtypes
 such as `torch.float64`), operands, sizes taken from shapes (`x.shape[1]`, `x.size(0)`, and
-`+ - * //` of them: the manifest's SymInt), and `pack(x, lens, batch_first=True)` for a
+`+ - * //` of them: the manifest's SymInt; `x.shape` and `x.size()` are tuples of them), and `pack(x, lens, batch_first=True)` for a
 `pack_padded_sequence` node feeding a recurrent layer.
 
 Operands are tensors with fixed metadata (`OPERANDS`); two trace cases give the dimensions `B`
@@ -464,13 +464,18 @@ class _CaseBuilder:
         dotted = _dotted(node)
         if dotted and dotted.startswith("torch.") and dotted[6:] in _TORCH_DTYPES:
             return DType(_TORCH_DTYPES[dotted[6:]])
+        if isinstance(node, ast.Attribute) and node.attr == "shape" \
+                and self.is_operand(node.value):  # the whole shape: a tuple of sizes
+            return tuple(self.dim(node.value.id, d) for d in range(self.metas[node.value.id].rank))
         if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute) \
                 and node.value.attr == "shape" and self.is_operand(node.value.value):
             return self.dim(node.value.value.id, self.value(node.slice))
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
-                and node.func.attr == "size" and self.is_operand(node.func.value) \
-                and len(node.args) == 1:
-            return self.dim(node.func.value.id, self.value(node.args[0]))
+                and node.func.attr == "size" and self.is_operand(node.func.value):
+            name = node.func.value.id
+            if not node.args:
+                return tuple(self.dim(name, d) for d in range(self.metas[name].rank))
+            return self.dim(name, self.value(node.args[0]))
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
                 and node.func.id == "pack":
             return self.pack(node)
@@ -696,3 +701,19 @@ def test_lowering_the_cases_imports_no_torch() -> None:
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout) == len(CASES)
+
+
+def test_update_rewrites_only_the_blocks(tmp_path: Path) -> None:
+    """PYCANDLE_UPDATE_SNAPSHOTS keeps case lines, comments and order; only blocks change."""
+    path = tmp_path / "family.txt"
+    path.write_text("# head\n\ntorch.relu(x)\n    stale line\n    another\n# between\n"
+                    "x.tanh()\nx.exp()\n    kept\n", encoding="utf-8")
+    cases = parse_file(path)
+    assert [(c.line, c.text, c.expected) for c in cases] == [
+        (3, "torch.relu(x)", ["stale line", "another"]), (7, "x.tanh()", []),
+        (8, "x.exp()", ["kept"])]
+    rewrite_file(path, {3: emitted(build_case("torch.relu(x)").manifest),
+                        7: emitted(build_case("x.tanh()").manifest)})
+    assert path.read_text(encoding="utf-8") == (
+        "# head\n\ntorch.relu(x)\n    let relu = x.relu()?;\n# between\n"
+        "x.tanh()\n    let tanh = x.tanh()?;\nx.exp()\n    kept\n")
