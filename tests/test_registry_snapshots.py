@@ -14,6 +14,10 @@ is one line of Python, the call, followed by the Rust it lowers to, indented by 
     nn.Linear(4, 3)(x) -> (B, T, 3)
         load: let linear: Linear = candle_nn::linear(4, 3, vb.pp("linear"))?;
         let linear = self.linear.forward(&x.contiguous()?)?;
+        use: candle_nn::Linear, candle_nn::Module
+
+Several calls that must emit the same Rust share one line, separated by ` | `: the spellings of
+one op (`torch.exp(x) | x.exp() | x.exp_() | torch.exp_(x)`), so a new op is one line.
 
 The call is a function (`torch.X`, `F.X` for `torch.nn.functional.X`, `torch.linalg.X`), a
 method on an operand (`x.relu()` is `Tensor.relu`), an operator (`x + y` is `Tensor.__add__`,
@@ -409,15 +413,20 @@ class Built:
     target: str  # the registry spelling or layer type the case exercises
 
 
+def split_case(text: str) -> tuple[list[str], str | None, str | None]:
+    """A case line -> its calls (alternatives separated by ` | `), output meta and `given`."""
+    calls, given, out = text, None, None
+    if " given " in calls:
+        calls, given = calls.rsplit(" given ", 1)
+    if " -> " in calls:
+        calls, out = calls.rsplit(" -> ", 1)
+    return ([c.strip() for c in calls.split(" | ")], out and out.strip(),
+            given and given.strip())
+
+
 class _CaseBuilder:
-    def __init__(self, text: str):
-        self.text = text
-        call, given, out = text, None, None
-        if " given " in call:
-            call, given = call.rsplit(" given ", 1)
-        if " -> " in call:
-            call, out = call.rsplit(" -> ", 1)
-        self.call, self.out_text = call.strip(), out
+    def __init__(self, call: str, out: str | None, given: str | None):
+        self.call, self.out_text = call, out
         self.metas = {k: eval_meta(v, None) for k, v in OPERANDS.items()}
         if given:
             try:
@@ -614,8 +623,10 @@ def _refs(out: Any, node: str, path: tuple[int, ...]) -> Any:
     return tuple(_refs(o, node, path + (k,)) for k, o in enumerate(out))
 
 
-def build_case(text: str) -> Built:
-    return _CaseBuilder(text).build()
+def build_case(text: str) -> list[Built]:
+    """One one-node manifest per call of the case line (they share its output and `given`)."""
+    calls, out, given = split_case(text)
+    return [_CaseBuilder(call, out, given).build() for call in calls]
 
 
 # --- the tests ------------------------------------------------------------------------------------
@@ -623,14 +634,20 @@ def build_case(text: str) -> Built:
 CASES = [case for path in sorted(SNAPSHOTS.glob("*.txt")) for case in parse_file(path)]
 
 
-def _target(case: Case) -> str:
+def _targets(case: Case) -> list[str]:
     try:
-        return build_case(case.text).target
+        return [b.target for b in build_case(case.text)]
     except CaseError:
-        return "?"
+        return ["?"]
 
 
-_TARGETS = {id(case): _target(case) for case in CASES}
+_TARGETS = {id(case): _targets(case) for case in CASES}
+
+
+def _case_id(case: Case) -> str:
+    targets = _TARGETS[id(case)]
+    more = f"+{len(targets) - 1}" if len(targets) > 1 else ""
+    return f"{case.family}:{case.line}:{targets[0]}{more}"
 _UPDATES: dict[Path, dict[int, list[str]]] = {}
 
 
@@ -643,28 +660,35 @@ def _write_updates():
 
 
 @pytest.mark.parametrize(
-    "case", CASES, ids=[f"{c.family}:{c.line}:{_TARGETS[id(c)]}" for c in CASES])
+    "case", CASES, ids=[_case_id(c) for c in CASES])
 def test_snapshot(case: Case) -> None:
     try:
         built, problem = build_case(case.text), None
     except CaseError as e:
-        built, problem = None, f"{case.where}: {e}"
-    if built is None:
+        built, problem = [], f"{case.where}: {e}"
+    if problem:
         pytest.fail(problem, pytrace=False)
-    actual = emitted(built.manifest)
-    if actual == case.expected:
+    calls = split_case(case.text)[0]
+    first = emitted(built[0].manifest)
+    for call, b in zip(calls[1:], built[1:]):  # the spellings of one case agree
+        other = emitted(b.manifest)
+        if other != first:
+            diff = "\n".join(difflib.unified_diff(first, other, calls[0], call, lineterm=""))
+            pytest.fail(f"{case.where}: `{call}` emits other Rust than `{calls[0]}` on the same "
+                        f"line (give it a line of its own):\n{diff}", pytrace=False)
+    if first == case.expected:
         return
     if UPDATE:
-        _UPDATES.setdefault(case.path, {})[case.line] = actual
+        _UPDATES.setdefault(case.path, {})[case.line] = first
         return
-    diff = "\n".join(difflib.unified_diff(case.expected, actual, "stored", "emitted",
+    diff = "\n".join(difflib.unified_diff(case.expected, first, "stored", "emitted",
                                           lineterm=""))
-    pytest.fail(f"{case.where}: `{case.text}` emits other Rust than its snapshot "
+    pytest.fail(f"{case.where}: `{calls[0]}` emits other Rust than its snapshot "
                 f"(PYCANDLE_UPDATE_SNAPSHOTS=1 rewrites it):\n{diff}", pytrace=False)
 
 
 def test_every_registry_entry_has_a_case() -> None:
-    targets = set(_TARGETS.values())
+    targets = {t for ts in _TARGETS.values() for t in ts}
     missing = sorted(set(registry.OPS) - targets) + sorted(set(registry.LAYERS) - targets)
     assert not missing, (f"{len(missing)} registry entries have no case line in "
                          f"tests/snapshots/: {', '.join(missing)}")
@@ -691,7 +715,8 @@ def test_lowering_the_cases_imports_no_torch() -> None:
         "spec.loader.exec_module(mod)\n"
         "for case in mod.CASES:\n"
         "    try:\n"
-        "        mod.emitted(mod.build_case(case.text).manifest)\n"
+        "        for built in mod.build_case(case.text):\n"
+        "            mod.emitted(built.manifest)\n"
         "    except mod.CaseError:\n"
         "        pass\n"
         "loaded = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
@@ -712,8 +737,8 @@ def test_update_rewrites_only_the_blocks(tmp_path: Path) -> None:
     assert [(c.line, c.text, c.expected) for c in cases] == [
         (3, "torch.relu(x)", ["stale line", "another"]), (7, "x.tanh()", []),
         (8, "x.exp()", ["kept"])]
-    rewrite_file(path, {3: emitted(build_case("torch.relu(x)").manifest),
-                        7: emitted(build_case("x.tanh()").manifest)})
+    rewrite_file(path, {3: emitted(build_case("torch.relu(x)")[0].manifest),
+                        7: emitted(build_case("x.tanh()")[0].manifest)})
     assert path.read_text(encoding="utf-8") == (
         "# head\n\ntorch.relu(x)\n    let relu = x.relu()?;\n# between\n"
         "x.tanh()\n    let tanh = x.tanh()?;\nx.exp()\n    kept\n")
