@@ -97,7 +97,7 @@ class CaseError(Exception):
 # --- the one place that reads lowering's IR -------------------------------------------------------
 
 _BASE_USES = {"candle_core::Result", "candle_core::Tensor", "candle_nn::VarBuilder"}
-_USE = re.compile(r"^([\w:]+?)::(?:\{(.*)\}|(\w+))$")
+_USE = re.compile(r"^(?P<root>[\w:]+?)::(?:\{(?P<group>.*)\}|(?P<item>\w+))$")
 
 
 def emitted(manifest: Manifest) -> list[str]:
@@ -124,10 +124,11 @@ def emitted(manifest: Manifest) -> list[str]:
     if not ir.stmts:
         lines.append(f"(no statement) returns {ir.return_expr}")
     uses = set()
-    for u in ir.uses:
+    for u in ir.uses:  # `candle_core::{D, Tensor}` -> candle_core::D, candle_core::Tensor
         m = _USE.match(u)
-        items = m.group(2).split(",") if m and m.group(2) is not None else [u.rsplit("::", 1)[1]]
-        uses.update(f"{m.group(1) if m else u.rsplit('::', 1)[0]}::{i.strip()}" for i in items)
+        assert m, f"unexpected use path {u!r}"
+        items = m["group"].split(",") if m["group"] is not None else [m["item"]]
+        uses.update(f"{m['root']}::{i.strip()}" for i in items)
     extra = sorted(uses - _BASE_USES)
     if extra:
         lines.append("use: " + ", ".join(extra))
