@@ -53,6 +53,9 @@ class Param:
 class DType:
     name: str
 
+    def __repr__(self) -> str:  # as messages show it
+        return f"torch.{self.name}"
+
 
 # What strings in a manifest may hold. They reach generated Rust as identifiers, inside string
 # literals or comments, and as options an emitter compares with known values: a hand-edited

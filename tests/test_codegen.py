@@ -166,3 +166,21 @@ def test_module_names_that_are_rust_keywords_become_valid_fields():
     field = next(f for f in ir.fields if f.doc.startswith("`type`"))
     assert field.name == "type_" and 'vb.pp("type")' in field.init
     assert any("self.type_.forward(" in s.expr for s in ir.stmts)
+
+
+def test_follow_on_problems_are_folded_into_their_root_cause():
+    """Only root causes are listed: what needs an unsupported node's result is counted."""
+    from pycandle.errors import UnsupportedError
+
+    m = speaker_encoder()
+    nodes = tuple(Node(n.name, n.op, "torch.special.bessel_j0" if n.name == "relu" else n.target,
+                       n.args, n.kwargs, n.out, n.source) for n in m.nodes)
+    m = type(m)(**{**m.__dict__, "nodes": nodes})
+    m = with_node(m, Node("twice", "call_function", "Tensor.mul", (Ref("relu"), Ref("div")),
+                          out=meta((2, 4), (1, 4))), Ref("twice"))
+    with pytest.raises(UnsupportedError) as e:
+        lower(m)
+    (problem,) = e.value.problems
+    assert problem.what == ("function torch.special.bessel_j0 is not supported "
+                            "(and 3 uses of its result)")
+    assert problem.source == "model.py:12"

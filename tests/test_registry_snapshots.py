@@ -58,7 +58,7 @@ from typing import Any
 import pytest
 
 from pycandle import registry
-from pycandle.codegen.lower import lower
+from pycandle.lowering import lower
 from pycandle.errors import UnsupportedError
 from pycandle.manifest import (
     PACK, DType, Manifest, ModuleInfo, Node, Ref, SymInt, TensorMeta, leaves,
@@ -87,7 +87,7 @@ OPERANDS = {
 }
 
 _DTYPES = {"f32": "float32", "f64": "float64", "f16": "float16", "bf16": "bfloat16",
-           "i64": "int64", "i32": "int32", "u8": "uint8", "u32": "uint32", "bool": "bool"}
+           "i64": "int64", "i32": "int32", "i16": "int16", "u8": "uint8", "u32": "uint32", "bool": "bool"}
 
 
 class CaseError(Exception):
@@ -544,6 +544,8 @@ class _CaseBuilder:
             kwargs = {}
         elif isinstance(tree, ast.UnaryOp) and isinstance(tree.op, ast.USub):
             target, args, kwargs = "Tensor.__neg__", (self.value(tree.operand),), {}
+        elif isinstance(tree, ast.Attribute) and self.is_operand(tree.value):  # x.data
+            target, args, kwargs = f"Tensor.{tree.attr}", (self.operand(tree.value.id),), {}
         elif isinstance(tree, ast.Compare) and len(tree.ops) == 1:
             target = f"Tensor.__{_COMPARE[type(tree.ops[0])]}__"
             args, kwargs = (self.value(tree.left), self.value(tree.comparators[0])), {}

@@ -6,6 +6,7 @@ unsupported layer, op or argument is reported (with its source line) before any 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import textwrap
 from dataclasses import dataclass, field
@@ -187,6 +188,14 @@ def merge_uses(paths: set[str]) -> list[str]:
     return out
 
 
+class _FollowOn(Exception):
+    """A node needs the result of `root`, a node that could not be lowered."""
+
+    def __init__(self, root: str):
+        super().__init__(root)
+        self.root = root
+
+
 class _Locals:
     """Rust local names, unique in a function and clear of every name generated code reserves
     for itself (`pycandle.names`): a user's `state` or `report` becomes `state_1`, `report_1`."""
@@ -213,6 +222,8 @@ class _Lowering:
     def __init__(self, manifest: Manifest):
         self.m = manifest
         self.problems: list[Problem] = []
+        self.root_of: dict[str, str] = {}  # failed node -> the node whose problem caused it
+        self.first_problem: dict[str, int] = {}  # failed node -> index of its first problem
         self.vars: dict[tuple[str, tuple[int, ...]], T] = {}
         self.local = _Locals()
         self.fields: dict[str, LeafField] = {}  # by qualified module name, in order of use
@@ -230,12 +241,35 @@ class _Lowering:
 
     def problem(self, node: Node, what: str, hint: str | None = None) -> None:
         module = node.target if node.op == NodeOp.CALL_MODULE else None
+        self.first_problem.setdefault(node.name, len(self.problems))
         self.problems.append(Problem(what, node.source, module, hint))
+        self.root_of[node.name] = node.name
+
+    def lower_all(self, live: list[Node], used: dict[tuple[str, tuple[int, ...]], int]) -> None:
+        """Lower every live node; a node that needs the result of one that failed is counted
+        against that root cause instead of being reported on its own."""
+        follow_ons: dict[str, int] = {}
+        for node in live:
+            try:
+                self.lower_node(node, used)
+            except _FollowOn as e:
+                self.root_of[node.name] = e.root
+                follow_ons[e.root] = follow_ons.get(e.root, 0) + 1
+            except Unsupported as e:
+                self.problem(node, e.what, e.hint)
+        for root, count in follow_ons.items():
+            i = self.first_problem[root]
+            p = self.problems[i]
+            uses = "use" if count == 1 else "uses"
+            self.problems[i] = dataclasses.replace(
+                p, what=f"{p.what} (and {count} {uses} of its result)")
 
     def operand(self, value: Any) -> Any:
         if isinstance(value, Ref):
             t = self.vars.get((value.node, value.path))
             if t is None:
+                if value.node in self.root_of:
+                    raise _FollowOn(self.root_of[value.node])
                 raise Unsupported(f"reference to an unavailable value {value.node}{list(value.path)}")
             return t
         if isinstance(value, Param):
@@ -364,8 +398,11 @@ class _Lowering:
             supported = ", ".join(sorted(l.short for l in registry.LAYERS.values()))
             raise Unsupported(f"layer type {info.type} is not supported",
                               hint=f"supported layers: {supported}")
-        for p in layer.check(info.config):
+        problems = layer.check(info.config)
+        for p in problems:
             self.problem(node, f"{layer.short} option not supported: {p}")
+        if problems:
+            return
         args = self.operand(node.args)
         kwargs = {k: self.operand(v) for k, v in node.kwargs.items()}
         if layer.passthrough:
@@ -389,6 +426,9 @@ class _Lowering:
             code = Rust(code.code, code.uses | set(layer.uses + layer.call_uses), code.device)
         else:
             code = layer.emit_call(info.config, this, args, kwargs)
+            if code.alias is not None:  # e.g. Flatten over a single dimension: no statement
+                self.vars[(node.name, ())] = code.alias
+                return
         self.emit(_pattern(out_names, used_paths), code, self.comment(node, out_names))
         x_arg = next((v for _, v in leaves((args, tuple(kwargs.values())))
                       if isinstance(v, (T, Packed))), None)
@@ -619,8 +659,10 @@ def lower(manifest: Manifest) -> ModelIR:
                                        "or lists of tensors are supported"))
     struct = ""
     tree = None
+    arg_locals: list[str] = []
     if not lo.problems:
         live = live_nodes(manifest)
+        arg_locals = [lo.local(a, names.RESERVED_ARGS) for a in manifest.inputs]  # first
         lo.collect_fields(live)
         for param in _params_in(manifest.output):
             lo.collect_param(param.name)
@@ -633,14 +675,9 @@ def lower(manifest: Manifest) -> ModelIR:
                           struct, {f"{struct}State", f"{struct}Output", *names.PRELUDE_TYPES,
                                    *imported})
         lo.access = tree.access
-        used = _uses_of(live, manifest.output)
-        for node in live:
-            try:
-                lo.lower_node(node, used)
-            except Unsupported as e:
-                lo.problem(node, e.what, e.hint)
-    if lo.problems:
-        raise UnsupportedError(manifest.name, lo.problems)
+        lo.lower_all(live, _uses_of(live, manifest.output))
+    if lo.problems:  # each once (a layer's check and its emitter may find the same thing)
+        raise UnsupportedError(manifest.name, list(dict.fromkeys(lo.problems)))
 
     out_leaves = list(leaves(manifest.output))
     returned = [lo.param(v, "self") if isinstance(v, Param) else lo.vars[(v.node, v.path)]
@@ -670,11 +707,11 @@ def lower(manifest: Manifest) -> ModelIR:
     out_pattern = _tuple_expr(manifest.output, check_vars)
     stmts = lo.stmts
     if lo.needs_device:  # creation ops make tensors where the inputs live
-        stmts = [Stmt("device", f"{lo.vars[(manifest.inputs[0], ())].name}.device()"), *stmts]
+        stmts = [Stmt("device", f"{arg_locals[0]}.device()"), *stmts]
     lo.uses |= lo.field_uses
     test_uses = set(lo.test_uses) | {"candle_core::{DType, Result}"}
-    args = [Arg(lo.vars[(a, ())].name, shape_comment(manifest.node(a).out, lo.shape_names) or "")
-            for a in manifest.inputs]
+    args = [Arg(local, shape_comment(manifest.node(a).out, lo.shape_names) or "")
+            for a, local in zip(manifest.inputs, arg_locals)]
     return ModelIR(
         name=manifest.name, struct=struct, factory=manifest.factory,
         doc_lines=[], uses=merge_uses(lo.uses), fields=tree.fields, structs=tree.structs,

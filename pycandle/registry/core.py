@@ -34,6 +34,9 @@ class T:
     is_ref: bool = False  # the variable is already a `&Tensor`
     movable: bool = True  # False for an element of a `Vec<Tensor>` (`chunks[1]`): clone to own
 
+    def __repr__(self) -> str:  # as messages show it
+        return f"a {self.meta.dtype} tensor"
+
     @property
     def borrow(self) -> str:
         return self.name if self.is_ref else f"&{self.name}"
@@ -363,7 +366,7 @@ def tensor(v: Any, what: str = "input") -> T:
 DTYPE_AWARE_OPS = frozenset({
     "add", "sub", "mul", "div", "gt", "lt", "ge", "le", "eq", "ne", "argmax", "argmin", "cast",
     "to", "type_as", "arange", "zeros", "ones", "full", "zeros_like", "ones_like", "full_like",
-    "new_zeros", "new_ones", "new_full", "sum", "mean", "softmax", "log_softmax",
+    "new_zeros", "new_ones", "new_full", "sum", "mean", "softmax", "log_softmax", "type_cast",
 })
 
 LAYERS: dict[str, Layer] = {}

@@ -6,6 +6,7 @@ operand's device, the others on the model's `device` (see `core.device`).
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 from pycandle.manifest import DType, TensorMeta
@@ -67,7 +68,9 @@ def _full_op(spelling: str, a: dict[str, Any], out: Any) -> str:
 
 def _arange_bound(v: Any, dtype: str) -> str:
     if isinstance(v, Dim):  # a size: usize, converted to the element type
-        return f"{v.expr} as {_RUST_TYPES[dtype]}"
+        # `as` binds before `+`: anything but one `x.dim(1)?` is parenthesised
+        expr = v.expr if re.fullmatch(r"[\w.]+\.dim\(\d+\)\?", v.expr) else f"({v.expr})"
+        return f"{expr} as {_RUST_TYPES[dtype]}"
     return rust_scalar(v, dtype)
 
 

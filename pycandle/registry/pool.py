@@ -50,9 +50,11 @@ def _runtime_pool(kind: str, n: int, x: T, cfg: dict[str, Any], kernel: tuple[in
     """One runtime call per spatial dimension (pooling is separable), the last one first."""
     dilation = ntuple(cfg.get("dilation", 1), n, "dilation") if kind == "max" else (1,) * n
     override = cfg.get("divisor_override") if kind == "avg" else None
-    divisor = f"{runtime('Divisor')}::One" if override is not None else (
-        f"{runtime('Divisor')}::Padded" if cfg.get("count_include_pad", True)
-        else f"{runtime('Divisor')}::Inside")
+    divisor = ""
+    if kind == "avg":
+        divisor = f"{runtime('Divisor')}::One" if override is not None else (
+            f"{runtime('Divisor')}::Padded" if cfg.get("count_include_pad", True)
+            else f"{runtime('Divisor')}::Inside")
     expr = x.name
     for i in reversed(range(n)):
         dim = _pool_dim(kernel[i], stride[i], padding[i], dilation[i], bool(cfg.get("ceil_mode")))

@@ -49,7 +49,7 @@ register_op(Op(
      "torch.linalg.vector_norm": "input, ord=2, dim=None, keepdim=False, *, dtype=None",
      "torch.norm": "input, p='fro', dim=None, keepdim=False, dtype=None",
      "Tensor.norm": "input, p='fro', dim=None, keepdim=False, dtype=None"},
-    _norm, uses=("candle_core::D",), doc="2-norm / Frobenius, over dims, keepdim"))
+    _norm, doc="2-norm / Frobenius, over dims, keepdim"))
 
 
 # --- sum, mean ------------------------------------------------------------------------------------

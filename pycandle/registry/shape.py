@@ -334,7 +334,8 @@ def _split(spelling: str, a: dict[str, Any], out: Any) -> str:
 def _unbind(spelling: str, a: dict[str, Any], out: Any) -> str:
     x = tensor(a["input"])
     d = x.norm_dim(int_arg(a["dim"], "dim"))
-    return (f"(0..{x.dim(d)})\n.map(|i| {x.name}.get_on_dim({d}, i))\n"
+    i = local_name("i", x)
+    return (f"(0..{x.dim(d)})\n.map(|{i}| {x.name}.get_on_dim({d}, {i}))\n"
             ".collect::<Result<Vec<_>>>()?")
 
 
