@@ -86,7 +86,7 @@ OPS = """\
                     torch.matmul(x[0, 0], x[0, 0]), y @ x[0],
                     x.clamp(-0.2, 0.3), x.clamp(min=0.1), torch.clamp(x, max=0.2),
                     x.clamp_min(0), x.clamp_max(0.5), torch.clip(x, x[:, :1], x[:1] + 0.5),
-                    torch.exp(x), pos.log(), pos.sqrt(), torch.rsqrt(pos), x.abs(), -x,
+                    torch.exp(x), torch.expm1(x), pos.log(), pos.sqrt(), torch.rsqrt(pos), x.abs(), -x,
                     torch.neg(x), x ** 2, x.pow(3), torch.pow(pos, 0.5), 2 ** x, pos ** -1,
                     pos ** 1.7, x.square(), pos.reciprocal(), (x > 0).float(),
                     (x <= y.transpose(1, 2)).float(), torch.ge(x, 0.1).float(), (x != x).float(),

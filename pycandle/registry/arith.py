@@ -144,7 +144,8 @@ register_op(Op("matmul", {"torch.matmul": "input, other", "Tensor.matmul": "inpu
 
 _UNARY = {"exp": "{x.name}.exp()?", "log": "{x.name}.log()?", "sqrt": "{x.name}.sqrt()?",
           "rsqrt": "{x.name}.sqrt()?.recip()?", "abs": "{x.name}.abs()?",
-          "neg": "{x.name}.neg()?", "reciprocal": "{x.name}.recip()?", "square": "{x.name}.sqr()?"}
+          "neg": "{x.name}.neg()?", "reciprocal": "{x.name}.recip()?", "square": "{x.name}.sqr()?",
+          "expm1": "({x.name}.exp()? - 1.0)?"}
 
 for _name, _template in _UNARY.items():
     _names = {f"torch.{_name}": "input", f"Tensor.{_name}": "input", f"Tensor.{_name}_": "input",
