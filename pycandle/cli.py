@@ -34,14 +34,28 @@ def _progress(total: int, verb: str) -> tuple[Progress, callable]:
 
 
 def cmd_record(cfg: Config, names: list[str] | None, force: bool = False) -> int:
-    from pycandle.record import record  # torch is imported only here
+    from pycandle.depfile import why_stale  # reads files only: no torch, no user code
+    from pycandle.fsutil import tidy_dir_versions
 
     models = cfg.select(names)
-    bar, step = _progress(len(models), "record")
+    stale = {mc.name: "--force" if force else why_stale(cfg, mc) for mc in models}
+    for mc in models:
+        if stale[mc.name] is None:
+            console.print(f"{mc.name}: up to date (use --force to record again)")
+            try:
+                tidy_dir_versions(cfg.artifacts / mc.name)  # leftovers of a killed run
+            except OSError:
+                pass  # only housekeeping: the recording itself is complete
+        elif not force:
+            console.print(f"{mc.name}: recording ({escape(stale[mc.name])})")
+    todo = [mc for mc in models if stale[mc.name] is not None]
+    if not todo:
+        return 0
+    from pycandle.record import record  # torch is imported only here
+
+    bar, step = _progress(len(todo), "record")
     with bar:
-        recordings, skipped = record(cfg, models, progress=step, force=force)
-    for name in skipped:
-        console.print(f"{name}: up to date (use --force to record again)")
+        recordings, _ = record(cfg, todo, progress=step, force=True)
     for rec in recordings:
         m = rec.manifest
         console.print(f"recorded [bold]{m.name}[/bold]: {len(m.nodes)} graph nodes, "
