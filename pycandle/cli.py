@@ -67,13 +67,21 @@ def cmd_record(cfg: Config, names: list[str] | None, force: bool = False) -> int
 
 
 def cmd_codegen(cfg: Config, names: list[str] | None, force: bool = False) -> int:
-    from pycandle.codegen import CrateWriteError, codegen
+    from pycandle import codegen_stamp  # tells a no-op without importing the code generator
 
     models = [m.name for m in cfg.select(names)]
+    if not force and codegen_stamp.is_current(cfg.crate, cfg.artifacts, models):
+        console.print(f"codegen: {len(models)} model(s), 0 file(s) changed in {cfg.crate} "
+                      "(up to date)")
+        return 0
+    stamp = codegen_stamp.Stamp.before(cfg.crate, cfg.artifacts, models)
+    from pycandle.codegen import CrateWriteError, codegen
+
     bar, step = _progress(len(models), "codegen")
     try:
         with bar:
             changed = codegen(cfg.crate, cfg.artifacts, models, progress=step)
+        stamp.save()
     except CrateWriteError as e:
         named = ", ".join(f"'{m}'" for m in models)
         raise PyCandleError(f"{cfg.where('crate')} model{'s' * (len(models) > 1)} {named}: {e}") \
