@@ -34,14 +34,28 @@ def _progress(total: int, verb: str) -> tuple[Progress, callable]:
 
 
 def cmd_record(cfg: Config, names: list[str] | None, force: bool = False) -> int:
-    from pycandle.record import record  # torch is imported only here
+    from pycandle.depfile import why_stale  # reads files only: no torch, no user code
+    from pycandle.fsutil import tidy_dir_versions
 
     models = cfg.select(names)
-    bar, step = _progress(len(models), "record")
+    stale = {mc.name: "--force" if force else why_stale(cfg, mc) for mc in models}
+    for mc in models:
+        if stale[mc.name] is None:
+            console.print(f"{mc.name}: up to date (use --force to record again)")
+            try:
+                tidy_dir_versions(cfg.artifacts / mc.name)  # leftovers of a killed run
+            except OSError:
+                pass  # only housekeeping: the recording itself is complete
+        elif not force:
+            console.print(f"{mc.name}: recording ({escape(stale[mc.name])})")
+    todo = [mc for mc in models if stale[mc.name] is not None]
+    if not todo:
+        return 0
+    from pycandle.record import record  # torch is imported only here
+
+    bar, step = _progress(len(todo), "record")
     with bar:
-        recordings, skipped = record(cfg, models, progress=step, force=force)
-    for name in skipped:
-        console.print(f"{name}: up to date (use --force to record again)")
+        recordings, _ = record(cfg, todo, progress=step, force=True)
     for rec in recordings:
         m = rec.manifest
         console.print(f"recorded [bold]{m.name}[/bold]: {len(m.nodes)} graph nodes, "
@@ -53,13 +67,21 @@ def cmd_record(cfg: Config, names: list[str] | None, force: bool = False) -> int
 
 
 def cmd_codegen(cfg: Config, names: list[str] | None, force: bool = False) -> int:
-    from pycandle.codegen import CrateWriteError, codegen
+    from pycandle import codegen_stamp  # tells a no-op without importing the code generator
 
     models = [m.name for m in cfg.select(names)]
+    if not force and codegen_stamp.is_current(cfg.crate, cfg.artifacts, models):
+        console.print(f"codegen: {len(models)} model(s), 0 file(s) changed in {cfg.crate} "
+                      "(up to date)")
+        return 0
+    stamp = codegen_stamp.Stamp.before(cfg.crate, cfg.artifacts, models)
+    from pycandle.codegen import CrateWriteError, codegen
+
     bar, step = _progress(len(models), "codegen")
     try:
         with bar:
             changed = codegen(cfg.crate, cfg.artifacts, models, progress=step)
+        stamp.save()
     except CrateWriteError as e:
         named = ", ".join(f"'{m}'" for m in models)
         raise PyCandleError(f"{cfg.where('crate')} model{'s' * (len(models) > 1)} {named}: {e}") \

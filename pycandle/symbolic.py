@@ -135,7 +135,7 @@ def evaluate(sym: Any, size_of) -> int:
 
 
 def settle(value: Any, values_of) -> Any:
-    """Sizes recorded by provenance (pycandle.record.shapes) that are the same in every trace
+    """Sizes recorded by provenance (pycandle.shapes) that are the same in every trace
     case become plain ints: a constant channel count stays a literal. `values_of(sym)` gives a
     SymInt's value in each case."""
     if isinstance(value, SymInt):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 
 import pytest
 
 from pycandle.manifest import Manifest, Ref, SymInt
-from pycandle.record.shapes import ShapeInt, TracedSize, traced_size
+from pycandle.shapes import ShapeInt, TracedSize, traced_size
 
 X = Ref("x")
 B, T = SymInt("dim", X, 0), SymInt("dim", X, 1)
@@ -52,6 +54,16 @@ def test_traced_size_indexes_slices_and_counts():
     assert (b.sym, size[-2].sym, size[1:][0].sym) == (B, T, T)
     assert isinstance(size[1:], TracedSize) and size.numel() == 30
     assert size.numel().sym == SymInt("mul", SymInt("mul", B, T), SymInt("dim", X, 2))
+
+
+def test_the_size_helpers_import_without_torch():
+    """They once lived in pycandle.record, whose __init__ imports torch: importing them (and the
+    manifest they build on) must leave torch unimported, in a fresh interpreter."""
+    probe = ("import sys; import pycandle.shapes, pycandle.symbolic, pycandle.manifest; "
+             "print('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
 
 
 SHAPES_MODEL = """\

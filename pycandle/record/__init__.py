@@ -1,22 +1,24 @@
 """record: run each model in PyTorch; write its manifest, weights and golden tensors.
 
 The only stage that imports torch and the user's code. Every selected model is traced and
-checked against the registry before anything is written; then each model's three files switch
-together in one atomic step (`fsutil.write_dir_atomic`: `artifacts/<model>` is a symlink to the
-current set), so a failure or a kill leaves the previous good recording intact.
+checked against the registry before anything is written; then each model's files (the three
+below and its dependency list, `pycandle.depfile`) switch together in one atomic step
+(`fsutil.write_dir_atomic`: `artifacts/<model>` is a symlink to the current set), so a failure
+or a kill leaves the previous good recording intact.
+
+Whether a model is up to date is decided by `pycandle.depfile`, which imports no torch: the CLI
+asks it first and imports this module only when something must be recorded.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import inspect
-import json
 import pickle
 import re
 import sys
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,8 @@ from safetensors.torch import load_file, save
 import pycandle
 from pycandle.config import Config, ConfigError, ModelConfig, TensorSpec
 from pycandle.errors import Problem, PyCandleError, UnsupportedError
-from pycandle.fsutil import sha256_file, tidy_dir_versions, write_dir_atomic
+from pycandle import depfile
+from pycandle.fsutil import tidy_dir_versions, write_dir_atomic
 from pycandle.manifest import (
     Manifest, ModuleInfo, Node, Ref, TensorMeta, at_path, golden_input_key, golden_output_key,
     leaves, refs_in,
@@ -38,9 +41,7 @@ from pycandle.record.tracer import (
 from pycandle import registry, support
 
 _TORCH_DTYPES = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
-_PYCANDLE_DIR = Path(pycandle.__file__).resolve().parent
-# The three files of a recording, written and switched together.
-ARTIFACT_FILES = ("manifest.json", "weights.safetensors", "golden.safetensors")
+_PYCANDLE_DIR = depfile.PYCANDLE_DIR
 
 
 class RecordError(PyCandleError):
@@ -52,6 +53,8 @@ class Recording:
     manifest: Manifest
     weights: dict[str, torch.Tensor]
     golden: dict[str, torch.Tensor]
+    # what it was recorded from: `depfile.inputs(...)`, completed when it is written
+    depends: dict[str, Any] = field(default_factory=dict)
 
 
 def _err(mc: ModelConfig, field: str, msg: str) -> RecordError:
@@ -67,6 +70,7 @@ def import_factory(cfg: Config, mc: ModelConfig) -> Any:
     sys.path.insert(0, root)
     module_name, attr = mc.factory.split(":")
     _forget_foreign(module_name.split(".")[0], cfg.root)
+    _forget_user_modules(cfg.root)
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # the user's module may raise anything on import
@@ -94,6 +98,14 @@ def _forget_foreign(package: str, root: Path) -> None:
     if module is None or (src and Path(src).resolve().is_relative_to(root.resolve())):
         return
     for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+        del sys.modules[name]
+
+
+def _forget_user_modules(root: Path) -> None:
+    """Drop the user's modules imported for an earlier model, so that importing this model's
+    factory runs them afresh and the modules found after recording are exactly this model's
+    (its dependency list is then the same whatever else the run records)."""
+    for name in depfile.user_modules(root):
         del sys.modules[name]
 
 
@@ -220,55 +232,10 @@ def make_inputs(specs: dict[str, TensorSpec], seed: int) -> dict[str, torch.Tens
     return out
 
 
-_PYCANDLE_DIR = Path(pycandle.__file__).resolve().parent
-_PYCANDLE_SOURCES = sorted(_PYCANDLE_DIR.rglob("*.py"))
-
-
-def _is_user_source(path: Path, root: Path) -> bool:
-    """A module of the user's project: not PyCandle's own (hashed as a whole) and not inside a
-    virtualenv or another hidden or installed tree under the config's directory, whose modules
-    torch imports lazily, so their set would change between runs."""
-    parts = path.relative_to(root).parts[:-1]
-    return not path.is_relative_to(_PYCANDLE_DIR) and not any(
-        p.startswith(".") or p in ("site-packages", "dist-packages", "__pycache__")
-        for p in parts)
-
-
-def content_hash(cfg: Config, mc: ModelConfig) -> str:
-    """What a recording depends on: the model's entry in models.yaml, the user's modules
-    (every imported module under the config's directory), the weights file, PyCandle's own
-    sources and the torch version. Call after `import_factory`."""
-    h = hashlib.sha256()
-    h.update(json.dumps(mc.raw, sort_keys=True, default=str).encode())
-    root = cfg.root.resolve()
-    user_files = set()
-    for module in list(sys.modules.values()):
-        src = getattr(module, "__file__", None)
-        if src and src.endswith(".py"):
-            path = Path(src).resolve()
-            if path.is_relative_to(root) and path.is_file() and _is_user_source(path, root):
-                user_files.add(path)
-    for path in sorted(user_files) + _PYCANDLE_SOURCES:
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
-    if mc.weights is not None:
-        h.update(sha256_file(mc.weights).encode())
-    h.update(f"torch={torch.__version__};pycandle={pycandle.__version__}".encode())
-    return h.hexdigest()
-
-
 def up_to_date(cfg: Config, mc: ModelConfig) -> bool:
-    """Whether artifacts/<model>/ was recorded from exactly these inputs."""
-    out = cfg.artifacts / mc.name
-    manifest = out / "manifest.json"
-    if not all((out / f).is_file() for f in ARTIFACT_FILES):
-        return False
-    try:
-        recorded = json.loads(manifest.read_text()).get("content_hash")
-    except (OSError, ValueError):
-        return False
-    import_factory(cfg, mc)
-    return recorded == content_hash(cfg, mc)
+    """Whether artifacts/<model>/ was recorded from exactly these inputs (`depfile.why_stale`
+    says why not)."""
+    return depfile.why_stale(cfg, mc) is None
 
 
 def _module_infos(model: torch.nn.Module, root: Path) -> dict[str, ModuleInfo]:
@@ -459,11 +426,13 @@ def record_model(cfg: Config, mc: ModelConfig) -> Recording:
     if problems:
         raise UnsupportedError(mc.name, problems)
     warnings = sorted({w for t in traces for w in t.warnings})
+    # every user module imported since the factory's import, lazily imported ones included
+    depends = depfile.inputs(cfg, mc, depfile.user_modules(cfg.root).values())
     manifest = Manifest(
         name=mc.name, factory=mc.factory, seed=mc.seed, atol=mc.tolerance.atol,
         rtol=mc.tolerance.rtol,
         versions={"pycandle": pycandle.__version__, "torch": torch.__version__.split("+")[0]},
-        content_hash=content_hash(cfg, mc), inputs=tuple(mc.inputs[0]),
+        content_hash=depfile.content_hash(depends), inputs=tuple(mc.inputs[0]),
         cases=tuple({"inputs": {a: {"shape": list(s.shape), "dtype": s.dtype,
                                     "low": s.low, "high": s.high}
                                 for a, s in specs.items()}} for specs in mc.inputs),
@@ -476,17 +445,18 @@ def record_model(cfg: Config, mc: ModelConfig) -> Recording:
     weights = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     for k, v in model.named_buffers():  # non-persistent buffers that forward() may read
         weights.setdefault(k, v.detach().clone().contiguous())
-    return Recording(manifest, weights, golden)
+    return Recording(manifest, weights, golden, depends)
 
 
 def write_recording(artifacts: Path, rec: Recording) -> bool:
-    """Switch `artifacts/<model>` to this recording in one atomic step; False when it already
-    holds exactly these bytes."""
+    """Switch `artifacts/<model>` to this recording and its dependency list in one atomic step;
+    False when it already holds exactly these bytes."""
     files = {
         "manifest.json": rec.manifest.dumps().encode(),
         "weights.safetensors": save(dict(sorted(rec.weights.items()))),
         "golden.safetensors": save(dict(sorted(rec.golden.items()))),
     }
+    files[depfile.FILE] = depfile.render(rec.depends, files)
     return write_dir_atomic(artifacts / rec.manifest.name, files)
 
 
@@ -497,7 +467,7 @@ def record(cfg: Config, models: list[ModelConfig], progress=None,
     recordings, skipped, errors = [], [], []
     for mc in models:
         try:
-            if not force and up_to_date(cfg, mc):
+            if not force and depfile.why_stale(cfg, mc) is None:
                 skipped.append(mc.name)
             else:
                 recordings.append(record_model(cfg, mc))

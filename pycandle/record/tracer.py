@@ -26,8 +26,8 @@ from pycandle.names import RESERVED_LOCALS, rust_ident
 from pycandle.manifest import (
     PACK, PAD, DType, Param, Ref, TensorMeta, golden_node_key, leaves, path_key,
 )
-from pycandle.record import shapes
-from pycandle.record.shapes import ShapeInt, TracedSize, traced_size
+from pycandle import shapes
+from pycandle.shapes import ShapeInt, TracedSize, traced_size
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _SHAPES_FILE = shapes.__file__
