@@ -78,7 +78,7 @@ def cmd_parity(cfg: Config, names: list[str] | None, force: bool = False) -> int
     models = cfg.select(names)
     report = cfg.root / "reports" / "parity.json"
     results = parity(cfg.crate, [m.name for m in models],
-                     {m.name: len(m.inputs) for m in models}, report, console)
+                     {m.name: len(m.inputs) for m in models}, report, console, cfg.artifacts)
     failures = summarize(results)
     passed = sum(1 for r in results if r.passed)
     if failures:
