@@ -21,6 +21,7 @@ from pycandle.codegen.lower import ModelIR, lower
 from pycandle.errors import PyCandleError
 from pycandle.fsutil import remove_stale_temps, write_atomic
 from pycandle.manifest import Manifest
+from pycandle.rust import rust_str
 
 _TEMPLATES = Path(__file__).parent / "templates"
 
@@ -66,14 +67,40 @@ def render_model(ir: ModelIR) -> str:
 
 
 def render_parity(ir: ModelIR, crate: str, artifacts_rel: str) -> str:
+    # Text from models.yaml (the artifacts path) and the manifest reaches Rust only as string
+    # literals made by rust_str, whatever it holds.
     text = _env.get_template("parity.rs.j2").render(
-        ir=ir, crate=crate, artifacts=artifacts_rel, atol=_f(ir.atol), rtol=_f(ir.rtol))
+        ir=ir, crate=crate, artifacts=rust_str("/" + artifacts_rel), model=rust_str(ir.name),
+        atol=_f(ir.atol), rtol=_f(ir.rtol))
     return rustfmt(text, f"the parity test of '{ir.name}'")
 
 
 def _f(v: float) -> str:
     text = repr(float(v))
     return text if any(c in text for c in ".eE") else text + ".0"
+
+
+def _check_ours(crate_dir: Path, files: dict[Path, str]) -> None:
+    """Codegen replaces only files it wrote (they carry its mark); lib.rs and Cargo.toml are
+    edited in place, the user's text kept. Anything else in the way stops the run before
+    anything is written, naming the file."""
+    for path in files:
+        if path.name in ("lib.rs", "Cargo.toml") and path.parent in (crate_dir, crate_dir / "src"):
+            continue
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise CrateWriteError(f"{path} is not a file PyCandle wrote; it is left alone and "
+                                  "nothing was changed: move it away, or rename the model")
+        if path.is_file():
+            try:
+                head = path.read_text(encoding="utf-8", errors="replace")[:600]
+            except OSError as e:
+                raise CrateWriteError(f"cannot read {path}: {e.strerror}; nothing was "
+                                      "changed") from None
+            if cargo.GENERATED_MARK not in head:
+                raise CrateWriteError(
+                    f"{path} exists and was not written by PyCandle (it lacks the "
+                    f"`{cargo.GENERATED_MARK}` mark); it is left alone and nothing was "
+                    "changed: move it away, or rename the model")
 
 
 @dataclass(frozen=True)
@@ -125,7 +152,8 @@ def codegen(crate_dir: Path, artifacts_root: Path, models: list[str],
     # All parity tests form one test binary (one link, however many models)
     files[crate_dir / "tests" / "parity" / "main.rs"] = cargo.parity_main_text(
         cargo.generated_modules(crate_dir, "tests/parity") | {g.model for g in generated})
-    files[crate_dir / "Cargo.toml"] = cargo.cargo_toml_text(crate_dir)
+    files[crate_dir / "Cargo.toml"] = cargo.cargo_toml_text(crate_dir, modules)
+    _check_ours(crate_dir, files)
     changed: list[Path] = []
     try:
         for folder in {path.parent for path in files}:  # what a killed run left
