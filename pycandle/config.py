@@ -478,13 +478,14 @@ def load_config(path: str | Path = "models.yaml") -> Config:
     artifacts_dir = _project_dir(ctx, root, artifacts, lines.get("artifacts", 1), "artifacts")
     if crate_dir == artifacts_dir or crate_dir in artifacts_dir.parents \
             or artifacts_dir in crate_dir.parents:
-        inner, outer = ("artifacts", "crate") if crate_dir in artifacts_dir.parents \
-            else ("crate", "artifacts")
+        # name the one inside the other (the artifacts when they are the same directory)
+        inner = "crate" if artifacts_dir in crate_dir.parents else "artifacts"
+        outer = "artifacts" if inner == "crate" else "crate"
+        dirs = {"crate": crate_dir, "artifacts": artifacts_dir}
         raise ctx.error(lines.get(inner, lines.get(outer, 1)), inner,
-                        f"{artifacts_dir if inner == 'artifacts' else crate_dir} overlaps the "
-                        f"{outer} directory {crate_dir if inner == 'artifacts' else artifacts_dir}"
-                        "; the crate and the artifacts need separate directories, e.g. "
-                        "`crate: generated` and `artifacts: artifacts`")
+                        f"{dirs[inner]} overlaps the {outer} directory {dirs[outer]}; the crate "
+                        "and the artifacts need separate directories, e.g. `crate: generated` "
+                        "and `artifacts: artifacts`")
     models: list[ModelConfig] = []
     seen: dict[str, int] = {}
     for i, raw in enumerate(models_raw):

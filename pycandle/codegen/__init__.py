@@ -138,6 +138,12 @@ def codegen(crate_dir: Path, artifacts_root: Path, models: list[str],
         except PyCandleError as e:
             text = str(e)
             errors.append(text if f"'{name}'" in text else f"model '{name}': {text}")
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+            # a manifest that parses but does not hold together (edited by hand, or written
+            # by another version): its file, not a traceback
+            errors.append(f"model '{name}': {artifacts_root / name / 'manifest.json'}: "
+                          f"malformed manifest ({type(e).__name__}: {str(e)[:200]}); run "
+                          "`pycandle record --force` to record it again")
         if progress is not None:
             progress(name)
     if errors:
