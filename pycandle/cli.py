@@ -41,14 +41,14 @@ def cmd_record(cfg: Config, names: list[str] | None, force: bool = False) -> int
     with bar:
         recordings, skipped = record(cfg, models, progress=step, force=force)
     for name in skipped:
-        console.print(f"{name}: up to date (use --force to record again)")
+        console.print(f"{escape(name)}: up to date (use --force to record again)")
     for rec in recordings:
         m = rec.manifest
         console.print(f"recorded [bold]{m.name}[/bold]: {len(m.nodes)} graph nodes, "
                       f"{len(m.cases)} trace case(s), {len(rec.golden)} golden tensors "
-                      f"-> {cfg.artifacts / m.name}")
+                      f"-> {escape(str(cfg.artifacts / m.name))}")
         for w in m.warnings:
-            console.print(f"  [yellow]warning[/yellow]: {w}")
+            console.print(f"  [yellow]warning[/yellow]: {escape(str(w))}")
     return 0
 
 
@@ -67,8 +67,9 @@ def cmd_codegen(cfg: Config, names: list[str] | None, force: bool = False) -> in
     root = cfg.root
     for path in changed:
         shown = path.relative_to(root) if path.is_relative_to(root) else path
-        console.print(f"wrote {shown}")
-    console.print(f"codegen: {len(models)} model(s), {len(changed)} file(s) changed in {cfg.crate}")
+        console.print(f"wrote {escape(str(shown))}")
+    console.print(f"codegen: {len(models)} model(s), {len(changed)} file(s) changed in "
+                  f"{escape(str(cfg.crate))}")
     return 0
 
 
@@ -85,9 +86,10 @@ def cmd_parity(cfg: Config, names: list[str] | None, force: bool = False) -> int
         for line in failures:
             err_console.print(f"[red]FAIL[/red] {escape(line)}")
         err_console.print(f"parity: {passed} passed, {len(results) - passed} failed "
-                          f"(model x trace case); report: {report}")
+                          f"(model x trace case); report: {escape(str(report))}")
         return 1
-    console.print(f"parity: {passed} passed, 0 failed (model x trace case); report: {report}")
+    console.print(f"parity: {passed} passed, 0 failed (model x trace case); report: "
+                  f"{escape(str(report))}")
     return 0
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -204,7 +205,7 @@ def print_report(results: list[CaseResult], console: Console) -> None:
         console.print(table)
         for r in cases:
             if r.error:
-                console.print(f"[red]{model} case {r.case}: no report[/red]\n{r.error}")
+                console.print(f"[red]{model} case {r.case}: no report[/red]\n{escape(r.error)}")
 
 
 def summarize(results: list[CaseResult]) -> list[str]:
@@ -258,7 +259,7 @@ def parity(crate_dir: Path, models: list[str], num_cases: dict[str, int], report
           "entries": r.entries} for r in results], indent=1, sort_keys=True) + "\n")
     html_path = report_path.with_suffix(".html")
     write_atomic(html_path, render_html(results))
-    console.print(f"HTML report: {html_path}")
+    console.print(f"HTML report: {escape(str(html_path))}")
     if proc.returncode != 0 and all(r.passed for r in results):
         raise ParityError("cargo test failed although every report passed:\n"
                           + "\n".join(output.splitlines()[-30:]))
