@@ -50,10 +50,10 @@ impl Golden {
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let path = path.as_ref();
         if !path.is_file() {
-            bail!(
-                "golden file {} not found: run `pycandle record` first",
+            return user_error(format!(
+                "{} not found: run `pycandle record` first",
                 path.display()
-            );
+            ));
         }
         let tensors = match candle_core::safetensors::load(path, device) {
             Ok(tensors) => tensors,
