@@ -459,6 +459,9 @@ def load_config(path: str | Path = "models.yaml") -> Config:
         raise ConfigError(f"{path}:{line}: invalid YAML: {e.problem or e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: the YAML is nested too deeply; models.yaml holds plain, "
+                          "shallow data") from None
     finally:
         loader.dispose()
     ctx = _Ctx(path)

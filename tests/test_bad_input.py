@@ -307,6 +307,11 @@ def yaml_alias_bomb(root: Path) -> None:
          "    kwargs: {" + ", ".join(levels) + "}\n")
 
 
+def yaml_nested_too_deeply(root: Path) -> None:
+    edit(root / "models.yaml", "    kwargs: {hidden: 4}\n",
+         "    kwargs: {hidden: " + "[" * 20000 + "]" * 20000 + "}\n")
+
+
 def yaml_merge_key(root: Path) -> None:
     edit(root / "models.yaml", "    kwargs: {hidden: 4}\n", "    kwargs: {<<: {hidden: 4}}\n")
 
@@ -514,6 +519,7 @@ CASES = [
          ("models.yaml: not a UTF-8 text file",)),
     Case(yaml_alias_bomb, "record", KWARGS,
          ("the YAML expands to more than 100000 values", "aliases")),
+    Case(yaml_nested_too_deeply, "record", None, ("the YAML is nested too deeply",)),
     Case(yaml_merge_key, "record", KWARGS,
          ("YAML merge keys (`<<:`) are not supported", "write the keys out")),
     Case(models_empty, "record", 3, ("field 'models': lists no models", "add at least one")),
