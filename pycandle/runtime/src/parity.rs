@@ -164,10 +164,11 @@ fn check_identity(dir: &Path, model: &str) -> Result<()> {
         return Ok(());
     }
     user_error(format!(
-        "this parity test binary was built to read {}, not {}: cargo reused a test binary \
-         built from another project's crate (crates with the same package name share \
-         CARGO_TARGET_DIR); give this crate a package name of its own in its Cargo.toml, or \
-         delete the Cargo.toml and run `pycandle codegen` for a new one, then run parity again",
+        "this parity test binary was built to read {}, not {}: if `artifacts:` changed in \
+         models.yaml, run `pycandle codegen`; otherwise cargo reused a test binary built from \
+         another project's crate (crates with the same package name share CARGO_TARGET_DIR): \
+         give this crate a package name of its own in its Cargo.toml, or delete the Cargo.toml \
+         and run `pycandle codegen` for a new one, then run parity again",
         dir.display(),
         expected.display()
     ))
