@@ -60,9 +60,9 @@ def cmd_record(cfg: Config, names: list[str] | None, force: bool = False) -> int
         m = rec.manifest
         console.print(f"recorded [bold]{m.name}[/bold]: {len(m.nodes)} graph nodes, "
                       f"{len(m.cases)} trace case(s), {len(rec.golden)} golden tensors "
-                      f"-> {cfg.artifacts / m.name}")
+                      f"-> {escape(str(cfg.artifacts / m.name))}")
         for w in m.warnings:
-            console.print(f"  [yellow]warning[/yellow]: {w}")
+            console.print(f"  [yellow]warning[/yellow]: {escape(str(w))}")
     return 0
 
 
@@ -71,7 +71,8 @@ def cmd_codegen(cfg: Config, names: list[str] | None, force: bool = False) -> in
 
     models = [m.name for m in cfg.select(names)]
     if not force and codegen_stamp.is_current(cfg.crate, cfg.artifacts, models):
-        console.print(f"codegen: {len(models)} model(s), 0 file(s) changed in {cfg.crate} "
+        console.print(f"codegen: {len(models)} model(s), 0 file(s) changed in "
+                      f"{escape(str(cfg.crate))} "
                       "(up to date)")
         return 0
     stamp = codegen_stamp.Stamp.before(cfg.crate, cfg.artifacts, models)
@@ -89,8 +90,9 @@ def cmd_codegen(cfg: Config, names: list[str] | None, force: bool = False) -> in
     root = cfg.root
     for path in changed:
         shown = path.relative_to(root) if path.is_relative_to(root) else path
-        console.print(f"wrote {shown}")
-    console.print(f"codegen: {len(models)} model(s), {len(changed)} file(s) changed in {cfg.crate}")
+        console.print(f"wrote {escape(str(shown))}")
+    console.print(f"codegen: {len(models)} model(s), {len(changed)} file(s) changed in "
+                  f"{escape(str(cfg.crate))}")
     return 0
 
 
@@ -100,16 +102,17 @@ def cmd_parity(cfg: Config, names: list[str] | None, force: bool = False) -> int
     models = cfg.select(names)
     report = cfg.root / "reports" / "parity.json"
     results = parity(cfg.crate, [m.name for m in models],
-                     {m.name: len(m.inputs) for m in models}, report, console)
+                     {m.name: len(m.inputs) for m in models}, report, console, cfg.artifacts)
     failures = summarize(results)
     passed = sum(1 for r in results if r.passed)
     if failures:
         for line in failures:
             err_console.print(f"[red]FAIL[/red] {escape(line)}")
         err_console.print(f"parity: {passed} passed, {len(results) - passed} failed "
-                          f"(model x trace case); report: {report}")
+                          f"(model x trace case); report: {escape(str(report))}")
         return 1
-    console.print(f"parity: {passed} passed, 0 failed (model x trace case); report: {report}")
+    console.print(f"parity: {passed} passed, 0 failed (model x trace case); report: "
+                  f"{escape(str(report))}")
     return 0
 
 

@@ -6,8 +6,8 @@ error, so a typo never passes silently. Errors read `file:line: model 'x': field
 
 from __future__ import annotations
 
-import keyword
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,13 +16,28 @@ from typing import Any
 import yaml
 
 from pycandle.errors import PyCandleError
-from pycandle.names import RUST_KEYWORDS, rust_ident  # noqa: F401  (re-exported)
+from pycandle.names import MODEL_NAME_MAX, arg_name_problem, model_name_problem
 
 FLOAT_DTYPES = ("float32", "float64", "float16", "bfloat16")
 INT_DTYPES = ("int64", "int32")
 DTYPES = FLOAT_DTYPES + INT_DTYPES
-_IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
-_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+_ITEMSIZE = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4}
+# Bounds of what models.yaml may ask for, each checked with a message before anything runs.
+SEED_MAX = 2**32 - 1  # torch seeds the trace inputs with seed * 1_000_003 + case (< 2**64)
+INT_BOUNDS = {"int32": (-(2**31), 2**31), "int64": (-(2**53), 2**53)}  # exact as floats
+YAML_MAX_NODES = 100_000  # the document's size with every alias expanded
+MAX_DIMS = 16
+
+
+def memory_bytes() -> int | None:
+    """This machine's physical memory, or None when it cannot be told."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 class ConfigError(PyCandleError):
     pass
 
@@ -119,7 +134,46 @@ class _Seq(list):
 
 
 class _Loader(yaml.SafeLoader):
-    pass
+    def get_single_data(self):
+        # Aliases share one node in the composed graph but become copies once turned into
+        # plain data: bound the expanded size before anything is constructed.
+        node = self.get_single_node()
+        if node is None:
+            return None
+        _check_expanded_size(self.name, node)
+        return self.construct_document(node)
+
+
+def _check_expanded_size(name: str, root: yaml.Node) -> None:
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node, depth: int) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        if depth > 200:
+            raise ConfigError(f"{name}:{node.start_mark.line + 1}: the YAML is nested more "
+                              "than 200 levels deep; models.yaml holds plain, shallow data")
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
+        else:
+            children = []
+        for child in children:
+            total += size(child, depth + 1)
+            if total > YAML_MAX_NODES:
+                break
+        sizes[id(node)] = total
+        if total > YAML_MAX_NODES:
+            raise ConfigError(
+                f"{name}:{node.start_mark.line + 1}: the YAML expands to more than "
+                f"{YAML_MAX_NODES} values (aliases such as *a copy what their anchor &a holds, "
+                "and aliases of aliases multiply); write the values out or use fewer aliases")
+        return total
+
+    size(root, 0)
 
 
 def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
@@ -127,8 +181,11 @@ def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
     out.line = node.start_mark.line + 1
     out.key_lines = {}
     for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            raise ConfigError(f"{loader.name}:{line}: YAML merge keys (`<<:`) are not "
+                              "supported in models.yaml; write the keys out in the mapping")
+        key = loader.construct_object(key_node, deep=True)
         if not isinstance(key, str):
             raise ConfigError(f"{loader.name}:{line}: keys must be strings, got {key!r}")
         if key in out:
@@ -205,6 +262,8 @@ def _number(ctx: _Ctx, m: _Map, key: str, default: float, field_name: str,
     try:
         # YAML 1.1 reads `1e-5` (no dot) as a string: accept it as the number it means
         value = float(raw)
+    except OverflowError:
+        raise ctx.error(line, field_name, f"is too large, got {str(raw)[:40]}...") from None
     except ValueError:
         raise ctx.error(line, field_name, f"must be a number, got {raw!r}") from None
     if not math.isfinite(value):
@@ -225,13 +284,26 @@ def _tensor_spec(ctx: _Ctx, raw: Any, line: int, field_name: str,
     shape = _take(ctx, m, "shape", (list,), True, None, f"{field_name}.shape")
     if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
                             for d in shape):
+        shown = repr(list(shape))
         raise ctx.error(shape_line, f"{field_name}.shape",
-                        f"must be a non-empty list of positive integers, got {list(shape)!r}")
+                        "must be a non-empty list of positive integers, got "
+                        f"{shown if len(shown) < 80 else shown[:80] + '...'}")
+    if len(shape) > MAX_DIMS:
+        raise ctx.error(shape_line, f"{field_name}.shape",
+                        f"has {len(shape)} dimensions; at most {MAX_DIMS}")
     dtype_line = _line(m, "dtype")
     dtype = _take(ctx, m, "dtype", (str,), False, default_dtype, f"{field_name}.dtype")
     if dtype not in DTYPES:
         raise ctx.error(dtype_line, f"{field_name}.dtype",
                         f"unknown dtype '{dtype}'; one of: {', '.join(DTYPES)}")
+    nbytes = math.prod(shape) * _ITEMSIZE[dtype]
+    memory = memory_bytes()
+    limit = memory // 4 if memory else 2**40
+    if nbytes > limit:
+        raise ctx.error(shape_line, f"{field_name}.shape",
+                        f"a {dtype} tensor of shape {list(shape)} takes {nbytes} bytes, more than "
+                        f"a trace input may ({limit} bytes, a quarter of this machine's memory: "
+                        "the trace keeps several copies); use a smaller shape")
     is_int = dtype in INT_DTYPES
     if is_int and "high" not in m:
         raise ctx.error(m.line, f"{field_name}.high",
@@ -243,6 +315,13 @@ def _tensor_spec(ctx: _Ctx, raw: Any, line: int, field_name: str,
         raise ctx.error(high_line, f"{field_name}.high", f"must be above low ({low}), got {high}")
     if is_int and (low != int(low) or high != int(high)):
         raise ctx.error(high_line, f"{field_name}", f"low and high must be integers for {dtype}")
+    if is_int:
+        lo, hi = INT_BOUNDS[dtype]
+        for key, value in (("low", low), ("high", high)):
+            if not lo <= value <= hi:
+                raise ctx.error(_line(raw, key), f"{field_name}.{key}",
+                                f"must be between {lo} and {hi} for {dtype}, got "
+                                f"{str(raw.get(key))[:40]}")
     _no_leftovers(ctx, m, f"{field_name}.", ["shape", "dtype", "low", "high"])
     return TensorSpec(shape=tuple(shape), dtype=dtype, low=low, high=high)
 
@@ -259,10 +338,12 @@ def _model(ctx_file: Path, root: Path, raw: Any, index: int, line: int) -> Model
     lines = {**m.key_lines}
     name_line = _line(m, "name")
     name = _take(ctx, m, "name", (str,), True, None, f"models[{index}].name")
-    if not _IDENT.match(name) or keyword.iskeyword(name) or name in RUST_KEYWORDS:
-        raise ctx.error(name_line, "name",
-                        f"'{name}' must be a lowercase identifier usable as a Rust module name "
-                        "(letters a-z, digits, underscores; not a keyword), e.g. voice_encoder")
+    problem = model_name_problem(name)
+    if problem is not None:
+        shown = repr(name) if len(name) <= 40 else repr(name[:40]) + "..."
+        raise ctx.error(name_line, "name", f"{shown} {problem}; rename the model (its name "
+                        "is a Rust module and file name: a lowercase identifier, not a keyword, "
+                        f"at most {MODEL_NAME_MAX} characters)")
     ctx.model = name
     # Unknown keys first: a misspelt required key is reported as the typo it is.
     for key in m:
@@ -271,7 +352,7 @@ def _model(ctx_file: Path, root: Path, raw: Any, index: int, line: int) -> Model
                             f"{', '.join(_MODEL_KEYS)}")
     factory_line = _line(m, "factory")
     factory = _take(ctx, m, "factory", (str,), True, None, "factory")
-    if not _FACTORY.match(factory):
+    if not _FACTORY.fullmatch(factory):
         raise ctx.error(factory_line, "factory",
                         f"must be 'package.module:callable', got {factory!r}")
     kwargs = _take(ctx, m, "kwargs", (dict,), False, {}, "kwargs")
@@ -292,6 +373,9 @@ def _model(ctx_file: Path, root: Path, raw: Any, index: int, line: int) -> Model
     seed = _take(ctx, m, "seed", (int,), False, 0, "seed")
     if seed < 0:
         raise ctx.error(seed_line, "seed", f"must be >= 0, got {seed}")
+    if seed > SEED_MAX:
+        shown = str(seed) if len(str(seed)) <= 40 else str(seed)[:40] + "..."
+        raise ctx.error(seed_line, "seed", f"must be <= {SEED_MAX}, got {shown}")
     inputs_line = _line(m, "inputs")
     cases_raw = _take(ctx, m, "inputs", (list,), True, None, "inputs")
     if not cases_raw:
@@ -306,10 +390,11 @@ def _model(ctx_file: Path, root: Path, raw: Any, index: int, line: int) -> Model
                             "e.g. {mels: {shape: [2, 160, 40]}}")
         specs = {}
         for arg, spec in case.items():
-            if not arg.isidentifier() or keyword.iskeyword(arg) or arg in RUST_KEYWORDS:
-                raise ctx.error(case.key_lines[arg], f"inputs[{i}].{arg}",
-                                "must be a forward() argument name that is not a Python or "
-                                "Rust keyword")
+            problem = arg_name_problem(arg)
+            if problem is not None or not arg.isidentifier():
+                raise ctx.error(case.key_lines[arg], f"inputs[{i}].{arg[:40]}",
+                                f"must be a forward() argument name that is not a Python or "
+                                f"Rust keyword ({problem or 'is not an identifier'})")
             specs[arg] = _tensor_spec(ctx, spec, case.key_lines[arg], f"inputs[{i}].{arg}",
                                       dtype or "float32")
         if i and list(specs) != list(cases[0]):
@@ -372,6 +457,9 @@ def load_config(path: str | Path = "models.yaml") -> Config:
         raise ConfigError(f"{path}:{line}: invalid YAML: {e.problem or e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: the YAML is nested too deeply; models.yaml holds plain, "
+                          "shallow data") from None
     finally:
         loader.dispose()
     ctx = _Ctx(path)
@@ -384,6 +472,21 @@ def load_config(path: str | Path = "models.yaml") -> Config:
     models_line = _line(data, "models")
     models_raw = _take(ctx, data, "models", (list,), True, None, "models")
     _no_leftovers(ctx, data, "", ["crate", "artifacts", "models"])
+    if not models_raw:
+        raise ctx.error(models_line, "models", "lists no models; add at least one entry "
+                        "(name, factory, inputs), see the README's models.yaml reference")
+    crate_dir = _project_dir(ctx, root, crate, lines.get("crate", 1), "crate")
+    artifacts_dir = _project_dir(ctx, root, artifacts, lines.get("artifacts", 1), "artifacts")
+    if crate_dir == artifacts_dir or crate_dir in artifacts_dir.parents \
+            or artifacts_dir in crate_dir.parents:
+        # name the one inside the other (the artifacts when they are the same directory)
+        inner = "crate" if artifacts_dir in crate_dir.parents else "artifacts"
+        outer = "artifacts" if inner == "crate" else "crate"
+        dirs = {"crate": crate_dir, "artifacts": artifacts_dir}
+        raise ctx.error(lines.get(inner, lines.get(outer, 1)), inner,
+                        f"{dirs[inner]} overlaps the {outer} directory {dirs[outer]}; the crate "
+                        "and the artifacts need separate directories, e.g. `crate: generated` "
+                        "and `artifacts: artifacts`")
     models: list[ModelConfig] = []
     seen: dict[str, int] = {}
     for i, raw in enumerate(models_raw):
@@ -394,5 +497,24 @@ def load_config(path: str | Path = "models.yaml") -> Config:
                 line, "name", f"duplicate model name (first defined at line {seen[model.name]})")
         seen[model.name] = line
         models.append(model)
-    return Config(path=path, crate=(root / crate).resolve(), artifacts=(root / artifacts).resolve(),
-                  models=tuple(models), lines=lines)
+    return Config(path=path, crate=crate_dir, artifacts=artifacts_dir, models=tuple(models),
+                  lines=lines)
+
+
+def _project_dir(ctx: _Ctx, root: Path, value: str, line: int, field_name: str) -> Path:
+    """`crate` or `artifacts` resolved: never the config's directory, one above it, or `/`."""
+    if "\0" in value or not value.strip():
+        raise ctx.error(line, field_name, f"must name a directory, got {value!r}")
+    try:
+        path = (root / value).resolve()
+    except (OSError, RuntimeError, ValueError) as e:
+        raise ctx.error(line, field_name, f"cannot resolve {value!r}: {e}") from None
+    root = root.resolve()
+    if path == root or path in root.parents:
+        what = "/" if path == Path(path.anchor) else path
+        raise ctx.error(line, field_name,
+                        f"{value!r} is {what}, {'the directory of models.yaml' if path == root else 'a directory above models.yaml'}; "
+                        f"PyCandle writes and deletes files in the {field_name} directory, so it "
+                        f"must be a directory of its own, e.g. `{field_name}: "
+                        f"{'generated' if field_name == 'crate' else 'artifacts'}`")
+    return path

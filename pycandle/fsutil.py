@@ -100,13 +100,31 @@ def _ours(link: Path) -> bool:
     return "/" not in target and target.startswith(f".{link.name}.")
 
 
-def _check_writable_target(link: Path) -> None:
+def _version_entry(link: Path, name: str) -> bool:
+    """Whether `name`, in `link`'s directory, is one this scheme makes for `link`: a version
+    directory `.<link>.<8 hex>`, its temporary link `.<link>.<8 hex>.tmp` or `.<link>.legacy`.
+    Anything else (the user's `.<link>.bak`, say) is not PyCandle's to delete."""
+    return re.fullmatch(re.escape(f".{link.name}.") + r"(?:[0-9a-f]{8}(?:\.tmp)?|legacy)",
+                        name) is not None
+
+
+def _check_writable_target(link: Path, files: dict[str, bytes]) -> None:
     if link.is_symlink():
         if not _ours(link):
             raise OSError(f"{link} is a symlink PyCandle did not make; remove it (its target "
                           "is left alone) and run again")
     elif link.exists() and not link.is_dir():
         raise OSError(f"{link} is not a directory; move it away and run again")
+    elif link.is_dir():
+        # A plain directory is taken over only when it holds nothing but the files of a
+        # recording (written before the symlinks): anything else is the user's, left alone.
+        foreign = sorted(p.name for p in link.iterdir() if p.name not in files
+                         or p.is_symlink() or not p.is_file())
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise OSError(f"{link} is a directory PyCandle did not write (it holds {shown}); "
+                          "it is left alone: move it away, or rename the model or choose "
+                          "another `artifacts:` directory, and run again")
 
 
 @contextmanager
@@ -143,7 +161,7 @@ def _tidy(link: Path) -> None:
         os.symlink(legacy.name, link)
     current = os.readlink(link) if _ours(link) else None
     for entry in link.parent.iterdir():
-        if entry.name.startswith(f".{link.name}.") and entry.name != current:
+        if _version_entry(link, entry.name) and entry.name != current:
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
@@ -159,8 +177,8 @@ def write_dir_atomic(link: Path, files: dict[str, bytes]) -> bool:
     link = Path(link)
     link.parent.mkdir(parents=True, exist_ok=True)
     with _locked(link.parent):
+        _check_writable_target(link, files)
         _tidy(link)
-        _check_writable_target(link)
         if link.is_dir() and sorted(p.name for p in link.iterdir()) == sorted(files) \
                 and all((link / name).read_bytes() == data for name, data in files.items()):
             return False

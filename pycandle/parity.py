@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -47,6 +48,11 @@ class CaseResult:
     def passed(self) -> bool:
         return self.error is None and self.first_failure is None and bool(self.entries)
 
+
+# pycandle_runtime::parity: what a parity test prints for an error the user must act on, and
+# the variable naming the artifacts it must read
+ERROR_PREFIX = "pycandle-error: "
+ARTIFACTS_ENV = "PYCANDLE_PARITY_ARTIFACTS"
 
 # libtest's line for a finished test, as `--test-threads=1` prints it
 _TEST_DONE = re.compile(r"^test (\S+) \.\.\. (?:ok|FAILED|ignored)")
@@ -121,7 +127,8 @@ def _run_with_progress(cmd: list[str], env: dict[str, str], units: int | None, t
 
 
 def run_cargo_tests(crate_dir: Path, models: list[str], num_tests: int, report_dir: Path,
-                    console: Console) -> subprocess.CompletedProcess[str]:
+                    console: Console, artifacts: Path | None = None
+                    ) -> subprocess.CompletedProcess[str]:
     cargo = shutil.which("cargo")
     if cargo is None:
         raise ParityError("cargo not found: install a Rust toolchain (https://rustup.rs) "
@@ -139,6 +146,11 @@ def run_cargo_tests(crate_dir: Path, models: list[str], num_tests: int, report_d
     cmd += ["--test", "parity", "--", "--test-threads=1"] + [f"{m}::" for m in models]
     env = {**os.environ, "CARGO_TERM_COLOR": os.environ.get("CARGO_TERM_COLOR", "never"),
            "PYCANDLE_REPORT_DIR": str(report_dir)}
+    if artifacts is not None:
+        # the test binary checks that it reads these artifacts (not another project's)
+        env[ARTIFACTS_ENV] = str(artifacts)
+    else:
+        env.pop(ARTIFACTS_ENV, None)
     return _run_with_progress(cmd, env, _unit_count(cargo, manifest, env), num_tests, console)
 
 
@@ -193,7 +205,7 @@ def print_report(results: list[CaseResult], console: Console) -> None:
         console.print(table)
         for r in cases:
             if r.error:
-                console.print(f"[red]{model} case {r.case}: no report[/red]\n{r.error}")
+                console.print(f"[red]{model} case {r.case}: no report[/red]\n{escape(r.error)}")
 
 
 def summarize(results: list[CaseResult]) -> list[str]:
@@ -213,15 +225,33 @@ def summarize(results: list[CaseResult]) -> list[str]:
     return lines
 
 
+def user_errors(output: str) -> list[str]:
+    """The errors parity tests printed for the user (a test binary of another project, a
+    damaged golden file), each once, in order."""
+    found: list[str] = []
+    for line in output.splitlines():
+        at = line.find(ERROR_PREFIX)
+        if at >= 0:
+            message = line[at + len(ERROR_PREFIX):].strip()
+            if message and message not in found:
+                found.append(message)
+    return found
+
+
 def parity(crate_dir: Path, models: list[str], num_cases: dict[str, int], report_path: Path,
-           console: Console) -> list[CaseResult]:
+           console: Console, artifacts: Path | None = None) -> list[CaseResult]:
+    """Run the parity tests of `models` in the crate; with `artifacts`, the tests check that
+    they read the recordings there (and stop with an error otherwise)."""
     with tempfile.TemporaryDirectory(prefix="pycandle-parity-") as tmp:
         proc = run_cargo_tests(crate_dir, models, sum(num_cases[m] for m in models), Path(tmp),
-                               console)
+                               console, artifacts)
         output = proc.stdout + "\n" + proc.stderr
         if proc.returncode != 0 and "error: could not compile" in proc.stderr:
             raise ParityError("the generated crate does not compile:\n"
                               + "\n".join(proc.stderr.splitlines()[-40:]))
+        problems = user_errors(output) if proc.returncode != 0 else []
+        if problems:
+            raise ParityError("; ".join(problems))
         results = collect(Path(tmp), models, num_cases, output)
     print_report(results, console)
     write_atomic(report_path, json.dumps(
@@ -229,7 +259,7 @@ def parity(crate_dir: Path, models: list[str], num_cases: dict[str, int], report
           "entries": r.entries} for r in results], indent=1, sort_keys=True) + "\n")
     html_path = report_path.with_suffix(".html")
     write_atomic(html_path, render_html(results))
-    console.print(f"HTML report: {html_path}")
+    console.print(f"HTML report: {escape(str(html_path))}")
     if proc.returncode != 0 and all(r.passed for r in results):
         raise ParityError("cargo test failed although every report passed:\n"
                           + "\n".join(output.splitlines()[-30:]))

@@ -340,6 +340,9 @@ def test_killed_codegen_leaves_a_buildable_crate(tmp_path):
     pristine, reference = tmp_path / "pristine", tmp_path / "reference"
     project(pristine, old_models)
     assert main(["codegen", "--config", str(pristine / "models.yaml")]) == 0
+    # the reference crate has the same history (its package name is the first models')
+    project(reference, old_models)
+    assert main(["codegen", "--config", str(reference / "models.yaml")]) == 0
     project(reference, new_models)
     assert main(["codegen", "--config", str(reference / "models.yaml")]) == 0
     project(pristine, new_models)  # the crate is still the old models'

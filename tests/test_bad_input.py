@@ -294,6 +294,123 @@ def config_not_text(root: Path) -> None:
     (root / "models.yaml").write_bytes(b"models:\n  - name: \xff\xfe\x00tiny\n")
 
 
+# --- issue "Nothing lost, nothing injected, nothing falsely green" ------------------------------
+# Bounded input, names, paths that overlap, files PyCandle did not write.
+
+
+def yaml_alias_bomb(root: Path) -> None:
+    """522 bytes of nested aliases in kwargs: each level multiplies the expansion by 9."""
+    levels = ["a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    for prev, cur in zip("abcdefgh", "bcdefghi"):
+        levels.append(f"{cur}: &{cur} [" + ", ".join([f"*{prev}"] * 9) + "]")
+    edit(root / "models.yaml", "    kwargs: {hidden: 4}\n",
+         "    kwargs: {" + ", ".join(levels) + "}\n")
+
+
+def yaml_nested_too_deeply(root: Path) -> None:
+    edit(root / "models.yaml", "    kwargs: {hidden: 4}\n",
+         "    kwargs: {hidden: " + "[" * 20000 + "]" * 20000 + "}\n")
+
+
+def yaml_merge_key(root: Path) -> None:
+    edit(root / "models.yaml", "    kwargs: {hidden: 4}\n", "    kwargs: {<<: {hidden: 4}}\n")
+
+
+def models_empty(root: Path) -> None:
+    (root / "models.yaml").write_text("crate: crate\nartifacts: artifacts\nmodels: []\n")
+
+
+def crate_is_root(root: Path) -> None:
+    edit(root / "models.yaml", "crate: crate", "crate: /")
+
+
+def crate_is_config_dir(root: Path) -> None:
+    edit(root / "models.yaml", "crate: crate", "crate: .")
+
+
+def artifacts_is_config_dir_with_user_folder(root: Path) -> None:
+    """`artifacts: .` and a model named like the user's folder `data/` (and `.data.bak`)."""
+    (root / "data").mkdir()
+    (root / "data" / "thesis.txt").write_text("years of work\n")
+    (root / ".data.bak").write_text("a backup\n")
+    edit(root / "models.yaml", "artifacts: artifacts", "artifacts: .")
+    edit(root / "models.yaml", "name: tiny", "name: data")
+
+
+def artifacts_in_crate_model_src(root: Path) -> None:
+    """`artifacts:` pointing into the crate, a model named `src`: would replace its sources."""
+    edit(root / "models.yaml", "artifacts: artifacts", "artifacts: crate")
+    edit(root / "models.yaml", "name: tiny", "name: src")
+
+
+def crate_in_artifacts(root: Path) -> None:
+    edit(root / "models.yaml", "crate: crate", "crate: artifacts/crate")
+
+
+def user_folder_named_like_model(root: Path) -> None:
+    """A second model whose artifacts/<model> is the user's own folder, with a sibling
+    `.notes.bak`: neither is PyCandle's to rename or delete."""
+    (root / "artifacts" / "notes").mkdir()
+    (root / "artifacts" / "notes" / "todo.txt").write_text("mine\n")
+    (root / "artifacts" / ".notes.bak").write_text("my backup\n")
+    with open(root / "models.yaml", "a") as f:
+        f.write("  - name: notes\n"
+                "    factory: usermodels:Tiny\n"
+                "    kwargs: {hidden: 3}\n"
+                "    inputs:\n"
+                "      - x: {shape: [1, 2, 3]}\n")
+
+
+def user_module_in_crate(root: Path) -> None:
+    """The crate's src/tiny.rs is the user's own code, which PyCandle never wrote."""
+    (root / "crate" / "src" / "tiny.rs").write_text("// my own tiny model\npub fn mine() {}\n")
+
+
+def name_lib(root: Path) -> None:
+    edit(root / "models.yaml", "name: tiny", "name: lib")
+
+
+def name_main(root: Path) -> None:
+    edit(root / "models.yaml", "name: tiny", "name: main")
+
+
+def name_tests(root: Path) -> None:
+    edit(root / "models.yaml", "name: tiny", "name: tests")
+
+
+def name_trailing_newline(root: Path) -> None:
+    edit(root / "models.yaml", "name: tiny", 'name: "tiny\\n"')
+
+
+def name_too_long(root: Path) -> None:
+    edit(root / "models.yaml", "name: tiny", "name: " + "t" * 300)
+
+
+def shape_too_large(root: Path) -> None:
+    """8 TB: refused before torch tries to allocate it."""
+    edit(root / "models.yaml", "[2, 5, 3]", "[1000000, 1000000, 2]")
+
+
+def seed_beyond_int64(root: Path) -> None:
+    edit(root / "models.yaml", "    kwargs: {hidden: 4}\n",
+         f"    kwargs: {{hidden: 4}}\n    seed: {2**64}\n")
+
+
+def int_bound_beyond_int64(root: Path) -> None:
+    edit(root / "models.yaml", "- x: {shape: [2, 5, 3]}",
+         f"- x: {{shape: [2, 5, 3], dtype: int64, high: {2**70}}}")
+
+
+def manifest_odd_input_name(root: Path) -> None:
+    """A hand-edited manifest whose input is not a node of its graph."""
+    import json
+
+    path = root / "artifacts" / "tiny" / "manifest.json"
+    data = json.loads(path.read_text())
+    data["inputs"] = ['x"); panic!("']
+    path.write_text(json.dumps(data))
+
+
 def rustfmt_not_on_path(root: Path) -> None:
     """Nothing to change in the project: the case's PATH lacks the tool."""
 
@@ -400,6 +517,43 @@ CASES = [
           "plain data")),
     Case(config_not_text, "record", None,
          ("models.yaml: not a UTF-8 text file",)),
+    Case(yaml_alias_bomb, "record", KWARGS,
+         ("the YAML expands to more than 100000 values", "aliases")),
+    Case(yaml_nested_too_deeply, "record", None, ("the YAML is nested too deeply",)),
+    Case(yaml_merge_key, "record", KWARGS,
+         ("YAML merge keys (`<<:`) are not supported", "write the keys out")),
+    Case(models_empty, "record", 3, ("field 'models': lists no models", "add at least one")),
+    Case(crate_is_root, "codegen", CRATE,
+         ("field 'crate':", "'/' is /", "a directory of its own")),
+    Case(crate_is_config_dir, "codegen", CRATE,
+         ("field 'crate':", "the directory of models.yaml", "a directory of its own")),
+    Case(artifacts_is_config_dir_with_user_folder, "record", ARTIFACTS,
+         ("field 'artifacts':", "'.' is", "the directory of models.yaml")),
+    Case(artifacts_in_crate_model_src, "record", ARTIFACTS,
+         ("field 'artifacts':", "overlaps the crate directory", "separate directories")),
+    Case(crate_in_artifacts, "codegen", CRATE,
+         ("field 'crate':", "overlaps the artifacts directory", "separate directories")),
+    Case(user_folder_named_like_model, "record", ARTIFACTS,
+         ("field 'artifacts':", "model 'notes':", "artifacts/notes is a directory PyCandle did "
+          "not write (it holds todo.txt)", "left alone")),
+    Case(user_module_in_crate, "codegen", CRATE,
+         ("field 'crate':", MODEL, "crate/src/tiny.rs exists and was not written by PyCandle",
+          "left alone and nothing was changed")),
+    Case(name_lib, "codegen", NAME, ("field 'name':", "'lib' names a file of the generated "
+                                     "crate itself")),
+    Case(name_main, "codegen", NAME, ("field 'name':", "'main' names a file")),
+    Case(name_tests, "codegen", NAME, ("field 'name':", "'tests' names a file")),
+    Case(name_trailing_newline, "record", NAME,
+         ("field 'name':", "'tiny\\n' must be a lowercase identifier")),
+    Case(name_too_long, "record", NAME, ("field 'name':", "is 300 characters long; at most 64")),
+    Case(shape_too_large, "record", CASE0,
+         (MODEL, "field 'inputs[0].x.shape':", "takes 8000000000000 bytes", "smaller shape")),
+    Case(seed_beyond_int64, "record", WEIGHTS,
+         (MODEL, "field 'seed':", "must be <= 4294967295", str(2**64))),
+    Case(int_bound_beyond_int64, "record", CASE0,
+         (MODEL, "field 'inputs[0].x.high':", "must be between", "for int64", str(2**70))),
+    Case(manifest_odd_input_name, "codegen", None,
+         (MODEL, "artifacts/tiny/manifest.json: malformed manifest", "record --force")),
     Case(rustfmt_not_on_path, "codegen", None,
          ("rustfmt not found on PATH", "rustup component add rustfmt"),
          env={"PATH": lambda: _path_without("rustfmt")}),

@@ -69,6 +69,8 @@ def render_model(ir: ModelIR) -> str:
 
 
 def render_parity(ir: ModelIR, crate: str, artifacts_rel: str) -> str:
+    # Text from models.yaml (the artifacts path) and the manifest reaches Rust only as string
+    # literals made by rust_str, whatever it holds.
     text = _env.get_template("parity.rs.j2").render(
         ir=ir, crate=crate, artifacts=artifacts_rel, atol=_f(ir.atol), rtol=_f(ir.rtol),
         kinds=EntryKind)
@@ -78,6 +80,29 @@ def render_parity(ir: ModelIR, crate: str, artifacts_rel: str) -> str:
 def _f(v: float) -> str:
     text = repr(float(v))
     return text if any(c in text for c in ".eE") else text + ".0"
+
+
+def _check_ours(crate_dir: Path, files: dict[Path, str]) -> None:
+    """Codegen replaces only files it wrote (they carry its mark); lib.rs and Cargo.toml are
+    edited in place, the user's text kept. Anything else in the way stops the run before
+    anything is written, naming the file."""
+    for path in files:
+        if path.name in ("lib.rs", "Cargo.toml") and path.parent in (crate_dir, crate_dir / "src"):
+            continue
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise CrateWriteError(f"{path} is not a file PyCandle wrote; it is left alone and "
+                                  "nothing was changed: move it away, or rename the model")
+        if path.is_file():
+            try:
+                head = path.read_text(encoding="utf-8", errors="replace")[:600]
+            except OSError as e:
+                raise CrateWriteError(f"cannot read {path}: {e.strerror}; nothing was "
+                                      "changed") from None
+            if cargo.GENERATED_MARK not in head:
+                raise CrateWriteError(
+                    f"{path} exists and was not written by PyCandle (it lacks the "
+                    f"`{cargo.GENERATED_MARK}` mark); it is left alone and nothing was "
+                    "changed: move it away, or rename the model")
 
 
 @dataclass(frozen=True)
@@ -115,6 +140,12 @@ def codegen(crate_dir: Path, artifacts_root: Path, models: list[str],
         except PyCandleError as e:
             text = str(e)
             errors.append(text if f"'{name}'" in text else f"model '{name}': {text}")
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+            # a manifest that parses but does not hold together (edited by hand, or written
+            # by another version): its file, not a traceback
+            errors.append(f"model '{name}': {artifacts_root / name / 'manifest.json'}: "
+                          f"malformed manifest ({type(e).__name__}: {str(e)[:200]}); run "
+                          "`pycandle record --force` to record it again")
         if progress is not None:
             progress(name)
     if errors:
@@ -129,7 +160,8 @@ def codegen(crate_dir: Path, artifacts_root: Path, models: list[str],
     # All parity tests form one test binary (one link, however many models)
     files[crate_dir / "tests" / "parity" / "main.rs"] = cargo.parity_main_text(
         cargo.generated_modules(crate_dir, "tests/parity") | {g.model for g in generated})
-    files[crate_dir / "Cargo.toml"] = cargo.cargo_toml_text(crate_dir)
+    files[crate_dir / "Cargo.toml"] = cargo.cargo_toml_text(crate_dir, modules)
+    _check_ours(crate_dir, files)
     changed: list[Path] = []
     try:
         for folder in {path.parent for path in files}:  # what a killed run left

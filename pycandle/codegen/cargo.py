@@ -3,6 +3,7 @@ and of the module list in src/lib.rs."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -11,7 +12,7 @@ import tomlkit
 from tomlkit.items import Table
 
 import pycandle
-from pycandle.config import RUST_KEYWORDS
+from pycandle.names import RUST_KEYWORDS
 from pycandle.errors import PyCandleError
 
 CANDLE_VERSION = "0.11.1"
@@ -25,22 +26,39 @@ class CargoError(PyCandleError):
     pass
 
 
-def crate_name(crate_dir: Path) -> str:
-    """The package name in the crate's Cargo.toml (or the one we will give it)."""
-    toml = crate_dir / "Cargo.toml"
-    if toml.is_file():
-        doc = _parse(toml)
-        name = doc.get("package", {}).get("name")
-        if isinstance(name, str):
-            return name
-    name = re.sub(r"[^a-z0-9_-]", "-", crate_dir.name.lower()).strip("-_") or "generated"
-    if name[0].isdigit() or name.replace("-", "_") in RUST_KEYWORDS:
-        name = f"{name}-models"  # the library name must be a Rust identifier
+def _base_name(crate_dir: Path) -> str:
+    """A new crate's library name: its directory's name made a Rust identifier."""
+    name = re.sub(r"[^a-z0-9_]", "_", crate_dir.name.lower()).strip("_") or "generated"
+    if name[0].isdigit() or name in RUST_KEYWORDS or name in ("std", "core", "alloc", "test"):
+        name = f"{name}_models"  # the library name must be a Rust identifier
     return name
 
 
+def package_name(lib: str, modules: set[str]) -> str:
+    """A new crate's package name: its library name and a hash of the models it holds.
+
+    Two projects whose crates share a directory name (`generated`) and one CARGO_TARGET_DIR
+    get different package names, so cargo keeps their test binaries apart (it names them
+    after the package and its path relative to the workspace root, which is the same for
+    both). Deterministic: the same models give the same name on every machine and clone.
+    """
+    digest = hashlib.sha256("\n".join(sorted(modules)).encode()).hexdigest()[:8]
+    return f"{lib.replace('_', '-')}-{digest}"
+
+
 def lib_name(crate_dir: Path) -> str:
-    return crate_name(crate_dir).replace("-", "_")
+    """The crate's library name (what `use <lib>::model::Model` names): `[lib] name` in its
+    Cargo.toml, else its package name, or the one a new crate gets."""
+    toml = crate_dir / "Cargo.toml"
+    if toml.is_file():
+        doc = _parse(toml)
+        lib = doc.get("lib", {}).get("name")
+        if isinstance(lib, str):
+            return lib
+        name = doc.get("package", {}).get("name")
+        if isinstance(name, str):
+            return name.replace("-", "_")
+    return _base_name(crate_dir)
 
 
 def _parse(toml: Path) -> tomlkit.TOMLDocument:
@@ -65,8 +83,9 @@ def _is_member(workspace: Path, crate_dir: Path) -> bool:
     return any(Path(rel).match(m) or rel == m.rstrip("/") for m in members)
 
 
-def cargo_toml_text(crate_dir: Path) -> str:
-    """The crate's Cargo.toml with PyCandle's dependencies added or updated."""
+def cargo_toml_text(crate_dir: Path, modules: set[str] = frozenset()) -> str:
+    """The crate's Cargo.toml with PyCandle's dependencies added or updated; a new crate is
+    named after `modules` (see `package_name`)."""
     toml = crate_dir / "Cargo.toml"
     doc = _parse(toml) if toml.is_file() else tomlkit.document()
     if not toml.is_file():
@@ -76,11 +95,16 @@ def cargo_toml_text(crate_dir: Path) -> str:
     package = doc.get("package")
     if package is None:
         package = tomlkit.table()
-        package["name"] = crate_name(crate_dir)
+        lib = lib_name(crate_dir)
+        package["name"] = package_name(lib, modules)
         package["version"] = "0.1.0"
         package["edition"] = "2021"
         package["publish"] = False
         doc["package"] = package
+        if "lib" not in doc:
+            lib_table = tomlkit.table()
+            lib_table["name"] = lib
+            doc["lib"] = lib_table
 
     deps = doc.get("dependencies")
     if deps is None:

@@ -20,6 +20,21 @@ use serde::{Serialize, Serializer};
 /// writes `{model}.case{case}.json`.
 pub const REPORT_DIR_ENV: &str = "PYCANDLE_REPORT_DIR";
 
+/// Environment variable naming the artifacts directory `pycandle parity` was asked to check:
+/// [`ParityCase::open`] refuses to run when its compiled-in artifacts are elsewhere (a test
+/// binary that cargo reused from another project's crate of the same package name).
+pub const ARTIFACTS_ENV: &str = "PYCANDLE_PARITY_ARTIFACTS";
+
+/// Prefix of the lines a parity test prints (to stderr, captured by libtest) for an error the
+/// user must act on; `pycandle parity` reports them as they are.
+pub const ERROR_PREFIX: &str = "pycandle-error: ";
+
+/// Prints `message` for `pycandle parity` and returns it as an error.
+fn user_error<T>(message: String) -> Result<T> {
+    eprintln!("{ERROR_PREFIX}{message}");
+    Err(Error::Msg(message))
+}
+
 /// Golden tensors recorded from PyTorch (a safetensors file).
 #[derive(Debug, Clone)]
 pub struct Golden {
@@ -35,12 +50,23 @@ impl Golden {
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let path = path.as_ref();
         if !path.is_file() {
-            bail!(
-                "golden file {} not found: run `pycandle record` first",
+            return user_error(format!(
+                "{} not found: run `pycandle record` first",
                 path.display()
-            );
+            ));
         }
-        let tensors = candle_core::safetensors::load(path, device)?;
+        let tensors = match candle_core::safetensors::load(path, device) {
+            Ok(tensors) => tensors,
+            Err(e) => {
+                let reason = e.to_string();
+                let reason = reason.lines().next().unwrap_or("").trim();
+                return user_error(format!(
+                    "{} is not a readable safetensors file ({reason}): it is damaged or cut \
+                     short; run `pycandle record --force` to record it again",
+                    path.display()
+                ));
+            }
+        };
         Ok(Self {
             path: path.to_path_buf(),
             tensors,
@@ -110,6 +136,7 @@ impl ParityCase {
     ) -> Result<Self> {
         let device = Device::Cpu;
         let dir = artifacts.as_ref();
+        check_identity(dir, model)?;
         let weights = Golden::load(dir.join("weights.safetensors"), &device)?;
         let golden = Golden::load(dir.join("golden.safetensors"), &device)?;
         Ok(Self {
@@ -118,6 +145,33 @@ impl ParityCase {
             report: ParityReport::new(model, case, atol, rtol),
         })
     }
+}
+
+/// When `pycandle parity` names the artifacts it was asked to check ([`ARTIFACTS_ENV`]), the
+/// ones this test was compiled to read must be those: otherwise cargo ran a test binary built
+/// from another project's crate, whose results would say nothing about this one.
+fn check_identity(dir: &Path, model: &str) -> Result<()> {
+    let Some(root) = std::env::var_os(ARTIFACTS_ENV) else {
+        return Ok(());
+    };
+    let expected = Path::new(&root).join(model);
+    let canonical = |p: &Path| p.parent().and_then(|d| d.canonicalize().ok());
+    let same = match (canonical(dir), canonical(&expected)) {
+        (Some(a), Some(b)) => a == b && dir.file_name() == expected.file_name(),
+        _ => dir == expected,
+    };
+    if same {
+        return Ok(());
+    }
+    user_error(format!(
+        "this parity test binary was built to read {}, not {}: if `artifacts:` changed in \
+         models.yaml, run `pycandle codegen`; otherwise cargo reused a test binary built from \
+         another project's crate (crates with the same package name share CARGO_TARGET_DIR): \
+         give this crate a package name of its own in its Cargo.toml, or delete the Cargo.toml \
+         and run `pycandle codegen` for a new one, then run parity again",
+        dir.display(),
+        expected.display()
+    ))
 }
 
 /// The golden tensors of one trace case, by their key without the `c{case}.` prefix.
