@@ -22,6 +22,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from pycandle.enums import EntryKind, UnknownValue, parse
 from pycandle.errors import PyCandleError
 from pycandle.fsutil import write_atomic
 from pycandle.html_report import render as render_html
@@ -164,8 +165,14 @@ def collect(report_dir: Path, models: list[str], num_cases: dict[str, int],
                 results.append(CaseResult(m, case, error=_failure_excerpt(cargo_output, m, case)))
                 continue
             data = json.loads(path.read_text())
-            results.append(CaseResult(m, case, data["entries"], atol=data["atol"],
-                                      rtol=data["rtol"]))
+            entries = data["entries"]
+            for e in entries:  # the closed set the generated tests write: anything else is a bug
+                try:
+                    e["kind"] = parse(EntryKind, e["kind"], "parity entry kind")
+                except UnknownValue as err:
+                    raise PyCandleError(f"{path}: {err}; run `pycandle codegen` and parity "
+                                        "again") from None
+            results.append(CaseResult(m, case, entries, atol=data["atol"], rtol=data["rtol"]))
     return results
 
 

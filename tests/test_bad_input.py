@@ -553,7 +553,7 @@ CASES = [
     Case(int_bound_beyond_int64, "record", CASE0,
          (MODEL, "field 'inputs[0].x.high':", "must be between", "for int64", str(2**70))),
     Case(manifest_odd_input_name, "codegen", None,
-         (MODEL, "artifacts/tiny/manifest.json: malformed manifest", "record --force")),
+         (MODEL, "artifacts/tiny/manifest.json: field 'inputs'", "record --force")),
     Case(rustfmt_not_on_path, "codegen", None,
          ("rustfmt not found on PATH", "rustup component add rustfmt"),
          env={"PATH": lambda: _path_without("rustfmt")}),
