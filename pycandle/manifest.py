@@ -200,20 +200,26 @@ def leaves(value: Any, path: tuple[int, ...] = ()) -> Iterator[tuple[tuple[int, 
         yield path, value
 
 
-def refs_in(value: Any) -> Iterator[Ref]:
-    """Every tensor reference inside an argument, also within slices and symbolic integers."""
-    if isinstance(value, Ref):
+def found_in(value: Any, kind: type) -> Iterator[Any]:
+    """Every value of type `kind` inside an argument, also within containers, slices and
+    symbolic integers."""
+    if isinstance(value, kind):
         yield value
     elif isinstance(value, (tuple, list)):
         for v in value:
-            yield from refs_in(v)
+            yield from found_in(v, kind)
     elif isinstance(value, dict):
         for v in value.values():
-            yield from refs_in(v)
+            yield from found_in(v, kind)
     elif isinstance(value, slice):
-        yield from refs_in((value.start, value.stop, value.step))
+        yield from found_in((value.start, value.stop, value.step), kind)
     elif isinstance(value, SymInt):
-        yield from refs_in((value.a, value.b))
+        yield from found_in((value.a, value.b), kind)
+
+
+def refs_in(value: Any) -> Iterator[Ref]:
+    """Every tensor reference inside an argument."""
+    return found_in(value, Ref)
 
 
 def at_path(value: Any, path: tuple[int, ...]) -> Any:

@@ -17,8 +17,8 @@ from pycandle.enums import DType, EntryKind, NodeOp, SymKind
 from pycandle.errors import Problem, UnsupportedError
 from pycandle.lowering.structs import FieldDecl, LeafField, StructDef, build_tree
 from pycandle.manifest import (
-    PACK, PAD, Manifest, Node, Param, Ref, SymInt, TensorMeta, golden_input_key, golden_node_key,
-    golden_output_key, leaves, path_key, refs_in,
+    PACK, PAD, Manifest, Node, Param, Ref, SymInt, TensorMeta, found_in, golden_input_key,
+    golden_node_key, golden_output_key, leaves, path_key, refs_in,
 )
 from pycandle.registry import Dim, Packed, Rust, T, Unsupported
 from pycandle.rust import rust_str
@@ -128,16 +128,7 @@ def live_nodes(manifest: Manifest) -> list[Node]:
 
 
 def _params_in(value: Any) -> Iterator[Param]:
-    if isinstance(value, Param):
-        yield value
-    elif isinstance(value, (tuple, list)):
-        for v in value:
-            yield from _params_in(v)
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _params_in(v)
-    elif isinstance(value, slice):
-        yield from _params_in((value.start, value.stop, value.step))
+    return found_in(value, Param)
 
 
 def _uses_of(nodes: list[Node], output: Any) -> dict[tuple[str, tuple[int, ...]], int]:
