@@ -45,21 +45,28 @@ impl FrameScorer {
         frames: &Tensor,
         state: &mut FrameScorerState,
     ) -> Result<(Tensor, Tensor)> {
+        // examples/sequence.py:18
         // rnn_output: (d0, d1, 48), rnn_h_n: (2, d1, 48), rnn_c_n: (2, d1, 48)
         let (rnn_output, (rnn_h_n, rnn_c_n)) = self
             .rnn
             .forward(frames, state.rnn.as_ref().map(|(h, c)| (h, c)))?;
         state.rnn = Some((rnn_h_n.clone(), rnn_c_n.clone()));
+
+        // examples/sequence.py:19
         // (d0, d1, 4)
         let head = self.head.forward(&rnn_output.contiguous()?)?;
         // (d0, d1, 4)
         let sigmoid = candle_nn::ops::sigmoid(&head)?;
+
+        // examples/sequence.py:21
         // (d1, 4)
         let getitem = sigmoid.get_on_dim(0, sigmoid.dim(0)? - 1)?;
         // (d1, 4)
         let mul = (&getitem * 2.0)?;
         // (d1, 4)
         let sub = (&mul - 1.0)?;
+
+        // examples/sequence.py:22
         // (d1, 4)
         let getitem_1 =
             rnn_h_n

@@ -35,9 +35,14 @@ impl PaddedGru {
     /// `x`: (x.dim(0), x.dim(1), 12)
     /// `lengths`: (x.dim(0),)
     pub fn forward(&self, x: &Tensor, lengths: &Tensor) -> Result<(Tensor, Tensor)> {
+        // examples/tagger.py:31
         let packed_lengths = sequence_lengths(lengths)?;
+
+        // examples/tagger.py:32
         // gru_output: (x.dim(0), _, 24), gru_h_n: (2, x.dim(0), 24)
         let (gru_output, gru_h_n) = self.gru.forward_padded(x, &packed_lengths, None)?;
+
+        // examples/tagger.py:34
         // (x.dim(0), _, 4)
         let out = self.out.forward(&gru_output.contiguous()?)?;
         // (x.dim(0), _, 4)

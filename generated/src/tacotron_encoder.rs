@@ -44,10 +44,13 @@ impl TacotronEncoder {
 
     /// `tokens`: (d0, d1)
     pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
+        // examples/tts.py:25
         // (d0, d1, 32)
         let embedding = self.embedding.forward(tokens)?;
         // (d0, 32, d1)
         let transpose = embedding.transpose(1, 2)?;
+
+        // examples/tts.py:27
         // (d0, 32, d1)
         let convolutions_0_0 = self.convolutions[0].layer_0.forward(&transpose)?;
         // (d0, 32, d1)
@@ -72,6 +75,8 @@ impl TacotronEncoder {
             .forward_t(&convolutions_2_0, false)?;
         // (d0, 32, d1)
         let relu_2 = convolutions_2_1.relu()?;
+
+        // examples/tts.py:28
         // (d0, d1, 32)
         let transpose_1 = relu_2.transpose(1, 2)?;
         // lstm_output: (d0, d1, 32), lstm_h_n: (2, d0, 16), lstm_c_n: (2, d0, 16)

@@ -44,6 +44,7 @@ impl TokenTagger {
     /// Runs one chunk of a longer sequence: recurrent layers start from `state` and leave
     /// their final state in it, so consecutive chunks give the same result as one long call.
     pub fn forward_stream(&self, tokens: &Tensor, state: &mut TokenTaggerState) -> Result<Tensor> {
+        // examples/tts.py:42
         // (d0, d1, 24)
         let embed = self.embed.forward(tokens)?;
         // lstm_output: (d0, d1, 32), lstm_h_n: (1, d0, 32), lstm_c_n: (1, d0, 32)
@@ -51,6 +52,8 @@ impl TokenTagger {
             .lstm
             .forward(&embed, state.lstm.as_ref().map(|(h, c)| (h, c)))?;
         state.lstm = Some((lstm_h_n.clone(), lstm_c_n.clone()));
+
+        // examples/tts.py:43
         // (d0, d1, 7)
         let out = self.out.forward(&lstm_output.contiguous()?)?;
         // (d0, d1, 7)

@@ -30,6 +30,7 @@ class Stmt:
     pattern: str
     expr: str
     comment: str | None = None
+    source: str | None = None  # the Python line it ports: statements of one line form a group
 
 
 @dataclass(frozen=True)
@@ -374,9 +375,9 @@ class _Lowering:
                 continue
             self.vars[(node.name, path)] = T(name, meta)
 
-    def emit(self, pattern: str, code: Rust, comment: str | None = None) -> None:
-        """A statement of `forward`; its uses join the model file's."""
-        self.stmts.append(Stmt(pattern, code.code, comment))
+    def emit(self, node: Node, pattern: str, code: Rust, comment: str | None = None) -> None:
+        """A statement of `forward` porting `node`; its uses join the model file's."""
+        self.stmts.append(Stmt(pattern, code.code, comment, node.source))
         self.uses |= code.uses
         self.needs_device |= code.device
 
@@ -420,7 +421,7 @@ class _Lowering:
             if code.alias is not None:  # e.g. Flatten over a single dimension: no statement
                 self.vars[(node.name, ())] = code.alias
                 return
-        self.emit(_pattern(out_names, used_paths), code, self.comment(node, out_names))
+        self.emit(node, _pattern(out_names, used_paths), code, self.comment(node, out_names))
         x_arg = next((v for _, v in leaves((args, tuple(kwargs.values())))
                       if isinstance(v, (T, Packed))), None)
         if isinstance(x_arg, Packed):
@@ -428,7 +429,7 @@ class _Lowering:
         if streaming:
             finals = [f"{_at(out_names, p)}.clone()" for p in stream.state_paths]
             value = finals[0] if len(finals) == 1 else "(" + ", ".join(finals) + ")"
-            self.stmts.append(Stmt("", f"state.{local} = Some({value})"))
+            self.stmts.append(Stmt("", f"state.{local} = Some({value})", source=node.source))
             self.state_fields.append((local, stream.state_type, node.target))
         self._bind(node, out_names)
         self.layer_test(node, layer, info.config, self.this(node.target, "model"), out_names,
@@ -506,7 +507,7 @@ class _Lowering:
                 raise Unsupported("pack_padded_sequence needs the padded batch and the lengths "
                                   "as tensors (pass lengths to forward() as a tensor)")
             var = self.local(f"{node.name}_lengths")
-            self.emit(var, Rust(f"sequence_lengths({lengths.borrow})?",
+            self.emit(node, var, Rust(f"sequence_lengths({lengths.borrow})?",
                                 frozenset({"pycandle_runtime::sequence_lengths"})))
             self.vars[(node.name, ())] = Packed(x, var, lengths, bool(a["batch_first"]))
             return
@@ -537,7 +538,7 @@ class _Lowering:
             self.vars[(node.name, (0,))] = out
         else:
             local = self.local(node.name)
-            self.emit(local, Rust(expr), shape_comment(meta, self.shape_names))
+            self.emit(node, local, Rust(expr), shape_comment(meta, self.shape_names))
             self.vars[(node.name, (0,))] = T(local, meta)
         self.vars[(node.name, (1,))] = packed.lengths_t
 
@@ -565,7 +566,7 @@ class _Lowering:
                 and all(isinstance(m, TensorMeta) for m in node.out):
             # ops such as chunk/split/unbind: the code is a Vec<Tensor>, elements are indexed
             local = self.local(node.name)
-            self.emit(local, code)
+            self.emit(node, local, code)
             for i, m in enumerate(node.out):
                 self.vars[(node.name, (i,))] = T(f"{local}[{i}]", m, movable=False)
             return
@@ -575,7 +576,7 @@ class _Lowering:
             self.vars[(node.name, ())] = code.alias
             return
         local = self.local(node.name)
-        self.emit(local, code, shape_comment(node.out, self.shape_names))
+        self.emit(node, local, code, shape_comment(node.out, self.shape_names))
         self.vars[(node.name, ())] = T(local, node.out)
 
 
