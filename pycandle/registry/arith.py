@@ -8,8 +8,8 @@ from typing import Any, Callable
 
 from pycandle.manifest import TensorMeta
 from pycandle.registry.core import (
-    Op, T, Unsupported, alias, chained, is_number, minus, register_op, rust_dtype, rust_float,
-    rust_scalar, tensor, unary_op,
+    Op, T, Unsupported, alias, chained, is_number, local_name, minus, register_op, rust_dtype,
+    rust_float, rust_scalar, tensor, unary_op,
 )
 
 _BINARY_METHODS = {"add": "add", "sub": "sub", "mul": "mul", "div": "div"}
@@ -293,3 +293,176 @@ register_op(Op("masked_fill", {"torch.masked_fill": "input, mask, value",
                                "Tensor.masked_fill": "input, mask, value",
                                "Tensor.masked_fill_": "input, mask, value"}, _masked_fill,
                doc="a number or a 0-d tensor value"))
+
+# --- rounding, sign, trigonometry, erf ------------------------------------------------------------
+
+_FLOAT_UNARY = {"ceil": "{x.name}.ceil()?", "floor": "{x.name}.floor()?",
+                "sign": "{x.name}.sign()?", "sin": "{x.name}.sin()?", "cos": "{x.name}.cos()?",
+                "tan": "({x.name}.sin()? / {x.name}.cos()?)?", "erf": "{x.name}.erf()?",
+                "trunc": "({x.name}.abs()?.floor()? * {x.name}.sign()?)?"}
+_MORE_SPELLINGS = {"trunc": ("fix",), "erf": ("special.erf",)}
+
+
+def _float_input(x: Any, what: str) -> T:
+    x = tensor(x)
+    if not x.meta.dtype.startswith(("float", "bfloat")):
+        raise Unsupported(f"{what} of a {x.meta.dtype} tensor (only floating-point tensors here)",
+                          hint="cast it first, e.g. x.float()")
+    return x
+
+
+def _float_unary(name: str, template: str) -> Callable[[str, dict[str, Any], Any], str]:
+    def emit(spelling: str, a: dict[str, Any], out: Any) -> str:
+        return template.format(x=_float_input(a["input"], name))
+
+    return emit
+
+
+def _unary_spellings(names: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for n in names:
+        out[f"torch.{n}"] = "input"
+        if "." not in n:
+            out.update({f"Tensor.{n}": "input", f"Tensor.{n}_": "input", f"torch.{n}_": "input"})
+    return out
+
+
+for _name, _template in _FLOAT_UNARY.items():
+    register_op(Op(_name, _unary_spellings((_name,) + _MORE_SPELLINGS.get(_name, ())),
+                   _float_unary(_name, _template)))
+
+
+def _round(spelling: str, a: dict[str, Any], out: Any) -> str:
+    """PyTorch rounds half to even, Candle's `round` half away from zero: at an exact tie
+    (|round(x) - x| == 0.5) the even neighbour is `2 * round(x / 2)` (both steps exact)."""
+    x = _float_input(a["input"], "round")
+    if a["decimals"] != 0:
+        raise Unsupported(f"round with decimals={a['decimals']!r}",
+                          hint="scale, round and unscale in the model (x * 100).round() / 100")
+    r = local_name("rounded", x)
+    return (f"{{ let {r} = {x.name}.round()?; "
+            f"(&{r} - {x.borrow})?.abs()?.eq(0.5)?"
+            f".where_cond(&(({x.borrow} * 0.5)?.round()? * 2.0)?, &{r})? }}")
+
+
+register_op(Op("round", {**_unary_spellings(("round",)),
+                         **{s: "input, *, decimals=0" for s in _unary_spellings(("round",))}},
+               _round, doc="half to even, as PyTorch"))
+
+# --- tests: isnan, isinf, isfinite; logical and bitwise (bool) ops --------------------------------
+
+_TESTS = {"isnan": "{x.name}.ne({x.borrow})?", "isinf": "{x.name}.abs()?.eq(f64::INFINITY)?",
+          "isfinite": "{x.name}.abs()?.lt(f64::INFINITY)?"}
+for _name, _template in _TESTS.items():
+    register_op(Op(_name, {f"torch.{_name}": "input", f"Tensor.{_name}": "input"},
+                   _float_unary(_name, _template), doc="a u8 0/1 mask (PyTorch's bool)"))
+
+
+def _truth(x: T) -> str:
+    """`x` as a 0/1 mask: a bool tensor (a u8 mask here) as it is, any other `x != 0`."""
+    return x.name if x.meta.dtype == "bool" else f"{x.name}.ne(0.0)?"
+
+
+def _not(kind: str) -> Callable[[str, dict[str, Any], Any], str]:
+    def emit(spelling: str, a: dict[str, Any], out: Any) -> str:
+        x = tensor(a["input"])
+        if kind == "bitwise" and x.meta.dtype != "bool":
+            raise Unsupported(f"bitwise not of a {x.meta.dtype} tensor (only bool here)")
+        return f"{x.name}.eq(0.0)?"
+
+    return emit
+
+
+register_op(Op("logical_not", {"torch.logical_not": "input", "Tensor.logical_not": "input",
+                               "Tensor.logical_not_": "input"}, _not("logical"),
+               doc="a u8 0/1 mask (PyTorch's bool)"))
+register_op(Op("bitwise_not", {"torch.bitwise_not": "input", "Tensor.bitwise_not": "input",
+                               "Tensor.bitwise_not_": "input", "Tensor.__invert__": "input"},
+               _not("bitwise"), doc="of bool tensors"))
+
+# on 0/1 masks: and is the product, or the maximum, xor the inequality
+_LOGICAL = {"and": "mul", "or": "maximum", "xor": "ne"}
+
+
+def _logical(kind: str, bitwise: bool) -> Callable[[str, dict[str, Any], Any], str]:
+    def emit(spelling: str, a: dict[str, Any], out: Any) -> str:
+        x, y = tensor(a["input"]), a["other"]
+        if not isinstance(y, T):
+            raise Unsupported(f"{kind} of a tensor and {y!r} (only two tensors here)")
+        if bitwise and (x.meta.dtype, y.meta.dtype) != ("bool", "bool"):
+            raise Unsupported(f"bitwise {kind} of {x.meta.dtype} and {y.meta.dtype} tensors "
+                              "(only bool here)")
+        fn = _LOGICAL[kind]
+        if x.meta.shapes != y.meta.shapes:
+            fn = f"broadcast_{fn}"
+        right = y.borrow if y.meta.dtype == "bool" else f"&{_truth(y)}"
+        return f"{_truth(x)}.{fn}({right})?"
+
+    return emit
+
+
+for _kind in _LOGICAL:
+    register_op(Op(f"logical_{_kind}", {f"torch.logical_{_kind}": "input, other",
+                                        f"Tensor.logical_{_kind}": "input, other",
+                                        f"Tensor.logical_{_kind}_": "input, other"},
+                   _logical(_kind, False), doc="a u8 0/1 mask (PyTorch's bool)"))
+    register_op(Op(f"bitwise_{_kind}", {f"torch.bitwise_{_kind}": "input, other",
+                                        f"Tensor.bitwise_{_kind}": "input, other",
+                                        f"Tensor.bitwise_{_kind}_": "input, other",
+                                        f"Tensor.__{_kind}__": "input, other",
+                                        f"Tensor.__r{_kind}__": "input, other",
+                                        f"Tensor.__i{_kind}__": "input, other"},
+                   _logical(_kind, True), doc="of bool tensors, also & | ^"))
+
+# --- fmod, remainder ------------------------------------------------------------------------------
+
+
+def _divided(x: Any, y: Any) -> str:
+    """`x / y` for a float tensor and a tensor or number (either side)."""
+    if isinstance(x, T) and isinstance(y, T):
+        fn = "div" if x.meta.shapes == y.meta.shapes else "broadcast_div"
+        return f"{x.name}.{fn}({y.borrow})?"
+    if isinstance(x, T):
+        return f"({x.borrow} / {rust_float(float(y))})?"
+    return f"({y.name}.recip()? * {rust_float(float(x))})?"
+
+
+def _times_sub(x: Any, q: str, y: Any) -> str:
+    """`x - q * y` where `q` is a tensor expression shaped like the result."""
+    qy = f"({q} * {rust_float(float(y))})?" if not isinstance(y, T) else \
+        f"{q}.broadcast_mul({y.borrow})?"
+    if isinstance(x, T):
+        return f"{x.name}.broadcast_sub(&{qy})?"
+    return f"{qy}.affine(-1.0, {rust_float(float(x))})?"
+
+
+def _modulo(kind: str) -> Callable[[str, dict[str, Any], Any], str]:
+    """fmod: x - trunc(x / y) * y (the dividend's sign); remainder: x - floor(x / y) * y (the
+    divisor's sign), as PyTorch defines them for floating-point tensors."""
+
+    def emit(spelling: str, a: dict[str, Any], out: Any) -> str:
+        x, y = a["input"], a["other"]
+        if spelling == "Tensor.__rmod__":
+            x, y = y, x
+        for v in (x, y):
+            if isinstance(v, T):
+                _float_input(v, kind)
+            elif not is_number(v):
+                raise Unsupported(f"{kind} of {x!r} and {y!r}")
+        tensors_ = [v for v in (x, y) if isinstance(v, T)]
+        q = local_name("quotient", *tensors_)
+        if kind == "remainder":
+            return f"{{ let {q} = {_divided(x, y)}.floor()?; {_times_sub(x, q, y)} }}"
+        return (f"{{ let {q} = {_divided(x, y)}; "
+                f"let {q} = ({q}.abs()?.floor()? * {q}.sign()?)?; {_times_sub(x, q, y)} }}")
+
+    return emit
+
+
+register_op(Op("fmod", {"torch.fmod": "input, other", "Tensor.fmod": "input, other",
+                        "Tensor.fmod_": "input, other"}, _modulo("fmod"),
+               doc="float tensors, a tensor or number divisor (the dividend's sign)"))
+register_op(Op("remainder", {"torch.remainder": "input, other", "Tensor.remainder": "input, other",
+                             "Tensor.remainder_": "input, other", "Tensor.__rmod__": "input, other",
+                             "Tensor.__imod__": "input, other"}, _modulo("remainder"),
+               doc="float tensors and numbers, also %, (the divisor's sign)"))

@@ -218,6 +218,9 @@ def _parse_sig(sig: str) -> list[tuple[str, Any]]:
     return params
 
 
+_NUMPY_ALIASES = {"axis": "dim", "keepdims": "keepdim"}
+
+
 def bind(sig: str, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Bind recorded args/kwargs to a Python-style signature string such as
     ``"input, dim=None, keepdim=False"`` or ``"input, *shape"`` (`shape` gets the remaining
@@ -227,6 +230,10 @@ def bind(sig: str, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
     positional = params if star is None else params[:star]
     if star is None and len(args) > len(params):
         raise Unsupported(f"too many positional arguments ({len(args)}) for ({sig})")
+    names = dict(params)
+    # PyTorch's argument parser takes NumPy's names for these in every function that has them
+    kwargs = {(_NUMPY_ALIASES[k] if k in _NUMPY_ALIASES and k not in names
+               and _NUMPY_ALIASES[k] in names else k): v for k, v in kwargs.items()}
     out: dict[str, Any] = {}
     for (name, _), value in zip(positional, args):
         out[name] = value
@@ -367,6 +374,8 @@ DTYPE_AWARE_OPS = frozenset({
     "add", "sub", "mul", "div", "gt", "lt", "ge", "le", "eq", "ne", "argmax", "argmin", "cast",
     "to", "type_as", "arange", "zeros", "ones", "full", "zeros_like", "ones_like", "full_like",
     "new_zeros", "new_ones", "new_full", "sum", "mean", "softmax", "log_softmax", "type_cast",
+    "isnan", "isinf", "isfinite", "logical_not", "logical_and", "logical_or", "logical_xor",
+    "one_hot", "cumsum", "prod", "tensor", "empty", "empty_like", "new_empty",
 })
 
 LAYERS: dict[str, Layer] = {}
