@@ -135,12 +135,14 @@ OPS = """\
                     torch.fmod(3 * x, d), torch.fmod(3 * x, -d), (3 * x).fmod(0.7),
                     torch.remainder(3 * x, d), torch.remainder(3 * x, -d), (3 * x) % 0.7,
                     (3 * x) % -0.7, 2.0 % d, torch.remainder(-2.0, d),
-                    torch.maximum(x, x.flip(0)), x.minimum(x[:, :1])) + tuple(
+                    torch.maximum(x, x.flip(0)), x.minimum(x[:, :1]), x.round(decimals=2),
+                    torch.round(30 * x, decimals=-1)) + tuple(
                 # bool results as floats: a bool golden does not load in Candle (safetensors)
                 b.float() for b in (
                     torch.isnan(x.log()), x.isinf(), torch.isinf(x / 0.0), x.log().isfinite(),
                     ~m, m & n, m | n, m ^ n, torch.logical_and(m, n), torch.logical_or(x, n),
-                    torch.logical_xor(m, n), m.logical_not(), torch.bitwise_not(m)))
+                    torch.logical_xor(m, n), m.logical_not(), torch.bitwise_not(m), m & True,
+                    m | True, m ^ True, True & m, m ^ False))
 
 
     class Structure(nn.Module):
@@ -249,6 +251,15 @@ UNSUPPORTED = """\
 
     def mask_and_int():
         return Call(lambda x: x[x[:, 0, 0] > 0, 0])
+
+    def one_hot_of_values():
+        return Call(lambda x: F.one_hot(x.argmax(-1)).float())
+
+    def repeats_tensor():
+        return Call(lambda x: x.repeat_interleave(x.argmax(-1)[0, 0:1] + 1, dim=0))
+
+    def unsorted_topk():
+        return Call(lambda x: x.topk(2, sorted=False)[0])
     """
 
 REPORTED = {
@@ -262,6 +273,9 @@ REPORTED = {
     "apart_indices": "an integer index apart from a tensor index",
     "two_lists": "more than one tensor or list index",
     "mask_and_int": "a boolean mask together with other indices",
+    "one_hot_of_values": "one_hot without num_classes",
+    "repeats_tensor": "repeat_interleave with a tensor of repeats",
+    "unsorted_topk": "topk with sorted=False",
 }
 
 

@@ -8,8 +8,8 @@ from typing import Any, Callable
 
 from pycandle.manifest import TensorMeta
 from pycandle.registry.core import (
-    Op, T, Unsupported, alias, chained, is_number, local_name, minus, register_op, rust_dtype,
-    rust_float, rust_scalar, tensor, unary_op,
+    Op, Rust, T, Unsupported, alias, chained, int_arg, is_number, local_name, minus, register_op,
+    rust_dtype, rust_float, rust_scalar, tensor, unary_op,
 )
 
 _BINARY_METHODS = {"add": "add", "sub": "sub", "mul": "mul", "div": "div"}
@@ -334,15 +334,20 @@ for _name, _template in _FLOAT_UNARY.items():
 
 def _round(spelling: str, a: dict[str, Any], out: Any) -> str:
     """PyTorch rounds half to even, Candle's `round` half away from zero: at an exact tie
-    (|round(x) - x| == 0.5) the even neighbour is `2 * round(x / 2)` (both steps exact)."""
+    (|round(x) - x| == 0.5) the even neighbour is `2 * round(x / 2)` (both steps exact).
+    With `decimals`, PyTorch rounds x * 10^decimals and divides back."""
     x = _float_input(a["input"], "round")
-    if a["decimals"] != 0:
-        raise Unsupported(f"round with decimals={a['decimals']!r}",
-                          hint="scale, round and unscale in the model (x * 100).round() / 100")
+    decimals = int_arg(a["decimals"], "decimals")
     r = local_name("rounded", x)
-    return (f"{{ let {r} = {x.name}.round()?; "
-            f"(&{r} - {x.borrow})?.abs()?.eq(0.5)?"
-            f".where_cond(&(({x.borrow} * 0.5)?.round()? * 2.0)?, &{r})? }}")
+    src, scaled = x.borrow, ""
+    if decimals:
+        name = local_name("scaled", x)
+        src, scaled = f"&{name}", f"let {name} = ({x.borrow} * {rust_float(10.0 ** decimals)})?; "
+    body = (f"(&{r} - {src})?.abs()?.eq(0.5)?"
+            f".where_cond(&(({src} * 0.5)?.round()? * 2.0)?, &{r})?")
+    if decimals:
+        body = f"({body} / {rust_float(10.0 ** decimals)})?"
+    return f"{{ {scaled}let {r} = {src.lstrip('&') if decimals else x.name}.round()?; {body} }}"
 
 
 register_op(Op("round", {**_unary_spellings(("round",)),
@@ -384,9 +389,21 @@ register_op(Op("bitwise_not", {"torch.bitwise_not": "input", "Tensor.bitwise_not
 _LOGICAL = {"and": "mul", "or": "maximum", "xor": "ne"}
 
 
+def _with_bool(kind: str, x: T, y: bool) -> Rust | str:
+    """`m & True`, `m | False`, `m ^ True`...: the mask itself, its negation, or a constant."""
+    if (kind, y) in (("and", True), ("or", False), ("xor", False)):
+        return alias(x) if x.meta.dtype == "bool" else _truth(x)
+    if (kind, y) == ("xor", True):
+        return f"{x.name}.eq(0.0)?"
+    fill = "ones" if kind == "or" else "zeros"
+    return f"Tensor::{fill}({x.name}.shape(), {rust_dtype('uint8')}, {x.name}.device())?"
+
+
 def _logical(kind: str, bitwise: bool) -> Callable[[str, dict[str, Any], Any], str]:
     def emit(spelling: str, a: dict[str, Any], out: Any) -> str:
         x, y = tensor(a["input"]), a["other"]
+        if isinstance(y, bool) and (x.meta.dtype == "bool" or not bitwise):
+            return _with_bool(kind, x, y)
         if not isinstance(y, T):
             raise Unsupported(f"{kind} of a tensor and {y!r} (only two tensors here)")
         if bitwise and (x.meta.dtype, y.meta.dtype) != ("bool", "bool"):
