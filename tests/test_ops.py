@@ -154,7 +154,8 @@ OPS = """\
             return (torch.tril(x), x.triu(1), torch.tril(sq, -1), x.tril(diagonal=2),
                     torch.triu(x.transpose(1, 2)), torch.tril(torch.ones(x.shape[-1], x.shape[-1])),
                     torch.prod(x), x.prod(1), torch.prod(x + 1, -1, keepdim=True),
-                    (3 * x).long().prod(1), torch.cumsum(x, -1), x.cumsum(dim=1, dtype=torch.float64),
+                    (3 * x).long().prod(1), torch.cumsum(x, -1),
+                    x.cumsum(dim=1, dtype=torch.float64),
                     torch.flip(x, [0, 2]), x.flip(1), torch.gather(x, 1, idx),
                     x.gather(-1, idx[:, :, :3]), x.gather(1, idx.expand(-1, 3, -1)),
                     values, indices, low.values, low.indices, x.topk(x.shape[0] - 1, 0)[0],
@@ -165,7 +166,8 @@ OPS = """\
                     torch.var(x, dim=-1, correction=0, keepdim=True), x.std((0, 2)),
                     torch.tensor([1.0, 2.5, -3.0]) + x.sum(), torch.tensor([[1, 2], [3, 4]]),
                     torch.tensor([x.shape[0], x.shape[-1]]), torch.tensor(0.5) * x,
-                    torch.zeros_like(torch.empty_like(x)), torch.zeros_like(torch.empty(2, x.shape[0])),
+                    torch.zeros_like(torch.empty_like(x)),
+                    torch.zeros_like(torch.empty(2, x.shape[0])),
                     torch.zeros_like(x.new_empty(3)), x.sum(axis=1),
                     x.mean(axis=-1, keepdims=True))
     """

@@ -402,7 +402,9 @@ def _with_bool(kind: str, x: T, y: bool) -> Rust | str:
 def _logical(kind: str, bitwise: bool) -> Callable[[str, dict[str, Any], Any], str]:
     def emit(spelling: str, a: dict[str, Any], out: Any) -> str:
         x, y = tensor(a["input"]), a["other"]
-        if isinstance(y, bool) and (x.meta.dtype == "bool" or not bitwise):
+        if bitwise and x.meta.dtype != "bool":
+            raise Unsupported(f"bitwise {kind} of a {x.meta.dtype} tensor (only bool here)")
+        if isinstance(y, bool):
             return _with_bool(kind, x, y)
         if not isinstance(y, T):
             raise Unsupported(f"{kind} of a tensor and {y!r} (only two tensors here)")

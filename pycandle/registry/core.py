@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import contextvars
 import math
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -91,6 +92,13 @@ def usize_expr(v: Any) -> str:
     if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
         return str(v)
     raise Unsupported(f"expected a non-negative size, got {v!r}")
+
+
+def size_as(v: Dim, rust_type: str) -> str:
+    """A size from shapes as a number of another Rust type (`x.dim(1)? as i64`); `as` binds
+    before `+` and `*`, so anything but one `x.dim(k)?` is parenthesised."""
+    expr = v.expr if re.fullmatch(r"[\w.]+\.dim\(\d+\)\?", v.expr) else f"({v.expr})"
+    return f"{expr} as {rust_type}"
 
 
 def minus(k: int) -> str:

@@ -6,13 +6,12 @@ operand's device, the others on the model's `device` (see `core.device`).
 
 from __future__ import annotations
 
-import re
 from typing import Any, Callable
 
 from pycandle.manifest import DType, TensorMeta
 from pycandle.registry.core import (
     Dim, Op, Rust, T, Unsupported, alias, device, is_number, register_op, rust_dtype,
-    rust_scalar, shape_tuple, tensor, usize_expr, varargs_sizes,
+    rust_scalar, shape_tuple, size_as, tensor, usize_expr, varargs_sizes,
 )
 
 _FACTORY_KW = "out=None, dtype=None, layout=None, device=None, pin_memory=False, " \
@@ -68,9 +67,7 @@ def _full_op(spelling: str, a: dict[str, Any], out: Any) -> str:
 
 def _arange_bound(v: Any, dtype: str) -> str:
     if isinstance(v, Dim):  # a size: usize, converted to the element type
-        # `as` binds before `+`: anything but one `x.dim(1)?` is parenthesised
-        expr = v.expr if re.fullmatch(r"[\w.]+\.dim\(\d+\)\?", v.expr) else f"({v.expr})"
-        return f"{expr} as {_RUST_TYPES[dtype]}"
+        return size_as(v, _RUST_TYPES[dtype])
     return rust_scalar(v, dtype)
 
 
@@ -225,8 +222,7 @@ def _elements(data: Any, dtype: str, first: list[bool]) -> str:
     rust_type = _RUST_TYPES[dtype]
     if isinstance(data, Dim):
         first[0] = False
-        expr = data.expr if re.fullmatch(r"[\w.]+\.dim\(\d+\)\?", data.expr) else f"({data.expr})"
-        return f"{expr} as {rust_type}"
+        return size_as(data, rust_type)
     if isinstance(data, T):
         raise Unsupported("torch.tensor of tensors", hint="use torch.stack")
     if not (is_number(data) or isinstance(data, bool)):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from pycandle.registry.core import (
     Dim, Op, T, Unsupported, borrow_expr, device, is_int, register_op, runtime, rust_dim,
-    rust_dtype, tensor,
+    rust_dtype, size_as, tensor,
 )
 
 
@@ -166,8 +165,7 @@ def _one_hot(spelling: str, a: dict[str, Any], out: Any) -> str:
                           hint="pass num_classes=")
     if not (is_int(n) or isinstance(n, Dim)):
         raise Unsupported(f"one_hot with num_classes={n!r}")
-    classes = f"{n}i64" if is_int(n) else (
-        f"{n.expr} as i64" if re.fullmatch(r"[\w.]+\.dim\(\d+\)\?", n.expr) else f"({n.expr}) as i64")
+    classes = f"{n}i64" if is_int(n) else size_as(n, "i64")
     return (f"{x.name}.unsqueeze({x.rank})?.broadcast_eq(&Tensor::arange(0i64, {classes}, "
             f"{x.name}.device())?)?.to_dtype({rust_dtype('int64')})?")
 

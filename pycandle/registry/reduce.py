@@ -211,7 +211,8 @@ def _in_out_dtype(x: T, out: Any) -> T:
     """`x` cast to the result's dtype first (`dtype=`, or PyTorch's promotion of integers to
     int64), which is what PyTorch computes in."""
     if isinstance(out, TensorMeta) and out.dtype != x.meta.dtype:
-        return T(f"{x.name}.to_dtype({rust_dtype(out.dtype)})?", TensorMeta(out.dtype, x.meta.shapes))
+        return T(f"{x.name}.to_dtype({rust_dtype(out.dtype)})?",
+                 TensorMeta(out.dtype, x.meta.shapes))
     return x
 
 
