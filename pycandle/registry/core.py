@@ -248,7 +248,13 @@ def bind(sig: str, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
     if star is not None:
         out[params[star][0]] = tuple(args[len(positional):])
     for name, value in kwargs.items():
-        if name not in dict(params) or (star is not None and name == params[star][0]):
+        if star is not None and name == params[star][0]:
+            # `x.permute(dims=(0, 2, 1))`, `torch.zeros(size=(2, 3))`: the sequence by name
+            if out[name]:
+                raise Unsupported(f"argument '{name}' given twice")
+            out[name] = (value,)
+            continue
+        if name not in names:
             raise Unsupported(f"unknown keyword argument '{name}' for ({sig})")
         if name in out:
             raise Unsupported(f"argument '{name}' given twice")

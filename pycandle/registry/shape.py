@@ -80,7 +80,7 @@ def _size_items(sizes: list[Any]) -> list[str | None]:
 
 def _reshape(spelling: str, a: dict[str, Any], out: Any) -> str:
     x = tensor(a["input"])
-    shape = a["shape"]
+    shape = a["shape"] if "shape" in a else a["size"]  # Tensor.view names it size
     if spelling == "torch.reshape":
         shape = (shape,)
     if len(shape) == 1 and not isinstance(shape[0], (tuple, list, int, Dim)):
@@ -126,7 +126,7 @@ def unflatten(x: T, dim: Any, sizes: Any) -> str:
 
 
 register_op(Op("reshape", {"torch.reshape": "input, shape", "Tensor.reshape": "input, *shape",
-                           "Tensor.view": "input, *shape"}, _reshape,
+                           "Tensor.view": "input, *size"}, _reshape,
                doc="sizes may be -1 (inferred)"))
 register_op(Op("reshape_as", {"Tensor.reshape_as": "input, other",
                               "Tensor.view_as": "input, other"}, _reshape_as))
