@@ -135,6 +135,10 @@ OPS = """\
                     torch.fmod(3 * x, d), torch.fmod(3 * x, -d), (3 * x).fmod(0.7),
                     torch.remainder(3 * x, d), torch.remainder(3 * x, -d), (3 * x) % 0.7,
                     (3 * x) % -0.7, 2.0 % d, torch.remainder(-2.0, d),
+                    torch.remainder(torch.arange(12.0) * 0.1, 0.1),  # exact: 1.0 % 0.1 is ~0.1
+                    torch.fmod(torch.arange(12.0), 0.3),
+                    (10 * x).long() % 3, torch.fmod((10 * x).long(), -3),
+                    torch.remainder((10 * x).long(), (3 * d).long()),
                     torch.maximum(x, x.flip(0)), x.minimum(x[:, :1]), x.round(decimals=2),
                     torch.round(30 * x, decimals=-1)) + tuple(
                 # bool results as floats: a bool golden does not load in Candle (safetensors)

@@ -9,7 +9,7 @@ from typing import Any, Callable
 from pycandle.manifest import TensorMeta
 from pycandle.registry.core import (
     Op, Rust, T, Unsupported, alias, chained, int_arg, is_number, local_name, minus, register_op,
-    rust_dtype, rust_float, rust_scalar, tensor, unary_op,
+    runtime, rust_dtype, rust_float, rust_scalar, tensor, unary_op,
 )
 
 _BINARY_METHODS = {"add": "add", "sub": "sub", "mul": "mul", "div": "div"}
@@ -435,53 +435,40 @@ for _kind in _LOGICAL:
 
 # --- fmod, remainder ------------------------------------------------------------------------------
 
-
-def _divided(x: Any, y: Any) -> str:
-    """`x / y` for a float tensor and a tensor or number (either side)."""
-    if isinstance(x, T) and isinstance(y, T):
-        fn = "div" if x.meta.shapes == y.meta.shapes else "broadcast_div"
-        return f"{x.name}.{fn}({y.borrow})?"
-    if isinstance(x, T):
-        return f"({x.borrow} / {rust_float(float(y))})?"
-    return f"({y.name}.recip()? * {rust_float(float(x))})?"
-
-
-def _times_sub(x: Any, q: str, y: Any) -> str:
-    """`x - q * y` where `q` is a tensor expression shaped like the result."""
-    qy = f"({q} * {rust_float(float(y))})?" if not isinstance(y, T) else \
-        f"{q}.broadcast_mul({y.borrow})?"
-    if isinstance(x, T):
-        return f"{x.name}.broadcast_sub(&{qy})?"
-    return f"{qy}.affine(-1.0, {rust_float(float(x))})?"
+_MODULO_DTYPES = ("float32", "float64", "int64")
 
 
 def _modulo(kind: str) -> Callable[[str, dict[str, Any], Any], str]:
-    """fmod: x - trunc(x / y) * y (the dividend's sign); remainder: x - floor(x / y) * y (the
-    divisor's sign), as PyTorch defines them for floating-point tensors."""
+    """The runtime's exact `fmod` (the dividend's sign) and `remainder` (the divisor's sign),
+    with a number operand as a 0-d tensor of the other's dtype."""
 
     def emit(spelling: str, a: dict[str, Any], out: Any) -> str:
         x, y = a["input"], a["other"]
         if spelling == "Tensor.__rmod__":
             x, y = y, x
-        for v in (x, y):
+        t = x if isinstance(x, T) else tensor(y, "other")
+        if t.meta.dtype not in _MODULO_DTYPES:
+            raise Unsupported(f"{kind} of a {t.meta.dtype} tensor "
+                              "(float32, float64 and int64 here)")
+
+        def operand(v: Any) -> str:
             if isinstance(v, T):
-                _float_input(v, kind)
-            elif not is_number(v):
+                return v.borrow
+            if not is_number(v):
                 raise Unsupported(f"{kind} of {x!r} and {y!r}")
-        tensors_ = [v for v in (x, y) if isinstance(v, T)]
-        q = local_name("quotient", *tensors_)
-        if kind == "remainder":
-            return f"{{ let {q} = {_divided(x, y)}.floor()?; {_times_sub(x, q, y)} }}"
-        return (f"{{ let {q} = {_divided(x, y)}; "
-                f"let {q} = ({q}.abs()?.floor()? * {q}.sign()?)?; {_times_sub(x, q, y)} }}")
+            return f"&Tensor::new({rust_scalar(v, t.meta.dtype)}, {t.name}.device())?"
+
+        # named for their rounding: a local `fmod` (the node) would shadow a function `fmod`
+        fn = runtime("rem_trunc" if kind == "fmod" else "rem_floor")
+        return f"{fn}({operand(x)}, {operand(y)})?"
 
     return emit
 
 
 register_op(Op("fmod", {"torch.fmod": "input, other", "Tensor.fmod": "input, other",
                         "Tensor.fmod_": "input, other"}, _modulo("fmod"),
-               doc="float tensors, a tensor or number divisor (the dividend's sign)"))
+               doc="exact; a tensor or number divisor (the dividend's sign)"))
 register_op(Op("remainder", {"torch.remainder": "input, other", "Tensor.remainder": "input, other",
                              "Tensor.remainder_": "input, other", "Tensor.__rmod__": "input, other",
                              "Tensor.__imod__": "input, other"}, _modulo("remainder"),
-               doc="float tensors and numbers, also %, (the divisor's sign)"))
+               doc="exact; tensors and numbers, also % (the divisor's sign)"))
