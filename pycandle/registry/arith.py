@@ -335,18 +335,24 @@ for _name, _template in _FLOAT_UNARY.items():
 def _round(spelling: str, a: dict[str, Any], out: Any) -> str:
     """PyTorch rounds half to even, Candle's `round` half away from zero: at an exact tie
     (|round(x) - x| == 0.5) the even neighbour is `2 * round(x / 2)` (both steps exact).
-    With `decimals`, PyTorch rounds x * 10^decimals and divides back."""
+    With `decimals`, PyTorch scales by p = 10^|decimals| in the tensor's dtype, rounds, and
+    scales back: (x * p) / p, or (x / p) * p for negative decimals; so does the Rust."""
     x = _float_input(a["input"], "round")
     decimals = int_arg(a["decimals"], "decimals")
     r = local_name("rounded", x)
     src, scaled = x.borrow, ""
     if decimals:
+        p = f"&Tensor::new({rust_scalar(10.0 ** abs(decimals), x.meta.dtype)}, {x.name}.device())?"
         name = local_name("scaled", x)
-        src, scaled = f"&{name}", f"let {name} = ({x.borrow} * {rust_float(10.0 ** decimals)})?; "
+        into = f"({x.borrow} * {rust_float(10.0 ** decimals)})?" if decimals > 0 else \
+            f"{x.name}.broadcast_div({p})?"
+        src, scaled = f"&{name}", f"let {name} = {into}; "
     body = (f"(&{r} - {src})?.abs()?.eq(0.5)?"
             f".where_cond(&(({src} * 0.5)?.round()? * 2.0)?, &{r})?")
-    if decimals:
-        body = f"({body} / {rust_float(10.0 ** decimals)})?"
+    if decimals > 0:
+        body = f"{body}.broadcast_div({p})?"
+    elif decimals < 0:
+        body = f"({body} * {rust_float(10.0 ** -decimals)})?"
     return f"{{ {scaled}let {r} = {src.lstrip('&') if decimals else x.name}.round()?; {body} }}"
 
 
