@@ -80,12 +80,12 @@ def test_unchanged_files_are_not_rewritten(tmp_path):
 def test_unsupported_op_is_reported_with_its_source_and_nothing_is_written(tmp_path):
     manifest = with_node(
         speaker_encoder("bad"),
-        Node("cumsum", "call_function", "torch.cumsum", (Ref("div"), 1), out=meta((2, 4), (1, 4)),
+        Node("cumprod", "call_function", "torch.cumprod", (Ref("div"), 1), out=meta((2, 4), (1, 4)),
              source="model.py:14"),
-        Ref("cumsum"))
+        Ref("cumprod"))
     with pytest.raises(UnsupportedError) as info:
         lower(manifest)
-    assert "model.py:14: function torch.cumsum is not supported" in str(info.value)
+    assert "model.py:14: function torch.cumprod is not supported" in str(info.value)
     write_manifest(tmp_path / "artifacts", manifest)
     write_manifest(tmp_path / "artifacts", speaker_encoder())
     with pytest.raises(CodegenError, match="nothing was written"):

@@ -121,10 +121,64 @@ OPS = """\
                     x.to(x) * 2, x.to("cpu") * 3, (10 * x).int(), z64.float(),
                     x.data * 2, x.cpu() + 1, (x > 0).byte().float(), x.bool().long(),
                     (10 * x).short().float(), (x > 0).bool().float())
+
+
+    class Elementwise(nn.Module):
+        def forward(self, x):  # x: (batch, 4, length)
+            halves = (x * 8).floor() / 2  # many exact ties: PyTorch rounds them to even
+            m, n = x > 0, x < 0.5
+            d = x[:, :1] + 1.5  # (batch, 1, length), in [0.5, 2.5]
+            return (torch.ceil(3 * x), x.floor(), torch.trunc(3 * x), torch.fix(3 * x), x.sign(),
+                    torch.sin(x), x.cos(), torch.tan(x), torch.erf(x), torch.special.erf(x),
+                    torch.round(halves), halves.round(), torch.round(3 * x),
+                    torch.round(torch.tensor([0.5, 1.5, 2.5, -0.5, -2.5, 3.0])),
+                    torch.fmod(3 * x, d), torch.fmod(3 * x, -d), (3 * x).fmod(0.7),
+                    torch.remainder(3 * x, d), torch.remainder(3 * x, -d), (3 * x) % 0.7,
+                    (3 * x) % -0.7, 2.0 % d, torch.remainder(-2.0, d),
+                    torch.remainder(torch.arange(12.0) * 0.1, 0.1),  # exact: 1.0 % 0.1 is ~0.1
+                    torch.fmod(torch.arange(12.0), 0.3),
+                    (10 * x).long() % 3, torch.fmod((10 * x).long(), -3),
+                    torch.remainder((10 * x).long(), (3 * d).long()),
+                    torch.maximum(x, x.flip(0)), x.minimum(x[:, :1]), x.round(decimals=2),
+                    torch.round(30 * x, decimals=-1)) + tuple(
+                # bool results as floats: a bool golden does not load in Candle (safetensors)
+                b.float() for b in (
+                    torch.isnan(x.log()), x.isinf(), torch.isinf(x / 0.0), x.log().isfinite(),
+                    ~m, m & n, m | n, m ^ n, torch.logical_and(m, n), torch.logical_or(x, n),
+                    torch.logical_xor(m, n), m.logical_not(), torch.bitwise_not(m), m & True,
+                    m | True, m ^ True, True & m, m ^ False))
+
+
+    class Structure(nn.Module):
+        def forward(self, x):  # x: (batch, 4, length)
+            sq = x[:, :, :4]
+            values, indices = x.topk(2)
+            low = torch.topk(x, 3, dim=1, largest=False)
+            idx = x.argmax(1, keepdim=True)  # (batch, 1, length)
+            return (torch.tril(x), x.triu(1), torch.tril(sq, -1), x.tril(diagonal=2),
+                    torch.triu(x.transpose(1, 2)), torch.tril(torch.ones(x.shape[-1], x.shape[-1])),
+                    torch.prod(x), x.prod(1), torch.prod(x + 1, -1, keepdim=True),
+                    (3 * x).long().prod(1), torch.cumsum(x, -1),
+                    x.cumsum(dim=1, dtype=torch.float64),
+                    torch.flip(x, [0, 2]), x.flip(1), torch.gather(x, 1, idx),
+                    x.gather(-1, idx[:, :, :3]), x.gather(1, idx.expand(-1, 3, -1)),
+                    values, indices, low.values, low.indices, x.topk(x.shape[0] - 1, 0)[0],
+                    F.one_hot(x.argmax(1), 4), F.one_hot(idx, num_classes=x.shape[1]),
+                    x.repeat_interleave(2, dim=1), torch.repeat_interleave(x, 3, -1),
+                    x.repeat_interleave(2), x.repeat_interleave(x.shape[0], dim=0),
+                    torch.std(x), x.var(1, unbiased=False), torch.std(x, False),
+                    torch.var(x, dim=-1, correction=0, keepdim=True), x.std((0, 2)),
+                    torch.tensor([1.0, 2.5, -3.0]) + x.sum(), torch.tensor([[1, 2], [3, 4]]),
+                    torch.tensor([x.shape[0], x.shape[-1]]), torch.tensor(0.5) * x,
+                    torch.zeros_like(torch.empty_like(x)),
+                    torch.zeros_like(torch.empty(2, x.shape[0])),
+                    torch.zeros_like(x.new_empty(3)), x.sum(axis=1),
+                    x.mean(axis=-1, keepdims=True))
     """
 
 MODELS = {"layout": "Layout", "reductions": "Reductions", "activations": "Activations",
-          "math": "Math", "indexing": "Indexing", "creation": "Creation"}
+          "math": "Math", "indexing": "Indexing", "creation": "Creation",
+          "elementwise": "Elementwise", "structure": "Structure"}
 
 
 def _inputs(name: str) -> str:
@@ -203,6 +257,15 @@ UNSUPPORTED = """\
 
     def mask_and_int():
         return Call(lambda x: x[x[:, 0, 0] > 0, 0])
+
+    def one_hot_of_values():
+        return Call(lambda x: F.one_hot(x.argmax(-1)).float())
+
+    def repeats_tensor():
+        return Call(lambda x: x.repeat_interleave(x.argmax(-1)[0, 0:1] + 1, dim=0))
+
+    def unsorted_topk():
+        return Call(lambda x: x.topk(2, sorted=False)[0])
     """
 
 REPORTED = {
@@ -216,6 +279,9 @@ REPORTED = {
     "apart_indices": "an integer index apart from a tensor index",
     "two_lists": "more than one tensor or list index",
     "mask_and_int": "a boolean mask together with other indices",
+    "one_hot_of_values": "one_hot without num_classes",
+    "repeats_tensor": "repeat_interleave with a tensor of repeats",
+    "unsorted_topk": "topk with sorted=False",
 }
 
 

@@ -8,8 +8,8 @@ from typing import Any, Callable
 
 from pycandle.manifest import TensorMeta
 from pycandle.registry.core import (
-    Op, T, Unsupported, alias, chained, is_number, minus, register_op, rust_dtype, rust_float,
-    rust_scalar, tensor, unary_op,
+    Op, Rust, T, Unsupported, alias, chained, int_arg, is_number, local_name, minus, register_op,
+    runtime, rust_dtype, rust_float, rust_scalar, tensor, unary_op,
 )
 
 _BINARY_METHODS = {"add": "add", "sub": "sub", "mul": "mul", "div": "div"}
@@ -293,3 +293,188 @@ register_op(Op("masked_fill", {"torch.masked_fill": "input, mask, value",
                                "Tensor.masked_fill": "input, mask, value",
                                "Tensor.masked_fill_": "input, mask, value"}, _masked_fill,
                doc="a number or a 0-d tensor value"))
+
+# --- rounding, sign, trigonometry, erf ------------------------------------------------------------
+
+_FLOAT_UNARY = {"ceil": "{x.name}.ceil()?", "floor": "{x.name}.floor()?",
+                "sign": "{x.name}.sign()?", "sin": "{x.name}.sin()?", "cos": "{x.name}.cos()?",
+                "tan": "({x.name}.sin()? / {x.name}.cos()?)?", "erf": "{x.name}.erf()?",
+                "trunc": "({x.name}.abs()?.floor()? * {x.name}.sign()?)?"}
+_MORE_SPELLINGS = {"trunc": ("fix",), "erf": ("special.erf",)}
+
+
+def _float_input(x: Any, what: str) -> T:
+    x = tensor(x)
+    if not x.meta.dtype.startswith(("float", "bfloat")):
+        raise Unsupported(f"{what} of a {x.meta.dtype} tensor (only floating-point tensors here)",
+                          hint="cast it first, e.g. x.float()")
+    return x
+
+
+def _float_unary(name: str, template: str) -> Callable[[str, dict[str, Any], Any], str]:
+    def emit(spelling: str, a: dict[str, Any], out: Any) -> str:
+        return template.format(x=_float_input(a["input"], name))
+
+    return emit
+
+
+def _unary_spellings(names: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for n in names:
+        out[f"torch.{n}"] = "input"
+        if "." not in n:
+            out.update({f"Tensor.{n}": "input", f"Tensor.{n}_": "input", f"torch.{n}_": "input"})
+    return out
+
+
+for _name, _template in _FLOAT_UNARY.items():
+    register_op(Op(_name, _unary_spellings((_name,) + _MORE_SPELLINGS.get(_name, ())),
+                   _float_unary(_name, _template)))
+
+
+def _round(spelling: str, a: dict[str, Any], out: Any) -> str:
+    """PyTorch rounds half to even, Candle's `round` half away from zero: at an exact tie
+    (|round(x) - x| == 0.5) the even neighbour is `2 * round(x / 2)` (both steps exact).
+    With `decimals`, PyTorch scales by p = 10^|decimals| in the tensor's dtype, rounds, and
+    scales back: (x * p) / p, or (x / p) * p for negative decimals; so does the Rust."""
+    x = _float_input(a["input"], "round")
+    decimals = int_arg(a["decimals"], "decimals")
+    r = local_name("rounded", x)
+    src, scaled = x.borrow, ""
+    if decimals:
+        p = f"&Tensor::new({rust_scalar(10.0 ** abs(decimals), x.meta.dtype)}, {x.name}.device())?"
+        name = local_name("scaled", x)
+        into = f"({x.borrow} * {rust_float(10.0 ** decimals)})?" if decimals > 0 else \
+            f"{x.name}.broadcast_div({p})?"
+        src, scaled = f"&{name}", f"let {name} = {into}; "
+    body = (f"(&{r} - {src})?.abs()?.eq(0.5)?"
+            f".where_cond(&(({src} * 0.5)?.round()? * 2.0)?, &{r})?")
+    if decimals > 0:
+        body = f"{body}.broadcast_div({p})?"
+    elif decimals < 0:
+        body = f"({body} * {rust_float(10.0 ** -decimals)})?"
+    return f"{{ {scaled}let {r} = {src.lstrip('&') if decimals else x.name}.round()?; {body} }}"
+
+
+register_op(Op("round", {**_unary_spellings(("round",)),
+                         **{s: "input, *, decimals=0" for s in _unary_spellings(("round",))}},
+               _round, doc="half to even, as PyTorch"))
+
+# --- tests: isnan, isinf, isfinite; logical and bitwise (bool) ops --------------------------------
+
+_TESTS = {"isnan": "{x.name}.ne({x.borrow})?", "isinf": "{x.name}.abs()?.eq(f64::INFINITY)?",
+          "isfinite": "{x.name}.abs()?.lt(f64::INFINITY)?"}
+for _name, _template in _TESTS.items():
+    register_op(Op(_name, {f"torch.{_name}": "input", f"Tensor.{_name}": "input"},
+                   _float_unary(_name, _template), doc="a u8 0/1 mask (PyTorch's bool)"))
+
+
+def _truth(x: T) -> str:
+    """`x` as a 0/1 mask: a bool tensor (a u8 mask here) as it is, any other `x != 0`."""
+    return x.name if x.meta.dtype == "bool" else f"{x.name}.ne(0.0)?"
+
+
+def _not(kind: str) -> Callable[[str, dict[str, Any], Any], str]:
+    def emit(spelling: str, a: dict[str, Any], out: Any) -> str:
+        x = tensor(a["input"])
+        if kind == "bitwise" and x.meta.dtype != "bool":
+            raise Unsupported(f"bitwise not of a {x.meta.dtype} tensor (only bool here)")
+        return f"{x.name}.eq(0.0)?"
+
+    return emit
+
+
+register_op(Op("logical_not", {"torch.logical_not": "input", "Tensor.logical_not": "input",
+                               "Tensor.logical_not_": "input"}, _not("logical"),
+               doc="a u8 0/1 mask (PyTorch's bool)"))
+register_op(Op("bitwise_not", {"torch.bitwise_not": "input", "Tensor.bitwise_not": "input",
+                               "Tensor.bitwise_not_": "input", "Tensor.__invert__": "input"},
+               _not("bitwise"), doc="of bool tensors"))
+
+# on 0/1 masks: and is the product, or the maximum, xor the inequality
+_LOGICAL = {"and": "mul", "or": "maximum", "xor": "ne"}
+
+
+def _with_bool(kind: str, x: T, y: bool) -> Rust | str:
+    """`m & True`, `m | False`, `m ^ True`...: the mask itself, its negation, or a constant."""
+    if (kind, y) in (("and", True), ("or", False), ("xor", False)):
+        return alias(x) if x.meta.dtype == "bool" else _truth(x)
+    if (kind, y) == ("xor", True):
+        return f"{x.name}.eq(0.0)?"
+    fill = "ones" if kind == "or" else "zeros"
+    return f"Tensor::{fill}({x.name}.shape(), {rust_dtype('uint8')}, {x.name}.device())?"
+
+
+def _logical(kind: str, bitwise: bool) -> Callable[[str, dict[str, Any], Any], str]:
+    def emit(spelling: str, a: dict[str, Any], out: Any) -> str:
+        x, y = tensor(a["input"]), a["other"]
+        if bitwise and x.meta.dtype != "bool":
+            raise Unsupported(f"bitwise {kind} of a {x.meta.dtype} tensor (only bool here)")
+        if isinstance(y, bool):
+            return _with_bool(kind, x, y)
+        if not isinstance(y, T):
+            raise Unsupported(f"{kind} of a tensor and {y!r} (only two tensors here)")
+        if bitwise and (x.meta.dtype, y.meta.dtype) != ("bool", "bool"):
+            raise Unsupported(f"bitwise {kind} of {x.meta.dtype} and {y.meta.dtype} tensors "
+                              "(only bool here)")
+        fn = _LOGICAL[kind]
+        if x.meta.shapes != y.meta.shapes:
+            fn = f"broadcast_{fn}"
+        right = y.borrow if y.meta.dtype == "bool" else f"&{_truth(y)}"
+        return f"{_truth(x)}.{fn}({right})?"
+
+    return emit
+
+
+for _kind in _LOGICAL:
+    register_op(Op(f"logical_{_kind}", {f"torch.logical_{_kind}": "input, other",
+                                        f"Tensor.logical_{_kind}": "input, other",
+                                        f"Tensor.logical_{_kind}_": "input, other"},
+                   _logical(_kind, False), doc="a u8 0/1 mask (PyTorch's bool)"))
+    register_op(Op(f"bitwise_{_kind}", {f"torch.bitwise_{_kind}": "input, other",
+                                        f"Tensor.bitwise_{_kind}": "input, other",
+                                        f"Tensor.bitwise_{_kind}_": "input, other",
+                                        f"Tensor.__{_kind}__": "input, other",
+                                        f"Tensor.__r{_kind}__": "input, other",
+                                        f"Tensor.__i{_kind}__": "input, other"},
+                   _logical(_kind, True), doc="of bool tensors, also & | ^"))
+
+# --- fmod, remainder ------------------------------------------------------------------------------
+
+_MODULO_DTYPES = ("float32", "float64", "int64")
+
+
+def _modulo(kind: str) -> Callable[[str, dict[str, Any], Any], str]:
+    """The runtime's exact `fmod` (the dividend's sign) and `remainder` (the divisor's sign),
+    with a number operand as a 0-d tensor of the other's dtype."""
+
+    def emit(spelling: str, a: dict[str, Any], out: Any) -> str:
+        x, y = a["input"], a["other"]
+        if spelling == "Tensor.__rmod__":
+            x, y = y, x
+        t = x if isinstance(x, T) else tensor(y, "other")
+        if t.meta.dtype not in _MODULO_DTYPES:
+            raise Unsupported(f"{kind} of a {t.meta.dtype} tensor "
+                              "(float32, float64 and int64 here)")
+
+        def operand(v: Any) -> str:
+            if isinstance(v, T):
+                return v.borrow
+            if not is_number(v):
+                raise Unsupported(f"{kind} of {x!r} and {y!r}")
+            return f"&Tensor::new({rust_scalar(v, t.meta.dtype)}, {t.name}.device())?"
+
+        # named for their rounding: a local `fmod` (the node) would shadow a function `fmod`
+        fn = runtime("rem_trunc" if kind == "fmod" else "rem_floor")
+        return f"{fn}({operand(x)}, {operand(y)})?"
+
+    return emit
+
+
+register_op(Op("fmod", {"torch.fmod": "input, other", "Tensor.fmod": "input, other",
+                        "Tensor.fmod_": "input, other"}, _modulo("fmod"),
+               doc="exact; a tensor or number divisor (the dividend's sign)"))
+register_op(Op("remainder", {"torch.remainder": "input, other", "Tensor.remainder": "input, other",
+                             "Tensor.remainder_": "input, other", "Tensor.__rmod__": "input, other",
+                             "Tensor.__imod__": "input, other"}, _modulo("remainder"),
+               doc="exact; tensors and numbers, also % (the divisor's sign)"))

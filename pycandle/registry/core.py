@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import contextvars
 import math
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -91,6 +92,13 @@ def usize_expr(v: Any) -> str:
     if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
         return str(v)
     raise Unsupported(f"expected a non-negative size, got {v!r}")
+
+
+def size_as(v: Dim, rust_type: str) -> str:
+    """A size from shapes as a number of another Rust type (`x.dim(1)? as i64`); `as` binds
+    before `+` and `*`, so anything but one `x.dim(k)?` is parenthesised."""
+    expr = v.expr if re.fullmatch(r"[\w.]+\.dim\(\d+\)\?", v.expr) else f"({v.expr})"
+    return f"{expr} as {rust_type}"
 
 
 def minus(k: int) -> str:
@@ -218,6 +226,9 @@ def _parse_sig(sig: str) -> list[tuple[str, Any]]:
     return params
 
 
+_NUMPY_ALIASES = {"axis": "dim", "keepdims": "keepdim"}
+
+
 def bind(sig: str, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Bind recorded args/kwargs to a Python-style signature string such as
     ``"input, dim=None, keepdim=False"`` or ``"input, *shape"`` (`shape` gets the remaining
@@ -227,13 +238,23 @@ def bind(sig: str, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
     positional = params if star is None else params[:star]
     if star is None and len(args) > len(params):
         raise Unsupported(f"too many positional arguments ({len(args)}) for ({sig})")
+    names = dict(params)
+    # PyTorch's argument parser takes NumPy's names for these in every function that has them
+    kwargs = {(_NUMPY_ALIASES[k] if k in _NUMPY_ALIASES and k not in names
+               and _NUMPY_ALIASES[k] in names else k): v for k, v in kwargs.items()}
     out: dict[str, Any] = {}
     for (name, _), value in zip(positional, args):
         out[name] = value
     if star is not None:
         out[params[star][0]] = tuple(args[len(positional):])
     for name, value in kwargs.items():
-        if name not in dict(params) or (star is not None and name == params[star][0]):
+        if star is not None and name == params[star][0]:
+            # `x.permute(dims=(0, 2, 1))`, `torch.zeros(size=(2, 3))`: the sequence by name
+            if out[name]:
+                raise Unsupported(f"argument '{name}' given twice")
+            out[name] = (value,)
+            continue
+        if name not in names:
             raise Unsupported(f"unknown keyword argument '{name}' for ({sig})")
         if name in out:
             raise Unsupported(f"argument '{name}' given twice")
@@ -367,6 +388,8 @@ DTYPE_AWARE_OPS = frozenset({
     "add", "sub", "mul", "div", "gt", "lt", "ge", "le", "eq", "ne", "argmax", "argmin", "cast",
     "to", "type_as", "arange", "zeros", "ones", "full", "zeros_like", "ones_like", "full_like",
     "new_zeros", "new_ones", "new_full", "sum", "mean", "softmax", "log_softmax", "type_cast",
+    "isnan", "isinf", "isfinite", "logical_not", "logical_and", "logical_or", "logical_xor",
+    "one_hot", "cumsum", "prod", "tensor", "empty", "empty_like", "new_empty",
 })
 
 LAYERS: dict[str, Layer] = {}

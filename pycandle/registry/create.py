@@ -6,13 +6,12 @@ operand's device, the others on the model's `device` (see `core.device`).
 
 from __future__ import annotations
 
-import re
 from typing import Any, Callable
 
 from pycandle.manifest import DType, TensorMeta
 from pycandle.registry.core import (
     Dim, Op, Rust, T, Unsupported, alias, device, is_number, register_op, rust_dtype,
-    rust_scalar, shape_tuple, tensor, usize_expr, varargs_sizes,
+    rust_scalar, shape_tuple, size_as, tensor, usize_expr, varargs_sizes,
 )
 
 _FACTORY_KW = "out=None, dtype=None, layout=None, device=None, pin_memory=False, " \
@@ -68,9 +67,7 @@ def _full_op(spelling: str, a: dict[str, Any], out: Any) -> str:
 
 def _arange_bound(v: Any, dtype: str) -> str:
     if isinstance(v, Dim):  # a size: usize, converted to the element type
-        # `as` binds before `+`: anything but one `x.dim(1)?` is parenthesised
-        expr = v.expr if re.fullmatch(r"[\w.]+\.dim\(\d+\)\?", v.expr) else f"({v.expr})"
-        return f"{expr} as {_RUST_TYPES[dtype]}"
+        return size_as(v, _RUST_TYPES[dtype])
     return rust_scalar(v, dtype)
 
 
@@ -202,3 +199,56 @@ register_op(Op("cast", {f"Tensor.{n}": "input, memory_format=None" for n in _SHO
                _shorthand, doc="float, double, half, bfloat16, long, int, short, byte, bool"))
 register_op(Op("type_as", {"Tensor.type_as": "input, other"}, _type_as))
 register_op(Op("type_cast", {"Tensor.type": "input, dtype=None, non_blocking=False"}, _type))
+
+# --- torch.empty (zeros: a correct model never reads its values) ----------------------------------
+
+register_op(Op("empty", {"torch.empty": f"*size, {_FACTORY_KW}"}, _zeros_ones("zeros"),
+               doc="as zeros (its values are never read)"))
+register_op(Op("empty_like", {"torch.empty_like": f"input, *, {_LIKE_KW}"}, _like("zeros"),
+               doc="as zeros"))
+register_op(Op("new_empty", {"Tensor.new_empty": f"input, *size, {_NEW_KW}"}, _new("zeros"),
+               doc="as zeros"))
+
+# --- torch.tensor(...) of Python numbers: a constant ----------------------------------------------
+
+
+def _elements(data: Any, dtype: str, first: list[bool]) -> str:
+    """Nested lists of numbers (or sizes from shapes) as a Rust array literal; the first number
+    carries the type suffix, which Rust infers the others from."""
+    if isinstance(data, (list, tuple)):
+        if not data:
+            raise Unsupported("torch.tensor of an empty list")
+        return "[" + ", ".join(_elements(v, dtype, first) for v in data) + "]"
+    rust_type = _RUST_TYPES[dtype]
+    if isinstance(data, Dim):
+        first[0] = False
+        return size_as(data, rust_type)
+    if isinstance(data, T):
+        raise Unsupported("torch.tensor of tensors", hint="use torch.stack")
+    if not (is_number(data) or isinstance(data, bool)):
+        raise Unsupported(f"torch.tensor of {data!r}")
+    value = int(data) if isinstance(data, bool) else data
+    if first[0]:
+        first[0] = False
+        return rust_scalar(value, dtype)
+    lit = rust_scalar(value, dtype)
+    return lit[: -len(rust_type)] if lit.endswith(rust_type) else lit
+
+
+def _tensor(spelling: str, a: dict[str, Any], out: Any) -> str:
+    if a.get("requires_grad"):
+        raise Unsupported("requires_grad=True (Candle ports run inference)")
+    dtype = _out_dtype(out)
+    made = "uint8" if dtype == "bool" else dtype
+    cast = ""
+    if made not in _LITERAL_DTYPES:  # f16, bf16: built as f32, then cast
+        made, cast = "float32", f".to_dtype({rust_dtype(dtype)})?"
+    data = a["data"]
+    if isinstance(data, (list, tuple)):
+        return f"Tensor::new(&{_elements(data, made, [True])}, {device()})?{cast}"
+    return f"Tensor::new({_elements(data, made, [True])}, {device()})?{cast}"
+
+
+register_op(Op("tensor", {"torch.tensor": "data, *, dtype=None, device=None, "
+                                          "requires_grad=False, pin_memory=False"}, _tensor,
+               doc="of Python numbers (nested lists) and sizes: a constant"))

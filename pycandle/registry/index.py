@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from pycandle.registry.core import (
-    Dim, Op, T, Unsupported, borrow_expr, device, is_int, register_op, runtime, tensor,
+    Dim, Op, T, Unsupported, borrow_expr, device, is_int, register_op, runtime, rust_dim,
+    rust_dtype, size_as, tensor,
 )
 
 
@@ -124,3 +125,50 @@ register_op(Op("getitem", {"Tensor.__getitem__": "input, index"}, _getitem,
                doc="integers (also negative or from shapes), slices with positive steps and "
                    "bounds from shapes, None, Ellipsis, one integer tensor or list index, a "
                    "boolean mask over the leading dimensions"))
+
+
+# --- gather, one_hot ------------------------------------------------------------------------------
+
+
+def _gather(spelling: str, a: dict[str, Any], out: Any) -> str:
+    """Candle's gather reads its operands as contiguous and of the same sizes outside `dim`;
+    PyTorch's index may be smaller there, so the input is narrowed to it first."""
+    x, index = tensor(a["input"]), tensor(a["index"], "index")
+    if a.get("out") is not None:
+        raise Unsupported("gather with out=")
+    if index.meta.dtype != "int64":
+        raise Unsupported(f"gather with a {index.meta.dtype} index (PyTorch wants int64)")
+    if index.rank != x.rank:
+        raise Unsupported("gather with an index of another rank than the input")
+    if not is_int(a["dim"]):
+        raise Unsupported(f"gather with dim={a['dim']!r}")
+    d = x.norm_dim(a["dim"])
+    expr = x.name
+    for k in range(x.rank):
+        if k != d and any(s[k] != t[k] for s, t in zip(x.meta.shapes, index.meta.shapes)):
+            expr += f".narrow({k}, 0, {index.dim(k)})?"
+    return f"{expr}.contiguous()?.gather(&{index.name}.contiguous()?, {rust_dim(d, x.rank)})?"
+
+
+_GATHER = "input, dim, index, *, sparse_grad=False, out=None"
+register_op(Op("gather", {"torch.gather": _GATHER, "Tensor.gather": _GATHER}, _gather,
+               doc="an int64 index, also smaller than the input outside dim"))
+
+
+def _one_hot(spelling: str, a: dict[str, Any], out: Any) -> str:
+    x, n = tensor(a["tensor"], "tensor"), a["num_classes"]
+    if x.meta.dtype != "int64":
+        raise Unsupported(f"one_hot of a {x.meta.dtype} tensor (PyTorch wants int64)")
+    if is_int(n) and n < 0:
+        raise Unsupported("one_hot without num_classes (the output's size would be the largest "
+                          "value plus one: it depends on the values)",
+                          hint="pass num_classes=")
+    if not (is_int(n) or isinstance(n, Dim)):
+        raise Unsupported(f"one_hot with num_classes={n!r}")
+    classes = f"{n}i64" if is_int(n) else size_as(n, "i64")
+    return (f"{x.name}.unsqueeze({x.rank})?.broadcast_eq(&Tensor::arange(0i64, {classes}, "
+            f"{x.name}.device())?)?.to_dtype({rust_dtype('int64')})?")
+
+
+register_op(Op("one_hot", {"torch.nn.functional.one_hot": "tensor, num_classes=-1"}, _one_hot,
+               doc="int64 classes, num_classes given"))

@@ -7,8 +7,8 @@ from typing import Any, Callable
 
 from pycandle.manifest import TensorMeta
 from pycandle.registry.core import (
-    Op, T, Unsupported, chained, dims_arg, int_arg, is_number, register_op, rust_dim, rust_dtype,
-    rust_float, shape_tuple, tensor,
+    Op, T, Unsupported, chained, dims_arg, int_arg, is_number, local_name, register_op, rust_dim,
+    rust_dtype, rust_float, shape_tuple, tensor, usize_expr,
 )
 
 
@@ -115,6 +115,14 @@ def _arg_extreme(x: T, kind: str, dim: Any, keepdim: bool) -> str:
     return f"{x.name}.{fn}({rust_dim(d, x.rank)})?.to_dtype({i64})?"
 
 
+def _elementwise_extreme(kind: str, x: T, other: T) -> str:
+    """torch.max(x, other) and torch.maximum(x, other): elementwise, broadcast."""
+    fn = "maximum" if kind == "max" else "minimum"
+    if x.meta.shapes != other.meta.shapes:
+        fn = f"broadcast_{fn}"
+    return f"{x.name}.{fn}({other.borrow})?"
+
+
 def _max_min(kind: str) -> Callable[[str, dict[str, Any], Any], str]:
     """torch.max(x), torch.max(x, dim) -> (values, indices), torch.max(x, other)."""
 
@@ -122,10 +130,7 @@ def _max_min(kind: str) -> Callable[[str, dict[str, Any], Any], str]:
         x = tensor(a["input"])
         other = a["other"] if a["other"] is not None else a["dim"]
         if isinstance(other, T):
-            fn = "maximum" if kind == "max" else "minimum"
-            if x.meta.shapes != other.meta.shapes:
-                fn = f"broadcast_{fn}"
-            return f"{x.name}.{fn}({other.borrow})?"
+            return _elementwise_extreme(kind, x, other)
         if a["dim"] is None:
             if a["keepdim"]:
                 raise Unsupported(f"{kind} with keepdim and no dim")
@@ -163,6 +168,12 @@ for _kind in ("max", "min"):
     register_op(Op(f"arg{_kind}", {f"torch.arg{_kind}": _sig, f"Tensor.arg{_kind}": _sig},
                    _arg_op(_kind), doc="int64 indices, over a dim or all"))
 
+    _sig = "input, other"
+    register_op(Op(f"{_kind}imum", {f"torch.{_kind}imum": _sig, f"Tensor.{_kind}imum": _sig},
+                   lambda s, a, out, k=_kind: _elementwise_extreme(
+                       k, tensor(a["input"]), tensor(a["other"], "other")),
+                   doc="elementwise, broadcast"))
+
 # --- F.normalize ----------------------------------------------------------------------------------
 
 
@@ -192,3 +203,132 @@ def _normalize(spelling: str, a: dict[str, Any], out: Any) -> str:
 register_op(Op("normalize", {"torch.nn.functional.normalize":
                              "input, p=2.0, dim=1, eps=1e-12, out=None"}, _normalize,
                doc="any p > 0 (also inf), dim, eps"))
+
+# --- prod, cumsum ---------------------------------------------------------------------------------
+
+
+def _in_out_dtype(x: T, out: Any) -> T:
+    """`x` cast to the result's dtype first (`dtype=`, or PyTorch's promotion of integers to
+    int64), which is what PyTorch computes in."""
+    if isinstance(out, TensorMeta) and out.dtype != x.meta.dtype:
+        return T(f"{x.name}.to_dtype({rust_dtype(out.dtype)})?",
+                 TensorMeta(out.dtype, x.meta.shapes))
+    return x
+
+
+def _prod(spelling: str, a: dict[str, Any], out: Any) -> str:
+    """A product along one dimension, in order: a fold over its slices (Candle has no prod)."""
+    x = tensor(a["input"])
+    cast = _in_out_dtype(x, out)
+    acc, i = local_name("acc", x), local_name("i", x)
+    if a["dim"] is None:
+        flat = local_name("flat", x)
+        return (f"{{ let {flat} = {cast.name}.flatten_all()?; "
+                f"(1..{flat}.dim(0)?).try_fold({flat}.narrow(0, 0, 1)?, "
+                f"|{acc}, {i}| {acc}.mul(&{flat}.narrow(0, {i}, 1)?))?.squeeze(0)? }}")
+    d = x.norm_dim(int_arg(a["dim"], "dim"))
+    src = x.name if cast is x else local_name("cast", x)
+    expr = (f"(1..{src}.dim({d})?).try_fold({src}.narrow({d}, 0, 1)?, "
+            f"|{acc}, {i}| {acc}.mul(&{src}.narrow({d}, {i}, 1)?))?")
+    if not a["keepdim"]:
+        expr += f".squeeze({d})?"
+    return expr if cast is x else f"{{ let {src} = {cast.name}; {expr} }}"
+
+
+_PROD_SIG = "input, dim=None, keepdim=False, *, dtype=None"
+register_op(Op("prod", {"torch.prod": _PROD_SIG, "Tensor.prod": _PROD_SIG}, _prod,
+               doc="of all or over a dim; keepdim; dtype"))
+
+
+def _cumsum(spelling: str, a: dict[str, Any], out: Any) -> str:
+    x = tensor(a["input"])
+    if a.get("out") is not None:
+        raise Unsupported("cumsum with out=")
+    cast = _in_out_dtype(x, out)
+    if not cast.meta.dtype.startswith(("float", "bfloat")):
+        raise Unsupported(f"cumsum of a {x.meta.dtype} tensor (only floating-point results here)",
+                          hint="pass dtype=torch.float32, or cast first")
+    d = x.norm_dim(int_arg(a["dim"], "dim"))
+    return f"{cast.name}.cumsum({rust_dim(d, x.rank)})?"
+
+
+register_op(Op("cumsum", {"torch.cumsum": "input, dim, *, dtype=None, out=None",
+                          "Tensor.cumsum": "input, dim, *, dtype=None",
+                          "Tensor.cumsum_": "input, dim, *, dtype=None"}, _cumsum,
+               doc="floating-point (or dtype=); over a dim"))
+
+# --- var, std -------------------------------------------------------------------------------------
+
+
+def _var_std(kind: str) -> Callable[[str, dict[str, Any], Any], str]:
+    """sum((x - mean)^2) / (N - correction) over the dims; std is its square root."""
+
+    def emit(spelling: str, a: dict[str, Any], out: Any) -> str:
+        x = tensor(a["input"])
+        if a["out"] is not None:
+            raise Unsupported(f"{kind} with out=")
+        if not x.meta.dtype.startswith(("float", "bfloat")):
+            raise Unsupported(f"{kind} of a {x.meta.dtype} tensor")
+        dim, unbiased = a["dim"], a["unbiased"]
+        if isinstance(dim, bool):  # torch.var(x, False): the old (input, unbiased) form
+            dim, unbiased = None, dim
+        if unbiased is not None and a["correction"] is not None:
+            raise Unsupported(f"{kind} with both unbiased and correction")
+        correction = a["correction"] if a["correction"] is not None else \
+            (1 if unbiased in (None, True) else 0)
+        if not is_number(correction):
+            raise Unsupported(f"{kind} with correction={correction!r}")
+        dims = _reduce_dims(x, dim)
+        mu = local_name("mean", x)
+        if len(dims) == x.rank:
+            every, n = shape_tuple([str(d) for d in dims]), f"{x.name}.elem_count()"
+        else:
+            every = dims_arg(x, dims)
+            n = x.dim(dims[0]) if len(dims) == 1 else f"({' * '.join(x.dim(d) for d in dims)})"
+        if len(dims) == x.rank and not a["keepdim"]:
+            total = "sum_all()?"
+        else:
+            total = f"{'sum_keepdim' if a['keepdim'] else 'sum'}({every})?"
+        count = f"{n} as f64" if correction == 0 else \
+            f"({n} as f64 - {rust_float(float(correction))})"
+        expr = (f"({x.name}.broadcast_sub(&{mu})?.sqr()?.{total} / {count})?"
+                + (".sqrt()?" if kind == "std" else ""))
+        return f"{{ let {mu} = {x.name}.mean_keepdim({every})?; {expr} }}"
+
+    return emit
+
+
+_VAR_SIG = "input, dim=None, unbiased=None, keepdim=False, *, correction=None, out=None"
+for _kind in ("var", "std"):
+    register_op(Op(_kind, {f"torch.{_kind}": _VAR_SIG, f"Tensor.{_kind}": _VAR_SIG},
+                   _var_std(_kind), doc="over all or dims; unbiased, correction, keepdim"))
+
+# --- topk -----------------------------------------------------------------------------------------
+
+
+def _topk(spelling: str, a: dict[str, Any], out: Any) -> str:
+    """Candle sorts along the last dimension: the dim is moved there and back."""
+    x = tensor(a["input"])
+    if a.get("out") is not None:
+        raise Unsupported("topk with out=")
+    if not a["sorted"]:
+        raise Unsupported("topk with sorted=False (PyTorch's order is then unspecified)",
+                          hint="sorted=True gives the same elements, in order")
+    d = x.norm_dim(int_arg(a["dim"], "dim"))
+    last = x.rank - 1
+    moved, idx = local_name("moved", x), local_name("order", x)
+    at_end = f"{x.name}.contiguous()?" if d == last else \
+        f"{x.name}.transpose({d}, {last})?.contiguous()?"
+    back = "" if d == last else f".transpose({d}, {last})?"
+    asc = "false" if a["largest"] else "true"
+    m1 = rust_dim(-1, 2)
+    return (f"{{ let {moved} = {at_end}; "
+            f"let {idx} = {moved}.arg_sort_last_dim({asc})?.narrow({m1}, 0, "
+            f"{usize_expr(a['k'])})?.contiguous()?; "
+            f"[{moved}.gather(&{idx}, {m1})?{back}, "
+            f"{idx}{back}.to_dtype({rust_dtype('int64')})?] }}")
+
+
+_TOPK_SIG = "input, k, dim=-1, largest=True, sorted=True, *, out=None"
+register_op(Op("topk", {"torch.topk": _TOPK_SIG, "Tensor.topk": _TOPK_SIG}, _topk,
+               doc="values and int64 indices; largest or smallest; sorted"))

@@ -80,7 +80,7 @@ def _size_items(sizes: list[Any]) -> list[str | None]:
 
 def _reshape(spelling: str, a: dict[str, Any], out: Any) -> str:
     x = tensor(a["input"])
-    shape = a["shape"]
+    shape = a["shape"] if "shape" in a else a["size"]  # Tensor.view names it size
     if spelling == "torch.reshape":
         shape = (shape,)
     if len(shape) == 1 and not isinstance(shape[0], (tuple, list, int, Dim)):
@@ -126,7 +126,7 @@ def unflatten(x: T, dim: Any, sizes: Any) -> str:
 
 
 register_op(Op("reshape", {"torch.reshape": "input, shape", "Tensor.reshape": "input, *shape",
-                           "Tensor.view": "input, *shape"}, _reshape,
+                           "Tensor.view": "input, *size"}, _reshape,
                doc="sizes may be -1 (inferred)"))
 register_op(Op("reshape_as", {"Tensor.reshape_as": "input, other",
                               "Tensor.view_as": "input, other"}, _reshape_as))
@@ -389,3 +389,74 @@ register_op(Op("pad", {"torch.nn.functional.pad": "input, pad, mode='constant', 
                lambda s, a, out: chained(tensor(a["input"]),
                                          pad(tensor(a["input"]), a["pad"], a["mode"], a["value"])),
                doc="constant (any value), replicate, reflect and circular"))
+
+# --- tril, triu, flip, repeat_interleave ----------------------------------------------------------
+
+
+def _triangle(kind: str) -> Any:
+    """Keep the elements with column - row <= diagonal (tril) or >= diagonal (triu) of the last
+    two dimensions, zero the others."""
+
+    def emit(spelling: str, a: dict[str, Any], out: Any) -> str:
+        x = tensor(a["input"])
+        if x.rank < 2:
+            raise Unsupported(f"{kind} of a rank-{x.rank} tensor (it needs two dimensions)")
+        if a.get("out") is not None:
+            raise Unsupported(f"{kind} with out=")
+        k = int_arg(a["diagonal"], "diagonal")
+        rows, cols = local_name("rows", x), local_name("cols", x)
+        test = "le" if kind == "tril" else "ge"
+        return (f"{{ let {rows} = Tensor::arange(0i64, {x.dim(x.rank - 2)} as i64, "
+                f"{x.name}.device())?.unsqueeze(1)?; "
+                f"let {cols} = Tensor::arange(0i64, {x.dim(x.rank - 1)} as i64, "
+                f"{x.name}.device())?.unsqueeze(0)?; "
+                f"{cols}.broadcast_sub(&{rows})?.{test}({k}i64)?.broadcast_as({x.name}.shape())?"
+                f".where_cond({x.borrow}, &{x.name}.zeros_like()?)? }}")
+
+    return emit
+
+
+for _kind in ("tril", "triu"):
+    register_op(Op(_kind, {f"torch.{_kind}": "input, diagonal=0, *, out=None",
+                           f"Tensor.{_kind}": "input, diagonal=0",
+                           f"Tensor.{_kind}_": "input, diagonal=0"}, _triangle(_kind),
+                   doc="of the last two dimensions, any diagonal"))
+
+
+def _flip(spelling: str, a: dict[str, Any], out: Any) -> str:
+    x = tensor(a["input"])
+    dims = a["dims"]
+    if len(dims) == 1 and isinstance(dims[0], (tuple, list)) and spelling == "Tensor.flip":
+        dims = dims[0]
+    if isinstance(dims, int):
+        dims = [dims]
+    dims = sorted({x.norm_dim(int_arg(d, "dims")) for d in dims})
+    if not dims:
+        return alias(x)
+    return f"{x.name}.flip(&[{', '.join(map(str, dims))}])?"
+
+
+register_op(Op("flip", {"torch.flip": "input, dims", "Tensor.flip": "input, *dims"}, _flip,
+               doc="any dims"))
+
+
+def _repeat_interleave(spelling: str, a: dict[str, Any], out: Any) -> str:
+    x, r = a["input"], a["repeats"]
+    if r is None or isinstance(r, T):
+        raise Unsupported("repeat_interleave with a tensor of repeats (the output's shape "
+                          "would depend on its values)",
+                          hint="pass the repeats as an int")
+    x = tensor(x)
+    reps = usize_expr(r)
+    if a["dim"] is None:
+        return f"{x.name}.flatten_all()?.unsqueeze(1)?.repeat((1, {reps}))?.flatten_all()?"
+    d = x.norm_dim(int_arg(a["dim"], "dim"))
+    times = ["1"] * (x.rank + 1)
+    times[d + 1] = reps
+    return f"{x.name}.unsqueeze({d + 1})?.repeat({shape_tuple(times)})?.flatten({d}, {d + 1})?"
+
+
+_RI_SIG = "input, repeats=None, dim=None, *, output_size=None"
+register_op(Op("repeat_interleave", {"torch.repeat_interleave": _RI_SIG,
+                                     "Tensor.repeat_interleave": _RI_SIG}, _repeat_interleave,
+               doc="an int number of repeats, over a dim or flattened"))

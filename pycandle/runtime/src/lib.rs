@@ -14,6 +14,8 @@
 //!   a fused gate update, two-thread teams on a persistent pool.
 //! * [`index`]: PyTorch indexing Candle has no single op for: strided
 //!   slices, integer-tensor indices and boolean masks.
+//! * [`ops`]: elementwise ops Candle lacks: `fmod` and `remainder`, exact
+//!   ([`rem_trunc`], [`rem_floor`]).
 //! * [`pad`]: the padding modes Candle lacks: reflect, circular and a
 //!   non-zero constant.
 //! * [`pool`]: pooling with `ceil_mode`, dilation and the averaging options
@@ -24,12 +26,14 @@
 
 pub mod index;
 pub mod kernel;
+pub mod ops;
 pub mod pad;
 pub mod pool;
 pub mod parity;
 pub mod rnn;
 
 pub use index::{masked_select, take, take_every};
+pub use ops::{rem_floor, rem_trunc};
 pub use pad::{pad_circular, pad_constant, pad_reflect};
 pub use parity::{CaseGolden, Golden, ParityCase, ParityReport};
 pub use pool::{avg_pool_dim, max_pool_dim, Divisor, PoolDim};
