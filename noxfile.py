@@ -19,6 +19,7 @@ from nox.command import CommandFailed
 ROOT = Path(__file__).parent
 ENV = ROOT / ".nox" / "pycandle"
 LOCK = ROOT / "requirements.lock"
+ZOO = ROOT / "zoo"
 
 nox.options.sessions = ["parity"]
 nox.options.default_venv_backend = "none"
@@ -39,6 +40,21 @@ def _python(session: nox.Session) -> str:
                     "-e", str(ROOT), env=env, external=True)
         stamp.write_text(digest)
     return str(python)
+
+
+def _zoo_python(session: nox.Session) -> str:
+    """The shared environment with the zoo's published-model packages added (`--no-deps`, from
+    zoo/requirements.lock), reinstalled only when that lock or the environment changed."""
+    python = _python(session)
+    stamp = ENV / ".pycandle-zoo-stamp"
+    digest = hashlib.sha256((ENV / ".pycandle-stamp").read_bytes()
+                            + (ZOO / "requirements.lock").read_bytes()).hexdigest()
+    if not stamp.is_file() or stamp.read_text() != digest:
+        session.run("uv", "pip", "install", "--quiet", "--no-deps", "--python", python,
+                    "-r", str(ZOO / "requirements.lock"), env={"UV_PYTHON_DOWNLOADS": "never"},
+                    external=True)
+        stamp.write_text(digest)
+    return python
 
 
 def _cargo_env() -> dict[str, str]:
@@ -103,11 +119,24 @@ def _ensure_chromium(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """pytest (unit, codegen, runtime and end-to-end) plus the runtime's cargo tests."""
-    python = _python(session)
+    python = _zoo_python(session)  # tests/test_zoo.py runs the zoo's published models
     env = _cargo_env()
     _ensure_chromium(session)
     session.run("cargo", "test", "--quiet", "-p", "pycandle-runtime", env=env, external=True)
     session.run(python, "-m", "pytest", *(session.posargs or ["-q"]), env=env, external=True)
+
+
+@nox.session
+def zoo(session: nox.Session) -> None:
+    """Published models imported unedited from their PyPI packages (zoo/models.yaml): record,
+    generate one crate (zoo/zoo_crate) and check parity at every trace case."""
+    python = _zoo_python(session)
+    crate = ZOO / "zoo_crate"
+    crate.mkdir(exist_ok=True)
+    if not (crate / "Cargo.lock").exists():  # resolve the crates the workspace pins
+        shutil.copy(ROOT / "Cargo.lock", crate / "Cargo.lock")
+    session.run(python, "-m", "pycandle", "all", "--config", str(ZOO / "models.yaml"),
+                *session.posargs, env=_cargo_env(), external=True)
 
 
 @nox.session
