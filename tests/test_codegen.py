@@ -143,6 +143,14 @@ def test_crate_inside_a_foreign_workspace_gets_its_own(tmp_path):
     assert "[workspace]" in text and '[profile.dev.package."*"]' in text
 
 
+def test_a_member_name_matches_from_the_workspace_root(tmp_path):
+    """`members = ["generated"]` does not take in `zoo/generated`."""
+    (tmp_path / "Cargo.toml").write_text('[workspace]\nmembers = ["generated", "crates/*"]\n')
+    assert "[workspace]" in cargo_toml_text(tmp_path / "zoo" / "generated")
+    assert "[workspace]" not in cargo_toml_text(tmp_path / "generated")
+    assert "[workspace]" not in cargo_toml_text(tmp_path / "crates" / "gen")
+
+
 def test_lib_rs_module_block_is_kept_in_sync(tmp_path):
     crate = tmp_path / "crate"
     (crate / "src").mkdir(parents=True)

@@ -3,6 +3,8 @@ and of the module list in src/lib.rs."""
 
 from __future__ import annotations
 
+import fnmatch
+
 import hashlib
 import os
 import re
@@ -80,7 +82,9 @@ def _is_member(workspace: Path, crate_dir: Path) -> bool:
     doc = _parse(workspace / "Cargo.toml")
     members = [str(m) for m in doc["workspace"].get("members", [])]
     rel = crate_dir.resolve().relative_to(workspace).as_posix()
-    return any(Path(rel).match(m) or rel == m.rstrip("/") for m in members)
+    # a member glob matches the whole path from the workspace root (`generated` is not
+    # `zoo/generated`; Path.match would match from the right)
+    return any(fnmatch.fnmatchcase(rel, m.rstrip("/")) for m in members)
 
 
 def cargo_toml_text(crate_dir: Path, modules: set[str] = frozenset()) -> str:
