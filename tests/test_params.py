@@ -65,6 +65,18 @@ MODELS = """\
             return out, self.h0
 
 
+    class Shared(nn.Module):
+        # one layer under two names, as asteroid's LSTMMasker registers its activation
+
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(6, 6)
+            self.seq = nn.Sequential(self.proj, nn.Tanh())
+
+        def forward(self, x):
+            return self.proj(self.seq(x))
+
+
     class OfALayer(nn.Module):
         def __init__(self):
             super().__init__()
@@ -86,12 +98,17 @@ def test_parameters_used_in_forward_match_pytorch(tmp_path, cargo_env, capsys):
             inputs:
               - x: {shape: [2, 7, 6], low: -1, high: 1}
               - x: {shape: [3, 4, 6], low: -1, high: 1}
+          - name: shared
+            factory: pmodels:Shared
+            inputs:
+              - x: {shape: [2, 6]}
+              - x: {shape: [3, 6]}
         """))
     pin_lockfile(tmp_path / "crate")
     code = main(["all", "--config", str(tmp_path / "models.yaml")])
     captured = capsys.readouterr()
     assert code == 0, captured.out[-6000:] + captured.err[-6000:]
-    assert "parity: 2 passed, 0 failed" in captured.out
+    assert "parity: 4 passed, 0 failed" in captured.out
     src = (tmp_path / "crate" / "src" / "scaled.rs").read_text()
     assert 'let input_mean = vb.get((6,), "input_mean")?;' in src
     assert "pub scale: Tensor," in src and "pub bias: Tensor," in src

@@ -240,7 +240,9 @@ def up_to_date(cfg: Config, mc: ModelConfig) -> bool:
 
 def _module_infos(model: torch.nn.Module, root: Path) -> dict[str, ModuleInfo]:
     infos = {}
-    for qual, m in model.named_modules():
+    # every name a module has: one registered twice (`self.act` and `self.seq[2]`) is called
+    # under either
+    for qual, m in model.named_modules(remove_duplicate=False):
         type_name = torch_type_name(type(m))
         config: dict[str, Any] = {}
         layer = registry.layer_for(type_name)
