@@ -85,7 +85,8 @@ class _Einsum:
         for d, c in enumerate(labels):
             sizes = tuple(s[d] for s in x.meta.shapes)
             if c in self.shapes and self.shapes[c] != sizes:
-                raise Unsupported(f"einsum '{self.eq}': index '{c}' has different sizes in "
+                what = f"index '{c}'" if c in _LETTERS else "a dimension under '...'"
+                raise Unsupported(f"einsum '{self.eq}': {what} has different sizes in "
                                   "the operands (broadcasting a size-1 index)")
             self.shapes.setdefault(c, sizes)
             self.size.setdefault(c, x.dim(d))
