@@ -1,5 +1,5 @@
 """Attention: torch.einsum and F.scaled_dot_product_attention, lowered to Candle's matmul,
-permute, sum and broadcasting ops."""
+permute, sum and broadcasting ops; nn.MultiheadAttention, implemented by pycandle-runtime."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 from typing import Any
 
 from pycandle.registry.core import (
-    Op, T, Unsupported, alias, local_name, register_op, rust_float, rust_scalar,
-    shape_tuple, tensor,
+    Field, Layer, Op, T, Unsupported, alias, bind, local_name, register_layer, register_op,
+    require, runtime, rust_float, rust_scalar, shape_tuple, tensor,
 )
 
 # --- einsum ---------------------------------------------------------------------------------------
@@ -274,3 +274,70 @@ register_op(Op("scaled_dot_product_attention", {
         "enable_gqa=False"},
     _sdpa, doc="rank 3 or 4; boolean (True attends) or float attn_mask; is_causal; scale; "
                "dropout_p=0; enable_gqa with equal heads"))
+
+# --- nn.MultiheadAttention ------------------------------------------------------------------------
+
+
+def _mha_field(cfg: dict[str, Any]) -> Field:
+    e = cfg["embed_dim"]
+    body = (f"embed_dim: {e},\nnum_heads: {cfg['num_heads']},\nkdim: {cfg['kdim']},\n"
+            f"vdim: {cfg['vdim']},\nbias: {'true' if cfg['in_proj_bias'] else 'false'},\n"
+            f"batch_first: {'true' if cfg['batch_first'] else 'false'},\n")
+    config = runtime("MultiheadAttentionConfig")
+    return Field(runtime("MultiheadAttention"),
+                 lambda vb: f"MultiheadAttention::load(\n{config} {{\n{body}}},\n{vb},\n)?")
+
+
+def _mha_mask(v: Any, what: str, ranks: tuple[int, ...]) -> str:
+    if v is None:
+        return "None"
+    m = tensor(v, what)
+    if m.rank not in ranks:
+        raise Unsupported(f"MultiheadAttention {what} of rank {m.rank}")
+    if m.meta.dtype != "bool" and not m.meta.dtype.startswith("float"):
+        raise Unsupported(f"MultiheadAttention {what} of dtype {m.meta.dtype} (bool or float)")
+    return f"Some({m.borrow})"
+
+
+def _mha_call(cfg: dict[str, Any], this: str, args: tuple, kwargs: dict[str, Any]) -> str:
+    a = bind("query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None, "
+             "average_attn_weights=True, is_causal=False", args, kwargs)
+    q, k, v = tensor(a["query"], "query"), tensor(a["key"], "key"), tensor(a["value"], "value")
+    if not 2 <= q.rank <= 3:
+        raise Unsupported(f"MultiheadAttention on a rank-{q.rank} query (2 or 3)")
+    kpm = _mha_mask(a["key_padding_mask"], "key_padding_mask", (q.rank - 1,))
+    mask = _mha_mask(a["attn_mask"], "attn_mask", (2, 3))
+    causal = a["is_causal"]
+    if not isinstance(causal, bool):
+        raise Unsupported(f"MultiheadAttention with is_causal={causal!r}")
+    if causal and mask == "None":
+        raise Unsupported("MultiheadAttention with is_causal and no attn_mask (PyTorch needs "
+                          "the mask as well)")
+    if kpm == mask == "None" and not causal:
+        masks = f"{runtime('AttentionMasks')}::default()"
+    else:
+        masks = (f"{runtime('AttentionMasks')} {{\nkey_padding_mask: {kpm},\n"
+                 f"attn_mask: {mask},\nis_causal: {'true' if causal else 'false'},\n}}")
+    operands = f"{q.borrow}, {k.borrow}, {v.borrow}, {masks}"
+    if a["need_weights"]:
+        average = "true" if a["average_attn_weights"] else "false"
+        return f"{this}.forward_with_weights({operands}, {average})?"
+    return f"({this}.forward({operands})?, ())"  # attn_weights is None
+
+
+def _mha_check(cfg: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    require(cfg.get("bias_k") is None and cfg.get("bias_v") is None, problems,
+            "add_bias_kv=True")
+    require(not cfg.get("add_zero_attn"), problems, "add_zero_attn=True")
+    return problems
+
+
+register_layer(Layer(
+    "torch.nn.MultiheadAttention",
+    ("embed_dim", "num_heads", "kdim", "vdim", "batch_first", "in_proj_bias", "bias_k",
+     "bias_v", "add_zero_attn"),
+    outputs=("output", "weights"), field=_mha_field, call=_mha_call, check=_mha_check,
+    doc="bias, kdim/vdim, batch_first, need_weights (averaged or per head), key_padding_mask, "
+        "attn_mask (bool or float, 2-D or 3-D), is_causal; eval (no dropout)",
+))
