@@ -55,9 +55,45 @@ MODELS_PY = """\
                     F.scaled_dot_product_attention(x, y, y, attn_mask=allowed),
                     F.scaled_dot_product_attention(q, kv, kv, bias[:, None], scale=0.3),
                     F.scaled_dot_product_attention(x, y, y, dropout_p=0.0, enable_gqa=True))
+
+
+
+    class Attentions(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.self_attn = nn.MultiheadAttention(4, 2, batch_first=True)
+            self.cross = nn.MultiheadAttention(4, 2, kdim=3, vdim=5, bias=False)
+            self.single = nn.MultiheadAttention(4, 1, batch_first=True, dropout=0.3)
+
+        def forward(self, x, y):  # x: (batch, time, 4), y: (batch, time2, 4)
+            b, t, _ = x.shape
+            s = y.shape[1]
+            i = torch.arange(t)
+            causal = i[None, :] > i[:, None]  # (t, t): True is masked
+            # key padding (batch, time2): keys past the first of y whose first feature is high
+            kpm = torch.cat([y[:, :1, 0] > 2.0, y[:, 1:, 0] > 0.5], dim=1)
+            soft = (x @ x.transpose(1, 2)) * -0.5  # a float mask
+            soft3 = torch.cat([soft, -soft], dim=2).reshape(b * 2, t, t)  # (batch * heads, t, t)
+            out, weights = self.self_attn(x, x, x)
+            out2, _ = self.self_attn(x, x, x, need_weights=False)
+            out3, w3 = self.self_attn(x, x, x, attn_mask=causal, is_causal=True,
+                                      average_attn_weights=False)
+            out4 = self.self_attn(x, x, x, attn_mask=causal, is_causal=True, need_weights=False)[0]
+            out5, w5 = self.self_attn(x, y, y, key_padding_mask=kpm)
+            out6, w6 = self.self_attn(x, x, x, attn_mask=soft3)
+            j = torch.arange(s)
+            ahead = j[None, :] > i[:, None] + 1  # (t, time2): True is masked, key 0 never
+            out7, _ = self.self_attn(x, y, y, key_padding_mask=kpm, attn_mask=ahead,
+                                     need_weights=False)
+            xs, ys = x.transpose(0, 1), y.transpose(0, 1)  # (time, batch, features)
+            out8, w8 = self.cross(xs, ys[:, :, :3], torch.cat([ys, ys[:, :, :1]], dim=2))
+            out9, w9 = self.single(x, y, y, attn_mask=ahead)
+            out10, w10 = self.self_attn(x[0], y[0], y[0], key_padding_mask=kpm[0])
+            return (out, weights, out2, out3, w3, out4, out5, w5, out6, w6, out7, out8, w8,
+                    out9, w9, out10, w10)
     """
 
-MODELS = {"einsums": "Einsums", "sdpa": "Sdpa"}
+MODELS = {"einsums": "Einsums", "sdpa": "Sdpa", "attentions": "Attentions"}
 
 
 def _inputs() -> str:
@@ -103,6 +139,21 @@ UNSUPPORTED = """\
     def sdpa_dropout():
         return Call(lambda x: F.scaled_dot_product_attention(x, x, x, dropout_p=0.1))
 
+    class SelfAttention(nn.Module):
+        def __init__(self, **kwargs):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(4, 2, batch_first=True, **kwargs)
+
+        def forward(self, x):
+            return self.attn(x, x, x)[0]
+
+
+    def mha_bias_kv():
+        return SelfAttention(add_bias_kv=True)
+
+    def mha_zero_attn():
+        return SelfAttention(add_zero_attn=True)
+
     def broadcast_index():
         return Call(lambda x: torch.einsum("btf,btf->bt", x, x[:1]))
     """
@@ -110,6 +161,8 @@ UNSUPPORTED = """\
 REPORTED = {
     "diagonal": "einsum 'bii->bi': a repeated index in one operand (a diagonal)",
     "sdpa_dropout": "scaled_dot_product_attention with dropout_p=0.1",
+    "mha_bias_kv": "MultiheadAttention option not supported: add_bias_kv=True",
+    "mha_zero_attn": "MultiheadAttention option not supported: add_zero_attn=True",
     "broadcast_index": "einsum 'btf,btf->bt': index 'b' has different sizes in the operands",
 }
 
