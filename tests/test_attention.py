@@ -54,7 +54,9 @@ MODELS_PY = """\
                     F.scaled_dot_product_attention(x, y, y, is_causal=True),
                     F.scaled_dot_product_attention(x, y, y, attn_mask=allowed),
                     F.scaled_dot_product_attention(q, kv, kv, bias[:, None], scale=0.3),
-                    F.scaled_dot_product_attention(x, y, y, dropout_p=0.0, enable_gqa=True))
+                    F.scaled_dot_product_attention(x, y, y, dropout_p=0.0, enable_gqa=True),
+                    F.scaled_dot_product_attention(x.view(b, t, 4, 1).transpose(1, 2), kv[..., :1],
+                                                   kv[..., 1:], enable_gqa=True))
 
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from pycandle.manifest import TensorMeta
 from pycandle.registry.core import (
     Field, Layer, Op, T, Unsupported, alias, bind, local_name, register_layer, register_op,
     require, runtime, rust_float, rust_scalar, shape_tuple, tensor,
@@ -220,10 +221,27 @@ def _sdpa(spelling: str, a: dict[str, Any], out: Any) -> str:
     if not 3 <= q.rank <= 4 or k.rank != q.rank or v.rank != q.rank:
         raise Unsupported(f"scaled_dot_product_attention with ranks {q.rank}, {k.rank}, "
                           f"{v.rank} (3 or 4, all equal)")
-    if a["enable_gqa"] and q.rank == 4 and any(
-            sq[1] != sk[1] for sq, sk in zip(q.meta.shapes, k.meta.shapes)):
-        raise Unsupported("scaled_dot_product_attention with enable_gqa and fewer key/value "
-                          "heads than query heads")
+    lines: list[str] = []
+    if a["enable_gqa"] and q.rank == 4:
+        # each key/value head serves a group of query heads (repeat_interleave over heads)
+        heads = {(sq[1], sk[1], sv[1]) for sq, sk, sv in zip(q.meta.shapes, k.meta.shapes,
+                                                              v.meta.shapes)}
+        if len(heads) != 1:
+            raise Unsupported("scaled_dot_product_attention with enable_gqa and head counts "
+                              "that change between trace cases")
+        hq, hk, hv = heads.pop()
+        if hk != hv or hq % hk:
+            raise Unsupported(f"scaled_dot_product_attention with enable_gqa and {hq} query, "
+                              f"{hk} key and {hv} value heads")
+        if hq != hk:
+            k2, v2 = local_name("key", q, k, v), local_name("value", q, k, v)
+            for new, t in ((k2, k), (v2, v)):
+                lines.append(f"let {new} = {t.name}.unsqueeze(2)?.expand(({t.dim(0)}, {hk}, "
+                             f"{hq // hk}, {t.dim(2)}, {t.dim(3)}))?.reshape(({t.dim(0)}, {hq}, "
+                             f"{t.dim(2)}, {t.dim(3)}))?;")
+            k, v = (T(n, TensorMeta(t.meta.dtype, tuple((sh[0], hq, *sh[2:])
+                                                        for sh in t.meta.shapes)))
+                    for n, t in ((k2, k), (v2, v)))
     if mask is not None and causal:
         raise Unsupported("scaled_dot_product_attention with both attn_mask and is_causal")
     if not q.meta.dtype.startswith("float"):
@@ -239,8 +257,8 @@ def _sdpa(spelling: str, a: dict[str, Any], out: Any) -> str:
     scores = local_name("scores", q, k, v)
     same = all(sq[:-2] == sk[:-2] for sq, sk in zip(q.meta.shapes, k.meta.shapes))
     mm = "matmul" if same else "broadcast_matmul"
-    lines = [f"let {scores} = ({q.name}.contiguous()?.{mm}(&{k.name}.t()?.contiguous()?)? "
-             f"* {scale_expr})?;"]
+    lines.append(f"let {scores} = ({q.name}.contiguous()?.{mm}(&{k.name}.t()?.contiguous()?)? "
+                 f"* {scale_expr})?;")
     neg_inf = rust_scalar(float("-inf"), q.meta.dtype)
     if causal:
         i, j = local_name("i", q, k, v), local_name("j", q, k, v)
@@ -273,7 +291,7 @@ register_op(Op("scaled_dot_product_attention", {
         "query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, "
         "enable_gqa=False"},
     _sdpa, doc="rank 3 or 4; boolean (True attends) or float attn_mask; is_causal; scale; "
-               "dropout_p=0; enable_gqa with equal heads"))
+               "dropout_p=0; enable_gqa"))
 
 # --- nn.MultiheadAttention ------------------------------------------------------------------------
 
