@@ -34,7 +34,8 @@ and `T` different values (`CASE_DIMS`), so sizes that follow the input shape sho
 the node's output (the emitters read its dtype and shape); without it, the output is like the
 first tensor operand. A meta is `f32(B, T, 4)` (also f64, f16, bf16, i64, i32, u8, u32, bool),
 a bare shape `(B, T, 4)` (the dtype of the first tensor operand), a bare dtype `i64` (the shape
-of the first tensor operand), or a tuple of metas for an op or layer returning several tensors.
+of the first tensor operand), or a tuple of metas for an op or layer returning several tensors
+(`None` for a leaf that is None).
 
 The block under a case lists, in order: `load:` the field the model struct loads for a layer,
 `state:` the state it carries between chunks, the statements of `forward`, and `use:` the
@@ -220,6 +221,8 @@ def eval_meta(text: str, like: TensorMeta | None) -> Any:
 
 def _merge(values: list[Any], like: TensorMeta | None, text: str) -> Any:
     v0 = values[0]
+    if all(v is None for v in values):  # a None output leaf (MultiheadAttention's weights)
+        return None
     if isinstance(v0, _DType):
         values = [_Meta(v.name, None) for v in values]
     elif isinstance(v0, tuple) and all(isinstance(d, int) for d in v0):
@@ -273,6 +276,8 @@ LAYER_SIGNATURES = {
     "LSTMCell": "input_size, hidden_size, bias=True",
     "GRUCell": "input_size, hidden_size, bias=True",
     "RNNCell": "input_size, hidden_size, bias=True, nonlinearity='tanh'",
+    "MultiheadAttention": "embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False, "
+                          "add_zero_attn=False, kdim=None, vdim=None, batch_first=False",
 }
 
 
@@ -314,6 +319,11 @@ def layer_attributes(short: str, a: dict[str, Any]) -> dict[str, Any]:
     if short == "AvgPool1d":
         a["stride"] = _ntuple(a["kernel_size"] if a["stride"] is None else a["stride"], 1)
         a["kernel_size"], a["padding"] = _ntuple(a["kernel_size"], 1), _ntuple(a["padding"], 1)
+    if short == "MultiheadAttention":
+        a["kdim"] = a["kdim"] or a["embed_dim"]
+        a["vdim"] = a["vdim"] or a["embed_dim"]
+        a["in_proj_bias"] = True if a["bias"] else None
+        a["bias_k"] = a["bias_v"] = True if a["add_bias_kv"] else None
     if short in ("LSTM", "GRU"):
         a["mode"] = short
     if short == "RNN":
@@ -348,6 +358,17 @@ def layer_parameters(short: str, a: dict[str, Any]) -> tuple[dict, dict]:
             p(cout, cin // g, *kernel)
         if a["bias"]:
             params["bias"] = p(cout)
+    elif short == "MultiheadAttention":
+        e = a["embed_dim"]
+        if a["kdim"] == a["vdim"] == e:
+            params["in_proj_weight"] = p(3 * e, e)
+        else:
+            params |= {"q_proj_weight": p(e, e), "k_proj_weight": p(e, a["kdim"]),
+                       "v_proj_weight": p(e, a["vdim"])}
+        if a["bias"]:
+            params["in_proj_bias"] = p(3 * e)
+        if a["add_bias_kv"]:
+            params["bias_k"] = params["bias_v"] = p(1, 1, e)
     elif short == "Embedding":
         params["weight"] = p(a["num_embeddings"], a["embedding_dim"])
     elif short == "LayerNorm":
@@ -623,7 +644,8 @@ _TORCH_DTYPES = {"float32": "float32", "float": "float32", "float64": "float64",
 def _refs(out: Any, node: str, path: tuple[int, ...]) -> Any:
     if isinstance(out, TensorMeta):
         return Ref(node, path)
-    return tuple(_refs(o, node, path + (k,)) for k, o in enumerate(out))
+    # the model returns the tensors; a None leaf stays inside (forward() cannot return it)
+    return tuple(_refs(o, node, path + (k,)) for k, o in enumerate(out) if o is not None)
 
 
 def build_case(text: str) -> list[Built]:

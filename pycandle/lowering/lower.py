@@ -157,6 +157,8 @@ def _out_names(layer_outputs: Any, out: Any, base: str) -> Any:
 
 
 def _pattern(names: Any, used: set[tuple[int, ...]], path: tuple[int, ...] = ()) -> str:
+    if names is None:  # a None output leaf (MultiheadAttention's weights without need_weights)
+        return "_"
     if isinstance(names, str):
         return names if path in used else f"_{names}"
     return "(" + ", ".join(_pattern(n, used, path + (i,)) for i, n in enumerate(names)) + ")"

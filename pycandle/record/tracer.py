@@ -413,6 +413,8 @@ class _Opaque:
 
 
 def _snapshot(t: torch.Tensor) -> torch.Tensor:
+    if t.dtype == torch.bool:  # as Candle holds a mask (u8); it cannot read BOOL safetensors
+        return t.detach().to(torch.uint8).contiguous()
     return t.detach().clone().contiguous()
 
 

@@ -20,10 +20,13 @@
 //!   non-zero constant.
 //! * [`pool`]: pooling with `ceil_mode`, dilation and the averaging options
 //!   Candle's pooling lacks.
+//! * [`attention`]: `nn.MultiheadAttention` ([`MultiheadAttention`]) with PyTorch's
+//!   parameter names and masking rules.
 //! * [`parity`]: golden tensors recorded from PyTorch ([`Golden`]) and the
 //!   tolerance bookkeeping that turns comparisons into a pass/fail verdict
 //!   and a JSON report ([`ParityReport`]).
 
+pub mod attention;
 pub mod index;
 pub mod kernel;
 pub mod ops;
@@ -32,6 +35,7 @@ pub mod pool;
 pub mod parity;
 pub mod rnn;
 
+pub use attention::{AttentionMasks, MultiheadAttention, MultiheadAttentionConfig};
 pub use index::{masked_select, take, take_every};
 pub use ops::{rem_floor, rem_trunc};
 pub use pad::{pad_circular, pad_constant, pad_reflect};
