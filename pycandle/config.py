@@ -20,9 +20,10 @@ from pycandle.names import MODEL_NAME_MAX, arg_name_problem, model_name_problem
 
 FLOAT_DTYPES = ("float32", "float64", "float16", "bfloat16")
 INT_DTYPES = ("int64", "int32")
-DTYPES = FLOAT_DTYPES + INT_DTYPES
+DTYPES = FLOAT_DTYPES + INT_DTYPES + ("bool",)
 _FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
-_ITEMSIZE = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4}
+_ITEMSIZE = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4,
+             "bool": 1}
 # Bounds of what models.yaml may ask for, each checked with a message before anything runs.
 SEED_MAX = 2**32 - 1  # torch seeds the trace inputs with seed * 1_000_003 + case (< 2**64)
 INT_BOUNDS = {"int32": (-(2**31), 2**31), "int64": (-(2**53), 2**53)}  # exact as floats
@@ -304,6 +305,13 @@ def _tensor_spec(ctx: _Ctx, raw: Any, line: int, field_name: str,
                         f"a {dtype} tensor of shape {list(shape)} takes {nbytes} bytes, more than "
                         f"a trace input may ({limit} bytes, a quarter of this machine's memory: "
                         "the trace keeps several copies); use a smaller shape")
+    if dtype == "bool":  # True and False equally likely: no range to give
+        for key in ("low", "high"):
+            if key in m:
+                raise ctx.error(_line(m, key), f"{field_name}.{key}",
+                                "a bool input has no range (True and False are equally likely)")
+        _no_leftovers(ctx, m, f"{field_name}.", ["shape", "dtype"])
+        return TensorSpec(shape=tuple(shape), dtype=dtype, low=0.0, high=1.0)
     is_int = dtype in INT_DTYPES
     if is_int and "high" not in m:
         raise ctx.error(m.line, f"{field_name}.high",

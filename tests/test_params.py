@@ -77,6 +77,12 @@ MODELS = """\
             return self.proj(self.seq(x))
 
 
+    class Masked(nn.Module):
+        # boolean tensors end to end: a bool input, bool results compared with PyTorch's
+        def forward(self, x, mask):
+            return x.masked_fill(mask, 0.0), mask & (x > 0.5), x > 0, ~mask
+
+
     class OfALayer(nn.Module):
         def __init__(self):
             super().__init__()
@@ -103,12 +109,17 @@ def test_parameters_used_in_forward_match_pytorch(tmp_path, cargo_env, capsys):
             inputs:
               - x: {shape: [2, 6]}
               - x: {shape: [3, 6]}
+          - name: masked
+            factory: pmodels:Masked
+            inputs:
+              - {x: {shape: [2, 5], low: -1, high: 1}, mask: {shape: [2, 5], dtype: bool}}
+              - {x: {shape: [3, 4], low: -1, high: 1}, mask: {shape: [3, 4], dtype: bool}}
         """))
     pin_lockfile(tmp_path / "crate")
     code = main(["all", "--config", str(tmp_path / "models.yaml")])
     captured = capsys.readouterr()
     assert code == 0, captured.out[-6000:] + captured.err[-6000:]
-    assert "parity: 4 passed, 0 failed" in captured.out
+    assert "parity: 6 passed, 0 failed" in captured.out
     src = (tmp_path / "crate" / "src" / "scaled.rs").read_text()
     assert 'let input_mean = vb.get((6,), "input_mean")?;' in src
     assert "pub scale: Tensor," in src and "pub bias: Tensor," in src

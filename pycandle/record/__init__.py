@@ -223,7 +223,9 @@ def make_inputs(specs: dict[str, TensorSpec], seed: int) -> dict[str, torch.Tens
     out = {}
     for name, spec in specs.items():
         dtype = _TORCH_DTYPES[spec.dtype]
-        if dtype.is_floating_point:
+        if dtype == torch.bool:  # True and False equally likely
+            out[name] = torch.rand(spec.shape, generator=gen, dtype=torch.float64) < 0.5
+        elif dtype.is_floating_point:
             x = torch.rand(spec.shape, generator=gen, dtype=torch.float64)
             out[name] = (spec.low + (spec.high - spec.low) * x).to(dtype)
         else:
@@ -420,8 +422,9 @@ def record_model(cfg: Config, mc: ModelConfig) -> Recording:
             raise UnsupportedError(mc.name, problems)
         traces.append(trace)
         golden.update(trace.golden)
-        for arg, t in inputs.items():
-            golden[golden_input_key(case, arg)] = t.contiguous()
+        for arg, t in inputs.items():  # a bool input as Candle holds it, a u8 mask
+            golden[golden_input_key(case, arg)] = (
+                t.to(torch.uint8) if t.dtype == torch.bool else t).contiguous()
         for path, value in leaves(trace.result):
             golden[golden_output_key(case, path)] = value
     nodes, problems = _merge(mc, traces)
