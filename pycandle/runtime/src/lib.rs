@@ -25,8 +25,8 @@
 pub mod index;
 pub mod kernel;
 pub mod pad;
-pub mod pool;
 pub mod parity;
+pub mod pool;
 pub mod rnn;
 
 pub use index::{masked_select, take, take_every};

@@ -1,6 +1,14 @@
 //! The kernels against a plain step-by-step reference, over every option,
 //! thread count and team path.
 
+use std::sync::atomic::Ordering;
+
+use super::gates;
+use super::layer::Geometry;
+use super::panels::UNITS;
+use super::schedule::{split_range, team_size};
+use super::team::{ALWAYS, DISSOLVE_AT, NEVER, PENDING, START_MODE};
+use super::timeloop::PORTABLE_ONLY;
 use super::*;
 
 /// Runs `f` in a thread pool with room for the largest team and both
