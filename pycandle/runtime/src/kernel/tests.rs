@@ -674,35 +674,20 @@ fn wrong_lengths_are_reported() {
     };
     let x = [0.0f32; 6];
     let (mut h_n, mut c_n) = (vec![0.0f32; 2], vec![0.0f32; 2]);
-    let err = recurrent_layer(
-        shape,
-        &x,
-        &[dir],
-        &mut [0.0; 3],
-        &mut h_n,
-        Some(&mut c_n),
-        1,
-    )
-    .unwrap_err();
+    let mut run = |x: &[f32], out: &mut [f32], c_n: Option<&mut [f32]>| {
+        recurrent_layer(shape, x, &[dir], out, &mut h_n, c_n, 1)
+    };
+    let err = run(&x, &mut [0.0; 3], Some(&mut c_n)).unwrap_err();
     assert!(
         err.to_string().contains("out has 3 elements, expected 4"),
         "{err}"
     );
-    let err = recurrent_layer(
-        shape,
-        &x[1..],
-        &[dir],
-        &mut [0.0; 4],
-        &mut h_n,
-        Some(&mut c_n),
-        1,
-    )
-    .unwrap_err();
+    let err = run(&x[1..], &mut [0.0; 4], Some(&mut c_n)).unwrap_err();
     assert!(
         err.to_string().contains("x has 5 elements, expected 6"),
         "{err}"
     );
-    assert!(recurrent_layer(shape, &x, &[dir], &mut [0.0; 4], &mut h_n, None, 1).is_err());
+    assert!(run(&x, &mut [0.0; 4], None).is_err());
     let gru = PackedWeights::gru(
         3,
         2,

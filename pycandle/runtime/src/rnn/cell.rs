@@ -9,15 +9,69 @@
 use candle_core::{Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::common::{self, CellInput, Recurrence};
+use super::common::{self, CellInput, Recurrence, RecurrentState};
 use super::gru::GruLayer;
 use super::lstm::LstmLayer;
 use super::simple::{Nonlinearity, RnnLayer};
 
-/// One step of `layer` from `state`, in the input's dtype.
-fn step<R: Recurrence>(layer: &R, input: &CellInput, state: &R::State) -> Result<R::State> {
-    let layer = layer.to_dtype(input.xs.dtype())?;
-    layer.step(&layer.project_input(&input.xs)?, state) // (B, G*H) -> state
+/// What the three cells share: one layer of the matching stacked module,
+/// applied to one step.
+#[derive(Debug, Clone)]
+struct Cell<R> {
+    /// `"LSTMCell"`, `"GRUCell"` or `"RNNCell"`, for error messages.
+    kind: &'static str,
+    input_size: usize,
+    hidden_size: usize,
+    layer: R,
+    device: Device,
+}
+
+impl<R: Recurrence> Cell<R> {
+    /// Checks the sizes and loads the layer with `load(vb)`.
+    fn load(
+        kind: &'static str,
+        (input_size, hidden_size): (usize, usize),
+        vb: &VarBuilder,
+        load: impl FnOnce(&VarBuilder) -> Result<R>,
+    ) -> Result<Self> {
+        common::check_config(kind, hidden_size, 1)?;
+        Ok(Self {
+            kind,
+            input_size,
+            hidden_size,
+            layer: load(vb)?,
+            device: vb.device().clone(),
+        })
+    }
+
+    /// One step from `state`, `N` parts named by `names` (`None` for
+    /// zeros), in the input's dtype; the next state's parts in the input's
+    /// layout.
+    fn step<const N: usize>(
+        &self,
+        x: &Tensor,
+        state: Option<[&Tensor; N]>,
+        names: [&str; N],
+    ) -> Result<[Tensor; N]> {
+        let (input, hs) = (
+            CellInput::new(self.kind, x, self.input_size)?,
+            self.hidden_size,
+        );
+        let parts: Result<Vec<_>> = match state {
+            Some(state) => {
+                input.check_states(hs, std::array::from_fn::<_, N, _>(|i| (names[i], state[i])))?;
+                state.iter().map(|t| input.batched_state(t)).collect()
+            }
+            None => names.iter().map(|_| input.zero_state(hs)).collect(),
+        }; // N x (B, H)
+        let layer = self.layer.to_dtype(input.xs.dtype())?;
+        let state = R::State::from_parts(parts?)?;
+        let next = layer.step(&layer.project_input(&input.xs)?, &state)?; // (B, G*H) -> state
+        let next = next.into_parts().into_iter().map(|t| input.output(t));
+        let next = next.collect::<Result<Vec<_>>>()?;
+        <[Tensor; N]>::try_from(next)
+            .map_err(|_| candle_core::Error::Msg(format!("{}: a state part is missing", self.kind)))
+    }
 }
 
 /// Hyper-parameters of an [`LstmCell`], named as in `torch.nn.LSTMCell`.
@@ -46,28 +100,18 @@ impl LstmCellConfig {
 #[derive(Debug, Clone)]
 pub struct LstmCell {
     config: LstmCellConfig,
-    layer: LstmLayer,
-    device: Device,
+    cell: Cell<LstmLayer>,
 }
 
 impl LstmCell {
     /// Loads `weight_ih`, `weight_hh` and, when `bias`, `bias_ih`, `bias_hh`
     /// from `vb`, keeping `vb`'s dtype.
     pub fn load(config: LstmCellConfig, vb: VarBuilder) -> Result<Self> {
-        common::check_config("LSTMCell", config.hidden_size, 1)?;
-        let layer = LstmLayer::load(
-            &vb,
-            "",
-            config.input_size,
-            config.hidden_size,
-            0,
-            config.bias,
-        )?;
-        Ok(Self {
-            config,
-            layer,
-            device: vb.device().clone(),
-        })
+        let (i, h) = (config.input_size, config.hidden_size);
+        let cell = Cell::load("LSTMCell", (i, h), &vb, |vb| {
+            LstmLayer::load(vb, "", i, h, 0, config.bias)
+        })?;
+        Ok(Self { config, cell })
     }
 
     /// The configuration this cell was loaded with.
@@ -77,7 +121,7 @@ impl LstmCell {
 
     /// The device the parameters live on.
     pub fn device(&self) -> &Device {
-        &self.device
+        &self.cell.device
     }
 
     /// One step: `x` is `(B, I)` or unbatched `(I)`; `state` is `(h, c)`,
@@ -88,17 +132,9 @@ impl LstmCell {
         x: &Tensor,
         state: Option<(&Tensor, &Tensor)>,
     ) -> Result<(Tensor, Tensor)> {
-        let hs = self.config.hidden_size;
-        let input = CellInput::new("LSTMCell", x, self.config.input_size)?;
-        let state = match state {
-            Some((h, c)) => {
-                input.check_states(hs, [("h0", h), ("c0", c)])?;
-                (input.batched_state(h)?, input.batched_state(c)?)
-            }
-            None => (input.zero_state(hs)?, input.zero_state(hs)?),
-        }; // (B, H) each
-        let (h, c) = step(&self.layer, &input, &state)?;
-        Ok((input.output(h)?, input.output(c)?))
+        let state = state.map(|(h, c)| [h, c]);
+        let [h, c] = self.cell.step(x, state, ["h0", "c0"])?;
+        Ok((h, c))
     }
 }
 
@@ -128,21 +164,18 @@ impl GruCellConfig {
 #[derive(Debug, Clone)]
 pub struct GruCell {
     config: GruCellConfig,
-    layer: GruLayer,
-    device: Device,
+    cell: Cell<GruLayer>,
 }
 
 impl GruCell {
     /// Loads `weight_ih`, `weight_hh` and, when `bias`, `bias_ih`, `bias_hh`
     /// from `vb`, keeping `vb`'s dtype.
     pub fn load(config: GruCellConfig, vb: VarBuilder) -> Result<Self> {
-        common::check_config("GRUCell", config.hidden_size, 1)?;
-        let layer = GruLayer::load(&vb, "", config.input_size, config.hidden_size, config.bias)?;
-        Ok(Self {
-            config,
-            layer,
-            device: vb.device().clone(),
-        })
+        let (i, h) = (config.input_size, config.hidden_size);
+        let cell = Cell::load("GRUCell", (i, h), &vb, |vb| {
+            GruLayer::load(vb, "", i, h, config.bias)
+        })?;
+        Ok(Self { config, cell })
     }
 
     /// The configuration this cell was loaded with.
@@ -152,15 +185,14 @@ impl GruCell {
 
     /// The device the parameters live on.
     pub fn device(&self) -> &Device {
-        &self.device
+        &self.cell.device
     }
 
     /// One step: `x` is `(B, I)` or unbatched `(I)`; `h` is `(B, H)` (or
     /// `(H)`) in the dtype of `x`, `None` for zeros. Returns the next `h`.
     pub fn forward(&self, x: &Tensor, h: Option<&Tensor>) -> Result<Tensor> {
-        let input = CellInput::new("GRUCell", x, self.config.input_size)?;
-        let h = hidden_state(&input, self.config.hidden_size, h)?;
-        input.output(step(&self.layer, &input, &h)?)
+        let [h] = self.cell.step(x, h.map(|h| [h]), ["h0"])?;
+        Ok(h)
     }
 }
 
@@ -193,28 +225,18 @@ impl RnnCellConfig {
 #[derive(Debug, Clone)]
 pub struct RnnCell {
     config: RnnCellConfig,
-    layer: RnnLayer,
-    device: Device,
+    cell: Cell<RnnLayer>,
 }
 
 impl RnnCell {
     /// Loads `weight_ih`, `weight_hh` and, when `bias`, `bias_ih`, `bias_hh`
     /// from `vb`, keeping `vb`'s dtype.
     pub fn load(config: RnnCellConfig, vb: VarBuilder) -> Result<Self> {
-        common::check_config("RNNCell", config.hidden_size, 1)?;
-        let layer = RnnLayer::load(
-            &vb,
-            "",
-            config.input_size,
-            config.hidden_size,
-            config.nonlinearity,
-            config.bias,
-        )?;
-        Ok(Self {
-            config,
-            layer,
-            device: vb.device().clone(),
-        })
+        let (i, h) = (config.input_size, config.hidden_size);
+        let cell = Cell::load("RNNCell", (i, h), &vb, |vb| {
+            RnnLayer::load(vb, "", i, h, config.nonlinearity, config.bias)
+        })?;
+        Ok(Self { config, cell })
     }
 
     /// The configuration this cell was loaded with.
@@ -224,24 +246,12 @@ impl RnnCell {
 
     /// The device the parameters live on.
     pub fn device(&self) -> &Device {
-        &self.device
+        &self.cell.device
     }
 
     /// One step, with the shapes of [`GruCell::forward`].
     pub fn forward(&self, x: &Tensor, h: Option<&Tensor>) -> Result<Tensor> {
-        let input = CellInput::new("RNNCell", x, self.config.input_size)?;
-        let h = hidden_state(&input, self.config.hidden_size, h)?;
-        input.output(step(&self.layer, &input, &h)?)
-    }
-}
-
-/// The checked `h` of a GRU or RNN cell, or zeros. (B, H)
-fn hidden_state(input: &CellInput, hidden_size: usize, h: Option<&Tensor>) -> Result<Tensor> {
-    match h {
-        Some(h) => {
-            input.check_states(hidden_size, [("h0", h)])?;
-            input.batched_state(h)
-        }
-        None => input.zero_state(hidden_size),
+        let [h] = self.cell.step(x, h.map(|h| [h]), ["h0"])?;
+        Ok(h)
     }
 }

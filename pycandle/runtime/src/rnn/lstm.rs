@@ -5,9 +5,8 @@ use std::sync::Arc;
 use candle_core::{bail, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::common::{
-    self, Affine, KernelFloat, PackedCache, Recurrence, SequenceInput, TorchParams,
-};
+use super::common::{self, Affine, KernelFloat, PackedCache, Recurrence, TorchParams};
+use super::stack::{Stack, StackShape};
 use crate::kernel::{LstmWeights, PackedWeights};
 
 /// Hyper-parameters of an [`Lstm`], named as in `torch.nn.LSTM`.
@@ -61,12 +60,15 @@ impl LstmConfig {
         }
     }
 
-    /// Input feature size of layer `layer`.
-    fn layer_input_size(&self, layer: usize) -> usize {
-        if layer == 0 {
-            self.input_size
-        } else {
-            self.num_directions() * self.output_hidden_size()
+    fn shape(&self) -> StackShape {
+        StackShape {
+            kind: "LSTM",
+            input_size: self.input_size,
+            hidden_size: self.hidden_size,
+            output_size: self.output_hidden_size(),
+            num_layers: self.num_layers,
+            batch_first: self.batch_first,
+            bidirectional: self.bidirectional,
         }
     }
 
@@ -134,31 +136,6 @@ impl LstmLayer {
             packed: PackedCache::default(),
         })
     }
-
-    /// The weights packed for the CPU kernels in `T`.
-    fn packed<T: KernelFloat>(&self) -> Result<Arc<PackedWeights<T>>> {
-        self.packed.get_or_pack(|| {
-            let w_ih_t = self.input.weight_t();
-            let in_size = w_ih_t.dim(0)?;
-            let w_ih_t = common::host_vec::<T>(w_ih_t)?;
-            let w_hh_t = common::host_vec::<T>(&self.w_hh_t)?;
-            let bias = self.input.bias().map(common::host_vec::<T>).transpose()?;
-            let w_hr_t = self
-                .w_hr_t
-                .as_ref()
-                .map(common::host_vec::<T>)
-                .transpose()?;
-            let weights = LstmWeights {
-                w_ih_t: &w_ih_t,
-                w_hh_t: &w_hh_t,
-                b_ih: bias.as_deref(), // b_ih + b_hh, folded at load time
-                b_hh: None,
-                w_hr_t: w_hr_t.as_deref(),
-            };
-            PackedWeights::lstm(in_size, self.hidden_size, weights)
-                .map_err(candle_core::Error::wrap)
-        })
-    }
 }
 
 impl Recurrence for LstmLayer {
@@ -169,18 +146,14 @@ impl Recurrence for LstmLayer {
         Ok(Self {
             input: self.input.to_dtype(dtype)?,
             w_hh_t: self.w_hh_t.to_dtype(dtype)?,
-            w_hr_t: self
-                .w_hr_t
-                .as_ref()
-                .map(|w| w.to_dtype(dtype))
-                .transpose()?,
+            w_hr_t: common::opt_to_dtype(self.w_hr_t.as_ref(), dtype)?,
             hidden_size: self.hidden_size,
             packed: self.packed.clone(),
         })
     }
 
-    fn project_input(&self, xs: &Tensor) -> Result<Tensor> {
-        self.input.forward(xs)
+    fn input(&self) -> &Affine {
+        &self.input
     }
 
     fn step(&self, xp: &Tensor, (h, c): &Self::State) -> Result<Self::State> {
@@ -197,6 +170,20 @@ impl Recurrence for LstmLayer {
             h = h.matmul(w_hr_t)?; // (B, P)
         }
         Ok((h, c))
+    }
+
+    fn packed<T: KernelFloat>(&self) -> Result<Option<Arc<PackedWeights<T>>>> {
+        self.packed.get_or_pack(&self.input, &self.w_hh_t, |g| {
+            let w_hr_t = common::host_opt::<T>(self.w_hr_t.as_ref())?;
+            let weights = LstmWeights {
+                w_ih_t: &g.w_ih_t,
+                w_hh_t: &g.w_hh_t,
+                b_ih: g.bias.as_deref(), // b_ih + b_hh, folded at load time
+                b_hh: None,
+                w_hr_t: w_hr_t.as_deref(),
+            };
+            Ok(PackedWeights::lstm(g.in_size, self.hidden_size, weights)?)
+        })
     }
 }
 
@@ -215,9 +202,7 @@ impl Recurrence for LstmLayer {
 #[derive(Debug, Clone)]
 pub struct Lstm {
     config: LstmConfig,
-    /// Indexed `layer * num_directions + direction`, like PyTorch's `h_n`.
-    layers: Vec<LstmLayer>,
-    device: Device,
+    stack: Stack<LstmLayer>,
 }
 
 impl Lstm {
@@ -230,21 +215,17 @@ impl Lstm {
     /// input has another dtype, so load in the dtype you run in.
     pub fn load(config: LstmConfig, vb: VarBuilder) -> Result<Self> {
         config.validate()?;
-        let layers = common::load_layers(config.num_layers, config.bidirectional, |k, suffix| {
+        let stack = Stack::load(config.shape(), &vb, |vb, suffix, in_size| {
             LstmLayer::load(
-                &vb,
+                vb,
                 suffix,
-                config.layer_input_size(k),
+                in_size,
                 config.hidden_size,
                 config.proj_size,
                 config.bias,
             )
         })?;
-        Ok(Self {
-            config,
-            layers,
-            device: vb.device().clone(),
-        })
+        Ok(Self { config, stack })
     }
 
     /// The configuration this layer was loaded with.
@@ -254,7 +235,7 @@ impl Lstm {
 
     /// The device the parameters live on.
     pub fn device(&self) -> &Device {
-        &self.device
+        self.stack.device()
     }
 
     /// Runs the LSTM with PyTorch's semantics.
@@ -277,14 +258,7 @@ impl Lstm {
         xs: &Tensor,
         state: Option<(&Tensor, &Tensor)>,
     ) -> Result<(Tensor, (Tensor, Tensor))> {
-        let input = SequenceInput::new(
-            "LSTM",
-            xs,
-            self.config.input_size,
-            self.config.batch_first,
-            None,
-        )?;
-        self.run(&input, state)
+        self.run(xs, None, state)
     }
 
     /// Runs a padded batch as PyTorch does for
@@ -302,88 +276,19 @@ impl Lstm {
         lengths: &[usize],
         state: Option<(&Tensor, &Tensor)>,
     ) -> Result<(Tensor, (Tensor, Tensor))> {
-        let input = SequenceInput::new(
-            "LSTM",
-            xs,
-            self.config.input_size,
-            self.config.batch_first,
-            Some(lengths),
-        )?;
-        self.run(&input, state)
+        self.run(xs, Some(lengths), state)
     }
 
     fn run(
         &self,
-        input: &SequenceInput,
-        state: Option<(&Tensor, &Tensor)>,
-    ) -> Result<(Tensor, (Tensor, Tensor))> {
-        match common::fast_path_dtype(input, self.device.is_cpu()) {
-            Some(DType::F32) => self.run_fast::<f32>(input, state),
-            Some(DType::F64) => self.run_fast::<f64>(input, state),
-            _ => self.run_generic(input, state),
-        }
-    }
-
-    /// [`Self::run`] with Candle ops, on any device and dtype.
-    fn run_generic(
-        &self,
-        input: &SequenceInput,
+        xs: &Tensor,
+        lengths: Option<&[usize]>,
         state: Option<(&Tensor, &Tensor)>,
     ) -> Result<(Tensor, (Tensor, Tensor))> {
         let cfg = &self.config;
-        let n = cfg.num_layers * cfg.num_directions();
-        let (h, h_out) = (cfg.hidden_size, cfg.output_hidden_size());
-        let (h0, c0) = match state {
-            Some((h0, c0)) => {
-                input.check_states(n, [("h0", h0, h_out), ("c0", c0, h)])?;
-                (input.batched_state(h0)?, input.batched_state(c0)?)
-            }
-            None => (input.zero_state(n, h_out)?, input.zero_state(n, h)?),
-        }; // (L*D, B, H_out), (L*D, B, H)
-        let (out, finals) = common::run_layers(&self.layers, cfg.bidirectional, input, |idx| {
-            Ok((h0.get(idx)?, c0.get(idx)?))
-        })?;
-        let (h_n, c_n): (Vec<_>, Vec<_>) = finals.into_iter().unzip();
-        Ok((
-            input.output(out)?,
-            (input.final_state(&h_n)?, input.final_state(&c_n)?),
-        ))
-    }
-
-    /// [`Self::run_generic`] on the CPU kernels of [`crate::kernel`], for a
-    /// plain run (see `common::fast_path_dtype`) of `f32` or `f64` on the CPU:
-    /// one kernel call per layer runs the input projection and the time loop
-    /// of every direction, on weights packed once.
-    fn run_fast<T: KernelFloat>(
-        &self,
-        input: &SequenceInput,
-        state: Option<(&Tensor, &Tensor)>,
-    ) -> Result<(Tensor, (Tensor, Tensor))> {
-        let cfg = &self.config;
-        let n = cfg.num_layers * cfg.num_directions();
-        let (h, h_out) = (cfg.hidden_size, cfg.output_hidden_size());
-        let state = match state {
-            Some((h0, c0)) => {
-                input.check_states(n, [("h0", h0, h_out), ("c0", c0, h)])?;
-                Some((input.batched_state(h0)?, input.batched_state(c0)?))
-            }
-            None => None,
-        }; // (L*D, B, H_out), (L*D, B, H)
-        let packed = self
-            .layers
-            .iter()
-            .map(LstmLayer::packed::<T>)
-            .collect::<Result<Vec<_>>>()?;
-        let (out, h_n, c_n) = common::run_kernel_layers(
-            input,
-            &packed,
-            cfg.num_directions(),
-            state.as_ref().map(|s| &s.0),
-            state.as_ref().map(|s| &s.1),
-        )?;
-        Ok((
-            input.output(out)?,
-            (input.final_state(&h_n)?, input.final_state(&c_n)?),
-        ))
+        let parts = [("h0", cfg.output_hidden_size()), ("c0", cfg.hidden_size)];
+        let init = state.map(|(h0, c0)| [h0, c0]);
+        let (out, [h_n, c_n]) = self.stack.run(xs, lengths, init, parts)?;
+        Ok((out, (h_n, c_n)))
     }
 }

@@ -55,6 +55,7 @@ mod common;
 mod gru;
 mod lstm;
 mod simple;
+mod stack;
 
 pub use cell::{GruCell, GruCellConfig, LstmCell, LstmCellConfig, RnnCell, RnnCellConfig};
 pub use gru::{Gru, GruConfig};

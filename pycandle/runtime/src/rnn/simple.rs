@@ -3,7 +3,8 @@
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::common::{self, Affine, Recurrence, SequenceInput, TorchParams};
+use super::common::{self, Affine, Recurrence, TorchParams};
+use super::stack::{Stack, StackShape};
 
 /// The activation of an [`Rnn`] or [`RnnCell`](super::RnnCell), PyTorch's
 /// `nonlinearity` argument.
@@ -67,12 +68,15 @@ impl RnnConfig {
         common::num_directions(self.bidirectional)
     }
 
-    /// Input feature size of layer `layer`.
-    fn layer_input_size(&self, layer: usize) -> usize {
-        if layer == 0 {
-            self.input_size
-        } else {
-            self.num_directions() * self.hidden_size
+    fn shape(&self) -> StackShape {
+        StackShape {
+            kind: "RNN",
+            input_size: self.input_size,
+            hidden_size: self.hidden_size,
+            output_size: self.hidden_size,
+            num_layers: self.num_layers,
+            batch_first: self.batch_first,
+            bidirectional: self.bidirectional,
         }
     }
 }
@@ -121,8 +125,8 @@ impl Recurrence for RnnLayer {
         })
     }
 
-    fn project_input(&self, xs: &Tensor) -> Result<Tensor> {
-        self.input.forward(xs)
+    fn input(&self) -> &Affine {
+        &self.input
     }
 
     fn step(&self, xp: &Tensor, h: &Tensor) -> Result<Tensor> {
@@ -143,9 +147,7 @@ impl Recurrence for RnnLayer {
 #[derive(Debug, Clone)]
 pub struct Rnn {
     config: RnnConfig,
-    /// Indexed `layer * num_directions + direction`, like PyTorch's `h_n`.
-    layers: Vec<RnnLayer>,
-    device: Device,
+    stack: Stack<RnnLayer>,
 }
 
 impl Rnn {
@@ -156,22 +158,11 @@ impl Rnn {
     /// The weights are kept in `vb`'s dtype; `forward` converts them when the
     /// input has another dtype, so load in the dtype you run in.
     pub fn load(config: RnnConfig, vb: VarBuilder) -> Result<Self> {
-        common::check_config("RNN", config.hidden_size, config.num_layers)?;
-        let layers = common::load_layers(config.num_layers, config.bidirectional, |k, suffix| {
-            RnnLayer::load(
-                &vb,
-                suffix,
-                config.layer_input_size(k),
-                config.hidden_size,
-                config.nonlinearity,
-                config.bias,
-            )
+        let stack = Stack::load(config.shape(), &vb, |vb, suffix, in_size| {
+            let (h, act) = (config.hidden_size, config.nonlinearity);
+            RnnLayer::load(vb, suffix, in_size, h, act, config.bias)
         })?;
-        Ok(Self {
-            config,
-            layers,
-            device: vb.device().clone(),
-        })
+        Ok(Self { config, stack })
     }
 
     /// The configuration this layer was loaded with.
@@ -181,7 +172,7 @@ impl Rnn {
 
     /// The device the parameters live on.
     pub fn device(&self) -> &Device {
-        &self.device
+        self.stack.device()
     }
 
     /// Runs the RNN with PyTorch's semantics.
@@ -194,14 +185,7 @@ impl Rnn {
     /// Returns `(output, h_n)` with the shapes and ordering of
     /// [`Gru::forward`](super::Gru::forward).
     pub fn forward(&self, xs: &Tensor, h0: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
-        let input = SequenceInput::new(
-            "RNN",
-            xs,
-            self.config.input_size,
-            self.config.batch_first,
-            None,
-        )?;
-        self.run(&input, h0)
+        self.run(xs, None, h0)
     }
 
     /// Runs a padded batch as PyTorch does for
@@ -213,18 +197,17 @@ impl Rnn {
         lengths: &[usize],
         h0: Option<&Tensor>,
     ) -> Result<(Tensor, Tensor)> {
-        let input = SequenceInput::new(
-            "RNN",
-            xs,
-            self.config.input_size,
-            self.config.batch_first,
-            Some(lengths),
-        )?;
-        self.run(&input, h0)
+        self.run(xs, Some(lengths), h0)
     }
 
-    fn run(&self, input: &SequenceInput, h0: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
-        let cfg = &self.config;
-        common::run_hidden_state(&self.layers, cfg.bidirectional, cfg.hidden_size, input, h0)
+    fn run(
+        &self,
+        xs: &Tensor,
+        lengths: Option<&[usize]>,
+        h0: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        let parts = [("h0", self.config.hidden_size)];
+        let (out, [h_n]) = self.stack.run(xs, lengths, h0.map(|h0| [h0]), parts)?;
+        Ok((out, h_n))
     }
 }
