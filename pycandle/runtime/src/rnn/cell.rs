@@ -4,7 +4,11 @@
 //! A cell is one layer of the matching stacked module applied to one step,
 //! so the cells reuse those layers' prepared parameters and step functions.
 //! Their parameters are named without a layer suffix: `weight_ih`,
-//! `weight_hh`, `bias_ih`, `bias_hh`.
+//! `weight_hh`, `bias_ih`, `bias_hh`. [`LstmCell`], [`GruCell`] and
+//! [`RnnCell`] are one generic [`Cell`] with their configuration's
+//! [`CellConfig`].
+
+use std::fmt::Debug;
 
 use candle_core::{Device, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -14,63 +18,85 @@ use super::gru::GruLayer;
 use super::lstm::LstmLayer;
 use super::simple::{Nonlinearity, RnnLayer};
 
-/// What the three cells share: one layer of the matching stacked module,
-/// applied to one step.
-#[derive(Debug, Clone)]
-struct Cell<R> {
+/// The configuration of a cell ([`LstmCellConfig`], [`GruCellConfig`],
+/// [`RnnCellConfig`]): what makes a [`Cell`] an LSTM, GRU or RNN cell.
+pub trait CellConfig: Copy + Debug {
+    /// The layer of the matching stacked module the cell runs.
+    type Layer: Recurrence + Clone + Debug;
+
     /// `"LSTMCell"`, `"GRUCell"` or `"RNNCell"`, for error messages.
-    kind: &'static str,
-    input_size: usize,
-    hidden_size: usize,
-    layer: R,
+    const KIND: &'static str;
+
+    /// `(input_size, hidden_size)`.
+    fn sizes(&self) -> (usize, usize);
+
+    /// Loads the layer from `weight_ih`, `weight_hh` and, when `bias`,
+    /// `bias_ih`, `bias_hh`.
+    fn load_layer(&self, vb: &VarBuilder) -> Result<Self::Layer>;
+}
+
+/// The state a [`Cell`] with configuration `C` carries: a [`Tensor`] `h`,
+/// or `(h, c)` for the LSTM cell.
+pub type CellState<C> = <<C as CellConfig>::Layer as Recurrence>::State;
+
+/// The state `forward` takes: `&Tensor`, or `(&Tensor, &Tensor)`.
+pub type CellStateRef<'a, C> = <CellState<C> as RecurrentState>::Ref<'a>;
+
+/// A single-step recurrent cell in PyTorch's semantics: [`LstmCell`],
+/// [`GruCell`] and [`RnnCell`] are this type with their configuration.
+#[derive(Debug, Clone)]
+pub struct Cell<C: CellConfig> {
+    config: C,
+    layer: C::Layer,
     device: Device,
 }
 
-impl<R: Recurrence> Cell<R> {
-    /// Checks the sizes and loads the layer with `load(vb)`.
-    fn load(
-        kind: &'static str,
-        (input_size, hidden_size): (usize, usize),
-        vb: &VarBuilder,
-        load: impl FnOnce(&VarBuilder) -> Result<R>,
-    ) -> Result<Self> {
-        common::check_config(kind, hidden_size, 1)?;
+impl<C: CellConfig> Cell<C> {
+    /// Loads `weight_ih`, `weight_hh` and, when `bias`, `bias_ih`, `bias_hh`
+    /// from `vb`, keeping `vb`'s dtype.
+    pub fn load(config: C, vb: VarBuilder) -> Result<Self> {
+        common::check_config(C::KIND, config.sizes().1, 1)?;
         Ok(Self {
-            kind,
-            input_size,
-            hidden_size,
-            layer: load(vb)?,
+            config,
+            layer: config.load_layer(&vb)?,
             device: vb.device().clone(),
         })
     }
 
-    /// One step from `state`, `N` parts named by `names` (`None` for
-    /// zeros), in the input's dtype; the next state's parts in the input's
-    /// layout.
-    fn step<const N: usize>(
-        &self,
-        x: &Tensor,
-        state: Option<[&Tensor; N]>,
-        names: [&str; N],
-    ) -> Result<[Tensor; N]> {
-        let (input, hs) = (
-            CellInput::new(self.kind, x, self.input_size)?,
-            self.hidden_size,
-        );
+    /// The configuration this cell was loaded with.
+    pub fn config(&self) -> &C {
+        &self.config
+    }
+
+    /// The device the parameters live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// One step: `x` is `(B, I)` or unbatched `(I)`; `state` is `h` (or for
+    /// the LSTM cell `(h, c)`), each `(B, H)` (or `(H)`) in the dtype of
+    /// `x`, `None` for zeros. Returns the next state with the same shapes.
+    pub fn forward(&self, x: &Tensor, state: Option<CellStateRef<'_, C>>) -> Result<CellState<C>> {
+        let (input_size, hs) = self.config.sizes();
+        let input = CellInput::new(C::KIND, x, input_size)?;
         let parts: Result<Vec<_>> = match state {
             Some(state) => {
-                input.check_states(hs, std::array::from_fn::<_, N, _>(|i| (names[i], state[i])))?;
-                state.iter().map(|t| input.batched_state(t)).collect()
+                let parts = CellState::<C>::ref_parts(state);
+                let names = CellState::<C>::NAMES.iter().copied();
+                let named: Vec<_> = names.zip(parts.iter().copied()).collect();
+                input.check_states(hs, &named)?;
+                parts.iter().map(|t| input.batched_state(t)).collect()
             }
-            None => names.iter().map(|_| input.zero_state(hs)).collect(),
-        }; // N x (B, H)
+            None => CellState::<C>::NAMES
+                .iter()
+                .map(|_| input.zero_state(hs))
+                .collect(),
+        }; // parts x (B, H)
         let layer = self.layer.to_dtype(input.xs.dtype())?;
-        let state = R::State::from_parts(parts?)?;
+        let state = CellState::<C>::from_parts(parts?)?;
         let next = layer.step(&layer.project_input(&input.xs)?, &state)?; // (B, G*H) -> state
         let next = next.into_parts().into_iter().map(|t| input.output(t));
-        let next = next.collect::<Result<Vec<_>>>()?;
-        <[Tensor; N]>::try_from(next)
-            .map_err(|_| candle_core::Error::Msg(format!("{}: a state part is missing", self.kind)))
+        CellState::<C>::from_parts(next.collect::<Result<_>>()?)
     }
 }
 
@@ -96,45 +122,20 @@ impl LstmCellConfig {
     }
 }
 
-/// `torch.nn.LSTMCell`: one step of an [`Lstm`](super::Lstm) layer.
-#[derive(Debug, Clone)]
-pub struct LstmCell {
-    config: LstmCellConfig,
-    cell: Cell<LstmLayer>,
-}
+/// `torch.nn.LSTMCell`: one step of an [`Lstm`](super::Lstm) layer;
+/// `forward(x, Some((&h, &c)))` returns the next `(h, c)`.
+pub type LstmCell = Cell<LstmCellConfig>;
 
-impl LstmCell {
-    /// Loads `weight_ih`, `weight_hh` and, when `bias`, `bias_ih`, `bias_hh`
-    /// from `vb`, keeping `vb`'s dtype.
-    pub fn load(config: LstmCellConfig, vb: VarBuilder) -> Result<Self> {
-        let (i, h) = (config.input_size, config.hidden_size);
-        let cell = Cell::load("LSTMCell", (i, h), &vb, |vb| {
-            LstmLayer::load(vb, "", i, h, 0, config.bias)
-        })?;
-        Ok(Self { config, cell })
+impl CellConfig for LstmCellConfig {
+    type Layer = LstmLayer;
+    const KIND: &'static str = "LSTMCell";
+
+    fn sizes(&self) -> (usize, usize) {
+        (self.input_size, self.hidden_size)
     }
 
-    /// The configuration this cell was loaded with.
-    pub fn config(&self) -> &LstmCellConfig {
-        &self.config
-    }
-
-    /// The device the parameters live on.
-    pub fn device(&self) -> &Device {
-        &self.cell.device
-    }
-
-    /// One step: `x` is `(B, I)` or unbatched `(I)`; `state` is `(h, c)`,
-    /// each `(B, H)` (or `(H)`) in the dtype of `x`, `None` for zeros.
-    /// Returns the next `(h, c)` with the same shapes.
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        state: Option<(&Tensor, &Tensor)>,
-    ) -> Result<(Tensor, Tensor)> {
-        let state = state.map(|(h, c)| [h, c]);
-        let [h, c] = self.cell.step(x, state, ["h0", "c0"])?;
-        Ok((h, c))
+    fn load_layer(&self, vb: &VarBuilder) -> Result<LstmLayer> {
+        LstmLayer::load(vb, "", self.input_size, self.hidden_size, 0, self.bias)
     }
 }
 
@@ -160,39 +161,20 @@ impl GruCellConfig {
     }
 }
 
-/// `torch.nn.GRUCell`: one step of a [`Gru`](super::Gru) layer.
-#[derive(Debug, Clone)]
-pub struct GruCell {
-    config: GruCellConfig,
-    cell: Cell<GruLayer>,
-}
+/// `torch.nn.GRUCell`: one step of a [`Gru`](super::Gru) layer;
+/// `forward(x, Some(&h))` returns the next `h`.
+pub type GruCell = Cell<GruCellConfig>;
 
-impl GruCell {
-    /// Loads `weight_ih`, `weight_hh` and, when `bias`, `bias_ih`, `bias_hh`
-    /// from `vb`, keeping `vb`'s dtype.
-    pub fn load(config: GruCellConfig, vb: VarBuilder) -> Result<Self> {
-        let (i, h) = (config.input_size, config.hidden_size);
-        let cell = Cell::load("GRUCell", (i, h), &vb, |vb| {
-            GruLayer::load(vb, "", i, h, config.bias)
-        })?;
-        Ok(Self { config, cell })
+impl CellConfig for GruCellConfig {
+    type Layer = GruLayer;
+    const KIND: &'static str = "GRUCell";
+
+    fn sizes(&self) -> (usize, usize) {
+        (self.input_size, self.hidden_size)
     }
 
-    /// The configuration this cell was loaded with.
-    pub fn config(&self) -> &GruCellConfig {
-        &self.config
-    }
-
-    /// The device the parameters live on.
-    pub fn device(&self) -> &Device {
-        &self.cell.device
-    }
-
-    /// One step: `x` is `(B, I)` or unbatched `(I)`; `h` is `(B, H)` (or
-    /// `(H)`) in the dtype of `x`, `None` for zeros. Returns the next `h`.
-    pub fn forward(&self, x: &Tensor, h: Option<&Tensor>) -> Result<Tensor> {
-        let [h] = self.cell.step(x, h.map(|h| [h]), ["h0"])?;
-        Ok(h)
+    fn load_layer(&self, vb: &VarBuilder) -> Result<GruLayer> {
+        GruLayer::load(vb, "", self.input_size, self.hidden_size, self.bias)
     }
 }
 
@@ -221,37 +203,20 @@ impl RnnCellConfig {
     }
 }
 
-/// `torch.nn.RNNCell`: one step of an [`Rnn`](super::Rnn) layer.
-#[derive(Debug, Clone)]
-pub struct RnnCell {
-    config: RnnCellConfig,
-    cell: Cell<RnnLayer>,
-}
+/// `torch.nn.RNNCell`: one step of an [`Rnn`](super::Rnn) layer, with the
+/// shapes of [`GruCell`].
+pub type RnnCell = Cell<RnnCellConfig>;
 
-impl RnnCell {
-    /// Loads `weight_ih`, `weight_hh` and, when `bias`, `bias_ih`, `bias_hh`
-    /// from `vb`, keeping `vb`'s dtype.
-    pub fn load(config: RnnCellConfig, vb: VarBuilder) -> Result<Self> {
-        let (i, h) = (config.input_size, config.hidden_size);
-        let cell = Cell::load("RNNCell", (i, h), &vb, |vb| {
-            RnnLayer::load(vb, "", i, h, config.nonlinearity, config.bias)
-        })?;
-        Ok(Self { config, cell })
+impl CellConfig for RnnCellConfig {
+    type Layer = RnnLayer;
+    const KIND: &'static str = "RNNCell";
+
+    fn sizes(&self) -> (usize, usize) {
+        (self.input_size, self.hidden_size)
     }
 
-    /// The configuration this cell was loaded with.
-    pub fn config(&self) -> &RnnCellConfig {
-        &self.config
-    }
-
-    /// The device the parameters live on.
-    pub fn device(&self) -> &Device {
-        &self.cell.device
-    }
-
-    /// One step, with the shapes of [`GruCell::forward`].
-    pub fn forward(&self, x: &Tensor, h: Option<&Tensor>) -> Result<Tensor> {
-        let [h] = self.cell.step(x, h.map(|h| [h]), ["h0"])?;
-        Ok(h)
+    fn load_layer(&self, vb: &VarBuilder) -> Result<RnnLayer> {
+        let (i, h) = (self.input_size, self.hidden_size);
+        RnnLayer::load(vb, "", i, h, self.nonlinearity, self.bias)
     }
 }

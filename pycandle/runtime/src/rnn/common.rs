@@ -12,7 +12,7 @@ use crate::kernel::{self, Float, PackedWeights, RecurrentShape, ShapeError};
 /// One layer in one direction of a recurrent network (or a cell), split the
 /// way the fast path needs it: an input projection computed for every step
 /// at once, and a per-step update from the previous state.
-pub(super) trait Recurrence: Sized {
+pub trait Recurrence: Sized {
     /// What is carried from step to step.
     type State: RecurrentState;
 
@@ -40,7 +40,16 @@ pub(super) trait Recurrence: Sized {
 }
 
 /// The state carried by a recurrence: `h`, or `(h, c)` for the LSTM.
-pub(super) trait RecurrentState: Sized {
+pub trait RecurrentState: Sized {
+    /// The state as `forward` takes it: `&Tensor`, or `(&Tensor, &Tensor)`.
+    type Ref<'a>: Copy;
+
+    /// The names of the parts of an initial state, for error messages.
+    const NAMES: &'static [&'static str];
+
+    /// The parts of a state passed to `forward`, in PyTorch's order.
+    fn ref_parts<'a>(state: Self::Ref<'a>) -> Vec<&'a Tensor>;
+
     /// The hidden state, which is also the step's output. (B, H_out)
     fn hidden(&self) -> &Tensor;
 
@@ -55,6 +64,13 @@ pub(super) trait RecurrentState: Sized {
 }
 
 impl RecurrentState for Tensor {
+    type Ref<'a> = &'a Tensor;
+    const NAMES: &'static [&'static str] = &["h0"];
+
+    fn ref_parts<'a>(h: Self::Ref<'a>) -> Vec<&'a Tensor> {
+        vec![h]
+    }
+
     fn hidden(&self) -> &Tensor {
         self
     }
@@ -77,6 +93,13 @@ impl RecurrentState for Tensor {
 
 /// `(h, c)`.
 impl RecurrentState for (Tensor, Tensor) {
+    type Ref<'a> = (&'a Tensor, &'a Tensor);
+    const NAMES: &'static [&'static str] = &["h0", "c0"];
+
+    fn ref_parts<'a>((h, c): Self::Ref<'a>) -> Vec<&'a Tensor> {
+        vec![h, c]
+    }
+
     fn hidden(&self) -> &Tensor {
         &self.0
     }
@@ -102,7 +125,7 @@ impl RecurrentState for (Tensor, Tensor) {
 
 /// `x W^T + b` with `W^T` stored contiguous, so a call is a single matmul.
 #[derive(Debug, Clone)]
-pub(super) struct Affine {
+pub struct Affine {
     /// (in, out)
     w_t: Tensor,
     /// (out)
@@ -373,11 +396,7 @@ impl SequenceInput {
     /// Checks the user's initial states, each `(name, tensor, features)`
     /// for `n` layer-directions: `(n, B, F)`, or `(n, F)` for unbatched
     /// input, in the input's dtype.
-    pub(super) fn check_states<const N: usize>(
-        &self,
-        n: usize,
-        states: [(&str, &Tensor, usize); N],
-    ) -> Result<()> {
+    pub(super) fn check_states(&self, n: usize, states: &[(&str, &Tensor, usize)]) -> Result<()> {
         let batch = self.xs.dim(1)?;
         let expected: Vec<_> = states
             .iter()
@@ -465,7 +484,7 @@ pub(super) fn fast_path_dtype(input: &SequenceInput, params_on_cpu: bool) -> Opt
 }
 
 /// The element types of the CPU kernels, with their slot in a [`PackedCache`].
-pub(super) trait KernelFloat: Float + WithDType {
+pub trait KernelFloat: Float + WithDType {
     fn slot(cache: &PackedCache) -> &OnceLock<Arc<PackedWeights<Self>>>;
 }
 
@@ -484,7 +503,7 @@ impl KernelFloat for f64 {
 /// A layer's weights packed for the CPU kernels, per element type, packed
 /// on first use and shared by clones of the layer.
 #[derive(Debug, Clone, Default)]
-pub(super) struct PackedCache {
+pub struct PackedCache {
     f32: OnceLock<Arc<PackedWeights<f32>>>,
     f64: OnceLock<Arc<PackedWeights<f64>>>,
 }
@@ -781,10 +800,10 @@ impl CellInput {
 
     /// Checks the user's states, each `(name, tensor)`: `(B, H)`, or `(H)`
     /// for unbatched input, in the input's dtype.
-    pub(super) fn check_states<const N: usize>(
+    pub(super) fn check_states(
         &self,
         hidden_size: usize,
-        states: [(&str, &Tensor); N],
+        states: &[(&str, &Tensor)],
     ) -> Result<()> {
         let dims = if self.unbatched {
             vec![hidden_size]

@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::common::{self, Affine, KernelFloat, PackedCache, Recurrence, TorchParams};
-use super::stack::{Stack, StackShape};
+use super::stack::{StackConfig, StackShape, Stacked};
 use crate::kernel::{GruWeights, PackedWeights};
 
 /// Hyper-parameters of a [`Gru`], named as in `torch.nn.GRU`.
@@ -47,24 +47,12 @@ impl GruConfig {
     pub fn num_directions(&self) -> usize {
         common::num_directions(self.bidirectional)
     }
-
-    fn shape(&self) -> StackShape {
-        StackShape {
-            kind: "GRU",
-            input_size: self.input_size,
-            hidden_size: self.hidden_size,
-            output_size: self.hidden_size,
-            num_layers: self.num_layers,
-            batch_first: self.batch_first,
-            bidirectional: self.bidirectional,
-        }
-    }
 }
 
 /// One GRU layer in one direction (or a `GRUCell`), prepared for fast
 /// inference. Gates keep PyTorch's order r, z, n.
 #[derive(Debug, Clone)]
-pub(super) struct GruLayer {
+pub struct GruLayer {
     /// `x W_ih^T + b_ih + [b_hr, b_hz, 0]`. (I, 3H)
     input: Affine,
     /// `W_hh^T`. (H, 3H)
@@ -175,78 +163,31 @@ impl Recurrence for GruLayer {
 /// ```
 ///
 /// Layer `k > 0` reads the `D * H` concatenated outputs of layer `k - 1`.
-#[derive(Debug, Clone)]
-pub struct Gru {
-    config: GruConfig,
-    stack: Stack<GruLayer>,
-}
+///
+/// Runs through [`Stacked`]: `forward(xs, Some(&h0))` returns
+/// `(output, h_n)`, with `h0` and `h_n` `(num_layers * D, B, H)`.
+pub type Gru = Stacked<GruConfig>;
 
-impl Gru {
-    /// Loads PyTorch's parameter names from `vb`: `weight_ih_l{k}`,
-    /// `weight_hh_l{k}`, and `bias_ih_l{k}`, `bias_hh_l{k}` when `bias`,
-    /// each with the suffix `_reverse` for the backward direction.
-    ///
-    /// The weights are kept in `vb`'s dtype; `forward` converts them when the
-    /// input has another dtype, so load in the dtype you run in.
-    pub fn load(config: GruConfig, vb: VarBuilder) -> Result<Self> {
-        let stack = Stack::load(config.shape(), &vb, |vb, suffix, in_size| {
-            GruLayer::load(vb, suffix, in_size, config.hidden_size, config.bias)
-        })?;
-        Ok(Self { config, stack })
+impl StackConfig for GruConfig {
+    type Layer = GruLayer;
+
+    fn shape(&self) -> StackShape {
+        StackShape {
+            kind: "GRU",
+            input_size: self.input_size,
+            hidden_size: self.hidden_size,
+            output_size: self.hidden_size,
+            num_layers: self.num_layers,
+            batch_first: self.batch_first,
+            bidirectional: self.bidirectional,
+        }
     }
 
-    /// The configuration this layer was loaded with.
-    pub fn config(&self) -> &GruConfig {
-        &self.config
+    fn load_layer(&self, vb: &VarBuilder, suffix: &str, in_size: usize) -> Result<GruLayer> {
+        GruLayer::load(vb, suffix, in_size, self.hidden_size, self.bias)
     }
 
-    /// The device the parameters live on.
-    pub fn device(&self) -> &Device {
-        self.stack.device()
-    }
-
-    /// Runs the GRU with PyTorch's semantics.
-    ///
-    /// * `xs`: `(B, T, I)` when `batch_first`, else `(T, B, I)`; or unbatched
-    ///   `(T, I)`.
-    /// * `h0`: `(num_layers * D, B, H)` (without the `B` axis for unbatched
-    ///   input), in the dtype of `xs`; `None` starts from zeros.
-    ///
-    /// Returns `(output, h_n)`: `output` is `(B, T, D * H)`, `(T, B, D * H)`
-    /// or `(T, D * H)` following the input layout, with the forward and
-    /// backward outputs concatenated on the last axis; `h_n` has the shape
-    /// of `h0`, ordered layer-major then direction, and holds the true final
-    /// states (for the backward direction, the state after consuming `t = 0`).
-    pub fn forward(&self, xs: &Tensor, h0: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
-        self.run(xs, None, h0)
-    }
-
-    /// Runs a padded batch as PyTorch does for
-    /// `pad_packed_sequence(gru(pack_padded_sequence(xs, lengths, enforce_sorted=False)))`.
-    ///
-    /// `xs` is batched, `(B, T, I)` or `(T, B, I)` following `batch_first`,
-    /// and `lengths[b]` is the true length of sequence `b`, in `1..=T`, in
-    /// any order. Each sequence is run over its own steps only, so `h_n`
-    /// holds its state at its true end (for the backward direction, which
-    /// starts at `t = lengths[b] - 1`, after `t = 0`). The output is zero
-    /// past each sequence's end and its time axis is `max(lengths)`.
-    pub fn forward_padded(
-        &self,
-        xs: &Tensor,
-        lengths: &[usize],
-        h0: Option<&Tensor>,
-    ) -> Result<(Tensor, Tensor)> {
-        self.run(xs, Some(lengths), h0)
-    }
-
-    fn run(
-        &self,
-        xs: &Tensor,
-        lengths: Option<&[usize]>,
-        h0: Option<&Tensor>,
-    ) -> Result<(Tensor, Tensor)> {
-        let parts = [("h0", self.config.hidden_size)];
-        let (out, [h_n]) = self.stack.run(xs, lengths, h0.map(|h0| [h0]), parts)?;
-        Ok((out, h_n))
+    fn state_features(&self) -> Vec<usize> {
+        vec![self.hidden_size]
     }
 }

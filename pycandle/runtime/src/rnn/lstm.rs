@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
-use candle_core::{bail, DType, Device, Result, Tensor};
+use candle_core::{bail, DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::common::{self, Affine, KernelFloat, PackedCache, Recurrence, TorchParams};
-use super::stack::{Stack, StackShape};
+use super::stack::{StackConfig, StackShape, Stacked};
 use crate::kernel::{LstmWeights, PackedWeights};
 
 /// Hyper-parameters of an [`Lstm`], named as in `torch.nn.LSTM`.
@@ -59,30 +59,6 @@ impl LstmConfig {
             self.hidden_size
         }
     }
-
-    fn shape(&self) -> StackShape {
-        StackShape {
-            kind: "LSTM",
-            input_size: self.input_size,
-            hidden_size: self.hidden_size,
-            output_size: self.output_hidden_size(),
-            num_layers: self.num_layers,
-            batch_first: self.batch_first,
-            bidirectional: self.bidirectional,
-        }
-    }
-
-    fn validate(&self) -> Result<()> {
-        common::check_config("LSTM", self.hidden_size, self.num_layers)?;
-        if self.proj_size >= self.hidden_size {
-            bail!(
-                "LSTM: proj_size ({}) must be smaller than hidden_size ({})",
-                self.proj_size,
-                self.hidden_size
-            );
-        }
-        Ok(())
-    }
 }
 
 /// One LSTM layer in one direction (or an `LSTMCell`), prepared for fast
@@ -92,7 +68,7 @@ impl LstmConfig {
 /// the CPU kernels of [`crate::kernel`] take, so the same weights serve both
 /// the generic path and the fast path without any per-call reordering.
 #[derive(Debug, Clone)]
-pub(super) struct LstmLayer {
+pub struct LstmLayer {
     /// `x W_ih^T + b_ih + b_hh`, gates i, f, g, o. (I, 4H)
     input: Affine,
     /// `W_hh^T`, gates i, f, g, o. (H_out, 4H)
@@ -199,96 +175,44 @@ impl Recurrence for LstmLayer {
 /// ```
 ///
 /// Layer `k > 0` reads the `D * H_out` concatenated outputs of layer `k - 1`.
-#[derive(Debug, Clone)]
-pub struct Lstm {
-    config: LstmConfig,
-    stack: Stack<LstmLayer>,
-}
+///
+/// Runs through [`Stacked`]: `forward(xs, Some((&h0, &c0)))` returns
+/// `(output, (h_n, c_n))`, with `h0` `(num_layers * D, B, H_out)` and `c0`
+/// `(num_layers * D, B, H)`.
+pub type Lstm = Stacked<LstmConfig>;
 
-impl Lstm {
-    /// Loads PyTorch's parameter names from `vb`: `weight_ih_l{k}`,
-    /// `weight_hh_l{k}`, `bias_ih_l{k}`, `bias_hh_l{k}` (when `bias`),
-    /// `weight_hr_l{k}` (when `proj_size > 0`), each with the suffix
-    /// `_reverse` for the backward direction.
-    ///
-    /// The weights are kept in `vb`'s dtype; `forward` converts them when the
-    /// input has another dtype, so load in the dtype you run in.
-    pub fn load(config: LstmConfig, vb: VarBuilder) -> Result<Self> {
-        config.validate()?;
-        let stack = Stack::load(config.shape(), &vb, |vb, suffix, in_size| {
-            LstmLayer::load(
-                vb,
-                suffix,
-                in_size,
-                config.hidden_size,
-                config.proj_size,
-                config.bias,
-            )
-        })?;
-        Ok(Self { config, stack })
+impl StackConfig for LstmConfig {
+    type Layer = LstmLayer;
+
+    fn shape(&self) -> StackShape {
+        StackShape {
+            kind: "LSTM",
+            input_size: self.input_size,
+            hidden_size: self.hidden_size,
+            output_size: self.output_hidden_size(),
+            num_layers: self.num_layers,
+            batch_first: self.batch_first,
+            bidirectional: self.bidirectional,
+        }
     }
 
-    /// The configuration this layer was loaded with.
-    pub fn config(&self) -> &LstmConfig {
-        &self.config
+    fn validate(&self) -> Result<()> {
+        if self.proj_size >= self.hidden_size {
+            bail!(
+                "LSTM: proj_size ({}) must be smaller than hidden_size ({})",
+                self.proj_size,
+                self.hidden_size
+            );
+        }
+        Ok(())
     }
 
-    /// The device the parameters live on.
-    pub fn device(&self) -> &Device {
-        self.stack.device()
+    fn load_layer(&self, vb: &VarBuilder, suffix: &str, in_size: usize) -> Result<LstmLayer> {
+        let (h, proj) = (self.hidden_size, self.proj_size);
+        LstmLayer::load(vb, suffix, in_size, h, proj, self.bias)
     }
 
-    /// Runs the LSTM with PyTorch's semantics.
-    ///
-    /// * `xs`: `(B, T, I)` when `batch_first`, else `(T, B, I)`; or unbatched
-    ///   `(T, I)`.
-    /// * `state`: `Some((h0, c0))` with `h0` of shape
-    ///   `(num_layers * D, B, H_out)` and `c0` of shape `(num_layers * D, B, H)`
-    ///   (without the `B` axis for unbatched input), in the dtype of `xs`;
-    ///   `None` starts from zeros.
-    ///
-    /// Returns `(output, (h_n, c_n))`: `output` is `(B, T, D * H_out)`,
-    /// `(T, B, D * H_out)` or `(T, D * H_out)` following the input layout,
-    /// with the forward and backward outputs concatenated on the last axis;
-    /// `h_n` and `c_n` have the shapes of `h0` and `c0`, ordered layer-major
-    /// then direction, and hold the true final states (for the backward
-    /// direction, the state after consuming `t = 0`).
-    pub fn forward(
-        &self,
-        xs: &Tensor,
-        state: Option<(&Tensor, &Tensor)>,
-    ) -> Result<(Tensor, (Tensor, Tensor))> {
-        self.run(xs, None, state)
-    }
-
-    /// Runs a padded batch as PyTorch does for
-    /// `pad_packed_sequence(lstm(pack_padded_sequence(xs, lengths, enforce_sorted=False)))`.
-    ///
-    /// `xs` is batched, `(B, T, I)` or `(T, B, I)` following `batch_first`,
-    /// and `lengths[b]` is the true length of sequence `b`, in `1..=T`, in
-    /// any order. Each sequence is run over its own steps only, so `h_n` and
-    /// `c_n` are its states at its true end (for the backward direction,
-    /// which starts at `t = lengths[b] - 1`, after `t = 0`). The output is
-    /// zero past each sequence's end and its time axis is `max(lengths)`.
-    pub fn forward_padded(
-        &self,
-        xs: &Tensor,
-        lengths: &[usize],
-        state: Option<(&Tensor, &Tensor)>,
-    ) -> Result<(Tensor, (Tensor, Tensor))> {
-        self.run(xs, Some(lengths), state)
-    }
-
-    fn run(
-        &self,
-        xs: &Tensor,
-        lengths: Option<&[usize]>,
-        state: Option<(&Tensor, &Tensor)>,
-    ) -> Result<(Tensor, (Tensor, Tensor))> {
-        let cfg = &self.config;
-        let parts = [("h0", cfg.output_hidden_size()), ("c0", cfg.hidden_size)];
-        let init = state.map(|(h0, c0)| [h0, c0]);
-        let (out, [h_n, c_n]) = self.stack.run(xs, lengths, init, parts)?;
-        Ok((out, (h_n, c_n)))
+    fn state_features(&self) -> Vec<usize> {
+        vec![self.output_hidden_size(), self.hidden_size]
     }
 }

@@ -1,7 +1,10 @@
-//! What [`Lstm`](super::Lstm), [`Gru`](super::Gru) and [`Rnn`](super::Rnn)
-//! share: a stack of layers and directions run over a sequence, with the
-//! user's initial states, on the CPU kernels when they apply and with Candle
-//! ops otherwise.
+//! [`Stacked`], the one implementation behind [`Lstm`](super::Lstm),
+//! [`Gru`](super::Gru) and [`Rnn`](super::Rnn): a stack of layers and
+//! directions run over a sequence from the user's initial state, on the CPU
+//! kernels when they apply and with Candle ops otherwise. What differs
+//! between the three is their configuration's [`StackConfig`].
+
+use std::fmt::Debug;
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -13,7 +16,7 @@ use super::common::{
 
 /// The sizes every stacked module's configuration has.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct StackShape {
+pub struct StackShape {
     /// `"LSTM"`, `"GRU"` or `"RNN"`, for error messages.
     pub(super) kind: &'static str,
     pub(super) input_size: usize,
@@ -26,79 +29,159 @@ pub(super) struct StackShape {
 }
 
 impl StackShape {
-    /// Number of directions: 2 when bidirectional, else 1.
-    pub(super) fn num_directions(&self) -> usize {
-        common::num_directions(self.bidirectional)
-    }
-
     /// Input feature size of layer `layer`: the input's, then the
     /// concatenated outputs of the previous layer's directions.
-    pub(super) fn layer_input_size(&self, layer: usize) -> usize {
+    fn layer_input_size(&self, layer: usize) -> usize {
         if layer == 0 {
             self.input_size
         } else {
-            self.num_directions() * self.output_size
+            common::num_directions(self.bidirectional) * self.output_size
         }
     }
 }
 
-/// The layers of a stacked module, `layer * num_directions + direction` in
-/// PyTorch's `h_n` order, and how to run them.
+/// The configuration of a stacked module ([`LstmConfig`](super::LstmConfig),
+/// [`GruConfig`](super::GruConfig), [`RnnConfig`](super::RnnConfig)): what
+/// makes a [`Stacked`] an LSTM, a GRU or an RNN.
+pub trait StackConfig: Copy + Debug {
+    /// One layer in one direction.
+    type Layer: Recurrence + Clone + Debug;
+
+    /// The sizes and layout options.
+    fn shape(&self) -> StackShape;
+
+    /// Checks what [`StackShape`] does not cover.
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Loads one layer and direction from the parameters named
+    /// `{weight,bias}_..{suffix}`, with `in_size` input features.
+    fn load_layer(&self, vb: &VarBuilder, suffix: &str, in_size: usize) -> Result<Self::Layer>;
+
+    /// The feature size of each part of the state (`h`, then `c`).
+    fn state_features(&self) -> Vec<usize>;
+}
+
+/// The state a [`Stacked`] module with configuration `C` carries: a
+/// [`Tensor`] `h`, or `(h, c)` for the LSTM.
+pub type StackState<C> = <<C as StackConfig>::Layer as Recurrence>::State;
+
+/// The initial state `forward` takes: `&Tensor`, or `(&Tensor, &Tensor)`.
+pub type StackStateRef<'a, C> = <StackState<C> as RecurrentState>::Ref<'a>;
+
+/// A stacked recurrent module in PyTorch's semantics: [`Lstm`](super::Lstm),
+/// [`Gru`](super::Gru) and [`Rnn`](super::Rnn) are this type with their
+/// configuration.
+///
+/// The layers are kept `layer * num_directions + direction`, in PyTorch's
+/// `h_n` order.
 #[derive(Debug, Clone)]
-pub(super) struct Stack<R> {
-    shape: StackShape,
-    layers: Vec<R>,
+pub struct Stacked<C: StackConfig> {
+    config: C,
+    layers: Vec<C::Layer>,
     device: Device,
 }
 
-impl<R: Recurrence> Stack<R> {
-    /// Checks `shape` and loads every layer and direction with
-    /// `load(vb, layer, suffix, input_size)` from the parameters named
-    /// `..._l{layer}[_reverse]`.
-    pub(super) fn load(
-        shape: StackShape,
-        vb: &VarBuilder,
-        mut load: impl FnMut(&VarBuilder, &str, usize) -> Result<R>,
-    ) -> Result<Self> {
-        common::check_config(shape.kind, shape.hidden_size, shape.num_layers)?;
-        let layers = common::load_layers(shape.num_layers, shape.bidirectional, |k, suffix| {
-            load(vb, suffix, shape.layer_input_size(k))
+impl<C: StackConfig> Stacked<C> {
+    /// Loads PyTorch's parameter names from `vb`: `weight_ih_l{k}`,
+    /// `weight_hh_l{k}`, `bias_ih_l{k}`, `bias_hh_l{k}` (when `bias`), and
+    /// for an LSTM `weight_hr_l{k}` (when `proj_size > 0`), each with the
+    /// suffix `_reverse` for the backward direction.
+    ///
+    /// The weights are kept in `vb`'s dtype; `forward` converts them when the
+    /// input has another dtype, so load in the dtype you run in.
+    pub fn load(config: C, vb: VarBuilder) -> Result<Self> {
+        let s = config.shape();
+        common::check_config(s.kind, s.hidden_size, s.num_layers)?;
+        config.validate()?;
+        let layers = common::load_layers(s.num_layers, s.bidirectional, |k, suffix| {
+            config.load_layer(&vb, suffix, s.layer_input_size(k))
         })?;
         Ok(Self {
-            shape,
+            config,
             layers,
             device: vb.device().clone(),
         })
     }
 
+    /// The configuration this module was loaded with.
+    pub fn config(&self) -> &C {
+        &self.config
+    }
+
     /// The device the parameters live on.
-    pub(super) fn device(&self) -> &Device {
+    pub fn device(&self) -> &Device {
         &self.device
     }
 
-    /// Runs the stack over `xs` (padded to `lengths` when given) from the
-    /// initial states `init`, `N` parts in PyTorch's order, each named and
-    /// of the feature size given by `parts` (`None` for zeros). Returns the
-    /// output in the input's layout and the final states, part by part.
-    pub(super) fn run<const N: usize>(
+    /// Runs the module with PyTorch's semantics.
+    ///
+    /// * `xs`: `(B, T, I)` when `batch_first`, else `(T, B, I)`; or unbatched
+    ///   `(T, I)`.
+    /// * `state`: the initial state, `h0` (or for an LSTM `(h0, c0)`), in the
+    ///   dtype of `xs`; `None` starts from zeros. `h0` is
+    ///   `(num_layers * D, B, H_out)`, with `H_out` the LSTM's `proj_size`
+    ///   when it projects and `hidden_size` otherwise, and `c0` is
+    ///   `(num_layers * D, B, H)`; without the `B` axis for unbatched input.
+    ///
+    /// Returns `(output, final state)`: `output` is `(B, T, D * H_out)`,
+    /// `(T, B, D * H_out)` or `(T, D * H_out)` following the input layout,
+    /// with the forward and backward outputs concatenated on the last axis;
+    /// the final state `h_n` (or `(h_n, c_n)`) has the shapes of the initial
+    /// one, ordered layer-major then direction, and holds the true final
+    /// states (for the backward direction, the state after consuming
+    /// `t = 0`).
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        state: Option<StackStateRef<'_, C>>,
+    ) -> Result<(Tensor, StackState<C>)> {
+        self.run(xs, None, state)
+    }
+
+    /// Runs a padded batch as PyTorch does for
+    /// `pad_packed_sequence(module(pack_padded_sequence(xs, lengths, enforce_sorted=False)))`.
+    ///
+    /// `xs` is batched, `(B, T, I)` or `(T, B, I)` following `batch_first`,
+    /// and `lengths[b]` is the true length of sequence `b`, in `1..=T`, in
+    /// any order. Each sequence is run over its own steps only, so the final
+    /// state holds its state at its true end (for the backward direction,
+    /// which starts at `t = lengths[b] - 1`, after `t = 0`). The output is
+    /// zero past each sequence's end and its time axis is `max(lengths)`.
+    pub fn forward_padded(
+        &self,
+        xs: &Tensor,
+        lengths: &[usize],
+        state: Option<StackStateRef<'_, C>>,
+    ) -> Result<(Tensor, StackState<C>)> {
+        self.run(xs, Some(lengths), state)
+    }
+
+    fn run(
         &self,
         xs: &Tensor,
         lengths: Option<&[usize]>,
-        init: Option<[&Tensor; N]>,
-        parts: [(&str, usize); N],
-    ) -> Result<(Tensor, [Tensor; N])> {
-        let s = &self.shape;
+        state: Option<StackStateRef<'_, C>>,
+    ) -> Result<(Tensor, StackState<C>)> {
+        let s = self.config.shape();
         let input = SequenceInput::new(s.kind, xs, s.input_size, s.batch_first, lengths)?;
-        let n = self.layers.len();
-        let init = match init {
-            Some(init) => {
-                let named = std::array::from_fn::<_, N, _>(|i| (parts[i].0, init[i], parts[i].1));
-                input.check_states(n, named)?;
-                let batched = init.iter().map(|t| input.batched_state(t));
+        let (n, features) = (self.layers.len(), self.config.state_features());
+        let init = match state {
+            Some(state) => {
+                let parts = StackState::<C>::ref_parts(state);
+                let named: Vec<_> = StackState::<C>::NAMES
+                    .iter()
+                    .zip(&parts)
+                    .zip(&features)
+                    .map(|((&name, &t), &f)| (name, t, f))
+                    .collect();
+                input.check_states(n, &named)?;
+                let batched = parts.iter().map(|t| input.batched_state(t));
                 Some(batched.collect::<Result<Vec<_>>>()?)
             }
             None => None,
-        }; // N x (L*D, B, F)
+        }; // parts x (L*D, B, F)
         let fast = match fast_path_dtype(&input, self.device.is_cpu()) {
             Some(DType::F32) => self.run_fast::<f32>(&input, init.as_deref())?,
             Some(DType::F64) => self.run_fast::<f64>(&input, init.as_deref())?,
@@ -106,16 +189,14 @@ impl<R: Recurrence> Stack<R> {
         };
         let (out, finals) = match fast {
             Some(done) => done,
-            None => self.run_generic(&input, init, parts.map(|(_, features)| features))?,
+            None => self.run_generic(&input, init, &features)?,
         };
         let finals = finals
             .iter()
-            .take(N)
+            .take(features.len())
             .map(|part| input.final_state(part))
             .collect::<Result<Vec<_>>>()?;
-        let finals = <[Tensor; N]>::try_from(finals)
-            .map_err(|_| candle_core::Error::Msg(format!("{}: a state part is missing", s.kind)))?;
-        Ok((input.output(out)?, finals))
+        Ok((input.output(out)?, StackState::<C>::from_parts(finals)?))
     }
 
     /// [`Self::run`] with Candle ops, on any device and dtype: the last
@@ -125,19 +206,20 @@ impl<R: Recurrence> Stack<R> {
         &self,
         input: &SequenceInput,
         init: Option<Vec<Tensor>>,
-        features: impl IntoIterator<Item = usize>,
+        features: &[usize],
     ) -> Result<(Tensor, Vec<Vec<Tensor>>)> {
         let n = self.layers.len();
         let init = match init {
             Some(init) => init,
             None => features
-                .into_iter()
-                .map(|f| input.zero_state(n, f))
+                .iter()
+                .map(|&f| input.zero_state(n, f))
                 .collect::<Result<_>>()?,
         };
-        let (out, finals) = run_layers(&self.layers, self.shape.bidirectional, input, |idx| {
+        let bidirectional = self.config.shape().bidirectional;
+        let (out, finals) = run_layers(&self.layers, bidirectional, input, |idx| {
             let parts = init.iter().map(|t| t.get(idx)).collect::<Result<_>>()?;
-            R::State::from_parts(parts)
+            StackState::<C>::from_parts(parts)
         })?;
         let mut by_part = vec![Vec::with_capacity(n); init.len()];
         for state in finals {
@@ -166,7 +248,7 @@ impl<R: Recurrence> Stack<R> {
             }
         }
         let part = |i: usize| init.and_then(|init| init.get(i));
-        let dirs = self.shape.num_directions();
+        let dirs = common::num_directions(self.config.shape().bidirectional);
         let (out, h_n, c_n) = run_kernel_layers(input, &packed, dirs, part(0), part(1))?;
         Ok(Some((out, vec![h_n, c_n])))
     }
