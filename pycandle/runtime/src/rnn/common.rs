@@ -267,6 +267,15 @@ fn validate_states(kind: &str, xs: &Tensor, states: &[(&str, &Tensor, Vec<usize>
     Ok(())
 }
 
+/// `t` with a batch axis of size 1 inserted at `axis` when `unbatched`.
+fn with_batch_axis(t: &Tensor, unbatched: bool, axis: usize) -> Result<Tensor> {
+    if unbatched {
+        t.unsqueeze(axis)
+    } else {
+        Ok(t.clone())
+    }
+}
+
 /// Which steps of a padded batch are real: sequence `b` covers the steps
 /// `t < lengths[b]`.
 pub(super) struct Padding {
@@ -414,11 +423,7 @@ impl SequenceInput {
 
     /// A checked user state as (n, B, F).
     pub(super) fn batched_state(&self, state: &Tensor) -> Result<Tensor> {
-        if self.unbatched {
-            state.unsqueeze(1)
-        } else {
-            Ok(state.clone())
-        }
+        with_batch_axis(state, self.unbatched, 1)
     }
 
     /// An all-zero initial state. (n, B, F)
@@ -819,11 +824,7 @@ impl CellInput {
 
     /// A checked user state as (B, H).
     pub(super) fn batched_state(&self, state: &Tensor) -> Result<Tensor> {
-        if self.unbatched {
-            state.unsqueeze(0)
-        } else {
-            Ok(state.clone())
-        }
+        with_batch_axis(state, self.unbatched, 0)
     }
 
     /// An all-zero state. (B, H)
