@@ -31,8 +31,8 @@ pub mod index;
 pub mod kernel;
 pub mod ops;
 pub mod pad;
-pub mod pool;
 pub mod parity;
+pub mod pool;
 pub mod rnn;
 
 pub use attention::{AttentionMasks, MultiheadAttention, MultiheadAttentionConfig};

@@ -12,17 +12,14 @@
 //! others. One loop per element instead is latency-bound and about 1.8 times
 //! slower.
 
-use super::product::UNITS;
+use super::panels::UNITS;
 use super::Float;
 
-/// `a * b + c`, fused when `FMA` (code compiled with the `fma` feature).
+/// `a * b + c` in `f32`, fused when `FMA` (code compiled with the `fma`
+/// feature).
 #[inline(always)]
 fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
+    f32::madd::<FMA>(a, b, c)
 }
 
 // 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits.
@@ -127,15 +124,27 @@ pub(super) fn activate_f32<const FMA: bool, const N: usize>(v: &mut [f32; N], s:
 }
 
 /// The logistic function on `v[..s]` and `tanh` on `v[s..]`, for `f64`
-/// with the standard library's functions.
+/// with the standard library's functions (`FMA` makes no difference).
 #[inline(always)]
-pub(super) fn activate_f64<const N: usize>(v: &mut [f64; N], s: usize) {
+pub(super) fn activate_f64<const FMA: bool, const N: usize>(v: &mut [f64; N], s: usize) {
     for x in &mut v[..s] {
-        *x = 1.0 / (1.0 + (-*x).exp());
+        *x = sigmoid_f64::<FMA>(*x);
     }
     for x in &mut v[s..] {
-        *x = x.tanh();
+        *x = tanh_f64::<FMA>(*x);
     }
+}
+
+/// `1 / (1 + exp(-x))` for `f64`.
+#[inline(always)]
+pub(super) fn sigmoid_f64<const FMA: bool>(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// `tanh(x)` for `f64`.
+#[inline(always)]
+pub(super) fn tanh_f64<const FMA: bool>(x: f64) -> f64 {
+    x.tanh()
 }
 
 /// Units per lockstep evaluation of `tanh(c)`: four blocks.

@@ -1,16 +1,5 @@
-//! Packed weights and the matrix products of the kernels.
-//!
-//! Every weight matrix is copied once, when a layer's weights are packed,
-//! into panels: panel `p` holds some columns of `W^T` (`(k, cols)`),
-//! zero-padded to the panel width, as sub-panels of 16 columns, each all
-//! `k` rows deep and row-major. A panel is one contiguous block of memory,
-//! so a team member's share of the weights (a range of panels) streams from
-//! memory in one pass, and a 16-column sub-panel is read linearly.
-//!
-//! For the gate matrices (`W_ih^T`, `W_hh^T`), panel `p` holds hidden units
-//! `p * UNITS .. (p + 1) * UNITS` of every gate, gate after gate: its
-//! columns are the gate pre-activations of one block of units, which the
-//! gate loop then reads side by side.
+//! The matrix products of the kernels, on weights packed in panels (see
+//! the `panels` module).
 //!
 //! Two shapes of micro-kernel share one implementation ([`tile`]): for
 //! several rows (a batch, or the input projection of many steps), `R` rows
@@ -18,122 +7,20 @@
 //! stays in L1, with the rows of the left operand first copied side by side
 //! for the tile; for one row (batch 1, where a step is bound by reading the
 //! weights), up to 8 vectors of a panel at a time, so that the weights are
-//! read once and the accumulators stay in registers.
+//! read once and the accumulators stay in registers. On x86-64 the tile runs
+//! on the SIMD micro-kernel of the `simd` module in code compiled with AVX2
+//! and FMA; [`tile_portable`] is the plain-Rust reference.
 
 use std::ops::Range;
 
-use super::private::Strides;
+use super::float::Strides;
+use super::panels::{Panels, TILE_COLS};
 use super::Float;
-
-/// Hidden units per block of the gate matrices' panels.
-pub(super) const UNITS: usize = 16;
-
-/// Columns per micro-tile of the many-row product.
-const TILE_COLS: usize = 16;
 
 /// Depth of one pass of the many-row product, in bytes of a 16-column
 /// sub-panel: the slice a pass reads stays in L1 or L2 while every row tile
 /// reuses it. (Passes of 16 KiB or more measure alike; 8 KiB is slower.)
 const KC_BYTES: usize = 32 * 1024;
-
-/// A `(k, cols)` matrix stored as panels of `width` columns (see the module
-/// documentation).
-#[derive(Clone)]
-pub(super) struct Panels<T> {
-    data: Vec<T>,
-    k: usize,
-    width: usize,
-    count: usize,
-}
-
-impl<T> std::fmt::Debug for Panels<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Panels")
-            .field("k", &self.k)
-            .field("width", &self.width)
-            .field("count", &self.count)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<T: Float> Panels<T> {
-    /// Packs the row-major `(k, w_cols)` matrix `w`: column `c` of panel `p`
-    /// is source column `src(p, c)`, or zero for `None`.
-    fn pack(
-        w: &[T],
-        k: usize,
-        w_cols: usize,
-        count: usize,
-        width: usize,
-        src: impl Fn(usize, usize) -> Option<usize>,
-    ) -> Self {
-        assert!(w.len() == k * w_cols && width.is_multiple_of(TILE_COLS));
-        let map: Vec<Option<usize>> = (0..count * width)
-            .map(|i| src(i / width, i % width))
-            .collect();
-        let mut data = vec![T::ZERO; count * k * width];
-        let subs = data.chunks_exact_mut(k * TILE_COLS);
-        for (map, sub) in map.chunks_exact(TILE_COLS).zip(subs) {
-            for (row, dst) in w.chunks_exact(w_cols).zip(sub.chunks_exact_mut(TILE_COLS)) {
-                for (d, s) in dst.iter_mut().zip(map) {
-                    if let Some(s) = *s {
-                        *d = row[s];
-                    }
-                }
-            }
-        }
-        Self {
-            data,
-            k,
-            width,
-            count,
-        }
-    }
-
-    /// `W^T` of a gate matrix, row-major `(k, gates * hidden)` with the gates
-    /// side by side: one panel per block of [`UNITS`] hidden units, its gates
-    /// in the order `order` (indices into the source's gates).
-    pub(super) fn gates(w_t: &[T], k: usize, order: &[usize], hidden: usize) -> Self {
-        let (gates, blocks) = (order.len(), hidden.div_ceil(UNITS));
-        Self::pack(w_t, k, gates * hidden, blocks, gates * UNITS, |p, c| {
-            let unit = p * UNITS + c % UNITS;
-            (unit < hidden).then_some(order[c / UNITS] * hidden + unit)
-        })
-    }
-
-    /// A plain row-major `(k, cols)` matrix in panels of 16 columns.
-    pub(super) fn plain(w_t: &[T], k: usize, cols: usize) -> Self {
-        Self::pack(w_t, k, cols, cols.div_ceil(TILE_COLS), TILE_COLS, |p, c| {
-            let col = p * TILE_COLS + c;
-            (col < cols).then_some(col)
-        })
-    }
-
-    pub(super) fn count(&self) -> usize {
-        self.count
-    }
-
-    fn panel(&self, p: usize) -> &[T] {
-        &self.data[p * self.k * self.width..(p + 1) * self.k * self.width]
-    }
-}
-
-/// A gate vector `(gates * hidden)` (a bias) in the column order of
-/// [`Panels::gates`], zeros for `None` and at padding.
-pub(super) fn gate_vector<T: Float>(v: Option<&[T]>, order: &[usize], hidden: usize) -> Vec<T> {
-    let (gates, blocks) = (order.len(), hidden.div_ceil(UNITS));
-    let mut out = vec![T::ZERO; blocks * gates * UNITS];
-    if let Some(v) = v {
-        for (i, o) in out.iter_mut().enumerate() {
-            let (p, c) = (i / (gates * UNITS), i % (gates * UNITS));
-            let unit = p * UNITS + c % UNITS;
-            if unit < hidden {
-                *o = v[order[c / UNITS] * hidden + unit];
-            }
-        }
-    }
-    out
-}
 
 /// `dst[r, j] += sum_kk lhs[r, kk] * W[kk, j]` for rows `r < m` and the
 /// columns `j` of `panels` (their columns side by side from `dst` column 0),
@@ -154,12 +41,12 @@ pub(super) fn mul_acc<T: Float, const FMA: bool>(
     reverse: bool,
     scratch: &mut Vec<T>,
 ) {
-    let (k, pw) = (w.k, w.width);
+    let (k, pw) = (w.depth(), w.width());
     if m == 0 || panels.is_empty() || k == 0 {
         return;
     }
     assert!(
-        panels.end <= w.count
+        panels.end <= w.count()
             && dst.len() >= (m - 1) * dst_rs + panels.len() * pw
             && lhs.len() >= (m - 1) * lhs_rs + k
     );
@@ -348,189 +235,5 @@ fn tile_portable<T: Float, const FMA: bool, const R: usize>(
     for (r, acc) in acc.iter().enumerate() {
         let start = d0 + r * s.dst_rs;
         dst[start..start + TILE_COLS].copy_from_slice(acc);
-    }
-}
-
-/// The micro-kernel with AVX2 + FMA intrinsics, generic over the element
-/// type through [`Simd`](x86::Simd).
-#[cfg(target_arch = "x86_64")]
-pub(super) mod x86 {
-    use super::Strides;
-    use std::arch::x86_64::*;
-
-    /// One AVX register of `Self`.
-    pub(crate) trait Simd: Copy {
-        type V: Copy;
-        const LANES: usize;
-        /// # Safety
-        /// AVX2 and FMA are available (as for every method).
-        unsafe fn zero() -> Self::V;
-        /// # Safety
-        /// `p` is valid for reading `LANES` elements.
-        unsafe fn load(p: *const Self) -> Self::V;
-        /// # Safety
-        /// `p` is valid for writing `LANES` elements.
-        unsafe fn store(p: *mut Self, v: Self::V);
-        /// # Safety
-        /// `p` is valid for reading one element.
-        unsafe fn splat(p: *const Self) -> Self::V;
-        /// # Safety
-        /// AVX2 and FMA are available.
-        unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
-    }
-
-    impl Simd for f32 {
-        type V = __m256;
-        const LANES: usize = 8;
-        #[inline]
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn zero() -> __m256 {
-            _mm256_setzero_ps()
-        }
-        #[inline]
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn load(p: *const f32) -> __m256 {
-            _mm256_loadu_ps(p)
-        }
-        #[inline]
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn store(p: *mut f32, v: __m256) {
-            _mm256_storeu_ps(p, v)
-        }
-        #[inline]
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn splat(p: *const f32) -> __m256 {
-            _mm256_broadcast_ss(&*p)
-        }
-        #[inline]
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
-            _mm256_fmadd_ps(a, b, c)
-        }
-    }
-
-    impl Simd for f64 {
-        type V = __m256d;
-        const LANES: usize = 4;
-        #[inline]
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn zero() -> __m256d {
-            _mm256_setzero_pd()
-        }
-        #[inline]
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn load(p: *const f64) -> __m256d {
-            _mm256_loadu_pd(p)
-        }
-        #[inline]
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn store(p: *mut f64, v: __m256d) {
-            _mm256_storeu_pd(p, v)
-        }
-        #[inline]
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn splat(p: *const f64) -> __m256d {
-            _mm256_broadcast_sd(&*p)
-        }
-        #[inline]
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn fmadd(a: __m256d, b: __m256d, c: __m256d) -> __m256d {
-            _mm256_fmadd_pd(a, b, c)
-        }
-    }
-
-    /// `rows x vecs` registers of accumulators: the instantiations the
-    /// products use.
-    ///
-    /// # Safety
-    ///
-    /// As for [`tile`].
-    pub(crate) unsafe fn dispatch<S: Simd>(
-        rows: usize,
-        vecs: usize,
-        dst: *mut S,
-        lhs: *const S,
-        w: *const S,
-        s: Strides,
-    ) {
-        match (rows, vecs) {
-            (1, 8) => tile::<S, 1, 8>(dst, lhs, w, s),
-            (1, 6) => tile::<S, 1, 6>(dst, lhs, w, s),
-            (1, 4) => tile::<S, 1, 4>(dst, lhs, w, s),
-            (1, 2) => tile::<S, 1, 2>(dst, lhs, w, s),
-            (6, 2) => tile::<S, 6, 2>(dst, lhs, w, s),
-            (5, 2) => tile::<S, 5, 2>(dst, lhs, w, s),
-            (4, 2) => tile::<S, 4, 2>(dst, lhs, w, s),
-            (3, 2) => tile::<S, 3, 2>(dst, lhs, w, s),
-            (2, 2) => tile::<S, 2, 2>(dst, lhs, w, s),
-            (3, 4) => tile::<S, 3, 4>(dst, lhs, w, s),
-            (2, 4) => tile::<S, 2, 4>(dst, lhs, w, s),
-            _ => unreachable!("no micro-tile of {rows} rows by {vecs} vectors"),
-        }
-    }
-
-    /// `dst[r * dst_rs + j] += sum_{i < depth} lhs[i * R + r] *
-    /// w[(j / 16) * w_sub + i * 16 + j % 16]` for `r < R`, `j < V * LANES`,
-    /// accumulated in `R * V` registers; each row of `w` is loaded once for
-    /// all `R` rows.
-    ///
-    /// # Safety
-    ///
-    /// The CPU supports AVX2 and FMA, and every index above is in bounds of
-    /// the allocation its pointer points into.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile<S: Simd, const R: usize, const V: usize>(
-        dst: *mut S,
-        lhs: *const S,
-        w: *const S,
-        s: Strides,
-    ) {
-        let mut acc = [[S::zero(); V]; R];
-        for (r, acc) in acc.iter_mut().enumerate() {
-            for (v, a) in acc.iter_mut().enumerate() {
-                *a = S::load(dst.add(r * s.dst_rs + v * S::LANES));
-            }
-        }
-        // Per depth step, either the `V` weight vectors or the `R`
-        // broadcast inputs are loaded first and held, whichever are fewer, so
-        // that they and the accumulators fit in the 16 registers.
-        let w_at = |row: *const S, v: usize| {
-            let col = v * S::LANES;
-            row.add(col / 16 * s.w_sub + col % 16)
-        };
-        let mut row = w;
-        let mut x = lhs;
-        for _ in 0..s.depth {
-            if V <= R {
-                let mut wv = [S::zero(); V];
-                for (v, wv) in wv.iter_mut().enumerate() {
-                    *wv = S::load(w_at(row, v));
-                }
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let x = S::splat(x.add(r));
-                    for (a, &wv) in acc.iter_mut().zip(&wv) {
-                        *a = S::fmadd(x, wv, *a);
-                    }
-                }
-            } else {
-                let mut xv = [S::zero(); R];
-                for (r, xv) in xv.iter_mut().enumerate() {
-                    *xv = S::splat(x.add(r));
-                }
-                for v in 0..V {
-                    let wv = S::load(w_at(row, v));
-                    for (acc, &x) in acc.iter_mut().zip(&xv) {
-                        acc[v] = S::fmadd(x, wv, acc[v]);
-                    }
-                }
-            }
-            row = row.add(16);
-            x = x.add(R);
-        }
-        for (r, acc) in acc.iter().enumerate() {
-            for (v, a) in acc.iter().enumerate() {
-                S::store(dst.add(r * s.dst_rs + v * S::LANES), *a);
-            }
-        }
     }
 }

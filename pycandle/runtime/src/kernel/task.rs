@@ -50,14 +50,24 @@ pub(super) struct Task<'a> {
 impl<'a> Task<'a> {
     /// Hands `job` to the current Rayon pool (the global one outside a
     /// pool).
-    pub(super) fn spawn(job: impl FnOnce() + Send + 'a) -> Self {
+    ///
+    /// # Safety
+    ///
+    /// The task must be settled before `'a` ends: the caller calls
+    /// [`Task::finish`] or [`Task::cancel`], or lets the task be dropped,
+    /// and never leaks it (`mem::forget`, a reference cycle, a leaked box).
+    /// The job's borrows are extended to `'static` for the pool, and only
+    /// settling keeps a pool thread from running the job, or from still
+    /// running it, after the data it borrows is gone. The borrow checker
+    /// cannot see to this: a leaked task outlives nothing it borrows.
+    pub(super) unsafe fn spawn(job: impl FnOnce() + Send + 'a) -> Self {
         let job: Box<dyn FnOnce() + Send + 'a> = Box::new(job);
         // SAFETY: only the lifetime changes. The job is called or dropped
         // only while `'a` lasts: the pool thread takes it out of the slot
-        // and sets `running` under the lock, and runs it; the task (which
-        // cannot outlive `'a`) before it goes away, in `settle`, either
-        // takes the job out of the slot itself, or waits, under the same
-        // lock, until `running` is cleared after the job returned.
+        // and sets `running` under the lock, and runs it; the task, which
+        // the caller settles before `'a` ends (this function's contract),
+        // either takes the job out of the slot itself, or waits, under the
+        // same lock, until `running` is cleared after the job returned.
         let job: Job = unsafe { std::mem::transmute::<Box<dyn FnOnce() + Send + 'a>, Job>(job) };
         let shared = Arc::new(Shared::default());
         shared.lock().job = Some(job);
@@ -138,9 +148,12 @@ mod tests {
         let count = AtomicUsize::new(0);
         let tasks: Vec<_> = (0..50)
             .map(|_| {
-                Task::spawn(|| {
-                    count.fetch_add(1, Ordering::Relaxed);
-                })
+                // SAFETY: every task is finished below, while `count` lives.
+                unsafe {
+                    Task::spawn(|| {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    })
+                }
             })
             .collect();
         for task in tasks {
@@ -153,10 +166,13 @@ mod tests {
     fn cancelled_tasks_run_at_most_once() {
         let count = AtomicUsize::new(0);
         for _ in 0..50 {
-            Task::spawn(|| {
-                count.fetch_add(1, Ordering::Relaxed);
-            })
-            .cancel();
+            // SAFETY: the task is cancelled at once, while `count` lives.
+            let task = unsafe {
+                Task::spawn(|| {
+                    count.fetch_add(1, Ordering::Relaxed);
+                })
+            };
+            task.cancel();
         }
         assert!(count.load(Ordering::Relaxed) <= 50);
     }
@@ -164,7 +180,8 @@ mod tests {
     #[test]
     fn a_panic_reaches_the_caller() {
         let result = panic::catch_unwind(|| {
-            let task = Task::spawn(|| panic!("boom"));
+            // SAFETY: the task borrows nothing, and is finished at once.
+            let task = unsafe { Task::spawn(|| panic!("boom")) };
             task.finish();
         });
         assert!(result.is_err());

@@ -1,6 +1,14 @@
 //! The kernels against a plain step-by-step reference, over every option,
 //! thread count and team path.
 
+use std::sync::atomic::Ordering;
+
+use super::gates;
+use super::layer::Geometry;
+use super::panels::UNITS;
+use super::schedule::{split_range, team_size};
+use super::team::{ALWAYS, DISSOLVE_AT, NEVER, PENDING, START_MODE};
+use super::timeloop::PORTABLE_ONLY;
 use super::*;
 
 /// Runs `f` in a thread pool with room for the largest team and both
@@ -278,22 +286,47 @@ fn assert_close<T: Exact>(what: &str, got: &[T], want: &[T], tol: f64) {
 }
 
 fn check_lstm<T: Exact>(case: Case, tol: f64) {
-    let (x, params) = case.data::<T>(4, 0x9e37_79b9_7f4a_7c15);
+    check::<T>(true, case, tol);
+}
+
+fn check_gru<T: Exact>(case: Case, tol: f64) {
+    check::<T>(false, case, tol);
+}
+
+/// Runs `case` through the kernels (an LSTM when `lstm`, else a GRU) and
+/// compares the outputs, `h_n` and `c_n` with the step-by-step reference.
+fn check<T: Exact>(lstm: bool, case: Case, tol: f64) {
+    let (gates, seed) = if lstm {
+        (4, 0x9e37_79b9_7f4a_7c15)
+    } else {
+        (3, 0x2545_f491_4f6c_dd1d)
+    };
+    let (x, params) = case.data::<T>(gates, seed);
     let packed: Vec<_> = params
         .iter()
         .map(|p| {
-            PackedWeights::lstm(
-                case.input,
-                case.hidden,
-                LstmWeights {
-                    w_ih_t: &p.w_ih_t,
-                    w_hh_t: &p.w_hh_t,
-                    b_ih: p.b_ih.as_deref(),
-                    b_hh: p.b_hh.as_deref(),
-                    w_hr_t: p.w_hr_t.as_deref(),
-                },
-            )
-            .unwrap()
+            let (w_ih_t, w_hh_t) = (&p.w_ih_t[..], &p.w_hh_t[..]);
+            let (b_ih, b_hh) = (p.b_ih.as_deref(), p.b_hh.as_deref());
+            let packed = if lstm {
+                let w_hr_t = p.w_hr_t.as_deref();
+                let w = LstmWeights {
+                    w_ih_t,
+                    w_hh_t,
+                    b_ih,
+                    b_hh,
+                    w_hr_t,
+                };
+                PackedWeights::lstm(case.input, case.hidden, w)
+            } else {
+                let w = GruWeights {
+                    w_ih_t,
+                    w_hh_t,
+                    b_ih,
+                    b_hh,
+                };
+                PackedWeights::gru(case.input, case.hidden, w)
+            };
+            packed.unwrap()
         })
         .collect();
     let dirs: Vec<_> = params
@@ -306,32 +339,24 @@ fn check_lstm<T: Exact>(case: Case, tol: f64) {
             reverse: p.reverse,
         })
         .collect();
-    let (d, b, t, po, hs) = (
-        case.dirs(),
-        case.batch,
-        case.steps,
-        case.h_out(),
-        case.hidden,
-    );
+    let (d, b, t, po) = (case.dirs(), case.batch, case.steps, case.h_out());
     let mut out = vec![T::ZERO; t * b * d * po];
     let mut h_n = vec![T::ZERO; d * b * po];
-    let mut c_n = vec![T::ZERO; d * b * hs];
-    in_pool(|| {
-        recurrent_layer(
-            case.shape(),
-            &x,
-            &dirs,
-            &mut out,
-            &mut h_n,
-            Some(&mut c_n),
-            case.threads,
-        )
-    })
-    .unwrap();
+    let mut c_n = vec![T::ZERO; if lstm { d * b * case.hidden } else { 0 }];
+    let c_out = lstm.then_some(&mut c_n[..]);
+    let (shape, threads) = (case.shape(), case.threads);
+    in_pool(|| recurrent_layer(shape, &x, &dirs, &mut out, &mut h_n, c_out, threads)).unwrap();
 
     let refs: Vec<_> = params
         .iter()
-        .map(|p| lstm_reference(&case, &x, p))
+        .map(|p| {
+            if lstm {
+                lstm_reference(&case, &x, p)
+            } else {
+                let (out, h) = gru_reference(&case, &x, p);
+                (out, h, Vec::new())
+            }
+        })
         .collect();
     let want_out = interleave(&refs.iter().map(|r| r.0.clone()).collect::<Vec<_>>(), po);
     let want_h: Vec<T> = refs.iter().flat_map(|r| r.1.clone()).collect();
@@ -339,57 +364,6 @@ fn check_lstm<T: Exact>(case: Case, tol: f64) {
     assert_close(&format!("{case:?} out"), &out, &want_out, tol);
     assert_close(&format!("{case:?} h_n"), &h_n, &want_h, tol);
     assert_close(&format!("{case:?} c_n"), &c_n, &want_c, tol);
-}
-
-fn check_gru<T: Exact>(case: Case, tol: f64) {
-    let (x, params) = case.data::<T>(3, 0x2545_f491_4f6c_dd1d);
-    let packed: Vec<_> = params
-        .iter()
-        .map(|p| {
-            PackedWeights::gru(
-                case.input,
-                case.hidden,
-                GruWeights {
-                    w_ih_t: &p.w_ih_t,
-                    w_hh_t: &p.w_hh_t,
-                    b_ih: p.b_ih.as_deref(),
-                    b_hh: p.b_hh.as_deref(),
-                },
-            )
-            .unwrap()
-        })
-        .collect();
-    let dirs: Vec<_> = params
-        .iter()
-        .zip(&packed)
-        .map(|(p, w)| Direction {
-            weights: w,
-            h0: p.h0.as_deref(),
-            c0: None,
-            reverse: p.reverse,
-        })
-        .collect();
-    let (d, b, t, hs) = (case.dirs(), case.batch, case.steps, case.hidden);
-    let mut out = vec![T::ZERO; t * b * d * hs];
-    let mut h_n = vec![T::ZERO; d * b * hs];
-    in_pool(|| {
-        recurrent_layer(
-            case.shape(),
-            &x,
-            &dirs,
-            &mut out,
-            &mut h_n,
-            None,
-            case.threads,
-        )
-    })
-    .unwrap();
-
-    let refs: Vec<_> = params.iter().map(|p| gru_reference(&case, &x, p)).collect();
-    let want_out = interleave(&refs.iter().map(|r| r.0.clone()).collect::<Vec<_>>(), hs);
-    let want_h: Vec<T> = refs.iter().flat_map(|r| r.1.clone()).collect();
-    assert_close(&format!("{case:?} out"), &out, &want_out, tol);
-    assert_close(&format!("{case:?} h_n"), &h_n, &want_h, tol);
 }
 
 /// Small cases (single-threaded teams), B = 1 (matrix-vector product) and
@@ -666,35 +640,20 @@ fn wrong_lengths_are_reported() {
     };
     let x = [0.0f32; 6];
     let (mut h_n, mut c_n) = (vec![0.0f32; 2], vec![0.0f32; 2]);
-    let err = recurrent_layer(
-        shape,
-        &x,
-        &[dir],
-        &mut [0.0; 3],
-        &mut h_n,
-        Some(&mut c_n),
-        1,
-    )
-    .unwrap_err();
+    let mut run = |x: &[f32], out: &mut [f32], c_n: Option<&mut [f32]>| {
+        recurrent_layer(shape, x, &[dir], out, &mut h_n, c_n, 1)
+    };
+    let err = run(&x, &mut [0.0; 3], Some(&mut c_n)).unwrap_err();
     assert!(
         err.to_string().contains("out has 3 elements, expected 4"),
         "{err}"
     );
-    let err = recurrent_layer(
-        shape,
-        &x[1..],
-        &[dir],
-        &mut [0.0; 4],
-        &mut h_n,
-        Some(&mut c_n),
-        1,
-    )
-    .unwrap_err();
+    let err = run(&x[1..], &mut [0.0; 4], Some(&mut c_n)).unwrap_err();
     assert!(
         err.to_string().contains("x has 5 elements, expected 6"),
         "{err}"
     );
-    assert!(recurrent_layer(shape, &x, &[dir], &mut [0.0; 4], &mut h_n, None, 1).is_err());
+    assert!(run(&x, &mut [0.0; 4], None).is_err());
     let gru = PackedWeights::gru(
         3,
         2,

@@ -7,39 +7,83 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{bail, DType, Result, Storage, StorageRef, Tensor, WithDType};
 use candle_nn::VarBuilder;
 
-use crate::kernel::{self, Float, PackedWeights, RecurrentShape};
+use crate::kernel::{self, Float, PackedWeights, RecurrentShape, ShapeError};
 
 /// One layer in one direction of a recurrent network (or a cell), split the
 /// way the fast path needs it: an input projection computed for every step
 /// at once, and a per-step update from the previous state.
-pub(super) trait Recurrence: Sized {
+pub trait Recurrence: Sized {
     /// What is carried from step to step.
     type State: RecurrentState;
 
     /// The same parameters in `dtype` (a cheap clone when they already are).
     fn to_dtype(&self, dtype: DType) -> Result<Self>;
 
+    /// `x W_ih^T` plus the biases folded into it. (I, G*H)
+    fn input(&self) -> &Affine;
+
     /// The input's contribution to the gates, folded biases included.
     /// (N, I) -> (N, G*H)
-    fn project_input(&self, xs: &Tensor) -> Result<Tensor>;
+    fn project_input(&self, xs: &Tensor) -> Result<Tensor> {
+        self.input().forward(xs)
+    }
 
     /// One step from this step's projected input `xp` (B, G*H) and the
     /// previous state.
     fn step(&self, xp: &Tensor, state: &Self::State) -> Result<Self::State>;
+
+    /// The weights packed for the CPU kernels of [`crate::kernel`] in `T`,
+    /// or `None` when the kernels do not run this recurrence.
+    fn packed<T: KernelFloat>(&self) -> Result<Option<Arc<PackedWeights<T>>>> {
+        Ok(None)
+    }
 }
 
 /// The state carried by a recurrence: `h`, or `(h, c)` for the LSTM.
-pub(super) trait RecurrentState: Sized {
+pub trait RecurrentState: Sized {
+    /// The state as `forward` takes it: `&Tensor`, or `(&Tensor, &Tensor)`.
+    type Ref<'a>: Copy;
+
+    /// The names of the parts of an initial state, for error messages.
+    const NAMES: &'static [&'static str];
+
+    /// The parts of a state passed to `forward`, in PyTorch's order.
+    fn ref_parts<'a>(state: Self::Ref<'a>) -> Vec<&'a Tensor>;
+
     /// The hidden state, which is also the step's output. (B, H_out)
     fn hidden(&self) -> &Tensor;
 
     /// Row by row, `next` where `valid` (B, 1) is set and `prev` elsewhere.
     fn select(valid: &Tensor, next: Self, prev: Self) -> Result<Self>;
+
+    /// From its parts in PyTorch's order (`h`, then `c`).
+    fn from_parts(parts: Vec<Tensor>) -> Result<Self>;
+
+    /// Its parts in PyTorch's order.
+    fn into_parts(self) -> Vec<Tensor>;
 }
 
 impl RecurrentState for Tensor {
+    type Ref<'a> = &'a Tensor;
+    const NAMES: &'static [&'static str] = &["h0"];
+
+    fn ref_parts<'a>(h: Self::Ref<'a>) -> Vec<&'a Tensor> {
+        vec![h]
+    }
+
     fn hidden(&self) -> &Tensor {
         self
+    }
+
+    fn from_parts(parts: Vec<Tensor>) -> Result<Self> {
+        match <[Tensor; 1]>::try_from(parts) {
+            Ok([h]) => Ok(h),
+            Err(parts) => bail!("expected the state h, got {} tensors", parts.len()),
+        }
+    }
+
+    fn into_parts(self) -> Vec<Tensor> {
+        vec![self]
     }
 
     fn select(valid: &Tensor, next: Self, prev: Self) -> Result<Self> {
@@ -49,8 +93,26 @@ impl RecurrentState for Tensor {
 
 /// `(h, c)`.
 impl RecurrentState for (Tensor, Tensor) {
+    type Ref<'a> = (&'a Tensor, &'a Tensor);
+    const NAMES: &'static [&'static str] = &["h0", "c0"];
+
+    fn ref_parts<'a>((h, c): Self::Ref<'a>) -> Vec<&'a Tensor> {
+        vec![h, c]
+    }
+
     fn hidden(&self) -> &Tensor {
         &self.0
+    }
+
+    fn from_parts(parts: Vec<Tensor>) -> Result<Self> {
+        match <[Tensor; 2]>::try_from(parts) {
+            Ok([h, c]) => Ok((h, c)),
+            Err(parts) => bail!("expected the states h and c, got {} tensors", parts.len()),
+        }
+    }
+
+    fn into_parts(self) -> Vec<Tensor> {
+        vec![self.0, self.1]
     }
 
     fn select(valid: &Tensor, next: Self, prev: Self) -> Result<Self> {
@@ -63,7 +125,7 @@ impl RecurrentState for (Tensor, Tensor) {
 
 /// `x W^T + b` with `W^T` stored contiguous, so a call is a single matmul.
 #[derive(Debug, Clone)]
-pub(super) struct Affine {
+pub struct Affine {
     /// (in, out)
     w_t: Tensor,
     /// (out)
@@ -205,6 +267,15 @@ fn validate_states(kind: &str, xs: &Tensor, states: &[(&str, &Tensor, Vec<usize>
     Ok(())
 }
 
+/// `t` with a batch axis of size 1 inserted at `axis` when `unbatched`.
+fn with_batch_axis(t: &Tensor, unbatched: bool, axis: usize) -> Result<Tensor> {
+    if unbatched {
+        t.unsqueeze(axis)
+    } else {
+        Ok(t.clone())
+    }
+}
+
 /// Which steps of a padded batch are real: sequence `b` covers the steps
 /// `t < lengths[b]`.
 pub(super) struct Padding {
@@ -334,11 +405,7 @@ impl SequenceInput {
     /// Checks the user's initial states, each `(name, tensor, features)`
     /// for `n` layer-directions: `(n, B, F)`, or `(n, F)` for unbatched
     /// input, in the input's dtype.
-    pub(super) fn check_states<const N: usize>(
-        &self,
-        n: usize,
-        states: [(&str, &Tensor, usize); N],
-    ) -> Result<()> {
+    pub(super) fn check_states(&self, n: usize, states: &[(&str, &Tensor, usize)]) -> Result<()> {
         let batch = self.xs.dim(1)?;
         let expected: Vec<_> = states
             .iter()
@@ -356,11 +423,7 @@ impl SequenceInput {
 
     /// A checked user state as (n, B, F).
     pub(super) fn batched_state(&self, state: &Tensor) -> Result<Tensor> {
-        if self.unbatched {
-            state.unsqueeze(1)
-        } else {
-            Ok(state.clone())
-        }
+        with_batch_axis(state, self.unbatched, 1)
     }
 
     /// An all-zero initial state. (n, B, F)
@@ -426,7 +489,7 @@ pub(super) fn fast_path_dtype(input: &SequenceInput, params_on_cpu: bool) -> Opt
 }
 
 /// The element types of the CPU kernels, with their slot in a [`PackedCache`].
-pub(super) trait KernelFloat: Float + WithDType {
+pub trait KernelFloat: Float + WithDType {
     fn slot(cache: &PackedCache) -> &OnceLock<Arc<PackedWeights<Self>>>;
 }
 
@@ -445,30 +508,72 @@ impl KernelFloat for f64 {
 /// A layer's weights packed for the CPU kernels, per element type, packed
 /// on first use and shared by clones of the layer.
 #[derive(Debug, Clone, Default)]
-pub(super) struct PackedCache {
+pub struct PackedCache {
     f32: OnceLock<Arc<PackedWeights<f32>>>,
     f64: OnceLock<Arc<PackedWeights<f64>>>,
 }
 
 impl PackedCache {
-    /// The packed weights for `T`, from `pack` the first time.
+    /// The packed weights for `T`; the first time, `pack` packs them from
+    /// the gate matrices `input` and `w_hh_t` copied to the host.
     pub(super) fn get_or_pack<T: KernelFloat>(
         &self,
-        pack: impl FnOnce() -> Result<PackedWeights<T>>,
-    ) -> Result<Arc<PackedWeights<T>>> {
+        input: &Affine,
+        w_hh_t: &Tensor,
+        pack: impl FnOnce(HostGates<T>) -> Result<PackedWeights<T>>,
+    ) -> Result<Option<Arc<PackedWeights<T>>>> {
         let slot = T::slot(self);
         if let Some(packed) = slot.get() {
-            return Ok(packed.clone());
+            return Ok(Some(packed.clone()));
         }
-        let packed = Arc::new(pack()?);
+        let packed = Arc::new(pack(HostGates::new(input, w_hh_t)?)?);
         // A concurrent first call may have won; both packed the same weights.
-        Ok(slot.get_or_init(|| packed).clone())
+        Ok(Some(slot.get_or_init(|| packed).clone()))
+    }
+}
+
+impl From<ShapeError> for candle_core::Error {
+    fn from(e: ShapeError) -> Self {
+        candle_core::Error::wrap(e)
     }
 }
 
 /// The elements of `t` in `T` (converted from its dtype), as a flat vector.
 pub(super) fn host_vec<T: KernelFloat>(t: &Tensor) -> Result<Vec<T>> {
     t.to_dtype(T::DTYPE)?.flatten_all()?.to_vec1::<T>()
+}
+
+/// [`host_vec`] of an optional tensor.
+pub(super) fn host_opt<T: KernelFloat>(t: Option<&Tensor>) -> Result<Option<Vec<T>>> {
+    t.map(host_vec::<T>).transpose()
+}
+
+/// An optional tensor in `dtype`.
+pub(super) fn opt_to_dtype(t: Option<&Tensor>, dtype: DType) -> Result<Option<Tensor>> {
+    t.map(|t| t.to_dtype(dtype)).transpose()
+}
+
+/// The gate matrices of a layer on the host in `T`, as the kernels'
+/// weights take them: `W_ih^T` (I, G*H) and the biases folded into the
+/// input projection, and `W_hh^T`.
+pub(super) struct HostGates<T> {
+    /// `I`.
+    pub(super) in_size: usize,
+    pub(super) w_ih_t: Vec<T>,
+    pub(super) w_hh_t: Vec<T>,
+    /// The input projection's bias. (G*H)
+    pub(super) bias: Option<Vec<T>>,
+}
+
+impl<T: KernelFloat> HostGates<T> {
+    fn new(input: &Affine, w_hh_t: &Tensor) -> Result<Self> {
+        Ok(Self {
+            in_size: input.weight_t().dim(0)?,
+            w_ih_t: host_vec::<T>(input.weight_t())?,
+            w_hh_t: host_vec::<T>(w_hh_t)?,
+            bias: host_opt::<T>(input.bias())?,
+        })
+    }
 }
 
 /// The elements of a contiguous CPU tensor, borrowed from its storage
@@ -631,28 +736,6 @@ pub(super) fn run_layers<R: Recurrence>(
     Ok((layer_in, finals))
 }
 
-/// [`run_layers`] for the recurrences whose state is `h` alone (GRU and
-/// RNN), with PyTorch's `h0` of shape (L*D, B, H) and result `(output, h_n)`
-/// in the input's layout.
-pub(super) fn run_hidden_state<R: Recurrence<State = Tensor>>(
-    layers: &[R],
-    bidirectional: bool,
-    hidden_size: usize,
-    input: &SequenceInput,
-    h0: Option<&Tensor>,
-) -> Result<(Tensor, Tensor)> {
-    let n = layers.len();
-    let h0 = match h0 {
-        Some(h0) => {
-            input.check_states(n, [("h0", h0, hidden_size)])?;
-            input.batched_state(h0)?
-        }
-        None => input.zero_state(n, hidden_size)?,
-    }; // (L*D, B, H)
-    let (out, h_n) = run_layers(layers, bidirectional, input, |idx| h0.get(idx))?;
-    Ok((input.output(out)?, input.final_state(&h_n)?))
-}
-
 /// Runs one direction over the projected inputs `xp` (T, B, G*H). Returns
 /// the outputs in time order (T, B, H_out) and the final state.
 ///
@@ -722,10 +805,10 @@ impl CellInput {
 
     /// Checks the user's states, each `(name, tensor)`: `(B, H)`, or `(H)`
     /// for unbatched input, in the input's dtype.
-    pub(super) fn check_states<const N: usize>(
+    pub(super) fn check_states(
         &self,
         hidden_size: usize,
-        states: [(&str, &Tensor); N],
+        states: &[(&str, &Tensor)],
     ) -> Result<()> {
         let dims = if self.unbatched {
             vec![hidden_size]
@@ -741,11 +824,7 @@ impl CellInput {
 
     /// A checked user state as (B, H).
     pub(super) fn batched_state(&self, state: &Tensor) -> Result<Tensor> {
-        if self.unbatched {
-            state.unsqueeze(0)
-        } else {
-            Ok(state.clone())
-        }
+        with_batch_axis(state, self.unbatched, 0)
     }
 
     /// An all-zero state. (B, H)

@@ -2,12 +2,11 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::common::{
-    self, Affine, KernelFloat, PackedCache, Recurrence, SequenceInput, TorchParams,
-};
+use super::common::{self, Affine, KernelFloat, PackedCache, Recurrence, TorchParams};
+use super::stack::{StackConfig, StackShape, Stacked};
 use crate::kernel::{GruWeights, PackedWeights};
 
 /// Hyper-parameters of a [`Gru`], named as in `torch.nn.GRU`.
@@ -48,21 +47,12 @@ impl GruConfig {
     pub fn num_directions(&self) -> usize {
         common::num_directions(self.bidirectional)
     }
-
-    /// Input feature size of layer `layer`.
-    fn layer_input_size(&self, layer: usize) -> usize {
-        if layer == 0 {
-            self.input_size
-        } else {
-            self.num_directions() * self.hidden_size
-        }
-    }
 }
 
 /// One GRU layer in one direction (or a `GRUCell`), prepared for fast
 /// inference. Gates keep PyTorch's order r, z, n.
 #[derive(Debug, Clone)]
-pub(super) struct GruLayer {
+pub struct GruLayer {
     /// `x W_ih^T + b_ih + [b_hr, b_hz, 0]`. (I, 3H)
     input: Affine,
     /// `W_hh^T`. (H, 3H)
@@ -108,30 +98,6 @@ impl GruLayer {
             packed: PackedCache::default(),
         })
     }
-
-    /// The weights packed for the CPU kernels in `T`.
-    fn packed<T: KernelFloat>(&self) -> Result<Arc<PackedWeights<T>>> {
-        self.packed.get_or_pack(|| {
-            let w_ih_t = self.input.weight_t();
-            let in_size = w_ih_t.dim(0)?;
-            let w_ih_t = common::host_vec::<T>(w_ih_t)?;
-            let w_hh_t = common::host_vec::<T>(&self.w_hh_t)?;
-            let b_ih = self.input.bias().map(common::host_vec::<T>).transpose()?;
-            let b_hh = self
-                .b_hh_kernel
-                .as_ref()
-                .map(common::host_vec::<T>)
-                .transpose()?;
-            let weights = GruWeights {
-                w_ih_t: &w_ih_t,
-                w_hh_t: &w_hh_t,
-                // b_ih + [b_hr, b_hz, 0] and [0, 0, b_hn], as folded at load time.
-                b_ih: b_ih.as_deref(),
-                b_hh: b_hh.as_deref(),
-            };
-            PackedWeights::gru(in_size, self.hidden_size, weights).map_err(candle_core::Error::wrap)
-        })
-    }
 }
 
 impl Recurrence for GruLayer {
@@ -142,19 +108,15 @@ impl Recurrence for GruLayer {
         Ok(Self {
             input: self.input.to_dtype(dtype)?,
             w_hh_t: self.w_hh_t.to_dtype(dtype)?,
-            b_hn: self.b_hn.as_ref().map(|b| b.to_dtype(dtype)).transpose()?,
-            b_hh_kernel: self
-                .b_hh_kernel
-                .as_ref()
-                .map(|b| b.to_dtype(dtype))
-                .transpose()?,
+            b_hn: common::opt_to_dtype(self.b_hn.as_ref(), dtype)?,
+            b_hh_kernel: common::opt_to_dtype(self.b_hh_kernel.as_ref(), dtype)?,
             hidden_size: self.hidden_size,
             packed: self.packed.clone(),
         })
     }
 
-    fn project_input(&self, xs: &Tensor) -> Result<Tensor> {
-        self.input.forward(xs)
+    fn input(&self) -> &Affine {
+        &self.input
     }
 
     fn step(&self, xp: &Tensor, h: &Tensor) -> Result<Tensor> {
@@ -173,6 +135,20 @@ impl Recurrence for GruLayer {
         // (1 - z) * n + z * h, in the form PyTorch evaluates it.
         z.mul(&(h - &n)?)? + n
     }
+
+    fn packed<T: KernelFloat>(&self) -> Result<Option<Arc<PackedWeights<T>>>> {
+        self.packed.get_or_pack(&self.input, &self.w_hh_t, |g| {
+            let b_hh = common::host_opt::<T>(self.b_hh_kernel.as_ref())?;
+            let weights = GruWeights {
+                w_ih_t: &g.w_ih_t,
+                w_hh_t: &g.w_hh_t,
+                // b_ih + [b_hr, b_hz, 0] and [0, 0, b_hn], as folded at load time.
+                b_ih: g.bias.as_deref(),
+                b_hh: b_hh.as_deref(),
+            };
+            Ok(PackedWeights::gru(g.in_size, self.hidden_size, weights)?)
+        })
+    }
 }
 
 /// `torch.nn.GRU` for inference.
@@ -187,136 +163,31 @@ impl Recurrence for GruLayer {
 /// ```
 ///
 /// Layer `k > 0` reads the `D * H` concatenated outputs of layer `k - 1`.
-#[derive(Debug, Clone)]
-pub struct Gru {
-    config: GruConfig,
-    /// Indexed `layer * num_directions + direction`, like PyTorch's `h_n`.
-    layers: Vec<GruLayer>,
-    device: Device,
-}
+///
+/// Runs through [`Stacked`]: `forward(xs, Some(&h0))` returns
+/// `(output, h_n)`, with `h0` and `h_n` `(num_layers * D, B, H)`.
+pub type Gru = Stacked<GruConfig>;
 
-impl Gru {
-    /// Loads PyTorch's parameter names from `vb`: `weight_ih_l{k}`,
-    /// `weight_hh_l{k}`, and `bias_ih_l{k}`, `bias_hh_l{k}` when `bias`,
-    /// each with the suffix `_reverse` for the backward direction.
-    ///
-    /// The weights are kept in `vb`'s dtype; `forward` converts them when the
-    /// input has another dtype, so load in the dtype you run in.
-    pub fn load(config: GruConfig, vb: VarBuilder) -> Result<Self> {
-        common::check_config("GRU", config.hidden_size, config.num_layers)?;
-        let layers = common::load_layers(config.num_layers, config.bidirectional, |k, suffix| {
-            GruLayer::load(
-                &vb,
-                suffix,
-                config.layer_input_size(k),
-                config.hidden_size,
-                config.bias,
-            )
-        })?;
-        Ok(Self {
-            config,
-            layers,
-            device: vb.device().clone(),
-        })
-    }
+impl StackConfig for GruConfig {
+    type Layer = GruLayer;
 
-    /// The configuration this layer was loaded with.
-    pub fn config(&self) -> &GruConfig {
-        &self.config
-    }
-
-    /// The device the parameters live on.
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
-
-    /// Runs the GRU with PyTorch's semantics.
-    ///
-    /// * `xs`: `(B, T, I)` when `batch_first`, else `(T, B, I)`; or unbatched
-    ///   `(T, I)`.
-    /// * `h0`: `(num_layers * D, B, H)` (without the `B` axis for unbatched
-    ///   input), in the dtype of `xs`; `None` starts from zeros.
-    ///
-    /// Returns `(output, h_n)`: `output` is `(B, T, D * H)`, `(T, B, D * H)`
-    /// or `(T, D * H)` following the input layout, with the forward and
-    /// backward outputs concatenated on the last axis; `h_n` has the shape
-    /// of `h0`, ordered layer-major then direction, and holds the true final
-    /// states (for the backward direction, the state after consuming `t = 0`).
-    pub fn forward(&self, xs: &Tensor, h0: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
-        let input = SequenceInput::new(
-            "GRU",
-            xs,
-            self.config.input_size,
-            self.config.batch_first,
-            None,
-        )?;
-        self.run(&input, h0)
-    }
-
-    /// Runs a padded batch as PyTorch does for
-    /// `pad_packed_sequence(gru(pack_padded_sequence(xs, lengths, enforce_sorted=False)))`.
-    ///
-    /// `xs` is batched, `(B, T, I)` or `(T, B, I)` following `batch_first`,
-    /// and `lengths[b]` is the true length of sequence `b`, in `1..=T`, in
-    /// any order. Each sequence is run over its own steps only, so `h_n`
-    /// holds its state at its true end (for the backward direction, which
-    /// starts at `t = lengths[b] - 1`, after `t = 0`). The output is zero
-    /// past each sequence's end and its time axis is `max(lengths)`.
-    pub fn forward_padded(
-        &self,
-        xs: &Tensor,
-        lengths: &[usize],
-        h0: Option<&Tensor>,
-    ) -> Result<(Tensor, Tensor)> {
-        let input = SequenceInput::new(
-            "GRU",
-            xs,
-            self.config.input_size,
-            self.config.batch_first,
-            Some(lengths),
-        )?;
-        self.run(&input, h0)
-    }
-
-    fn run(&self, input: &SequenceInput, h0: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
-        match common::fast_path_dtype(input, self.device.is_cpu()) {
-            Some(DType::F32) => self.run_fast::<f32>(input, h0),
-            Some(DType::F64) => self.run_fast::<f64>(input, h0),
-            _ => self.run_generic(input, h0),
+    fn shape(&self) -> StackShape {
+        StackShape {
+            kind: "GRU",
+            input_size: self.input_size,
+            hidden_size: self.hidden_size,
+            output_size: self.hidden_size,
+            num_layers: self.num_layers,
+            batch_first: self.batch_first,
+            bidirectional: self.bidirectional,
         }
     }
 
-    /// [`Self::run`] with Candle ops, on any device and dtype.
-    fn run_generic(&self, input: &SequenceInput, h0: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
-        let cfg = &self.config;
-        common::run_hidden_state(&self.layers, cfg.bidirectional, cfg.hidden_size, input, h0)
+    fn load_layer(&self, vb: &VarBuilder, suffix: &str, in_size: usize) -> Result<GruLayer> {
+        GruLayer::load(vb, suffix, in_size, self.hidden_size, self.bias)
     }
 
-    /// [`Self::run_generic`] on the CPU kernels of [`crate::kernel`], for a
-    /// plain run (see `common::fast_path_dtype`) of `f32` or `f64` on the CPU:
-    /// one kernel call per layer runs the input projection and the time loop
-    /// of every direction, on weights packed once.
-    fn run_fast<T: KernelFloat>(
-        &self,
-        input: &SequenceInput,
-        h0: Option<&Tensor>,
-    ) -> Result<(Tensor, Tensor)> {
-        let cfg = &self.config;
-        let n = cfg.num_layers * cfg.num_directions();
-        let h0 = match h0 {
-            Some(h0) => {
-                input.check_states(n, [("h0", h0, cfg.hidden_size)])?;
-                Some(input.batched_state(h0)?)
-            }
-            None => None,
-        }; // (L*D, B, H)
-        let packed = self
-            .layers
-            .iter()
-            .map(GruLayer::packed::<T>)
-            .collect::<Result<Vec<_>>>()?;
-        let (out, h_n, _) =
-            common::run_kernel_layers(input, &packed, cfg.num_directions(), h0.as_ref(), None)?;
-        Ok((input.output(out)?, input.final_state(&h_n)?))
+    fn state_features(&self) -> Vec<usize> {
+        vec![self.hidden_size]
     }
 }

@@ -2,12 +2,11 @@
 
 use std::sync::Arc;
 
-use candle_core::{bail, DType, Device, Result, Tensor};
+use candle_core::{bail, DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::common::{
-    self, Affine, KernelFloat, PackedCache, Recurrence, SequenceInput, TorchParams,
-};
+use super::common::{self, Affine, KernelFloat, PackedCache, Recurrence, TorchParams};
+use super::stack::{StackConfig, StackShape, Stacked};
 use crate::kernel::{LstmWeights, PackedWeights};
 
 /// Hyper-parameters of an [`Lstm`], named as in `torch.nn.LSTM`.
@@ -60,27 +59,6 @@ impl LstmConfig {
             self.hidden_size
         }
     }
-
-    /// Input feature size of layer `layer`.
-    fn layer_input_size(&self, layer: usize) -> usize {
-        if layer == 0 {
-            self.input_size
-        } else {
-            self.num_directions() * self.output_hidden_size()
-        }
-    }
-
-    fn validate(&self) -> Result<()> {
-        common::check_config("LSTM", self.hidden_size, self.num_layers)?;
-        if self.proj_size >= self.hidden_size {
-            bail!(
-                "LSTM: proj_size ({}) must be smaller than hidden_size ({})",
-                self.proj_size,
-                self.hidden_size
-            );
-        }
-        Ok(())
-    }
 }
 
 /// One LSTM layer in one direction (or an `LSTMCell`), prepared for fast
@@ -90,7 +68,7 @@ impl LstmConfig {
 /// the CPU kernels of [`crate::kernel`] take, so the same weights serve both
 /// the generic path and the fast path without any per-call reordering.
 #[derive(Debug, Clone)]
-pub(super) struct LstmLayer {
+pub struct LstmLayer {
     /// `x W_ih^T + b_ih + b_hh`, gates i, f, g, o. (I, 4H)
     input: Affine,
     /// `W_hh^T`, gates i, f, g, o. (H_out, 4H)
@@ -134,31 +112,6 @@ impl LstmLayer {
             packed: PackedCache::default(),
         })
     }
-
-    /// The weights packed for the CPU kernels in `T`.
-    fn packed<T: KernelFloat>(&self) -> Result<Arc<PackedWeights<T>>> {
-        self.packed.get_or_pack(|| {
-            let w_ih_t = self.input.weight_t();
-            let in_size = w_ih_t.dim(0)?;
-            let w_ih_t = common::host_vec::<T>(w_ih_t)?;
-            let w_hh_t = common::host_vec::<T>(&self.w_hh_t)?;
-            let bias = self.input.bias().map(common::host_vec::<T>).transpose()?;
-            let w_hr_t = self
-                .w_hr_t
-                .as_ref()
-                .map(common::host_vec::<T>)
-                .transpose()?;
-            let weights = LstmWeights {
-                w_ih_t: &w_ih_t,
-                w_hh_t: &w_hh_t,
-                b_ih: bias.as_deref(), // b_ih + b_hh, folded at load time
-                b_hh: None,
-                w_hr_t: w_hr_t.as_deref(),
-            };
-            PackedWeights::lstm(in_size, self.hidden_size, weights)
-                .map_err(candle_core::Error::wrap)
-        })
-    }
 }
 
 impl Recurrence for LstmLayer {
@@ -169,18 +122,14 @@ impl Recurrence for LstmLayer {
         Ok(Self {
             input: self.input.to_dtype(dtype)?,
             w_hh_t: self.w_hh_t.to_dtype(dtype)?,
-            w_hr_t: self
-                .w_hr_t
-                .as_ref()
-                .map(|w| w.to_dtype(dtype))
-                .transpose()?,
+            w_hr_t: common::opt_to_dtype(self.w_hr_t.as_ref(), dtype)?,
             hidden_size: self.hidden_size,
             packed: self.packed.clone(),
         })
     }
 
-    fn project_input(&self, xs: &Tensor) -> Result<Tensor> {
-        self.input.forward(xs)
+    fn input(&self) -> &Affine {
+        &self.input
     }
 
     fn step(&self, xp: &Tensor, (h, c): &Self::State) -> Result<Self::State> {
@@ -198,6 +147,20 @@ impl Recurrence for LstmLayer {
         }
         Ok((h, c))
     }
+
+    fn packed<T: KernelFloat>(&self) -> Result<Option<Arc<PackedWeights<T>>>> {
+        self.packed.get_or_pack(&self.input, &self.w_hh_t, |g| {
+            let w_hr_t = common::host_opt::<T>(self.w_hr_t.as_ref())?;
+            let weights = LstmWeights {
+                w_ih_t: &g.w_ih_t,
+                w_hh_t: &g.w_hh_t,
+                b_ih: g.bias.as_deref(), // b_ih + b_hh, folded at load time
+                b_hh: None,
+                w_hr_t: w_hr_t.as_deref(),
+            };
+            Ok(PackedWeights::lstm(g.in_size, self.hidden_size, weights)?)
+        })
+    }
 }
 
 /// `torch.nn.LSTM` for inference.
@@ -212,178 +175,44 @@ impl Recurrence for LstmLayer {
 /// ```
 ///
 /// Layer `k > 0` reads the `D * H_out` concatenated outputs of layer `k - 1`.
-#[derive(Debug, Clone)]
-pub struct Lstm {
-    config: LstmConfig,
-    /// Indexed `layer * num_directions + direction`, like PyTorch's `h_n`.
-    layers: Vec<LstmLayer>,
-    device: Device,
-}
+///
+/// Runs through [`Stacked`]: `forward(xs, Some((&h0, &c0)))` returns
+/// `(output, (h_n, c_n))`, with `h0` `(num_layers * D, B, H_out)` and `c0`
+/// `(num_layers * D, B, H)`.
+pub type Lstm = Stacked<LstmConfig>;
 
-impl Lstm {
-    /// Loads PyTorch's parameter names from `vb`: `weight_ih_l{k}`,
-    /// `weight_hh_l{k}`, `bias_ih_l{k}`, `bias_hh_l{k}` (when `bias`),
-    /// `weight_hr_l{k}` (when `proj_size > 0`), each with the suffix
-    /// `_reverse` for the backward direction.
-    ///
-    /// The weights are kept in `vb`'s dtype; `forward` converts them when the
-    /// input has another dtype, so load in the dtype you run in.
-    pub fn load(config: LstmConfig, vb: VarBuilder) -> Result<Self> {
-        config.validate()?;
-        let layers = common::load_layers(config.num_layers, config.bidirectional, |k, suffix| {
-            LstmLayer::load(
-                &vb,
-                suffix,
-                config.layer_input_size(k),
-                config.hidden_size,
-                config.proj_size,
-                config.bias,
-            )
-        })?;
-        Ok(Self {
-            config,
-            layers,
-            device: vb.device().clone(),
-        })
-    }
+impl StackConfig for LstmConfig {
+    type Layer = LstmLayer;
 
-    /// The configuration this layer was loaded with.
-    pub fn config(&self) -> &LstmConfig {
-        &self.config
-    }
-
-    /// The device the parameters live on.
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
-
-    /// Runs the LSTM with PyTorch's semantics.
-    ///
-    /// * `xs`: `(B, T, I)` when `batch_first`, else `(T, B, I)`; or unbatched
-    ///   `(T, I)`.
-    /// * `state`: `Some((h0, c0))` with `h0` of shape
-    ///   `(num_layers * D, B, H_out)` and `c0` of shape `(num_layers * D, B, H)`
-    ///   (without the `B` axis for unbatched input), in the dtype of `xs`;
-    ///   `None` starts from zeros.
-    ///
-    /// Returns `(output, (h_n, c_n))`: `output` is `(B, T, D * H_out)`,
-    /// `(T, B, D * H_out)` or `(T, D * H_out)` following the input layout,
-    /// with the forward and backward outputs concatenated on the last axis;
-    /// `h_n` and `c_n` have the shapes of `h0` and `c0`, ordered layer-major
-    /// then direction, and hold the true final states (for the backward
-    /// direction, the state after consuming `t = 0`).
-    pub fn forward(
-        &self,
-        xs: &Tensor,
-        state: Option<(&Tensor, &Tensor)>,
-    ) -> Result<(Tensor, (Tensor, Tensor))> {
-        let input = SequenceInput::new(
-            "LSTM",
-            xs,
-            self.config.input_size,
-            self.config.batch_first,
-            None,
-        )?;
-        self.run(&input, state)
-    }
-
-    /// Runs a padded batch as PyTorch does for
-    /// `pad_packed_sequence(lstm(pack_padded_sequence(xs, lengths, enforce_sorted=False)))`.
-    ///
-    /// `xs` is batched, `(B, T, I)` or `(T, B, I)` following `batch_first`,
-    /// and `lengths[b]` is the true length of sequence `b`, in `1..=T`, in
-    /// any order. Each sequence is run over its own steps only, so `h_n` and
-    /// `c_n` are its states at its true end (for the backward direction,
-    /// which starts at `t = lengths[b] - 1`, after `t = 0`). The output is
-    /// zero past each sequence's end and its time axis is `max(lengths)`.
-    pub fn forward_padded(
-        &self,
-        xs: &Tensor,
-        lengths: &[usize],
-        state: Option<(&Tensor, &Tensor)>,
-    ) -> Result<(Tensor, (Tensor, Tensor))> {
-        let input = SequenceInput::new(
-            "LSTM",
-            xs,
-            self.config.input_size,
-            self.config.batch_first,
-            Some(lengths),
-        )?;
-        self.run(&input, state)
-    }
-
-    fn run(
-        &self,
-        input: &SequenceInput,
-        state: Option<(&Tensor, &Tensor)>,
-    ) -> Result<(Tensor, (Tensor, Tensor))> {
-        match common::fast_path_dtype(input, self.device.is_cpu()) {
-            Some(DType::F32) => self.run_fast::<f32>(input, state),
-            Some(DType::F64) => self.run_fast::<f64>(input, state),
-            _ => self.run_generic(input, state),
+    fn shape(&self) -> StackShape {
+        StackShape {
+            kind: "LSTM",
+            input_size: self.input_size,
+            hidden_size: self.hidden_size,
+            output_size: self.output_hidden_size(),
+            num_layers: self.num_layers,
+            batch_first: self.batch_first,
+            bidirectional: self.bidirectional,
         }
     }
 
-    /// [`Self::run`] with Candle ops, on any device and dtype.
-    fn run_generic(
-        &self,
-        input: &SequenceInput,
-        state: Option<(&Tensor, &Tensor)>,
-    ) -> Result<(Tensor, (Tensor, Tensor))> {
-        let cfg = &self.config;
-        let n = cfg.num_layers * cfg.num_directions();
-        let (h, h_out) = (cfg.hidden_size, cfg.output_hidden_size());
-        let (h0, c0) = match state {
-            Some((h0, c0)) => {
-                input.check_states(n, [("h0", h0, h_out), ("c0", c0, h)])?;
-                (input.batched_state(h0)?, input.batched_state(c0)?)
-            }
-            None => (input.zero_state(n, h_out)?, input.zero_state(n, h)?),
-        }; // (L*D, B, H_out), (L*D, B, H)
-        let (out, finals) = common::run_layers(&self.layers, cfg.bidirectional, input, |idx| {
-            Ok((h0.get(idx)?, c0.get(idx)?))
-        })?;
-        let (h_n, c_n): (Vec<_>, Vec<_>) = finals.into_iter().unzip();
-        Ok((
-            input.output(out)?,
-            (input.final_state(&h_n)?, input.final_state(&c_n)?),
-        ))
+    fn validate(&self) -> Result<()> {
+        if self.proj_size >= self.hidden_size {
+            bail!(
+                "LSTM: proj_size ({}) must be smaller than hidden_size ({})",
+                self.proj_size,
+                self.hidden_size
+            );
+        }
+        Ok(())
     }
 
-    /// [`Self::run_generic`] on the CPU kernels of [`crate::kernel`], for a
-    /// plain run (see `common::fast_path_dtype`) of `f32` or `f64` on the CPU:
-    /// one kernel call per layer runs the input projection and the time loop
-    /// of every direction, on weights packed once.
-    fn run_fast<T: KernelFloat>(
-        &self,
-        input: &SequenceInput,
-        state: Option<(&Tensor, &Tensor)>,
-    ) -> Result<(Tensor, (Tensor, Tensor))> {
-        let cfg = &self.config;
-        let n = cfg.num_layers * cfg.num_directions();
-        let (h, h_out) = (cfg.hidden_size, cfg.output_hidden_size());
-        let state = match state {
-            Some((h0, c0)) => {
-                input.check_states(n, [("h0", h0, h_out), ("c0", c0, h)])?;
-                Some((input.batched_state(h0)?, input.batched_state(c0)?))
-            }
-            None => None,
-        }; // (L*D, B, H_out), (L*D, B, H)
-        let packed = self
-            .layers
-            .iter()
-            .map(LstmLayer::packed::<T>)
-            .collect::<Result<Vec<_>>>()?;
-        let (out, h_n, c_n) = common::run_kernel_layers(
-            input,
-            &packed,
-            cfg.num_directions(),
-            state.as_ref().map(|s| &s.0),
-            state.as_ref().map(|s| &s.1),
-        )?;
-        Ok((
-            input.output(out)?,
-            (input.final_state(&h_n)?, input.final_state(&c_n)?),
-        ))
+    fn load_layer(&self, vb: &VarBuilder, suffix: &str, in_size: usize) -> Result<LstmLayer> {
+        let (h, proj) = (self.hidden_size, self.proj_size);
+        LstmLayer::load(vb, suffix, in_size, h, proj, self.bias)
+    }
+
+    fn state_features(&self) -> Vec<usize> {
+        vec![self.output_hidden_size(), self.hidden_size]
     }
 }

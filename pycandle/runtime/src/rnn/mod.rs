@@ -7,6 +7,10 @@
 //! * [`LstmCell`], [`GruCell`] and [`RnnCell`] reproduce the single-step
 //!   `torch.nn.LSTMCell`, `torch.nn.GRUCell` and `torch.nn.RNNCell`.
 //!
+//! The three modules are one generic type, [`Stacked`], and the three cells
+//! one generic [`Cell`], each made an LSTM, a GRU or an RNN by its
+//! configuration ([`StackConfig`], [`CellConfig`]).
+//!
 //! Parameters are loaded under PyTorch's own names, so a `state_dict`
 //! exported to safetensors loads as is.
 //!
@@ -55,11 +59,16 @@ mod common;
 mod gru;
 mod lstm;
 mod simple;
+mod stack;
 
-pub use cell::{GruCell, GruCellConfig, LstmCell, LstmCellConfig, RnnCell, RnnCellConfig};
+pub use cell::{
+    Cell, CellConfig, CellState, CellStateRef, GruCell, GruCellConfig, LstmCell, LstmCellConfig,
+    RnnCell, RnnCellConfig,
+};
 pub use gru::{Gru, GruConfig};
 pub use lstm::{Lstm, LstmConfig};
 pub use simple::{Nonlinearity, Rnn, RnnConfig};
+pub use stack::{StackConfig, StackShape, StackState, StackStateRef, Stacked};
 
 use candle_core::{bail, DType, Result, Tensor};
 

@@ -1,9 +1,10 @@
 //! `torch.nn.RNN`, the Elman network.
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::common::{self, Affine, Recurrence, SequenceInput, TorchParams};
+use super::common::{self, Affine, Recurrence, TorchParams};
+use super::stack::{StackConfig, StackShape, Stacked};
 
 /// The activation of an [`Rnn`] or [`RnnCell`](super::RnnCell), PyTorch's
 /// `nonlinearity` argument.
@@ -66,21 +67,12 @@ impl RnnConfig {
     pub fn num_directions(&self) -> usize {
         common::num_directions(self.bidirectional)
     }
-
-    /// Input feature size of layer `layer`.
-    fn layer_input_size(&self, layer: usize) -> usize {
-        if layer == 0 {
-            self.input_size
-        } else {
-            self.num_directions() * self.hidden_size
-        }
-    }
 }
 
 /// One RNN layer in one direction (or an `RNNCell`), prepared for fast
 /// inference.
 #[derive(Debug, Clone)]
-pub(super) struct RnnLayer {
+pub struct RnnLayer {
     /// `x W_ih^T + b_ih + b_hh`. (I, H)
     input: Affine,
     /// `W_hh^T`. (H, H)
@@ -121,8 +113,8 @@ impl Recurrence for RnnLayer {
         })
     }
 
-    fn project_input(&self, xs: &Tensor) -> Result<Tensor> {
-        self.input.forward(xs)
+    fn input(&self) -> &Affine {
+        &self.input
     }
 
     fn step(&self, xp: &Tensor, h: &Tensor) -> Result<Tensor> {
@@ -140,91 +132,31 @@ impl Recurrence for RnnLayer {
 ///
 /// with `act` tanh or relu. Layer `k > 0` reads the `D * H` concatenated
 /// outputs of layer `k - 1`.
-#[derive(Debug, Clone)]
-pub struct Rnn {
-    config: RnnConfig,
-    /// Indexed `layer * num_directions + direction`, like PyTorch's `h_n`.
-    layers: Vec<RnnLayer>,
-    device: Device,
-}
+///
+/// Runs through [`Stacked`], with the shapes of [`Gru`](super::Gru).
+pub type Rnn = Stacked<RnnConfig>;
 
-impl Rnn {
-    /// Loads PyTorch's parameter names from `vb`: `weight_ih_l{k}`,
-    /// `weight_hh_l{k}`, and `bias_ih_l{k}`, `bias_hh_l{k}` when `bias`,
-    /// each with the suffix `_reverse` for the backward direction.
-    ///
-    /// The weights are kept in `vb`'s dtype; `forward` converts them when the
-    /// input has another dtype, so load in the dtype you run in.
-    pub fn load(config: RnnConfig, vb: VarBuilder) -> Result<Self> {
-        common::check_config("RNN", config.hidden_size, config.num_layers)?;
-        let layers = common::load_layers(config.num_layers, config.bidirectional, |k, suffix| {
-            RnnLayer::load(
-                &vb,
-                suffix,
-                config.layer_input_size(k),
-                config.hidden_size,
-                config.nonlinearity,
-                config.bias,
-            )
-        })?;
-        Ok(Self {
-            config,
-            layers,
-            device: vb.device().clone(),
-        })
+impl StackConfig for RnnConfig {
+    type Layer = RnnLayer;
+
+    fn shape(&self) -> StackShape {
+        StackShape {
+            kind: "RNN",
+            input_size: self.input_size,
+            hidden_size: self.hidden_size,
+            output_size: self.hidden_size,
+            num_layers: self.num_layers,
+            batch_first: self.batch_first,
+            bidirectional: self.bidirectional,
+        }
     }
 
-    /// The configuration this layer was loaded with.
-    pub fn config(&self) -> &RnnConfig {
-        &self.config
+    fn load_layer(&self, vb: &VarBuilder, suffix: &str, in_size: usize) -> Result<RnnLayer> {
+        let (h, act) = (self.hidden_size, self.nonlinearity);
+        RnnLayer::load(vb, suffix, in_size, h, act, self.bias)
     }
 
-    /// The device the parameters live on.
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
-
-    /// Runs the RNN with PyTorch's semantics.
-    ///
-    /// * `xs`: `(B, T, I)` when `batch_first`, else `(T, B, I)`; or unbatched
-    ///   `(T, I)`.
-    /// * `h0`: `(num_layers * D, B, H)` (without the `B` axis for unbatched
-    ///   input), in the dtype of `xs`; `None` starts from zeros.
-    ///
-    /// Returns `(output, h_n)` with the shapes and ordering of
-    /// [`Gru::forward`](super::Gru::forward).
-    pub fn forward(&self, xs: &Tensor, h0: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
-        let input = SequenceInput::new(
-            "RNN",
-            xs,
-            self.config.input_size,
-            self.config.batch_first,
-            None,
-        )?;
-        self.run(&input, h0)
-    }
-
-    /// Runs a padded batch as PyTorch does for
-    /// `pad_packed_sequence(rnn(pack_padded_sequence(xs, lengths, enforce_sorted=False)))`,
-    /// with the conventions of [`Gru::forward_padded`](super::Gru::forward_padded).
-    pub fn forward_padded(
-        &self,
-        xs: &Tensor,
-        lengths: &[usize],
-        h0: Option<&Tensor>,
-    ) -> Result<(Tensor, Tensor)> {
-        let input = SequenceInput::new(
-            "RNN",
-            xs,
-            self.config.input_size,
-            self.config.batch_first,
-            Some(lengths),
-        )?;
-        self.run(&input, h0)
-    }
-
-    fn run(&self, input: &SequenceInput, h0: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
-        let cfg = &self.config;
-        common::run_hidden_state(&self.layers, cfg.bidirectional, cfg.hidden_size, input, h0)
+    fn state_features(&self) -> Vec<usize> {
+        vec![self.hidden_size]
     }
 }
