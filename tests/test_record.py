@@ -47,7 +47,7 @@ ENCODER = """\
             self.proj = nn.Linear(5, 5)
 
         def forward(self, x):
-            return torch.cumsum(self.proj(x), dim=1)
+            return torch.cumprod(self.proj(x), dim=1)
 
     class WithPrelu(nn.Module):
         def __init__(self):
@@ -160,7 +160,7 @@ def test_modules_of_a_virtualenv_under_the_project_do_not_count(tmp_path, monkey
 
 
 @pytest.mark.parametrize("factory, expected", [
-    ("usermodels:Cumsum", "usermodels.py:23: function torch.cumsum is not supported"),
+    ("usermodels:Cumsum", "usermodels.py:23: function torch.cumprod is not supported"),
     ("usermodels:WithPrelu", "[act] layer type torch.nn.PReLU is not supported"),
 ])
 def test_unsupported_model_writes_nothing_and_exits_non_zero(tmp_path, capsys, factory, expected):
@@ -263,5 +263,5 @@ def test_coverage_of_a_config_names_what_each_model_uses(tmp_path, capsys):
     assert main(["coverage", "--config", str(path)]) == 1
     out = " ".join(capsys.readouterr().out.split())
     assert "enc: supported; layers: torch.nn.LSTM, torch.nn.Linear;" in out
-    assert "bad: 1 unsupported" in out and "function torch.cumsum is not supported" in out
+    assert "bad: 1 unsupported" in out and "function torch.cumprod is not supported" in out
     assert not (tmp_path / "artifacts").exists()  # coverage writes nothing

@@ -106,10 +106,14 @@ def spelling(func: Any) -> str:
 def user_source(root: Path) -> str | None:
     """file:line of the innermost frame in the user's code (not torch, not pycandle)."""
     frame = sys._getframe(1)
+    past_tracer = False  # the innermost frames are the tracer's own
     while frame is not None:
         filename = frame.f_code.co_filename
-        if not (filename.startswith(_TORCH_DIR) or filename.startswith(_PYCANDLE_DIR)
-                or filename.startswith("<")):
+        in_pycandle = filename.startswith(_PYCANDLE_DIR)
+        if in_pycandle and past_tracer:
+            return None  # back at record's call of the model: no user frame in between
+        past_tracer |= not in_pycandle
+        if not (filename.startswith(_TORCH_DIR) or in_pycandle or filename.startswith("<")):
             path = Path(filename)
             try:
                 shown = path.resolve().relative_to(root).as_posix()
