@@ -72,11 +72,11 @@ def cmd_codegen(cfg: Config, names: list[str] | None, force: bool = False) -> in
     models = [m.name for m in cfg.select(names)]
     if not force and codegen_stamp.is_current(cfg.crate, cfg.artifacts, models):
         console.print(f"codegen: {len(models)} model(s), 0 file(s) changed in "
-                      f"{escape(str(cfg.crate))} "
-                      "(up to date)")
+                      f"{escape(str(cfg.crate))} (up to date)", soft_wrap=True)
         return 0
     stamp = codegen_stamp.Stamp.before(cfg.crate, cfg.artifacts, models)
     from pycandle.codegen import CrateWriteError, codegen
+    from pycandle.codegen.cargo import VENDORED
 
     bar, step = _progress(len(models), "codegen")
     try:
@@ -88,11 +88,20 @@ def cmd_codegen(cfg: Config, names: list[str] | None, force: bool = False) -> in
         raise PyCandleError(f"{cfg.where('crate')} model{'s' * (len(models) > 1)} {named}: {e}") \
             from None
     root = cfg.root
+
+    def shown(path: Path) -> str:
+        return escape(str(path.relative_to(root) if path.is_relative_to(root) else path))
+
+    vendored = cfg.crate / VENDORED
+    runtime = [p for p in changed if vendored in p.parents]
     for path in changed:
-        shown = path.relative_to(root) if path.is_relative_to(root) else path
-        console.print(f"wrote {escape(str(shown))}")
+        if vendored not in path.parents:
+            console.print(f"wrote {shown(path)}", soft_wrap=True)
+    if runtime:  # one line for the copy of the runtime
+        console.print(f"updated {shown(vendored)}, the runtime's copy ({len(runtime)} file(s))",
+                      soft_wrap=True)
     console.print(f"codegen: {len(models)} model(s), {len(changed)} file(s) changed in "
-                  f"{escape(str(cfg.crate))}")
+                  f"{escape(str(cfg.crate))}", soft_wrap=True)
     return 0
 
 

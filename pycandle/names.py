@@ -35,6 +35,11 @@ MODEL_LOCALS = frozenset({"state", "device", "vb"})
 # layer's outputs (a node named `report` would shadow the report it is checked into).
 TEST_LOCALS = frozenset({"parity", "model", "report", "g", "case", "golden", "weights"})
 
+# Locals of the generated examples (`examples/<model>.rs`) besides the model's inputs, which
+# are bound next to them and renamed when they collide.
+EXAMPLE_LOCALS = frozenset({"weights", "inputs_file", "args", "arg", "device", "tensors",
+                            "model", "inputs", "start", "elapsed"})
+
 # Every name a node's output must not take as a Rust local.
 RESERVED_LOCALS = RUST_KEYWORDS | MODEL_LOCALS | TEST_LOCALS
 # ... and a forward() argument (the parity tests pass arguments without binding them).

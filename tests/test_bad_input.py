@@ -366,6 +366,15 @@ def user_module_in_crate(root: Path) -> None:
     (root / "crate" / "src" / "tiny.rs").write_text("// my own tiny model\npub fn mine() {}\n")
 
 
+def user_folder_named_like_the_runtime(root: Path) -> None:
+    """The crate's pycandle-runtime/ is the user's own (not the copy codegen vendors)."""
+    folder = root / "crate" / "pycandle-runtime"
+    shutil.rmtree(folder, ignore_errors=True)  # PyCandle's copy, if codegen ran
+    (folder / "src").mkdir(parents=True)
+    (folder / "Cargo.toml").write_text('[package]\nname = "pycandle-runtime"\n')
+    (folder / "src" / "lib.rs").write_text("// my fork\n")
+
+
 def name_lib(root: Path) -> None:
     edit(root / "models.yaml", "name: tiny", "name: lib")
 
@@ -538,6 +547,9 @@ CASES = [
           "not write (it holds todo.txt)", "left alone")),
     Case(user_module_in_crate, "codegen", CRATE,
          ("field 'crate':", MODEL, "crate/src/tiny.rs exists and was not written by PyCandle",
+          "left alone and nothing was changed")),
+    Case(user_folder_named_like_the_runtime, "codegen", None,
+         ("crate/pycandle-runtime exists and is not PyCandle's copy of its runtime",
           "left alone and nothing was changed")),
     Case(name_lib, "codegen", NAME, ("field 'name':", "'lib' names a file of the generated "
                                      "crate itself")),

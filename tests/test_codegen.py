@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT
 from handmade import meta, speaker_encoder, with_node
 from pycandle.codegen import CodegenError, codegen, generate_model
-from pycandle.codegen.cargo import cargo_toml_text, lib_rs_text
+from pycandle.codegen.cargo import RUNTIME_DIR, cargo_toml_text, lib_rs_text
 from pycandle.lowering import lower
 from pycandle.errors import UnsupportedError
 from pycandle.manifest import Node, Ref
@@ -39,7 +39,14 @@ def test_codegen_runs_without_torch(tmp_path):
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "5"  # model, parity test, parity main.rs, Cargo.toml, lib.rs
+    # model, parity test, example, parity main.rs, Cargo.toml, lib.rs, and the vendored
+    # runtime: its Cargo.toml and sources
+    runtime = sorted((RUNTIME_DIR / "src").rglob("*.rs"))
+    assert proc.stdout.strip() == str(6 + 1 + len(runtime))
+    vendored = tmp_path / "crate" / "pycandle-runtime"
+    assert all((vendored / p.relative_to(RUNTIME_DIR)).read_bytes() == p.read_bytes()
+               for p in runtime)
+    assert "[[bench]]" not in (vendored / "Cargo.toml").read_text()
     src = (tmp_path / "crate" / "src" / "speaker.rs").read_text()
     # the forward glue, generated from the graph, shape-generic
     # the LSTM resumes from (and leaves) its state in forward_stream; forward starts from zeros
@@ -133,8 +140,21 @@ def test_cargo_toml_keeps_the_users_entries_and_comments(tmp_path):
     assert "# my crate, my comments" in text and 'anyhow = "1"  # for the CLI' in text
     assert 'version = "2.0.0"' in text and 'name = "my-models"' in text
     assert 'candle-core = { version = "0.11.1", features = ["mkl"] }' in text
-    assert 'candle-nn = "0.11.1"' in text and "pycandle-runtime = {path = " in text
-    assert "[workspace]" not in text  # /tmp has no workspace around it
+    assert 'candle-nn = "0.11.1"' in text
+    assert 'pycandle-runtime = {path = "pycandle-runtime", version = "0.1.0"}' in text
+    # its own workspace, with the runtime optimised (a member: `"*"` does not cover it)
+    assert "[workspace]" in text and "[profile.dev.package.pycandle-runtime]" in text
+
+
+def test_runtime_features_a_user_adds_are_kept(tmp_path):
+    crate = tmp_path / "crate"
+    crate.mkdir()
+    (crate / "Cargo.toml").write_text(
+        '[package]\nname = "m"\n\n[dependencies]\n'
+        'pycandle-runtime = { path = "../old/runtime", features = ["x"] }\n')
+    text = cargo_toml_text(crate)
+    assert ('pycandle-runtime = {path = "pycandle-runtime", version = "0.1.0", '
+            'features = ["x"]}') in text
 
 
 def test_crate_inside_a_foreign_workspace_gets_its_own(tmp_path):
@@ -192,3 +212,21 @@ def test_follow_on_problems_are_folded_into_their_root_cause():
     assert problem.what == ("function torch.special.bessel_j0 is not supported "
                             "(and 3 uses of its result)")
     assert problem.source == "model.py:12"
+
+
+def test_vendored_runtime_is_kept_in_step(tmp_path):
+    """Codegen replaces an edited file of its runtime copy and deletes one the runtime does
+    not have; the user's files beside the copy stay."""
+    write_manifest(tmp_path / "artifacts", speaker_encoder())
+    crate = tmp_path / "crate"
+    codegen(crate, tmp_path / "artifacts", ["speaker"])
+    vendored = crate / "pycandle-runtime"
+    (vendored / "src" / "lib.rs").write_text("// edited\n")
+    (vendored / "src" / "gone.rs").write_text("// a file an older runtime had\n")
+    (crate / "src" / "mine.rs").write_text("// the user's\n")
+    changed = codegen(crate, tmp_path / "artifacts", ["speaker"])
+    assert sorted(p.relative_to(crate).as_posix() for p in changed) == [
+        "pycandle-runtime/src/gone.rs", "pycandle-runtime/src/lib.rs"]
+    assert (vendored / "src" / "lib.rs").read_bytes() == (RUNTIME_DIR / "src" / "lib.rs").read_bytes()
+    assert not (vendored / "src" / "gone.rs").exists()
+    assert (crate / "src" / "mine.rs").read_text() == "// the user's\n"

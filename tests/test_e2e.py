@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -43,16 +44,9 @@ def examples(tmp_path_factory) -> Path:
 
 def test_committed_generated_crate_is_what_codegen_writes(examples):
     """The repo's generated/ is exactly what codegen writes from models.yaml: the same files,
-    byte for byte (so running codegen on it would change none). The expected differences in
-    Cargo.toml, the relative path from the crate to pycandle-runtime (checked to name the same
-    runtime) and the package name's hash of the models (both derived), are set aside."""
+    byte for byte (so running codegen on it would change none), its vendored runtime included.
+    The package name's hash of the models (derived) is set aside."""
     committed_dir, fresh_dir = ROOT / "generated", examples / "generated"
-
-    def runtime_path(crate: Path) -> str:
-        path = tomlkit.parse((crate / "Cargo.toml").read_text())["dependencies"][
-            "pycandle-runtime"]["path"]
-        assert (crate / path).resolve() == RUNTIME_DIR.resolve(), (crate, path)
-        return path
 
     def files(crate: Path) -> dict[str, bytes]:
         return {p.relative_to(crate).as_posix(): p.read_bytes() for p in sorted(crate.rglob("*"))
@@ -64,9 +58,6 @@ def test_committed_generated_crate_is_what_codegen_writes(examples):
         return name
 
     committed, fresh = files(committed_dir), files(fresh_dir)
-    fresh["Cargo.toml"] = fresh["Cargo.toml"].replace(
-        f'path = "{runtime_path(fresh_dir)}"'.encode(),
-        f'path = "{runtime_path(committed_dir)}"'.encode())
     # A new crate's package name hashes the models it starts with; an existing crate keeps its
     # name when models are added, so the committed one may carry an earlier model list's hash.
     fresh["Cargo.toml"] = fresh["Cargo.toml"].replace(
@@ -75,6 +66,48 @@ def test_committed_generated_crate_is_what_codegen_writes(examples):
                    if committed.get(rel) != fresh.get(rel))
     assert stale == [], ("generated/ is not what `pycandle codegen` writes from models.yaml "
                          f"(run `python3 -m nox -s parity` and commit generated/): {stale}")
+    # ... and its runtime is the one in this checkout, source for source
+    sources = {p.relative_to(RUNTIME_DIR).as_posix(): p.read_bytes()
+               for p in sorted((RUNTIME_DIR / "src").rglob("*.rs"))}
+    vendored = {rel.removeprefix("pycandle-runtime/"): data for rel, data in committed.items()
+                if rel.startswith("pycandle-runtime/src/")}
+    assert vendored == sources
+
+
+def test_generated_crate_stands_alone(examples, cargo_env, tmp_path):
+    """The crate and its recording, copied to a new folder, test and run with no PyCandle:
+    cargo sees no package outside the copy (but crates.io's), and runs in an environment
+    without Python's variables or the virtualenv on the PATH."""
+    away = tmp_path / "elsewhere"
+    shutil.copytree(examples / "generated", away / "crate", symlinks=False,
+                    ignore=shutil.ignore_patterns("target"))
+    for model in load_config(examples / "models.yaml").models:  # links resolved
+        shutil.copytree(examples / "artifacts" / model.name, away / "artifacts" / model.name)
+    cargo = shutil.which("cargo")
+    # cargo's folder and the system's (the C linker), none of the virtualenv's
+    env = {"PATH": os.pathsep.join([str(Path(cargo).parent), "/usr/bin", "/bin"]),
+           "HOME": os.environ["HOME"],
+           "CARGO_TARGET_DIR": os.environ["CARGO_TARGET_DIR"]}
+    for var in ("CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN"):
+        if var in os.environ:
+            env[var] = os.environ[var]
+    manifest = str(away / "crate" / "Cargo.toml")
+
+    meta = subprocess.run([cargo, "metadata", "--format-version", "1", "--manifest-path",
+                           manifest], capture_output=True, text=True, env=env, check=True)
+    outside = [p["manifest_path"] for p in json.loads(meta.stdout)["packages"]
+               if p["source"] is None and away not in Path(p["manifest_path"]).parents]
+    assert outside == []
+    test = subprocess.run([cargo, "test", "--quiet", "--manifest-path", manifest],
+                          capture_output=True, text=True, env=env, cwd=away)
+    assert test.returncode == 0, test.stdout[-3000:] + test.stderr[-3000:]
+    assert re.search(r"test result: ok\. [1-9]\d* passed", test.stdout), test.stdout
+    example = subprocess.run([cargo, "run", "--quiet", "--manifest-path", manifest,
+                              "--example", "padded_gru"],
+                             capture_output=True, text=True, env=env, cwd=away)
+    assert example.returncode == 0, example.stderr[-3000:]
+    assert re.fullmatch(r"output 0: \[5, 1, 4\]\noutput 1: \[5, 24\]\nforward: \S+\n",
+                        example.stdout), example.stdout
 
 
 def test_example_models_pass_parity_at_every_trace_shape(examples, cargo_env, capsys):

@@ -17,7 +17,8 @@ from pathlib import Path
 import jinja2
 
 from pycandle.codegen import cargo
-from pycandle.enums import EntryKind
+from pycandle import names
+from pycandle.enums import DType, EntryKind, parse
 from pycandle.lowering import ModelIR, lower
 from pycandle.errors import PyCandleError
 from pycandle.fsutil import remove_stale_temps, write_atomic
@@ -77,6 +78,31 @@ def render_parity(ir: ModelIR, crate: str, artifacts_rel: str) -> str:
     return rustfmt(text, f"the parity test of '{ir.name}'")
 
 
+@dataclass(frozen=True)
+class ExampleInput:
+    key: str  # the forward() argument, as named in an inputs file
+    local: str
+    shape: tuple[int, ...]  # the first trace case's
+    dtype: str  # Candle's DType variant
+
+
+def render_example(ir: ModelIR, manifest: Manifest, crate: str, artifacts_rel: str) -> str:
+    """examples/<model>.rs: load the weights, run `forward` once, print output shapes and time."""
+    taken = set(names.EXAMPLE_LOCALS)
+    inputs = []
+    for key, arg in zip(manifest.inputs, ir.args):
+        local = arg.name
+        while local in taken:
+            local += "_input"
+        taken.add(local)
+        spec = manifest.cases[0]["inputs"][key]
+        inputs.append(ExampleInput(key, local, tuple(spec["shape"]),
+                                   parse(DType, spec["dtype"], "input dtype").candle))
+    text = _env.get_template("example.rs.j2").render(
+        ir=ir, crate=crate, inputs=inputs, weights=f"{artifacts_rel}/weights.safetensors")
+    return rustfmt(text, f"the example of '{ir.name}'")
+
+
 def _f(v: float) -> str:
     text = repr(float(v))
     return text if any(c in text for c in ".eE") else text + ".0"
@@ -86,9 +112,17 @@ def _check_ours(crate_dir: Path, files: dict[Path, str]) -> None:
     """Codegen replaces only files it wrote (they carry its mark); lib.rs and Cargo.toml are
     edited in place, the user's text kept. Anything else in the way stops the run before
     anything is written, naming the file."""
+    vendored = crate_dir / cargo.VENDORED
+    if vendored.is_symlink() or (vendored.exists() and not _vendored_is_ours(vendored)):
+        raise CrateWriteError(
+            f"{vendored} exists and is not PyCandle's copy of its runtime (its Cargo.toml lacks "
+            f"the `{cargo.GENERATED_MARK}` mark); it is left alone and nothing was changed: "
+            "move it away")
     for path in files:
         if path.name in ("lib.rs", "Cargo.toml") and path.parent in (crate_dir, crate_dir / "src"):
             continue
+        if vendored in path.parents:
+            continue  # the whole folder is PyCandle's, checked above
         if path.is_symlink() or (path.exists() and not path.is_file()):
             raise CrateWriteError(f"{path} is not a file PyCandle wrote; it is left alone and "
                                   "nothing was changed: move it away, or rename the model")
@@ -103,6 +137,14 @@ def _check_ours(crate_dir: Path, files: dict[Path, str]) -> None:
                     f"{path} exists and was not written by PyCandle (it lacks the "
                     f"`{cargo.GENERATED_MARK}` mark); it is left alone and nothing was "
                     "changed: move it away, or rename the model")
+
+
+def _vendored_is_ours(folder: Path) -> bool:
+    toml = folder / "Cargo.toml"
+    if not folder.is_dir() or toml.is_symlink() or not toml.is_file():
+        return False
+    head = toml.read_text(encoding="utf-8", errors="replace")[:600]
+    return cargo.GENERATED_MARK in head
 
 
 @dataclass(frozen=True)
@@ -122,6 +164,7 @@ def generate_model(manifest_path: Path, crate_dir: Path, artifacts_dir: Path,
     return Generated(manifest.name, {
         crate_dir / "src" / f"{ir.name}.rs": render_model(ir),
         crate_dir / "tests" / "parity" / f"{ir.name}.rs": render_parity(ir, crate, rel),
+        crate_dir / "examples" / f"{ir.name}.rs": render_example(ir, manifest, crate, rel),
     })
 
 
@@ -160,8 +203,12 @@ def codegen(crate_dir: Path, artifacts_root: Path, models: list[str],
     # All parity tests form one test binary (one link, however many models)
     files[crate_dir / "tests" / "parity" / "main.rs"] = cargo.parity_main_text(
         cargo.generated_modules(crate_dir, "tests/parity") | {g.model for g in generated})
+    # The runtime the crate carries (its Cargo.toml last: the copy is complete before it)
+    vendored = cargo.vendored_runtime(crate_dir)
+    files.update(sorted(vendored.items(), key=lambda item: item[0].name == "Cargo.toml"))
     files[crate_dir / "Cargo.toml"] = cargo.cargo_toml_text(crate_dir, modules)
     _check_ours(crate_dir, files)
+    stale = cargo.stale_vendored(crate_dir, files)
     changed: list[Path] = []
     try:
         for folder in {path.parent for path in files}:  # what a killed run left
@@ -169,6 +216,9 @@ def codegen(crate_dir: Path, artifacts_root: Path, models: list[str],
         for path, text in files.items():
             if write_atomic(path, text):
                 changed.append(path)
+        for path in stale:  # sources the runtime no longer has
+            path.unlink()
+            changed.append(path)
     except OSError as e:
         done = (f"{len(changed)} file(s) were updated before the error, the others are as "
                 "they were" if changed else "nothing was changed")

@@ -41,7 +41,7 @@ pub struct Direction<'a, T> {
 ///   after consuming step 0); `c_n`: `(D, B, H)` for an LSTM, `None` for a
 ///   GRU.
 /// * `threads`: how many threads the call may use, including the caller's
-///   (e.g. [`default_threads`]); the others are tasks of Rayon's global pool.
+///   (e.g. [`default_threads`](super::default_threads)); the others are tasks of Rayon's global pool.
 ///   Directions run concurrently when there are at least as many threads as
 ///   directions; spare threads split a direction's hidden units when the
 ///   step is large enough to pay for the per-step synchronisation.

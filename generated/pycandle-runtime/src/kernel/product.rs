@@ -1,0 +1,239 @@
+//! The matrix products of the kernels, on weights packed in panels (see
+//! the `panels` module).
+//!
+//! Two shapes of micro-kernel share one implementation ([`tile`]): for
+//! several rows (a batch, or the input projection of many steps), `R` rows
+//! by 16 columns accumulated in registers, over a slice of the depth that
+//! stays in L1, with the rows of the left operand first copied side by side
+//! for the tile; for one row (batch 1, where a step is bound by reading the
+//! weights), up to 8 vectors of a panel at a time, so that the weights are
+//! read once and the accumulators stay in registers. On x86-64 the tile runs
+//! on the SIMD micro-kernel of the `simd` module in code compiled with AVX2
+//! and FMA; [`tile_portable`] is the plain-Rust reference.
+
+use std::ops::Range;
+
+use super::float::Strides;
+use super::panels::{Panels, TILE_COLS};
+use super::Float;
+
+/// Depth of one pass of the many-row product, in bytes of a 16-column
+/// sub-panel: the slice a pass reads stays in L1 or L2 while every row tile
+/// reuses it. (Passes of 16 KiB or more measure alike; 8 KiB is slower.)
+const KC_BYTES: usize = 32 * 1024;
+
+/// `dst[r, j] += sum_kk lhs[r, kk] * W[kk, j]` for rows `r < m` and the
+/// columns `j` of `panels` (their columns side by side from `dst` column 0),
+/// `kk < k`. Rows of `dst` are `dst_rs` apart, rows of `lhs` `lhs_rs`.
+/// `reverse` walks the panels last to first (see the step loop). `scratch`
+/// holds the left operand's rows rearranged for the tiles (several rows
+/// only).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(super) fn mul_acc<T: Float, const FMA: bool>(
+    dst: &mut [T],
+    dst_rs: usize,
+    lhs: &[T],
+    lhs_rs: usize,
+    m: usize,
+    w: &Panels<T>,
+    panels: Range<usize>,
+    reverse: bool,
+    scratch: &mut Vec<T>,
+) {
+    let (k, pw) = (w.depth(), w.width());
+    if m == 0 || panels.is_empty() || k == 0 {
+        return;
+    }
+    assert!(
+        panels.end <= w.count()
+            && dst.len() >= (m - 1) * dst_rs + panels.len() * pw
+            && lhs.len() >= (m - 1) * lhs_rs + k
+    );
+    let count = panels.len();
+    let order = |i: usize| if reverse { count - 1 - i } else { i };
+    let sub = k * TILE_COLS;
+    if m == 1 {
+        // One row: each panel row is read once, up to 8 vectors at a time.
+        let max_cols = if FMA { 8 * T::LANES } else { TILE_COLS };
+        let s = Strides {
+            dst_rs,
+            w_sub: sub,
+            depth: k,
+        };
+        for i in 0..count {
+            let p = order(i);
+            let panel = w.panel(panels.start + p);
+            let mut c = 0;
+            while c < pw {
+                let cols = max_cols.min(pw - c);
+                tile::<T, FMA>(
+                    1,
+                    cols,
+                    dst,
+                    p * pw + c,
+                    lhs,
+                    0,
+                    panel,
+                    c / TILE_COLS * sub,
+                    s,
+                );
+                c += cols;
+            }
+        }
+        return;
+    }
+    // Many rows: `R x 16` tiles, in passes over slices of the depth. Each
+    // pass first copies its slice of the left operand tile by tile, the
+    // tile's rows interleaved, so that a tile reads it linearly.
+    let kc = (KC_BYTES / (TILE_COLS * std::mem::size_of::<T>())).clamp(1, k);
+    // `(first row, rows)` of every row tile.
+    let tiles = || {
+        (0..m)
+            .step_by(T::TILE_ROWS)
+            .map(move |row| (row, T::TILE_ROWS.min(m - row)))
+    };
+    if scratch.len() < m * kc {
+        scratch.resize(m * kc, T::ZERO);
+    }
+    let mut k0 = 0;
+    while k0 < k {
+        let depth = kc.min(k - k0);
+        for (row, rows) in tiles() {
+            let packed = &mut scratch[row * depth..(row + rows) * depth];
+            let src = |r: usize| &lhs[(row + r) * lhs_rs + k0..(row + r) * lhs_rs + k0 + depth];
+            match rows {
+                6 => interleave::<T, 6>(packed, std::array::from_fn(src)),
+                4 => interleave::<T, 4>(packed, std::array::from_fn(src)),
+                3 => interleave::<T, 3>(packed, std::array::from_fn(src)),
+                _ => {
+                    for r in 0..rows {
+                        for (i, &v) in src(r).iter().enumerate() {
+                            packed[i * rows + r] = v;
+                        }
+                    }
+                }
+            }
+        }
+        for i in 0..count {
+            let p = order(i);
+            let panel = w.panel(panels.start + p);
+            for c in (0..pw).step_by(TILE_COLS) {
+                let w0 = c / TILE_COLS * sub + k0 * TILE_COLS;
+                let s = Strides {
+                    dst_rs,
+                    w_sub: sub,
+                    depth,
+                };
+                for (row, rows) in tiles() {
+                    let d0 = row * dst_rs + p * pw + c;
+                    tile::<T, FMA>(rows, TILE_COLS, dst, d0, scratch, row * depth, panel, w0, s);
+                }
+            }
+        }
+        k0 += depth;
+    }
+}
+
+/// `dst[i * R + r] = src[r][i]`: `R` rows side by side.
+#[inline(always)]
+fn interleave<T: Float, const R: usize>(dst: &mut [T], src: [&[T]; R]) {
+    for (i, d) in dst.chunks_exact_mut(R).enumerate() {
+        for (d, s) in d.iter_mut().zip(&src) {
+            *d = s[i];
+        }
+    }
+}
+
+/// One micro-tile: `dst[d0 + r * dst_rs + j] += sum_{i < depth}
+/// lhs[l0 + i * rows + r] * W[i, j]` for `r < rows`, `j < cols` (the rows of
+/// the left operand side by side), where row `i` of the 16-column sub-panel
+/// `j / 16` starts at `w0 + (j / 16) * w_sub + i * 16`. `cols` is 16, or for
+/// one row a multiple of 16 up to 8 vectors.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn tile<T: Float, const FMA: bool>(
+    rows: usize,
+    cols: usize,
+    dst: &mut [T],
+    d0: usize,
+    lhs: &[T],
+    l0: usize,
+    w: &[T],
+    w0: usize,
+    s: Strides,
+) {
+    // Every element the tile touches is in bounds.
+    let subs = cols.div_ceil(TILE_COLS);
+    assert!(
+        rows > 0
+            && cols > 0
+            && cols.is_multiple_of(TILE_COLS)
+            && s.depth > 0
+            && d0 + (rows - 1) * s.dst_rs + cols <= dst.len()
+            && l0 + s.depth * rows <= lhs.len()
+            && w0 + (subs - 1) * s.w_sub + s.depth * TILE_COLS <= w.len()
+    );
+    #[cfg(target_arch = "x86_64")]
+    if FMA {
+        // SAFETY: `FMA` code only runs after AVX2 and FMA were detected
+        // (`member_dispatch`), and the assertion above covers every index the
+        // tile reads or writes.
+        unsafe {
+            T::tile_avx2(
+                rows,
+                cols / T::LANES,
+                dst.as_mut_ptr().add(d0),
+                lhs.as_ptr().add(l0),
+                w.as_ptr().add(w0),
+                s,
+            )
+        };
+        return;
+    }
+    for sp in 0..subs {
+        let (d0, w0) = (d0 + sp * TILE_COLS, w0 + sp * s.w_sub);
+        match rows {
+            6 => tile_portable::<T, FMA, 6>(dst, d0, lhs, l0, w, w0, s),
+            5 => tile_portable::<T, FMA, 5>(dst, d0, lhs, l0, w, w0, s),
+            4 => tile_portable::<T, FMA, 4>(dst, d0, lhs, l0, w, w0, s),
+            3 => tile_portable::<T, FMA, 3>(dst, d0, lhs, l0, w, w0, s),
+            2 => tile_portable::<T, FMA, 2>(dst, d0, lhs, l0, w, w0, s),
+            _ => tile_portable::<T, FMA, 1>(dst, d0, lhs, l0, w, w0, s),
+        }
+    }
+}
+
+/// An `R x 16` tile in plain Rust (the loops over the 16 columns
+/// vectorise): the reference for the SIMD version.
+#[inline(always)]
+fn tile_portable<T: Float, const FMA: bool, const R: usize>(
+    dst: &mut [T],
+    d0: usize,
+    lhs: &[T],
+    l0: usize,
+    w: &[T],
+    w0: usize,
+    s: Strides,
+) {
+    let mut acc = [[T::ZERO; TILE_COLS]; R];
+    for (r, acc) in acc.iter_mut().enumerate() {
+        let start = d0 + r * s.dst_rs;
+        acc.copy_from_slice(&dst[start..start + TILE_COLS]);
+    }
+    for i in 0..s.depth {
+        let row: &[T; TILE_COLS] = w[w0 + i * TILE_COLS..][..TILE_COLS]
+            .try_into()
+            .expect("a sub-panel row has TILE_COLS elements");
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let x = lhs[l0 + i * R + r];
+            for (a, &wv) in acc.iter_mut().zip(row) {
+                *a = T::madd::<FMA>(x, wv, *a);
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        let start = d0 + r * s.dst_rs;
+        dst[start..start + TILE_COLS].copy_from_slice(acc);
+    }
+}

@@ -1,0 +1,387 @@
+//! A team of threads working on one direction: the spinning barrier they
+//! meet at, the buffers through which they exchange `h`, and the rules by
+//! which a team forms, and dissolves when the machine is oversubscribed.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use super::affinity;
+use super::layer::Geometry;
+use super::schedule::split_range;
+use super::Float;
+
+/// A barrier for a few threads that spins (then yields) instead of sleeping:
+/// a step takes microseconds, far less than a futex wake-up.
+///
+/// Spinning teams suffer when the machine is oversubscribed: a member that
+/// loses its core stalls its partners for a whole scheduler time slice, and
+/// a member that shares its core with another busy thread runs at a
+/// fraction of its speed. Two signs tell the team to dissolve (the leader
+/// then finishes the sequence alone): any wait longer than [`STALL`], and
+/// the leader's request when it spends more time waiting than working (see
+/// [`Pace`]): alone, it would be faster.
+pub(super) struct SpinBarrier {
+    pub(super) size: usize,
+    pub(super) arrived: AtomicUsize,
+    pub(super) generation: AtomicUsize,
+    pub(super) poisoned: AtomicBool,
+    pub(super) stalled: AtomicBool,
+    pub(super) requested: AtomicBool,
+    pub(super) dissolve: AtomicBool,
+}
+
+/// Spins before a waiting thread starts watching the clock.
+pub(super) const SPINS_BEFORE_CLOCK: u32 = 1 << 10;
+/// Spinning time before a waiting thread starts yielding its core.
+pub(super) const SPIN_TIME: Duration = Duration::from_micros(50);
+/// A wait this long means a partner lost its core for a scheduler time
+/// slice, not just to a short interruption.
+pub(super) const STALL: Duration = Duration::from_millis(1);
+
+/// Spins, then yields, until `done()`; panics when `poisoned` is set. Returns
+/// how long the wait took once it started watching the clock (`None` for a
+/// short wait).
+pub(super) fn wait_until(
+    mut done: impl FnMut() -> bool,
+    poisoned: &AtomicBool,
+) -> Option<Duration> {
+    let mut spins = 0u32;
+    let mut clock: Option<Instant> = None;
+    let mut yielding = false;
+    while !done() {
+        if poisoned.load(Ordering::Relaxed) {
+            panic!("recurrent kernel: another team member panicked");
+        }
+        spins = spins.wrapping_add(1);
+        // Reading the clock costs about as much as a short spin: only
+        // every 64 rounds, once spinning has gone on for a while.
+        if spins >= SPINS_BEFORE_CLOCK && spins.is_multiple_of(64) {
+            yielding = clock.get_or_insert_with(Instant::now).elapsed() >= SPIN_TIME;
+        }
+        if yielding {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+    clock.map(|start| start.elapsed())
+}
+
+impl SpinBarrier {
+    pub(super) fn new(size: usize) -> Self {
+        Self {
+            size,
+            arrived: AtomicUsize::new(0),
+            generation: AtomicUsize::new(0),
+            poisoned: AtomicBool::new(false),
+            stalled: AtomicBool::new(false),
+            requested: AtomicBool::new(false),
+            dissolve: AtomicBool::new(false),
+        }
+    }
+
+    pub(super) fn wait(&self) {
+        if self.size == 1 {
+            return;
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.size {
+            // Last to arrive: every member's earlier `stalled` and
+            // `requested` stores are visible through `arrived`; publish the
+            // decision with the new generation.
+            self.arrived.store(0, Ordering::Relaxed);
+            if self.stalled.load(Ordering::Relaxed)
+                || self.requested.load(Ordering::Relaxed)
+                || forced_dissolve(generation)
+            {
+                self.dissolve.store(true, Ordering::Relaxed);
+            }
+            self.generation
+                .store(generation.wrapping_add(1), Ordering::Release);
+            return;
+        }
+        let waited = wait_until(
+            || self.generation.load(Ordering::Acquire) != generation,
+            &self.poisoned,
+        );
+        // The first barrier also waits for the members that started last to
+        // project their share of the first chunk.
+        if generation > 0 && waited.is_some_and(|w| w > STALL) {
+            self.stalled.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The leader asks the team to dissolve at the next barrier.
+    pub(super) fn request_dissolve(&self) {
+        self.requested.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the team should dissolve; the same answer for every member
+    /// between two barriers.
+    pub(super) fn dissolving(&self) -> bool {
+        self.dissolve.load(Ordering::Relaxed)
+    }
+}
+
+/// The leader's account of its team's pace: time spent working and time
+/// spent waiting at the barrier for the members, from the end of the first
+/// barrier on.
+pub(super) struct Pace {
+    last: Option<Instant>,
+    work: Duration,
+    wait: Duration,
+    barriers: usize,
+}
+
+/// Barriers the leader counts before it judges the team's pace.
+pub(super) const PACE_BARRIERS: usize = 4;
+/// Waiting the leader tolerates whatever the pace: one short interruption
+/// of a member costs less than finishing alone.
+pub(super) const PACE_TOLERANCE: Duration = Duration::from_micros(500);
+
+impl Pace {
+    pub(super) fn new() -> Self {
+        Self {
+            last: None,
+            work: Duration::ZERO,
+            wait: Duration::ZERO,
+            barriers: 0,
+        }
+    }
+
+    /// The leader's barrier: when, since the team formed, it waited for the
+    /// members longer than it worked (and more than [`PACE_TOLERANCE`]),
+    /// they run at less than half its speed (their cores are shared), and it
+    /// asks the team to dissolve.
+    pub(super) fn wait(&mut self, barrier: &SpinBarrier) {
+        let arrived = Instant::now();
+        if let Some(last) = self.last {
+            self.work += arrived - last;
+            self.barriers += 1;
+        }
+        barrier.wait();
+        let done = Instant::now();
+        if self.last.is_some() {
+            self.wait += done - arrived;
+        }
+        self.last = Some(done);
+        if self.barriers >= PACE_BARRIERS && self.wait > self.work && self.wait > PACE_TOLERANCE {
+            barrier.request_dissolve();
+        }
+    }
+}
+
+/// Tests set this to `n > 0` to dissolve every team at its `n`-th barrier.
+#[cfg(test)]
+pub(super) static DISSOLVE_AT: AtomicUsize = AtomicUsize::new(0);
+
+/// Tests set this to [`ALWAYS`] (leaders wait for their members, however
+/// long they take to start) or [`NEVER`] (leaders always work alone).
+#[cfg(test)]
+pub(super) static START_MODE: AtomicUsize = AtomicUsize::new(PENDING);
+
+#[cfg(test)]
+pub(super) const ALWAYS: usize = 1;
+pub(super) const NEVER: usize = usize::MAX;
+
+pub(super) fn start_mode() -> usize {
+    #[cfg(test)]
+    return START_MODE.load(Ordering::Relaxed);
+    #[cfg(not(test))]
+    PENDING
+}
+
+pub(super) fn forced_dissolve(generation: usize) -> bool {
+    #[cfg(test)]
+    return DISSOLVE_AT.load(Ordering::Relaxed) == generation + 1;
+    #[cfg(not(test))]
+    {
+        let _ = generation;
+        false
+    }
+}
+
+/// Poisons the barrier when a member unwinds, so that its partners stop
+/// waiting for it.
+pub(super) struct PoisonOnPanic<'a>(pub(super) &'a SpinBarrier);
+
+impl Drop for PoisonOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.poisoned.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// How long teams do not form after one was sent away or dissolved: the
+/// machine is likely still oversubscribed, and another team would lose
+/// another stall before it dissolves in turn.
+pub(super) const CONTENTION_BACKOFF: Duration = Duration::from_millis(20);
+
+/// When a team was last sent away or dissolved, in nanoseconds since
+/// [`epoch`] plus one; 0 for never.
+pub(super) static CONTENTION_SEEN: AtomicU64 = AtomicU64::new(0);
+
+pub(super) fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+pub(super) fn nanos_since_epoch() -> u64 {
+    u64::try_from(epoch().elapsed().as_nanos()).unwrap_or(u64::MAX - 1)
+}
+
+/// Records that a team was sent away or dissolved now.
+pub(super) fn note_contention() {
+    CONTENTION_SEEN.store(nanos_since_epoch() + 1, Ordering::Relaxed);
+}
+
+/// Whether a team was sent away or dissolved less than
+/// [`CONTENTION_BACKOFF`] ago (ignored by the tests' forced team paths).
+pub(super) fn contended() -> bool {
+    let seen = CONTENTION_SEEN.load(Ordering::Relaxed);
+    let backoff = CONTENTION_BACKOFF.as_nanos() as u64;
+    start_mode() == PENDING && seen > 0 && nanos_since_epoch().saturating_sub(seen - 1) < backoff
+}
+
+/// How long the leader, done with its share of the first chunk, waits for
+/// the members' threads to start before it sends them away and runs alone.
+pub(super) const JOIN_WAIT: Duration = Duration::from_micros(50);
+
+pub(super) const PENDING: usize = 0;
+pub(super) const GO: usize = 1;
+pub(super) const CANCELLED: usize = 2;
+
+/// The threads working on one direction and the buffers they exchange.
+///
+/// Member `k` owns the unit blocks `blocks[k]` (all gates of those units,
+/// their input projection and cell state) and with a projection the
+/// `W_hr^T` panels `cols[k]`. Each step it publishes its columns of `h` for
+/// the whole batch into `h`, double-buffered by step parity so that one
+/// barrier per step suffices; after the barrier every member reads the full
+/// `h` for the next step. Relaxed atomics carry the values; the barrier
+/// orders writers and readers.
+pub(super) struct Team<T: Float> {
+    pub(super) size: usize,
+    pub(super) barrier: SpinBarrier,
+    pub(super) blocks: Vec<Range<usize>>,
+    pub(super) cols: Vec<Range<usize>>,
+    /// `[parity]`: `(B, H_out)`.
+    pub(super) h: [Vec<T::Atomic>; 2],
+    /// With projection: the unprojected `h`, `(B, H)`.
+    pub(super) hid: Vec<T::Atomic>,
+    /// LSTM cell state, `(B, H)`, published at the end and when dissolving.
+    pub(super) c: Vec<T::Atomic>,
+    /// Members (other than the leader) that have started.
+    pub(super) joined: AtomicUsize,
+    /// The leader's decision for the members: [`PENDING`], [`GO`] or
+    /// [`CANCELLED`].
+    pub(super) start: AtomicUsize,
+    /// The core the leader started on, when known.
+    pub(super) leader_cpu: Option<usize>,
+}
+
+impl<T: Float> Team<T> {
+    pub(super) fn new(geom: Geometry, size: usize) -> Self {
+        let b = geom.batch;
+        let many = size > 1;
+        let shared = |len: usize| -> Vec<T::Atomic> {
+            (0..if many { len } else { 0 })
+                .map(|_| T::new_atomic(T::ZERO))
+                .collect()
+        };
+        Self {
+            size,
+            barrier: SpinBarrier::new(size),
+            blocks: split_range(geom.blocks, size),
+            cols: split_range(geom.proj_panels, size),
+            h: [shared(b * geom.h_out), shared(b * geom.h_out)],
+            hid: shared(if geom.projects() { b * geom.hidden } else { 0 }),
+            c: shared(if geom.gates == 4 { b * geom.hidden } else { 0 }),
+            joined: AtomicUsize::new(0),
+            start: AtomicUsize::new(PENDING),
+            leader_cpu: if many { affinity::current_cpu() } else { None },
+        }
+    }
+
+    /// The leader: waits (boundedly) for every member to start; whether they
+    /// all did.
+    pub(super) fn members_started(&self) -> bool {
+        let all = || self.joined.load(Ordering::Acquire) + 1 == self.size;
+        match start_mode() {
+            NEVER => false,
+            PENDING => {
+                let start = Instant::now();
+                let mut spins = 0u32;
+                while !all() {
+                    if start.elapsed() > JOIN_WAIT {
+                        return all();
+                    }
+                    spins = spins.wrapping_add(1);
+                    if spins < SPINS_BEFORE_CLOCK {
+                        std::hint::spin_loop();
+                    } else {
+                        std::thread::yield_now();
+                    }
+                }
+                true
+            }
+            // Tests: wait however long it takes.
+            _ => {
+                wait_until(all, &self.barrier.poisoned);
+                true
+            }
+        }
+    }
+
+    /// The leader's decision: `go` or send the members away.
+    pub(super) fn decide(&self, go: bool) {
+        self.start
+            .store(if go { GO } else { CANCELLED }, Ordering::Release);
+    }
+
+    /// A member: whether the leader has already sent the members away.
+    pub(super) fn cancelled(&self) -> bool {
+        self.start.load(Ordering::Acquire) == CANCELLED
+    }
+
+    /// A member: waits for the leader's decision; whether to work.
+    pub(super) fn started(&self) -> bool {
+        let mut decision = PENDING;
+        wait_until(
+            || {
+                decision = self.start.load(Ordering::Acquire);
+                decision != PENDING
+            },
+            &self.barrier.poisoned,
+        );
+        decision == GO
+    }
+}
+
+/// Copies `src` (`B` rows `src_rs` apart, of `cols.len()` elements) into
+/// columns `cols` of the shared `(B, width)` matrix `buf`.
+pub(super) fn publish<T: Float>(
+    buf: &[T::Atomic],
+    width: usize,
+    cols: Range<usize>,
+    src: &[T],
+    src_rs: usize,
+    batch: usize,
+) {
+    let n = cols.len();
+    for b in 0..batch {
+        let dst = &buf[b * width + cols.start..b * width + cols.end];
+        for (d, &v) in dst.iter().zip(&src[b * src_rs..b * src_rs + n]) {
+            T::store(d, v);
+        }
+    }
+}
+
+/// Reads the shared matrix `buf` into `dst`.
+pub(super) fn read_shared<T: Float>(buf: &[T::Atomic], dst: &mut [T]) {
+    for (d, s) in dst.iter_mut().zip(buf) {
+        *d = T::load(s);
+    }
+}

@@ -1,0 +1,785 @@
+//! The kernels against a plain step-by-step reference, over every option,
+//! thread count and team path.
+
+use std::sync::atomic::Ordering;
+
+use super::gates;
+use super::layer::Geometry;
+use super::panels::UNITS;
+use super::schedule::{split_range, team_size};
+use super::team::{ALWAYS, DISSOLVE_AT, NEVER, PENDING, START_MODE};
+use super::timeloop::PORTABLE_ONLY;
+use super::*;
+
+/// Runs `f` in a thread pool with room for the largest team and both
+/// directions of the tests (the global pool has as many threads as cores,
+/// and `START_MODE = ALWAYS` waits for every member to start).
+fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(16)
+            .build()
+            .expect("a thread pool")
+    })
+    .install(f)
+}
+
+/// Deterministic uniform numbers in `[-scale, scale]` (xorshift).
+struct Rng(u64);
+
+impl Rng {
+    fn vec<T: Float + From<f32>>(&mut self, len: usize, scale: f32) -> Vec<T> {
+        (0..len)
+            .map(|_| {
+                self.0 ^= self.0 << 13;
+                self.0 ^= self.0 >> 7;
+                self.0 ^= self.0 << 17;
+                let unit = (self.0 >> 40) as f32 / (1u64 << 24) as f32;
+                T::from((2.0 * unit - 1.0) * scale)
+            })
+            .collect()
+    }
+}
+
+trait Exact: Float + From<f32> {
+    fn exp(self) -> Self;
+    fn tanh_exact(self) -> Self;
+    fn to_f64(self) -> f64;
+}
+
+impl Exact for f32 {
+    fn exp(self) -> Self {
+        f32::exp(self)
+    }
+    fn tanh_exact(self) -> Self {
+        f32::tanh(self)
+    }
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+}
+
+impl Exact for f64 {
+    fn exp(self) -> Self {
+        f64::exp(self)
+    }
+    fn tanh_exact(self) -> Self {
+        f64::tanh(self)
+    }
+    fn to_f64(self) -> f64 {
+        self
+    }
+}
+
+fn sig<T: Exact>(x: T) -> T {
+    T::ONE / (T::ONE + T::exp(T::ZERO - x))
+}
+
+/// `(M, K) @ (K, N)`, both row-major.
+fn matmul<T: Exact>(a: &[T], b: &[T], m: usize, k: usize, n: usize) -> Vec<T> {
+    let mut out = vec![T::ZERO; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = T::ZERO;
+            for kk in 0..k {
+                acc = acc + a[i * k + kk] * b[kk * n + j];
+            }
+            out[i * n + j] = acc;
+        }
+    }
+    out
+}
+
+/// One direction's parameters and initial state, unpacked.
+struct Params<T> {
+    w_ih_t: Vec<T>,
+    w_hh_t: Vec<T>,
+    b_ih: Option<Vec<T>>,
+    b_hh: Option<Vec<T>>,
+    w_hr_t: Option<Vec<T>>,
+    h0: Option<Vec<T>>,
+    c0: Option<Vec<T>>,
+    reverse: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    steps: usize,
+    batch: usize,
+    input: usize,
+    hidden: usize,
+    proj: usize,
+    bidirectional: bool,
+    reverse: bool,
+    with_state: bool,
+    /// Which biases exist: `(b_ih, b_hh)`.
+    bias: (bool, bool),
+    threads: usize,
+}
+
+impl Case {
+    fn new(steps: usize, batch: usize, hidden: usize) -> Self {
+        Self {
+            steps,
+            batch,
+            input: 7,
+            hidden,
+            proj: 0,
+            bidirectional: false,
+            reverse: false,
+            with_state: false,
+            bias: (true, true),
+            threads: 1,
+        }
+    }
+
+    fn dirs(&self) -> usize {
+        if self.bidirectional {
+            2
+        } else {
+            1
+        }
+    }
+
+    fn h_out(&self) -> usize {
+        if self.proj > 0 {
+            self.proj
+        } else {
+            self.hidden
+        }
+    }
+
+    fn shape(&self) -> RecurrentShape {
+        RecurrentShape {
+            steps: self.steps,
+            batch: self.batch,
+        }
+    }
+
+    /// Random input and parameters for `gates` gates.
+    fn data<T: Exact>(&self, gates: usize, seed: u64) -> (Vec<T>, Vec<Params<T>>) {
+        let mut rng =
+            Rng(seed ^ (self.hidden as u64 * 31 + self.batch as u64 * 7 + self.input as u64));
+        let (h, p, b, t) = (self.hidden, self.h_out(), self.batch, self.steps);
+        let g = gates * h;
+        let x = rng.vec::<T>(t * b * self.input, 1.5);
+        let params = (0..self.dirs())
+            .map(|i| Params {
+                w_ih_t: rng.vec(self.input * g, 1.5 / (self.input as f32).sqrt()),
+                w_hh_t: rng.vec(p * g, 2.0 / (p as f32).sqrt()),
+                b_ih: self.bias.0.then(|| rng.vec(g, 1.0)),
+                b_hh: self.bias.1.then(|| rng.vec(g, 1.0)),
+                w_hr_t: (self.proj > 0).then(|| rng.vec(h * p, 1.5 / (h as f32).sqrt())),
+                h0: self.with_state.then(|| rng.vec(b * p, 0.5)),
+                c0: (self.with_state && gates == 4).then(|| rng.vec(b * h, 0.5)),
+                reverse: i == 1 || self.reverse,
+            })
+            .collect();
+        (x, params)
+    }
+}
+
+/// `x W_ih^T + b_ih [+ b_hh]` for every step: `(T * B, G * H)`.
+fn projection<T: Exact>(
+    case: &Case,
+    x: &[T],
+    p: &Params<T>,
+    gates: usize,
+    with_b_hh: bool,
+) -> Vec<T> {
+    let g = gates * case.hidden;
+    let mut gx = matmul(x, &p.w_ih_t, case.steps * case.batch, case.input, g);
+    for row in gx.chunks_exact_mut(g) {
+        for (j, v) in row.iter_mut().enumerate() {
+            if let Some(b) = &p.b_ih {
+                *v = *v + b[j];
+            }
+            if let (true, Some(b)) = (with_b_hh, &p.b_hh) {
+                *v = *v + b[j];
+            }
+        }
+    }
+    gx
+}
+
+/// One LSTM direction, step by step: `(out (T, B, P), h_n, c_n)`.
+fn lstm_reference<T: Exact>(case: &Case, x: &[T], p: &Params<T>) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let (hs, batch, steps, po) = (case.hidden, case.batch, case.steps, case.h_out());
+    let gx = projection(case, x, p, 4, true);
+    let mut h = p.h0.clone().unwrap_or(vec![T::ZERO; batch * po]);
+    let mut c = p.c0.clone().unwrap_or(vec![T::ZERO; batch * hs]);
+    let mut out = vec![T::ZERO; steps * batch * po];
+    for step in 0..steps {
+        let t = if p.reverse { steps - 1 - step } else { step };
+        let hh = matmul(&h, &p.w_hh_t, batch, po, 4 * hs);
+        let mut full = vec![T::ZERO; batch * hs];
+        for b in 0..batch {
+            for j in 0..hs {
+                let pre = |g: usize| {
+                    gx[(t * batch + b) * 4 * hs + g * hs + j] + hh[b * 4 * hs + g * hs + j]
+                };
+                let (i, f, g, o) = (sig(pre(0)), sig(pre(1)), pre(2).tanh_exact(), sig(pre(3)));
+                let cn = f * c[b * hs + j] + i * g;
+                c[b * hs + j] = cn;
+                full[b * hs + j] = o * cn.tanh_exact();
+            }
+        }
+        h = match &p.w_hr_t {
+            Some(w) => matmul(&full, w, batch, hs, po),
+            None => full,
+        };
+        out[t * batch * po..(t + 1) * batch * po].copy_from_slice(&h);
+    }
+    (out, h, c)
+}
+
+/// One GRU direction, step by step: `(out (T, B, H), h_n)`.
+fn gru_reference<T: Exact>(case: &Case, x: &[T], p: &Params<T>) -> (Vec<T>, Vec<T>) {
+    let (hs, batch, steps) = (case.hidden, case.batch, case.steps);
+    let gx = projection(case, x, p, 3, false);
+    let mut h = p.h0.clone().unwrap_or(vec![T::ZERO; batch * hs]);
+    let mut out = vec![T::ZERO; steps * batch * hs];
+    for step in 0..steps {
+        let t = if p.reverse { steps - 1 - step } else { step };
+        let hh = matmul(&h, &p.w_hh_t, batch, hs, 3 * hs);
+        let mut next = vec![T::ZERO; batch * hs];
+        for b in 0..batch {
+            for j in 0..hs {
+                let xg = |g: usize| gx[(t * batch + b) * 3 * hs + g * hs + j];
+                let hg = |g: usize| {
+                    hh[b * 3 * hs + g * hs + j]
+                        + p.b_hh.as_ref().map_or(T::ZERO, |bias| bias[g * hs + j])
+                };
+                let r = sig(xg(0) + hg(0));
+                let z = sig(xg(1) + hg(1));
+                let n = (xg(2) + r * hg(2)).tanh_exact();
+                next[b * hs + j] = (T::ONE - z) * n + z * h[b * hs + j];
+            }
+        }
+        h = next;
+        out[t * batch * hs..(t + 1) * batch * hs].copy_from_slice(&h);
+    }
+    (out, h)
+}
+
+/// Interleaves per-direction `(T, B, W)` outputs into `(T, B, D * W)`.
+fn interleave<T: Float>(outs: &[Vec<T>], width: usize) -> Vec<T> {
+    let rows = outs[0].len() / width;
+    let mut all = Vec::with_capacity(rows * width * outs.len());
+    for r in 0..rows {
+        for o in outs {
+            all.extend_from_slice(&o[r * width..(r + 1) * width]);
+        }
+    }
+    all
+}
+
+fn assert_close<T: Exact>(what: &str, got: &[T], want: &[T], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let worst = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| (g.to_f64() - w.to_f64()).abs())
+        .fold(0.0, f64::max);
+    assert!(worst <= tol, "{what}: max abs error {worst:e} > {tol:e}");
+}
+
+fn check_lstm<T: Exact>(case: Case, tol: f64) {
+    check::<T>(true, case, tol);
+}
+
+fn check_gru<T: Exact>(case: Case, tol: f64) {
+    check::<T>(false, case, tol);
+}
+
+/// Runs `case` through the kernels (an LSTM when `lstm`, else a GRU) and
+/// compares the outputs, `h_n` and `c_n` with the step-by-step reference.
+fn check<T: Exact>(lstm: bool, case: Case, tol: f64) {
+    let (gates, seed) = if lstm {
+        (4, 0x9e37_79b9_7f4a_7c15)
+    } else {
+        (3, 0x2545_f491_4f6c_dd1d)
+    };
+    let (x, params) = case.data::<T>(gates, seed);
+    let packed: Vec<_> = params
+        .iter()
+        .map(|p| {
+            let (w_ih_t, w_hh_t) = (&p.w_ih_t[..], &p.w_hh_t[..]);
+            let (b_ih, b_hh) = (p.b_ih.as_deref(), p.b_hh.as_deref());
+            let packed = if lstm {
+                let w_hr_t = p.w_hr_t.as_deref();
+                let w = LstmWeights {
+                    w_ih_t,
+                    w_hh_t,
+                    b_ih,
+                    b_hh,
+                    w_hr_t,
+                };
+                PackedWeights::lstm(case.input, case.hidden, w)
+            } else {
+                let w = GruWeights {
+                    w_ih_t,
+                    w_hh_t,
+                    b_ih,
+                    b_hh,
+                };
+                PackedWeights::gru(case.input, case.hidden, w)
+            };
+            packed.unwrap()
+        })
+        .collect();
+    let dirs: Vec<_> = params
+        .iter()
+        .zip(&packed)
+        .map(|(p, w)| Direction {
+            weights: w,
+            h0: p.h0.as_deref(),
+            c0: p.c0.as_deref(),
+            reverse: p.reverse,
+        })
+        .collect();
+    let (d, b, t, po) = (case.dirs(), case.batch, case.steps, case.h_out());
+    let mut out = vec![T::ZERO; t * b * d * po];
+    let mut h_n = vec![T::ZERO; d * b * po];
+    let mut c_n = vec![T::ZERO; if lstm { d * b * case.hidden } else { 0 }];
+    let c_out = lstm.then_some(&mut c_n[..]);
+    let (shape, threads) = (case.shape(), case.threads);
+    in_pool(|| recurrent_layer(shape, &x, &dirs, &mut out, &mut h_n, c_out, threads)).unwrap();
+
+    let refs: Vec<_> = params
+        .iter()
+        .map(|p| {
+            if lstm {
+                lstm_reference(&case, &x, p)
+            } else {
+                let (out, h) = gru_reference(&case, &x, p);
+                (out, h, Vec::new())
+            }
+        })
+        .collect();
+    let want_out = interleave(&refs.iter().map(|r| r.0.clone()).collect::<Vec<_>>(), po);
+    let want_h: Vec<T> = refs.iter().flat_map(|r| r.1.clone()).collect();
+    let want_c: Vec<T> = refs.iter().flat_map(|r| r.2.clone()).collect();
+    assert_close(&format!("{case:?} out"), &out, &want_out, tol);
+    assert_close(&format!("{case:?} h_n"), &h_n, &want_h, tol);
+    assert_close(&format!("{case:?} c_n"), &c_n, &want_c, tol);
+}
+
+/// Small cases (single-threaded teams), B = 1 (matrix-vector product) and
+/// B > 1 (tiles), with every option; hidden sizes below, at and above one
+/// block of units.
+fn small_cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for batch in [1, 3, 7] {
+        for hidden in [5, 16, 24] {
+            for proj in [0, 3] {
+                for (bidirectional, reverse) in [(false, false), (false, true), (true, false)] {
+                    for with_state in [false, true] {
+                        for threads in [1, 2] {
+                            let bias = match (hidden + proj + threads) % 4 {
+                                0 => (false, false),
+                                1 => (true, false),
+                                2 => (false, true),
+                                _ => (true, true),
+                            };
+                            cases.push(Case {
+                                proj,
+                                bidirectional,
+                                reverse,
+                                with_state,
+                                threads,
+                                bias,
+                                ..Case::new(7, batch, hidden)
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    cases
+}
+
+/// Cases large enough that one direction is split over 2 to 4 threads.
+fn team_cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    // The last one projects to as many features as it has units, which
+    // PyTorch forbids but the kernel accepts.
+    for (batch, hidden, proj) in [
+        (1, 136, 0),
+        (1, 256, 72),
+        (5, 100, 0),
+        (4, 128, 40),
+        (5, 64, 64),
+    ] {
+        for threads in [2, 3, 4] {
+            for (bidirectional, reverse) in [(false, false), (false, true), (true, false)] {
+                cases.push(Case {
+                    proj,
+                    bidirectional,
+                    reverse,
+                    with_state: batch != 1,
+                    threads,
+                    input: 19,
+                    ..Case::new(6, batch, hidden)
+                });
+            }
+        }
+    }
+    cases
+}
+
+#[test]
+fn lstm_matches_reference_f32() {
+    for case in small_cases() {
+        check_lstm::<f32>(case, 1e-5);
+    }
+}
+
+#[test]
+fn lstm_matches_reference_f64() {
+    for case in small_cases() {
+        check_lstm::<f64>(case, 1e-12);
+    }
+}
+
+#[test]
+fn lstm_teams_match_reference() {
+    for case in team_cases() {
+        check_lstm::<f32>(case, 1e-5);
+        check_lstm::<f64>(case, 1e-12);
+    }
+}
+
+#[test]
+fn long_sequences_stay_close() {
+    // Several chunks of the input projection, in both directions.
+    for batch in [1, 2, 50] {
+        let case = Case {
+            bidirectional: true,
+            threads: 2,
+            ..Case::new(200, batch, 32)
+        };
+        check_lstm::<f32>(case, 1e-5);
+        check_gru::<f32>(case, 1e-5);
+    }
+}
+
+#[test]
+fn gru_matches_reference_f32() {
+    for case in small_cases().into_iter().filter(|c| c.proj == 0) {
+        check_gru::<f32>(case, 1e-5);
+    }
+}
+
+#[test]
+fn gru_matches_reference_f64() {
+    for case in small_cases().into_iter().filter(|c| c.proj == 0) {
+        check_gru::<f64>(case, 1e-12);
+    }
+}
+
+#[test]
+fn gru_teams_match_reference() {
+    for case in team_cases().into_iter().filter(|c| c.proj == 0) {
+        check_gru::<f32>(case, 1e-5);
+        check_gru::<f64>(case, 1e-12);
+    }
+}
+
+#[test]
+fn portable_code_matches_reference() {
+    PORTABLE_ONLY.store(true, Ordering::Relaxed);
+    let cases = [
+        Case {
+            proj: 3,
+            with_state: true,
+            ..Case::new(5, 1, 16)
+        },
+        Case {
+            bidirectional: true,
+            threads: 2,
+            ..Case::new(5, 3, 24)
+        },
+        Case {
+            proj: 40,
+            threads: 2,
+            ..Case::new(4, 4, 128)
+        },
+        Case {
+            threads: 2,
+            ..Case::new(4, 1, 136)
+        },
+    ];
+    for case in cases {
+        check_lstm::<f32>(case, 1e-5);
+        check_lstm::<f64>(case, 1e-12);
+        if case.proj == 0 {
+            check_gru::<f32>(case, 1e-5);
+            check_gru::<f64>(case, 1e-12);
+        }
+    }
+    PORTABLE_ONLY.store(false, Ordering::Relaxed);
+}
+
+/// Teams whose members always or never start, and teams that dissolve
+/// part-way (barrier 1 ends the first team step, or its first half with a
+/// projection; the leader then finishes alone). The hooks are global, so
+/// other tests running meanwhile may take these paths too (they check
+/// results, which do not depend on the path).
+#[test]
+fn every_team_path_matches_reference() {
+    let modes = [
+        (ALWAYS, 0),
+        (NEVER, 0),
+        (ALWAYS, 1),
+        (ALWAYS, 2),
+        (ALWAYS, 5),
+        (ALWAYS, 9),
+    ];
+    for (mode, dissolve_at) in modes {
+        START_MODE.store(mode, Ordering::Relaxed);
+        DISSOLVE_AT.store(dissolve_at, Ordering::Relaxed);
+        for case in team_cases() {
+            check_lstm::<f32>(case, 1e-5);
+            if case.proj == 0 {
+                check_gru::<f64>(case, 1e-12);
+            }
+        }
+        // Dissolving within a chunk of several steps.
+        let long = Case {
+            threads: 2,
+            ..Case::new(30, 1, 136)
+        };
+        check_lstm::<f64>(long, 1e-12);
+        check_gru::<f32>(long, 1e-5);
+    }
+    START_MODE.store(PENDING, Ordering::Relaxed);
+    DISSOLVE_AT.store(0, Ordering::Relaxed);
+}
+
+#[test]
+fn team_cases_really_split() {
+    let geom = |batch, hidden: usize, h_out| Geometry {
+        steps: 1,
+        batch,
+        input: 1,
+        hidden,
+        h_out,
+        gates: 4,
+        blocks: hidden.div_ceil(UNITS),
+        width: 4 * UNITS,
+        proj_panels: 0,
+        chunk: 1,
+    };
+    assert_eq!(team_size(&geom(1, 136, 136), 2), 2);
+    assert_eq!(team_size(&geom(1, 136, 136), 4), 4);
+    assert_eq!(team_size(&geom(4, 128, 40), 3), 3);
+    assert_eq!(team_size(&geom(5, 64, 64), 4), 2);
+    assert_eq!(team_size(&geom(1, 24, 24), 2), 1);
+}
+
+#[test]
+fn zero_steps_return_the_initial_state() {
+    let shape = RecurrentShape { steps: 0, batch: 2 };
+    let w = PackedWeights::lstm(
+        2,
+        3,
+        LstmWeights {
+            w_ih_t: &[0.5f32; 2 * 12],
+            w_hh_t: &[0.5; 3 * 12],
+            b_ih: None,
+            b_hh: None,
+            w_hr_t: None,
+        },
+    )
+    .unwrap();
+    let h0 = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+    let dirs = [Direction {
+        weights: &w,
+        h0: Some(&h0),
+        c0: None,
+        reverse: false,
+    }; 2];
+    let (mut h_n, mut c_n) = (vec![9.0f32; 12], vec![9.0f32; 12]);
+    recurrent_layer(shape, &[], &dirs, &mut [], &mut h_n, Some(&mut c_n), 2).unwrap();
+    assert_eq!(h_n[..6], h0);
+    assert_eq!(h_n[6..], h0);
+    assert!(c_n.iter().all(|&v| v == 0.0));
+}
+
+#[test]
+fn wrong_lengths_are_reported() {
+    let shape = RecurrentShape { steps: 2, batch: 1 };
+    let lstm = |w_hh: &[f32]| {
+        PackedWeights::lstm(
+            3,
+            2,
+            LstmWeights {
+                w_ih_t: &[0.0; 3 * 8],
+                w_hh_t: w_hh,
+                b_ih: None,
+                b_hh: None,
+                w_hr_t: None,
+            },
+        )
+    };
+    let err = lstm(&[0.0; 15]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("w_hh_t has 15 elements, expected 16"),
+        "{err}"
+    );
+    let w = lstm(&[0.0; 16]).unwrap();
+    let dir = Direction {
+        weights: &w,
+        h0: None,
+        c0: None,
+        reverse: false,
+    };
+    let x = [0.0f32; 6];
+    let (mut h_n, mut c_n) = (vec![0.0f32; 2], vec![0.0f32; 2]);
+    let mut run = |x: &[f32], out: &mut [f32], c_n: Option<&mut [f32]>| {
+        recurrent_layer(shape, x, &[dir], out, &mut h_n, c_n, 1)
+    };
+    let err = run(&x, &mut [0.0; 3], Some(&mut c_n)).unwrap_err();
+    assert!(
+        err.to_string().contains("out has 3 elements, expected 4"),
+        "{err}"
+    );
+    let err = run(&x[1..], &mut [0.0; 4], Some(&mut c_n)).unwrap_err();
+    assert!(
+        err.to_string().contains("x has 5 elements, expected 6"),
+        "{err}"
+    );
+    assert!(run(&x, &mut [0.0; 4], None).is_err());
+    let gru = PackedWeights::gru(
+        3,
+        2,
+        GruWeights {
+            w_ih_t: &[0.0f32; 3 * 6],
+            w_hh_t: &[0.0; 2 * 6],
+            b_ih: None,
+            b_hh: None,
+        },
+    )
+    .unwrap();
+    let mixed = [
+        dir,
+        Direction {
+            weights: &gru,
+            ..dir
+        },
+    ];
+    let err = recurrent_layer(
+        shape,
+        &x,
+        &mixed,
+        &mut [0.0; 8],
+        &mut [0.0; 4],
+        Some(&mut [0.0; 4]),
+        1,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("disagree"), "{err}");
+}
+
+/// The `f32` activations as the kernels evaluate them, lanes in lockstep,
+/// with and without fused multiply-adds.
+fn lockstep<const FMA: bool>(xs: &[f32], s: usize) -> Vec<f32> {
+    xs.chunks(64)
+        .flat_map(|chunk| {
+            let mut v = [0f32; 64];
+            v[..chunk.len()].copy_from_slice(chunk);
+            // The first `s` lanes (or none) through the logistic function.
+            gates::activate_f32::<FMA, 64>(&mut v, s);
+            v[..chunk.len()].to_vec()
+        })
+        .collect()
+}
+
+fn check_f32_activations<const FMA: bool>() {
+    let mut xs = Vec::new();
+    let mut x = -90.0f32;
+    while x <= 90.0 {
+        xs.push(x);
+        // Fine steps where the functions curve, coarse in the tails.
+        x += if x.abs() < 10.0 {
+            1.0 / 1024.0
+        } else {
+            1.0 / 16.0
+        };
+    }
+    let sig = lockstep::<FMA>(&xs, 64);
+    let tanh = lockstep::<FMA>(&xs, 0);
+    let (mut worst_exp, mut worst_sig, mut worst_tanh) = (0.0f64, 0.0f64, 0.0f64);
+    for ((&x, &s), &t) in xs.iter().zip(&sig).zip(&tanh) {
+        if (-87.0..=88.0).contains(&x) {
+            let want = f64::from(x).exp();
+            let got = f64::from(gates::exp_f32::<FMA>(x));
+            worst_exp = worst_exp.max(((got - want) / want).abs());
+        }
+        let sig_want = 1.0 / (1.0 + (-f64::from(x)).exp());
+        worst_sig = worst_sig.max((f64::from(s) - sig_want).abs());
+        let tanh_want = f64::from(x).tanh();
+        worst_tanh = worst_tanh.max((f64::from(t) - tanh_want).abs() / tanh_want.abs().max(1.0));
+        assert!((0.0..=1.0).contains(&s) && (-1.0..=1.0).contains(&t), "{x}");
+    }
+    assert!(worst_exp < 3e-7, "exp relative error {worst_exp:e}");
+    assert!(worst_sig < 2e-7, "sigmoid absolute error {worst_sig:e}");
+    assert!(worst_tanh < 2e-7, "tanh error {worst_tanh:e}");
+    // Relative accuracy near zero, where tanh(x) ~ x, and odd symmetry.
+    let small: Vec<f32> = (1..2000).map(|i| i as f32 * 3e-4).collect();
+    let neg: Vec<f32> = small.iter().map(|x| -x).collect();
+    for ((&x, &t), &tn) in small
+        .iter()
+        .zip(&lockstep::<FMA>(&small, 0))
+        .zip(&lockstep::<FMA>(&neg, 0))
+    {
+        let want = f64::from(x).tanh();
+        assert!(((f64::from(t) - want) / want).abs() < 3e-7, "tanh({x})");
+        assert_eq!(tn, -t);
+    }
+    let special = lockstep::<FMA>(&[f32::NAN, 100.0, -100.0, -200.0, 200.0], 0);
+    assert!(special[0].is_nan() && special[1] == 1.0 && special[2] == -1.0);
+    let special = lockstep::<FMA>(&[f32::NAN, -200.0, 200.0], 64);
+    assert!(special[0].is_nan() && special[1] < 1e-30 && special[2] == 1.0);
+    // The scalar functions are the same computation.
+    for &x in &xs {
+        assert_eq!(
+            <f32 as Float>::sigmoid(x).to_bits(),
+            lockstep::<false>(&[x], 64)[0].to_bits()
+        );
+        assert_eq!(
+            <f32 as Float>::tanh(x).to_bits(),
+            lockstep::<false>(&[x], 0)[0].to_bits()
+        );
+    }
+}
+
+#[test]
+fn f32_activations_are_accurate() {
+    check_f32_activations::<false>();
+    check_f32_activations::<true>();
+}
+
+#[test]
+fn split_range_covers_everything() {
+    for total in 0..100 {
+        for parts in 1..6 {
+            let ranges = split_range(total, parts);
+            assert_eq!(ranges.len(), parts);
+            assert_eq!(ranges[0].start, 0);
+            assert_eq!(ranges.last().unwrap().end, total);
+            for pair in ranges.windows(2) {
+                assert_eq!(pair[0].end, pair[1].start);
+            }
+            let (min, max) = ranges
+                .iter()
+                .map(|r| r.len())
+                .fold((usize::MAX, 0), |(a, b), n| (a.min(n), b.max(n)));
+            assert!(max - min <= 1, "{total} {parts}");
+        }
+    }
+}

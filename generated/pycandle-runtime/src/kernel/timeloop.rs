@@ -1,0 +1,204 @@
+//! The time loop of one team member: its walk over the steps, the
+//! exchange of `h` with its partners, and the switch to working alone.
+
+#[cfg(test)]
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+
+use super::affinity::AvoidCpu;
+use super::layer::{Geometry, Job};
+use super::schedule::LeaderOut;
+use super::team::{note_contention, publish, read_shared, Pace, PoisonOnPanic, Team};
+use super::work::Work;
+use super::Float;
+
+/// Runs [`member`] compiled for AVX2 + FMA when the CPU has them.
+pub(super) fn member_dispatch<T: Float>(
+    geom: Geometry,
+    job: &Job<'_, T>,
+    team: &Team<T>,
+    id: usize,
+    leader: Option<LeaderOut<'_, T>>,
+) {
+    let _guard = PoisonOnPanic(&team.barrier);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !portable_only() && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features `member_avx2` is compiled with.
+            unsafe { member_avx2(geom, job, team, id, leader) };
+            return;
+        }
+    }
+    member::<T, false>(geom, job, team, id, leader);
+}
+
+/// Tests set this to exercise the portable code on machines with AVX2.
+#[cfg(test)]
+pub(super) static PORTABLE_ONLY: AtomicBool = AtomicBool::new(false);
+
+#[cfg(target_arch = "x86_64")]
+pub(super) fn portable_only() -> bool {
+    #[cfg(test)]
+    return PORTABLE_ONLY.load(Ordering::Relaxed);
+    #[cfg(not(test))]
+    false
+}
+
+/// [`member`] with AVX2 and FMA. Everything generic over `FMA` that it calls
+/// is `#[inline(always)]`: a function compiled on its own would lack the
+/// features, and its `mul_add`s would become calls to a software fused
+/// multiply-add.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn member_avx2<T: Float>(
+    geom: Geometry,
+    job: &Job<'_, T>,
+    team: &Team<T>,
+    id: usize,
+    leader: Option<LeaderOut<'_, T>>,
+) {
+    member::<T, true>(geom, job, team, id, leader);
+}
+#[inline(always)]
+pub(super) fn member<T: Float, const FMA: bool>(
+    geom: Geometry,
+    job: &Job<'_, T>,
+    team: &Team<T>,
+    id: usize,
+    mut leader: Option<LeaderOut<'_, T>>,
+) {
+    let Geometry {
+        steps,
+        batch,
+        hidden,
+        h_out,
+        ..
+    } = geom;
+    let is_lstm = job.is_lstm();
+
+    // Start: every member projects its share of the first chunk; the leader
+    // then decides whether the team works together or it runs alone.
+    if id > 0 {
+        team.joined.fetch_add(1, Ordering::AcqRel);
+        if team.cancelled() {
+            // Started too late: the leader already works alone.
+            return;
+        }
+    }
+    // A member on its leader's core moves away for as long as it works.
+    let _away = (id > 0).then(|| AvoidCpu::new(team.leader_cpu));
+    let mut work = Work::new(&geom, job, team, id);
+    work.ensure_chunk::<FMA>(&geom, job, 0, job.time(steps, 0));
+    let mut solo = id == 0;
+    if id == 0 && team.size > 1 {
+        let go = team.members_started();
+        team.decide(go);
+        if go {
+            solo = false;
+        } else {
+            note_contention();
+            work.take_all::<FMA>(&geom, job);
+        }
+    } else if id > 0 && !team.started() {
+        return;
+    }
+
+    // The leader watches the team's pace.
+    let mut pace = (id == 0).then(Pace::new);
+    // The full previous `h`, `(B, H_out)`.
+    let mut h_prev = vec![T::ZERO; batch * h_out];
+    if let Some(h0) = job.h0 {
+        h_prev.copy_from_slice(h0);
+    }
+    for step in 0..steps {
+        let t = job.time(steps, step);
+        work.ensure_chunk::<FMA>(&geom, job, step, t);
+        // Every other step walks the weights backwards: what the previous
+        // step read last is still in cache when a share is a little too
+        // large for it.
+        let zigzag = step % 2 == 1;
+        let nonzero_h = step > 0 || job.h0.is_some();
+        work.step::<FMA>(&geom, job, t, nonzero_h.then_some(&h_prev[..]), zigzag);
+        if !solo && is_lstm && step + 1 == steps {
+            work.publish_c(&geom, team);
+        }
+        if geom.projects() {
+            if !solo {
+                let (cs, u0) = (work.unit_stride(), work.unit0());
+                let units = work.units(&geom);
+                publish(&team.hid, hidden, units, &work.h_units[u0..], cs, batch);
+                sync(team, &mut pace);
+                read_shared(&team.hid, &mut work.hid);
+            }
+            work.project_h::<FMA>(&geom, job, solo, zigzag);
+        }
+        // The new `h`: into `h_prev` when alone, else through the team.
+        let (cols, part, part_rs) = work.h_out_part(&geom);
+        if solo {
+            for b in 0..batch {
+                h_prev[b * h_out + cols.start..b * h_out + cols.end]
+                    .copy_from_slice(&part[b * part_rs..b * part_rs + cols.len()]);
+            }
+        } else {
+            publish(&team.h[step % 2], h_out, cols, part, part_rs, batch);
+            sync(team, &mut pace);
+            read_shared(&team.h[step % 2], &mut h_prev);
+        }
+        if let Some(leader) = leader.as_mut() {
+            write_rows(&mut leader.rows, t, batch, &h_prev);
+        }
+
+        // Every member reads the same decision after the same barrier.
+        if !solo && team.barrier.dissolving() && step + 1 < steps {
+            if is_lstm {
+                work.publish_c(&geom, team);
+            }
+            team.barrier.wait();
+            if leader.is_none() {
+                return;
+            }
+            // The leader takes over every unit from the next step on.
+            note_contention();
+            if is_lstm {
+                let cs = work.unit_stride();
+                for (row, shared) in work.c.chunks_exact_mut(cs).zip(team.c.chunks_exact(hidden)) {
+                    read_shared(shared, &mut row[..hidden]);
+                }
+            }
+            work.take_all::<FMA>(&geom, job);
+            solo = true;
+        }
+    }
+
+    // Only the leader goes on: everything it reads was published before the
+    // last barrier.
+    let Some(leader) = leader else { return };
+    leader.h_n.copy_from_slice(&h_prev);
+    if let Some(c_n) = leader.c_n {
+        if solo {
+            let cs = work.unit_stride();
+            for (dst, src) in c_n.chunks_exact_mut(hidden).zip(work.c.chunks_exact(cs)) {
+                dst.copy_from_slice(&src[..hidden]);
+            }
+        } else {
+            read_shared(&team.c, c_n);
+        }
+    }
+}
+
+/// A team member's barrier: the leader's keeps its [`Pace`].
+pub(super) fn sync<T: Float>(team: &Team<T>, pace: &mut Option<Pace>) {
+    match pace {
+        Some(pace) => pace.wait(&team.barrier),
+        None => team.barrier.wait(),
+    }
+}
+
+/// Writes `h` (`(B, H_out)`) into the output rows of time index `t`.
+#[inline(always)]
+pub(super) fn write_rows<T: Float>(rows: &mut [&mut [T]], t: usize, batch: usize, h: &[T]) {
+    let width = h.len() / batch.max(1);
+    for (b, row) in rows[t * batch..(t + 1) * batch].iter_mut().enumerate() {
+        row.copy_from_slice(&h[b * width..(b + 1) * width]);
+    }
+}

@@ -1,0 +1,98 @@
+//! Elementwise ops Candle lacks, with PyTorch's exact semantics.
+
+use candle_core::{bail, DType, Result, Tensor, WithDType};
+
+/// `torch.fmod`: the remainder of the division truncated toward zero, with the dividend's sign
+/// (C's `fmod`, Rust's `%`). The operands broadcast; f32, f64 and i64. (Named for its rounding:
+/// generated code names its result `fmod`, which would shadow a function of that name.)
+pub fn rem_trunc(x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    modulo(x, y, false)
+}
+
+/// `torch.remainder` (Python's `%`): the remainder of the floored division, with the divisor's
+/// sign. The operands broadcast; f32, f64 and i64.
+pub fn rem_floor(x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    modulo(x, y, true)
+}
+
+fn modulo(x: &Tensor, y: &Tensor, floored: bool) -> Result<Tensor> {
+    if x.dtype() != y.dtype() {
+        bail!("modulo of {:?} and {:?} tensors", x.dtype(), y.dtype())
+    }
+    let shape = x.shape().broadcast_shape_binary_op(y.shape(), "modulo")?;
+    let (x, y) = (x.broadcast_as(&shape)?, y.broadcast_as(&shape)?);
+    match x.dtype() {
+        DType::F32 => each::<f32>(&x, &y, |a, b| Some(a % b), floored),
+        DType::F64 => each::<f64>(&x, &y, |a, b| Some(a % b), floored),
+        DType::I64 => each::<i64>(&x, &y, |a, b| a.checked_rem(b), floored),
+        other => bail!("modulo of {other:?} tensors (f32, f64 and i64 only)"),
+    }
+}
+
+/// `rem` on every pair of elements; `floored` moves a non-zero remainder whose sign differs
+/// from the divisor's by one divisor (PyTorch's `remainder` from C's `fmod`).
+fn each<T: WithDType>(
+    x: &Tensor,
+    y: &Tensor,
+    rem: impl Fn(T, T) -> Option<T>,
+    floored: bool,
+) -> Result<Tensor> {
+    let a = x.flatten_all()?.to_vec1::<T>()?;
+    let b = y.flatten_all()?.to_vec1::<T>()?;
+    let zero = T::zero();
+    let mut out = Vec::with_capacity(a.len());
+    for (&a, &b) in a.iter().zip(&b) {
+        let Some(m) = rem(a, b) else {
+            bail!("integer modulo by zero")
+        };
+        out.push(if floored && m != zero && ((m < zero) != (b < zero)) {
+            m + b
+        } else {
+            m
+        });
+    }
+    Tensor::from_vec(out, x.shape(), x.device())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn values<T: WithDType>(t: Tensor) -> Vec<T> {
+        t.flatten_all().unwrap().to_vec1::<T>().unwrap()
+    }
+
+    #[test]
+    fn signs_follow_pytorch() {
+        let x = Tensor::new(&[5.0f32, -5.0, 5.0, -5.0, 4.0], &Device::Cpu).unwrap();
+        let y = Tensor::new(&[3.0f32, 3.0, -3.0, -3.0, 2.0], &Device::Cpu).unwrap();
+        assert_eq!(
+            values::<f32>(rem_trunc(&x, &y).unwrap()),
+            [2.0, -2.0, 2.0, -2.0, 0.0]
+        );
+        assert_eq!(
+            values::<f32>(rem_floor(&x, &y).unwrap()),
+            [2.0, 1.0, -1.0, -2.0, 0.0]
+        );
+    }
+
+    #[test]
+    fn exact_where_division_rounds() {
+        // 1.0 / 0.1 rounds to 10.0, but 0.1f64 * 10 exceeds 1.0: the true remainder is ~0.1
+        let x = Tensor::new(&[1.0f64], &Device::Cpu).unwrap();
+        let y = Tensor::new(0.1f64, &Device::Cpu).unwrap();
+        assert_eq!(values::<f64>(rem_trunc(&x, &y).unwrap()), [1.0f64 % 0.1]);
+        assert!(values::<f64>(rem_floor(&x, &y).unwrap())[0] > 0.09);
+    }
+
+    #[test]
+    fn integers_broadcast_and_refuse_zero() {
+        let x = Tensor::new(&[[7i64, -7], [6, -6]], &Device::Cpu).unwrap();
+        let y = Tensor::new(&[4i64, -4], &Device::Cpu).unwrap();
+        assert_eq!(values::<i64>(rem_floor(&x, &y).unwrap()), [3, -3, 2, -2]);
+        assert_eq!(values::<i64>(rem_trunc(&x, &y).unwrap()), [3, -3, 2, -2]);
+        let zero = Tensor::new(0i64, &Device::Cpu).unwrap();
+        assert!(rem_trunc(&x, &zero).is_err());
+    }
+}
