@@ -367,8 +367,8 @@ def user_module_in_crate(root: Path) -> None:
 
 
 def user_folder_named_like_the_runtime(root: Path) -> None:
-    """The crate's pycandle-runtime/ is the user's own (not the copy codegen vendors)."""
-    folder = root / "crate" / "pycandle-runtime"
+    """The crate's vendor/pycandle-runtime/ is the user's own (not the copy codegen vendors)."""
+    folder = root / "crate" / "vendor" / "pycandle-runtime"
     shutil.rmtree(folder, ignore_errors=True)  # PyCandle's copy, if codegen ran
     (folder / "src").mkdir(parents=True)
     (folder / "Cargo.toml").write_text('[package]\nname = "pycandle-runtime"\n')
@@ -549,7 +549,7 @@ CASES = [
          ("field 'crate':", MODEL, "crate/src/tiny.rs exists and was not written by PyCandle",
           "left alone and nothing was changed")),
     Case(user_folder_named_like_the_runtime, "codegen", None,
-         ("crate/pycandle-runtime exists and is not PyCandle's copy of its runtime",
+         ("crate/vendor/pycandle-runtime exists and is not PyCandle's copy of its runtime",
           "left alone and nothing was changed")),
     Case(name_lib, "codegen", NAME, ("field 'name':", "'lib' names a file of the generated "
                                      "crate itself")),

@@ -43,7 +43,7 @@ def test_codegen_runs_without_torch(tmp_path):
     # runtime: its Cargo.toml and sources
     runtime = sorted((RUNTIME_DIR / "src").rglob("*.rs"))
     assert proc.stdout.strip() == str(6 + 1 + len(runtime))
-    vendored = tmp_path / "crate" / "pycandle-runtime"
+    vendored = tmp_path / "crate" / "vendor" / "pycandle-runtime"
     assert all((vendored / p.relative_to(RUNTIME_DIR)).read_bytes() == p.read_bytes()
                for p in runtime)
     assert "[[bench]]" not in (vendored / "Cargo.toml").read_text()
@@ -141,7 +141,7 @@ def test_cargo_toml_keeps_the_users_entries_and_comments(tmp_path):
     assert 'version = "2.0.0"' in text and 'name = "my-models"' in text
     assert 'candle-core = { version = "0.11.1", features = ["mkl"] }' in text
     assert 'candle-nn = "0.11.1"' in text
-    assert 'pycandle-runtime = {path = "pycandle-runtime", version = "0.1.0"}' in text
+    assert 'pycandle-runtime = {path = "vendor/pycandle-runtime", version = "0.1.0"}' in text
     # its own workspace, with the runtime optimised (a member: `"*"` does not cover it)
     assert "[workspace]" in text and "[profile.dev.package.pycandle-runtime]" in text
 
@@ -153,7 +153,7 @@ def test_runtime_features_a_user_adds_are_kept(tmp_path):
         '[package]\nname = "m"\n\n[dependencies]\n'
         'pycandle-runtime = { path = "../old/runtime", features = ["x"] }\n')
     text = cargo_toml_text(crate)
-    assert ('pycandle-runtime = {path = "pycandle-runtime", version = "0.1.0", '
+    assert ('pycandle-runtime = {path = "vendor/pycandle-runtime", version = "0.1.0", '
             'features = ["x"]}') in text
 
 
@@ -220,13 +220,13 @@ def test_vendored_runtime_is_kept_in_step(tmp_path):
     write_manifest(tmp_path / "artifacts", speaker_encoder())
     crate = tmp_path / "crate"
     codegen(crate, tmp_path / "artifacts", ["speaker"])
-    vendored = crate / "pycandle-runtime"
+    vendored = crate / "vendor" / "pycandle-runtime"
     (vendored / "src" / "lib.rs").write_text("// edited\n")
     (vendored / "src" / "gone.rs").write_text("// a file an older runtime had\n")
     (crate / "src" / "mine.rs").write_text("// the user's\n")
     changed = codegen(crate, tmp_path / "artifacts", ["speaker"])
     assert sorted(p.relative_to(crate).as_posix() for p in changed) == [
-        "pycandle-runtime/src/gone.rs", "pycandle-runtime/src/lib.rs"]
+        "vendor/pycandle-runtime/src/gone.rs", "vendor/pycandle-runtime/src/lib.rs"]
     assert (vendored / "src" / "lib.rs").read_bytes() == (RUNTIME_DIR / "src" / "lib.rs").read_bytes()
     assert not (vendored / "src" / "gone.rs").exists()
     assert (crate / "src" / "mine.rs").read_text() == "// the user's\n"

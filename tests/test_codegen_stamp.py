@@ -49,7 +49,7 @@ def crate(root: Path) -> dict[str, bytes]:
 def test_a_second_codegen_is_skipped_without_importing_the_generator(project, capsys):
     out = codegen(project, capsys)
     # model, parity test, example, parity main.rs, Cargo.toml, lib.rs; the runtime's copy
-    assert out.count("\nwrote ") == 6 and "updated crate/pycandle-runtime, the runtime's copy" in out
+    assert out.count("\nwrote ") == 6 and "updated crate/vendor/pycandle-runtime, the runtime's copy" in out
     probe = textwrap.dedent(f"""\
         import json, sys
         from pycandle.cli import main

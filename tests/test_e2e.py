@@ -69,8 +69,8 @@ def test_committed_generated_crate_is_what_codegen_writes(examples):
     # ... and its runtime is the one in this checkout, source for source
     sources = {p.relative_to(RUNTIME_DIR).as_posix(): p.read_bytes()
                for p in sorted((RUNTIME_DIR / "src").rglob("*.rs"))}
-    vendored = {rel.removeprefix("pycandle-runtime/"): data for rel, data in committed.items()
-                if rel.startswith("pycandle-runtime/src/")}
+    vendored = {rel.removeprefix("vendor/pycandle-runtime/"): data for rel, data in committed.items()
+                if rel.startswith("vendor/pycandle-runtime/src/")}
     assert vendored == sources
 
 
@@ -92,6 +92,11 @@ def test_generated_crate_stands_alone(examples, cargo_env, tmp_path):
         if var in os.environ:
             env[var] = os.environ[var]
     manifest = str(away / "crate" / "Cargo.toml")
+    # A package name of its own: two crates of one name and layout in one CARGO_TARGET_DIR
+    # would share their test binaries (see cargo.package_name), and the original runs on.
+    toml = Path(manifest).read_text()
+    Path(manifest).write_text(re.sub(r'(?m)^name = "generated-[0-9a-f]+"$',
+                                     'name = "standalone-copy"', toml, count=1))
 
     meta = subprocess.run([cargo, "metadata", "--format-version", "1", "--manifest-path",
                            manifest], capture_output=True, text=True, env=env, check=True)
