@@ -37,8 +37,7 @@ TEST_LOCALS = frozenset({"parity", "model", "report", "g", "case", "golden", "we
 
 # Locals of the generated examples (`examples/<model>.rs`) besides the model's inputs, which
 # are bound next to them and renamed when they collide.
-EXAMPLE_LOCALS = frozenset({"weights", "inputs_file", "args", "arg", "device", "tensors",
-                            "model", "inputs", "start", "elapsed"})
+EXAMPLE_LOCALS = frozenset({"run", "model", "elapsed"})
 
 # Every name a node's output must not take as a Rust local.
 RESERVED_LOCALS = RUST_KEYWORDS | MODEL_LOCALS | TEST_LOCALS

@@ -22,11 +22,13 @@
 //!   Candle's pooling lacks.
 //! * [`attention`]: `nn.MultiheadAttention` ([`MultiheadAttention`]) with PyTorch's
 //!   parameter names and masking rules.
+//! * [`example`]: what the generated crate's runnable examples share.
 //! * [`parity`]: golden tensors recorded from PyTorch ([`Golden`]) and the
 //!   tolerance bookkeeping that turns comparisons into a pass/fail verdict
 //!   and a JSON report ([`ParityReport`]).
 
 pub mod attention;
+pub mod example;
 pub mod index;
 pub mod kernel;
 pub mod ops;
