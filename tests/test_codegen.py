@@ -230,3 +230,14 @@ def test_vendored_runtime_is_kept_in_step(tmp_path):
     assert (vendored / "src" / "lib.rs").read_bytes() == (RUNTIME_DIR / "src" / "lib.rs").read_bytes()
     assert not (vendored / "src" / "gone.rs").exists()
     assert (crate / "src" / "mine.rs").read_text() == "// the user's\n"
+
+
+def test_every_generated_struct_derives_debug_and_clone(tmp_path):
+    """Models, their nested blocks and their streaming state can be printed and cloned."""
+    write_manifest(tmp_path / "artifacts", speaker_encoder())
+    codegen(tmp_path / "crate", tmp_path / "artifacts", ["speaker"])
+    lines = (tmp_path / "crate" / "src" / "speaker.rs").read_text().splitlines()
+    structs = [i for i, line in enumerate(lines) if line.startswith("pub struct ")]
+    assert len(structs) >= 2  # the model and its state
+    for i in structs:
+        assert lines[i - 1].startswith("#[derive(Debug, Clone"), lines[i - 1:i + 1]

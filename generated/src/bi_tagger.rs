@@ -11,6 +11,7 @@ use pycandle_runtime::{Lstm, LstmConfig};
 pub type BiTaggerOutput = (Tensor, Tensor, Tensor);
 
 /// Sublayers keep their PyTorch names, so weights load straight from the state dict.
+#[derive(Debug, Clone)]
 pub struct BiTagger {
     /// `encoder` (torch.nn.LSTM)
     pub encoder: Lstm,

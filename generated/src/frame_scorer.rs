@@ -8,6 +8,7 @@ use candle_nn::{Linear, Module, VarBuilder};
 use pycandle_runtime::{Lstm, LstmConfig};
 
 /// Sublayers keep their PyTorch names, so weights load straight from the state dict.
+#[derive(Debug, Clone)]
 pub struct FrameScorer {
     /// `rnn` (torch.nn.LSTM)
     pub rnn: Lstm,

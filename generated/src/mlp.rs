@@ -7,6 +7,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
 
 /// Sublayers keep their PyTorch names, so weights load straight from the state dict.
+#[derive(Debug, Clone)]
 pub struct Mlp {
     /// `0` (torch.nn.Linear)
     pub layer_0: Linear,

@@ -8,6 +8,7 @@ use candle_nn::{Linear, Module, VarBuilder};
 use pycandle_runtime::{sequence_lengths, Gru, GruConfig};
 
 /// Sublayers keep their PyTorch names, so weights load straight from the state dict.
+#[derive(Debug, Clone)]
 pub struct PaddedGru {
     /// `gru` (torch.nn.GRU)
     pub gru: Gru,

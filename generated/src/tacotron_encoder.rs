@@ -8,6 +8,7 @@ use candle_nn::{BatchNorm, Conv1d, Conv1dConfig, Embedding, Module, ModuleT, Var
 use pycandle_runtime::{Lstm, LstmConfig};
 
 /// Sublayers keep their PyTorch names, so weights load straight from the state dict.
+#[derive(Debug, Clone)]
 pub struct TacotronEncoder {
     /// `embedding` (torch.nn.Embedding)
     pub embedding: Embedding,
@@ -86,6 +87,7 @@ impl TacotronEncoder {
 }
 
 /// `convolutions.0`, `convolutions.1`, `convolutions.2` (torch.nn.Sequential)
+#[derive(Debug, Clone)]
 pub struct Convolution {
     /// `0` (torch.nn.Conv1d)
     pub layer_0: Conv1d,

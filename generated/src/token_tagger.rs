@@ -8,6 +8,7 @@ use candle_nn::{Embedding, Linear, Module, VarBuilder};
 use pycandle_runtime::{Lstm, LstmConfig};
 
 /// Sublayers keep their PyTorch names, so weights load straight from the state dict.
+#[derive(Debug, Clone)]
 pub struct TokenTagger {
     /// `embed` (torch.nn.Embedding)
     pub embed: Embedding,

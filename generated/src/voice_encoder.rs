@@ -11,6 +11,7 @@ use candle_nn::{Linear, Module, VarBuilder};
 use pycandle_runtime::{Lstm, LstmConfig};
 
 /// Sublayers keep their PyTorch names, so weights load straight from the state dict.
+#[derive(Debug, Clone)]
 pub struct VoiceEncoder {
     /// `lstm` (torch.nn.LSTM)
     pub lstm: Lstm,
