@@ -116,14 +116,37 @@ FIXED_POOL2D = ["nn.MaxPool2d((3, 2), stride=(2, 1), padding=(1, 1))",
                 "nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True, divisor_override=4)"]
 
 
+PADS1 = ["nn.ConstantPad1d(2, 0.5)", "nn.ZeroPad1d((0, 3))", "nn.ReflectionPad1d((2, 1))",
+         "nn.ReplicationPad1d(3)", "nn.CircularPad1d((1, 2))"]
+PADS2 = ["nn.ConstantPad2d((1, 0, 2, 1), -1.5)", "nn.ZeroPad2d(1)", "nn.ReflectionPad2d((1, 2, 0, 1))",
+         "nn.ReplicationPad2d((0, 1, 2, 0))", "nn.CircularPad2d(1)", "nn.ConstantPad3d(1, 2.0)"]
+
+
+def pad1d(rng: random.Random) -> str:
+    kind = rng.choice(["Constant", "Zero", "Reflection", "Replication", "Circular"])
+    amounts = (rng.randint(0, 3), rng.randint(0, 3))  # reflection needs < the length (11)
+    value = f", {rng.uniform(-2, 2):.2f}" if kind == "Constant" else ""
+    return f"nn.{kind}Pad1d({amounts}{value})"
+
+
+def pad2d(rng: random.Random) -> str:
+    kind = rng.choice(["Constant", "Zero", "Reflection", "Replication", "Circular"])
+    amounts = tuple(rng.randint(0, 2) for _ in range(4))  # < the smallest plane side (7)
+    value = f", {rng.uniform(-2, 2):.2f}" if kind == "Constant" else ""
+    return f"nn.{kind}Pad2d({amounts}{value})"
+
+
 def module_source(rng: random.Random) -> str:
     convs1 = ", ".join(FIXED_CONV1D + [conv1d(rng) for _ in range(6)])
     transposed = ", ".join(FIXED_TRANSPOSED + [conv_transpose1d(rng) for _ in range(3)])
     convs2 = ", ".join(FIXED_CONV2D + [conv2d(rng) for _ in range(5)])
     pools1 = ", ".join(FIXED_POOL1D + [pool1d(rng) for _ in range(5)])
     pools2 = ", ".join(FIXED_POOL2D + [pool2d(rng) for _ in range(5)])
+    pads1 = ", ".join(PADS1 + [pad1d(rng) for _ in range(3)])
+    pads2 = ", ".join(PADS2 + [pad2d(rng) for _ in range(3)])
     return textwrap.dedent(f"""\
         import torch
+        import torch.nn.functional as F
         from torch import nn
 
 
@@ -198,6 +221,31 @@ def module_source(rng: random.Random) -> str:
             def forward(self, x1, idx):
                 x = 8.0 * x1 - 4.0
                 return tuple(a(x) for a in self.acts) + (self.unflatten(x), self.embed(idx))
+
+
+        class Extras(nn.Module):
+            # layers published models use: PReLU, GLU, hard activations, padding modules
+
+            def __init__(self):
+                super().__init__()
+                self.prelu = nn.PReLU()
+                self.prelu_c = nn.PReLU({C1}, init=0.1)
+                self.prelu_w = nn.Parameter(torch.rand({C2}))
+                self.hard = nn.ModuleList([nn.Hardswish(), nn.Hardsigmoid()])
+                self.glu = nn.GLU(dim=1)
+                self.pads = nn.ModuleList([{pads1}])
+                self.pads2 = nn.ModuleList([{pads2}])
+                with torch.no_grad():
+                    self.prelu_c.weight.uniform_(-0.5, 0.5)
+
+            def forward(self, x1, x2):
+                x = 8.0 * x1 - 4.0
+                outs = [self.prelu(x), self.prelu_c(x), self.prelu(x1[0]),
+                        F.prelu(x2 - 0.5, self.prelu_w), self.glu(x), F.glu(x2, 1),
+                        F.hardswish(x), F.hardsigmoid(x)]
+                outs += [h(x) for h in self.hard]
+                outs += [p(x1) for p in self.pads] + [p(x2) for p in self.pads2]
+                return tuple(outs)
         """)
 
 
@@ -222,7 +270,8 @@ def models_yaml() -> str:
             + _entry("convs", "Convs", two) + _entry("pools", "Pools", two)
             + _entry("norms", "Norms", two)
             + _entry("activations", "Activations",
-                     [_case(x1=a, idx=i) for a, i in zip(x1, idx)]))
+                     [_case(x1=a, idx=i) for a, i in zip(x1, idx)])
+            + _entry("extras", "Extras", two))
 
 
 @pytest.mark.cargo
@@ -235,13 +284,14 @@ def test_layers_match_pytorch(tmp_path, cargo_env, capsys):
     code = main(["all", "--config", str(tmp_path / "models.yaml")])
     captured = capsys.readouterr()
     assert code == 0, captured.out[-6000:] + captured.err[-6000:]
-    assert "parity: 8 passed, 0 failed" in captured.out
+    assert "parity: 10 passed, 0 failed" in captured.out
     report = json.loads((tmp_path / "reports" / "parity.json").read_text())
     checked = {e["layer"] for r in report for e in r["entries"] if e["kind"] == "layer"}
     # every layer was checked on its own, not only through the model outputs (Identity and
     # Dropout are not layers in the generated code: they pass their input through)
     assert {"c1.8", "t1.4", "c2.6", "unbatched", "p1.7", "p2.6", "adaptive.3", "ln_2d",
-            "gn_plain", "bn_2d", "acts.17", "unflatten", "embed"} <= checked
+            "gn_plain", "bn_2d", "acts.17", "unflatten", "embed", "prelu", "prelu_c", "hard.1",
+            "glu", "pads.7", "pads2.8"} <= checked
     assert_clippy_clean(tmp_path / "crate")
 
 

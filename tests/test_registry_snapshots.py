@@ -278,7 +278,13 @@ LAYER_SIGNATURES = {
     "RNNCell": "input_size, hidden_size, bias=True, nonlinearity='tanh'",
     "MultiheadAttention": "embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False, "
                           "add_zero_attn=False, kdim=None, vdim=None, batch_first=False",
+    "PReLU": "num_parameters=1, init=0.25", "GLU": "dim=-1",
+    "Hardswish": "inplace=False", "Hardsigmoid": "inplace=False",
 }
+for _n in (1, 2, 3):
+    LAYER_SIGNATURES |= {f"ConstantPad{_n}d": "padding, value", f"ZeroPad{_n}d": "padding",
+                         f"ReflectionPad{_n}d": "padding", f"ReplicationPad{_n}d": "padding",
+                         f"CircularPad{_n}d": "padding"}
 
 
 def _bind_signature(sig: str, args: tuple, kwargs: dict[str, Any], what: str) -> dict[str, Any]:
@@ -324,6 +330,10 @@ def layer_attributes(short: str, a: dict[str, Any]) -> dict[str, Any]:
         a["vdim"] = a["vdim"] or a["embed_dim"]
         a["in_proj_bias"] = True if a["bias"] else None
         a["bias_k"] = a["bias_v"] = True if a["add_bias_kv"] else None
+    if short[-5:-2] == "Pad":  # ConstantPad1d, ZeroPad2d, ...: (left, right) per dimension
+        a["padding"] = _ntuple(a["padding"], 2 * int(short[-2]))
+        if short.startswith("ZeroPad"):
+            a["value"] = 0.0
     if short in ("LSTM", "GRU"):
         a["mode"] = short
     if short == "RNN":
@@ -371,6 +381,8 @@ def layer_parameters(short: str, a: dict[str, Any]) -> tuple[dict, dict]:
             params["bias_k"] = params["bias_v"] = p(1, 1, e)
     elif short == "Embedding":
         params["weight"] = p(a["num_embeddings"], a["embedding_dim"])
+    elif short == "PReLU":
+        params["weight"] = p(a["num_parameters"])
     elif short == "LayerNorm":
         if a["elementwise_affine"]:
             params["weight"] = p(*a["normalized_shape"])

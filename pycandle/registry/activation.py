@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from pycandle.registry.core import (
-    Layer, Op, T, Unsupported, int_arg, is_number, local_name, no_field, one_tensor,
+    Field, Layer, Op, T, Unsupported, int_arg, is_number, local_name, need, no_field,
+    one_tensor,
     rust_dtype, register_layer, register_op, rust_dim, rust_float, tensor, unary_call,
     unary_op,
 )
@@ -62,6 +63,38 @@ def softplus(x: T, beta: Any, threshold: Any) -> str:
     return "{\n" + "\n".join(lines) + "\n}"
 
 
+def hardsigmoid(x: T) -> str:
+    """`relu6(x + 3) / 6`, PyTorch's order of operations."""
+    return f"(({x.borrow} + 3.0)?.clamp(0.0, 6.0)? / 6.0)?"
+
+
+def hardswish(x: T) -> str:
+    """`x * relu6(x + 3) / 6`: the product first, then the division, as PyTorch computes it."""
+    return f"(({x.borrow} * ({x.borrow} + 3.0)?.clamp(0.0, 6.0)?)? / 6.0)?"
+
+
+def glu(x: T, dim: Any) -> str:
+    """The first half along `dim` times the sigmoid of the second."""
+    d = x.norm_dim(int_arg(dim, "dim"))
+    size = x.meta.shapes[0][d]
+    if any(s[d] % 2 for s in x.meta.shapes):
+        raise Unsupported(f"glu over dimension {d} of odd size {size}")
+    half = local_name("half", x)
+    return ("{\n"
+            f"let {half} = {x.name}.dim({d})? / 2;\n"
+            f"({x.name}.narrow({d}, 0, {half})? * candle_nn::ops::sigmoid("
+            f"&{x.name}.narrow({d}, {half}, {half})?)?)?\n"
+            "}")
+
+
+def prelu(x: T, weight: T) -> str:
+    """`max(x, 0) + weight * min(x, 0)`, the weight along dimension 1 (one value: for all)."""
+    if weight.rank != 1:
+        raise Unsupported(f"prelu with a rank-{weight.rank} weight")
+    scalar = "true" if weight.meta.shapes[0][0] == 1 else "false"
+    return f"candle_nn::PReLU::new({weight.name}.clone(), {scalar}).forward({x.borrow})?"
+
+
 def softmax(x: T, dim: Any, log: bool = False) -> str:
     if dim is None:
         raise Unsupported(f"{'log_' if log else ''}softmax without dim (PyTorch's implicit dim "
@@ -103,6 +136,26 @@ _layer("torch.nn.ReLU6", ("inplace",), lambda x, c: hardtanh(x, 0.0, 6.0))
 _layer("torch.nn.Softmax", ("dim",), lambda x, c: softmax(x, c["dim"]), doc="explicit dim")
 _layer("torch.nn.LogSoftmax", ("dim",), lambda x, c: softmax(x, c["dim"], log=True),
        doc="explicit dim")
+
+
+_layer("torch.nn.Hardsigmoid", ("inplace",), lambda x, c: hardsigmoid(x))
+_layer("torch.nn.Hardswish", ("inplace",), lambda x, c: hardswish(x))
+_layer("torch.nn.GLU", ("dim",), lambda x, c: glu(x, c["dim"]), doc="any dim of even size")
+
+
+def _prelu_field(cfg: dict[str, Any]) -> Field:
+    n = cfg["num_parameters"]
+    channels = "None" if n == 1 else f"Some({n})"
+    return Field("PReLU", lambda vb: f"candle_nn::prelu({channels}, {vb})?")
+
+
+def _prelu_call(cfg: dict[str, Any], this: str, args: tuple, kwargs: dict[str, Any]) -> str:
+    return f"{this}.forward({one_tensor(args, kwargs).borrow})?"
+
+
+register_layer(Layer("torch.nn.PReLU", ("num_parameters",), "out", _prelu_field, _prelu_call,
+                     uses=("candle_nn::PReLU",), call_uses=("candle_nn::Module",),
+                     doc="one weight, or one per channel (dimension 1)"))
 
 
 # --- functions and methods ------------------------------------------------------------------------
@@ -160,3 +213,19 @@ register_op(Op("softmax", {k.format("softmax"): v for k, v in _SOFTMAX_SIGS.item
                _softmax_op(False), doc="explicit dim, dtype"))
 register_op(Op("log_softmax", {k.format("log_softmax"): v for k, v in _SOFTMAX_SIGS.items()},
                _softmax_op(True), doc="explicit dim, dtype"))
+register_op(Op("hardsigmoid", {"torch.nn.functional.hardsigmoid": "input, inplace=False"},
+               lambda s, a, out: hardsigmoid(tensor(a["input"]))))
+register_op(Op("hardswish", {"torch.nn.functional.hardswish": "input, inplace=False"},
+               lambda s, a, out: hardswish(tensor(a["input"]))))
+register_op(Op("glu", {"torch.nn.functional.glu": "input, dim=-1"},
+               lambda s, a, out: glu(tensor(a["input"]), a["dim"]), doc="any dim of even size"))
+
+
+def _prelu_op(spelling: str, a: dict[str, Any], out: Any) -> str:
+    need("candle_nn::Module")
+    return prelu(tensor(a["input"]), tensor(a["weight"], "weight"))
+
+
+register_op(Op("prelu", {"torch.nn.functional.prelu": "input, weight",
+                         "torch.prelu": "input, weight", "Tensor.prelu": "input, weight"},
+               _prelu_op, doc="a weight of one value or one per channel (dimension 1)"))

@@ -390,6 +390,27 @@ register_op(Op("pad", {"torch.nn.functional.pad": "input, pad, mode='constant', 
                                          pad(tensor(a["input"]), a["pad"], a["mode"], a["value"])),
                doc="constant (any value), replicate, reflect and circular"))
 
+
+
+def _pad_layer(mode: str) -> Any:
+    def call(cfg: dict[str, Any], this: str, args: tuple, kwargs: dict[str, Any]) -> Any:
+        x = one_tensor(args, kwargs)
+        return chained(x, pad(x, list(cfg["padding"]), mode, cfg.get("value")))
+
+    return call
+
+
+# The padding modules: `padding` is always the full (left, right, ...) tuple on the instance
+for _n in (1, 2, 3):
+    register_layer(Layer(f"torch.nn.ConstantPad{_n}d", ("padding", "value"), "out", no_field,
+                         _pad_layer("constant")))
+    register_layer(Layer(f"torch.nn.ZeroPad{_n}d", ("padding",), "out", no_field,
+                         _pad_layer("constant")))
+    for _kind, _mode in (("Reflection", "reflect"), ("Replication", "replicate"),
+                         ("Circular", "circular")):
+        register_layer(Layer(f"torch.nn.{_kind}Pad{_n}d", ("padding",), "out", no_field,
+                             _pad_layer(_mode)))
+
 # --- tril, triu, flip, repeat_interleave ----------------------------------------------------------
 
 
