@@ -40,7 +40,13 @@ TEST_LOCALS = frozenset({"parity", "model", "report", "g", "case", "golden", "we
 EXAMPLE_LOCALS = frozenset({"run", "model", "elapsed"})
 
 # Every name a node's output must not take as a Rust local.
-RESERVED_LOCALS = RUST_KEYWORDS | MODEL_LOCALS | TEST_LOCALS
+# The functions of pycandle-runtime that generated code calls unqualified (`atan2(y, x)?`): a
+# local of that name would shadow the function (tests/test_names.py checks the runtime's list).
+RUNTIME_FUNCTIONS = frozenset({
+    "atan2", "avg_pool_dim", "masked_select", "max_pool_dim", "pad_circular", "pad_constant",
+    "pad_reflect", "rem_floor", "rem_trunc", "sequence_lengths", "take", "take_every"})
+
+RESERVED_LOCALS = RUST_KEYWORDS | MODEL_LOCALS | TEST_LOCALS | RUNTIME_FUNCTIONS
 # ... and a forward() argument (the parity tests pass arguments without binding them).
 RESERVED_ARGS = RUST_KEYWORDS | MODEL_LOCALS
 

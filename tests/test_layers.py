@@ -170,10 +170,13 @@ def module_source(rng: random.Random) -> str:
                 self.p1 = nn.ModuleList([{pools1}])
                 self.p2 = nn.ModuleList([{pools2}])
                 self.adaptive = nn.ModuleList([nn.AdaptiveAvgPool1d(n) for n in (1, 3, 4, 5)])
+                self.adaptive_2d = nn.ModuleList([nn.AdaptiveAvgPool2d(s) for s in
+                                                  (1, 3, (2, 5), (None, 3), (4, None))])
 
             def forward(self, x1, x2):
                 outs = [p(x1) for p in self.p1] + [p(x2) for p in self.p2]
-                outs += [a(x1) for a in self.adaptive]
+                outs += [a(x1) for a in self.adaptive] + [a(x2) for a in self.adaptive_2d]
+                outs += [F.adaptive_avg_pool2d(x2[0], (3, 2))]
                 return tuple(outs) + (self.p1[0](x1[0]),)
 
 
@@ -190,10 +193,19 @@ def module_source(rng: random.Random) -> str:
                 self.bn = nn.BatchNorm1d({C1})
                 self.bn_plain = nn.BatchNorm1d({C1}, eps=1e-3, affine=False)
                 self.bn_2d = nn.BatchNorm2d({C2})
+                self.inorm = nn.InstanceNorm1d({C1})
+                self.inorm_affine = nn.InstanceNorm1d({C1}, eps=1e-3, affine=True)
+                self.inorm_running = nn.InstanceNorm1d({C1}, affine=True, track_running_stats=True)
+                self.inorm_2d = nn.InstanceNorm2d({C2}, affine=True)
+                self.inorm_2d_running = nn.InstanceNorm2d({C2}, track_running_stats=True)
+                self.rms = nn.RMSNorm({C1})
+                self.rms_eps = nn.RMSNorm({C1}, eps=1e-3, elementwise_affine=False)
+                self.rms_2d = nn.RMSNorm((2, 3), eps=1e-5)
                 with torch.no_grad():  # random affine parameters and running statistics
                     for p in self.parameters():
                         p.uniform_(0.5, 1.5)
-                    for bn in (self.bn, self.bn_plain, self.bn_2d):
+                    for bn in (self.bn, self.bn_plain, self.bn_2d, self.inorm_running,
+                               self.inorm_2d_running):
                         bn.running_mean.uniform_(-0.5, 0.5)
                         bn.running_var.uniform_(0.5, 2.0)
 
@@ -203,7 +215,10 @@ def module_source(rng: random.Random) -> str:
                 return (self.ln(h), self.ln_plain(h), self.ln_nobias(h),
                         self.ln_2d(h.unflatten(-1, (2, 3))), self.gn(x1), self.gn_plain(x1),
                         self.gn(pooled), self.gn_2d(x2), self.bn(x1), self.bn(pooled),
-                        self.bn_plain(x1), self.bn_2d(x2))
+                        self.bn_plain(x1), self.bn_2d(x2), self.inorm(x1),
+                        self.inorm_affine(x1), self.inorm_affine(x1[0]), self.inorm_running(x1),
+                        self.inorm_2d(x2), self.inorm_2d_running(x2), self.rms(h),
+                        self.rms_eps(h), self.rms_2d(h.unflatten(-1, (2, 3))))
 
 
         class Activations(nn.Module):
@@ -242,7 +257,8 @@ def module_source(rng: random.Random) -> str:
                 x = 8.0 * x1 - 4.0
                 outs = [self.prelu(x), self.prelu_c(x), self.prelu(x1[0]),
                         F.prelu(x2 - 0.5, self.prelu_w), self.glu(x), F.glu(x2, 1),
-                        F.hardswish(x), F.hardsigmoid(x)]
+                        F.hardswish(x), F.hardsigmoid(x), torch.atan2(x1, x1.flip(-1)),
+                        torch.atan2(x2, x2[:, :1]), torch.atanh(0.99 * x1), x1.arctanh()]
                 outs += [h(x) for h in self.hard]
                 outs += [p(x1) for p in self.pads] + [p(x2) for p in self.pads2]
                 return tuple(outs)
@@ -291,7 +307,8 @@ def test_layers_match_pytorch(tmp_path, cargo_env, capsys):
     # Dropout are not layers in the generated code: they pass their input through)
     assert {"c1.8", "t1.4", "c2.6", "unbatched", "p1.7", "p2.6", "adaptive.3", "ln_2d",
             "gn_plain", "bn_2d", "acts.17", "unflatten", "embed", "prelu", "prelu_c", "hard.1",
-            "glu", "pads.7", "pads2.8"} <= checked
+            "glu", "pads.7", "pads2.8", "inorm_running", "inorm_2d", "rms_2d",
+            "adaptive_2d.4"} <= checked
     assert_clippy_clean(tmp_path / "crate")
 
 

@@ -144,3 +144,16 @@ def test_unknown_closed_set_values_are_named():
     d["graph"]["nodes"][0]["out"]["tensor"]["dtype"] = "complex64"
     with pytest.raises(ManifestError, match="unknown dtype 'complex64'"):
         Manifest.loads(json.dumps(d), "artifacts/speaker/manifest.json")
+
+
+def test_runtime_functions_are_the_ones_the_runtime_exports():
+    """Generated code calls these unqualified, so no local may take their names."""
+    import re
+
+    from conftest import ROOT
+
+    lib = (ROOT / "pycandle" / "runtime" / "src" / "lib.rs").read_text()
+    exported = {name for group in re.findall(r"pub use \w+::\{([^}]*)\}", lib)
+                for name in re.findall(r"\b[a-z_][a-z0-9_]*\b", group)}
+    assert names.RUNTIME_FUNCTIONS == exported
+    assert names.RUNTIME_FUNCTIONS <= names.RESERVED_LOCALS

@@ -249,6 +249,7 @@ _SEQ = "input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dro
 _MAXPOOL = "kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False"
 _AVGPOOL = "kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True"
 _BATCHNORM = "num_features, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True"
+_INSTANCENORM = "num_features, eps=1e-05, momentum=0.1, affine=False, track_running_stats=False"
 LAYER_SIGNATURES = {
     "ReLU": "inplace=False", "Tanh": "", "Sigmoid": "", "GELU": "approximate='none'",
     "SiLU": "inplace=False", "Mish": "inplace=False",
@@ -280,6 +281,9 @@ LAYER_SIGNATURES = {
                           "add_zero_attn=False, kdim=None, vdim=None, batch_first=False",
     "PReLU": "num_parameters=1, init=0.25", "GLU": "dim=-1",
     "Hardswish": "inplace=False", "Hardsigmoid": "inplace=False",
+    "InstanceNorm1d": _INSTANCENORM, "InstanceNorm2d": _INSTANCENORM,
+    "RMSNorm": "normalized_shape, eps=None, elementwise_affine=True",
+    "AdaptiveAvgPool2d": "output_size",
 }
 for _n in (1, 2, 3):
     LAYER_SIGNATURES |= {f"ConstantPad{_n}d": "padding, value", f"ZeroPad{_n}d": "padding",
@@ -316,10 +320,11 @@ def layer_attributes(short: str, a: dict[str, Any]) -> dict[str, Any]:
             a["padding"] = _ntuple(a["padding"], n)
     if short in ("Conv1d", "Conv2d", "ConvTranspose1d", "Linear"):
         a["bias"] = True if a["bias"] else None  # the parameter, or None
-    if short == "LayerNorm":
+    if short in ("LayerNorm", "RMSNorm"):
         ns = a["normalized_shape"]
         a["normalized_shape"] = (ns,) if isinstance(ns, int) else tuple(ns)
-        a["bias"] = True if a["bias"] and a["elementwise_affine"] else None
+        if short == "LayerNorm":
+            a["bias"] = True if a["bias"] and a["elementwise_affine"] else None
     if short in ("MaxPool1d", "MaxPool2d", "AvgPool2d") and a["stride"] is None:
         a["stride"] = a["kernel_size"]
     if short == "AvgPool1d":
@@ -388,10 +393,13 @@ def layer_parameters(short: str, a: dict[str, Any]) -> tuple[dict, dict]:
             params["weight"] = p(*a["normalized_shape"])
             if a["bias"]:
                 params["bias"] = p(*a["normalized_shape"])
+    elif short == "RMSNorm":
+        if a["elementwise_affine"]:
+            params["weight"] = p(*a["normalized_shape"])
     elif short == "GroupNorm":
         if a["affine"]:
             params["weight"] = params["bias"] = p(a["num_channels"])
-    elif short.startswith("BatchNorm"):
+    elif short.startswith(("BatchNorm", "InstanceNorm")):
         c = a["num_features"]
         if a["affine"]:
             params["weight"] = params["bias"] = p(c)

@@ -299,8 +299,10 @@ register_op(Op("masked_fill", {"torch.masked_fill": "input, mask, value",
 _FLOAT_UNARY = {"ceil": "{x.name}.ceil()?", "floor": "{x.name}.floor()?",
                 "sign": "{x.name}.sign()?", "sin": "{x.name}.sin()?", "cos": "{x.name}.cos()?",
                 "tan": "({x.name}.sin()? / {x.name}.cos()?)?", "erf": "{x.name}.erf()?",
-                "trunc": "({x.name}.abs()?.floor()? * {x.name}.sign()?)?"}
-_MORE_SPELLINGS = {"trunc": ("fix",), "erf": ("special.erf",)}
+                "trunc": "({x.name}.abs()?.floor()? * {x.name}.sign()?)?",
+                # log((1 + x) / (1 - x)) / 2
+                "atanh": "((({x.borrow} + 1.0)? / {x.name}.affine(-1.0, 1.0)?)?.log()? * 0.5)?"}
+_MORE_SPELLINGS = {"trunc": ("fix",), "erf": ("special.erf",), "atanh": ("arctanh",)}
 
 
 def _float_input(x: Any, what: str) -> T:
@@ -330,6 +332,19 @@ def _unary_spellings(names: tuple[str, ...]) -> dict[str, str]:
 for _name, _template in _FLOAT_UNARY.items():
     register_op(Op(_name, _unary_spellings((_name,) + _MORE_SPELLINGS.get(_name, ())),
                    _float_unary(_name, _template)))
+
+
+def _atan2(spelling: str, a: dict[str, Any], out: Any) -> str:
+    y, x = _float_input(a["input"], "atan2"), _float_input(a["other"], "atan2")
+    if y.meta.dtype != x.meta.dtype:
+        raise Unsupported(f"atan2 of a {y.meta.dtype} and a {x.meta.dtype} tensor",
+                          hint="cast one to the other's dtype")
+    return f"{runtime('atan2')}({y.borrow}, {x.borrow})?"
+
+
+register_op(Op("atan2", {f"{owner}.{name}": "input, other" for owner in ("torch", "Tensor")
+                         for name in ("atan2", "arctan2")} | {"Tensor.atan2_": "input, other"},
+               _atan2, doc="floating-point tensors of one dtype, broadcast"))
 
 
 def _round(spelling: str, a: dict[str, Any], out: Any) -> str:

@@ -6,7 +6,8 @@ import math
 from typing import Any, Callable
 
 from pycandle.registry.core import (
-    Field, Layer, Unsupported, minus, one_tensor, register_layer, require, rust_float, shape_tuple,
+    Field, Layer, Unsupported, minus, need, one_tensor, register_layer, require, rust_float,
+    shape_tuple,
 )
 
 
@@ -52,7 +53,8 @@ def _layer_norm_call(cfg: dict[str, Any], this: str, args: tuple, kwargs: dict[s
     dims = _normalized(cfg)
     if x.rank < len(dims) or any(
             tuple(s[x.rank - len(dims):]) != tuple(dims) for s in x.meta.shapes):
-        raise Unsupported(f"LayerNorm{tuple(dims)} on an input whose trailing dimensions differ")
+        raise Unsupported(f"normalized_shape {tuple(dims)} on an input whose trailing dimensions "
+                          "differ")
     if len(dims) == 1:
         return f"{this}.forward({x.borrow})?"
     return (f"{this}.forward(&{x.name}.flatten_from({minus(len(dims))})?)?"
@@ -134,3 +136,82 @@ for _n, _ranks in ((1, (2, 3)), (2, (4,))):
         uses=("candle_nn::BatchNorm",), call_uses=("candle_nn::ModuleT",),
         doc="eval mode with the running statistics, with or without affine parameters",
     ))
+
+# --- InstanceNorm ---------------------------------------------------------------------------------
+# Statistics of each sample and channel over the spatial dimensions: a GroupNorm with one group
+# per channel. With `track_running_stats`, eval mode normalises with the running statistics:
+# a BatchNorm in eval, with the same parameter and buffer names.
+
+
+def _instance_norm_field(cfg: dict[str, Any]) -> Field:
+    c = cfg["num_features"]
+    if cfg["track_running_stats"]:
+        need("candle_nn::BatchNorm")
+        return _batch_norm_field(cfg)
+    need("candle_nn::GroupNorm")
+    return _group_norm_field({"num_groups": c, "num_channels": c, "eps": cfg["eps"],
+                              "affine": cfg["affine"]})
+
+
+def _instance_norm_call(n: int) -> Callable[..., str]:
+    def call(cfg: dict[str, Any], this: str, args: tuple, kwargs: dict[str, Any]) -> str:
+        x = one_tensor(args, kwargs)
+        if x.rank not in (n + 1, n + 2):
+            raise Unsupported(f"InstanceNorm{n}d on a rank-{x.rank} input (expected rank "
+                              f"{n + 1} or {n + 2})")
+        running = cfg["track_running_stats"]
+        need("candle_nn::ModuleT" if running else "candle_nn::Module")
+        method = "forward_t({}, false)" if running else "forward({})"
+        if x.rank == n + 1:  # unbatched (C, ...): one sample
+            return f"{this}.{method.format(f'&{x.name}.unsqueeze(0)?')}?.squeeze(0)?"
+        return f"{this}.{method.format(x.borrow)}?"
+
+    return call
+
+
+for _n in (1, 2):
+    register_layer(Layer(
+        f"torch.nn.InstanceNorm{_n}d",
+        ("num_features", "eps", "momentum", "affine", "track_running_stats"), outputs="out",
+        field=_instance_norm_field, call=_instance_norm_call(_n),
+        doc="with or without affine parameters; track_running_stats: the running statistics "
+            "in eval",
+    ))
+
+# --- RMSNorm --------------------------------------------------------------------------------------
+
+F32_EPS = 1.1920928955078125e-07  # torch.finfo(torch.float32).eps, RMSNorm's eps=None
+
+
+def _rms_norm_field(cfg: dict[str, Any]) -> Field:
+    dims = _normalized(cfg)
+    size = math.prod(dims)
+    eps = rust_float(F32_EPS if cfg["eps"] is None else float(cfg["eps"]))
+    if not cfg["elementwise_affine"]:
+        return Field("RmsNorm", lambda vb: "{\n"
+                     f"let vb = {vb};\n"
+                     f"RmsNorm::new(Tensor::ones({size}, vb.dtype(), vb.device())?, {eps})\n"
+                     "}")
+    if len(dims) == 1:
+        return Field("RmsNorm", lambda vb: f"candle_nn::rms_norm({size}, {eps}, {vb})?")
+    shape = shape_tuple([str(d) for d in dims])  # flattened, as the call flattens the input
+    return Field("RmsNorm", lambda vb: "{\n"
+                 f"let vb = {vb};\n"
+                 f'RmsNorm::new(vb.get({shape}, "weight")?.flatten_all()?, {eps})\n'
+                 "}")
+
+
+def _rms_norm_call(cfg: dict[str, Any], this: str, args: tuple, kwargs: dict[str, Any]) -> str:
+    x = one_tensor(args, kwargs)
+    if cfg["eps"] is None and x.meta.dtype != "float32":
+        raise Unsupported(f"RMSNorm with eps=None on a {x.meta.dtype} input (its eps follows "
+                          "the input's dtype)", hint="pass eps explicitly")
+    return _layer_norm_call(cfg, this, args, kwargs)
+
+
+register_layer(Layer(
+    "torch.nn.RMSNorm", ("normalized_shape", "eps", "elementwise_affine"), outputs="out",
+    field=_rms_norm_field, call=_rms_norm_call,
+    uses=("candle_nn::RmsNorm",), call_uses=("candle_nn::Module",),
+    doc="eps (None: float32's), with or without a weight, over the last dim(s)",
+))

@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from pycandle.registry.core import (
-    Layer, Op, T, Unsupported, bind, borrow_expr, int_arg, local_name, minus, no_field, ntuple,
+    Layer, Op, T, Unsupported, bind, borrow_expr, chained, int_arg, local_name, minus, no_field,
+    ntuple,
     register_layer, register_op, runtime, tensor,
 )
 
@@ -107,29 +108,63 @@ def pool(kind: str, n: int, x: T, cfg: dict[str, Any]) -> str:
     return expr
 
 
-def adaptive_avg_pool1d(x: T, output_size: Any) -> str:
-    """PyTorch's windows [floor(i L / n), ceil((i + 1) L / n)) for any length L."""
-    out = int_arg(output_size[0] if isinstance(output_size, (tuple, list)) and
-                  len(output_size) == 1 else output_size, "output_size")
+def _output_size(v: Any, what: str = "output_size") -> int:
+    out = int_arg(v, what)
     if out < 1:
-        raise Unsupported(f"output_size={output_size!r}")
-    if x.rank not in (2, 3):
-        raise Unsupported(f"a rank-{x.rank} input to AdaptiveAvgPool1d")
+        raise Unsupported(f"{what}={v!r}")
+    return out
+
+
+def _adaptive_along(name: str, x: T, k: int, out: int) -> str:
+    """Average windows [floor(i L / n), ceil((i + 1) L / n)) of the `k`-th dimension from the
+    end of the tensor `name` (PyTorch's windows, for any length L)."""
+    d = minus(k)
     if out == 1:
-        return f"{x.name}.mean_keepdim({minus(1)})?"
+        return f"{name}.mean_keepdim({d})?"
     length, i = local_name("length", x), local_name("i", x)
     start, end = local_name("start", x), local_name("end", x)
     windows = local_name("windows", x)
     return ("{\n"
-            f"let {length} = {x.dim(x.rank - 1)};\n"
+            f"let {length} = {name}.dim({d})?;\n"
             f"let {windows} = (0..{out})\n"
             f".map(|{i}| {{\n"
             f"let {start} = {i} * {length} / {out};\n"
             f"let {end} = (({i} + 1) * {length}).div_ceil({out});\n"
-            f"{x.name}.narrow({minus(1)}, {start}, {end} - {start})?.mean_keepdim({minus(1)})\n"
+            f"{name}.narrow({d}, {start}, {end} - {start})?.mean_keepdim({d})\n"
             "})\n"
             ".collect::<Result<Vec<_>>>()?;\n"
-            f"candle_core::Tensor::cat(&{windows}, {minus(1)})?\n"  # parity tests import no Tensor
+            f"candle_core::Tensor::cat(&{windows}, {d})?\n"  # parity tests import no Tensor
+            "}")
+
+
+def adaptive_avg_pool1d(x: T, output_size: Any) -> str:
+    """PyTorch's windows [floor(i L / n), ceil((i + 1) L / n)) for any length L."""
+    out = _output_size(output_size[0] if isinstance(output_size, (tuple, list)) and
+                       len(output_size) == 1 else output_size)
+    if x.rank not in (2, 3):
+        raise Unsupported(f"a rank-{x.rank} input to AdaptiveAvgPool1d")
+    return _adaptive_along(x.name, x, 1, out)
+
+
+def adaptive_avg_pool2d(x: T, output_size: Any) -> str:
+    """The 1-D windows along the width, then along the height: a rectangle's mean is the mean
+    of its rows' means. `None` keeps that dimension's size."""
+    sizes = list(output_size) if isinstance(output_size, (tuple, list)) else [output_size] * 2
+    if len(sizes) != 2:
+        raise Unsupported(f"output_size={output_size!r}")
+    if x.rank not in (3, 4):
+        raise Unsupported(f"a rank-{x.rank} input to AdaptiveAvgPool2d")
+    height, width = (None if s is None else _output_size(s) for s in sizes)
+    if width is None and height is None:
+        return x.name
+    if height is None:
+        return _adaptive_along(x.name, x, 1, width)
+    if width is None:
+        return _adaptive_along(x.name, x, 2, height)
+    rows = local_name("rows", x)
+    return ("{\n"
+            f"let {rows} = {_adaptive_along(x.name, x, 1, width)};\n"
+            f"{_adaptive_along(rows, x, 2, height)}\n"
             "}")
 
 
@@ -166,6 +201,16 @@ register_layer(Layer("torch.nn.AdaptiveAvgPool1d", ("output_size",), "out", no_f
                      _adaptive_call,
                      doc="any output size (PyTorch's uneven windows)"))
 
+
+def _adaptive2d_call(cfg: dict[str, Any], this: str, args: tuple, kwargs: dict[str, Any]) -> Any:
+    x = tensor(bind("input", args, kwargs)["input"])
+    return chained(x, adaptive_avg_pool2d(x, cfg["output_size"]))
+
+
+register_layer(Layer("torch.nn.AdaptiveAvgPool2d", ("output_size",), "out", no_field,
+                     _adaptive2d_call,
+                     doc="any output size, None entries (PyTorch's uneven windows)"))
+
 # --- functions ------------------------------------------------------------------------------------
 
 _MAX_SIG = "input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, " \
@@ -189,3 +234,7 @@ for _n in (1, 2):
 register_op(Op("adaptive_avg_pool1d",
                {"torch.nn.functional.adaptive_avg_pool1d": "input, output_size"},
                lambda s, a, out: adaptive_avg_pool1d(tensor(a["input"]), a["output_size"])))
+register_op(Op("adaptive_avg_pool2d",
+               {"torch.nn.functional.adaptive_avg_pool2d": "input, output_size"},
+               lambda s, a, out: chained(tensor(a["input"]),
+                                         adaptive_avg_pool2d(tensor(a["input"]), a["output_size"]))))

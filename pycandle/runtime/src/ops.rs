@@ -29,6 +29,29 @@ fn modulo(x: &Tensor, y: &Tensor, floored: bool) -> Result<Tensor> {
     }
 }
 
+/// `torch.atan2(y, x)`: the angle of the point `(x, y)`, in `[-pi, pi]`, with the quadrant
+/// and signed-zero rules of C's `atan2`. The operands broadcast; f32 and f64.
+pub fn atan2(y: &Tensor, x: &Tensor) -> Result<Tensor> {
+    if x.dtype() != y.dtype() {
+        bail!("atan2 of {:?} and {:?} tensors", y.dtype(), x.dtype())
+    }
+    let shape = y.shape().broadcast_shape_binary_op(x.shape(), "atan2")?;
+    let (y, x) = (y.broadcast_as(&shape)?, x.broadcast_as(&shape)?);
+    match y.dtype() {
+        DType::F32 => pairwise::<f32>(&y, &x, f32::atan2),
+        DType::F64 => pairwise::<f64>(&y, &x, f64::atan2),
+        other => bail!("atan2 of {other:?} tensors (f32 and f64 only)"),
+    }
+}
+
+/// `f` on every pair of elements of two tensors of one shape.
+fn pairwise<T: WithDType>(a: &Tensor, b: &Tensor, f: impl Fn(T, T) -> T) -> Result<Tensor> {
+    let va = a.flatten_all()?.to_vec1::<T>()?;
+    let vb = b.flatten_all()?.to_vec1::<T>()?;
+    let out: Vec<T> = va.iter().zip(&vb).map(|(&a, &b)| f(a, b)).collect();
+    Tensor::from_vec(out, a.shape(), a.device())
+}
+
 /// `rem` on every pair of elements; `floored` moves a non-zero remainder whose sign differs
 /// from the divisor's by one divisor (PyTorch's `remainder` from C's `fmod`).
 fn each<T: WithDType>(
@@ -58,6 +81,28 @@ fn each<T: WithDType>(
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn atan2_quadrants_and_broadcasting() -> Result<()> {
+        let dev = Device::Cpu;
+        let y = Tensor::new(&[[1f64], [-1.0]], &dev)?; // (2, 1)
+        let x = Tensor::new(&[1f64, -1.0, 0.0], &dev)?; // (3)
+        let got = atan2(&y, &x)?.to_vec2::<f64>()?;
+        let pi = std::f64::consts::PI;
+        let want = [
+            [pi / 4.0, 3.0 * pi / 4.0, pi / 2.0],
+            [-pi / 4.0, -3.0 * pi / 4.0, -pi / 2.0],
+        ];
+        assert_eq!(got, want);
+        let zero = Tensor::new(&[0f32], &dev)?;
+        let neg = Tensor::new(&[-1f32], &dev)?;
+        assert_eq!(
+            atan2(&zero, &neg)?.to_vec1::<f32>()?,
+            [std::f32::consts::PI]
+        );
+        assert!(atan2(&y, &x.to_dtype(DType::F32)?).is_err());
+        Ok(())
+    }
 
     fn values<T: WithDType>(t: Tensor) -> Vec<T> {
         t.flatten_all().unwrap().to_vec1::<T>().unwrap()
