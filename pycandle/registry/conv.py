@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from pycandle.registry.core import (
-    Field, Layer, T, Unsupported, bind, ntuple, register_layer, require, runtime,
+    Field, Layer, Op, T, Unsupported, bind, ntuple, register_layer, register_op, require, runtime,
+    tensor,
 )
 from pycandle.manifest import TensorMeta
 from pycandle.registry.shape import pad
@@ -115,33 +116,41 @@ def _padded_input(x: T, cfg: dict[str, Any], n: int) -> T:
     return T(pad(x, amounts, _PAD_MODES[cfg.get("padding_mode", "zeros")]), x.meta)
 
 
+def _conv(n: int, transposed: bool, cfg: dict[str, Any], x: Any,
+          apply: Callable[[T], str]) -> str:
+    """A convolution of `x` by `apply` (the layer's `forward`, or the functional form on its
+    tensors), with what Candle's convolutions lack done around it: the batch dimension of an
+    unbatched input, the padding they do not apply, uneven strides."""
+    if not isinstance(x, T):
+        raise Unsupported(f"expected a tensor input, got {x!r}")
+    if x.rank not in (n + 1, n + 2):
+        raise Unsupported(f"a rank-{x.rank} input to a {n}-d convolution")
+    unbatched = x.rank == n + 1
+    if unbatched:  # Candle's convolutions take a batch dimension
+        x = T(f"{x.name}.unsqueeze(0)?", TensorMeta(
+            x.meta.dtype, tuple((1, *shape) for shape in x.meta.shapes)))
+    if not transposed:
+        x = _padded_input(x, cfg, n)
+    elif not unbatched and _uses_col2im(cfg):
+        # Candle 0.11's CPU col2im kernel for this configuration multiplies the input's
+        # (length, channels) transpose with a batch-broadcast kernel, and its matmul folds
+        # that batch wrongly unless those rows are contiguous: hand it a length-major layout
+        x = T(f"{x.name}.transpose(1, 2)?.contiguous()?.transpose(1, 2)?", x.meta)
+    expr = apply(x)
+    if not transposed and _conv_stride(cfg, n) == 1:
+        for i, stride in enumerate(ntuple(cfg["stride"], n, "stride")):
+            if stride > 1:
+                expr = f"{runtime('take_every')}(&{expr}, {2 + i}, {stride})?"
+    return f"{expr}.squeeze(0)?" if unbatched else expr
+
+
 def _conv_call(n: int, transposed: bool = False) -> Callable[..., str]:
     def call(cfg: dict[str, Any], this: str, args: tuple, kwargs: dict[str, Any]) -> str:
         bound = bind("input, output_size=None" if transposed else "input", args, kwargs)
-        x = bound["input"]
-        if not isinstance(x, T):
-            raise Unsupported(f"expected a tensor input, got {x!r}")
         if bound.get("output_size") is not None:
             raise Unsupported("ConvTranspose with output_size (pass output_padding instead)")
-        if x.rank not in (n + 1, n + 2):
-            raise Unsupported(f"a rank-{x.rank} input to a {n}-d convolution")
-        unbatched = x.rank == n + 1
-        if unbatched:  # Candle's convolutions take a batch dimension
-            x = T(f"{x.name}.unsqueeze(0)?", TensorMeta(
-                x.meta.dtype, tuple((1, *shape) for shape in x.meta.shapes)))
-        if not transposed:
-            x = _padded_input(x, cfg, n)
-        elif not unbatched and _uses_col2im(cfg):
-            # Candle 0.11's CPU col2im kernel for this configuration multiplies the input's
-            # (length, channels) transpose with a batch-broadcast kernel, and its matmul folds
-            # that batch wrongly unless those rows are contiguous: hand it a length-major layout
-            x = T(f"{x.name}.transpose(1, 2)?.contiguous()?.transpose(1, 2)?", x.meta)
-        expr = f"{this}.forward({x.borrow})?"
-        if not transposed and _conv_stride(cfg, n) == 1:
-            for i, stride in enumerate(ntuple(cfg["stride"], n, "stride")):
-                if stride > 1:
-                    expr = f"{runtime('take_every')}(&{expr}, {2 + i}, {stride})?"
-        return f"{expr}.squeeze(0)?" if unbatched else expr
+        return _conv(n, transposed, cfg, bound["input"],
+                     lambda x: f"{this}.forward({x.borrow})?")
 
     return call
 
@@ -193,3 +202,79 @@ register_layer(Layer(
     call_uses=("candle_nn::Module",),
     doc="stride, padding, output_padding, dilation, groups, bias, unbatched input",
 ))
+
+
+# --- functions: F.conv1d, F.conv2d, F.conv_transpose1d on the model's own tensors ----------------
+# (a filterbank built in forward, a subclass's `F.conv1d(x, self.weight, ...)`)
+
+_FUNCTIONAL_SIG = "input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1"
+_TRANSPOSED_SIG = ("input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, "
+                   "dilation=1")
+
+
+def _functional_cfg(a: dict[str, Any], weight: T, n: int, transposed: bool) -> dict[str, Any]:
+    """The arguments as the module's attributes, the kernel's sizes read off the weight."""
+    cfg = {k: a[k] for k in ("stride", "padding", "dilation", "groups")}
+    cfg["kernel_size"] = tuple(weight.meta.shapes[0][2:])
+    cfg["padding_mode"] = "zeros"
+    if transposed:
+        cfg["output_padding"] = a["output_padding"]
+    if isinstance(cfg["padding"], str) and cfg["padding"] not in ("same", "valid"):
+        raise Unsupported(f"padding={cfg['padding']!r}")
+    return cfg
+
+
+def _with_bias(expr: str, bias: Any, n: int) -> str:
+    if bias is None:
+        return expr
+    b = tensor(bias, "bias")
+    ones = ", ".join(["1"] * n)
+    return f"{expr}.broadcast_add(&{b.name}.reshape((1, (), {ones}))?)?"
+
+
+def _kernel(w: T) -> str:
+    """The kernel argument. Candle's CPU convolutions read the kernel as laid out contiguously:
+    a computed one (an `expand`, a slice) is made so; a loaded weight already is."""
+    return f"&{w.name}" if w.name.startswith("self.") else f"&{w.name}.contiguous()?"
+
+
+def _functional_conv(n: int, transposed: bool = False) -> Callable[[str, dict[str, Any], Any], str]:
+    def emit(spelling: str, a: dict[str, Any], out: Any) -> str:
+        w = tensor(a["weight"], "weight")
+        if w.rank != n + 2:
+            raise Unsupported(f"a rank-{w.rank} weight for a {n}-d convolution")
+        cfg = _functional_cfg(a, w, n, transposed)
+        kernel = _kernel(w)
+        if transposed:
+            one = {k: ntuple(cfg[k], 1, k)[0] for k in ("padding", "output_padding", "stride",
+                                                         "dilation")}
+            args = (f"{one['padding']}, {one['output_padding']}, {one['stride']}, "
+                    f"{one['dilation']}, {cfg['groups']}")
+
+            def apply(x: T) -> str:
+                return _with_bias(f"{x.name}.conv_transpose1d({kernel}, {args})?", a["bias"], n)
+        else:
+            uneven = _uneven(cfg["dilation"], n, "dilation")
+            if uneven:
+                raise Unsupported(uneven)
+            dilation = ntuple(cfg["dilation"], n, "dilation")[0]
+            args = (f"{_conv_padding(cfg, n)}, {_conv_stride(cfg, n)}, {dilation}, "
+                    f"{cfg['groups']}")
+
+            def apply(x: T) -> str:
+                return _with_bias(f"{x.name}.conv{n}d({kernel}, {args})?", a["bias"], n)
+
+        return _conv(n, transposed, cfg, a["input"], apply)
+
+    return emit
+
+
+for _n in (1, 2):
+    register_op(Op(f"conv{_n}d", {f"torch.nn.functional.conv{_n}d": _FUNCTIONAL_SIG,
+                                  f"torch.conv{_n}d": _FUNCTIONAL_SIG},
+                   _functional_conv(_n),
+                   doc="stride, padding (also 'same', 'valid'), dilation, groups, bias"))
+register_op(Op("conv_transpose1d", {"torch.nn.functional.conv_transpose1d": _TRANSPOSED_SIG,
+                                    "torch.conv_transpose1d": _TRANSPOSED_SIG},
+               _functional_conv(1, transposed=True),
+               doc="stride, padding, output_padding, dilation, groups, bias"))

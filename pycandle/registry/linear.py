@@ -1,10 +1,12 @@
-"""nn.Linear, via candle_nn."""
+"""nn.Linear and F.linear, via candle_nn."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pycandle.registry.core import Field, Layer, Unsupported, one_tensor, register_layer
+from pycandle.registry.core import (
+    Field, Layer, Op, T, Unsupported, need, one_tensor, register_layer, register_op, tensor,
+)
 
 
 def _linear_field(cfg: dict[str, Any]) -> Field:
@@ -14,7 +16,11 @@ def _linear_field(cfg: dict[str, Any]) -> Field:
 
 
 def _linear_call(cfg: dict[str, Any], this: str, args: tuple, kwargs: dict[str, Any]) -> str:
-    x = one_tensor(args, kwargs)
+    return _linear(this, one_tensor(args, kwargs))
+
+
+def _linear(this: str, x: T) -> str:
+    """`this.forward(x)` for a Linear `this`."""
     if not 2 <= x.rank <= 4:
         raise Unsupported(f"Linear on a rank-{x.rank} input (Candle's Linear takes rank 2 to 4)")
     if x.rank >= 3:
@@ -30,3 +36,18 @@ register_layer(Layer(
     uses=("candle_nn::Linear",), call_uses=("candle_nn::Module",),
     doc="with or without bias",
 ))
+
+
+def _functional_linear(spelling: str, a: dict[str, Any], out: Any) -> str:
+    """`F.linear(x, weight, bias)` on the model's own tensors: a Linear made of them (tensors
+    are reference-counted: the clones copy no data)."""
+    w = tensor(a["weight"], "weight")
+    if w.rank != 2:
+        raise Unsupported(f"F.linear with a rank-{w.rank} weight")
+    bias = "None" if a["bias"] is None else f"Some({tensor(a['bias'], 'bias').name}.clone())"
+    need("candle_nn::Module")
+    return _linear(f"candle_nn::Linear::new({w.name}.clone(), {bias})", tensor(a["input"]))
+
+
+register_op(Op("linear", {"torch.nn.functional.linear": "input, weight, bias=None"},
+               _functional_linear, doc="a rank-2 weight, with or without bias"))
