@@ -44,7 +44,8 @@ EXAMPLE_LOCALS = frozenset({"run", "model", "elapsed"})
 # local of that name would shadow the function (tests/test_names.py checks the runtime's list).
 RUNTIME_FUNCTIONS = frozenset({
     "atan2", "avg_pool_dim", "masked_select", "max_pool_dim", "pad_circular", "pad_constant",
-    "pad_reflect", "rem_floor", "rem_trunc", "sequence_lengths", "take", "take_every"})
+    "pad_reflect", "rem_floor", "rem_trunc", "sequence_lengths", "take", "take_every",
+    "weight_norm"})
 
 RESERVED_LOCALS = RUST_KEYWORDS | MODEL_LOCALS | TEST_LOCALS | RUNTIME_FUNCTIONS
 # ... and a forward() argument (the parity tests pass arguments without binding them).

@@ -10,7 +10,7 @@ import dataclasses
 import re
 import textwrap
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from pycandle import names, registry
 from pycandle.enums import DType, EntryKind, NodeOp, SymKind
@@ -319,7 +319,11 @@ class _Lowering:
                 continue  # the layer's check reports what is wrong with its config
             if built is not None:
                 field_, uses = built
-                self.fields[node.target] = LeafField(field_.rust_type, field_.init, info.type)
+                init = field_.init
+                if "weight_norm" in info.config:  # `weight` computed from `weight_g`, `weight_v`
+                    init = _weight_normed(init, info.config["weight_norm"])
+                    uses = uses | {"pycandle_runtime::weight_norm"}
+                self.fields[node.target] = LeafField(field_.rust_type, init, info.type)
                 self.field_uses |= uses
 
     def collect_param(self, name: str) -> None:
@@ -393,6 +397,10 @@ class _Lowering:
             raise Unsupported(f"layer type {info.type} is not supported",
                               hint=f"supported layers: {supported}")
         problems = layer.check(info.config)
+        if "reparametrized" in info.config:
+            problems = [*problems, f"a parametrization of its parameters "
+                        f"({info.config['reparametrized']}; weight normalisation of `weight` is "
+                        "supported)"]
         for p in problems:
             self.problem(node, f"{layer.short} option not supported: {p}")
         if problems:
@@ -642,6 +650,12 @@ def _model_dtype(manifest: Manifest) -> str:
             f"the model's dtype {name} has no Candle equivalent",
             hint="convert the model with `dtype:` in models.yaml")])
     return variant
+
+
+def _weight_normed(init: Callable[[str], str], dim: int | None) -> Callable[[str], str]:
+    """A layer's constructor reading its `VarBuilder` through the runtime's `weight_norm`."""
+    arg = "None" if dim is None else f"Some({int(dim)})"
+    return lambda vb: init(f"weight_norm({vb}, {arg})?")
 
 
 def lower(manifest: Manifest) -> ModelIR:

@@ -251,6 +251,7 @@ def _module_infos(model: torch.nn.Module, root: Path) -> dict[str, ModuleInfo]:
         if layer is not None:
             for attr in layer.config_attrs:
                 config[attr] = _plain(getattr(m, attr))
+            config.update(_reparametrized(m))
         try:
             src_file = inspect.getsourcefile(type(m))
             src_line = inspect.getsourcelines(type(m))[1]
@@ -268,6 +269,34 @@ def _module_infos(model: torch.nn.Module, root: Path) -> dict[str, ModuleInfo]:
             source=source,
         )
     return infos
+
+
+def _reparametrized(m: torch.nn.Module) -> dict[str, Any]:
+    """How a layer's parameters are reparametrized: `weight_norm` (its `dim`, None for the whole
+    tensor) for either spelling of weight normalisation on `weight`; `reparametrized` naming
+    anything else (another parametrization, or one on another tensor), which lowering reports."""
+    from torch.nn.utils import parametrize
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    out: dict[str, Any] = {}
+    other: list[str] = []
+    for hook in m._forward_pre_hooks.values():
+        if isinstance(hook, WeightNorm):
+            if hook.name == "weight":
+                out["weight_norm"] = None if hook.dim == -1 else hook.dim
+            else:
+                other.append(f"weight_norm on {hook.name}")
+    if parametrize.is_parametrized(m):
+        for name, chain in m.parametrizations.items():
+            kinds = [type(p).__name__ for p in chain]
+            if name == "weight" and kinds == ["_WeightNorm"]:
+                dim = chain[0].dim
+                out["weight_norm"] = None if dim in (None, -1) else dim
+            else:
+                other.append(f"{' + '.join(kinds)} on {name}")
+    if other:
+        out["reparametrized"] = ", ".join(other)
+    return out
 
 
 def _plain(v: Any) -> Any:

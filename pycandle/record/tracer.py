@@ -54,7 +54,11 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def torch_type_name(cls: type) -> str:
-    """`torch.nn.LSTM` for PyTorch's layers, `module.Class` for anything else."""
+    """`torch.nn.LSTM` for PyTorch's layers, `module.Class` for anything else. A layer with a
+    parametrization (`ParametrizedConv1d`, a class torch makes when one is registered) is named
+    as the layer it subclasses: record describes its parametrizations in the config."""
+    if cls.__module__ == "torch.nn.utils.parametrize" and cls.__name__.startswith("Parametrized"):
+        cls = cls.__bases__[0]
     if cls.__module__.startswith("torch.nn.") and getattr(torch.nn, cls.__name__, None) is cls:
         return f"torch.nn.{cls.__name__}"
     return f"{cls.__module__}.{cls.__qualname__}"

@@ -23,6 +23,8 @@
 //! * [`attention`]: `nn.MultiheadAttention` ([`MultiheadAttention`]) with PyTorch's
 //!   parameter names and masking rules.
 //! * [`example`]: what the generated crate's runnable examples share.
+//! * [`weight_norm`](mod@weight_norm): layers under PyTorch's weight normalisation, loaded
+//!   from their `weight_g`/`weight_v` (or parametrization) parameters.
 //! * [`parity`]: golden tensors recorded from PyTorch ([`Golden`]) and the
 //!   tolerance bookkeeping that turns comparisons into a pass/fail verdict
 //!   and a JSON report ([`ParityReport`]).
@@ -36,6 +38,7 @@ pub mod pad;
 pub mod parity;
 pub mod pool;
 pub mod rnn;
+pub mod weight_norm;
 
 pub use attention::{AttentionMasks, MultiheadAttention, MultiheadAttentionConfig};
 pub use index::{masked_select, take, take_every};
@@ -47,3 +50,4 @@ pub use rnn::{
     sequence_lengths, Gru, GruCell, GruCellConfig, GruConfig, Lstm, LstmCell, LstmCellConfig,
     LstmConfig, Nonlinearity, Rnn, RnnCell, RnnCellConfig, RnnConfig,
 };
+pub use weight_norm::weight_norm;
