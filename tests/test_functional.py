@@ -1,6 +1,7 @@
-"""Convolutions and linear layers called as functions on the model's own tensors, as published
-models write them: a subclass of nn.Conv1d whose forward calls F.conv1d with its weight, a
-filterbank computed in forward (asteroid's encoders), F.conv_transpose1d decoders, F.linear.
+"""Convolutions, linear layers and layer norms called as functions on the model's own tensors,
+as published models write them: a subclass of nn.Conv1d whose forward calls F.conv1d with its
+weight, a filterbank computed in forward (asteroid's encoders), F.conv_transpose1d decoders,
+F.linear, whisper's LayerNorm subclass.
 Parity through the real pipeline at two trace shapes, options drawn at random."""
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ def module_source(rng: random.Random) -> str:
                 return F.linear(x, self.weight.to(x.dtype), self.bias)
 
 
+        class LayerNorm(nn.LayerNorm):
+            # whisper's habit: normalise in float32, return in the input's dtype
+            def forward(self, x):
+                return super().forward(x.float()).type(x.dtype)
+
+
         class Filterbank(nn.Module):
             # asteroid's free/param encoders: filters made in forward, then F.conv1d
             def __init__(self):
@@ -58,6 +65,8 @@ def module_source(rng: random.Random) -> str:
                 self.proj = Linear(6, 5)
                 self.proj_nobias = Linear(6, 3, bias=False)
                 self.image = nn.Parameter(torch.randn(5, 2, 3, 2))
+                self.norm = LayerNorm(6)
+                self.scale = nn.Parameter(torch.rand(2, 3) + 0.5)
 
             def forward(self, x, wave, im):
                 filters = self.bank * self.window
@@ -73,6 +82,10 @@ def module_source(rng: random.Random) -> str:
                         F.conv1d(x[0], self.bank[:3].expand(3, {CHANNELS}, 6)),
                         F.conv2d(im, self.image, stride=(1, 2), padding=1),
                         F.conv2d(im, self.image, self.bias[:5], padding='same'),
+                        self.norm(y.transpose(1, 2)),
+                        F.layer_norm(y.transpose(1, 2).unflatten(-1, (2, 3)), (2, 3),
+                                     self.scale * 2, eps=1e-3),
+                        F.layer_norm(y.transpose(1, 2), (6,)),
                         {calls})
         """)
 
@@ -105,7 +118,7 @@ def test_functional_convolutions_match_pytorch(tmp_path, cargo_env, capsys):
     assert "parity: 2 passed, 0 failed" in captured.out
     report = json.loads((tmp_path / "reports" / "parity.json").read_text())
     outputs = {e["output"] for r in report for e in r["entries"] if e["kind"] == "model"}
-    assert len(outputs) == 15  # every output checked end to end
+    assert len(outputs) == 18  # every output checked end to end
     src = (tmp_path / "crate" / "src" / "filterbank.rs").read_text()
     # the subclasses are traced through: their forward's F.conv1d / F.linear on the weights
     assert "x.conv1d(&self.conv.weight" in src or ".conv1d(&self.conv.weight" in src, src

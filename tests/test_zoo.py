@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
 import json
 import re
 import shutil
@@ -42,9 +43,23 @@ def _locked() -> dict[str, str]:
     return pins
 
 
+def _factories():
+    """zoo/factories.py, the construction-only factories (models.yaml's `factories:` module)."""
+    spec = importlib.util.spec_from_file_location("factories", ZOO / "factories.py")
+    factories = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(factories)
+    return factories
+
+
 def _distribution(factory: str) -> str:
-    """The PyPI distribution a factory's module comes from (normalised name)."""
-    top = factory.split(":", 1)[0].split(".", 1)[0]
+    """The PyPI distribution a factory's module comes from (normalised name); for a
+    construction-only factory of zoo/factories.py, the package whose classes it builds."""
+    module, _, name = factory.partition(":")
+    top = module.split(".", 1)[0]
+    if module == "factories":
+        built = getattr(_factories(), name)
+        assert hasattr(built, "package"), f"{factory}: mark it with @builds(<package module>)"
+        top = built.package
     dists = importlib.metadata.packages_distributions().get(top)
     assert dists, f"{factory}: module {top!r} belongs to no installed distribution"
     return re.sub(r"[-_.]+", "-", dists[0]).lower()
@@ -72,7 +87,7 @@ def test_zoo_models_import(zoo_config):
     for model in zoo_config.models:
         module = model.factory.split(":", 1)[0]
         try:
-            importlib.import_module(module)
+            _factories() if module == "factories" else importlib.import_module(module)
         except ImportError as e:
             pytest.fail(f"zoo model {model.name}: cannot import {module} ({e}); install the zoo's "
                         f"packages: {INSTALL}")

@@ -53,19 +53,26 @@ def dtype_name(dtype: torch.dtype) -> str:
     return _DTYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
 
 
+def _unparametrized(cls: type) -> type:
+    """The class a module had before a parametrization was registered on it (torch then swaps
+    in a subclass, `ParametrizedConv1d`); any other class as it is."""
+    if cls.__module__ == "torch.nn.utils.parametrize" and cls.__name__.startswith("Parametrized"):
+        return cls.__bases__[0]
+    return cls
+
+
 def torch_type_name(cls: type) -> str:
     """`torch.nn.LSTM` for PyTorch's layers, `module.Class` for anything else. A layer with a
-    parametrization (`ParametrizedConv1d`, a class torch makes when one is registered) is named
-    as the layer it subclasses: record describes its parametrizations in the config."""
-    if cls.__module__ == "torch.nn.utils.parametrize" and cls.__name__.startswith("Parametrized"):
-        cls = cls.__bases__[0]
+    parametrization is named as the layer it was: record describes its parametrizations in the
+    config."""
+    cls = _unparametrized(cls)
     if cls.__module__.startswith("torch.nn.") and getattr(torch.nn, cls.__name__, None) is cls:
         return f"torch.nn.{cls.__name__}"
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def is_torch_layer(cls: type) -> bool:
-    return cls.__module__.startswith("torch.nn.")
+    return _unparametrized(cls).__module__.startswith("torch.nn.")
 
 
 _SPELLINGS: dict[int, str] | None = None
@@ -440,7 +447,11 @@ def leaf_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
 
     def visit(prefix: str, m: torch.nn.Module) -> None:
         name = torch_type_name(type(m))
-        if is_torch_layer(type(m)) and name not in registry.CONTAINERS:
+        # a parametrization (`_WeightNorm` in its ParametrizationList) is traced through: what
+        # it computes from the original tensors is recorded as ops
+        parametrization = _unparametrized(type(m)) is type(m) and type(m).__module__ in (
+            "torch.nn.utils.parametrize", "torch.nn.utils.parametrizations")
+        if is_torch_layer(type(m)) and name not in registry.CONTAINERS and not parametrization:
             out.append((prefix, m))
             return
         for child_name, child in m.named_children():

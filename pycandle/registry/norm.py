@@ -6,8 +6,8 @@ import math
 from typing import Any, Callable
 
 from pycandle.registry.core import (
-    Field, Layer, Unsupported, minus, need, one_tensor, register_layer, require, rust_float,
-    shape_tuple,
+    Field, Layer, Op, Unsupported, int_arg, minus, need, one_tensor, register_layer, register_op,
+    require, rust_float, shape_tuple, tensor,
 )
 
 
@@ -215,3 +215,70 @@ register_layer(Layer(
     uses=("candle_nn::RmsNorm",), call_uses=("candle_nn::Module",),
     doc="eps (None: float32's), with or without a weight, over the last dim(s)",
 ))
+
+
+# --- torch._weight_norm: a weight-normed parameter read in forward (a parametrized subclass) ------
+
+
+def _weight_norm_op(spelling: str, a: dict[str, Any], out: Any) -> str:
+    """`v * (g / ||v||)`, the norm over every dimension but `dim` (all of them for -1)."""
+    v, g = tensor(a["v"], "v"), tensor(a["g"], "g")
+    dim = int_arg(a["dim"], "dim")
+    if dim == -1:
+        norm = f"{v.name}.sqr()?.sum_all()?.sqrt()?"
+    else:
+        d = v.norm_dim(dim)
+        others = [k for k in range(v.rank) if k != d]
+        if not others:
+            norm = f"{v.name}.abs()?"
+        else:
+            dims = str(others[0]) if len(others) == 1 else shape_tuple([str(k) for k in others])
+            norm = f"{v.name}.sqr()?.sum_keepdim({dims})?.sqrt()?"
+    return f"{v.name}.broadcast_mul(&{g.name}.broadcast_div(&{norm})?)?"
+
+
+register_op(Op("_weight_norm", {"torch._weight_norm": "v, g, dim=0"}, _weight_norm_op,
+               doc="weight normalisation computed in forward (a parametrized module of yours)"))
+
+
+# --- F.layer_norm on the model's own tensors (a LayerNorm subclass's forward, a computed scale) ---
+
+
+def _functional_layer_norm(spelling: str, a: dict[str, Any], out: Any) -> str:
+    x = tensor(a["input"])
+    shape = a["normalized_shape"]
+    dims = [int_arg(d, "normalized_shape") for d in (shape if isinstance(shape, (tuple, list))
+                                                      else [shape])]
+    if x.rank < len(dims) or any(tuple(s[x.rank - len(dims):]) != tuple(dims)
+                                 for s in x.meta.shapes):
+        raise Unsupported(f"normalized_shape {tuple(dims)} on an input whose trailing "
+                          "dimensions differ")
+    eps = rust_float(float(a["eps"]))
+
+    def flat(v: Any, what: str) -> str:
+        t = tensor(v, what)
+        return f"{t.name}.flatten_all()?" if len(dims) > 1 else f"{t.name}.clone()"
+
+    if a["weight"] is None:
+        if a["bias"] is not None:
+            raise Unsupported("F.layer_norm with a bias and no weight")
+        weight = f"Tensor::ones({math.prod(dims)}, {x.name}.dtype(), {x.name}.device())?"
+        need("candle_core::Tensor")
+    else:
+        weight = flat(a["weight"], "weight")
+    if a["bias"] is None:
+        norm = f"candle_nn::LayerNorm::new_no_bias({weight}, {eps})"
+    else:
+        norm = f"candle_nn::LayerNorm::new({weight}, {flat(a['bias'], 'bias')}, {eps})"
+    need("candle_nn::Module")
+    if len(dims) == 1:
+        return f"{norm}.forward({x.borrow})?"
+    return (f"{norm}.forward(&{x.name}.flatten_from({minus(len(dims))})?)?"
+            f".reshape({x.name}.shape())?")
+
+
+register_op(Op("layer_norm",
+               {"torch.nn.functional.layer_norm":
+                "input, normalized_shape, weight=None, bias=None, eps=1e-05",
+                "torch.layer_norm": "input, normalized_shape, weight=None, bias=None, eps=1e-05"},
+               _functional_layer_norm, doc="over the last dim(s), with or without weight and bias"))
