@@ -343,10 +343,18 @@ class _Lowering:
         """A parameter or buffer that forward() reads directly, as the struct field holding it."""
         owner_module, _, local = p.name.rpartition(".")
         info = self.m.modules.get(owner_module)
-        if info is not None and registry.layer_for(info.type) is not None:
-            raise Unsupported(f"direct use of parameter '{p.name}' of a {info.type} layer "
-                              "in forward()", hint="call the layer, or keep the tensor in a "
-                              "parameter of your own module")
+        layer = None if info is None else registry.layer_for(info.type)
+        if layer is not None:
+            method = dict(layer.params).get(local)
+            spec = info.parameters.get(local)
+            if method is None or spec is None or owner_module not in self.access \
+                    or "weight_norm" in info.config:
+                raise Unsupported(f"direct use of parameter '{p.name}' of a {info.type} layer "
+                                  "in forward()", hint="call the layer, or keep the tensor in a "
+                                  "parameter of your own module")
+            meta = TensorMeta(spec["dtype"], (tuple(spec["shape"]),) * self.m.num_cases)
+            return T(f"{owner}.{self.access[owner_module]}.{method}", meta, is_ref=True,
+                     movable=False)
         leaf = self.fields.get(p.name)
         if leaf is None or leaf.shape is None:
             raise Unsupported(f"direct use of '{p.name}', which is not a parameter or buffer "

@@ -478,7 +478,8 @@ def record_model(cfg: Config, mc: ModelConfig) -> Recording:
     support.check(manifest)  # raises UnsupportedError listing all codegen could not translate
     weights = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     for k, v in model.named_buffers():  # non-persistent buffers that forward() may read
-        weights.setdefault(k, v.detach().clone().contiguous())
+        if v.layout == torch.strided:  # a sparse one (whisper's alignment heads) no op reads
+            weights.setdefault(k, v.detach().clone().contiguous())
     return Recording(manifest, weights, golden, depends)
 
 

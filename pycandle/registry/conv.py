@@ -159,7 +159,7 @@ for _n in (1, 2):
     register_layer(Layer(
         f"torch.nn.Conv{_n}d", _ATTRS, outputs="out", field=_conv_field(_n), call=_conv_call(_n),
         check=_conv_check(_n), uses=(f"candle_nn::{{Conv{_n}d, Conv{_n}dConfig}}",),
-        call_uses=("candle_nn::Module",),
+        call_uses=("candle_nn::Module",), params=(("weight", "weight()"),),
         doc="stride, padding (also 'same', 'valid', asymmetric), dilation, groups, bias, "
             "every padding_mode, unbatched input"
             + ("; rectangular kernels, uneven strides, one dilation for both dims"
@@ -199,7 +199,7 @@ register_layer(Layer(
     "torch.nn.ConvTranspose1d", _ATTRS + ("output_padding",), outputs="out",
     field=_transpose_field, call=_conv_call(1, transposed=True),
     check=_transpose_check, uses=("candle_nn::{ConvTranspose1d, ConvTranspose1dConfig}",),
-    call_uses=("candle_nn::Module",),
+    call_uses=("candle_nn::Module",), params=(("weight", "weight()"),),
     doc="stride, padding, output_padding, dilation, groups, bias, unbatched input",
 ))
 

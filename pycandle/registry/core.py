@@ -315,6 +315,9 @@ class Layer:
     passthrough: bool = False  # forwards its single input unchanged (Dropout in eval, Identity)
     stream: Stream | None = None  # recurrent layers: chunked runs carrying the state
     doc: str = ""
+    # parameters forward() may read directly (a tied output projection `x @ emb.weight.T`):
+    # PyTorch name -> the Rust method of the field that returns it as `&Tensor`
+    params: tuple[tuple[str, str], ...] = ()
 
     @property
     def short(self) -> str:

@@ -38,5 +38,5 @@ register_layer(Layer(
      "scale_grad_by_freq", "sparse"),
     outputs="out", field=_embedding_field, call=_embedding_call, check=_embedding_check,
     uses=("candle_nn::Embedding",), call_uses=("candle_nn::Module",),
-    doc="any index shape; padding_idx (training only)",
+    doc="any index shape; padding_idx (training only)", params=(("weight", "embeddings()"),),
 ))

@@ -35,6 +35,7 @@ register_layer(Layer(
     field=_linear_field, call=_linear_call,
     uses=("candle_nn::Linear",), call_uses=("candle_nn::Module",),
     doc="with or without bias",
+    params=(("weight", "weight()"),),
 ))
 
 
