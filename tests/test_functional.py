@@ -53,6 +53,18 @@ def module_source(rng: random.Random) -> str:
                 return super().forward(x.float()).type(x.dtype)
 
 
+        class Tied(nn.Module):
+            # a language model's output projection tied to its embedding
+            def __init__(self):
+                super().__init__()
+                self.embed = nn.Embedding(20, 6)
+                self.proj = nn.Linear(6, 6)
+
+            def forward(self, tokens):
+                h = self.proj(self.embed(tokens))
+                return h @ self.embed.weight.T, F.linear(h, self.embed.weight), h @ self.proj.weight
+
+
         class Filterbank(nn.Module):
             # asteroid's free/param encoders: filters made in forward, then F.conv1d
             def __init__(self):
@@ -103,6 +115,11 @@ models:
         wave: {shape: [1, 1, 57], low: -1, high: 1}
         im: {shape: [1, 2, 9, 5], low: -1, high: 1}
     tolerance: {atol: 1.0e-5, rtol: 1.0e-4}
+  - name: tied
+    factory: fnmodels:Tied
+    inputs:
+      - tokens: {shape: [2, 5], dtype: int64, low: 0, high: 20}
+      - tokens: {shape: [3, 8], dtype: int64, low: 0, high: 20}
 """
 
 
@@ -115,12 +132,16 @@ def test_functional_convolutions_match_pytorch(tmp_path, cargo_env, capsys):
     code = main(["all", "--config", str(tmp_path / "models.yaml")])
     captured = capsys.readouterr()
     assert code == 0, captured.out[-6000:] + captured.err[-6000:]
-    assert "parity: 2 passed, 0 failed" in captured.out
+    assert "parity: 4 passed, 0 failed" in captured.out
     report = json.loads((tmp_path / "reports" / "parity.json").read_text())
-    outputs = {e["output"] for r in report for e in r["entries"] if e["kind"] == "model"}
+    outputs = {e["output"] for r in report for e in r["entries"]
+               if e["kind"] == "model" and r["model"] == "filterbank"}
     assert len(outputs) == 18  # every output checked end to end
     src = (tmp_path / "crate" / "src" / "filterbank.rs").read_text()
     # the subclasses are traced through: their forward's F.conv1d / F.linear on the weights
     assert "x.conv1d(&self.conv.weight" in src or ".conv1d(&self.conv.weight" in src, src
     assert "candle_nn::Linear::new(self.proj.weight.clone()" in src, src
+    # a layer's own weight read in forward (tied output projection) is the field's accessor
+    tied = (tmp_path / "crate" / "src" / "tied.rs").read_text()
+    assert "self.embed.embeddings()" in tied and "self.proj.weight()" in tied, tied
     assert_clippy_clean(tmp_path / "crate")

@@ -265,3 +265,33 @@ def test_coverage_of_a_config_names_what_each_model_uses(tmp_path, capsys):
     assert "enc: supported; layers: torch.nn.LSTM, torch.nn.Linear;" in out
     assert "bad: 1 unsupported" in out and "function torch.cumprod is not supported" in out
     assert not (tmp_path / "artifacts").exists()  # coverage writes nothing
+
+
+def test_non_finite_values_from_pytorch_itself_are_noted(tmp_path):
+    """A parameter left uninitialised (whisper's torch.empty positional embedding) makes
+    PyTorch's own outputs NaN: record says so, naming the parameter, instead of leaving a
+    parity failure that looks like the port's."""
+    module = textwrap.dedent("""\
+        import torch
+        from torch import nn
+
+
+        class Unset(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.offset = nn.Parameter(torch.full((4,), float("nan")))
+
+            def forward(self, x):
+                return x + self.offset
+        """)
+    cfg = load_config(project(tmp_path, module, textwrap.dedent("""\
+        models:
+          - name: unset
+            factory: usermodels:Unset
+            inputs:
+              - x: {shape: [2, 4]}
+        """)))
+    (rec,), _ = record(cfg, list(cfg.models))
+    notes = " ".join(rec.manifest.warnings)
+    assert "parameters holding NaN or infinity: offset" in notes
+    assert "trace case 0: the output of PyTorch's own forward() holds NaN or infinity" in notes

@@ -271,6 +271,28 @@ def _module_infos(model: torch.nn.Module, root: Path) -> dict[str, ModuleInfo]:
     return infos
 
 
+def _non_finite(model: torch.nn.Module, traces: list[CaseTrace]) -> list[str]:
+    """Notes on NaN or infinite values PyTorch itself produced: parity cannot compare them, so
+    say where they come from (a parameter left uninitialised, say) rather than let the port
+    look wrong."""
+    notes = []
+    bad = [n for n, p in model.named_parameters()
+           if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        notes.append(f"parameters holding NaN or infinity: {', '.join(bad[:3])}{more} (left "
+                     "uninitialised, as torch.empty does, for a checkpoint to fill?); PyTorch's "
+                     "results are then not numbers parity can compare")
+    for case, trace in enumerate(traces):
+        for path, value in leaves(trace.result):
+            if isinstance(value, torch.Tensor) and value.is_floating_point() \
+                    and not bool(torch.isfinite(value).all()):
+                where = f"output {'.'.join(map(str, path))}" if path else "the output"
+                notes.append(f"trace case {case}: {where} of PyTorch's own forward() holds NaN "
+                             "or infinity")
+    return notes
+
+
 def _reparametrized(m: torch.nn.Module) -> dict[str, Any]:
     """How a layer's parameters are reparametrized: `weight_norm` (its `dim`, None for the whole
     tensor) for either spelling of weight normalisation on `weight`; `reparametrized` naming
@@ -459,7 +481,7 @@ def record_model(cfg: Config, mc: ModelConfig) -> Recording:
     nodes, problems = _merge(mc, traces)
     if problems:
         raise UnsupportedError(mc.name, problems)
-    warnings = sorted({w for t in traces for w in t.warnings})
+    warnings = sorted({w for t in traces for w in t.warnings} | set(_non_finite(model, traces)))
     # every user module imported since the factory's import, lazily imported ones included
     depends = depfile.inputs(cfg, mc, depfile.user_modules(cfg.root).values())
     manifest = Manifest(

@@ -27,6 +27,24 @@ def _t(spelling: str, a: dict[str, Any], out: Any) -> str:
     return f"{x.name}.t()?" if x.rank == 2 else alias(x)
 
 
+def _reversed_dims(spelling: str, a: dict[str, Any], out: Any) -> Any:
+    """`x.T`: the dimensions in reverse order (a transpose for a matrix)."""
+    x = tensor(a["input"])
+    if x.rank < 2:
+        return alias(x)
+    if x.rank == 2:
+        return f"{x.name}.t()?"
+    return f"{x.name}.permute({shape_tuple([str(d) for d in reversed(range(x.rank))])})?"
+
+
+def _matrix_transpose(spelling: str, a: dict[str, Any], out: Any) -> str:
+    """`x.mT`: the last two dimensions swapped, on every matrix of a batch."""
+    x = tensor(a["input"])
+    if x.rank < 2:
+        raise Unsupported(f"Tensor.mT on a rank-{x.rank} tensor")
+    return f"{x.name}.t()?"
+
+
 def _contiguous(spelling: str, a: dict[str, Any], out: Any) -> str:
     return f"{tensor(a['input']).name}.contiguous()?"
 
@@ -36,6 +54,8 @@ register_op(Op("transpose", {"torch.transpose": "input, dim0, dim1",
                              "torch.swapaxes": "input, dim0, dim1",
                              "Tensor.swapaxes": "input, dim0, dim1"}, _transpose))
 register_op(Op("t", {"Tensor.t": "input", "torch.t": "input"}, _t))
+register_op(Op("T", {"Tensor.T": "input"}, _reversed_dims, doc="any rank"))
+register_op(Op("mT", {"Tensor.mT": "input"}, _matrix_transpose))
 register_op(Op("contiguous", {"Tensor.contiguous": "input, memory_format=None"}, _contiguous))
 
 
