@@ -18,50 +18,24 @@ from torch import nn
 
 from recurrent_fixtures import main, run
 
-# family file -> [(name, seed, module class, kwargs, runs)]
+# family file -> [(name, seed, module class, kwargs, runs)]; one run each
 FAMILIES = {
     "lstm": [
         ("one_layer", 1, nn.LSTM, dict(), [run((5, 2))]),
         ("three_layers", 2, nn.LSTM, dict(num_layers=3), [run((3, 2))]),
-        (
-            "batch_first_state",
-            4,
-            nn.LSTM,
-            dict(num_layers=2, batch_first=True),
-            [run((4, 2), True)],
-        ),
+        ("batch_first_state", 4, nn.LSTM, dict(num_layers=2, batch_first=True),
+         [run((4, 2), True)]),
         ("explicit_state", 5, nn.LSTM, dict(num_layers=2), [run((5, 2), True)]),
-        (
-            "bidirectional_2l",
-            6,
-            nn.LSTM,
-            dict(num_layers=2, bidirectional=True),
-            [run((4, 2))],
-        ),
-        (
-            "bidirectional_2l_state_bf",
-            7,
-            nn.LSTM,
-            dict(num_layers=2, bidirectional=True, batch_first=True),
-            [run((3, 2), True)],
-        ),
+        ("bidirectional_2l", 6, nn.LSTM, dict(num_layers=2, bidirectional=True), [run((4, 2))]),
+        ("bidirectional_2l_state_bf", 7, nn.LSTM,
+         dict(num_layers=2, bidirectional=True, batch_first=True), [run((3, 2), True)]),
         ("proj", 8, nn.LSTM, dict(num_layers=2, proj_size=2), [run((5, 2), True)]),
-        (
-            "proj_bidirectional",
-            9,
-            nn.LSTM,
-            dict(num_layers=2, proj_size=3, bidirectional=True),
-            [run((3, 2))],
-        ),
+        ("proj_bidirectional", 9, nn.LSTM,
+         dict(num_layers=2, proj_size=3, bidirectional=True), [run((3, 2))]),
         ("no_bias", 10, nn.LSTM, dict(num_layers=2, bias=False), [run((5, 2))]),
         ("unbatched", 11, nn.LSTM, dict(), [run((5,))]),
-        (
-            "unbatched_bidir_state",
-            12,
-            nn.LSTM,
-            dict(num_layers=2, bidirectional=True),
-            [run((3,), True)],
-        ),
+        ("unbatched_bidir_state", 12, nn.LSTM, dict(num_layers=2, bidirectional=True),
+         [run((3,), True)]),
     ],
 }
 
