@@ -1,186 +1,43 @@
 #!/usr/bin/env python3
-"""Generate the PyTorch reference fixtures for the pycandle-runtime LSTM tests.
+"""Generate the PyTorch reference fixtures for the pycandle-runtime LSTM tests
+(tests/lstm_torch.rs): ``tests/fixtures/lstm.json``.
 
-Builds small ``torch.nn.LSTM`` configurations with fixed seeds, runs them in
-float32 and writes weights, inputs, optional initial states and the expected
-outputs as literal Rust arrays to ``tests/fixtures/mod.rs``.
+Small ``torch.nn.LSTM`` configurations with fixed seeds, each run once in
+float32; the file holds the parameters, the input, the initial state (when the
+case passes one) and the expected ``[output, h_n, c_n]``. Building, running
+and writing are shared with ``gen_rnn_fixtures.py`` in ``recurrent_fixtures.py``.
 
 Usage (from anywhere, with a Python that has torch):
 
     python pycandle/runtime/tools/gen_lstm_fixtures.py
 
-The output path defaults to ``tests/fixtures/mod.rs`` next to this script's
-crate; pass another path as the single argument to write elsewhere.
+Pass another directory as the single argument to write elsewhere.
 """
 
-import sys
-from pathlib import Path
+from torch import nn
 
-import numpy as np
-import torch
+from recurrent_fixtures import main, run
 
-CRATE_DIR = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = CRATE_DIR / "tests" / "fixtures" / "mod.rs"
-
-INPUT_SIZE = 3
-HIDDEN_SIZE = 4
-
-# name, seed, LSTM kwargs, (T, B) with B=None for unbatched 2-D input, explicit state?
-CASES = [
-    ("ONE_LAYER", 1, dict(), (5, 2), False),
-    ("THREE_LAYERS", 2, dict(num_layers=3), (3, 2), False),
-    ("BATCH_FIRST_STATE", 4, dict(num_layers=2, batch_first=True), (4, 2), True),
-    ("EXPLICIT_STATE", 5, dict(num_layers=2), (5, 2), True),
-    ("BIDIRECTIONAL_2L", 6, dict(num_layers=2, bidirectional=True), (4, 2), False),
-    (
-        "BIDIRECTIONAL_2L_STATE_BF",
-        7,
-        dict(num_layers=2, bidirectional=True, batch_first=True),
-        (3, 2),
-        True,
-    ),
-    ("PROJ", 8, dict(num_layers=2, proj_size=2), (5, 2), True),
-    ("PROJ_BIDIRECTIONAL", 9, dict(num_layers=2, proj_size=3, bidirectional=True), (3, 2), False),
-    ("NO_BIAS", 10, dict(num_layers=2, bias=False), (5, 2), False),
-    ("UNBATCHED", 11, dict(), (5, None), False),
-    ("UNBATCHED_BIDIR_STATE", 12, dict(num_layers=2, bidirectional=True), (3, None), True),
-]
-
-
-def lit(x: float) -> str:
-    """Shortest literal that round-trips to the same f32."""
-    s = np.format_float_positional(np.float32(x), unique=True, trim="0")
-    if "." not in s:
-        s += ".0"
-    return s
-
-
-def rust_array(t: torch.Tensor) -> str:
-    vals = t.detach().to(torch.float32).flatten().tolist()
-    lines = []
-    for i in range(0, len(vals), 12):
-        lines.append("        " + ", ".join(lit(v) for v in vals[i : i + 12]) + ",")
-    return "&[\n" + "\n".join(lines) + "\n    ]"
-
-
-def rust_shape(t: torch.Tensor) -> str:
-    return "&[" + ", ".join(str(d) for d in t.shape) + "]"
-
-
-def rust_tensor(t: torch.Tensor) -> str:
-    return f"Data {{ shape: {rust_shape(t)}, values: {rust_array(t)} }}"
-
-
-def round3(t: torch.Tensor) -> torch.Tensor:
-    """Round to 3 decimals so the literals stay short (the outputs are computed
-    from the rounded values, so nothing is lost)."""
-    return torch.round(t * 1e3) / 1e3
-
-
-def build_case(name, seed, kwargs, tb, with_state):
-    torch.manual_seed(seed)
-    lstm = torch.nn.LSTM(INPUT_SIZE, HIDDEN_SIZE, **kwargs).eval()
-    with torch.no_grad():
-        for p in lstm.parameters():
-            p.copy_(round3(p))
-    t_len, batch = tb
-    batch_first = kwargs.get("batch_first", False)
-    if batch is None:
-        x = torch.randn(t_len, INPUT_SIZE)
-    elif batch_first:
-        x = torch.randn(batch, t_len, INPUT_SIZE)
-    else:
-        x = torch.randn(t_len, batch, INPUT_SIZE)
-    x = round3(x)
-    dirs = 2 if lstm.bidirectional else 1
-    n = lstm.num_layers * dirs
-    h_out = lstm.proj_size if lstm.proj_size > 0 else HIDDEN_SIZE
-    state = None
-    if with_state:
-        lead = (n,) if batch is None else (n, batch)
-        state = (round3(torch.randn(*lead, h_out)), round3(torch.randn(*lead, HIDDEN_SIZE)))
-    with torch.no_grad():
-        out, (h_n, c_n) = lstm(x, state)
-
-    params = "\n".join(
-        f'        ("{k}", {rust_tensor(v)}),' for k, v in lstm.state_dict().items()
-    )
-    signature = ", ".join(
-        [str(INPUT_SIZE), str(HIDDEN_SIZE)] + [f"{k}={v}" for k, v in kwargs.items()]
-    )
-    state_src = "None"
-    if state is not None:
-        state_src = f"Some(({rust_tensor(state[0])}, {rust_tensor(state[1])}))"
-    return f"""
-/// `nn.LSTM({signature})`, seed {seed}.
-pub const {name}: Fixture = Fixture {{
-    name: "{name.lower()}",
-    num_layers: {lstm.num_layers},
-    bias: {str(lstm.bias).lower()},
-    batch_first: {str(lstm.batch_first).lower()},
-    bidirectional: {str(lstm.bidirectional).lower()},
-    proj_size: {lstm.proj_size},
-    params: &[
-{params}
+# family file -> [(name, seed, module class, kwargs, runs)]; one run each
+FAMILIES = {
+    "lstm": [
+        ("one_layer", 1, nn.LSTM, dict(), [run((5, 2))]),
+        ("three_layers", 2, nn.LSTM, dict(num_layers=3), [run((3, 2))]),
+        ("batch_first_state", 4, nn.LSTM, dict(num_layers=2, batch_first=True),
+         [run((4, 2), True)]),
+        ("explicit_state", 5, nn.LSTM, dict(num_layers=2), [run((5, 2), True)]),
+        ("bidirectional_2l", 6, nn.LSTM, dict(num_layers=2, bidirectional=True), [run((4, 2))]),
+        ("bidirectional_2l_state_bf", 7, nn.LSTM,
+         dict(num_layers=2, bidirectional=True, batch_first=True), [run((3, 2), True)]),
+        ("proj", 8, nn.LSTM, dict(num_layers=2, proj_size=2), [run((5, 2), True)]),
+        ("proj_bidirectional", 9, nn.LSTM,
+         dict(num_layers=2, proj_size=3, bidirectional=True), [run((3, 2))]),
+        ("no_bias", 10, nn.LSTM, dict(num_layers=2, bias=False), [run((5, 2))]),
+        ("unbatched", 11, nn.LSTM, dict(), [run((5,))]),
+        ("unbatched_bidir_state", 12, nn.LSTM, dict(num_layers=2, bidirectional=True),
+         [run((3,), True)]),
     ],
-    input: {rust_tensor(x)},
-    state: {state_src},
-    output: {rust_tensor(out)},
-    h_n: {rust_tensor(h_n)},
-    c_n: {rust_tensor(c_n)},
-}};
-"""
-
-
-HEADER = f"""// @generated by pycandle/runtime/tools/gen_lstm_fixtures.py (torch {torch.__version__}).
-// Do not edit by hand. To regenerate, run from the repository root:
-//     python pycandle/runtime/tools/gen_lstm_fixtures.py
-//
-// Reference numbers from torch.nn.LSTM (float32, eval mode) for the tests in
-// tests/lstm_torch.rs. Every case uses input_size {INPUT_SIZE} and hidden_size {HIDDEN_SIZE}.
-#![allow(dead_code, clippy::excessive_precision, clippy::approx_constant)]
-
-/// A tensor as a shape and its row-major values.
-pub struct Data {{
-    pub shape: &'static [usize],
-    pub values: &'static [f32],
-}}
-
-/// One LSTM configuration with its PyTorch parameters, input and outputs.
-pub struct Fixture {{
-    pub name: &'static str,
-    pub num_layers: usize,
-    pub bias: bool,
-    pub batch_first: bool,
-    pub bidirectional: bool,
-    pub proj_size: usize,
-    /// `state_dict()` entries, PyTorch names.
-    pub params: &'static [(&'static str, Data)],
-    pub input: Data,
-    /// `(h0, c0)` when the case passes an explicit initial state.
-    pub state: Option<(Data, Data)>,
-    pub output: Data,
-    pub h_n: Data,
-    pub c_n: Data,
-}}
-
-pub const INPUT_SIZE: usize = {INPUT_SIZE};
-pub const HIDDEN_SIZE: usize = {HIDDEN_SIZE};
-"""
-
-
-def main() -> None:
-    out_path = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_OUT
-    torch.set_num_threads(1)
-    parts = [HEADER]
-    for case in CASES:
-        parts.append(build_case(*case))
-    names = ", ".join(f"&{c[0]}" for c in CASES)
-    parts.append(f"\n/// Every fixture above.\npub const ALL: &[&Fixture] = &[{names}];\n")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text("".join(parts))
-    print(f"wrote {out_path} ({out_path.stat().st_size} bytes, {len(CASES)} cases)")
-
+}
 
 if __name__ == "__main__":
-    main()
+    main("gen_lstm_fixtures.py", FAMILIES)

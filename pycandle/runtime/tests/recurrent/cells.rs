@@ -1,26 +1,17 @@
 //! `LstmCell`, `GruCell` and `RnnCell` against their PyTorch counterparts.
 
-use std::collections::HashMap;
+use candle_core::{DType, Result};
 
-use candle_core::{DType, Device, Result};
-use candle_nn::VarBuilder;
-use pycandle_runtime::{Gru, GruConfig, Lstm, LstmConfig, Rnn, RnnConfig};
-
-use crate::fixtures::{cells, HIDDEN_SIZE, INPUT_SIZE};
+use crate::fixtures::{cells, Module};
 use crate::support::{max_abs_diff, tensor, Cell, Stack};
 
-torch_cases! {
-    lstm_cell => cells::LSTM_CELL,
-    lstm_cell_no_bias => cells::LSTM_CELL_NO_BIAS,
-    gru_cell => cells::GRU_CELL,
-    gru_cell_no_bias => cells::GRU_CELL_NO_BIAS,
-    rnn_cell_tanh => cells::RNN_CELL_TANH,
-    rnn_cell_relu_no_bias => cells::RNN_CELL_RELU_NO_BIAS,
-}
-
-#[test]
-fn every_module_is_tested() {
-    assert_eq!(cells::ALL.len(), 6);
+torch_cases! { cells:
+    lstm_cell => "lstm_cell",
+    lstm_cell_no_bias => "lstm_cell_no_bias",
+    gru_cell => "gru_cell",
+    gru_cell_no_bias => "gru_cell_no_bias",
+    rnn_cell_tanh => "rnn_cell_tanh",
+    rnn_cell_relu_no_bias => "rnn_cell_relu_no_bias",
 }
 
 /// A cell's parameters, renamed `..._l0`, load into the one-layer stacked
@@ -28,37 +19,18 @@ fn every_module_is_tested() {
 #[test]
 fn a_cell_is_one_step_of_the_stacked_module() -> Result<()> {
     let dtype = DType::F32;
-    for m in cells::ALL {
-        let mut map = HashMap::new();
-        for (name, data) in m.params {
-            map.insert(format!("{name}_l0"), tensor(data, dtype)?);
-        }
-        let vb = VarBuilder::from_tensors(map, dtype, &Device::Cpu);
-        let (i, h) = (INPUT_SIZE, HIDDEN_SIZE);
-        let stack = match Cell::load(m, dtype)? {
-            Cell::Lstm(_) => Stack::Lstm(Lstm::load(
-                LstmConfig {
-                    bias: m.bias,
-                    ..LstmConfig::new(i, h)
-                },
-                vb,
-            )?),
-            Cell::Gru(_) => Stack::Gru(Gru::load(
-                GruConfig {
-                    bias: m.bias,
-                    ..GruConfig::new(i, h)
-                },
-                vb,
-            )?),
-            Cell::Rnn(cell) => Stack::Rnn(Rnn::load(
-                RnnConfig {
-                    bias: m.bias,
-                    nonlinearity: cell.config().nonlinearity,
-                    ..RnnConfig::new(i, h)
-                },
-                vb,
-            )?),
+    for m in cells().iter() {
+        // `nn.LSTMCell(3, 4, bias=False)` -> `nn.LSTM(3, 4, bias=False)`, ...
+        let stacked = Module {
+            torch: m.torch.replacen("Cell(", "(", 1),
+            params: m
+                .params
+                .iter()
+                .map(|(name, data)| (format!("{name}_l0"), data.clone()))
+                .collect(),
+            ..m.clone()
         };
+        let stack = Stack::load(&stacked, dtype)?;
         let cell = Cell::load(m, dtype)?;
         for run in m.runs.iter().filter(|r| r.input.shape.len() == 2) {
             let x = tensor(&run.input, dtype)?; // (B, I)

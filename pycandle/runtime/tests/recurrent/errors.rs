@@ -8,53 +8,47 @@ use pycandle_runtime::{
 };
 
 use crate::fixtures::{cells, gru, padded, rnn, HIDDEN_SIZE, INPUT_SIZE};
-use crate::support::{err_text, gru_config, rnn_config, var_builder, zeros, Cell, Stack};
+use crate::support::{
+    assert_bad_feature_size_is_an_error, assert_bad_input_rank_is_an_error,
+    assert_empty_sequence_is_an_error, err_text, gru_config, rnn_config, var_builder, zeros, Cell,
+    Stack,
+};
 
 #[test]
 fn bad_input_rank_is_an_error() -> Result<()> {
     for m in [
-        &gru::ONE_LAYER,
-        &rnn::TANH_2L,
-        &padded::LSTM_BIDIRECTIONAL_2L,
+        gru().get("one_layer"),
+        rnn().get("tanh_2l"),
+        padded().get("lstm_bidirectional_2l"),
     ] {
-        let stack = Stack::load(m, DType::F32)?;
-        for shape in [&[3][..], &[1, 5, 2, 3][..]] {
-            let msg = err_text(stack.call(&zeros(shape)?, None, &[]));
-            assert!(msg.contains("rank"), "{msg}");
-            assert!(msg.contains(&format!("{shape:?}")), "{msg}");
-        }
+        assert_bad_input_rank_is_an_error(&Stack::load(m, DType::F32)?)?;
     }
     Ok(())
 }
 
 #[test]
 fn bad_feature_size_is_an_error() -> Result<()> {
-    for (m, kind) in [(&gru::ONE_LAYER, "GRU"), (&rnn::TANH_2L, "RNN")] {
-        let stack = Stack::load(m, DType::F32)?;
-        let msg = err_text(stack.call(&zeros(&[5, 2, 7])?, None, &[]));
-        assert!(msg.starts_with(kind), "{msg}");
-        assert!(
-            msg.contains("[5, 2, 7]") && msg.contains("input_size 3"),
-            "{msg}"
-        );
-        let msg = err_text(stack.call(&zeros(&[5, 7])?, None, &[]));
-        assert!(msg.contains("[5, 7]"), "{msg}");
+    for (m, kind) in [
+        (gru().get("one_layer"), "GRU"),
+        (rnn().get("tanh_2l"), "RNN"),
+    ] {
+        assert_bad_feature_size_is_an_error(&Stack::load(m, DType::F32)?, kind)?;
     }
     Ok(())
 }
 
 #[test]
 fn empty_sequence_is_an_error() -> Result<()> {
-    let stack = Stack::load(&gru::ONE_LAYER, DType::F32)?;
-    let msg = err_text(stack.call(&zeros(&[0, 2, 3])?, None, &[]));
-    assert!(msg.contains("empty"), "{msg}");
-    Ok(())
+    assert_empty_sequence_is_an_error(&Stack::load(gru().get("one_layer"), DType::F32)?)
 }
 
 #[test]
 fn bad_h0_shapes_are_errors() -> Result<()> {
     // Two layers, bidirectional: h0 must be (4, B, 4).
-    for m in [&gru::BIDIRECTIONAL_2L, &rnn::RELU_BIDIRECTIONAL_2L] {
+    for m in [
+        gru().get("bidirectional_2l"),
+        rnn().get("relu_bidirectional_2l"),
+    ] {
         let stack = Stack::load(m, DType::F32)?;
         let xs = zeros(&[5, 2, 3])?;
         for shape in [
@@ -80,7 +74,7 @@ fn bad_h0_shapes_are_errors() -> Result<()> {
 
 #[test]
 fn h0_dtype_mismatch_is_an_error() -> Result<()> {
-    let m = &gru::ONE_LAYER;
+    let m = gru().get("one_layer");
     let gru = Gru::load(gru_config(m), var_builder(m, DType::F32)?)?;
     let h0 = Tensor::zeros((1, 2, 4), DType::F64, &Device::Cpu)?;
     let msg = err_text(gru.forward(&zeros(&[5, 2, 3])?, Some(&h0)));
@@ -90,7 +84,7 @@ fn h0_dtype_mismatch_is_an_error() -> Result<()> {
 
 #[test]
 fn load_errors() -> Result<()> {
-    let m = &gru::ONE_LAYER;
+    let m = gru().get("one_layer");
     let vb = || var_builder(m, DType::F32);
     // A second layer whose weights are not there.
     let two_layers = GruConfig {
@@ -105,7 +99,7 @@ fn load_errors() -> Result<()> {
     assert!(Lstm::load(LstmConfig::new(INPUT_SIZE, HIDDEN_SIZE), vb()?).is_err());
     assert!(Rnn::load(RnnConfig::new(INPUT_SIZE, HIDDEN_SIZE), vb()?).is_err());
     // Biases asked for but not stored.
-    let m = &rnn::NO_BIAS_BIDIRECTIONAL_2L;
+    let m = rnn().get("no_bias_bidirectional_2l");
     let with_bias = RnnConfig {
         bias: true,
         ..rnn_config(m)
@@ -114,7 +108,7 @@ fn load_errors() -> Result<()> {
     // Invalid configurations.
     let no_layers = GruConfig {
         num_layers: 0,
-        ..gru_config(&gru::ONE_LAYER)
+        ..gru_config(gru().get("one_layer"))
     };
     let msg = err_text(Gru::load(no_layers, vb()?));
     assert!(msg.contains("num_layers"), "{msg}");
@@ -127,7 +121,7 @@ fn load_errors() -> Result<()> {
 
 #[test]
 fn bad_cell_inputs_are_errors() -> Result<()> {
-    for m in cells::ALL {
+    for m in cells().iter() {
         let cell = Cell::load(m, DType::F32)?;
         let msg = err_text(cell.call(&zeros(&[1, 2, 3])?, &[]));
         assert!(msg.contains("rank") && msg.contains("[1, 2, 3]"), "{msg}");
@@ -144,7 +138,7 @@ fn bad_cell_inputs_are_errors() -> Result<()> {
 
 #[test]
 fn bad_cell_states_are_errors() -> Result<()> {
-    let m = &cells::GRU_CELL;
+    let m = cells().get("gru_cell");
     let cell = GruCell::load(
         GruCellConfig::new(INPUT_SIZE, HIDDEN_SIZE),
         var_builder(m, DType::F32)?,
@@ -164,7 +158,7 @@ fn bad_cell_states_are_errors() -> Result<()> {
     let h = Tensor::zeros((2, 4), DType::F64, &Device::Cpu)?;
     assert!(err_text(cell.forward(&x, Some(&h))).contains("dtype"));
 
-    let m = &cells::LSTM_CELL;
+    let m = cells().get("lstm_cell");
     let cell = LstmCell::load(
         LstmCellConfig::new(INPUT_SIZE, HIDDEN_SIZE),
         var_builder(m, DType::F32)?,
@@ -177,7 +171,7 @@ fn bad_cell_states_are_errors() -> Result<()> {
 
 #[test]
 fn cell_load_errors() -> Result<()> {
-    let m = &cells::GRU_CELL;
+    let m = cells().get("gru_cell");
     let vb = || var_builder(m, DType::F32);
     assert!(GruCell::load(GruCellConfig::new(INPUT_SIZE + 1, HIDDEN_SIZE), vb()?).is_err());
     assert!(LstmCell::load(LstmCellConfig::new(INPUT_SIZE, HIDDEN_SIZE), vb()?).is_err());
@@ -190,7 +184,7 @@ fn cell_load_errors() -> Result<()> {
 
 #[test]
 fn bad_lengths_are_errors() -> Result<()> {
-    for m in padded::ALL {
+    for m in padded().iter() {
         let stack = Stack::load(m, DType::F32)?;
         let xs = if m.batch_first {
             zeros(&[3, 5, 3])?
@@ -221,7 +215,7 @@ fn bad_lengths_are_errors() -> Result<()> {
 
 #[test]
 fn padded_state_shapes_are_checked() -> Result<()> {
-    let stack = Stack::load(&padded::GRU_BIDIRECTIONAL_2L, DType::F32)?;
+    let stack = Stack::load(padded().get("gru_bidirectional_2l"), DType::F32)?;
     let xs = zeros(&[5, 3, 3])?;
     let msg = err_text(stack.call(&xs, Some(&[2, 5, 3]), &[zeros(&[4, 2, 4])?]));
     assert!(msg.contains("expected h0 [4, 3, 4]"), "{msg}");

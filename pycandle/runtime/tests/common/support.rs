@@ -1,4 +1,5 @@
-//! Loading fixtures and comparing against PyTorch.
+//! Loading fixtures and comparing against PyTorch: the helpers shared by the
+//! `lstm_torch` and `recurrent` test targets.
 
 use std::collections::HashMap;
 
@@ -15,7 +16,7 @@ use crate::fixtures::{Data, Module, Run, HIDDEN_SIZE, INPUT_SIZE};
 pub const TOL: f64 = 1e-5;
 
 pub fn tensor(data: &Data, dtype: DType) -> Result<Tensor> {
-    Tensor::from_slice(data.values, data.shape, &Device::Cpu)?.to_dtype(dtype)
+    Tensor::from_slice(&data.values, data.shape.as_slice(), &Device::Cpu)?.to_dtype(dtype)
 }
 
 pub fn zeros(shape: &[usize]) -> Result<Tensor> {
@@ -25,7 +26,7 @@ pub fn zeros(shape: &[usize]) -> Result<Tensor> {
 /// The module's PyTorch parameters, under their PyTorch names.
 pub fn var_builder(m: &Module, dtype: DType) -> Result<VarBuilder<'static>> {
     let mut map = HashMap::new();
-    for (name, data) in m.params {
+    for (name, data) in &m.params {
         map.insert(name.to_string(), tensor(data, dtype)?);
     }
     Ok(VarBuilder::from_tensors(map, dtype, &Device::Cpu))
@@ -210,7 +211,7 @@ pub fn replay(m: &Module, run: &Run, dtype: DType) -> Result<Vec<Tensor>> {
     if m.torch.contains("Cell(") {
         Cell::load(m, dtype)?.call(&xs, &state)
     } else {
-        let lengths = (!run.lengths.is_empty()).then_some(run.lengths);
+        let lengths = (!run.lengths.is_empty()).then_some(run.lengths.as_slice());
         Stack::load(m, dtype)?.call(&xs, lengths, &state)
     }
 }
@@ -222,11 +223,11 @@ pub fn worst_error(m: &Module, dtype: DType) -> Result<f64> {
     for (i, run) in m.runs.iter().enumerate() {
         let got = replay(m, run, dtype)?;
         assert_eq!(got.len(), run.outputs.len(), "{}: run {i}", m.torch);
-        for (k, (actual, expected)) in got.iter().zip(run.outputs).enumerate() {
+        for (k, (actual, expected)) in got.iter().zip(&run.outputs).enumerate() {
             assert_eq!(actual.dtype(), dtype, "{}: run {i}, result {k}", m.torch);
             assert_eq!(
                 actual.dims(),
-                expected.shape,
+                expected.shape.as_slice(),
                 "{}: run {i}, result {k} shape",
                 m.torch
             );
@@ -250,12 +251,110 @@ pub fn check_against_torch(m: &Module) -> Result<()> {
     Ok(())
 }
 
-/// One test per fixture module: `test_name => fixtures::family::MODULE`.
-macro_rules! torch_cases {
-    ($($test:ident => $module:path,)*) => {$(
-        #[test]
-        fn $test() -> candle_core::Result<()> {
-            crate::support::check_against_torch(&$module)
+/// Every recorded call of every module in `modules` runs in f16 and bf16
+/// within `tol` of PyTorch's f32 results.
+pub fn check_half_precision(modules: &[&Module], tol: f64) -> Result<()> {
+    for dtype in [DType::F16, DType::BF16] {
+        for m in modules {
+            let err = worst_error(m, dtype)?;
+            assert!(err < tol, "{} in {dtype:?}: max abs error {err}", m.torch);
         }
-    )*};
+    }
+    Ok(())
+}
+
+/// `m`'s module with `batch_first` set, run on its first recorded input
+/// transposed, gives exactly what `m` gives (its output contiguous and of
+/// shape `output_dims`).
+pub fn assert_batch_first_matches_time_major(m: &Module, output_dims: &[usize]) -> Result<()> {
+    assert!(!m.batch_first, "{}: already batch_first", m.torch);
+    let time_major = Stack::load(m, DType::F32)?;
+    let batch_first = Module {
+        batch_first: true,
+        ..m.clone()
+    };
+    let batch_first = Stack::load(&batch_first, DType::F32)?;
+    let xs = tensor(&m.runs[0].input, DType::F32)?; // (T, B, I)
+    let tm = time_major.call(&xs, None, &[])?;
+    let bf = batch_first.call(&xs.transpose(0, 1)?, None, &[])?;
+    assert_eq!(bf[0].dims(), output_dims);
+    assert!(bf[0].is_contiguous());
+    assert_eq!(max_abs_diff(&bf[0].transpose(0, 1)?, &tm[0])?, 0.0);
+    assert_eq!(bf.len(), tm.len());
+    for (b, t) in bf[1..].iter().zip(&tm[1..]) {
+        assert_eq!(max_abs_diff(b, t)?, 0.0);
+    }
+    Ok(())
+}
+
+/// An all-zero initial state of the given shapes (`[h0]` or `[h0, c0]`)
+/// gives exactly what no initial state gives, on `m`'s first recorded input.
+pub fn assert_zero_state_equals_no_state(m: &Module, state_shapes: &[&[usize]]) -> Result<()> {
+    let stack = Stack::load(m, DType::F32)?;
+    let xs = tensor(&m.runs[0].input, DType::F32)?;
+    let none = stack.call(&xs, None, &[])?;
+    let state = state_shapes
+        .iter()
+        .map(|shape| zeros(shape))
+        .collect::<Result<Vec<_>>>()?;
+    let zero = stack.call(&xs, None, &state)?;
+    assert_eq!(zero.len(), none.len());
+    for (z, n) in zero.iter().zip(&none) {
+        assert_eq!(max_abs_diff(z, n)?, 0.0);
+    }
+    Ok(())
+}
+
+// ---- errors, never panics ---------------------------------------------------
+
+/// A 1-D or 4-D input is an error naming its rank and shape.
+pub fn assert_bad_input_rank_is_an_error(stack: &Stack) -> Result<()> {
+    for shape in [&[3][..], &[1, 5, 2, 3][..]] {
+        let msg = err_text(stack.call(&zeros(shape)?, None, &[]));
+        assert!(msg.contains("rank"), "{msg}");
+        assert!(msg.contains(&format!("{shape:?}")), "{msg}");
+    }
+    Ok(())
+}
+
+/// An input of feature size 7 (input_size is 3) is an error naming the shape,
+/// batched or not; the batched message starts with `kind` ("LSTM", "GRU", ...).
+pub fn assert_bad_feature_size_is_an_error(stack: &Stack, kind: &str) -> Result<()> {
+    let msg = err_text(stack.call(&zeros(&[5, 2, 7])?, None, &[]));
+    assert!(msg.starts_with(kind), "{msg}");
+    assert!(
+        msg.contains("[5, 2, 7]") && msg.contains("input_size 3"),
+        "{msg}"
+    );
+    let msg = err_text(stack.call(&zeros(&[5, 7])?, None, &[]));
+    assert!(msg.contains("[5, 7]"), "{msg}");
+    Ok(())
+}
+
+/// A sequence of length 0 is an error.
+pub fn assert_empty_sequence_is_an_error(stack: &Stack) -> Result<()> {
+    let msg = err_text(stack.call(&zeros(&[0, 2, 3])?, None, &[]));
+    assert!(msg.contains("empty"), "{msg}");
+    Ok(())
+}
+
+/// One test per fixture module of `family` (`test_name => "module name"`,
+/// against PyTorch in f32 and f64), and `every_module_is_tested`: the list
+/// names every module of the family, in file order.
+macro_rules! torch_cases {
+    ($family:ident: $($test:ident => $name:literal,)*) => {
+        $(
+            #[test]
+            fn $test() -> candle_core::Result<()> {
+                crate::support::check_against_torch(crate::fixtures::$family().get($name))
+            }
+        )*
+
+        #[test]
+        fn every_module_is_tested() {
+            let family = crate::fixtures::$family();
+            let names: Vec<&str> = family.iter().map(|m| m.name.as_str()).collect();
+            assert_eq!(names, [$($name),*]);
+        }
+    };
 }
