@@ -49,13 +49,24 @@ ENCODER = """\
         def forward(self, x):
             return torch.cumprod(self.proj(x), dim=1)
 
-    class WithPrelu(nn.Module):
+    class WithSoftsign(nn.Module):
         def __init__(self):
             super().__init__()
-            self.act = nn.PReLU()
+            self.act = nn.Softsign()
 
         def forward(self, x):
             return self.act(x)
+
+
+    class Repeated(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.acts = nn.ModuleList([nn.Softsign() for _ in range(3)])
+
+        def forward(self, x):
+            for act in self.acts:
+                x = torch.cumprod(act(x), dim=1) + 1
+            return x
     """
 
 YAML = """\
@@ -161,7 +172,12 @@ def test_modules_of_a_virtualenv_under_the_project_do_not_count(tmp_path, monkey
 
 @pytest.mark.parametrize("factory, expected", [
     ("usermodels:Cumsum", "usermodels.py:23: function torch.cumprod is not supported"),
-    ("usermodels:WithPrelu", "[act] layer type torch.nn.PReLU is not supported"),
+    ("usermodels:WithSoftsign", "[act] layer type torch.nn.Softsign is not supported"),
+    # a construct in a loop is reported once, with how often it occurs
+    ("usermodels:Repeated", "usermodels.py:41: [acts.0 and 2 more] layer type "
+     "torch.nn.Softsign is not supported (3 times)"),
+    ("usermodels:Repeated", "usermodels.py:41: function torch.cumprod is not supported "
+     "(3 times, and 3 uses of their results)"),
 ])
 def test_unsupported_model_writes_nothing_and_exits_non_zero(tmp_path, capsys, factory, expected):
     path = project(tmp_path, ENCODER, YAML.rstrip(" ") + f"""\

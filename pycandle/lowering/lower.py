@@ -251,12 +251,10 @@ class _Lowering:
                 follow_ons[e.root] = follow_ons.get(e.root, 0) + 1
             except Unsupported as e:
                 self.problem(node, e.what, e.hint)
+        uses = [0] * len(self.problems)
         for root, count in follow_ons.items():
-            i = self.first_problem[root]
-            p = self.problems[i]
-            uses = "use" if count == 1 else "uses"
-            self.problems[i] = dataclasses.replace(
-                p, what=f"{p.what} (and {count} {uses} of its result)")
+            uses[self.first_problem[root]] += count
+        self.problems = _grouped(self.problems, uses)
 
     def operand(self, value: Any) -> Any:
         if isinstance(value, Ref):
@@ -401,9 +399,8 @@ class _Lowering:
             raise Unsupported(f"module '{node.target}' missing from the manifest")
         layer = registry.layer_for(info.type)
         if layer is None:
-            supported = ", ".join(sorted(l.short for l in registry.LAYERS.values()))
             raise Unsupported(f"layer type {info.type} is not supported",
-                              hint=f"supported layers: {supported}")
+                              hint="see `pycandle coverage` for the supported layers")
         problems = layer.check(info.config)
         if "reparametrized" in info.config:
             problems = [*problems, f"a parametrization of its parameters "
@@ -658,6 +655,30 @@ def _model_dtype(manifest: Manifest) -> str:
             f"the model's dtype {name} has no Candle equivalent",
             hint="convert the model with `dtype:` in models.yaml")])
     return variant
+
+
+def _grouped(problems: list[Problem], uses: list[int]) -> list[Problem]:
+    """One entry per construct: the same problem at the same source line (a layer built in a
+    loop, a function called from a block used several times) is reported once, with how many
+    times it occurs and how many later results depend on it."""
+    groups: dict[tuple[str, str | None, str | None], list[int]] = {}
+    for i, p in enumerate(problems):
+        groups.setdefault((p.what, p.source, p.hint), []).append(i)
+    out = []
+    for (what, _, _), members in groups.items():
+        first = problems[members[0]]
+        modules = [problems[i].module for i in members if problems[i].module is not None]
+        module = first.module
+        if len(set(modules)) > 1:
+            module = f"{modules[0]} and {len(set(modules)) - 1} more"
+        count, used = len(members), sum(uses[i] for i in members)
+        if count == 1:
+            note = f" (and {used} use{'s' * (used != 1)} of its result)" if used else ""
+        else:
+            note = f" ({count} times" + (
+                f", and {used} use{'s' * (used != 1)} of their results)" if used else ")")
+        out.append(dataclasses.replace(first, what=what + note, module=module))
+    return out
 
 
 def _weight_normed(init: Callable[[str], str], dim: int | None) -> Callable[[str], str]:
