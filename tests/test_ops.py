@@ -139,6 +139,11 @@ OPS = """\
                     torch.fmod(torch.arange(12.0), 0.3),
                     (10 * x).long() % 3, torch.fmod((10 * x).long(), -3),
                     torch.remainder((10 * x).long(), (3 * d).long()),
+                    (3 * x) // d, (3 * x) // -0.7, 2.0 // d, torch.floor_divide(3 * x, -d),
+                    torch.div(3 * x, d, rounding_mode='floor'),
+                    torch.arange(12.0) // 0.1,  # PyTorch's 7.0 // 0.1 is 69, not 70
+                    (10 * x).long() // 3, (10 * x).long() // -(3 * d).long(),
+                    (10 * x).int() % 3, (10 * x).int() // -4,
                     torch.maximum(x, x.flip(0)), x.minimum(x[:, :1]), x.round(decimals=2),
                     torch.round(30 * x, decimals=-1)) + tuple(
                 # bool results as floats: a bool golden does not load in Candle (safetensors)

@@ -431,7 +431,7 @@ def layer_parameters(short: str, a: dict[str, Any]) -> tuple[dict, dict]:
 # --- case line -> one-node manifest ---------------------------------------------------------------
 
 _BINOPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "truediv",
-           ast.MatMult: "matmul", ast.Pow: "pow"}
+           ast.MatMult: "matmul", ast.Pow: "pow", ast.FloorDiv: "floordiv", ast.Mod: "mod"}
 _COMPARE = {ast.Gt: "gt", ast.Lt: "lt", ast.GtE: "ge", ast.LtE: "le", ast.Eq: "eq",
             ast.NotEq: "ne"}
 _SYM_OPS = {ast.Add: "add", ast.Mult: "mul", ast.FloorDiv: "floordiv"}

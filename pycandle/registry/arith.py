@@ -31,8 +31,11 @@ def _binary(kind: str) -> Callable[[str, dict[str, Any], Any], str]:
     def emit(spelling: str, a: dict[str, Any], out: Any) -> str:
         if a.get("alpha", 1) != 1:
             raise Unsupported(f"{kind} with alpha={a['alpha']!r}")
-        if a.get("rounding_mode") is not None:
-            raise Unsupported(f"div with rounding_mode={a['rounding_mode']!r}")
+        mode = a.get("rounding_mode")
+        if mode == "floor":
+            return _modulo("floor_divide")(spelling, a, out)
+        if mode is not None:
+            raise Unsupported(f"div with rounding_mode={mode!r}")
         x, y = a["input"], a["other"]
         reflected = spelling.startswith("Tensor.__r")
         if reflected:  # `other <op> self`
@@ -147,6 +150,15 @@ _UNARY = {"exp": "{x.name}.exp()?", "log": "{x.name}.log()?", "sqrt": "{x.name}.
           "neg": "{x.name}.neg()?", "reciprocal": "{x.name}.recip()?", "square": "{x.name}.sqr()?",
           "expm1": "({x.name}.exp()? - 1.0)?"}
 
+def _negation(spelling: str, a: dict[str, Any], out: Any) -> str:
+    """`-x`: Candle's `neg` serves floats only (it panics on integers), so an integer tensor
+    is subtracted from zero."""
+    x = tensor(a["input"])
+    if x.meta.dtype.startswith(("float", "bfloat")):
+        return f"{x.name}.neg()?"
+    return f"({x.name}.zeros_like()? - {x.borrow})?"
+
+
 for _name, _template in _UNARY.items():
     _names = {f"torch.{_name}": "input", f"Tensor.{_name}": "input", f"Tensor.{_name}_": "input",
               f"torch.{_name}_": "input"}
@@ -155,7 +167,7 @@ for _name, _template in _UNARY.items():
                        "Tensor.negative": "input"})
     if _name == "abs":
         _names.update({"Tensor.__abs__": "input", "torch.absolute": "input"})
-    register_op(Op(_name, _names, unary_op(_template)))
+    register_op(Op(_name, _names, _negation if _name == "neg" else unary_op(_template)))
 
 
 _LN_CONSTS = {2.0: "std::f64::consts::LN_2", 10.0: "std::f64::consts::LN_10"}
@@ -456,21 +468,29 @@ for _kind in _LOGICAL:
 
 # --- fmod, remainder ------------------------------------------------------------------------------
 
-_MODULO_DTYPES = ("float32", "float64", "int64")
+_MODULO_DTYPES = ("float32", "float64", "int64", "int32")
 
 
 def _modulo(kind: str) -> Callable[[str, dict[str, Any], Any], str]:
-    """The runtime's exact `fmod` (the dividend's sign) and `remainder` (the divisor's sign),
-    with a number operand as a 0-d tensor of the other's dtype."""
+    """The runtime's exact `fmod` (the dividend's sign), `remainder` (the divisor's sign) and
+    floor division, with a number operand as a 0-d tensor of the other's dtype."""
 
     def emit(spelling: str, a: dict[str, Any], out: Any) -> str:
         x, y = a["input"], a["other"]
-        if spelling == "Tensor.__rmod__":
+        if spelling.startswith("Tensor.__r"):
             x, y = y, x
         t = x if isinstance(x, T) else tensor(y, "other")
         if t.meta.dtype not in _MODULO_DTYPES:
             raise Unsupported(f"{kind} of a {t.meta.dtype} tensor "
-                              "(float32, float64 and int64 here)")
+                              "(float32, float64, int64 and int32 here)")
+        for v in (x, y):
+            if isinstance(v, T) and v.meta.dtype != t.meta.dtype:
+                raise Unsupported(f"{kind} of a {x.meta.dtype} and a {y.meta.dtype} tensor",
+                                  hint="cast one to the other's dtype")
+            if not isinstance(v, T) and is_number(v) and not t.meta.dtype.startswith("float") \
+                    and v != int(v):
+                raise Unsupported(f"{kind} of an integer tensor by {v!r} (a float result)",
+                                  hint="cast the tensor to a float dtype first")
 
         def operand(v: Any) -> str:
             if isinstance(v, T):
@@ -480,7 +500,8 @@ def _modulo(kind: str) -> Callable[[str, dict[str, Any], Any], str]:
             return f"&Tensor::new({rust_scalar(v, t.meta.dtype)}, {t.name}.device())?"
 
         # named for their rounding: a local `fmod` (the node) would shadow a function `fmod`
-        fn = runtime("rem_trunc" if kind == "fmod" else "rem_floor")
+        fn = runtime({"fmod": "rem_trunc", "remainder": "rem_floor",
+                      "floor_divide": "div_floor"}[kind])
         return f"{fn}({operand(x)}, {operand(y)})?"
 
     return emit
@@ -489,6 +510,13 @@ def _modulo(kind: str) -> Callable[[str, dict[str, Any], Any], str]:
 register_op(Op("fmod", {"torch.fmod": "input, other", "Tensor.fmod": "input, other",
                         "Tensor.fmod_": "input, other"}, _modulo("fmod"),
                doc="exact; a tensor or number divisor (the dividend's sign)"))
+register_op(Op("floor_divide", {"torch.floor_divide": "input, other",
+                                "Tensor.floor_divide": "input, other",
+                                "Tensor.floor_divide_": "input, other",
+                                "Tensor.__floordiv__": "input, other",
+                                "Tensor.__rfloordiv__": "input, other",
+                                "Tensor.__ifloordiv__": "input, other"}, _modulo("floor_divide"),
+               doc="exact, as PyTorch (also //); tensors and numbers"))
 register_op(Op("remainder", {"torch.remainder": "input, other", "Tensor.remainder": "input, other",
                              "Tensor.remainder_": "input, other", "Tensor.__rmod__": "input, other",
                              "Tensor.__imod__": "input, other"}, _modulo("remainder"),

@@ -15,7 +15,7 @@
 //! * [`index`]: PyTorch indexing Candle has no single op for: strided
 //!   slices, integer-tensor indices and boolean masks.
 //! * [`ops`]: elementwise ops Candle lacks: `fmod` and `remainder`, exact
-//!   ([`rem_trunc`], [`rem_floor`]), and [`atan2`].
+//!   ([`rem_trunc`], [`rem_floor`]), floor division ([`div_floor`]), and [`atan2`].
 //! * [`pad`]: the padding modes Candle lacks: reflect, circular and a
 //!   non-zero constant.
 //! * [`pool`]: pooling with `ceil_mode`, dilation and the averaging options
@@ -42,7 +42,7 @@ pub mod weight_norm;
 
 pub use attention::{AttentionMasks, MultiheadAttention, MultiheadAttentionConfig};
 pub use index::{masked_select, take, take_every};
-pub use ops::{atan2, rem_floor, rem_trunc};
+pub use ops::{atan2, div_floor, rem_floor, rem_trunc};
 pub use pad::{pad_circular, pad_constant, pad_reflect};
 pub use parity::{CaseGolden, Golden, ParityCase, ParityReport};
 pub use pool::{avg_pool_dim, max_pool_dim, Divisor, PoolDim};

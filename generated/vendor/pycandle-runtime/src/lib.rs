@@ -15,7 +15,7 @@
 //! * [`index`]: PyTorch indexing Candle has no single op for: strided
 //!   slices, integer-tensor indices and boolean masks.
 //! * [`ops`]: elementwise ops Candle lacks: `fmod` and `remainder`, exact
-//!   ([`rem_trunc`], [`rem_floor`]).
+//!   ([`rem_trunc`], [`rem_floor`]), floor division ([`div_floor`]), and [`atan2`].
 //! * [`pad`]: the padding modes Candle lacks: reflect, circular and a
 //!   non-zero constant.
 //! * [`pool`]: pooling with `ceil_mode`, dilation and the averaging options
@@ -23,6 +23,8 @@
 //! * [`attention`]: `nn.MultiheadAttention` ([`MultiheadAttention`]) with PyTorch's
 //!   parameter names and masking rules.
 //! * [`example`]: what the generated crate's runnable examples share.
+//! * [`weight_norm`](mod@weight_norm): layers under PyTorch's weight normalisation, loaded
+//!   from their `weight_g`/`weight_v` (or parametrization) parameters.
 //! * [`parity`]: golden tensors recorded from PyTorch ([`Golden`]) and the
 //!   tolerance bookkeeping that turns comparisons into a pass/fail verdict
 //!   and a JSON report ([`ParityReport`]).
@@ -36,10 +38,11 @@ pub mod pad;
 pub mod parity;
 pub mod pool;
 pub mod rnn;
+pub mod weight_norm;
 
 pub use attention::{AttentionMasks, MultiheadAttention, MultiheadAttentionConfig};
 pub use index::{masked_select, take, take_every};
-pub use ops::{rem_floor, rem_trunc};
+pub use ops::{atan2, div_floor, rem_floor, rem_trunc};
 pub use pad::{pad_circular, pad_constant, pad_reflect};
 pub use parity::{CaseGolden, Golden, ParityCase, ParityReport};
 pub use pool::{avg_pool_dim, max_pool_dim, Divisor, PoolDim};
@@ -47,3 +50,4 @@ pub use rnn::{
     sequence_lengths, Gru, GruCell, GruCellConfig, GruConfig, Lstm, LstmCell, LstmCellConfig,
     LstmConfig, Nonlinearity, Rnn, RnnCell, RnnCellConfig, RnnConfig,
 };
+pub use weight_norm::weight_norm;

@@ -25,8 +25,108 @@ fn modulo(x: &Tensor, y: &Tensor, floored: bool) -> Result<Tensor> {
         DType::F32 => each::<f32>(&x, &y, |a, b| Some(a % b), floored),
         DType::F64 => each::<f64>(&x, &y, |a, b| Some(a % b), floored),
         DType::I64 => each::<i64>(&x, &y, |a, b| a.checked_rem(b), floored),
-        other => bail!("modulo of {other:?} tensors (f32, f64 and i64 only)"),
+        DType::I32 => each::<i32>(&x, &y, |a, b| a.checked_rem(b), floored),
+        other => bail!("modulo of {other:?} tensors (f32, f64, i64 and i32 only)"),
     }
+}
+
+/// `torch.floor_divide` (Python's `//`, `div(rounding_mode="floor")`): the quotient rounded
+/// toward negative infinity, computed as PyTorch does for floats (from the exact remainder, so
+/// `7.0 // 0.1` is 69, not the 70 of `floor(7.0 / 0.1)`). The operands broadcast; f32, f64,
+/// i64 and i32 (an integer division by zero is an error).
+pub fn div_floor(x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    if x.dtype() != y.dtype() {
+        bail!(
+            "floor division of {:?} and {:?} tensors",
+            x.dtype(),
+            y.dtype()
+        )
+    }
+    let shape = x
+        .shape()
+        .broadcast_shape_binary_op(y.shape(), "floor_divide")?;
+    let (x, y) = (x.broadcast_as(&shape)?, y.broadcast_as(&shape)?);
+    match x.dtype() {
+        DType::F32 => pairwise::<f32>(&x, &y, |a, b| div_floor_float(a.into(), b.into()) as f32),
+        DType::F64 => pairwise::<f64>(&x, &y, div_floor_float),
+        DType::I64 => quotients::<i64>(&x, &y, |a, b| Some(a.checked_div(b)? - floor_step(a, b))),
+        DType::I32 => quotients::<i32>(&x, &y, |a, b| Some(a.checked_div(b)? - floor_step(a, b))),
+        other => bail!("floor division of {other:?} tensors (f32, f64, i64 and i32 only)"),
+    }
+}
+
+/// 1 when the truncated quotient of `a / b` is above the floored one.
+fn floor_step<T: WithDType>(a: T, b: T) -> T {
+    let zero = T::zero();
+    let r = a % b;
+    if r != zero && ((r < zero) != (b < zero)) {
+        T::one()
+    } else {
+        zero
+    }
+}
+
+/// PyTorch's floor division of floats: `(a - fmod(a, b)) / b`, moved down by one where the
+/// remainder's sign differs from the divisor's, then rounded to the nearest integer.
+fn div_floor_float(a: f64, b: f64) -> f64 {
+    if b == 0.0 {
+        return a / b;
+    }
+    let m = a % b;
+    let mut div = (a - m) / b;
+    if m != 0.0 && ((b < 0.0) != (m < 0.0)) {
+        div -= 1.0;
+    }
+    if div == 0.0 {
+        return (0.0f64).copysign(a / b);
+    }
+    let floor = div.floor();
+    if div - floor > 0.5 {
+        floor + 1.0
+    } else {
+        floor
+    }
+}
+
+/// Integer quotients of every pair of elements; `None` is a division by zero.
+fn quotients<T: WithDType>(
+    x: &Tensor,
+    y: &Tensor,
+    q: impl Fn(T, T) -> Option<T>,
+) -> Result<Tensor> {
+    let a = x.flatten_all()?.to_vec1::<T>()?;
+    let b = y.flatten_all()?.to_vec1::<T>()?;
+    let out = a
+        .iter()
+        .zip(&b)
+        .map(|(&a, &b)| {
+            q(a, b).ok_or_else(|| candle_core::Error::Msg("integer division by zero".into()))
+        })
+        .collect::<Result<Vec<T>>>()?;
+    Tensor::from_vec(out, x.shape(), x.device())
+}
+
+/// `torch.atan2(y, x)`: the angle of the point `(x, y)`, in `[-pi, pi]`, with the quadrant
+/// and signed-zero rules of C's `atan2`. The operands broadcast; f32 and f64.
+pub fn atan2(y: &Tensor, x: &Tensor) -> Result<Tensor> {
+    if x.dtype() != y.dtype() {
+        bail!("atan2 of {:?} and {:?} tensors", y.dtype(), x.dtype())
+    }
+    let shape = y.shape().broadcast_shape_binary_op(x.shape(), "atan2")?;
+    let (y, x) = (y.broadcast_as(&shape)?, x.broadcast_as(&shape)?);
+    match y.dtype() {
+        DType::F32 => pairwise::<f32>(&y, &x, f32::atan2),
+        DType::F64 => pairwise::<f64>(&y, &x, f64::atan2),
+        other => bail!("atan2 of {other:?} tensors (f32 and f64 only)"),
+    }
+}
+
+/// `f` on every pair of elements of two tensors of one shape.
+fn pairwise<T: WithDType>(a: &Tensor, b: &Tensor, f: impl Fn(T, T) -> T) -> Result<Tensor> {
+    let va = a.flatten_all()?.to_vec1::<T>()?;
+    let vb = b.flatten_all()?.to_vec1::<T>()?;
+    let out: Vec<T> = va.iter().zip(&vb).map(|(&a, &b)| f(a, b)).collect();
+    Tensor::from_vec(out, a.shape(), a.device())
 }
 
 /// `rem` on every pair of elements; `floored` moves a non-zero remainder whose sign differs
@@ -58,6 +158,49 @@ fn each<T: WithDType>(
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn floor_division_as_pytorch() -> Result<()> {
+        let dev = Device::Cpu;
+        let a = Tensor::new(&[7i64, -7, 7, -7, 0], &dev)?;
+        let b = Tensor::new(&[2i64, 2, -2, -2, 3], &dev)?;
+        assert_eq!(div_floor(&a, &b)?.to_vec1::<i64>()?, [3, -4, -4, 3, 0]);
+        let a32 = a.to_dtype(DType::I32)?;
+        let b32 = b.to_dtype(DType::I32)?;
+        assert_eq!(div_floor(&a32, &b32)?.to_vec1::<i32>()?, [3, -4, -4, 3, 0]);
+        assert_eq!(rem_floor(&a32, &b32)?.to_vec1::<i32>()?, [1, 1, -1, -1, 0]);
+        let x = Tensor::new(&[7.0f64, -7.0, 7.5, -0.5, 1.0], &dev)?;
+        let y = Tensor::new(&[0.1f64, 2.0, -2.0, 4.0, 0.0], &dev)?;
+        let got = div_floor(&x, &y)?.to_vec1::<f64>()?;
+        // 7.0 // 0.1 is 69.0 in Python and PyTorch (0.1 is slightly above 1/10)
+        assert_eq!(got[..4], [69.0, -4.0, -4.0, -1.0]);
+        assert_eq!(got[4], f64::INFINITY);
+        let zero = Tensor::new(&[0i64], &dev)?;
+        assert!(div_floor(&a.narrow(0, 0, 1)?, &zero).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn atan2_quadrants_and_broadcasting() -> Result<()> {
+        let dev = Device::Cpu;
+        let y = Tensor::new(&[[1f64], [-1.0]], &dev)?; // (2, 1)
+        let x = Tensor::new(&[1f64, -1.0, 0.0], &dev)?; // (3)
+        let got = atan2(&y, &x)?.to_vec2::<f64>()?;
+        let pi = std::f64::consts::PI;
+        let want = [
+            [pi / 4.0, 3.0 * pi / 4.0, pi / 2.0],
+            [-pi / 4.0, -3.0 * pi / 4.0, -pi / 2.0],
+        ];
+        assert_eq!(got, want);
+        let zero = Tensor::new(&[0f32], &dev)?;
+        let neg = Tensor::new(&[-1f32], &dev)?;
+        assert_eq!(
+            atan2(&zero, &neg)?.to_vec1::<f32>()?,
+            [std::f32::consts::PI]
+        );
+        assert!(atan2(&y, &x.to_dtype(DType::F32)?).is_err());
+        Ok(())
+    }
 
     fn values<T: WithDType>(t: Tensor) -> Vec<T> {
         t.flatten_all().unwrap().to_vec1::<T>().unwrap()
