@@ -78,6 +78,9 @@ def module_source(rng: random.Random) -> str:
                 self.proj_nobias = Linear(6, 3, bias=False)
                 self.image = nn.Parameter(torch.randn(5, 2, 3, 2))
                 self.norm = LayerNorm(6)
+                self.register_buffer("mean", torch.randn(6) * 0.1)
+                self.register_buffer("var", torch.rand(6) + 0.5)
+                self.gamma = nn.Parameter(torch.rand(6) + 0.5)
                 self.scale = nn.Parameter(torch.rand(2, 3) + 0.5)
 
             def forward(self, x, wave, im):
@@ -98,6 +101,10 @@ def module_source(rng: random.Random) -> str:
                         F.layer_norm(y.transpose(1, 2).unflatten(-1, (2, 3)), (2, 3),
                                      self.scale * 2, eps=1e-3),
                         F.layer_norm(y.transpose(1, 2), (6,)),
+                        F.batch_norm(y, self.mean, self.var, self.gamma, self.bias[:6],
+                                     training=self.training, eps=1e-3),
+                        F.batch_norm(y.unsqueeze(-1), self.mean, self.var),
+                        F.group_norm(y, 3, self.gamma, self.bias[:6]), F.group_norm(y, 2),
                         {calls})
         """)
 
@@ -136,7 +143,7 @@ def test_functional_convolutions_match_pytorch(tmp_path, cargo_env, capsys):
     report = json.loads((tmp_path / "reports" / "parity.json").read_text())
     outputs = {e["output"] for r in report for e in r["entries"]
                if e["kind"] == "model" and r["model"] == "filterbank"}
-    assert len(outputs) == 18  # every output checked end to end
+    assert len(outputs) == 22  # every output checked end to end
     src = (tmp_path / "crate" / "src" / "filterbank.rs").read_text()
     # the subclasses are traced through: their forward's F.conv1d / F.linear on the weights
     assert "x.conv1d(&self.conv.weight" in src or ".conv1d(&self.conv.weight" in src, src

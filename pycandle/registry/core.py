@@ -393,6 +393,7 @@ DTYPE_AWARE_OPS = frozenset({
     "new_zeros", "new_ones", "new_full", "sum", "mean", "softmax", "log_softmax", "type_cast",
     "isnan", "isinf", "isfinite", "logical_not", "logical_and", "logical_or", "logical_xor",
     "one_hot", "cumsum", "prod", "tensor", "empty", "empty_like", "new_empty",
+    "where_cond",  # the values give the dtype (numbers: the result's), never the condition
 })
 
 LAYERS: dict[str, Layer] = {}

@@ -6,7 +6,7 @@ import math
 from typing import Any, Callable
 
 from pycandle.registry.core import (
-    Field, Layer, Op, Unsupported, int_arg, minus, need, one_tensor, register_layer, register_op,
+    Field, Layer, Op, T, Unsupported, int_arg, minus, need, one_tensor, register_layer, register_op,
     require, rust_float, shape_tuple, tensor,
 )
 
@@ -282,3 +282,71 @@ register_op(Op("layer_norm",
                 "input, normalized_shape, weight=None, bias=None, eps=1e-05",
                 "torch.layer_norm": "input, normalized_shape, weight=None, bias=None, eps=1e-05"},
                _functional_layer_norm, doc="over the last dim(s), with or without weight and bias"))
+
+
+# --- F.group_norm, F.batch_norm (eval) on the model's own tensors (asteroid's BatchNorm subclass) -
+
+
+def _channels(x: T, what: str) -> int:
+    """The channel count (dimension 1) of an input of rank 2 or more, one in every trace case."""
+    if x.rank < 2:
+        raise Unsupported(f"{what} of a rank-{x.rank} input")
+    channels = {s[1] for s in x.meta.shapes}
+    if len(channels) != 1:
+        raise Unsupported(f"{what} of an input whose channel count differs between trace cases")
+    return channels.pop()
+
+
+def _per_channel(a: dict[str, Any], name: str, c: int, x: T, fill: str | None) -> str:
+    """A per-channel tensor argument (cloned: reference-counted, no copy), or `fill` (`ones`,
+    `zeros`) made in the input's dtype where the call passes none."""
+    v = a[name]
+    if v is None:
+        if fill is None:
+            raise Unsupported(f"{name} is None")
+        need("candle_core::Tensor")
+        return f"Tensor::{fill}({c}, {x.name}.dtype(), {x.name}.device())?"
+    t = tensor(v, name)
+    if any(math.prod(s) != c for s in t.meta.shapes):
+        raise Unsupported(f"'{name}' of {t.meta.shapes[0]} (expected {c} values)")
+    return f"{t.name}.clone()"
+
+
+def _functional_group_norm(spelling: str, a: dict[str, Any], out: Any) -> str:
+    x = tensor(a["input"])
+    groups = int_arg(a["num_groups"], "num_groups")
+    c = _channels(x, "group_norm")
+    weight = _per_channel(a, "weight", c, x, "ones")
+    bias = _per_channel(a, "bias", c, x, "zeros")
+    layer = f"candle_nn::GroupNorm::new({weight}, {bias}, {c}, {groups}, {_eps(a)})?"
+    need("candle_nn::Module")
+    return _group_norm_call({}, layer, (x,), {})
+
+
+def _functional_batch_norm(spelling: str, a: dict[str, Any], out: Any) -> str:
+    x = tensor(a["input"])
+    if a["training"]:
+        raise Unsupported("batch_norm with training=True (the batch's own statistics)",
+                          hint="pass training=self.training: the model is traced in eval mode")
+    c = _channels(x, "batch_norm")
+    stats = (f"{_per_channel(a, 'running_mean', c, x, None)}, "
+             f"{_per_channel(a, 'running_var', c, x, None)}")
+    if a["weight"] is None and a["bias"] is None:
+        layer = f"candle_nn::BatchNorm::new_no_bias({c}, {stats}, {_eps(a)})?"
+    else:
+        weight = _per_channel(a, "weight", c, x, "ones")
+        bias = _per_channel(a, "bias", c, x, "zeros")
+        layer = f"candle_nn::BatchNorm::new({c}, {stats}, {weight}, {bias}, {_eps(a)})?"
+    need("candle_nn::ModuleT")
+    # Candle's BatchNorm takes (N, C, ...) of any rank from 2, as PyTorch's function does
+    return _batch_norm_call(tuple(range(2, 9)))({}, layer, (x,), {})
+
+
+register_op(Op("group_norm", {
+    "torch.nn.functional.group_norm": "input, num_groups, weight=None, bias=None, eps=1e-05"},
+    _functional_group_norm, doc="weight and bias optional, any rank >= 2"))
+register_op(Op("batch_norm", {
+    "torch.nn.functional.batch_norm": "input, running_mean, running_var, weight=None, "
+                                      "bias=None, training=False, momentum=0.1, eps=1e-05"},
+    _functional_batch_norm,
+    doc="eval (training=False) with running statistics; weight and bias optional"))
