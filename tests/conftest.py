@@ -27,6 +27,21 @@ def pin_lockfile(crate_dir: Path) -> None:
     shutil.copy(ROOT / "Cargo.lock", crate_dir / "Cargo.lock")
 
 
+def run_pipeline(root: Path, modules: dict[str, str], models_yaml: str, capsys) -> str:
+    """Write the user's modules and models.yaml (its crate: `crate`) under `root`, run
+    `pycandle all` there and return what it printed; a failure shows the end of its output."""
+    from pycandle.cli import main
+
+    for name, source in modules.items():
+        (root / f"{name}.py").write_text(source)
+    (root / "models.yaml").write_text(models_yaml)
+    pin_lockfile(root / "crate")
+    code = main(["all", "--config", str(root / "models.yaml")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.out[-6000:] + captured.err[-6000:]
+    return captured.out
+
+
 def assert_clippy_clean(crate_dir: Path) -> None:
     """Generated code must pass clippy with warnings as errors (rustfmt ran in codegen)."""
     clippy = subprocess.run(

@@ -14,8 +14,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from conftest import assert_clippy_clean, pin_lockfile  # noqa: E402
-from pycandle.cli import main  # noqa: E402
+from conftest import assert_clippy_clean, run_pipeline  # noqa: E402
 
 CHANNELS = 4
 
@@ -133,13 +132,9 @@ models:
 @pytest.mark.cargo
 @pytest.mark.filterwarnings("ignore:Using padding='same'")
 def test_functional_convolutions_match_pytorch(tmp_path, cargo_env, capsys):
-    (tmp_path / "fnmodels.py").write_text(module_source(random.Random(20261203)))
-    (tmp_path / "models.yaml").write_text(MODELS)
-    pin_lockfile(tmp_path / "crate")
-    code = main(["all", "--config", str(tmp_path / "models.yaml")])
-    captured = capsys.readouterr()
-    assert code == 0, captured.out[-6000:] + captured.err[-6000:]
-    assert "parity: 4 passed, 0 failed" in captured.out
+    out = run_pipeline(tmp_path, {"fnmodels": module_source(random.Random(20261203))}, MODELS,
+                       capsys)
+    assert "parity: 4 passed, 0 failed" in out
     report = json.loads((tmp_path / "reports" / "parity.json").read_text())
     outputs = {e["output"] for r in report for e in r["entries"]
                if e["kind"] == "model" and r["model"] == "filterbank"}

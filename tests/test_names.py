@@ -153,7 +153,7 @@ def test_runtime_functions_are_the_ones_the_runtime_exports():
     from conftest import ROOT
 
     lib = (ROOT / "pycandle" / "runtime" / "src" / "lib.rs").read_text()
-    exported = {name for group in re.findall(r"pub use \w+::\{([^}]*)\}", lib)
+    exported = {name for group in re.findall(r"pub use \w+::(\{[^}]*\}|\w+);", lib)
                 for name in re.findall(r"\b[a-z_][a-z0-9_]*\b", group)}
     assert names.RUNTIME_FUNCTIONS == exported
     assert names.RUNTIME_FUNCTIONS <= names.RESERVED_LOCALS

@@ -12,8 +12,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from conftest import assert_clippy_clean, pin_lockfile  # noqa: E402
-from pycandle.cli import main  # noqa: E402
+from conftest import assert_clippy_clean, run_pipeline  # noqa: E402
 from pycandle.config import load_config  # noqa: E402
 from pycandle.record import RecordError, record  # noqa: E402
 
@@ -68,13 +67,8 @@ models:
 @pytest.mark.cargo
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_weight_normed_layers_match_pytorch(tmp_path, cargo_env, capsys):
-    (tmp_path / "wnmodels.py").write_text(MODELS_PY)
-    (tmp_path / "models.yaml").write_text(MODELS)
-    pin_lockfile(tmp_path / "crate")
-    code = main(["all", "--config", str(tmp_path / "models.yaml")])
-    captured = capsys.readouterr()
-    assert code == 0, captured.out[-6000:] + captured.err[-6000:]
-    assert "parity: 2 passed, 0 failed" in captured.out
+    out = run_pipeline(tmp_path, {"wnmodels": MODELS_PY}, MODELS, capsys)
+    assert "parity: 2 passed, 0 failed" in out
     report = json.loads((tmp_path / "reports" / "parity.json").read_text())
     layers = {e["layer"] for r in report for e in r["entries"] if e["kind"] == "layer"}
     assert layers == {"conv", "conv_dim1", "up", "conv2d", "linear", "linear_p"}
