@@ -104,6 +104,8 @@ def module_source(rng: random.Random) -> str:
                                      training=self.training, eps=1e-3),
                         F.batch_norm(y.unsqueeze(-1), self.mean, self.var),
                         F.group_norm(y, 3, self.gamma, self.bias[:6]), F.group_norm(y, 2),
+                        F.rms_norm(y.transpose(1, 2), (6,), self.gamma),
+                        F.rms_norm(y.transpose(1, 2).unflatten(-1, (2, 3)), (2, 3), eps=1e-4),
                         {calls})
         """)
 
@@ -138,7 +140,7 @@ def test_functional_convolutions_match_pytorch(tmp_path, cargo_env, capsys):
     report = json.loads((tmp_path / "reports" / "parity.json").read_text())
     outputs = {e["output"] for r in report for e in r["entries"]
                if e["kind"] == "model" and r["model"] == "filterbank"}
-    assert len(outputs) == 22  # every output checked end to end
+    assert len(outputs) == 24  # every output checked end to end
     src = (tmp_path / "crate" / "src" / "filterbank.rs").read_text()
     # the subclasses are traced through: their forward's F.conv1d / F.linear on the weights
     assert "x.conv1d(&self.conv.weight" in src or ".conv1d(&self.conv.weight" in src, src

@@ -180,32 +180,39 @@ for _n in (1, 2):
 
 # --- RMSNorm --------------------------------------------------------------------------------------
 
-F32_EPS = 1.1920928955078125e-07  # torch.finfo(torch.float32).eps, RMSNorm's eps=None
+# eps=None: PyTorch takes torch.finfo(dtype).eps of the input, which is the model's dtype
+_MACHINE_EPS = ("match vb.dtype() {\n"
+                "DType::F16 => 0.0009765625,\n"
+                "DType::BF16 => 0.0078125,\n"
+                "DType::F64 => f64::EPSILON,\n"
+                "_ => f64::from(f32::EPSILON),\n"
+                "}")
+_FINFO_EPS = {"float32": "f64::from(f32::EPSILON)", "float64": "f64::EPSILON",
+              "float16": "0.0009765625", "bfloat16": "0.0078125"}
 
 
 def _rms_norm_field(cfg: dict[str, Any]) -> Field:
     dims = _normalized(cfg)
     size = math.prod(dims)
-    eps = rust_float(F32_EPS if cfg["eps"] is None else float(cfg["eps"]))
+    lines = []
+    if cfg["eps"] is None:
+        need("candle_core::DType")
+        lines.append(f"let eps = {_MACHINE_EPS};")
+        eps = "eps"
+    else:
+        eps = _eps(cfg)
     if not cfg["elementwise_affine"]:
-        return Field("RmsNorm", lambda vb: "{\n"
-                     f"let vb = {vb};\n"
-                     f"RmsNorm::new(Tensor::ones({size}, vb.dtype(), vb.device())?, {eps})\n"
-                     "}")
-    if len(dims) == 1:
+        lines.append(f"RmsNorm::new(Tensor::ones({size}, vb.dtype(), vb.device())?, {eps})")
+    elif len(dims) == 1 and not lines:
         return Field("RmsNorm", lambda vb: f"candle_nn::rms_norm({size}, {eps}, {vb})?")
-    shape = shape_tuple([str(d) for d in dims])  # flattened, as the call flattens the input
-    return Field("RmsNorm", lambda vb: "{\n"
-                 f"let vb = {vb};\n"
-                 f'RmsNorm::new(vb.get({shape}, "weight")?.flatten_all()?, {eps})\n'
-                 "}")
+    else:  # several trailing dimensions: the weight flattened, as the call flattens the input
+        shape = shape_tuple([str(d) for d in dims])
+        flat = ".flatten_all()?" if len(dims) > 1 else ""
+        lines.append(f'RmsNorm::new(vb.get({shape}, "weight")?{flat}, {eps})')
+    return Field("RmsNorm", lambda vb: "\n".join(["{", f"let vb = {vb};", *lines, "}"]))
 
 
 def _rms_norm_call(cfg: dict[str, Any], this: str, args: tuple, kwargs: dict[str, Any]) -> str:
-    x = one_tensor(args, kwargs)
-    if cfg["eps"] is None and x.meta.dtype != "float32":
-        raise Unsupported(f"RMSNorm with eps=None on a {x.meta.dtype} input (its eps follows "
-                          "the input's dtype)", hint="pass eps explicitly")
     return _layer_norm_call(cfg, this, args, kwargs)
 
 
@@ -213,7 +220,8 @@ register_layer(Layer(
     "torch.nn.RMSNorm", ("normalized_shape", "eps", "elementwise_affine"), outputs="out",
     field=_rms_norm_field, call=_rms_norm_call,
     uses=("candle_nn::RmsNorm",), call_uses=("candle_nn::Module",),
-    doc="eps (None: float32's), with or without a weight, over the last dim(s)",
+    doc="eps (None: the dtype's machine epsilon), with or without a weight, over the last "
+        "dim(s)",
 ))
 
 
@@ -350,3 +358,35 @@ register_op(Op("batch_norm", {
                                       "bias=None, training=False, momentum=0.1, eps=1e-05"},
     _functional_batch_norm,
     doc="eval (training=False) with running statistics; weight and bias optional"))
+
+
+def _functional_rms_norm(spelling: str, a: dict[str, Any], out: Any) -> str:
+    x = tensor(a["input"])
+    shape = a["normalized_shape"]
+    dims = [int_arg(d, "normalized_shape") for d in (shape if isinstance(shape, (tuple, list))
+                                                      else [shape])]
+    if x.rank < len(dims) or any(tuple(s[x.rank - len(dims):]) != tuple(dims)
+                                 for s in x.meta.shapes):
+        raise Unsupported(f"normalized_shape {tuple(dims)} on an input whose trailing "
+                          "dimensions differ")
+    if x.meta.dtype not in _FINFO_EPS:
+        raise Unsupported(f"rms_norm of a {x.meta.dtype} tensor")
+    eps = _FINFO_EPS[x.meta.dtype] if a["eps"] is None else rust_float(float(a["eps"]))
+    if a["weight"] is None:
+        need("candle_core::Tensor")
+        weight = f"Tensor::ones({math.prod(dims)}, {x.name}.dtype(), {x.name}.device())?"
+    else:
+        w = tensor(a["weight"], "weight")
+        weight = f"{w.name}.flatten_all()?" if len(dims) > 1 else f"{w.name}.clone()"
+    norm = f"candle_nn::RmsNorm::new({weight}, {eps})"
+    need("candle_nn::Module")
+    if len(dims) == 1:
+        return f"{norm}.forward({x.borrow})?"
+    return (f"{norm}.forward(&{x.name}.flatten_from({minus(len(dims))})?)?"
+            f".reshape({x.name}.shape())?")
+
+
+register_op(Op("rms_norm", {
+    "torch.nn.functional.rms_norm": "input, normalized_shape, weight=None, eps=None",
+    "torch.rms_norm": "input, normalized_shape, weight=None, eps=None"},
+    _functional_rms_norm, doc="over the last dim(s), with or without weight, eps=None"))
