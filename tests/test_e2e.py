@@ -111,8 +111,19 @@ def test_generated_crate_stands_alone(examples, cargo_env, tmp_path):
                               "--example", "padded_gru"],
                              capture_output=True, text=True, env=env, cwd=away)
     assert example.returncode == 0, example.stderr[-3000:]
-    assert re.fullmatch(r"output 0: \[5, 1, 4\]\noutput 1: \[5, 24\]\nforward: \S+\n",
+    assert re.fullmatch(r"output 0: \[5, 1, 4\]\noutput 1: \[5, 24\]\n"
+                        r"forward: \S+ \(recurrent kernels: (avx2|portable)\)\n",
                         example.stdout), example.stdout
+    # the portable kernels, forced on a CPU that has AVX2, pass parity too
+    portable = subprocess.run([cargo, "run", "--quiet", "--manifest-path", manifest,
+                               "--example", "voice_encoder"], capture_output=True, text=True,
+                              env={**env, "PYCANDLE_KERNEL": "portable"}, cwd=away)
+    assert portable.returncode == 0 and "(recurrent kernels: portable)" in portable.stdout, \
+        portable.stdout + portable.stderr[-2000:]
+    forced = subprocess.run([cargo, "test", "--quiet", "--manifest-path", manifest,
+                             "--test", "parity", "voice_encoder"], capture_output=True, text=True,
+                            env={**env, "PYCANDLE_KERNEL": "portable"}, cwd=away)
+    assert forced.returncode == 0, forced.stdout[-3000:] + forced.stderr[-3000:]
 
 
 def test_example_models_pass_parity_at_every_trace_shape(examples, cargo_env, capsys):

@@ -4,6 +4,8 @@
 //! cargo run --release --example mlp -- [--weights WEIGHTS.safetensors] [INPUTS.safetensors]
 //! ```
 //!
+//! `PYCANDLE_KERNEL=portable` runs the recurrent kernels without AVX2, to compare the paths.
+//!
 //! The weights default to the ones PyCandle recorded. Inputs are read from INPUTS by their
 //! `forward()` argument names (`input`); without the file, or for a name it lacks, the
 //! input is made at the first traced shape: zeros, or ones for integers.
@@ -12,7 +14,7 @@
 
 use candle_core::{DType, Device, Result};
 use generated::mlp::Mlp;
-use pycandle_runtime::example::{timed, ExampleRun};
+use pycandle_runtime::example::{kernel_name, timed, ExampleRun};
 
 const RECORDED_WEIGHTS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -26,6 +28,9 @@ fn main() -> Result<()> {
 
     let (out, elapsed) = timed(|| model.forward(&input))?;
     println!("output 0: {:?}", out.dims());
-    println!("forward: {elapsed:.2?}");
+    println!(
+        "forward: {elapsed:.2?} (recurrent kernels: {})",
+        kernel_name()
+    );
     Ok(())
 }

@@ -73,6 +73,15 @@ impl ExampleRun {
     }
 }
 
+/// What the recurrent kernels run on (`avx2` or `portable`; `PYCANDLE_KERNEL=portable` forces
+/// the latter), for an example's report.
+pub fn kernel_name() -> &'static str {
+    match crate::kernel::kernel_path() {
+        crate::kernel::KernelPath::Avx2 => "avx2",
+        crate::kernel::KernelPath::Portable => "portable",
+    }
+}
+
 /// Runs `f` once and returns its result with the time it took.
 pub fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, Duration)> {
     let start = Instant::now();

@@ -111,6 +111,57 @@ fn check_len<T>(what: &str, buf: &[T], expected: usize) -> Result<(), ShapeError
     }
 }
 
+/// The instruction set the recurrent kernels run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelPath {
+    /// AVX2 with FMA, when the CPU has them (the default on such CPUs).
+    Avx2,
+    /// Plain Rust that the compiler vectorises: every CPU.
+    Portable,
+}
+
+/// The environment variable that forces a [`KernelPath`]: `portable` (or `scalar`) runs the
+/// plain-Rust kernels even where AVX2 is available, to compare the paths on one machine;
+/// `avx2` or unset picks the fastest path the CPU has.
+pub const KERNEL_ENV: &str = "PYCANDLE_KERNEL";
+
+/// The kernel path a value of [`KERNEL_ENV`] asks for, or why the value is not one.
+pub fn kernel_path_for(value: Option<&str>) -> std::result::Result<KernelPath, String> {
+    match value.map(str::trim) {
+        None | Some("") | Some("avx2") => Ok(KernelPath::Avx2),
+        Some("portable") | Some("scalar") => Ok(KernelPath::Portable),
+        Some(other) => Err(format!(
+            "{KERNEL_ENV}={other:?} is not a kernel path (portable, scalar or avx2)"
+        )),
+    }
+}
+
+/// The path [`KERNEL_ENV`] asks for, read once; an unknown value is reported on stderr and
+/// the default kept.
+pub fn requested_kernel_path() -> KernelPath {
+    static PATH: std::sync::OnceLock<KernelPath> = std::sync::OnceLock::new();
+    *PATH.get_or_init(|| {
+        let value = std::env::var(KERNEL_ENV).ok();
+        kernel_path_for(value.as_deref()).unwrap_or_else(|e| {
+            eprintln!("pycandle-runtime: {e}; using the default");
+            KernelPath::Avx2
+        })
+    })
+}
+
+/// The path the recurrent kernels take on this CPU: [`KernelPath::Avx2`] when the CPU has
+/// AVX2 and FMA and [`KERNEL_ENV`] does not ask for the portable one.
+pub fn kernel_path() -> KernelPath {
+    #[cfg(target_arch = "x86_64")]
+    if requested_kernel_path() == KernelPath::Avx2
+        && is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+    {
+        return KernelPath::Avx2;
+    }
+    KernelPath::Portable
+}
+
 /// The number of threads Candle's CPU backend uses: `RAYON_NUM_THREADS`
 /// when set, else the available parallelism.
 pub fn default_threads() -> usize {

@@ -783,3 +783,20 @@ fn split_range_covers_everything() {
         }
     }
 }
+
+#[test]
+fn the_kernel_path_variable_is_read_strictly() {
+    use super::{kernel_path_for, KernelPath};
+    assert_eq!(kernel_path_for(None), Ok(KernelPath::Avx2));
+    assert_eq!(kernel_path_for(Some("avx2")), Ok(KernelPath::Avx2));
+    assert_eq!(
+        kernel_path_for(Some(" portable ")),
+        Ok(KernelPath::Portable)
+    );
+    assert_eq!(kernel_path_for(Some("scalar")), Ok(KernelPath::Portable));
+    let err = kernel_path_for(Some("avx512")).unwrap_err();
+    assert!(
+        err.contains("PYCANDLE_KERNEL=\"avx512\" is not a kernel path"),
+        "{err}"
+    );
+}

@@ -39,9 +39,10 @@ pub(super) static PORTABLE_ONLY: AtomicBool = AtomicBool::new(false);
 #[cfg(target_arch = "x86_64")]
 pub(super) fn portable_only() -> bool {
     #[cfg(test)]
-    return PORTABLE_ONLY.load(Ordering::Relaxed);
-    #[cfg(not(test))]
-    false
+    if PORTABLE_ONLY.load(Ordering::Relaxed) {
+        return true;
+    }
+    super::requested_kernel_path() == super::KernelPath::Portable
 }
 
 /// [`member`] with AVX2 and FMA. Everything generic over `FMA` that it calls
