@@ -252,37 +252,53 @@ register_op(Op("_weight_norm", {"torch._weight_norm": "v, g, dim=0"}, _weight_no
 # --- F.layer_norm on the model's own tensors (a LayerNorm subclass's forward, a computed scale) ---
 
 
-def _functional_layer_norm(spelling: str, a: dict[str, Any], out: Any) -> str:
-    x = tensor(a["input"])
-    shape = a["normalized_shape"]
+def _trailing_dims(x: T, shape: Any) -> list[int]:
+    """A function's `normalized_shape`, checked against the input's trailing dimensions."""
     dims = [int_arg(d, "normalized_shape") for d in (shape if isinstance(shape, (tuple, list))
                                                       else [shape])]
     if x.rank < len(dims) or any(tuple(s[x.rank - len(dims):]) != tuple(dims)
                                  for s in x.meta.shapes):
         raise Unsupported(f"normalized_shape {tuple(dims)} on an input whose trailing "
                           "dimensions differ")
-    eps = rust_float(float(a["eps"]))
+    return dims
 
-    def flat(v: Any, what: str) -> str:
-        t = tensor(v, what)
-        return f"{t.name}.flatten_all()?" if len(dims) > 1 else f"{t.name}.clone()"
 
-    if a["weight"] is None:
-        if a["bias"] is not None:
-            raise Unsupported("F.layer_norm with a bias and no weight")
-        weight = f"Tensor::ones({math.prod(dims)}, {x.name}.dtype(), {x.name}.device())?"
-        need("candle_core::Tensor")
-    else:
-        weight = flat(a["weight"], "weight")
-    if a["bias"] is None:
-        norm = f"candle_nn::LayerNorm::new_no_bias({weight}, {eps})"
-    else:
-        norm = f"candle_nn::LayerNorm::new({weight}, {flat(a['bias'], 'bias')}, {eps})"
+def _flat(v: Any, what: str, dims: list[int]) -> str:
+    """A per-element parameter for the last dims, flattened as the input is."""
+    t = tensor(v, what)
+    return f"{t.name}.flatten_all()?" if len(dims) > 1 else f"{t.name}.clone()"
+
+
+def _ones(x: T, dims: list[int]) -> str:
+    need("candle_core::Tensor")
+    return f"Tensor::ones({math.prod(dims)}, {x.name}.dtype(), {x.name}.device())?"
+
+
+def _over_trailing(norm: str, x: T, dims: list[int]) -> str:
+    """`norm` (a candle_nn LayerNorm or RmsNorm, which normalise the last dimension) over the
+    last `dims` of `x`: flattened into one, and back."""
     need("candle_nn::Module")
     if len(dims) == 1:
         return f"{norm}.forward({x.borrow})?"
     return (f"{norm}.forward(&{x.name}.flatten_from({minus(len(dims))})?)?"
             f".reshape({x.name}.shape())?")
+
+
+def _functional_layer_norm(spelling: str, a: dict[str, Any], out: Any) -> str:
+    x = tensor(a["input"])
+    dims = _trailing_dims(x, a["normalized_shape"])
+    eps = rust_float(float(a["eps"]))
+    if a["weight"] is None:
+        if a["bias"] is not None:
+            raise Unsupported("F.layer_norm with a bias and no weight")
+        weight = _ones(x, dims)
+    else:
+        weight = _flat(a["weight"], "weight", dims)
+    if a["bias"] is None:
+        norm = f"candle_nn::LayerNorm::new_no_bias({weight}, {eps})"
+    else:
+        norm = f"candle_nn::LayerNorm::new({weight}, {_flat(a['bias'], 'bias', dims)}, {eps})"
+    return _over_trailing(norm, x, dims)
 
 
 register_op(Op("layer_norm",
@@ -362,28 +378,12 @@ register_op(Op("batch_norm", {
 
 def _functional_rms_norm(spelling: str, a: dict[str, Any], out: Any) -> str:
     x = tensor(a["input"])
-    shape = a["normalized_shape"]
-    dims = [int_arg(d, "normalized_shape") for d in (shape if isinstance(shape, (tuple, list))
-                                                      else [shape])]
-    if x.rank < len(dims) or any(tuple(s[x.rank - len(dims):]) != tuple(dims)
-                                 for s in x.meta.shapes):
-        raise Unsupported(f"normalized_shape {tuple(dims)} on an input whose trailing "
-                          "dimensions differ")
+    dims = _trailing_dims(x, a["normalized_shape"])
     if x.meta.dtype not in _FINFO_EPS:
         raise Unsupported(f"rms_norm of a {x.meta.dtype} tensor")
     eps = _FINFO_EPS[x.meta.dtype] if a["eps"] is None else rust_float(float(a["eps"]))
-    if a["weight"] is None:
-        need("candle_core::Tensor")
-        weight = f"Tensor::ones({math.prod(dims)}, {x.name}.dtype(), {x.name}.device())?"
-    else:
-        w = tensor(a["weight"], "weight")
-        weight = f"{w.name}.flatten_all()?" if len(dims) > 1 else f"{w.name}.clone()"
-    norm = f"candle_nn::RmsNorm::new({weight}, {eps})"
-    need("candle_nn::Module")
-    if len(dims) == 1:
-        return f"{norm}.forward({x.borrow})?"
-    return (f"{norm}.forward(&{x.name}.flatten_from({minus(len(dims))})?)?"
-            f".reshape({x.name}.shape())?")
+    weight = _ones(x, dims) if a["weight"] is None else _flat(a["weight"], "weight", dims)
+    return _over_trailing(f"candle_nn::RmsNorm::new({weight}, {eps})", x, dims)
 
 
 register_op(Op("rms_norm", {
