@@ -22,10 +22,10 @@ fn modulo(x: &Tensor, y: &Tensor, floored: bool) -> Result<Tensor> {
     let shape = x.shape().broadcast_shape_binary_op(y.shape(), "modulo")?;
     let (x, y) = (x.broadcast_as(&shape)?, y.broadcast_as(&shape)?);
     match x.dtype() {
-        DType::F32 => each::<f32>(&x, &y, |a, b| Some(a % b), floored),
-        DType::F64 => each::<f64>(&x, &y, |a, b| Some(a % b), floored),
-        DType::I64 => each::<i64>(&x, &y, |a, b| a.checked_rem(b), floored),
-        DType::I32 => each::<i32>(&x, &y, |a, b| a.checked_rem(b), floored),
+        DType::F32 => remainders::<f32>(&x, &y, |a, b| Some(a % b), floored),
+        DType::F64 => remainders::<f64>(&x, &y, |a, b| Some(a % b), floored),
+        DType::I64 => remainders::<i64>(&x, &y, |a, b| a.checked_rem(b), floored),
+        DType::I32 => remainders::<i32>(&x, &y, |a, b| a.checked_rem(b), floored),
         other => bail!("modulo of {other:?} tensors (f32, f64, i64 and i32 only)"),
     }
 }
@@ -49,11 +49,17 @@ pub fn div_floor(x: &Tensor, y: &Tensor) -> Result<Tensor> {
     match x.dtype() {
         DType::F32 => pairwise::<f32>(&x, &y, |a, b| div_floor_float(a.into(), b.into()) as f32),
         DType::F64 => pairwise::<f64>(&x, &y, div_floor_float),
-        DType::I64 => quotients::<i64>(&x, &y, |a, b| Some(a.checked_div(b)? - floor_step(a, b))),
-        DType::I32 => quotients::<i32>(&x, &y, |a, b| Some(a.checked_div(b)? - floor_step(a, b))),
+        DType::I64 => checked_pairs::<i64>(&x, &y, DIV_BY_ZERO, |a, b| {
+            Some(a.checked_div(b)? - floor_step(a, b))
+        }),
+        DType::I32 => checked_pairs::<i32>(&x, &y, DIV_BY_ZERO, |a, b| {
+            Some(a.checked_div(b)? - floor_step(a, b))
+        }),
         other => bail!("floor division of {other:?} tensors (f32, f64, i64 and i32 only)"),
     }
 }
+
+const DIV_BY_ZERO: &str = "integer division by zero";
 
 /// 1 when the truncated quotient of `a / b` is above the floored one.
 fn floor_step<T: WithDType>(a: T, b: T) -> T {
@@ -88,24 +94,6 @@ fn div_floor_float(a: f64, b: f64) -> f64 {
     }
 }
 
-/// Integer quotients of every pair of elements; `None` is a division by zero.
-fn quotients<T: WithDType>(
-    x: &Tensor,
-    y: &Tensor,
-    q: impl Fn(T, T) -> Option<T>,
-) -> Result<Tensor> {
-    let a = x.flatten_all()?.to_vec1::<T>()?;
-    let b = y.flatten_all()?.to_vec1::<T>()?;
-    let out = a
-        .iter()
-        .zip(&b)
-        .map(|(&a, &b)| {
-            q(a, b).ok_or_else(|| candle_core::Error::Msg("integer division by zero".into()))
-        })
-        .collect::<Result<Vec<T>>>()?;
-    Tensor::from_vec(out, x.shape(), x.device())
-}
-
 /// `torch.atan2(y, x)`: the angle of the point `(x, y)`, in `[-pi, pi]`, with the quadrant
 /// and signed-zero rules of C's `atan2`. The operands broadcast; f32 and f64.
 pub fn atan2(y: &Tensor, x: &Tensor) -> Result<Tensor> {
@@ -123,35 +111,43 @@ pub fn atan2(y: &Tensor, x: &Tensor) -> Result<Tensor> {
 
 /// `f` on every pair of elements of two tensors of one shape.
 fn pairwise<T: WithDType>(a: &Tensor, b: &Tensor, f: impl Fn(T, T) -> T) -> Result<Tensor> {
+    checked_pairs(a, b, "", |a, b| Some(f(a, b)))
+}
+
+/// `f` on every pair of elements of two tensors of one shape; `None` fails with `error` (an
+/// integer division by zero).
+fn checked_pairs<T: WithDType>(
+    a: &Tensor,
+    b: &Tensor,
+    error: &str,
+    f: impl Fn(T, T) -> Option<T>,
+) -> Result<Tensor> {
     let va = a.flatten_all()?.to_vec1::<T>()?;
     let vb = b.flatten_all()?.to_vec1::<T>()?;
-    let out: Vec<T> = va.iter().zip(&vb).map(|(&a, &b)| f(a, b)).collect();
+    let out = va
+        .iter()
+        .zip(&vb)
+        .map(|(&a, &b)| f(a, b).ok_or_else(|| candle_core::Error::Msg(error.to_string())))
+        .collect::<Result<Vec<T>>>()?;
     Tensor::from_vec(out, a.shape(), a.device())
 }
 
 /// `rem` on every pair of elements; `floored` moves a non-zero remainder whose sign differs
 /// from the divisor's by one divisor (PyTorch's `remainder` from C's `fmod`).
-fn each<T: WithDType>(
+fn remainders<T: WithDType>(
     x: &Tensor,
     y: &Tensor,
     rem: impl Fn(T, T) -> Option<T>,
     floored: bool,
 ) -> Result<Tensor> {
-    let a = x.flatten_all()?.to_vec1::<T>()?;
-    let b = y.flatten_all()?.to_vec1::<T>()?;
-    let zero = T::zero();
-    let mut out = Vec::with_capacity(a.len());
-    for (&a, &b) in a.iter().zip(&b) {
-        let Some(m) = rem(a, b) else {
-            bail!("integer modulo by zero")
-        };
-        out.push(if floored && m != zero && ((m < zero) != (b < zero)) {
+    checked_pairs(x, y, "integer modulo by zero", |a, b| {
+        let m = rem(a, b)?;
+        Some(if floored && floor_step(m, b) != T::zero() {
             m + b
         } else {
             m
-        });
-    }
-    Tensor::from_vec(out, x.shape(), x.device())
+        })
+    })
 }
 
 #[cfg(test)]
