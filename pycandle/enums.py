@@ -8,8 +8,10 @@ members named (never a silent fallback). No torch here.
 
 from __future__ import annotations
 
+import math
+import operator
 from enum import StrEnum
-from typing import TypeVar
+from typing import Any, Callable, TypeVar
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -37,33 +39,59 @@ class NodeOp(StrEnum):
 
 
 class SymKind(StrEnum):
-    """How a symbolic integer (a size computed from tensor shapes) is built."""
+    """How a symbolic integer (a size computed from tensor shapes) is built.
+
+    Besides integers, the Python arithmetic of a model passes through floats on its way to a
+    size (`math.ceil(t / s)`, `int(t * 1.25)`): TRUEDIV, and ADD/SUB/MUL with a float operand,
+    are float-valued; CEIL, FLOOR, TRUNC (`int()`) and ROUND take such a float back to an
+    integer. NEG (`-pad`) is a size counted from the end, which only a slice bound or an index
+    takes. The unary kinds leave `b` None."""
 
     DIM = "dim"  # `a` a tensor reference, `b` its dimension
     ADD = "add"
     SUB = "sub"
     MUL = "mul"
     FLOORDIV = "floordiv"
+    MOD = "mod"
+    MAX = "max"
+    MIN = "min"
+    NEG = "neg"
+    TRUEDIV = "truediv"
+    CEIL = "ceil"
+    FLOOR = "floor"
+    TRUNC = "trunc"
+    ROUND = "round"
 
     @property
     def operator(self) -> str:
-        return {"add": "+", "sub": "-", "mul": "*", "floordiv": "/"}[self.value]
+        return {"add": "+", "sub": "-", "mul": "*", "floordiv": "/", "mod": "%",
+                "truediv": "/"}[self.value]
 
     @property
     def precedence(self) -> int:
-        """Rust precedence class: 1 for `+ -`, 2 for `* /`."""
+        """Rust precedence class of a binary operator: 1 for `+ -`, 2 for `* / %`."""
         return 1 if self in (SymKind.ADD, SymKind.SUB) else 2
 
-    def apply(self, a: int, b: int) -> int:
-        if self is SymKind.ADD:
-            return a + b
-        if self is SymKind.SUB:
-            return a - b
-        if self is SymKind.MUL:
-            return a * b
-        if self is SymKind.FLOORDIV:
-            return a // b if b else 0
-        raise ValueError("a dimension is not an arithmetic operation")
+    @property
+    def unary(self) -> bool:
+        return self in (SymKind.NEG, SymKind.CEIL, SymKind.FLOOR, SymKind.TRUNC, SymKind.ROUND)
+
+    def apply(self, a: Any, b: Any = None) -> Any:
+        """Python's value of the operation (a float for the float-valued kinds)."""
+        if self is SymKind.DIM:
+            raise ValueError("a dimension is not an arithmetic operation")
+        if self in (SymKind.FLOORDIV, SymKind.MOD, SymKind.TRUEDIV) and not b:
+            return 0  # never met in a trace (Python raised there); keeps evaluation total
+        return _APPLY[self](a, b)
+
+
+_APPLY: dict[SymKind, Callable[[Any, Any], Any]] = {
+    SymKind.ADD: operator.add, SymKind.SUB: operator.sub, SymKind.MUL: operator.mul,
+    SymKind.FLOORDIV: operator.floordiv, SymKind.MOD: operator.mod, SymKind.MAX: max,
+    SymKind.MIN: min, SymKind.NEG: lambda a, _: -a, SymKind.TRUEDIV: operator.truediv,
+    SymKind.CEIL: lambda a, _: math.ceil(a), SymKind.FLOOR: lambda a, _: math.floor(a),
+    SymKind.TRUNC: lambda a, _: int(a), SymKind.ROUND: lambda a, _: round(a),
+}
 
 
 class EntryKind(StrEnum):

@@ -127,8 +127,8 @@ def _same(a: Any, b: Any) -> bool:
 
 def evaluate(sym: Any, size_of) -> int:
     """The value of a symbolic integer given `size_of(ref, dim)`."""
-    if isinstance(sym, int):
-        return sym
+    if not isinstance(sym, SymInt):
+        return sym  # a literal (int or float), or the unused operand of a unary kind
     if sym.kind == SymKind.DIM:
         return size_of(sym.a, sym.b)
     return SymKind(sym.kind).apply(evaluate(sym.a, size_of), evaluate(sym.b, size_of))
@@ -139,8 +139,11 @@ def settle(value: Any, values_of) -> Any:
     case become plain ints: a constant channel count stays a literal. `values_of(sym)` gives a
     SymInt's value in each case."""
     if isinstance(value, SymInt):
-        values = values_of(value)
-        return values[0] if len(set(values)) == 1 else value
+        # constant only if every dimension it reads is: `t - t_padded` that is 0 in both
+        # trace cases still follows the input length
+        if all(len(set(values_of(d))) == 1 for d in _dims(value)):
+            return values_of(value)[0]
+        return value
     if isinstance(value, tuple):
         return tuple(settle(v, values_of) for v in value)
     if isinstance(value, list):
@@ -150,3 +153,13 @@ def settle(value: Any, values_of) -> Any:
     if isinstance(value, slice):
         return slice(*(settle(getattr(value, a), values_of) for a in ("start", "stop", "step")))
     return value
+
+
+def _dims(sym: Any) -> Iterable[SymInt]:
+    """The tensor dimensions a symbolic integer reads."""
+    if isinstance(sym, SymInt):
+        if sym.kind == SymKind.DIM:
+            yield sym
+        else:
+            yield from _dims(sym.a)
+            yield from _dims(sym.b)

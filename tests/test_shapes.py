@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import textwrap
@@ -9,7 +10,8 @@ import textwrap
 import pytest
 
 from pycandle.manifest import Manifest, Ref, SymInt
-from pycandle.shapes import ShapeInt, TracedSize, traced_size
+from pycandle.enums import SymKind
+from pycandle.shapes import ShapeFloat, ShapeInt, TracedNumber, TracedSize, traced_size
 
 X = Ref("x")
 B, T = SymInt("dim", X, 0), SymInt("dim", X, 1)
@@ -26,23 +28,37 @@ def test_arithmetic_keeps_the_expression():
     assert (t + 0).sym is T and (t * 1).sym is T
 
 
+def test_division_rounding_and_remainders_keep_the_expression():
+    """`t / 2` is a float that remembers it came from t; math.ceil, round and % keep the trail."""
+    t = ShapeInt(5, T)
+    half = t / 2
+    assert isinstance(half, ShapeFloat) and half == 2.5
+    assert half.sym == SymInt(SymKind.TRUEDIV, T, 2)
+    assert (math.ceil(half), math.ceil(half).sym) == (3, SymInt(SymKind.CEIL, half.sym, None))
+    assert (math.floor(half), round(half)) == (2, 2)  # round half to even, as Python does
+    assert round(half).sym == SymInt(SymKind.ROUND, half.sym, None)
+    assert ((t % 2), (t % 2).sym) == (1, SymInt(SymKind.MOD, T, 2))
+    assert ((-t), (-t).sym) == (-5, SymInt(SymKind.NEG, T, None))
+    assert isinstance(t * 0.5, ShapeFloat) and t * 0.5 == 2.5
+
+
 def test_anything_else_gives_plain_numbers():
     t = ShapeInt(5, T)
-    for value in (t / 2, t % 2, int(t), t ** 2, -t, t * 0.5, abs(t)):
-        assert not isinstance(value, ShapeInt), value
-    assert t / 2 == 2.5 and int(t) == 5 and t * 0.5 == 2.5
+    for value in (int(t), t ** 2, float(t)):
+        assert not isinstance(value, (ShapeInt, ShapeFloat)), value
+    assert int(t) == 5 and t ** 2 == 25
     with pytest.raises(ZeroDivisionError):
         t // 0
 
 
 def test_comparisons_are_reported_and_still_compare():
     seen = []
-    ShapeInt.on_compare = seen.append
+    TracedNumber.on_compare = seen.append
     try:
         t = ShapeInt(5, T)
         assert t > 4 and t == 5 and not t < 5 and t != ShapeInt(6, B) and max(t, 3) == 5
     finally:
-        ShapeInt.on_compare = None
+        TracedNumber.on_compare = None
     assert len(seen) >= 5 and all(s is t for s in seen)
     assert {5: "five"}[ShapeInt(5, T)] == "five"  # hashes as the int it is
 

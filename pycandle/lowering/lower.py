@@ -20,8 +20,8 @@ from pycandle.manifest import (
     PACK, PAD, Manifest, Node, Param, Ref, SymInt, TensorMeta, found_in, golden_input_key,
     golden_node_key, golden_output_key, leaves, path_key, refs_in,
 )
-from pycandle.registry import Dim, Packed, Rust, T, Unsupported
-from pycandle.rust import rust_str
+from pycandle.registry import Dim, FloatSize, FromEnd, Packed, Rust, T, Unsupported
+from pycandle.rust import rust_float, rust_str
 from pycandle.symbolic import evaluate
 
 
@@ -274,23 +274,72 @@ class _Lowering:
             return slice(self.operand(value.start), self.operand(value.stop),
                          self.operand(value.step))
         if isinstance(value, SymInt):
+            if value.kind == SymKind.NEG:  # `x[:-pad]`: counted from the end
+                return FromEnd(Dim(self.usize(value.a), self.sym_values(value.a)))
+            if _float_valued(value):
+                return FloatSize(self.f64(value), self.sym_values(value))
             return Dim(self.usize(value), self.sym_values(value))
         return value
 
     def usize(self, sym: Any, context: int = 0) -> str:
-        """A symbolic integer as a Rust usize expression, parenthesised for an operator of
-        precedence `context` (1: `+ -`, 2: `* /`; one more for a right-hand operand)."""
-        if isinstance(sym, int):
+        """A symbolic integer as a Rust usize expression, parenthesised for a place of
+        precedence `context`: 1 an operand of `+ -`, 2 of `* / %` (one more on the right of
+        `- / %`), 3 of `as`, 4 a method's receiver."""
+        if not isinstance(sym, SymInt):
+            if isinstance(sym, bool) or not isinstance(sym, int) or sym < 0:
+                raise Unsupported(f"{sym!r} where a size (a non-negative integer) is expected")
             return str(sym)
-        if sym.kind == SymKind.DIM:
+        kind = SymKind(sym.kind)
+        if kind == SymKind.DIM:
             return self.operand(sym.a).dim(sym.b)
-        kind, b = SymKind(sym.kind), sym.b
-        if kind == SymKind.ADD and isinstance(b, int) and b < 0:
-            kind, b = SymKind.SUB, -b
-        prec = kind.precedence
-        # `a - (b + c)`, `a / (b * c)`: the right operand binds tighter than its operator
-        right = prec + 1 if kind in (SymKind.SUB, SymKind.FLOORDIV) else prec
-        text = f"{self.usize(sym.a, prec)} {kind.operator} {self.usize(b, right)}"
+        if kind == SymKind.NEG or _float_valued(sym):
+            what = "a negative number" if kind == SymKind.NEG else "a float"
+            raise Unsupported(f"a size computed from the input shapes is {what} here, where "
+                              "Candle takes a non-negative integer")
+        if kind in (SymKind.MAX, SymKind.MIN):
+            a, b = (sym.b, sym.a) if isinstance(sym.a, int) else (sym.a, sym.b)
+            text, prec = f"{self.usize(a, 4)}.{kind.value}({self.usize(b)})", 4
+        elif kind.unary:
+            text, prec = self._rounded(kind, sym.a)
+        else:
+            b = sym.b
+            if kind == SymKind.ADD and isinstance(b, int) and b < 0:
+                kind, b = SymKind.SUB, -b
+            prec = kind.precedence
+            # `a - (b + c)`, `a / (b * c)`: the right operand binds tighter than its operator
+            right = prec + 1 if kind in (SymKind.SUB, SymKind.FLOORDIV, SymKind.MOD) else prec
+            text = f"{self.usize(sym.a, prec)} {kind.operator} {self.usize(b, right)}"
+        return f"({text})" if prec < context else text
+
+    def _rounded(self, kind: SymKind, x: Any) -> tuple[str, int]:
+        """`math.ceil(x)`, `math.floor(x)`, `int(x)`, `round(x)` of a float from sizes, and the
+        precedence of the text. A quotient of two sizes stays in integers (`t.div_ceil(s)`)."""
+        if kind != SymKind.ROUND and isinstance(x, SymInt) and x.kind == SymKind.TRUEDIV \
+                and not _float_valued(x.a) and not _float_valued(x.b):
+            if kind == SymKind.CEIL:
+                return f"{self.usize(x.a, 4)}.div_ceil({self.usize(x.b)})", 4
+            return f"{self.usize(x.a, 2)} / {self.usize(x.b, 3)}", 2  # sizes are >= 0
+        method = "round_ties_even" if kind == SymKind.ROUND else kind.value
+        return f"{self.f64(x, 4)}.{method}() as usize", 3
+
+    def f64(self, sym: Any, context: int = 0) -> str:
+        """A number computed from sizes as a Rust f64 expression (Python's float arithmetic:
+        the same IEEE operations); `context` as for `usize`."""
+        if not isinstance(sym, SymInt):
+            text = rust_float(sym)
+            return f"({text})" if text.startswith("-") and context > 1 else text
+        if not _float_valued(sym):
+            text, prec = f"{self.usize(sym, 4)} as f64", 3
+        else:
+            kind, b = SymKind(sym.kind), sym.b
+            if kind in (SymKind.MAX, SymKind.MIN):
+                text, prec = f"{self.f64(sym.a, 4)}.{kind.value}({self.f64(b)})", 4
+            else:
+                if kind == SymKind.ADD and not isinstance(b, SymInt) and b < 0:
+                    kind, b = SymKind.SUB, -b
+                prec = kind.precedence
+                right = prec + 1 if kind in (SymKind.SUB, SymKind.TRUEDIV) else prec
+                text = f"{self.f64(sym.a, prec)} {kind.operator} {self.f64(b, right)}"
         return f"({text})" if prec < context else text
 
     def sym_values(self, sym: SymInt) -> tuple[int, ...]:
@@ -796,3 +845,15 @@ def _tuple_expr(structure: Any, rets: Any) -> str:
         return next(rets)
     inner = [_tuple_expr(v, rets) for v in structure]
     return "(" + ", ".join(inner) + ("," if len(inner) == 1 else "") + ")"
+
+
+def _float_valued(sym: Any) -> bool:
+    """Whether a size expression is a float in Python (`t / s`, `t * 1.5`), not an int."""
+    if not isinstance(sym, SymInt):
+        return isinstance(sym, float)
+    kind = SymKind(sym.kind)
+    if kind == SymKind.TRUEDIV:
+        return True
+    if kind == SymKind.DIM or kind.unary and kind != SymKind.NEG:
+        return False
+    return _float_valued(sym.a) or _float_valued(sym.b)

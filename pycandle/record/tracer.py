@@ -9,6 +9,7 @@ line where a tensor became a Python bool or number.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -27,7 +28,7 @@ from pycandle.manifest import (
     PACK, PAD, DType, Param, Ref, TensorMeta, golden_node_key, leaves, path_key,
 )
 from pycandle import shapes
-from pycandle.shapes import ShapeInt, TracedSize, traced_size
+from pycandle.shapes import BUILTINS, ShapeFloat, ShapeInt, TracedNumber, TracedSize, traced_size
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _SHAPES_FILE = shapes.__file__
@@ -125,14 +126,29 @@ def user_source(root: Path) -> str | None:
             return None  # back at record's call of the model: no user frame in between
         past_tracer |= not in_pycandle
         if not (filename.startswith(_TORCH_DIR) or in_pycandle or filename.startswith("<")):
-            path = Path(filename)
-            try:
-                shown = path.resolve().relative_to(root).as_posix()
-            except ValueError:
-                shown = path.as_posix()
-            return f"{shown}:{frame.f_lineno}"
+            return f"{_shown(Path(filename), root)}:{frame.f_lineno}"
         frame = frame.f_back
     return None
+
+
+def _shown(path: Path, root: Path) -> str:
+    """A source file as the manifest and the generated comments name it: inside an installed
+    package from the package down (`julius/resample.py`, the same on every machine), else
+    relative to the project, else as it is."""
+    resolved = path.resolve()
+    for entry in _package_dirs(tuple(sys.path)):
+        if resolved.is_relative_to(entry):
+            return resolved.relative_to(entry).as_posix()
+    try:
+        return resolved.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+@functools.lru_cache(maxsize=4)
+def _package_dirs(entries: tuple[str, ...]) -> list[Path]:
+    return [Path(e).resolve() for e in entries
+            if Path(e).name in ("site-packages", "dist-packages")]
 
 
 # Node names avoid the names generated code uses for its own locals (lowering would rename them).
@@ -246,7 +262,7 @@ class GraphTracer(TorchFunctionMode):
             return [self._arg(v) for v in value]
         if isinstance(value, torch.dtype):
             return DType(dtype_name(value))
-        if isinstance(value, ShapeInt):
+        if isinstance(value, (ShapeInt, ShapeFloat)):
             return value.sym
         if isinstance(value, (torch.Size, TracedSize)):
             return tuple(self._arg(v) for v in value)
@@ -397,12 +413,14 @@ class GraphTracer(TorchFunctionMode):
         for m in leaf_modules:
             handles.append(m.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
             handles.append(m.register_forward_hook(self._post_hook, with_kwargs=True))
-        ShapeInt.on_compare = self._shape_compared
+        TracedNumber.on_compare = self._shape_compared
+        unpatch = _patch_builtins(self.model)
         try:
             with torch.no_grad(), self:
                 result = self.model(**inputs)
         finally:
-            ShapeInt.on_compare = None
+            TracedNumber.on_compare = None
+            unpatch()
             restore()
             for h in handles:
                 h.remove()
@@ -492,6 +510,29 @@ def _leaves(value: Any, path: tuple[int, ...] = ()):
             yield from _leaves(v, path + (i,))
     else:
         yield path, value
+
+
+def _patch_builtins(model: torch.nn.Module):
+    """Give the model's own packages (those its modules' classes come from, never torch's) the
+    builtins that keep a size's provenance (pycandle.shapes.BUILTINS); returns the function that
+    takes them away again. A module that defines such a name itself keeps its own."""
+    packages = {type(m).__module__.split(".")[0] for m in model.modules()}
+    packages -= {"torch", "pycandle", "builtins"}
+    added: list[Any] = []
+    for name, module in list(sys.modules.items()):
+        if module is None or name.split(".")[0] not in packages:
+            continue
+        namespace = vars(module)
+        for builtin, replacement in BUILTINS.items():
+            if builtin not in namespace:
+                namespace[builtin] = replacement
+                added.append((namespace, builtin))
+
+    def unpatch() -> None:
+        for namespace, builtin in added:
+            namespace.pop(builtin, None)
+
+    return unpatch
 
 
 def _patch_packing(tracer: GraphTracer, root: Path):

@@ -17,8 +17,8 @@ from pycandle.registry import (  # noqa: F401
     reduce, rnn, shape,
 )
 from pycandle.registry.core import (  # noqa: F401  (the registry's public surface)
-    CONTAINERS, DTYPE_AWARE_OPS, LAYERS, OPS, Dim, Field, Layer, Op, Packed, Rust, Stream, T,
-    Unsupported, alias, bind, emitted, one_tensor, rust_dim, rust_float, usize_expr,
+    CONTAINERS, DTYPE_AWARE_OPS, LAYERS, OPS, Dim, Field, FloatSize, FromEnd, Layer, Op, Packed,
+    Rust, Stream, T, Unsupported, alias, bind, emitted, one_tensor, rust_dim, rust_float, usize_expr,
 )
 
 

@@ -85,6 +85,23 @@ class Dim:
     values: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class FromEnd:
+    """A size negated (`x[..., :-pad]`, `x[-(t // 4):]`): a position counted from the end, which
+    only slice bounds and indices take. `size` is the size itself (`pad`), never negative."""
+
+    size: Dim
+
+
+@dataclass(frozen=True)
+class FloatSize:
+    """A float computed from sizes (`t / s`, `t * 1.25`), as a Rust `f64` expression, with its
+    value in each trace case."""
+
+    expr: str
+    values: tuple[float, ...]
+
+
 def usize_expr(v: Any) -> str:
     """A size argument (int literal or Dim) as Rust."""
     if isinstance(v, Dim):
@@ -94,7 +111,7 @@ def usize_expr(v: Any) -> str:
     raise Unsupported(f"expected a non-negative size, got {v!r}")
 
 
-def size_as(v: Dim, rust_type: str) -> str:
+def size_as(v: Dim | FloatSize, rust_type: str) -> str:
     """A size from shapes as a number of another Rust type (`x.dim(1)? as i64`); `as` binds
     before `+` and `*`, so anything but one `x.dim(k)?` is parenthesised."""
     expr = v.expr if re.fullmatch(r"[\w.]+\.dim\(\d+\)\?", v.expr) else f"({v.expr})"

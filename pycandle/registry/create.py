@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from pycandle.manifest import DType, TensorMeta
 from pycandle.registry.core import (
-    Dim, Op, Rust, T, Unsupported, alias, device, is_number, register_op, rust_dtype,
+    Dim, FloatSize, Op, Rust, T, Unsupported, alias, device, is_number, register_op, rust_dtype,
     rust_scalar, shape_tuple, size_as, tensor, usize_expr, varargs_sizes,
 )
 
@@ -220,7 +220,7 @@ def _elements(data: Any, dtype: str, first: list[bool]) -> str:
             raise Unsupported("torch.tensor of an empty list")
         return "[" + ", ".join(_elements(v, dtype, first) for v in data) + "]"
     rust_type = _RUST_TYPES[dtype]
-    if isinstance(data, Dim):
+    if isinstance(data, (Dim, FloatSize)):
         first[0] = False
         return size_as(data, rust_type)
     if isinstance(data, T):
@@ -250,5 +250,7 @@ def _tensor(spelling: str, a: dict[str, Any], out: Any) -> str:
 
 
 register_op(Op("tensor", {"torch.tensor": "data, *, dtype=None, device=None, "
-                                          "requires_grad=False, pin_memory=False"}, _tensor,
-               doc="of Python numbers (nested lists) and sizes: a constant"))
+                                          "requires_grad=False, pin_memory=False",
+                          "torch.as_tensor": "data, dtype=None, device=None"}, _tensor,
+               doc="of Python numbers (nested lists) and sizes (also `t / s` and the like): "
+                   "a constant, or a value computed from the input shapes"))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pycandle.registry.core import (
-    Dim, Op, T, Unsupported, borrow_expr, device, is_int, register_op, runtime, rust_dim,
+    Dim, FromEnd, Op, T, Unsupported, borrow_expr, device, is_int, register_op, runtime, rust_dim,
     rust_dtype, size_as, tensor,
 )
 
@@ -18,6 +19,13 @@ def _bound(b: Any, size: str, what: str) -> str | None:
     the end, and so does the generated code; a start past the end is Candle's error."""
     if b is None:
         return None
+    if isinstance(b, FromEnd):  # `x[:-pad]`: the same positions at every length
+        return f"{runtime('from_end')}({size}, {b.size.expr})"
+    if isinstance(b, T):  # `x[:n]` with `n` a one-element integer tensor, read at run time
+        if b.meta.dtype not in _INT_DTYPES or any(math.prod(s) != 1 for s in b.meta.shapes):
+            raise Unsupported(f"slice {what} from a {b.meta.dtype} tensor of shape "
+                              f"{b.meta.shapes[0]}", hint="a bound must be one integer")
+        return f"{runtime('slice_bound')}({b.borrow}, {size})?"
     if isinstance(b, Dim):
         if min(b.values) < 0:
             raise Unsupported(f"slice {what} {b.expr} that is negative in a trace case")
@@ -81,6 +89,9 @@ def _getitem(spelling: str, a: dict[str, Any], out: Any) -> str:
             idx = str(it) if it >= 0 else f"{x.dim(od)} - {-it}"
             expr += f".get_on_dim({d}, {idx})?"
             od += 1
+        elif isinstance(it, FromEnd):
+            expr += f".get_on_dim({d}, {runtime('from_end')}({x.dim(od)}, {it.size.expr}))?"
+            od += 1
         elif isinstance(it, Dim):
             if min(it.values) < 0:
                 raise Unsupported(f"index {it.expr} that is negative in a trace case")
@@ -123,7 +134,8 @@ def _masked(x: T, items: list[Any]) -> str:
 
 register_op(Op("getitem", {"Tensor.__getitem__": "input, index"}, _getitem,
                doc="integers (also negative or from shapes), slices with positive steps and "
-                   "bounds from shapes, None, Ellipsis, one integer tensor or list index, a "
+                   "bounds from shapes (also `:-pad`) or one-element integer tensors, None, "
+                   "Ellipsis, one integer tensor or list index, a "
                    "boolean mask over the leading dimensions"))
 
 

@@ -41,7 +41,7 @@ pub mod rnn;
 pub mod weight_norm;
 
 pub use attention::{AttentionMasks, MultiheadAttention, MultiheadAttentionConfig};
-pub use index::{masked_select, take, take_every};
+pub use index::{from_end, masked_select, slice_bound, take, take_every};
 pub use ops::{atan2, div_floor, rem_floor, rem_trunc};
 pub use pad::{pad_circular, pad_constant, pad_reflect};
 pub use parity::{CaseGolden, Golden, ParityCase, ParityReport};

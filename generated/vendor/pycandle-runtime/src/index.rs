@@ -1,10 +1,37 @@
 //! PyTorch indexing that Candle has no single op for: strided slices, integer-tensor
-//! indices (negative values count from the end) and boolean masks.
+//! indices (negative values count from the end), boolean masks, and slice bounds that Python
+//! computes at run time (`x[..., :-pad]`, `x[..., :n]` with `n` a tensor).
 //!
 //! Booleans are `u8` in Candle (any non-zero value is true), as comparisons return them.
 //! Candle's `index_select` wants a contiguous source, so strided views are copied first.
 
 use candle_core::{bail, DType, Result, Tensor};
+
+/// Python's position `-k` in a dimension of `size`: `k` from the end, where `-0` is the start,
+/// so `x[:-k]` keeps `size - k` items and `x[:-0]` none. Clamped at 0, as Python's slices are.
+pub fn from_end(size: usize, k: usize) -> usize {
+    if k == 0 {
+        0
+    } else {
+        size.saturating_sub(k)
+    }
+}
+
+/// A slice bound held in a one-element integer tensor (`x[..., :n]` with
+/// `n = torch.ceil(..).long()`), read as Python does: negative counts from the end, and the
+/// bound is clamped to `0..=size`.
+pub fn slice_bound(bound: &Tensor, size: usize) -> Result<usize> {
+    let value = bound.flatten_all()?.to_dtype(DType::I64)?.to_vec1::<i64>()?;
+    let [value] = value[..] else {
+        bail!("a slice bound must hold one value, this tensor holds {}", value.len())
+    };
+    let magnitude = usize::try_from(value.unsigned_abs()).unwrap_or(usize::MAX);
+    Ok(if value < 0 {
+        size.saturating_sub(magnitude)
+    } else {
+        magnitude.min(size)
+    })
+}
 
 /// `x[..., ::step]` along `dim`: every `step`-th element, starting with the first.
 pub fn take_every(x: &Tensor, dim: usize, step: usize) -> Result<Tensor> {
@@ -74,6 +101,20 @@ mod tests {
 
     fn grid() -> Result<Tensor> {
         Tensor::arange(0f32, 12., &Device::Cpu)?.reshape((3, 4))
+    }
+
+    #[test]
+    fn positions_from_the_end_read_as_python() -> Result<()> {
+        assert_eq!(from_end(10, 3), 7);
+        assert_eq!(from_end(10, 0), 0);
+        assert_eq!(from_end(2, 5), 0);
+        let bound = |v: i64| Tensor::new(v, &Device::Cpu);
+        assert_eq!(slice_bound(&bound(4)?, 10)?, 4);
+        assert_eq!(slice_bound(&bound(-4)?, 10)?, 6);
+        assert_eq!(slice_bound(&bound(40)?, 10)?, 10);
+        assert_eq!(slice_bound(&bound(-40)?, 10)?, 0);
+        assert!(slice_bound(&Tensor::new(&[1i64, 2], &Device::Cpu)?, 10).is_err());
+        Ok(())
     }
 
     #[test]

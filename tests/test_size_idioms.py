@@ -1,0 +1,113 @@
+"""Sizes as published models compute them, carried into the Rust by provenance: a pad to a
+multiple of the stride through `math.ceil(t / s)`, `int()`/`round()`/`math.trunc` of a float
+length, `max`/`min` of sizes, `%`, negative positions counted from the end, and a slice bound held
+in a one-element tensor. Parity at every trace case, and the code is the same whatever lengths
+were traced: a model traced where its pad is 0 still pads right at a length that needs one."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("torch")
+
+from conftest import assert_clippy_clean, run_pipeline  # noqa: E402
+
+MODULE = '''\
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PadToStride(nn.Module):
+    def __init__(self, stride=4):
+        super().__init__()
+        self.stride = stride
+        self.conv = nn.Conv1d(3, 5, stride, stride)
+
+    def forward(self, x):
+        t = x.shape[-1]
+        pad = math.ceil(t / self.stride) * self.stride - t
+        frames = int(t / self.stride)
+        y = self.conv(F.pad(x, (0, pad)))
+        return y, y[..., :frames], x[..., -(t % 3 + 1):], x[..., -max(t - 6, 2)]
+
+
+class SizeArithmetic(nn.Module):
+    def forward(self, x):
+        b, c, t = x.shape
+        keep = min(t - 2, 2 * t // 3)
+        flat = x.reshape(b, -1)[:, :max(c * t - 5, 1)]
+        n = torch.as_tensor(t // 2)
+        return flat, x[..., :keep], x[..., :n], x.new_zeros(b, math.floor(t / 3) + 1)
+
+
+class RateChange(nn.Module):
+    def __init__(self, old=3, new=2):
+        super().__init__()
+        self.old, self.new = old, new
+
+    def forward(self, x):
+        length = x.shape[-1]
+        target = round(length * self.new / self.old)
+        y = x.repeat(1, 1, 2)
+        return y[..., :target], y[..., math.trunc(length / 2.5):]
+'''
+
+MODELS = """\
+crate: crate
+models:
+  - name: pad_to_stride
+    factory: szmodels:PadToStride
+    inputs:
+      - x: {shape: [2, 3, 8]}
+      - x: {shape: [1, 3, 12]}
+      - x: {shape: [2, 3, 10]}
+  - name: size_arithmetic
+    factory: szmodels:SizeArithmetic
+    inputs:
+      - x: {shape: [2, 3, 9]}
+      - x: {shape: [1, 4, 14]}
+  - name: rate_change
+    factory: szmodels:RateChange
+    inputs:
+      - x: {shape: [2, 3, 9]}
+      - x: {shape: [1, 2, 13]}
+"""
+
+
+def _code(path) -> list[str]:
+    """The generated Rust without its comments (shape comments name the traced sizes)."""
+    return [line for line in path.read_text().splitlines() if not line.strip().startswith("//")]
+
+
+@pytest.mark.cargo
+def test_size_idioms_match_pytorch_at_untraced_lengths(tmp_path, cargo_env, capsys):
+    (tmp_path / "all").mkdir()
+    out = run_pipeline(tmp_path / "all", {"szmodels": MODULE}, MODELS, capsys)
+    assert "parity: 7 passed, 0 failed" in out, out[-3000:]
+    src = tmp_path / "all" / "crate" / "src"
+    pad, sizes, rate = ((src / f"{name}.rs").read_text()
+                        for name in ("pad_to_stride", "size_arithmetic", "rate_change"))
+    assert "x.dim(2)?.div_ceil(4) * 4 - x.dim(2)?" in pad, pad
+    assert "from_end(x.dim(2)?, x.dim(2)? % 3 + 1)" in pad, pad
+    assert "(x.dim(2)? - 6).max(2)" in pad, pad
+    assert ".min(x.dim(2)? / 4)" in pad, pad  # int(t / 4)
+    assert "slice_bound(&tensor, x.dim(2)?)?" in sizes, sizes
+    assert "(x.dim(2)? - 2).min(2 * x.dim(2)? / 3)" in sizes, sizes
+    assert "(x.dim(1)? * x.dim(2)? - 5).max(1)" in sizes, sizes
+    assert "x.dim(2)? / 3 + 1" in sizes, sizes  # math.floor(t / 3) + 1
+    assert "as f64 / 3.0).round_ties_even() as usize" in rate, rate
+    assert "as f64 / 2.5).trunc() as usize" in rate, rate
+    assert_clippy_clean(tmp_path / "all" / "crate")
+
+    # Traced only at lengths 8 and 12 (no pad), the model pads by the same expression: the case
+    # at length 10 (pad 2) that passed above checks the code this trace generates.
+    (tmp_path / "two").mkdir()
+    two = MODELS.replace("      - x: {shape: [2, 3, 10]}\n", "")
+    assert two != MODELS
+    out = run_pipeline(tmp_path / "two", {"szmodels": MODULE}, two, capsys)
+    assert "parity: 6 passed, 0 failed" in out, out[-3000:]
+    for name in ("pad_to_stride", "size_arithmetic", "rate_change"):
+        assert _code(tmp_path / "two" / "crate" / "src" / f"{name}.rs") == _code(src / f"{name}.rs")
