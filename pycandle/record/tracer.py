@@ -535,6 +535,14 @@ def _patch_builtins(model: torch.nn.Module):
     return unpatch
 
 
+@functools.lru_cache(maxsize=None)
+def _is_under(filename: str, root: Path) -> bool:
+    """Whether a module's file (symlinks resolved) lies under `root`; remembered, as every
+    trace case looks at every loaded module and resolving a path costs a system call per
+    component."""
+    return Path(filename).resolve().is_relative_to(root)
+
+
 def _patch_packing(tracer: GraphTracer, root: Path):
     """Swap in the recording wrappers (in torch.nn.utils.rnn and in the user's modules that
     imported the functions by name); returns the function that puts everything back."""
@@ -593,7 +601,7 @@ def _patch_packing(tracer: GraphTracer, root: Path):
         setattr(torch.nn.utils.rnn, name, wrapper)
     for module in list(sys.modules.values()):
         src = getattr(module, "__file__", None)
-        if not src or not Path(src).resolve().is_relative_to(root):
+        if not src or not _is_under(src, root):
             continue
         for attr, value in list(vars(module).items()):
             for name, original in _ORIGINALS.items():

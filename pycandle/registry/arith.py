@@ -315,6 +315,7 @@ _FLOAT_UNARY = {"ceil": "{x.name}.ceil()?", "floor": "{x.name}.floor()?",
                 # log((1 + x) / (1 - x)) / 2
                 "atanh": "((({x.borrow} + 1.0)? / {x.name}.affine(-1.0, 1.0)?)?.log()? * 0.5)?"}
 _MORE_SPELLINGS = {"trunc": ("fix",), "erf": ("special.erf",), "atanh": ("arctanh",)}
+_NO_TORCH_INPLACE = {"sign"}  # PyTorch has Tensor.sign_ but no torch.sign_
 
 
 def _float_input(x: Any, what: str) -> T:
@@ -337,7 +338,9 @@ def _unary_spellings(names: tuple[str, ...]) -> dict[str, str]:
     for n in names:
         out[f"torch.{n}"] = "input"
         if "." not in n:
-            out.update({f"Tensor.{n}": "input", f"Tensor.{n}_": "input", f"torch.{n}_": "input"})
+            out.update({f"Tensor.{n}": "input", f"Tensor.{n}_": "input"})
+            if n not in _NO_TORCH_INPLACE:
+                out[f"torch.{n}_"] = "input"
     return out
 
 

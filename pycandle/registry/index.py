@@ -55,7 +55,8 @@ def _getitem(spelling: str, a: dict[str, Any], out: Any) -> str:
     x = tensor(a["input"])
     index = a["index"]
     items = list(index) if isinstance(index, tuple) else [index]
-    if any(isinstance(it, T) and it.meta.dtype == "bool" for it in items):
+    # PyTorch reads a uint8 index tensor as a mask too (a deprecated form), never as indices
+    if any(isinstance(it, T) and it.meta.dtype in ("bool", "uint8") for it in items):
         return _masked(x, items)
     advanced = [i for i, it in enumerate(items) if isinstance(it, (T, list))]
     if len(advanced) > 1:

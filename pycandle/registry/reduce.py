@@ -26,6 +26,8 @@ def _norm(spelling: str, a: dict[str, Any], out: Any) -> str:
     x = tensor(a["input"])
     if a.get("dtype") is not None:
         raise Unsupported(f"norm with dtype={a['dtype']!r}")
+    if a.get("out") is not None:
+        raise Unsupported("norm with out=")
     order = a.get("ord", a.get("p"))
     dim = a["dim"]
     euclidean = order in (None, 2, 2.0, "fro") if spelling != "torch.linalg.norm" else (
@@ -47,7 +49,8 @@ register_op(Op(
     "norm",
     {"torch.linalg.norm": "input, ord=None, dim=None, keepdim=False, *, dtype=None",
      "torch.linalg.vector_norm": "input, ord=2, dim=None, keepdim=False, *, dtype=None",
-     "torch.norm": "input, p='fro', dim=None, keepdim=False, dtype=None",
+     # torch.norm's Python wrapper passes out=None and dtype=None on to the tracer
+     "torch.norm": "input, p='fro', dim=None, keepdim=False, out=None, dtype=None",
      "Tensor.norm": "input, p='fro', dim=None, keepdim=False, dtype=None"},
     _norm, doc="2-norm / Frobenius, over dims, keepdim"))
 
