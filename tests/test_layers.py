@@ -345,7 +345,8 @@ def test_layers_match_pytorch(tmp_path, cargo_env, capsys):
     checked = {e["layer"] for r in report for e in r["entries"] if e["kind"] == "layer"}
     # every layer was checked on its own, not only through the model outputs (Identity and
     # Dropout are not layers in the generated code: they pass their input through)
-    assert {"c1.8", "t1.4", "c2.8", "t2.5", "unbatched", "unbatched_t2", "up1.5", "up2.5", "p1.7", "p2.6", "adaptive.3", "ln_2d",
+    assert {"c1.8", "t1.4", "c2.8", "t2.5", "unbatched", "unbatched_t2", "up1.5", "up2.5",
+            "p1.7", "p2.6", "adaptive.3", "ln_2d",
             "gn_plain", "bn_2d", "acts.17", "unflatten", "embed", "prelu", "prelu_c", "hard.1",
             "glu", "pads.7", "pads2.8", "inorm_running", "inorm_2d", "rms_2d",
             "adaptive_2d.4"} <= checked
@@ -423,7 +424,8 @@ def test_unsupported_layer_options_are_reported(tmp_path):
 
 def test_every_new_layer_is_registered():
     for name in ("Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d", "Upsample",
-                 "UpsamplingNearest2d", "UpsamplingBilinear2d", "Embedding", "LayerNorm", "GroupNorm",
+                 "UpsamplingNearest2d", "UpsamplingBilinear2d", "Embedding", "LayerNorm",
+                 "GroupNorm",
                  "BatchNorm1d", "BatchNorm2d", "Flatten", "Unflatten", "GELU", "SiLU", "Tanh",
                  "Sigmoid", "LeakyReLU", "ELU", "Softplus", "Mish", "Hardtanh", "Softmax",
                  "LogSoftmax", "MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d",
