@@ -1,7 +1,8 @@
 """Convolutions, linear layers and layer norms called as functions on the model's own tensors,
 as published models write them: a subclass of nn.Conv1d whose forward calls F.conv1d with its
 weight, a filterbank computed in forward (asteroid's encoders), F.conv_transpose1d decoders,
-F.linear, whisper's LayerNorm subclass.
+F.linear, whisper's LayerNorm subclass; F.interpolate, F.conv_transpose2d and unevenly dilated
+F.conv2d as decoders and U-Nets use them.
 Parity through the real pipeline at two trace shapes, options drawn at random."""
 
 from __future__ import annotations
@@ -107,6 +108,36 @@ def module_source(rng: random.Random) -> str:
                         F.rms_norm(y.transpose(1, 2), (6,), self.gamma),
                         F.rms_norm(y.transpose(1, 2).unflatten(-1, (2, 3)), (2, 3), eps=1e-4),
                         {calls})
+
+
+        class Resample(nn.Module):
+            # decoders and U-Nets: upsampling to a skip connection's size, transposed 2-d
+            # convolutions, dilations that differ per dimension
+            def __init__(self):
+                super().__init__()
+                self.up = nn.Parameter(torch.randn(2, 3, 3, 2))
+                self.image = nn.Parameter(torch.randn(3, 2, 3, 2))
+                self.bias = nn.Parameter(torch.randn(3))
+
+            def forward(self, x, im):
+                skip = x[:, :, ::2]
+                return (F.interpolate(skip, size=x.shape[-1]),
+                        F.interpolate(skip, size=x.shape[-1], mode='linear'),
+                        F.interpolate(x, scale_factor=1.75),
+                        F.interpolate(x, scale_factor=0.6, mode='nearest-exact'),
+                        F.interpolate(x, scale_factor=2.5, mode='linear', align_corners=True),
+                        F.interpolate(x, scale_factor=1.3, mode='linear',
+                                      recompute_scale_factor=True),
+                        F.interpolate(im, size=(im.shape[2] * 2, 11), mode='bilinear'),
+                        F.interpolate(im, scale_factor=(1.5, 0.7), mode='bilinear'),
+                        F.interpolate(im, scale_factor=(2, 3)),
+                        F.interpolate(im, size=(4, im.shape[-1] + 3), mode='bilinear',
+                                      align_corners=True),
+                        F.conv_transpose2d(im, self.up, self.bias, stride=2, padding=1,
+                                           output_padding=1),
+                        F.conv_transpose2d(im, self.up, stride=(1, 2), dilation=(2, 1)),
+                        F.conv2d(im, self.image, self.bias, dilation=(2, 1), padding=(2, 1)),
+                        F.conv2d(im, self.image, padding='same', dilation=(1, 3)))
         """)
 
 
@@ -123,6 +154,14 @@ models:
         wave: {shape: [1, 1, 57], low: -1, high: 1}
         im: {shape: [1, 2, 9, 5], low: -1, high: 1}
     tolerance: {atol: 1.0e-5, rtol: 1.0e-4}
+  - name: resample
+    factory: fnmodels:Resample
+    inputs:
+      - x: {shape: [2, 4, 13], low: -1, high: 1}
+        im: {shape: [2, 2, 6, 7], low: -1, high: 1}
+      - x: {shape: [1, 4, 18], low: -1, high: 1}
+        im: {shape: [1, 2, 9, 5], low: -1, high: 1}
+    tolerance: {atol: 1.0e-5, rtol: 1.0e-4}
   - name: tied
     factory: fnmodels:Tied
     inputs:
@@ -136,11 +175,14 @@ models:
 def test_functional_convolutions_match_pytorch(tmp_path, cargo_env, capsys):
     out = run_pipeline(tmp_path, {"fnmodels": module_source(random.Random(20261203))}, MODELS,
                        capsys)
-    assert "parity: 4 passed, 0 failed" in out
+    assert "parity: 6 passed, 0 failed" in out
     report = json.loads((tmp_path / "reports" / "parity.json").read_text())
     outputs = {e["output"] for r in report for e in r["entries"]
                if e["kind"] == "model" and r["model"] == "filterbank"}
     assert len(outputs) == 24  # every output checked end to end
+    outputs = {e["output"] for r in report for e in r["entries"]
+               if e["kind"] == "model" and r["model"] == "resample"}
+    assert len(outputs) == 14
     src = (tmp_path / "crate" / "src" / "filterbank.rs").read_text()
     # the subclasses are traced through: their forward's F.conv1d / F.linear on the weights
     assert "x.conv1d(&self.conv.weight" in src or ".conv1d(&self.conv.weight" in src, src

@@ -58,8 +58,23 @@ def conv2d(rng: random.Random) -> str:
     stride = 1 if padding == "'same'" else rng.choice([1, 2, (1, 2), (3, 1)])
     mode = rng.choice(["'zeros'", "'zeros'", "'replicate'", "'reflect'", "'circular'"])
     return (f"nn.Conv2d({C2}, {out}, {kernel}, stride={stride}, padding={padding}, "
-            f"dilation={rng.choice([1, 1, 2])}, groups={_divisor(rng, C2, out)}, "
-            f"bias={rng.random() < 0.7}, padding_mode={mode})")
+            f"dilation={rng.choice([1, 1, 2, (1, 2), (2, 1)])}, "
+            f"groups={_divisor(rng, C2, out)}, bias={rng.random() < 0.7}, padding_mode={mode})")
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return v if isinstance(v, tuple) else (v, v)
+
+
+def conv_transpose2d(rng: random.Random) -> str:
+    out = rng.choice([2, 4, 6])
+    kernel = rng.choice([rng.randint(1, 3), (rng.randint(1, 3), rng.randint(1, 3))])
+    stride, dilation = rng.choice([1, 2, (1, 2), (2, 3)]), rng.choice([1, 2, (1, 2)])
+    # one output_padding for both dimensions, below each one's stride or dilation (PyTorch's)
+    bound = min(max(s, d) for s, d in zip(_pair(stride), _pair(dilation)))
+    return (f"nn.ConvTranspose2d({C2}, {out}, {kernel}, stride={stride}, "
+            f"padding={rng.randint(0, 1)}, output_padding={rng.randint(0, bound - 1)}, "
+            f"dilation={dilation}, bias={rng.random() < 0.7})")
 
 
 def _pool_options(rng: random.Random, kind: str, n: int) -> str:
@@ -106,6 +121,24 @@ FIXED_CONV2D = [
     f"nn.Conv2d({C2}, 4, (3, 2), padding='same')",  # rectangular, uneven 'same'
     f"nn.Conv2d({C2}, 2, 3, stride=2, padding=(1, 2), dilation=2, groups=2)",
 ]
+FIXED_TRANSPOSED2D = [
+    f"nn.ConvTranspose2d({C2}, 4, 2, stride=2)",  # a U-Net's upsampling
+    f"nn.ConvTranspose2d({C2}, 2, (3, 2), stride=(2, 1), padding=1, output_padding=1, "
+    "dilation=(1, 2), bias=False)",
+]
+FIXED_CONV2D += [f"nn.Conv2d({C2}, 4, (3, 2), dilation=(2, 3), padding='same')",
+                 f"nn.Conv2d({C2}, 4, 3, stride=(1, 2), dilation=(1, 2), groups=2, "
+                 "padding_mode='reflect', padding=(1, 2))"]
+UPSAMPLE1D = ["nn.Upsample(scale_factor=2)", "nn.Upsample(scale_factor=1.75)",
+              "nn.Upsample(scale_factor=0.6, mode='nearest-exact')",
+              "nn.Upsample(scale_factor=1.7, mode='linear')",
+              "nn.Upsample(size=20, mode='linear', align_corners=True)",
+              "nn.Upsample(scale_factor=2.5, mode='linear', recompute_scale_factor=True)"]
+UPSAMPLE2D = ["nn.Upsample(scale_factor=(1.5, 2.5), mode='bilinear')",
+              "nn.UpsamplingBilinear2d(scale_factor=2)", "nn.UpsamplingNearest2d(size=(5, 13))",
+              "nn.Upsample(scale_factor=1.3, mode='bilinear', recompute_scale_factor=True)",
+              "nn.Upsample(scale_factor=0.5)",
+              "nn.Upsample(scale_factor=(2, 0.75), mode='nearest-exact')"]
 FIXED_POOL1D = ["nn.MaxPool1d(3, padding=1)", "nn.AvgPool1d(2, count_include_pad=False)",
                 "nn.AvgPool1d(3, stride=2, padding=1)",
                 "nn.MaxPool1d(2, stride=2, padding=1, dilation=2, ceil_mode=True)",
@@ -140,6 +173,8 @@ def module_source(rng: random.Random) -> str:
     convs1 = ", ".join(FIXED_CONV1D + [conv1d(rng) for _ in range(6)])
     transposed = ", ".join(FIXED_TRANSPOSED + [conv_transpose1d(rng) for _ in range(3)])
     convs2 = ", ".join(FIXED_CONV2D + [conv2d(rng) for _ in range(5)])
+    transposed2 = ", ".join(FIXED_TRANSPOSED2D + [conv_transpose2d(rng) for _ in range(4)])
+    up1, up2 = ", ".join(UPSAMPLE1D), ", ".join(UPSAMPLE2D)
     pools1 = ", ".join(FIXED_POOL1D + [pool1d(rng) for _ in range(5)])
     pools2 = ", ".join(FIXED_POOL2D + [pool2d(rng) for _ in range(5)])
     pads1 = ", ".join(PADS1 + [pad1d(rng) for _ in range(3)])
@@ -156,12 +191,14 @@ def module_source(rng: random.Random) -> str:
                 self.c1 = nn.ModuleList([{convs1}])
                 self.t1 = nn.ModuleList([{transposed}])
                 self.c2 = nn.ModuleList([{convs2}])
+                self.t2 = nn.ModuleList([{transposed2}])
                 self.unbatched = nn.Conv1d({C1}, 3, 3, padding=1)
+                self.unbatched_t2 = nn.ConvTranspose2d({C2}, 3, 2, stride=2)
 
             def forward(self, x1, x2):
                 outs = [c(x1) for c in self.c1] + [t(x1) for t in self.t1]
-                outs += [c(x2) for c in self.c2]
-                return tuple(outs) + (self.unbatched(x1[0]),)
+                outs += [c(x2) for c in self.c2] + [t(x2) for t in self.t2]
+                return tuple(outs) + (self.unbatched(x1[0]), self.unbatched_t2(x2[0]))
 
 
         class Pools(nn.Module):
@@ -172,9 +209,12 @@ def module_source(rng: random.Random) -> str:
                 self.adaptive = nn.ModuleList([nn.AdaptiveAvgPool1d(n) for n in (1, 3, 4, 5)])
                 self.adaptive_2d = nn.ModuleList([nn.AdaptiveAvgPool2d(s) for s in
                                                   (1, 3, (2, 5), (None, 3), (4, None))])
+                self.up1 = nn.ModuleList([{up1}])
+                self.up2 = nn.ModuleList([{up2}])
 
             def forward(self, x1, x2):
                 outs = [p(x1) for p in self.p1] + [p(x2) for p in self.p2]
+                outs += [u(x1) for u in self.up1] + [u(x2) for u in self.up2]
                 outs += [a(x1) for a in self.adaptive] + [a(x2) for a in self.adaptive_2d]
                 outs += [F.adaptive_avg_pool2d(x2[0], (3, 2))]
                 return tuple(outs) + (self.p1[0](x1[0]),)
@@ -305,7 +345,8 @@ def test_layers_match_pytorch(tmp_path, cargo_env, capsys):
     checked = {e["layer"] for r in report for e in r["entries"] if e["kind"] == "layer"}
     # every layer was checked on its own, not only through the model outputs (Identity and
     # Dropout are not layers in the generated code: they pass their input through)
-    assert {"c1.8", "t1.4", "c2.6", "unbatched", "p1.7", "p2.6", "adaptive.3", "ln_2d",
+    assert {"c1.8", "t1.4", "c2.8", "t2.5", "unbatched", "unbatched_t2", "up1.5", "up2.5",
+            "p1.7", "p2.6", "adaptive.3", "ln_2d",
             "gn_plain", "bn_2d", "acts.17", "unflatten", "embed", "prelu", "prelu_c", "hard.1",
             "glu", "pads.7", "pads2.8", "inorm_running", "inorm_2d", "rms_2d",
             "adaptive_2d.4"} <= checked
@@ -329,8 +370,11 @@ UNSUPPORTED = """\
             return self.layer(x)
 
 
-    def uneven_dilation():
-        return One(nn.Conv2d(4, 4, 3, dilation=(1, 2)))
+    def grouped_transposed():
+        return One(nn.ConvTranspose2d(4, 4, 3, groups=2))
+
+    def bicubic():
+        return One(nn.Upsample(scale_factor=2, mode='bicubic'))
 
     def batch_stats():
         return One(nn.BatchNorm1d(4, track_running_stats=False))
@@ -348,8 +392,9 @@ UNSUPPORTED = """\
 
 # factory -> (input shape, what the report says)
 REPORTED = {
-    "uneven_dilation": ("[2, 4, 6, 6]",
-                        "[layer] Conv2d option not supported: dilation=(1, 2)"),
+    "grouped_transposed": ("[2, 4, 6, 6]", "[layer] ConvTranspose2d option not supported: "
+                           "groups=2 (Candle's conv_transpose2d has no groups)"),
+    "bicubic": ("[2, 4, 6, 6]", "[layer] Upsample option not supported: mode='bicubic'"),
     "batch_stats": ("[2, 4, 6]",
                     "[layer] BatchNorm1d option not supported: track_running_stats=False"),
     "max_norm": ("[2, 3], dtype: int64, low: 0, high: 10",
@@ -378,7 +423,9 @@ def test_unsupported_layer_options_are_reported(tmp_path):
 
 
 def test_every_new_layer_is_registered():
-    for name in ("Conv1d", "Conv2d", "ConvTranspose1d", "Embedding", "LayerNorm", "GroupNorm",
+    for name in ("Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d", "Upsample",
+                 "UpsamplingNearest2d", "UpsamplingBilinear2d", "Embedding", "LayerNorm",
+                 "GroupNorm",
                  "BatchNorm1d", "BatchNorm2d", "Flatten", "Unflatten", "GELU", "SiLU", "Tanh",
                  "Sigmoid", "LeakyReLU", "ELU", "Softplus", "Mish", "Hardtanh", "Softmax",
                  "LogSoftmax", "MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d",

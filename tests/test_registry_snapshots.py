@@ -244,6 +244,8 @@ def _merge(values: list[Any], like: TensorMeta | None, text: str) -> Any:
 
 _CONV = "in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, " \
         "bias=True, padding_mode='zeros'"
+_TRANSPOSED = "in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, " \
+              "groups=1, bias=True, dilation=1, padding_mode='zeros'"
 _SEQ = "input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0, " \
        "bidirectional=False"
 _MAXPOOL = "kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False"
@@ -259,8 +261,7 @@ LAYER_SIGNATURES = {
     "Softmax": "dim=None", "LogSoftmax": "dim=None",
     "Flatten": "start_dim=1, end_dim=-1", "Unflatten": "dim, unflattened_size",
     "Conv1d": _CONV, "Conv2d": _CONV,
-    "ConvTranspose1d": "in_channels, out_channels, kernel_size, stride=1, padding=0, "
-                       "output_padding=0, groups=1, bias=True, dilation=1, padding_mode='zeros'",
+    "ConvTranspose1d": _TRANSPOSED, "ConvTranspose2d": _TRANSPOSED,
     "Embedding": "num_embeddings, embedding_dim, padding_idx=None, max_norm=None, norm_type=2.0, "
                  "scale_grad_by_freq=False, sparse=False",
     "Dropout": "p=0.5, inplace=False", "Identity": "",
@@ -284,6 +285,10 @@ LAYER_SIGNATURES = {
     "InstanceNorm1d": _INSTANCENORM, "InstanceNorm2d": _INSTANCENORM,
     "RMSNorm": "normalized_shape, eps=None, elementwise_affine=True",
     "AdaptiveAvgPool2d": "output_size",
+    "Upsample": "size=None, scale_factor=None, mode='nearest', align_corners=None, "
+                "recompute_scale_factor=None",
+    "UpsamplingNearest2d": "size=None, scale_factor=None",
+    "UpsamplingBilinear2d": "size=None, scale_factor=None",
 }
 for _n in (1, 2, 3):
     LAYER_SIGNATURES |= {f"ConstantPad{_n}d": "padding, value", f"ZeroPad{_n}d": "padding",
@@ -311,14 +316,14 @@ def _ntuple(v: Any, n: int) -> tuple:
 def layer_attributes(short: str, a: dict[str, Any]) -> dict[str, Any]:
     """The module's attributes as PyTorch's constructor stores them."""
     a = dict(a)
-    if short in ("Conv1d", "Conv2d", "ConvTranspose1d"):
-        n = 2 if short == "Conv2d" else 1
+    if short in ("Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d"):
+        n = 2 if short.endswith("2d") else 1
         for k in ("kernel_size", "stride", "dilation", "output_padding"):
             if k in a:
                 a[k] = _ntuple(a[k], n)
         if not isinstance(a["padding"], str):
             a["padding"] = _ntuple(a["padding"], n)
-    if short in ("Conv1d", "Conv2d", "ConvTranspose1d", "Linear"):
+    if short in ("Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d", "Linear"):
         a["bias"] = True if a["bias"] else None  # the parameter, or None
     if short in ("LayerNorm", "RMSNorm"):
         ns = a["normalized_shape"]
@@ -339,6 +344,14 @@ def layer_attributes(short: str, a: dict[str, Any]) -> dict[str, Any]:
         a["padding"] = _ntuple(a["padding"], 2 * int(short[-2]))
         if short.startswith("ZeroPad"):
             a["value"] = 0.0
+    if short.startswith("Upsampl"):  # as nn.Upsample stores them
+        if short != "Upsample":
+            a |= {"mode": "nearest" if "Nearest" in short else "bilinear",
+                  "align_corners": True if "Bilinear" in short else None,
+                  "recompute_scale_factor": None}
+        s = a["scale_factor"]
+        a["scale_factor"] = tuple(float(v) for v in s) if isinstance(s, tuple) else \
+            None if s is None else float(s)
     if short in ("LSTM", "GRU"):
         a["mode"] = short
     if short == "RNN":
@@ -366,10 +379,10 @@ def layer_parameters(short: str, a: dict[str, Any]) -> tuple[dict, dict]:
         params["weight"] = p(a["out_features"], a["in_features"])
         if a["bias"]:
             params["bias"] = p(a["out_features"])
-    elif short in ("Conv1d", "Conv2d", "ConvTranspose1d"):
+    elif short in ("Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d"):
         cin, cout, g = a["in_channels"], a["out_channels"], a["groups"]
-        kernel = _ntuple(a["kernel_size"], 2 if short == "Conv2d" else 1)
-        params["weight"] = p(cin, cout // g, *kernel) if short == "ConvTranspose1d" else \
+        kernel = _ntuple(a["kernel_size"], 2 if short.endswith("2d") else 1)
+        params["weight"] = p(cin, cout // g, *kernel) if short.startswith("ConvTranspose") else \
             p(cout, cin // g, *kernel)
         if a["bias"]:
             params["bias"] = p(cout)

@@ -395,7 +395,7 @@ class _Lowering:
             method = dict(layer.params).get(local)
             spec = info.parameters.get(local)
             if method is None or spec is None or owner_module not in self.access \
-                    or "weight_norm" in info.config:
+                    or "weight_norm" in info.config or not layer.params_as_loaded(info.config):
                 raise Unsupported(f"direct use of parameter '{p.name}' of a {info.type} layer "
                                   "in forward()", hint="call the layer, or keep the tensor in a "
                                   "parameter of your own module")

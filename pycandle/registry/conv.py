@@ -1,4 +1,9 @@
-"""Convolutions: nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, via candle_nn."""
+"""Convolutions: nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d, via candle_nn.
+
+Candle's 2-d convolutions take one stride, padding and dilation for both dimensions; what
+differs per dimension is done around them, exactly: a dilation by the kernel with zeros
+between its taps (`dilate`, run with dilation 1), a transposed convolution's stride by the
+input with zeros between its elements (run with stride 1)."""
 
 from __future__ import annotations
 
@@ -36,11 +41,41 @@ def _pads(cfg: dict[str, Any], n: int) -> list[tuple[int, int]]:
     return [(p, p) for p in ntuple(padding, n, "padding")]
 
 
-def _uneven(v: Any, n: int, what: str) -> str | None:
+def _uneven(v: Any, n: int, what: str, op: str = "conv2d") -> str | None:
     values = ntuple(v, n, what)
     if len(set(values)) != 1:
-        return f"{what}={tuple(values)} (Candle's conv2d takes one {what} for both dimensions)"
+        return f"{what}={tuple(values)} (Candle's {op} takes one {what} for both dimensions)"
     return None
+
+
+def _dilation(cfg: dict[str, Any], n: int) -> int:
+    """The dilation Candle's convolution applies itself: one for every dimension. An uneven
+    dilation runs at dilation 1 on a kernel dilated by `_dilated`."""
+    dilation = ntuple(cfg["dilation"], n, "dilation")
+    return dilation[0] if len(set(dilation)) == 1 else 1
+
+
+def _dilated(kernel: str, cfg: dict[str, Any], n: int) -> str | None:
+    """The kernel (given borrowed: `&k`) with zeros between its taps in the dimensions whose
+    dilation Candle does not apply, or None when Candle applies it all. Exact: the inputs the
+    dilation skips are multiplied by zero."""
+    if _dilation(cfg, n) != 1 or n == 1:
+        return None
+    factors = ntuple(cfg["dilation"], n, "dilation")
+    if all(d == 1 for d in factors):
+        return None
+    expr = kernel
+    for i, d in enumerate(factors):
+        if d > 1:
+            expr = f"&{runtime('dilate')}({expr}, {2 + i}, {d})?"
+    return expr[1:]
+
+
+def _even_dilation(cfg: dict[str, Any]) -> bool:
+    """Whether the field holds the module's own weight, not a dilated copy (forward() may read
+    it then)."""
+    dilation = cfg["dilation"]
+    return len(set(dilation if isinstance(dilation, (tuple, list)) else (dilation,))) == 1
 
 
 def _conv_check(n: int) -> Callable[[dict[str, Any]], list[str]]:
@@ -48,9 +83,6 @@ def _conv_check(n: int) -> Callable[[dict[str, Any]], list[str]]:
         problems: list[str] = []
         mode = cfg.get("padding_mode", "zeros")
         require(mode in _PAD_MODES, problems, f"padding_mode={mode!r}")
-        uneven = _uneven(cfg["dilation"], n, "dilation")
-        if uneven:
-            problems.append(uneven)
         return problems
 
     return check
@@ -82,27 +114,38 @@ def _conv_stride(cfg: dict[str, Any], n: int) -> int:
     return strides[0] if len(set(strides)) == 1 else 1
 
 
+def _field(name: str, cfg: dict[str, Any], n: int, config: str, shape: tuple[int, ...],
+           builder: str) -> Field:
+    """The field of a convolution: candle_nn's builder (`conv2d`, `conv_transpose2d`) for a
+    square kernel it applies as it is; else the weight loaded in its shape (rectangular),
+    dilated where Candle does not, and the layer built from it."""
+    kernel = ntuple(cfg["kernel_size"], n, "kernel_size")
+    cout, bias = cfg["out_channels"], _has_bias(cfg)
+    loaded = f'vb.get(({", ".join(str(v) for v in shape)}), "weight")?'
+    dilated = _dilated(f"&{loaded}", cfg, n)
+    weight = dilated or loaded
+    if len(set(kernel)) == 1 and dilated is None:
+        fn = builder if bias else f"{builder}_no_bias"
+        return Field(name, lambda vb: f"candle_nn::{fn}({cfg['in_channels']}, {cout}, "
+                     f"{kernel[0]}, {config}, {vb})?")
+    bias_arg = f'Some(vb.get({cout}, "bias")?)' if bias else "None"
+    return Field(name, lambda vb: "{\n"
+                 f"let vb = {vb};\n"
+                 f"let weight = {weight};\n"
+                 f"{name}::new(weight, {bias_arg}, {config})\n"
+                 "}")
+
+
 def _conv_field(n: int) -> Callable[[dict[str, Any]], Field]:
     def field(cfg: dict[str, Any]) -> Field:
         kernel = ntuple(cfg["kernel_size"], n, "kernel_size")
         name = f"Conv{n}d"
         config = _config(f"{name}Config", {
             "padding": _conv_padding(cfg, n), "stride": _conv_stride(cfg, n),
-            "dilation": ntuple(cfg["dilation"], n, "dilation")[0], "groups": cfg["groups"]},
+            "dilation": _dilation(cfg, n), "groups": cfg["groups"]},
             {"padding": 0, "stride": 1, "dilation": 1, "groups": 1})
-        cin, cout, bias = cfg["in_channels"], cfg["out_channels"], _has_bias(cfg)
-        if len(set(kernel)) == 1:
-            fn = f"conv{n}d" if bias else f"conv{n}d_no_bias"
-            return Field(name, lambda vb: f"candle_nn::{fn}({cin}, {cout}, {kernel[0]}, {config}, "
-                         f"{vb})?")
-        # a rectangular kernel: candle_nn's builders take one kernel size, Conv2d::new any
-        shape = ", ".join(str(v) for v in (cout, cin // cfg["groups"], *kernel))
-        bias_arg = f'Some(vb.get({cout}, "bias")?)' if bias else "None"
-        return Field(name, lambda vb: "{\n"
-                     f"let vb = {vb};\n"
-                     f'let weight = vb.get(({shape}), "weight")?;\n'
-                     f"{name}::new(weight, {bias_arg}, {config})\n"
-                     "}")
+        cin, cout = cfg["in_channels"], cfg["out_channels"]
+        return _field(name, cfg, n, config, (cout, cin // cfg["groups"], *kernel), f"conv{n}d")
 
     return field
 
@@ -121,6 +164,10 @@ def _conv(n: int, transposed: bool, cfg: dict[str, Any], x: Any,
     """A convolution of `x` by `apply` (the layer's `forward`, or the functional form on its
     tensors), with what Candle's convolutions lack done around it: the batch dimension of an
     unbatched input, the padding they do not apply, uneven strides."""
+    if transposed and n == 2:
+        problems = _transpose_problems(cfg, n)
+        if problems:
+            raise Unsupported("; ".join(problems))
     if not isinstance(x, T):
         raise Unsupported(f"expected a tensor input, got {x!r}")
     if x.rank not in (n + 1, n + 2):
@@ -131,11 +178,17 @@ def _conv(n: int, transposed: bool, cfg: dict[str, Any], x: Any,
             x.meta.dtype, tuple((1, *shape) for shape in x.meta.shapes)))
     if not transposed:
         x = _padded_input(x, cfg, n)
-    elif not unbatched and _uses_col2im(cfg):
+    elif n == 1 and not unbatched and _uses_col2im(cfg):
         # Candle 0.11's CPU col2im kernel for this configuration multiplies the input's
         # (length, channels) transpose with a batch-broadcast kernel, and its matmul folds
         # that batch wrongly unless those rows are contiguous: hand it a length-major layout
         x = T(f"{x.name}.transpose(1, 2)?.contiguous()?.transpose(1, 2)?", x.meta)
+    elif _conv_stride(cfg, n) == 1:
+        # uneven strides of a transposed convolution: stride 1 over the input with zeros
+        # between its elements (what a stride is to a transposed convolution)
+        for i, stride in enumerate(ntuple(cfg["stride"], n, "stride")):
+            if stride > 1:
+                x = T(f"{runtime('dilate')}({x.borrow}, {2 + i}, {stride})?", x.meta)
     expr = apply(x)
     if not transposed and _conv_stride(cfg, n) == 1:
         for i, stride in enumerate(ntuple(cfg["stride"], n, "stride")):
@@ -160,10 +213,10 @@ for _n in (1, 2):
         f"torch.nn.Conv{_n}d", _ATTRS, outputs="out", field=_conv_field(_n), call=_conv_call(_n),
         check=_conv_check(_n), uses=(f"candle_nn::{{Conv{_n}d, Conv{_n}dConfig}}",),
         call_uses=("candle_nn::Module",), params=(("weight", "weight()"),),
+        params_as_loaded=_even_dilation,
         doc="stride, padding (also 'same', 'valid', asymmetric), dilation, groups, bias, "
             "every padding_mode, unbatched input"
-            + ("; rectangular kernels, uneven strides, one dilation for both dims"
-               if _n == 2 else ""),
+            + ("; rectangular kernels, uneven strides and dilations" if _n == 2 else ""),
     ))
 
 
@@ -176,10 +229,17 @@ def _uses_col2im(cfg: dict[str, Any]) -> bool:
                                                           ("dilation", 1)))
 
 
-def _transpose_check(cfg: dict[str, Any]) -> list[str]:
+def _transpose_problems(cfg: dict[str, Any], n: int) -> list[str]:
     problems: list[str] = []
     require(cfg.get("padding_mode", "zeros") == "zeros", problems,
             f"padding_mode={cfg.get('padding_mode')!r}")
+    if n == 2:
+        require(cfg["groups"] == 1, problems,
+                f"groups={cfg['groups']} (Candle's conv_transpose2d has no groups)")
+        for k in ("padding", "output_padding"):
+            uneven = _uneven(cfg[k], n, k, "conv_transpose2d")
+            if uneven:
+                problems.append(uneven)
     return problems
 
 
@@ -195,16 +255,43 @@ def _transpose_field(cfg: dict[str, Any]) -> Field:
                  f"{cfg['out_channels']}, {one['kernel_size']}, {config}, {vb})?")
 
 
+def _transpose2d_args(cfg: dict[str, Any]) -> dict[str, int]:
+    """What Candle's conv_transpose2d applies itself (one value for both dimensions)."""
+    return {"padding": ntuple(cfg["padding"], 2, "padding")[0],
+            "output_padding": ntuple(cfg["output_padding"], 2, "output_padding")[0],
+            "stride": _conv_stride(cfg, 2), "dilation": _dilation(cfg, 2)}
+
+
+def _transpose2d_field(cfg: dict[str, Any]) -> Field:
+    config = _config("ConvTranspose2dConfig", _transpose2d_args(cfg),
+                     {"padding": 0, "output_padding": 0, "stride": 1, "dilation": 1})
+    kernel = ntuple(cfg["kernel_size"], 2, "kernel_size")
+    shape = (cfg["in_channels"], cfg["out_channels"] // cfg["groups"], *kernel)
+    return _field("ConvTranspose2d", cfg, 2, config, shape, "conv_transpose2d")
+
+
 register_layer(Layer(
     "torch.nn.ConvTranspose1d", _ATTRS + ("output_padding",), outputs="out",
     field=_transpose_field, call=_conv_call(1, transposed=True),
-    check=_transpose_check, uses=("candle_nn::{ConvTranspose1d, ConvTranspose1dConfig}",),
+    check=lambda cfg: _transpose_problems(cfg, 1),
+    uses=("candle_nn::{ConvTranspose1d, ConvTranspose1dConfig}",),
     call_uses=("candle_nn::Module",), params=(("weight", "weight()"),),
     doc="stride, padding, output_padding, dilation, groups, bias, unbatched input",
 ))
+register_layer(Layer(
+    "torch.nn.ConvTranspose2d", _ATTRS + ("output_padding",), outputs="out",
+    field=_transpose2d_field, call=_conv_call(2, transposed=True),
+    check=lambda cfg: _transpose_problems(cfg, 2),
+    uses=("candle_nn::{ConvTranspose2d, ConvTranspose2dConfig}",),
+    call_uses=("candle_nn::Module",), params=(("weight", "weight()"),),
+    params_as_loaded=_even_dilation,
+    doc="stride (also uneven), padding, output_padding, dilation (also uneven), bias, "
+        "rectangular kernels, unbatched input; not groups, nor a padding or output_padding "
+        "that differs per dimension",
+))
 
 
-# --- functions: F.conv1d, F.conv2d, F.conv_transpose1d on the model's own tensors ----------------
+# --- functions: F.conv1d, F.conv2d, F.conv_transpose1d/2d on the model's own tensors --------
 # (a filterbank built in forward, a subclass's `F.conv1d(x, self.weight, ...)`)
 
 _FUNCTIONAL_SIG = "input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1"
@@ -244,8 +331,14 @@ def _functional_conv(n: int, transposed: bool = False) -> Callable[[str, dict[st
         if w.rank != n + 2:
             raise Unsupported(f"a rank-{w.rank} weight for a {n}-d convolution")
         cfg = _functional_cfg(a, w, n, transposed)
-        kernel = _kernel(w)
-        if transposed:
+        dilated = _dilated(w.borrow, cfg, n)
+        kernel = _kernel(w) if dilated is None else f"&{dilated}"
+        if transposed and n == 2:
+            args = ", ".join(str(v) for v in _transpose2d_args(cfg).values())
+
+            def apply(x: T) -> str:
+                return _with_bias(f"{x.name}.conv_transpose2d({kernel}, {args})?", a["bias"], n)
+        elif transposed:
             one = {k: ntuple(cfg[k], 1, k)[0] for k in ("padding", "output_padding", "stride",
                                                          "dilation")}
             args = (f"{one['padding']}, {one['output_padding']}, {one['stride']}, "
@@ -254,11 +347,7 @@ def _functional_conv(n: int, transposed: bool = False) -> Callable[[str, dict[st
             def apply(x: T) -> str:
                 return _with_bias(f"{x.name}.conv_transpose1d({kernel}, {args})?", a["bias"], n)
         else:
-            uneven = _uneven(cfg["dilation"], n, "dilation")
-            if uneven:
-                raise Unsupported(uneven)
-            dilation = ntuple(cfg["dilation"], n, "dilation")[0]
-            args = (f"{_conv_padding(cfg, n)}, {_conv_stride(cfg, n)}, {dilation}, "
+            args = (f"{_conv_padding(cfg, n)}, {_conv_stride(cfg, n)}, {_dilation(cfg, n)}, "
                     f"{cfg['groups']}")
 
             def apply(x: T) -> str:
@@ -278,3 +367,8 @@ register_op(Op("conv_transpose1d", {"torch.nn.functional.conv_transpose1d": _TRA
                                     "torch.conv_transpose1d": _TRANSPOSED_SIG},
                _functional_conv(1, transposed=True),
                doc="stride, padding, output_padding, dilation, groups, bias"))
+register_op(Op("conv_transpose2d", {"torch.nn.functional.conv_transpose2d": _TRANSPOSED_SIG,
+                                    "torch.conv_transpose2d": _TRANSPOSED_SIG},
+               _functional_conv(2, transposed=True),
+               doc="stride (also uneven), padding, output_padding, dilation (also uneven), "
+                   "bias; not groups"))

@@ -335,6 +335,9 @@ class Layer:
     # parameters forward() may read directly (a tied output projection `x @ emb.weight.T`):
     # PyTorch name -> the Rust method of the field that returns it as `&Tensor`
     params: tuple[tuple[str, str], ...] = ()
+    # False for a configuration whose field holds them transformed (a kernel dilated at load):
+    # forward() cannot read them from the field then
+    params_as_loaded: Callable[[dict[str, Any]], bool] = lambda cfg: True
 
     @property
     def short(self) -> str:
