@@ -24,6 +24,10 @@
 //!   forward; `drop NAME` frees a shape; `quit` ends.
 //! * `--loop PREFIX CONTENDER N`: `N` forwards of one contender and their
 //!   median time, for profilers.
+//! * `--paths [ROUNDS]`: PyCandle on every recurrent kernel path the CPU has
+//!   (AVX-512, AVX2, portable), interleaved, as ratios to the first. A
+//!   contender `pycandle@PATH` (`PATH` as `PYCANDLE_KERNEL` takes it) runs
+//!   PyCandle on that path in the other modes too.
 //! * `--mem PREFIX CONTENDER`: one forward in this fresh process, reporting
 //!   the resident-set high-water mark (Linux `/proc/self/status`, reset just
 //!   before the forward) next to the resident size before it.
@@ -363,10 +367,19 @@ impl Loaded {
     }
 
     fn run(&self, contender: &str) -> Result<Tensor> {
-        match contender {
-            "pycandle" => self.pycandle.forward(&self.input),
-            "baseline" => self.baseline.forward(&self.input),
-            other => bail!("unknown contender {other:?} (expected pycandle or baseline)"),
+        match contender.split_once('@') {
+            None if contender == "pycandle" => self.pycandle.forward(&self.input),
+            None if contender == "baseline" => self.baseline.forward(&self.input),
+            Some(("pycandle", path)) => {
+                let path = kernel::kernel_path_for(Some(path))
+                    .map_err(candle_core::Error::msg)?
+                    .unwrap_or_else(kernel::kernel_path);
+                kernel::with_kernel_path(path, || self.pycandle.forward(&self.input))
+                    .map_err(candle_core::Error::msg)?
+            }
+            _ => bail!(
+                "unknown contender {contender:?} (expected pycandle, pycandle@PATH or baseline)"
+            ),
         }
     }
 }
@@ -419,6 +432,78 @@ fn standalone() -> Result<()> {
             median(&mut ratios),
             diff
         );
+    }
+    Ok(())
+}
+
+/// The shapes of `--paths`: the standard ones, and batch 1 and 4 with GRUs
+/// and other hidden sizes, where the kernel paths differ most.
+fn path_specs() -> Vec<Spec> {
+    let spec = |name: &str, kind: &str, input, hidden, layers, bidirectional, steps, batch| Spec {
+        name: name.into(),
+        kind: kind.into(),
+        input_size: input,
+        hidden_size: hidden,
+        num_layers: layers,
+        bidirectional,
+        steps,
+        batch,
+    };
+    let mut specs = standard_specs();
+    specs.extend([
+        spec("lstm1x64_b1", "lstm", 40, 64, 1, false, 400, 1),
+        spec("gru3x256_b1", "gru", 40, 256, 3, false, 160, 1),
+        spec("lstm2x512_b1", "lstm", 80, 512, 2, false, 200, 1),
+        spec("gru2x512_b1", "gru", 80, 512, 2, false, 200, 1),
+        spec("bilstm2x256_b4", "lstm", 80, 256, 2, true, 200, 4),
+        spec("bigru2x256_b4", "gru", 80, 256, 2, true, 200, 4),
+    ]);
+    specs
+}
+
+/// `--paths [ROUNDS]`: PyCandle on every kernel path this CPU has,
+/// interleaved round by round, each path's median time as a ratio to the
+/// first's (the fastest the CPU has, by default selected), with the median
+/// of the per-round ratios (less sensitive to a busy machine).
+fn paths(rounds: usize) -> Result<()> {
+    let dev = Device::Cpu;
+    let threads = kernel::default_threads();
+    let paths: Vec<kernel::KernelPath> = kernel::KernelPath::available().collect();
+    let first = paths[0];
+    println!("PyCandle per kernel path, f32, {threads} threads, {rounds} rounds");
+    print!("{:<18} {:>10}", "shape", format!("{first} ms"));
+    for p in &paths[1..] {
+        print!(" {:>20}", format!("{p}/{first} (rounds)"));
+    }
+    println!(" {:>11}", "max |diff|");
+    for spec in path_specs() {
+        let ts = random_model(&spec, &dev)?;
+        let m = Loaded::new(spec, ts, &dev)?;
+        let run = |p: kernel::KernelPath| m.run(&format!("pycandle@{p}"));
+        let want = run(first)?;
+        let mut diff = 0f32;
+        for &p in &paths[1..] {
+            diff = diff.max(max_abs_diff(&run(p)?, &want)?);
+        }
+        let mut times = vec![Vec::new(); paths.len()];
+        let mut ratios = vec![Vec::new(); paths.len()];
+        for _ in 0..rounds {
+            for (i, &p) in paths.iter().enumerate() {
+                times[i].push(measure(|| run(p))?.0);
+            }
+            for i in 1..paths.len() {
+                let r = times[i].last().unwrap() / times[0].last().unwrap();
+                ratios[i].push(r);
+            }
+        }
+        let base = median(&mut times[0]);
+        print!("{:<18} {:>10.2}", m.spec.name, base * 1e3);
+        for i in 1..paths.len() {
+            let of_medians = median(&mut times[i]) / base;
+            let cell = format!("{of_medians:.3} ({:.3})", median(&mut ratios[i]));
+            print!(" {cell:>20}");
+        }
+        println!(" {diff:>11.2e}");
     }
     Ok(())
 }
@@ -521,10 +606,13 @@ fn main() -> Result<()> {
     match args.as_slice() {
         [] | ["--bench", ..] => standalone(),
         ["--serve"] => serve(),
+        // `cargo bench -- --paths` appends `--bench`.
+        ["--paths", rest @ ..] => paths(rest.iter().find_map(|a| a.parse().ok()).unwrap_or(15)),
         ["--mem", prefix, contender] => memory(prefix, contender),
         ["--loop", prefix, contender, n] => repeat(prefix, contender, n),
         _ => bail!(
-            "usage: recurrent [--bench | --serve | --mem PREFIX CONTENDER | --loop PREFIX CONTENDER N]"
+            "usage: recurrent [--bench | --serve | --paths [ROUNDS] | --mem PREFIX CONTENDER \
+             | --loop PREFIX CONTENDER N]"
         ),
     }
 }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use candle_core::{bail, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
+use pycandle_runtime::kernel::{self, KernelPath};
 use pycandle_runtime::{
     Gru, GruCell, GruCellConfig, GruConfig, Lstm, LstmCell, LstmCellConfig, LstmConfig,
     Nonlinearity, Rnn, RnnCell, RnnCellConfig, RnnConfig,
@@ -237,16 +238,20 @@ pub fn worst_error(m: &Module, dtype: DType) -> Result<f64> {
     Ok(worst)
 }
 
-/// Every recorded call of `m` matches PyTorch in f32 and f64.
+/// Every recorded call of `m` matches PyTorch in f32 and f64, on every
+/// recurrent kernel path this CPU has.
 pub fn check_against_torch(m: &Module) -> Result<()> {
-    for dtype in [DType::F32, DType::F64] {
-        let err = worst_error(m, dtype)?;
-        assert!(
-            err <= TOL,
-            "{} ({}) in {dtype:?}: max abs error {err:e} > {TOL:e}",
-            m.name,
-            m.torch
-        );
+    for path in KernelPath::available() {
+        for dtype in [DType::F32, DType::F64] {
+            let err = kernel::with_kernel_path(path, || worst_error(m, dtype))
+                .expect("an available path")?;
+            assert!(
+                err <= TOL,
+                "{} ({}) in {dtype:?} on {path}: max abs error {err:e} > {TOL:e}",
+                m.name,
+                m.torch
+            );
+        }
     }
     Ok(())
 }
