@@ -186,7 +186,8 @@ def describe(m: dict, rust: dict | None = None) -> str:
     text = (f"CPU: {m['cpu']}, {m['cpus']} cores; SIMD: {' '.join(m['simd']) or '-'}; "
             f"PyTorch {m.get('torch', '?')} kernels: {m.get('torch_cpu_capability', '?')}")
     if rust:
-        text += (f"; PyCandle recurrent kernels: {rust['kernel_path']}; Rust compiled for: "
+        text += (f"; PyCandle recurrent kernels: {rust['kernel_path']}; Candle matmul (gemm): "
+                 f"{rust.get('gemm', '?')}; Rust compiled for: "
                  f"{' '.join(rust['compiled_features']) or 'baseline x86-64'}")
     return text
 

@@ -156,8 +156,11 @@ fn info() -> String {
         }
         feature!("sse4.2", "avx", "avx2", "fma", "f16c", "avx512f");
     }
+    // Candle's matmuls (gemm 0.19, built without its `x86-v4` feature) pick their kernels at run
+    // time: FMA/AVX2 when the CPU has FMA, never AVX-512.
+    let gemm = if detected.contains(&"fma") { "fma" } else { "baseline" };
     format!(
-        "{{\\"kernel_path\\": {:?}, \\"threads\\": {}, \\"compiled_features\\": {}, \\"detected_features\\": {}}}",
+        "{{\\"kernel_path\\": {:?}, \\"gemm\\": {gemm:?}, \\"threads\\": {}, \\"compiled_features\\": {}, \\"detected_features\\": {}}}",
         pycandle_runtime::example::kernel_name(),
         pycandle_runtime::kernel::default_threads(),
         json_list(&compiled),
