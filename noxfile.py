@@ -141,7 +141,8 @@ def zoo(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Recurrent layers: PyTorch vs stacked candle-nn layers vs PyCandle's Lstm/Gru, side by side;
-    writes reports/bench.json."""
-    session.run(_python(session), str(ROOT / "pycandle" / "bench.py"), *session.posargs,
+    """PyTorch vs PyCandle side by side: recurrent layers (with stacked candle-nn layers too) and
+    whole generated models (bench/models.yaml); writes reports/bench.json.
+    `nox -s bench -- --models-only --rounds 3` is a quick run; see pycandle/bench/__init__.py."""
+    session.run(_python(session), "-m", "pycandle.bench", *session.posargs,
                 env=_cargo_env(), external=True)

@@ -1,6 +1,6 @@
 //! Recurrent-layer benchmark: PyCandle's `Lstm` / `Gru` (which run on the CPU kernels of
 //! `pycandle_runtime::kernel`) against Candle's own `candle_nn::lstm` / `candle_nn::gru` layers, and
-//! (driven by `pycandle/bench.py`) against PyTorch, on the same weights.
+//! (driven by `python -m pycandle.bench`) against PyTorch, on the same weights.
 //!
 //! Contenders, all f32 on the CPU, input and output time-major `(T, B, F)`:
 //!
@@ -15,11 +15,12 @@
 //! * no arguments, or `--bench` (what `cargo bench` passes): random weights
 //!   for the standard shapes, checks that both contenders agree, then times
 //!   them alternately and prints medians.
-//! * `--serve`: a line protocol on stdin/stdout for `pycandle/bench.py`,
+//! * `--serve`: a line protocol on stdin/stdout for `pycandle.bench`,
 //!   which interleaves these runs with PyTorch's in one loop:
 //!   `load NAME PREFIX` reads `PREFIX.json` (the shape) and
 //!   `PREFIX.safetensors` (PyTorch's parameter names plus `input` and
-//!   `output`) and answers with both contenders' errors against `output`;
+//!   `output`) and answers with both contenders' errors against `output`
+//!   (and the recurrent kernels' path);
 //!   `run NAME CONTENDER` answers with the seconds and peak heap bytes of one
 //!   forward; `drop NAME` frees a shape; `quit` ends.
 //! * `--loop PREFIX CONTENDER N`: `N` forwards of one contender and their
@@ -112,7 +113,7 @@ fn measure<R>(f: impl FnOnce() -> Result<R>) -> Result<(f64, usize)> {
 // ---------------------------------------------------------------------------
 // Models
 
-/// One benchmark shape, as `pycandle/bench.py` writes it.
+/// One benchmark shape, as `pycandle.bench` writes it.
 #[derive(Debug, Clone, Deserialize)]
 struct Spec {
     name: String,
@@ -164,7 +165,7 @@ impl Spec {
     }
 }
 
-/// The shapes `cargo bench` runs on its own (`pycandle/bench.py` has the
+/// The shapes `cargo bench` runs on its own (`pycandle/bench/layers.py` has the
 /// same list).
 fn standard_specs() -> Vec<Spec> {
     let spec = |name: &str, kind: &str, input, hidden, layers, bidirectional, steps, batch| Spec {
@@ -405,7 +406,9 @@ fn median(xs: &mut [f64]) -> f64 {
 fn standalone() -> Result<()> {
     let dev = Device::Cpu;
     let threads = kernel::default_threads();
-    println!("PyCandle vs candle-nn, f32, {threads} threads (PyTorch: run pycandle/bench.py)");
+    println!(
+        "PyCandle vs candle-nn, f32, {threads} threads (PyTorch: run python -m pycandle.bench)"
+    );
     println!(
         "{:<18} {:>12} {:>12} {:>16} {:>11}",
         "shape", "pycandle ms", "baseline ms", "baseline/pycandle", "max |diff|"
@@ -508,7 +511,7 @@ fn paths(rounds: usize) -> Result<()> {
     Ok(())
 }
 
-/// `--serve`: the line protocol for `pycandle/bench.py`.
+/// `--serve`: the line protocol for `pycandle.bench`.
 fn serve() -> Result<()> {
     let dev = Device::Cpu;
     let mut models: HashMap<String, Loaded> = HashMap::new();
@@ -532,6 +535,7 @@ fn serve() -> Result<()> {
                     "baseline_err": err(&b)?,
                     "pycandle_vs_baseline": max_abs_diff(&k, &b)?,
                     "threads": kernel::default_threads(),
+                    "kernel_path": pycandle_runtime::example::kernel_name(),
                 });
                 models.insert(name.to_string(), m);
                 reply

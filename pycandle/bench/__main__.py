@@ -1,0 +1,5 @@
+import sys
+
+from pycandle.bench import main
+
+sys.exit(main())
