@@ -73,13 +73,10 @@ impl ExampleRun {
     }
 }
 
-/// What the recurrent kernels run on (`avx2` or `portable`; `PYCANDLE_KERNEL=portable` forces
-/// the latter), for an example's report.
+/// What the recurrent kernels run on (`avx512`, `avx2` or `portable`;
+/// `PYCANDLE_KERNEL` forces one the CPU has), for an example's report.
 pub fn kernel_name() -> &'static str {
-    match crate::kernel::kernel_path() {
-        crate::kernel::KernelPath::Avx2 => "avx2",
-        crate::kernel::KernelPath::Portable => "portable",
-    }
+    crate::kernel::kernel_path().name()
 }
 
 /// Runs `f` once and returns its result with the time it took.

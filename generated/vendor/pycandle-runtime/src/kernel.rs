@@ -10,8 +10,8 @@
 //! * the weights of each direction are packed once ([`PackedWeights`]) into
 //!   panels that hold the gates of one block of hidden units side by side,
 //!   so that any contiguous range of units is one contiguous range of
-//!   memory, read linearly by a register-blocked micro-kernel (AVX2 + FMA
-//!   intrinsics on x86-64);
+//!   memory, read linearly by a register-blocked micro-kernel (AVX-512 or
+//!   AVX2 + FMA intrinsics on x86-64);
 //! * the input projection `x W_ih^T + b` is computed inside the layer, for a
 //!   chunk of steps at a time, by the threads that then run those steps, each
 //!   for its own units: it needs no synchronisation and the chunk stays in
@@ -39,9 +39,10 @@
 //! of the output, exactly like the `output`, `h_n` (and `c_n`) of
 //! `torch.nn.LSTM` / `torch.nn.GRU`.
 //!
-//! On x86-64 CPUs with AVX2 and FMA the hot loops are compiled a second time
-//! with those features and selected at run time; elsewhere portable Rust
-//! runs. For `f32`, `sigmoid` and `tanh` use branch-free polynomial
+//! On x86-64 the hot loops are compiled once more for each of AVX-512F and
+//! AVX2 + FMA, and the fastest the CPU has is selected at run time
+//! ([`kernel_path`], which [`KERNEL_ENV`] can force); elsewhere portable
+//! Rust runs. For `f32`, `sigmoid` and `tanh` use branch-free polynomial
 //! approximations (within about 2e-7 of the exact values) so that the gate
 //! loop vectorises; `f64` uses the standard library functions. Products are
 //! accumulated in a different order than a BLAS would, so results match
@@ -53,7 +54,8 @@
 //! * `weights`: PyTorch's parameters packed for the kernels
 //!   ([`PackedWeights`]), on the panel layout of `panels`;
 //! * `product` and `simd`: the matrix products, with the SIMD micro-kernels
-//!   per instruction set;
+//!   per instruction set; `isa`: the instruction sets as the type parameter
+//!   the time loop and the products are generic over;
 //! * `gates`: the activations and the elementwise cell updates;
 //! * `layer`: the public entry point [`recurrent_layer`], its checks and the
 //!   sizes of a run;
@@ -67,6 +69,7 @@
 mod affinity;
 mod float;
 mod gates;
+mod isa;
 mod layer;
 mod panels;
 mod product;
@@ -114,52 +117,165 @@ fn check_len<T>(what: &str, buf: &[T], expected: usize) -> Result<(), ShapeError
 /// The instruction set the recurrent kernels run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelPath {
-    /// AVX2 with FMA, when the CPU has them (the default on such CPUs).
+    /// AVX-512F with 512-bit registers, when the CPU has it (the default on
+    /// such CPUs).
+    Avx512,
+    /// AVX2 with FMA, when the CPU has them (the default on CPUs with AVX2
+    /// but not AVX-512).
     Avx2,
-    /// Plain Rust that the compiler vectorises: every CPU.
+    /// Plain Rust that the compiler vectorises for the baseline target: every
+    /// CPU. (`scalar` names it too: it has no hand-written SIMD.)
     Portable,
 }
 
-/// The environment variable that forces a [`KernelPath`]: `portable` (or `scalar`) runs the
-/// plain-Rust kernels even where AVX2 is available, to compare the paths on one machine;
-/// `avx2` or unset picks the fastest path the CPU has.
+impl KernelPath {
+    /// Every path, fastest first.
+    pub const ALL: [KernelPath; 3] = [KernelPath::Avx512, KernelPath::Avx2, KernelPath::Portable];
+
+    /// The value of [`KERNEL_ENV`] that forces this path.
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelPath::Avx512 => "avx512",
+            KernelPath::Avx2 => "avx2",
+            KernelPath::Portable => "portable",
+        }
+    }
+
+    /// The CPU features the path needs, as `is_x86_feature_detected!` names
+    /// them.
+    fn features(self) -> &'static str {
+        match self {
+            KernelPath::Avx512 => "avx512f, avx2 and fma",
+            KernelPath::Avx2 => "avx2 and fma",
+            KernelPath::Portable => "nothing",
+        }
+    }
+
+    /// Whether this CPU can run the path.
+    pub fn is_available(self) -> bool {
+        match self {
+            KernelPath::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            KernelPath::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            KernelPath::Avx512 => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The paths this CPU can run, fastest first.
+    pub fn available() -> impl Iterator<Item = KernelPath> {
+        Self::ALL.into_iter().filter(|p| p.is_available())
+    }
+}
+
+impl fmt::Display for KernelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The environment variable that forces a [`KernelPath`] by its
+/// [name](KernelPath::name): `avx512`, `avx2`, or `portable` (also
+/// `scalar`), to compare the paths on one machine; unset, the fastest path
+/// the CPU has runs. A path the CPU lacks is refused: reported on stderr,
+/// and the default runs instead.
 pub const KERNEL_ENV: &str = "PYCANDLE_KERNEL";
 
-/// The kernel path a value of [`KERNEL_ENV`] asks for, or why the value is not one.
-pub fn kernel_path_for(value: Option<&str>) -> std::result::Result<KernelPath, String> {
+/// The kernel path a value of [`KERNEL_ENV`] asks for (`None`: the fastest
+/// the CPU has), or why the value is not one.
+pub fn kernel_path_for(value: Option<&str>) -> std::result::Result<Option<KernelPath>, String> {
     match value.map(str::trim) {
-        None | Some("") | Some("avx2") => Ok(KernelPath::Avx2),
-        Some("portable") | Some("scalar") => Ok(KernelPath::Portable),
+        None | Some("") => Ok(None),
+        Some("avx512") => Ok(Some(KernelPath::Avx512)),
+        Some("avx2") => Ok(Some(KernelPath::Avx2)),
+        Some("portable") | Some("scalar") => Ok(Some(KernelPath::Portable)),
         Some(other) => Err(format!(
-            "{KERNEL_ENV}={other:?} is not a kernel path (portable, scalar or avx2)"
+            "{KERNEL_ENV}={other:?} is not a kernel path (avx512, avx2, portable or scalar)"
         )),
     }
 }
 
-/// The path [`KERNEL_ENV`] asks for, read once; an unknown value is reported on stderr and
-/// the default kept.
+/// The path a value of [`KERNEL_ENV`] selects on this CPU: the one it asks
+/// for if the CPU has it, else the fastest one, with the reason the value
+/// was refused.
+pub fn resolve_kernel_path(value: Option<&str>) -> (KernelPath, Option<String>) {
+    // AVX-512 first for every shape. Measured on an AMD EPYC (Zen 4, which
+    // runs 512-bit instructions as two 256-bit halves; `cargo bench --bench
+    // recurrent -- --paths`, 2 busy cores): with a batch (4 to 16) AVX2 takes
+    // 1.08 to 1.16 times as long, the gates' vectorised math and the tiles
+    // needing half the instructions; with batch 1 the two are within the
+    // noise (0.96 to 1.06), each step being bound by reading `W_hh` from
+    // cache, so no rule by shape is warranted.
+    let best = KernelPath::available()
+        .next()
+        .unwrap_or(KernelPath::Portable);
+    match kernel_path_for(value) {
+        Ok(None) => (best, None),
+        Ok(Some(path)) if path.is_available() => (path, None),
+        Ok(Some(path)) => (
+            best,
+            Some(format!(
+                "{KERNEL_ENV}={path} needs {}, which this CPU lacks",
+                path.features()
+            )),
+        ),
+        Err(e) => (best, Some(e)),
+    }
+}
+
+/// The path [`KERNEL_ENV`] selects, read once; a value that is not a path,
+/// or names one the CPU lacks, is reported on stderr and the default used.
 pub fn requested_kernel_path() -> KernelPath {
     static PATH: std::sync::OnceLock<KernelPath> = std::sync::OnceLock::new();
     *PATH.get_or_init(|| {
         let value = std::env::var(KERNEL_ENV).ok();
-        kernel_path_for(value.as_deref()).unwrap_or_else(|e| {
-            eprintln!("pycandle-runtime: {e}; using the default");
-            KernelPath::Avx2
-        })
+        let (path, refused) = resolve_kernel_path(value.as_deref());
+        if let Some(why) = refused {
+            eprintln!("pycandle-runtime: {why}; using {path}");
+        }
+        path
     })
 }
 
-/// The path the recurrent kernels take on this CPU: [`KernelPath::Avx2`] when the CPU has
-/// AVX2 and FMA and [`KERNEL_ENV`] does not ask for the portable one.
+thread_local! {
+    /// The path [`with_kernel_path`] sets for the calls on this thread.
+    static FORCED: std::cell::Cell<Option<KernelPath>> = const { std::cell::Cell::new(None) };
+}
+
+/// The path the recurrent kernels take for a call on this thread: the one
+/// [`with_kernel_path`] sets, else [`requested_kernel_path`] (by default the
+/// fastest the CPU has: AVX-512, then AVX2, then portable).
 pub fn kernel_path() -> KernelPath {
-    #[cfg(target_arch = "x86_64")]
-    if requested_kernel_path() == KernelPath::Avx2
-        && is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-    {
-        return KernelPath::Avx2;
+    FORCED.get().unwrap_or_else(requested_kernel_path)
+}
+
+/// Runs `f` with the recurrent kernels called on this thread taking `path`
+/// (the threads a layer's call uses follow its calling thread), to compare
+/// or test the paths within one process. Refuses a path the CPU lacks.
+pub fn with_kernel_path<R>(
+    path: KernelPath,
+    f: impl FnOnce() -> R,
+) -> std::result::Result<R, String> {
+    if !path.is_available() {
+        return Err(format!(
+            "the {path} kernel path needs {}, which this CPU lacks",
+            path.features()
+        ));
     }
-    KernelPath::Portable
+    struct Restore(Option<KernelPath>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FORCED.set(self.0);
+        }
+    }
+    let _restore = Restore(FORCED.replace(Some(path)));
+    Ok(f())
 }
 
 /// The number of threads Candle's CPU backend uses: `RAYON_NUM_THREADS`

@@ -20,6 +20,8 @@
 //!   non-zero constant.
 //! * [`pool`]: pooling with `ceil_mode`, dilation and the averaging options
 //!   Candle's pooling lacks.
+//! * [`resample`]: `F.interpolate`'s nearest, nearest-exact and (bi)linear modes with
+//!   PyTorch's source positions, and [`dilate`] for a convolution dilated unevenly.
 //! * [`attention`]: `nn.MultiheadAttention` ([`MultiheadAttention`]) with PyTorch's
 //!   parameter names and masking rules.
 //! * [`example`]: what the generated crate's runnable examples share.
@@ -37,6 +39,7 @@ pub mod ops;
 pub mod pad;
 pub mod parity;
 pub mod pool;
+pub mod resample;
 pub mod rnn;
 pub mod weight_norm;
 
@@ -46,6 +49,7 @@ pub use ops::{atan2, div_floor, rem_floor, rem_trunc};
 pub use pad::{pad_circular, pad_constant, pad_reflect};
 pub use parity::{CaseGolden, Golden, ParityCase, ParityReport};
 pub use pool::{avg_pool_dim, max_pool_dim, Divisor, PoolDim};
+pub use resample::{dilate, resize_linear, resize_nearest, resize_nearest_exact, Resize};
 pub use rnn::{
     sequence_lengths, Gru, GruCell, GruCellConfig, GruConfig, Lstm, LstmCell, LstmCellConfig,
     LstmConfig, Nonlinearity, Rnn, RnnCell, RnnCellConfig, RnnConfig,

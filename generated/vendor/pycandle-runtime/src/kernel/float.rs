@@ -1,6 +1,6 @@
 //! The element types of the kernels, `f32` and `f64`, and the per-type
 //! plumbing the generic code calls: shared atomics, activations, fused
-//! multiply-adds and the SIMD micro-kernel.
+//! multiply-adds and the SIMD registers.
 
 use std::fmt;
 use std::ops::{Add, Div, Mul, Sub};
@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::gates;
 #[cfg(target_arch = "x86_64")]
-use super::simd;
+use std::arch::x86_64::{__m256, __m256d, __m512, __m512d};
 
 pub(super) mod private {
     /// Seals [`Float`](super::Float) and carries its per-type plumbing.
@@ -34,25 +34,13 @@ pub(super) mod private {
 
         /// Rows per micro-tile of the many-row product (12 accumulators).
         const TILE_ROWS: usize;
-        /// Elements per AVX register.
-        const LANES: usize;
 
-        /// The AVX2 + FMA micro-kernel: `rows x vecs` registers of
-        /// accumulators (see `product::tile`).
-        ///
-        /// # Safety
-        ///
-        /// The CPU supports AVX2 and FMA, and every index the tile touches
-        /// is in bounds.
+        /// The AVX2 register of `Self`.
         #[cfg(target_arch = "x86_64")]
-        unsafe fn tile_avx2(
-            rows: usize,
-            vecs: usize,
-            dst: *mut Self,
-            lhs: *const Self,
-            w: *const Self,
-            s: Strides,
-        );
+        type Avx2: crate::kernel::simd::Simd<Elem = Self>;
+        /// The AVX-512 register of `Self`.
+        #[cfg(target_arch = "x86_64")]
+        type Avx512: crate::kernel::simd::Simd<Elem = Self>;
     }
 
     /// The strides and depth of one micro-tile (see `product::tile`).
@@ -115,9 +103,11 @@ pub trait Float:
 
 /// Implements [`Float`] for a primitive float type `$t`, whose bits fit in
 /// `$atomic`, with the activations `gates::activate_$t`, `sigmoid_$t` and
-/// `tanh_$t`, and the micro-tile of `$rows` rows of `$lanes` lanes.
+/// `tanh_$t`, micro-tiles of `$rows` rows, and the SIMD registers `$avx2`
+/// and `$avx512`.
 macro_rules! impl_float {
-    ($t:ident, $atomic:ident, $activate:ident, $sigmoid:ident, $tanh:ident, $rows:expr, $lanes:expr) => {
+    ($t:ident, $atomic:ident, $activate:ident, $sigmoid:ident, $tanh:ident, $rows:expr,
+     $avx2:ident, $avx512:ident) => {
         impl private::Sealed for $t {
             type Atomic = $atomic;
             fn new_atomic(v: Self) -> $atomic {
@@ -151,20 +141,11 @@ macro_rules! impl_float {
             }
 
             const TILE_ROWS: usize = $rows;
-            const LANES: usize = $lanes;
 
             #[cfg(target_arch = "x86_64")]
-            unsafe fn tile_avx2(
-                rows: usize,
-                vecs: usize,
-                dst: *mut Self,
-                lhs: *const Self,
-                w: *const Self,
-                s: Strides,
-            ) {
-                // SAFETY: the caller's contract.
-                unsafe { simd::avx2::dispatch(rows, vecs, dst, lhs, w, s) }
-            }
+            type Avx2 = $avx2;
+            #[cfg(target_arch = "x86_64")]
+            type Avx512 = $avx512;
         }
 
         impl Float for $t {
@@ -174,5 +155,23 @@ macro_rules! impl_float {
     };
 }
 
-impl_float!(f32, AtomicU32, activate_f32, sigmoid_f32, tanh_f32, 6, 8);
-impl_float!(f64, AtomicU64, activate_f64, sigmoid_f64, tanh_f64, 3, 4);
+impl_float!(
+    f32,
+    AtomicU32,
+    activate_f32,
+    sigmoid_f32,
+    tanh_f32,
+    6,
+    __m256,
+    __m512
+);
+impl_float!(
+    f64,
+    AtomicU64,
+    activate_f64,
+    sigmoid_f64,
+    tanh_f64,
+    3,
+    __m256d,
+    __m512d
+);

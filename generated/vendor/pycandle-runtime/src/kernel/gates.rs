@@ -12,6 +12,7 @@
 //! others. One loop per element instead is latency-bound and about 1.8 times
 //! slower.
 
+use super::isa::Isa;
 use super::panels::UNITS;
 use super::Float;
 
@@ -156,11 +157,11 @@ const CHUNK: usize = 4 * UNITS;
 /// `c` (one entry per unit, padding units included) is updated in place and
 /// `h` written.
 #[inline(always)]
-pub(super) fn lstm_row<T: Float, const FMA: bool>(pre: &mut [T], c: &mut [T], h: &mut [T]) {
+pub(super) fn lstm_row<T: Float, I: Isa>(pre: &mut [T], c: &mut [T], h: &mut [T]) {
     let width = 4 * UNITS;
     for (blk, c) in pre.chunks_exact_mut(width).zip(c.chunks_exact_mut(UNITS)) {
         let blk: &mut [T; 4 * UNITS] = blk.try_into().expect("whole blocks");
-        T::activate::<FMA, { 4 * UNITS }>(blk, 3 * UNITS);
+        I::activate::<T, { 4 * UNITS }>(blk, 3 * UNITS);
         let (ifo, g) = blk.split_at(3 * UNITS);
         let (i, f) = (&ifo[..UNITS], &ifo[UNITS..2 * UNITS]);
         for (((c, &i), &f), &g) in c.iter_mut().zip(i).zip(f).zip(g) {
@@ -176,7 +177,7 @@ pub(super) fn lstm_row<T: Float, const FMA: bool>(pre: &mut [T], c: &mut [T], h:
         .enumerate()
     {
         let mut t: [T; CHUNK] = c.try_into().expect("CHUNK units");
-        T::activate::<FMA, CHUNK>(&mut t, 0);
+        I::activate::<T, CHUNK>(&mut t, 0);
         for (q, (h, t)) in h
             .chunks_exact_mut(UNITS)
             .zip(t.chunks_exact(UNITS))
@@ -192,7 +193,7 @@ pub(super) fn lstm_row<T: Float, const FMA: bool>(pre: &mut [T], c: &mut [T], h:
         .zip(h[full..].chunks_exact_mut(UNITS));
     for (q, (c, h)) in rest.enumerate() {
         let mut t: [T; UNITS] = c.try_into().expect("whole blocks");
-        T::activate::<FMA, UNITS>(&mut t, 0);
+        I::activate::<T, UNITS>(&mut t, 0);
         for ((h, t), &o) in h.iter_mut().zip(t).zip(o(full / UNITS + q)) {
             *h = o * t;
         }
@@ -205,25 +206,20 @@ pub(super) fn lstm_row<T: Float, const FMA: bool>(pre: &mut [T], c: &mut [T], h:
 /// `h_prev` holds the previous state of the block's `n <= UNITS` real units
 /// and `h` receives their new one. `hh` is overwritten.
 #[inline(always)]
-pub(super) fn gru_block<T: Float, const FMA: bool>(
-    hh: &mut [T],
-    x: &[T],
-    h_prev: &[T],
-    h: &mut [T],
-) {
+pub(super) fn gru_block<T: Float, I: Isa>(hh: &mut [T], x: &[T], h_prev: &[T], h: &mut [T]) {
     let (hrz, hn) = hh[..3 * UNITS].split_at_mut(2 * UNITS);
     let (xrz, xn) = x[..3 * UNITS].split_at(2 * UNITS);
     let rz: &mut [T; 2 * UNITS] = hrz.try_into().expect("two gates");
     for (v, &x) in rz.iter_mut().zip(xrz) {
         *v = x + *v;
     }
-    T::activate::<FMA, { 2 * UNITS }>(rz, 2 * UNITS);
+    I::activate::<T, { 2 * UNITS }>(rz, 2 * UNITS);
     let (r, z) = rz.split_at(UNITS);
     let mut n = [T::ZERO; UNITS];
     for (((n, &x), &r), &hn) in n.iter_mut().zip(xn).zip(r).zip(hn.iter()) {
         *n = x + r * hn;
     }
-    T::activate::<FMA, UNITS>(&mut n, 0);
+    I::activate::<T, UNITS>(&mut n, 0);
     for (((h, &hp), &n), &z) in h.iter_mut().zip(h_prev).zip(&n).zip(z) {
         *h = n + z * (hp - n);
     }

@@ -6,7 +6,7 @@ use std::ops::Range;
 use super::panels::{Panels, UNITS};
 use super::schedule::run_layer;
 use super::weights::{CellKind, PackedWeights};
-use super::{check_len, Float, ShapeError};
+use super::{check_len, kernel_path, Float, KernelPath, ShapeError};
 
 /// Sizes of one run of a recurrent layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +109,9 @@ pub fn recurrent_layer<T: Float>(
         (Some(_), false) => return Err(ShapeError("recurrent kernel: a GRU has no c_n".into())),
     }
 
+    // Read once per call, on the calling thread (where `with_kernel_path`
+    // applies): every member of every direction follows it.
+    let path = kernel_path();
     let jobs: Vec<Job<'_, T>> = dirs
         .iter()
         .map(|dir| Job {
@@ -117,6 +120,7 @@ pub fn recurrent_layer<T: Float>(
             h0: dir.h0,
             c0: dir.c0,
             reverse: dir.reverse,
+            path,
         })
         .collect();
     let blocks = hidden.div_ceil(UNITS);
@@ -182,6 +186,8 @@ pub(super) struct Job<'a, T> {
     pub(super) h0: Option<&'a [T]>,
     pub(super) c0: Option<&'a [T]>,
     pub(super) reverse: bool,
+    /// The instruction set the members run on.
+    pub(super) path: KernelPath,
 }
 
 impl<T> Job<'_, T> {

@@ -8,12 +8,14 @@
 //! for the tile; for one row (batch 1, where a step is bound by reading the
 //! weights), up to 8 vectors of a panel at a time, so that the weights are
 //! read once and the accumulators stay in registers. On x86-64 the tile runs
-//! on the SIMD micro-kernel of the `simd` module in code compiled with AVX2
-//! and FMA; [`tile_portable`] is the plain-Rust reference.
+//! on the SIMD micro-kernel of the `simd` module for the instruction set the
+//! code is compiled for ([`Isa`]); [`tile_portable`] is the plain-Rust
+//! reference.
 
 use std::ops::Range;
 
 use super::float::Strides;
+use super::isa::Isa;
 use super::panels::{Panels, TILE_COLS};
 use super::Float;
 
@@ -30,7 +32,7 @@ const KC_BYTES: usize = 32 * 1024;
 /// only).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub(super) fn mul_acc<T: Float, const FMA: bool>(
+pub(super) fn mul_acc<T: Float, I: Isa>(
     dst: &mut [T],
     dst_rs: usize,
     lhs: &[T],
@@ -55,7 +57,7 @@ pub(super) fn mul_acc<T: Float, const FMA: bool>(
     let sub = k * TILE_COLS;
     if m == 1 {
         // One row: each panel row is read once, up to 8 vectors at a time.
-        let max_cols = if FMA { 8 * T::LANES } else { TILE_COLS };
+        let max_cols = I::max_row_cols::<T>();
         let s = Strides {
             dst_rs,
             w_sub: sub,
@@ -67,7 +69,7 @@ pub(super) fn mul_acc<T: Float, const FMA: bool>(
             let mut c = 0;
             while c < pw {
                 let cols = max_cols.min(pw - c);
-                tile::<T, FMA>(
+                tile::<T, I>(
                     1,
                     cols,
                     dst,
@@ -127,7 +129,7 @@ pub(super) fn mul_acc<T: Float, const FMA: bool>(
                 };
                 for (row, rows) in tiles() {
                     let d0 = row * dst_rs + p * pw + c;
-                    tile::<T, FMA>(rows, TILE_COLS, dst, d0, scratch, row * depth, panel, w0, s);
+                    tile::<T, I>(rows, TILE_COLS, dst, d0, scratch, row * depth, panel, w0, s);
                 }
             }
         }
@@ -152,7 +154,7 @@ fn interleave<T: Float, const R: usize>(dst: &mut [T], src: [&[T]; R]) {
 /// one row a multiple of 16 up to 8 vectors.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn tile<T: Float, const FMA: bool>(
+fn tile<T: Float, I: Isa>(
     rows: usize,
     cols: usize,
     dst: &mut [T],
@@ -174,15 +176,14 @@ fn tile<T: Float, const FMA: bool>(
             && l0 + s.depth * rows <= lhs.len()
             && w0 + (subs - 1) * s.w_sub + s.depth * TILE_COLS <= w.len()
     );
-    #[cfg(target_arch = "x86_64")]
-    if FMA {
-        // SAFETY: `FMA` code only runs after AVX2 and FMA were detected
+    if I::SIMD {
+        // SAFETY: SIMD code only runs after its instruction set was detected
         // (`member_dispatch`), and the assertion above covers every index the
         // tile reads or writes.
         unsafe {
-            T::tile_avx2(
+            I::tile::<T>(
                 rows,
-                cols / T::LANES,
+                cols,
                 dst.as_mut_ptr().add(d0),
                 lhs.as_ptr().add(l0),
                 w.as_ptr().add(w0),
@@ -194,12 +195,12 @@ fn tile<T: Float, const FMA: bool>(
     for sp in 0..subs {
         let (d0, w0) = (d0 + sp * TILE_COLS, w0 + sp * s.w_sub);
         match rows {
-            6 => tile_portable::<T, FMA, 6>(dst, d0, lhs, l0, w, w0, s),
-            5 => tile_portable::<T, FMA, 5>(dst, d0, lhs, l0, w, w0, s),
-            4 => tile_portable::<T, FMA, 4>(dst, d0, lhs, l0, w, w0, s),
-            3 => tile_portable::<T, FMA, 3>(dst, d0, lhs, l0, w, w0, s),
-            2 => tile_portable::<T, FMA, 2>(dst, d0, lhs, l0, w, w0, s),
-            _ => tile_portable::<T, FMA, 1>(dst, d0, lhs, l0, w, w0, s),
+            6 => tile_portable::<T, 6>(dst, d0, lhs, l0, w, w0, s),
+            5 => tile_portable::<T, 5>(dst, d0, lhs, l0, w, w0, s),
+            4 => tile_portable::<T, 4>(dst, d0, lhs, l0, w, w0, s),
+            3 => tile_portable::<T, 3>(dst, d0, lhs, l0, w, w0, s),
+            2 => tile_portable::<T, 2>(dst, d0, lhs, l0, w, w0, s),
+            _ => tile_portable::<T, 1>(dst, d0, lhs, l0, w, w0, s),
         }
     }
 }
@@ -207,7 +208,7 @@ fn tile<T: Float, const FMA: bool>(
 /// An `R x 16` tile in plain Rust (the loops over the 16 columns
 /// vectorise): the reference for the SIMD version.
 #[inline(always)]
-fn tile_portable<T: Float, const FMA: bool, const R: usize>(
+fn tile_portable<T: Float, const R: usize>(
     dst: &mut [T],
     d0: usize,
     lhs: &[T],
@@ -228,7 +229,7 @@ fn tile_portable<T: Float, const FMA: bool, const R: usize>(
         for (r, acc) in acc.iter_mut().enumerate() {
             let x = lhs[l0 + i * R + r];
             for (a, &wv) in acc.iter_mut().zip(row) {
-                *a = T::madd::<FMA>(x, wv, *a);
+                *a = x * wv + *a;
             }
         }
     }

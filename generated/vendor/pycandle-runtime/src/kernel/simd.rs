@@ -1,4 +1,188 @@
 //! SIMD micro-kernels, one module per instruction set (x86-64 only; the
 //! portable tile in `product` serves elsewhere).
+//!
+//! Both instruction sets run the same register-blocked tile: only the
+//! register type and the features the code is compiled with differ. The
+//! register types implement [`Simd`], and [`micro_kernels!`] writes the tile
+//! and its table of instantiations into each instruction set's module, under
+//! that module's `#[target_feature]` (an attribute cannot be generic, and
+//! code passing `__m512` values must itself be compiled with AVX-512).
 
 pub(super) mod avx2;
+pub(super) mod avx512;
+
+/// One SIMD register of [`Self::Elem`]s.
+// `pub` in a private module: the bound of `Float`'s register types.
+pub trait Simd: Copy {
+    type Elem: Copy;
+    const LANES: usize;
+    /// # Safety
+    /// The CPU has the register's instruction set (as for every method).
+    unsafe fn zero() -> Self;
+    /// # Safety
+    /// `p` is valid for reading `LANES` elements.
+    unsafe fn load(p: *const Self::Elem) -> Self;
+    /// # Safety
+    /// `p` is valid for writing `LANES` elements.
+    unsafe fn store(p: *mut Self::Elem, v: Self);
+    /// # Safety
+    /// `p` is valid for reading one element.
+    unsafe fn splat(p: *const Self::Elem) -> Self;
+    /// `a * b + c` with one rounding.
+    ///
+    /// # Safety
+    /// The CPU has the register's instruction set.
+    unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self;
+}
+
+/// Implements [`Simd`] for the register type `$v` of `$t`, `$lanes` lanes
+/// wide, with the intrinsics named after it, compiled with `$features`.
+macro_rules! impl_simd {
+    ($features:literal, $v:ty, $t:ty, $lanes:expr,
+     $zero:ident, $load:ident, $store:ident, $splat:ident, $fmadd:ident) => {
+        impl $crate::kernel::simd::Simd for $v {
+            type Elem = $t;
+            const LANES: usize = $lanes;
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn zero() -> $v {
+                $zero()
+            }
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn load(p: *const $t) -> $v {
+                $load(p)
+            }
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn store(p: *mut $t, v: $v) {
+                $store(p, v)
+            }
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn splat(p: *const $t) -> $v {
+                $splat(*p)
+            }
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn fmadd(a: $v, b: $v, c: $v) -> $v {
+                $fmadd(a, b, c)
+            }
+        }
+    };
+}
+pub(super) use impl_simd;
+
+/// Writes the micro-kernel compiled with `$features`: `tile` and the
+/// `dispatch` over the shapes the products use.
+macro_rules! micro_kernels {
+    ($features:literal) => {
+        use $crate::kernel::float::Strides;
+        use $crate::kernel::simd::Simd;
+
+        /// `rows x vecs` registers of accumulators: the instantiations the
+        /// products use (the one-row product's widest tiles are 8 registers;
+        /// the many-row tiles are 16 columns by `TILE_ROWS` rows).
+        ///
+        /// # Safety
+        ///
+        /// As for [`tile`].
+        pub(in crate::kernel) unsafe fn dispatch<S: Simd>(
+            rows: usize,
+            vecs: usize,
+            dst: *mut S::Elem,
+            lhs: *const S::Elem,
+            w: *const S::Elem,
+            s: Strides,
+        ) {
+            match (rows, vecs) {
+                (1, 8) => tile::<S, 1, 8>(dst, lhs, w, s),
+                (1, 6) => tile::<S, 1, 6>(dst, lhs, w, s),
+                (1, 4) => tile::<S, 1, 4>(dst, lhs, w, s),
+                (1, 3) => tile::<S, 1, 3>(dst, lhs, w, s),
+                (1, 2) => tile::<S, 1, 2>(dst, lhs, w, s),
+                (1, 1) => tile::<S, 1, 1>(dst, lhs, w, s),
+                (6, 2) => tile::<S, 6, 2>(dst, lhs, w, s),
+                (5, 2) => tile::<S, 5, 2>(dst, lhs, w, s),
+                (4, 2) => tile::<S, 4, 2>(dst, lhs, w, s),
+                (3, 2) => tile::<S, 3, 2>(dst, lhs, w, s),
+                (2, 2) => tile::<S, 2, 2>(dst, lhs, w, s),
+                (6, 1) => tile::<S, 6, 1>(dst, lhs, w, s),
+                (5, 1) => tile::<S, 5, 1>(dst, lhs, w, s),
+                (4, 1) => tile::<S, 4, 1>(dst, lhs, w, s),
+                (3, 1) => tile::<S, 3, 1>(dst, lhs, w, s),
+                (2, 1) => tile::<S, 2, 1>(dst, lhs, w, s),
+                (3, 4) => tile::<S, 3, 4>(dst, lhs, w, s),
+                (2, 4) => tile::<S, 2, 4>(dst, lhs, w, s),
+                _ => unreachable!("no micro-tile of {rows} rows by {vecs} vectors"),
+            }
+        }
+
+        /// `dst[r * dst_rs + j] += sum_{i < depth} lhs[i * R + r] *
+        /// w[(j / 16) * w_sub + i * 16 + j % 16]` for `r < R`,
+        /// `j < V * LANES`, accumulated in `R * V` registers; each row of `w`
+        /// is loaded once for all `R` rows.
+        ///
+        /// # Safety
+        ///
+        /// The CPU has the features the module is compiled with, and every
+        /// index above is in bounds of the allocation its pointer points
+        /// into.
+        #[target_feature(enable = $features)]
+        unsafe fn tile<S: Simd, const R: usize, const V: usize>(
+            dst: *mut S::Elem,
+            lhs: *const S::Elem,
+            w: *const S::Elem,
+            s: Strides,
+        ) {
+            let mut acc = [[S::zero(); V]; R];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                for (v, a) in acc.iter_mut().enumerate() {
+                    *a = S::load(dst.add(r * s.dst_rs + v * S::LANES));
+                }
+            }
+            // Per depth step, either the `V` weight vectors or the `R` broadcast
+            // inputs are loaded first and held, whichever are fewer, so that they
+            // and the accumulators fit in the registers.
+            let w_at = |row: *const S::Elem, v: usize| {
+                let col = v * S::LANES;
+                row.add(col / 16 * s.w_sub + col % 16)
+            };
+            let mut row = w;
+            let mut x = lhs;
+            for _ in 0..s.depth {
+                if V <= R {
+                    let mut wv = [S::zero(); V];
+                    for (v, wv) in wv.iter_mut().enumerate() {
+                        *wv = S::load(w_at(row, v));
+                    }
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        let x = S::splat(x.add(r));
+                        for (a, &wv) in acc.iter_mut().zip(&wv) {
+                            *a = S::fmadd(x, wv, *a);
+                        }
+                    }
+                } else {
+                    let mut xv = [S::zero(); R];
+                    for (r, xv) in xv.iter_mut().enumerate() {
+                        *xv = S::splat(x.add(r));
+                    }
+                    for v in 0..V {
+                        let wv = S::load(w_at(row, v));
+                        for (acc, &x) in acc.iter_mut().zip(&xv) {
+                            acc[v] = S::fmadd(x, wv, acc[v]);
+                        }
+                    }
+                }
+                row = row.add(16);
+                x = x.add(R);
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                for (v, a) in acc.iter().enumerate() {
+                    S::store(dst.add(r * s.dst_rs + v * S::LANES), *a);
+                }
+            }
+        }
+    };
+}
+pub(super) use micro_kernels;

@@ -8,7 +8,6 @@ use super::layer::Geometry;
 use super::panels::UNITS;
 use super::schedule::{split_range, team_size};
 use super::team::{ALWAYS, DISSOLVE_AT, NEVER, PENDING, START_MODE};
-use super::timeloop::PORTABLE_ONLY;
 use super::*;
 
 /// Runs `f` in a thread pool with room for the largest team and both
@@ -340,12 +339,24 @@ fn check<T: Exact>(lstm: bool, case: Case, tol: f64) {
         })
         .collect();
     let (d, b, t, po) = (case.dirs(), case.batch, case.steps, case.h_out());
-    let mut out = vec![T::ZERO; t * b * d * po];
-    let mut h_n = vec![T::ZERO; d * b * po];
-    let mut c_n = vec![T::ZERO; if lstm { d * b * case.hidden } else { 0 }];
-    let c_out = lstm.then_some(&mut c_n[..]);
     let (shape, threads) = (case.shape(), case.threads);
-    in_pool(|| recurrent_layer(shape, &x, &dirs, &mut out, &mut h_n, c_out, threads)).unwrap();
+    // Every path this CPU has, each from a fresh output.
+    let runs: Vec<_> = KernelPath::available()
+        .map(|path| {
+            let mut out = vec![T::ZERO; t * b * d * po];
+            let mut h_n = vec![T::ZERO; d * b * po];
+            let mut c_n = vec![T::ZERO; if lstm { d * b * case.hidden } else { 0 }];
+            let c_out = lstm.then_some(&mut c_n[..]);
+            in_pool(|| {
+                with_kernel_path(path, || {
+                    recurrent_layer(shape, &x, &dirs, &mut out, &mut h_n, c_out, threads)
+                })
+            })
+            .unwrap()
+            .unwrap();
+            (path, out, h_n, c_n)
+        })
+        .collect();
 
     let refs: Vec<_> = params
         .iter()
@@ -361,9 +372,11 @@ fn check<T: Exact>(lstm: bool, case: Case, tol: f64) {
     let want_out = interleave(&refs.iter().map(|r| r.0.clone()).collect::<Vec<_>>(), po);
     let want_h: Vec<T> = refs.iter().flat_map(|r| r.1.clone()).collect();
     let want_c: Vec<T> = refs.iter().flat_map(|r| r.2.clone()).collect();
-    assert_close(&format!("{case:?} out"), &out, &want_out, tol);
-    assert_close(&format!("{case:?} h_n"), &h_n, &want_h, tol);
-    assert_close(&format!("{case:?} c_n"), &c_n, &want_c, tol);
+    for (path, out, h_n, c_n) in runs {
+        assert_close(&format!("{path}: {case:?} out"), &out, &want_out, tol);
+        assert_close(&format!("{path}: {case:?} h_n"), &h_n, &want_h, tol);
+        assert_close(&format!("{path}: {case:?} c_n"), &c_n, &want_c, tol);
+    }
 }
 
 /// Small cases (single-threaded teams), B = 1 (matrix-vector product) and
@@ -488,39 +501,19 @@ fn gru_teams_match_reference() {
     }
 }
 
+/// Every path this CPU has runs in `check`; this test says which they are
+/// (`cargo test -- --nocapture`), and that the portable one is among them.
 #[test]
-fn portable_code_matches_reference() {
-    PORTABLE_ONLY.store(true, Ordering::Relaxed);
-    let cases = [
-        Case {
-            proj: 3,
-            with_state: true,
-            ..Case::new(5, 1, 16)
-        },
-        Case {
-            bidirectional: true,
-            threads: 2,
-            ..Case::new(5, 3, 24)
-        },
-        Case {
-            proj: 40,
-            threads: 2,
-            ..Case::new(4, 4, 128)
-        },
-        Case {
-            threads: 2,
-            ..Case::new(4, 1, 136)
-        },
-    ];
-    for case in cases {
-        check_lstm::<f32>(case, 1e-5);
-        check_lstm::<f64>(case, 1e-12);
-        if case.proj == 0 {
-            check_gru::<f32>(case, 1e-5);
-            check_gru::<f64>(case, 1e-12);
-        }
-    }
-    PORTABLE_ONLY.store(false, Ordering::Relaxed);
+fn every_available_path_is_checked() {
+    let paths: Vec<_> = KernelPath::available().collect();
+    println!("recurrent kernel paths on this CPU: {paths:?}");
+    assert!(paths.contains(&KernelPath::Portable));
+    assert_eq!(paths[0], requested_kernel_path_default());
+}
+
+/// The path chosen with [`KERNEL_ENV`] unset.
+fn requested_kernel_path_default() -> KernelPath {
+    resolve_kernel_path(None).0
 }
 
 /// Teams whose members always or never start, and teams that dissolve
@@ -786,17 +779,54 @@ fn split_range_covers_everything() {
 
 #[test]
 fn the_kernel_path_variable_is_read_strictly() {
-    use super::{kernel_path_for, KernelPath};
-    assert_eq!(kernel_path_for(None), Ok(KernelPath::Avx2));
-    assert_eq!(kernel_path_for(Some("avx2")), Ok(KernelPath::Avx2));
+    assert_eq!(kernel_path_for(None), Ok(None));
+    assert_eq!(kernel_path_for(Some("")), Ok(None));
+    assert_eq!(
+        kernel_path_for(Some("avx512")),
+        Ok(Some(KernelPath::Avx512))
+    );
+    assert_eq!(kernel_path_for(Some("avx2")), Ok(Some(KernelPath::Avx2)));
     assert_eq!(
         kernel_path_for(Some(" portable ")),
-        Ok(KernelPath::Portable)
+        Ok(Some(KernelPath::Portable))
     );
-    assert_eq!(kernel_path_for(Some("scalar")), Ok(KernelPath::Portable));
-    let err = kernel_path_for(Some("avx512")).unwrap_err();
+    assert_eq!(
+        kernel_path_for(Some("scalar")),
+        Ok(Some(KernelPath::Portable))
+    );
+    let err = kernel_path_for(Some("avx512bw")).unwrap_err();
     assert!(
-        err.contains("PYCANDLE_KERNEL=\"avx512\" is not a kernel path"),
+        err.contains("PYCANDLE_KERNEL=\"avx512bw\" is not a kernel path"),
         "{err}"
     );
+    for path in KernelPath::ALL {
+        assert_eq!(kernel_path_for(Some(path.name())), Ok(Some(path)));
+    }
+}
+
+#[test]
+fn a_path_the_cpu_lacks_is_refused() {
+    // The default is the fastest path the CPU has.
+    let best = KernelPath::available().next().unwrap();
+    assert_eq!(resolve_kernel_path(None), (best, None));
+    assert_eq!(resolve_kernel_path(Some("nonsense")).0, best);
+    for path in KernelPath::ALL {
+        let (got, refused) = resolve_kernel_path(Some(path.name()));
+        let forced = with_kernel_path(path, kernel_path);
+        if path.is_available() {
+            assert_eq!((got, refused), (path, None));
+            assert_eq!(forced, Ok(path));
+        } else {
+            assert_eq!(got, best);
+            let why = refused.unwrap();
+            assert!(why.contains("which this CPU lacks"), "{why}");
+            assert!(forced.unwrap_err().contains("which this CPU lacks"));
+        }
+    }
+    // The override ends with the closure.
+    let outside = kernel_path();
+    let _ = with_kernel_path(KernelPath::Portable, || {
+        assert_eq!(kernel_path(), KernelPath::Portable)
+    });
+    assert_eq!(kernel_path(), outside);
 }

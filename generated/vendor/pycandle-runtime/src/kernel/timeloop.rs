@@ -1,18 +1,19 @@
 //! The time loop of one team member: its walk over the steps, the
 //! exchange of `h` with its partners, and the switch to working alone.
 
-#[cfg(test)]
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 
 use super::affinity::AvoidCpu;
+#[cfg(target_arch = "x86_64")]
+use super::isa::{Avx2, Avx512};
+use super::isa::{Isa, Portable};
 use super::layer::{Geometry, Job};
 use super::schedule::LeaderOut;
 use super::team::{note_contention, publish, read_shared, Pace, PoisonOnPanic, Team};
 use super::work::Work;
-use super::Float;
+use super::{Float, KernelPath};
 
-/// Runs [`member`] compiled for AVX2 + FMA when the CPU has them.
+/// Runs [`member`] compiled for the job's kernel path.
 pub(super) fn member_dispatch<T: Float>(
     geom: Geometry,
     job: &Job<'_, T>,
@@ -21,47 +22,52 @@ pub(super) fn member_dispatch<T: Float>(
     leader: Option<LeaderOut<'_, T>>,
 ) {
     let _guard = PoisonOnPanic(&team.barrier);
-    #[cfg(target_arch = "x86_64")]
-    {
-        if !portable_only() && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports the features `member_avx2` is compiled with.
-            unsafe { member_avx2(geom, job, team, id, leader) };
-            return;
-        }
+    match job.path {
+        // SAFETY (both): the job's path is `kernel_path()`'s, which only
+        // names an instruction set the CPU has.
+        #[cfg(target_arch = "x86_64")]
+        KernelPath::Avx512 => unsafe { member_avx512(geom, job, team, id, leader) },
+        #[cfg(target_arch = "x86_64")]
+        KernelPath::Avx2 => unsafe { member_avx2(geom, job, team, id, leader) },
+        _ => member::<T, Portable>(geom, job, team, id, leader),
     }
-    member::<T, false>(geom, job, team, id, leader);
 }
 
-/// Tests set this to exercise the portable code on machines with AVX2.
-#[cfg(test)]
-pub(super) static PORTABLE_ONLY: AtomicBool = AtomicBool::new(false);
+// Everything generic over the `Isa` that the two functions below call is
+// `#[inline(always)]`: a function compiled on its own would lack the
+// features, and its `mul_add`s would become calls to a software fused
+// multiply-add.
 
-#[cfg(target_arch = "x86_64")]
-pub(super) fn portable_only() -> bool {
-    #[cfg(test)]
-    if PORTABLE_ONLY.load(Ordering::Relaxed) {
-        return true;
-    }
-    super::requested_kernel_path() == super::KernelPath::Portable
-}
-
-/// [`member`] with AVX2 and FMA. Everything generic over `FMA` that it calls
-/// is `#[inline(always)]`: a function compiled on its own would lack the
-/// features, and its `mul_add`s would become calls to a software fused
-/// multiply-add.
+/// [`member`] with AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-pub(super) fn member_avx2<T: Float>(
+fn member_avx2<T: Float>(
     geom: Geometry,
     job: &Job<'_, T>,
     team: &Team<T>,
     id: usize,
     leader: Option<LeaderOut<'_, T>>,
 ) {
-    member::<T, true>(geom, job, team, id, leader);
+    member::<T, Avx2>(geom, job, team, id, leader);
 }
+
+/// [`member`] with AVX-512F (and FMA, which the gates' scalar code uses:
+/// every AVX-512 CPU has it). The gate loops, which the compiler vectorises,
+/// use 512-bit registers here too.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn member_avx512<T: Float>(
+    geom: Geometry,
+    job: &Job<'_, T>,
+    team: &Team<T>,
+    id: usize,
+    leader: Option<LeaderOut<'_, T>>,
+) {
+    member::<T, Avx512>(geom, job, team, id, leader);
+}
+
 #[inline(always)]
-pub(super) fn member<T: Float, const FMA: bool>(
+pub(super) fn member<T: Float, I: Isa>(
     geom: Geometry,
     job: &Job<'_, T>,
     team: &Team<T>,
@@ -89,7 +95,7 @@ pub(super) fn member<T: Float, const FMA: bool>(
     // A member on its leader's core moves away for as long as it works.
     let _away = (id > 0).then(|| AvoidCpu::new(team.leader_cpu));
     let mut work = Work::new(&geom, job, team, id);
-    work.ensure_chunk::<FMA>(&geom, job, 0, job.time(steps, 0));
+    work.ensure_chunk::<I>(&geom, job, 0, job.time(steps, 0));
     let mut solo = id == 0;
     if id == 0 && team.size > 1 {
         let go = team.members_started();
@@ -98,7 +104,7 @@ pub(super) fn member<T: Float, const FMA: bool>(
             solo = false;
         } else {
             note_contention();
-            work.take_all::<FMA>(&geom, job);
+            work.take_all::<I>(&geom, job);
         }
     } else if id > 0 && !team.started() {
         return;
@@ -113,13 +119,13 @@ pub(super) fn member<T: Float, const FMA: bool>(
     }
     for step in 0..steps {
         let t = job.time(steps, step);
-        work.ensure_chunk::<FMA>(&geom, job, step, t);
+        work.ensure_chunk::<I>(&geom, job, step, t);
         // Every other step walks the weights backwards: what the previous
         // step read last is still in cache when a share is a little too
         // large for it.
         let zigzag = step % 2 == 1;
         let nonzero_h = step > 0 || job.h0.is_some();
-        work.step::<FMA>(&geom, job, t, nonzero_h.then_some(&h_prev[..]), zigzag);
+        work.step::<I>(&geom, job, t, nonzero_h.then_some(&h_prev[..]), zigzag);
         if !solo && is_lstm && step + 1 == steps {
             work.publish_c(&geom, team);
         }
@@ -131,7 +137,7 @@ pub(super) fn member<T: Float, const FMA: bool>(
                 sync(team, &mut pace);
                 read_shared(&team.hid, &mut work.hid);
             }
-            work.project_h::<FMA>(&geom, job, solo, zigzag);
+            work.project_h::<I>(&geom, job, solo, zigzag);
         }
         // The new `h`: into `h_prev` when alone, else through the team.
         let (cols, part, part_rs) = work.h_out_part(&geom);
@@ -166,7 +172,7 @@ pub(super) fn member<T: Float, const FMA: bool>(
                     read_shared(shared, &mut row[..hidden]);
                 }
             }
-            work.take_all::<FMA>(&geom, job);
+            work.take_all::<I>(&geom, job);
             solo = true;
         }
     }

@@ -5,6 +5,7 @@
 use std::ops::Range;
 
 use super::gates::{gru_block, lstm_row};
+use super::isa::Isa;
 use super::layer::{Geometry, Job};
 use super::panels::UNITS;
 use super::product::mul_acc;
@@ -120,7 +121,7 @@ impl<T: Float> Work<T> {
     /// Projects the input of the times `self.chunk` for `blocks` into `gx`:
     /// `x_t W_ih^T + bias`.
     #[inline(always)]
-    pub(super) fn project<const FMA: bool>(
+    pub(super) fn project<I: Isa>(
         &mut self,
         geom: &Geometry,
         job: &Job<'_, T>,
@@ -140,7 +141,7 @@ impl<T: Float> Work<T> {
             row[col0..col0 + bias.len()].copy_from_slice(bias);
         }
         let x = &job.x[self.chunk.start * batch * input..self.chunk.end * batch * input];
-        mul_acc::<T, FMA>(
+        mul_acc::<T, I>(
             &mut self.gx[col0..],
             stride,
             x,
@@ -156,7 +157,7 @@ impl<T: Float> Work<T> {
     /// Makes `gx` hold walk step `step` (time `t`): when it does not, loads
     /// the chunk of steps starting there.
     #[inline(always)]
-    pub(super) fn ensure_chunk<const FMA: bool>(
+    pub(super) fn ensure_chunk<I: Isa>(
         &mut self,
         geom: &Geometry,
         job: &Job<'_, T>,
@@ -172,24 +173,24 @@ impl<T: Float> Work<T> {
         } else {
             t..t + n
         };
-        self.project::<FMA>(geom, job, self.blocks.clone());
+        self.project::<I>(geom, job, self.blocks.clone());
     }
 
     /// The leader, from now on alone: takes over every block and projection
     /// panel, with the current chunk's projection of the blocks it gains.
     #[inline(always)]
-    pub(super) fn take_all<const FMA: bool>(&mut self, geom: &Geometry, job: &Job<'_, T>) {
+    pub(super) fn take_all<I: Isa>(&mut self, geom: &Geometry, job: &Job<'_, T>) {
         let gained = self.blocks.end..geom.blocks;
         self.blocks = 0..geom.blocks;
         self.cols = 0..geom.proj_panels;
-        self.project::<FMA>(geom, job, gained);
+        self.project::<I>(geom, job, gained);
     }
 
     /// One step at time `t` from the previous state `h_prev` `(B, H_out)`:
     /// the share's gate pre-activations, then the gates, which update `c`
     /// and write the units' new `h` into `h_units`.
     #[inline(always)]
-    pub(super) fn step<const FMA: bool>(
+    pub(super) fn step<I: Isa>(
         &mut self,
         geom: &Geometry,
         job: &Job<'_, T>,
@@ -223,7 +224,7 @@ impl<T: Float> Work<T> {
             &mut self.hh[col0..]
         };
         if let Some(h_prev) = h_prev {
-            mul_acc::<T, FMA>(
+            mul_acc::<T, I>(
                 dst,
                 stride,
                 h_prev,
@@ -239,7 +240,7 @@ impl<T: Float> Work<T> {
             let pre = row0 + b * stride + col0;
             let u = b * cs + u0;
             if job.is_lstm() {
-                lstm_row::<T, FMA>(
+                lstm_row::<T, I>(
                     &mut self.gx[pre..pre + share.len() * width],
                     &mut self.c[u..u + n],
                     &mut self.h_units[u..u + n],
@@ -254,7 +255,7 @@ impl<T: Float> Work<T> {
                     Some(h) => &h[b * h_out + units.start..b * h_out + units.end],
                     None => &zeros[..units.len()],
                 };
-                gru_block::<T, FMA>(
+                gru_block::<T, I>(
                     &mut self.hh[hh..hh + width],
                     &self.gx[pre + k * width..pre + (k + 1) * width],
                     hp,
@@ -267,7 +268,7 @@ impl<T: Float> Work<T> {
     /// With projection: the columns `cols` of `h W_hr^T` into `h_cols`, `h`
     /// being `h_units` (alone) or the team's full `hid`.
     #[inline(always)]
-    pub(super) fn project_h<const FMA: bool>(
+    pub(super) fn project_h<I: Isa>(
         &mut self,
         geom: &Geometry,
         job: &Job<'_, T>,
@@ -284,7 +285,7 @@ impl<T: Float> Work<T> {
         } else {
             (&self.hid, geom.hidden)
         };
-        mul_acc::<T, FMA>(
+        mul_acc::<T, I>(
             &mut self.h_cols[cols.start * PROJ_COLS..],
             ps,
             lhs,
