@@ -21,9 +21,15 @@ pub fn from_end(size: usize, k: usize) -> usize {
 /// `n = torch.ceil(..).long()`), read as Python does: negative counts from the end, and the
 /// bound is clamped to `0..=size`.
 pub fn slice_bound(bound: &Tensor, size: usize) -> Result<usize> {
-    let value = bound.flatten_all()?.to_dtype(DType::I64)?.to_vec1::<i64>()?;
+    let value = bound
+        .flatten_all()?
+        .to_dtype(DType::I64)?
+        .to_vec1::<i64>()?;
     let [value] = value[..] else {
-        bail!("a slice bound must hold one value, this tensor holds {}", value.len())
+        bail!(
+            "a slice bound must hold one value, this tensor holds {}",
+            value.len()
+        )
     };
     let magnitude = usize::try_from(value.unsigned_abs()).unwrap_or(usize::MAX);
     Ok(if value < 0 {
