@@ -251,6 +251,19 @@ def golden_node_key(case: int, node: str, direction: str, index: str) -> str:
 # --- the document ----------------------------------------------------------------------------------
 
 
+def _is_target(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return bool(_IDENT.fullmatch(value))
+    return isinstance(value, list) and all(_is_target(v) for v in value)
+
+
+def _is_loop(value: Any) -> bool:
+    return value is None or (isinstance(value, list) and len(value) == 2 and all(
+        isinstance(v, str) and _IDENT.fullmatch(v) for v in value))
+
+
 @dataclass(frozen=True)
 class Node:
     name: str
@@ -260,9 +273,14 @@ class Node:
     kwargs: dict[str, Any] = field(default_factory=dict)
     out: Any = None  # TensorMeta, or nested tuples/lists of them
     source: str | None = None
+    # the Python assignment target of its value: a name, or a list of targets (None where the
+    # source names nothing) for tuple unpacking; generated locals take these names
+    assign: Any = None
+    # `[attribute, variable]` of the Python loop `for variable in self.attribute` it ran in
+    loop: list[str] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        d = {
             "name": self.name,
             "op": self.op,
             "target": self.target,
@@ -271,6 +289,11 @@ class Node:
             "out": encode(self.out),
             "source": self.source,
         }
+        if self.assign is not None:
+            d["assign"] = self.assign
+        if self.loop is not None:
+            d["loop"] = self.loop
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Node:
@@ -288,11 +311,19 @@ class Node:
             for k in d["kwargs"]:
                 if not _IDENT.fullmatch(k):
                     raise ManifestError(f"keyword argument {k!r} is not an identifier")
+            assign = d.get("assign")
+            if not _is_target(assign):
+                raise ManifestError(f"field 'assign': {assign!r} is not a name or a list of "
+                                    "names and nulls")
+            loop = d.get("loop")
+            if not _is_loop(loop):
+                raise ManifestError(f"field 'loop': {loop!r} is not [attribute, variable]")
             return cls(
                 name=name, op=op, target=target,
                 args=tuple(decode(a) for a in d["args"]),
                 kwargs={k: decode(v) for k, v in d["kwargs"].items()},
-                out=decode(d["out"]), source=source,
+                out=decode(d["out"]), source=source, assign=assign,
+                loop=loop,
             )
         except ManifestError as e:
             raise ManifestError(f"node '{name}': {e}") from None
@@ -305,6 +336,60 @@ class ModuleInfo:
     parameters: dict[str, dict[str, Any]]  # local name -> {"shape": [...], "dtype": "float32"}
     buffers: dict[str, dict[str, Any]]
     source: str | None = None  # where the class is defined
+
+
+@dataclass(frozen=True)
+class Block:
+    """One call of a user module or container: it ran `nodes[start:end]`, took `args` (its
+    forward()'s `params`) and gave `out`, all references into the graph. Its inputs and outputs
+    are golden tensors under its `name`, as a layer's are."""
+
+    name: str
+    module: str
+    params: tuple[str, ...]
+    args: tuple[Any, ...]
+    start: int
+    end: int
+    out: Any
+    source: str | None = None  # where it was called
+    assign: Any = None  # as a node's
+    loop: list[str] | None = None  # as a node's
+
+    def to_json(self) -> dict[str, Any]:
+        d = {"name": self.name, "module": self.module, "params": list(self.params),
+             "args": [encode(a) for a in self.args], "start": self.start, "end": self.end,
+             "out": encode(self.out), "source": self.source}
+        if self.assign is not None:
+            d["assign"] = self.assign
+        if self.loop is not None:
+            d["loop"] = self.loop
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], count: int) -> Block:
+        name = d["name"]
+        if not isinstance(name, str) or not _IDENT.fullmatch(name):
+            raise ManifestError(f"block name {name!r} is not an identifier")
+        if not isinstance(d["module"], str) or not _MODULE_NAME.fullmatch(d["module"]):
+            raise ManifestError(f"block '{name}': field 'module' {d['module']!r} is not a "
+                                "module name")
+        if not all(isinstance(p, str) and _IDENT.fullmatch(p) for p in d["params"]):
+            raise ManifestError(f"block '{name}': field 'params' holds a non-identifier")
+        start, end = d["start"], d["end"]
+        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= count):
+            raise ManifestError(f"block '{name}': nodes {start!r}..{end!r} are not in the graph")
+        source, assign, loop = d.get("source"), d.get("assign"), d.get("loop")
+        if source is not None and (not isinstance(source, str) or not _SOURCE.fullmatch(source)):
+            raise ManifestError(f"block '{name}': field 'source': {source!r} is not a file:line "
+                                "location")
+        if not _is_target(assign):
+            raise ManifestError(f"block '{name}': field 'assign': {assign!r} is not a name or a "
+                                "list of names and nulls")
+        if not _is_loop(loop):
+            raise ManifestError(f"block '{name}': field 'loop': {loop!r} is not "
+                                "[attribute, variable]")
+        return cls(name, d["module"], tuple(d["params"]), tuple(decode(a) for a in d["args"]),
+                   start, end, decode(d["out"]), source, assign, loop)
 
 
 @dataclass(frozen=True)
@@ -322,6 +407,7 @@ class Manifest:
     nodes: tuple[Node, ...]
     output: Any  # nested tuples/lists of Ref
     warnings: tuple[str, ...] = ()
+    blocks: tuple[Block, ...] = ()  # calls of user modules and containers, in order of start
 
     def node(self, name: str) -> Node:
         return self._index()[name]
@@ -356,7 +442,8 @@ class Manifest:
                     "parameters": m.parameters, "buffers": m.buffers, "source": m.source}
                 for k, m in sorted(self.modules.items())
             },
-            "graph": {"nodes": [n.to_json() for n in self.nodes], "output": encode(self.output)},
+            "graph": {"nodes": [n.to_json() for n in self.nodes], "output": encode(self.output),
+                      "blocks": [b.to_json() for b in self.blocks]},
             "warnings": list(self.warnings),
         }
 
@@ -415,6 +502,8 @@ class Manifest:
             nodes=tuple(Node.from_json(n) for n in d["graph"]["nodes"]),
             output=decode(d["graph"]["output"]),
             warnings=tuple(d.get("warnings", ())),
+            blocks=tuple(Block.from_json(b, len(d["graph"]["nodes"]))
+                         for b in d["graph"].get("blocks", ())),
         )
 
     @classmethod

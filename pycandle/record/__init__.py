@@ -31,8 +31,8 @@ from pycandle.errors import Problem, PyCandleError, UnsupportedError
 from pycandle import depfile
 from pycandle.fsutil import tidy_dir_versions, write_dir_atomic
 from pycandle.manifest import (
-    Manifest, ModuleInfo, Node, Ref, TensorMeta, at_path, golden_input_key, golden_output_key,
-    leaves, refs_in,
+    Block, Manifest, ModuleInfo, Node, Ref, TensorMeta, at_path, golden_input_key,
+    golden_output_key, leaves, refs_in,
 )
 from pycandle.symbolic import dim_candidates, evaluate, settle, symbolize
 from pycandle.record.tracer import (
@@ -395,8 +395,21 @@ def _merge(mc: ModelConfig, traces: list[CaseTrace]) -> tuple[list[Node], list[P
             continue
         metas[base.name] = out
         nodes.append(Node(base.name, base.op, base.target, tuple(args), dict(kwargs), out,
-                          base.source))
+                          base.source, base.assign, base.loop))
     return nodes, problems
+
+
+def _blocks(traces: list[CaseTrace]) -> tuple[Block, ...]:
+    """The block calls every trace case made alike (the graphs already are)."""
+    def key(b: Any) -> tuple:
+        return (b.name, b.module, b.params, b.args, b.start, b.end, b.out, b.source,
+                repr(b.assign), repr(b.loop))
+
+    first = [key(b) for b in traces[0].blocks]
+    if any([key(b) for b in t.blocks] != first for t in traces[1:]):
+        return ()
+    return tuple(Block(b.name, b.module, b.params, b.args, b.start, b.end, b.out, b.source,
+                       b.assign, b.loop) for b in traces[0].blocks)
 
 
 def _merge_meta(outs: list[Any]) -> Any:
@@ -493,7 +506,7 @@ def record_model(cfg: Config, mc: ModelConfig) -> Recording:
                                     "low": s.low, "high": s.high}
                                 for a, s in specs.items()}} for specs in mc.inputs),
         modules=_module_infos(model, cfg.root), nodes=tuple(nodes), output=traces[0].output,
-        warnings=tuple(warnings),
+        warnings=tuple(warnings), blocks=_blocks(traces),
     )
     # Round-trip through JSON so what codegen will read is exactly what is checked here.
     manifest = Manifest.loads(manifest.dumps(), f"model '{mc.name}'")

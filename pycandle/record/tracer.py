@@ -10,6 +10,7 @@ line where a tensor became a Python bool or number.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import re
 import sys
@@ -28,6 +29,7 @@ from pycandle.manifest import (
     PACK, PAD, DType, Param, Ref, TensorMeta, golden_node_key, leaves, path_key,
 )
 from pycandle import shapes
+from pycandle.record.assignments import assignment_target, loop_over
 from pycandle.shapes import BUILTINS, ShapeFloat, ShapeInt, TracedNumber, TracedSize, traced_size
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
@@ -115,9 +117,9 @@ def spelling(func: Any) -> str:
     return f"{module}.{qual}" if module and not qual.startswith("Tensor.") else qual
 
 
-def user_source(root: Path) -> str | None:
-    """file:line of the innermost frame in the user's code (not torch, not pycandle)."""
-    frame = sys._getframe(1)
+def _user_frame() -> Any:
+    """The innermost frame in the user's code (not torch, not pycandle), or None."""
+    frame = sys._getframe(2)
     past_tracer = False  # the innermost frames are the tracer's own
     while frame is not None:
         filename = frame.f_code.co_filename
@@ -126,9 +128,45 @@ def user_source(root: Path) -> str | None:
             return None  # back at record's call of the model: no user frame in between
         past_tracer |= not in_pycandle
         if not (filename.startswith(_TORCH_DIR) or in_pycandle or filename.startswith("<")):
-            return f"{_shown(Path(filename), root)}:{frame.f_lineno}"
+            return frame
         frame = frame.f_back
     return None
+
+
+def user_source(root: Path) -> str | None:
+    """file:line of the innermost frame in the user's code (not torch, not pycandle)."""
+    frame = _user_frame()
+    if frame is None:
+        return None
+    return f"{_shown(Path(frame.f_code.co_filename), root)}:{frame.f_lineno}"
+
+
+def user_assignment() -> Any:
+    """The Python target the value being computed in the user's code is assigned to, if any
+    (see `assignments`)."""
+    frame = _user_frame()
+    return None if frame is None else assignment_target(frame)
+
+
+def user_loop() -> list[str] | None:
+    """`[attribute, variable]` of the user's `for variable in self.attribute` running now."""
+    frame = _user_frame()
+    return None if frame is None else loop_over(frame)
+
+
+def _forward_params(module: torch.nn.Module, count: int) -> tuple[str, ...] | None:
+    """The names of the first `count` arguments of `module.forward` (`nn.Sequential`: `input`),
+    or None when they have no names (`*args`)."""
+    try:
+        sig = inspect.signature(module.forward)
+    except (TypeError, ValueError):
+        return None
+    params = list(sig.parameters.values())
+    if len(params) < count or any(p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                                  for p in params[:count]):
+        return None
+    names_ = tuple(p.name for p in params[:count])
+    return names_ if all(n.isascii() and n.isidentifier() for n in names_) else None
 
 
 def _shown(path: Path, root: Path) -> str:
@@ -164,6 +202,25 @@ class DraftNode:
     kwargs: dict[str, Any]
     out: Any  # structure of TensorMeta with one shape (this case)
     source: str | None
+    assign: Any = None  # the Python assignment target of its value (`assignments.Target`)
+    loop: list[str] | None = None  # `[attribute, variable]` of `for variable in self.attribute`
+
+
+@dataclass
+class DraftBlock:
+    """One call of a user module or container (not a supported layer): the nodes it ran are
+    `nodes[start:end]`; its tensor arguments and results as references into the graph."""
+
+    name: str
+    module: str
+    params: tuple[str, ...]  # the Python names of its forward()'s arguments, in order
+    args: tuple[Any, ...]
+    start: int
+    end: int = -1
+    out: Any = None
+    source: str | None = None  # where it was called
+    assign: Any = None
+    loop: list[str] | None = None
 
 
 @dataclass
@@ -173,6 +230,7 @@ class CaseTrace:
     golden: dict[str, torch.Tensor]
     warnings: list[str]
     result: Any = None  # forward()'s return value, detached copies
+    blocks: list[DraftBlock] = field(default_factory=list)
 
 
 @dataclass
@@ -197,6 +255,8 @@ class GraphTracer(TorchFunctionMode):
         self._leaf_depth = 0
         self._paused = False
         self._stack: list[_Frame] = []
+        self._blocks: list[DraftBlock] = []  # every block call, in the order they started
+        self._open: list[DraftBlock] = []  # the block calls running now
         self._packed_layout: dict[int, bool] = {}  # id(PackedSequence) -> batch_first
         self._params = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
         self._params.update({id(b): n for n, b in model.named_buffers(remove_duplicate=False)})
@@ -342,7 +402,8 @@ class GraphTracer(TorchFunctionMode):
             op="call_function", target=name,
             args=tuple(self._arg(a) for a in args),
             kwargs={k: self._arg(v) for k, v in kwargs.items()},
-            out=self._meta(result), source=user_source(self.root),
+            out=self._meta(result), source=user_source(self.root), assign=user_assignment(),
+            loop=user_loop(),
         )
         self.nodes.append(node)
         self._bind_outputs(node, result)
@@ -358,7 +419,8 @@ class GraphTracer(TorchFunctionMode):
                     name=self._fresh(qual or "root"), op="call_module", target=qual,
                     args=tuple(self._arg(a) for a in args),
                     kwargs={k: self._arg(v) for k, v in kwargs.items()},
-                    out=None, source=user_source(self.root),
+                    out=None, source=user_source(self.root), assign=user_assignment(),
+                    loop=user_loop(),
                 )
                 self.nodes.append(node)
                 flat = [v for _, v in _leaves((tuple(args),
@@ -377,6 +439,58 @@ class GraphTracer(TorchFunctionMode):
             finally:
                 self._paused = False
         self._leaf_depth += 1
+
+    # --- user modules and containers: calls recorded as blocks of nodes ------------------------
+
+    def _known(self, value: Any) -> Any:
+        """A block's argument or result as a reference into the graph; None when it is not
+        one (a tensor from outside the graph, a Python value)."""
+        if isinstance(value, torch.Tensor):
+            ref = self._values.get(id(value))
+            return ref if ref is not None else None
+        if isinstance(value, (tuple, list)) and value:
+            items = [self._known(v) for v in value]
+            return None if any(i is None for i in items) else tuple(items)
+        return None
+
+    def _block_pre(self, module, args, kwargs):
+        if self._leaf_depth or self._paused:
+            return
+        self._paused = True
+        try:
+            qual = self._module_names[id(module)]
+            params = _forward_params(module, len(args))
+            known = tuple(self._known(a) for a in args)
+            block = DraftBlock(self._fresh(qual), qual, params or (), known, len(self.nodes),
+                               source=user_source(self.root), assign=user_assignment(),
+                               loop=user_loop())
+            if params is None or kwargs or any(k is None for k in known):
+                block.start = -1  # called in a way a Rust method does not express
+            for i, a in enumerate(args):
+                if isinstance(a, torch.Tensor):
+                    self.golden[golden_node_key(self.case, block.name, "in", str(i))] = \
+                        _snapshot(a)
+            self._blocks.append(block)
+            self._open.append(block)
+        finally:
+            self._paused = False
+
+    def _block_post(self, module, args, kwargs, output):
+        if self._leaf_depth or self._paused or not self._open:
+            return
+        self._paused = True
+        try:
+            block = self._open.pop()
+            block.end = len(self.nodes)
+            block.out = self._known(output)
+            if block.out is None:
+                block.start = -1
+            for path, leaf in _leaves(output):
+                if isinstance(leaf, torch.Tensor):
+                    key = golden_node_key(self.case, block.name, "out", path_key(path))
+                    self.golden[key] = _snapshot(leaf)
+        finally:
+            self._paused = False
 
     def _post_hook(self, module, args, kwargs, output):
         self._leaf_depth -= 1
@@ -413,6 +527,11 @@ class GraphTracer(TorchFunctionMode):
         for m in leaf_modules:
             handles.append(m.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
             handles.append(m.register_forward_hook(self._post_hook, with_kwargs=True))
+        leaves_ = {id(m) for m in leaf_modules}
+        for qual, m in self.model.named_modules():
+            if qual and id(m) not in leaves_:
+                handles.append(m.register_forward_pre_hook(self._block_pre, with_kwargs=True))
+                handles.append(m.register_forward_hook(self._block_post, with_kwargs=True))
         TracedNumber.on_compare = self._shape_compared
         unpatch = _patch_builtins(self.model)
         try:
@@ -425,7 +544,9 @@ class GraphTracer(TorchFunctionMode):
             for h in handles:
                 h.remove()
         output = self._output(result)
-        return CaseTrace(self.nodes, output, self.golden, self.warnings, _snapshot_all(result))
+        blocks = [b for b in self._blocks if b.start >= 0 and b.end > b.start]
+        return CaseTrace(self.nodes, output, self.golden, self.warnings, _snapshot_all(result),
+                         blocks)
 
     def _output(self, result: Any) -> Any:
         if isinstance(result, torch.Tensor):
@@ -563,7 +684,8 @@ def _patch_packing(tracer: GraphTracer, root: Path):
                              (tracer._arg(input), tracer._arg(lengths)),
                              {"batch_first": bool(batch_first),
                               "enforce_sorted": bool(enforce_sorted)},
-                             tracer._meta(input), user_source(tracer.root))
+                             tracer._meta(input), user_source(tracer.root),
+                             user_assignment())
             tracer.nodes.append(node)
             tracer._bind_outputs(node, result)
         finally:
@@ -587,7 +709,8 @@ def _patch_packing(tracer: GraphTracer, root: Path):
                              {"batch_first": bool(batch_first),
                               "padding_value": float(padding_value),
                               "total_length": total_length},
-                             tracer._meta(result), user_source(tracer.root))
+                             tracer._meta(result), user_source(tracer.root),
+                             user_assignment())
             tracer.nodes.append(node)
             tracer._bind_outputs(node, result)
         finally:

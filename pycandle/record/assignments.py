@@ -1,0 +1,102 @@
+"""The Python names a traced value is assigned to, so that generated locals read like the source.
+
+A node is named after an assignment target when the instruction that produced it computes the
+whole right-hand side of the assignment: `x = self.conv(x)`, `outputs, _ = self.lstm(x)`. The
+match is by source position (the instruction's `co_positions` against the statement's AST), so a
+value computed inside the expression (`self.conv(x)` in `x = F.relu(self.conv(x))`) keeps its
+own name, and each pass of a loop names its own value.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import types
+from typing import Any
+
+# A target: a name, or a list of targets for tuple unpacking; None where nothing is named
+# (`_`, an attribute, a subscript, a starred target).
+Target = Any
+
+_Position = tuple[int | None, int | None, int | None, int | None]
+
+
+def assignment_target(frame: types.FrameType) -> Target:
+    """The target the value being computed at `frame`'s current instruction is assigned to."""
+    code = frame.f_code
+    if code.co_name.startswith("<"):  # comprehensions, lambdas, module level
+        return None
+    positions = _positions(code)
+    index = frame.f_lasti // 2
+    if not 0 <= index < len(positions):
+        return None
+    return _targets(code.co_filename).get(positions[index])
+
+
+def loop_over(frame: types.FrameType) -> list[str] | None:
+    """`[attribute, variable]` of the innermost loop `for variable in self.attribute:` (or over
+    `enumerate(self.attribute)`) running the frame's current line, if any."""
+    if frame.f_code.co_name.startswith("<"):
+        return None
+    line = frame.f_lineno
+    inside = [(start, loop) for (start, end), loop in _loops(frame.f_code.co_filename).items()
+              if start <= line <= end]
+    return list(max(inside)[1]) if inside else None
+
+
+@functools.lru_cache(maxsize=64)
+def _loops(filename: str) -> dict[tuple[int, int], tuple[str, str]]:
+    """The body lines of each `for` over a module attribute in a file -> (attribute, variable)."""
+    found: dict[tuple[int, int], tuple[str, str]] = {}
+    for loop in ast.walk(_parsed(filename)):
+        if not isinstance(loop, ast.For) or not loop.body:
+            continue
+        over, target = loop.iter, loop.target
+        if isinstance(over, ast.Call) and isinstance(over.func, ast.Name) \
+                and over.func.id == "enumerate" and len(over.args) == 1 \
+                and isinstance(target, ast.Tuple) and len(target.elts) == 2:
+            over, target = over.args[0], target.elts[1]
+        if isinstance(over, ast.Attribute) and isinstance(over.value, ast.Name) \
+                and over.value.id == "self" and isinstance(target, ast.Name) \
+                and target.id.isascii() and over.attr.isascii():
+            found[(loop.body[0].lineno, loop.end_lineno or loop.lineno)] = (over.attr, target.id)
+    return found
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed(filename: str) -> ast.Module:
+    try:
+        with open(filename, encoding="utf-8") as f:
+            return ast.parse(f.read(), filename)
+    except (OSError, SyntaxError, ValueError):
+        return ast.Module(body=[], type_ignores=[])
+
+
+@functools.lru_cache(maxsize=256)
+def _positions(code: types.CodeType) -> tuple[_Position, ...]:
+    return tuple(code.co_positions())
+
+
+@functools.lru_cache(maxsize=64)
+def _targets(filename: str) -> dict[_Position, Target]:
+    """Source position of each assigned expression in a file -> its target."""
+    found: dict[_Position, Target] = {}
+    for stmt in ast.walk(_parsed(filename)):
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
+            target, value = _target(stmt.targets[0]), stmt.value
+        elif isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
+            target, value = _target(stmt.target), stmt.value
+        else:
+            continue
+        if target is not None:
+            found[(value.lineno, value.end_lineno, value.col_offset, value.end_col_offset)] = target
+    return found
+
+
+def _target(node: ast.expr) -> Target:
+    if isinstance(node, ast.Name):  # ASCII names only: Rust locals are ASCII here
+        return node.id if node.id != "_" and node.id.isascii() else None
+    if isinstance(node, (ast.Tuple, ast.List)):
+        parts = [_target(e) for e in node.elts]
+        return parts if any(p is not None for p in parts) else None
+    return None
