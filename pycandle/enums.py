@@ -99,6 +99,7 @@ class EntryKind(StrEnum):
 
     LAYER = "layer"  # one layer fed its golden inputs in isolation
     STREAM = "stream"  # a recurrent layer run in two chunks, carrying its state
+    BLOCK = "block"  # a user module or container fed the golden inputs of its call
     MODEL = "model"  # the whole model end to end
 
 

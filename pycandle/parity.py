@@ -226,9 +226,13 @@ def summarize(results: list[CaseResult]) -> list[str]:
             lines.append(f"{r.model} case {r.case}: the report is empty")
         elif r.first_failure:
             e = r.first_failure
-            lines.append(f"{r.model} case {r.case}: first diverging {e['kind']} is "
-                         f"'{e['layer']}' (output {e['output']}): max abs {_fmt(e['max_abs'])}, "
-                         f"max rel {_fmt(e['max_rel'])}")
+            line = (f"{r.model} case {r.case}: first diverging {e['kind']} is "
+                    f"'{e['layer']}' (output {e['output']}): max abs {_fmt(e['max_abs'])}, "
+                    f"max rel {_fmt(e['max_rel'])}")
+            block = next((b for b in r.entries if not b["pass"] and b["kind"] == "block"), None)
+            if block is not None and block is not e:
+                line += f"; first diverging block is '{block['layer']}'"
+            lines.append(line)
     return lines
 
 

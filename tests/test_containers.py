@@ -104,7 +104,14 @@ def test_nested_containers_pass_parity_as_nested_structs(tmp_path, cargo_env, ca
                        "Tail", "Tail0"]
     assert "pub blocks: Vec<ResBlock>," in src  # a Vec inside a struct inside a Vec
     assert "pub match_: Linear," in src  # a ModuleDict key that is a Rust keyword
-    assert re.search(r"self\s*\.stages\[1\]\s*\.blocks\[0\]\s*\.conv\s*\.forward\(", src)
+    # each user module and container has its own forward; lists of blocks run as loops
+    assert "for stage in &self.stages {" in src and "x_1 = stage.forward(&x_1)?;" in src
+    stage = src[src.index("impl Module for Stage {"):]
+    stage = stage[:stage.index("\n}\n")]
+    assert "for block in &self.blocks {" in stage and "x = block.forward(&x)?;" in stage, stage
+    for struct in ("ResBlock", "ResBlock2", "Tail", "Tail0"):
+        assert f"impl Module for {struct} {{" in src, src
+    assert "self.stages[" not in src and "self.blocks[" not in src, src
     # weights still load by their state-dict names
     assert 'vb.pp("stages").pp(i)' in src and 'vb.pp("blocks").pp(i)' in src
 

@@ -6,31 +6,24 @@ unsupported layer, op or argument is reported (with its source line) before any 
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import textwrap
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator
 
 from pycandle import names, registry
 from pycandle.enums import DType, EntryKind, NodeOp, SymKind
 from pycandle.errors import Problem, UnsupportedError
+from pycandle.lowering.blocks import Method, extract_methods
+from pycandle.lowering.loops import Stmt, compact_names, fold_loops, rename
 from pycandle.lowering.structs import FieldDecl, LeafField, StructDef, build_tree
 from pycandle.manifest import (
-    PACK, PAD, Manifest, Node, Param, Ref, SymInt, TensorMeta, found_in, golden_input_key,
-    golden_node_key, golden_output_key, leaves, path_key, refs_in,
+    PACK, PAD, Block, Manifest, Node, Param, Ref, SymInt, TensorMeta, found_in,
+    golden_input_key, golden_node_key, golden_output_key, leaves, path_key, refs_in,
 )
 from pycandle.registry import Dim, FloatSize, FromEnd, Packed, Rust, T, Unsupported
 from pycandle.rust import rust_float, rust_str
 from pycandle.symbolic import evaluate
-
-
-@dataclass(frozen=True)
-class Stmt:
-    pattern: str
-    expr: str
-    comment: str | None = None
-    source: str | None = None  # the Python line it ports: statements of one line form a group
 
 
 @dataclass(frozen=True)
@@ -83,6 +76,8 @@ class ModelIR:
     dtype: str
     test_uses: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    methods: dict[str, Method] = field(default_factory=dict)  # by struct name
+    block_tests: list[LayerTest] = field(default_factory=list)  # user modules, containers
 
 
 camel = names.camel
@@ -197,19 +192,23 @@ class _Locals:
     def __init__(self) -> None:
         self.taken: set[str] = set()
         self.of: dict[str, str] = {}
+        self.bases: dict[str, str] = {}  # local -> the name it was made from (`x_2` -> `x`)
 
-    def __call__(self, name: str, reserved: frozenset[str] = names.RESERVED_LOCALS) -> str:
-        """The local for the manifest name `name` (the same one every time)."""
-        if name not in self.of:
+    def __call__(self, key: Any, reserved: frozenset[str] = names.RESERVED_LOCALS,
+                 base: str | None = None) -> str:
+        """The local for `key` (a manifest name, the same local every time), made from `base`
+        (default: the key itself)."""
+        if key not in self.of:
             # a reserved name gets a number, as a repeated one does (`model_1`, never `model_`:
             # suffixes such as `_output` are appended to it)
-            base = names.rust_ident(name, frozenset()).rstrip("_")
-            local, k = base, 1
+            stem = names.rust_ident(key if base is None else base, frozenset()).rstrip("_")
+            local, k = stem, 1
             while local in self.taken or local in reserved:
-                local, k = f"{base}_{k}", k + 1
+                local, k = f"{stem}_{k}", k + 1
             self.taken.add(local)
-            self.of[name] = local
-        return self.of[name]
+            self.of[key] = local
+            self.bases[local] = stem
+        return self.of[key]
 
 
 class _Lowering:
@@ -232,6 +231,7 @@ class _Lowering:
         # outputs of recurrent layers run on a packed batch: (the Packed input, layer layout)
         self.packed_outputs: dict[tuple[str, tuple[int, ...]], tuple[Packed, bool]] = {}
         self.shape_names = _shape_names(manifest)
+        self.index = {n.name: i for i, n in enumerate(manifest.nodes)}
 
     def problem(self, node: Node, what: str, hint: str | None = None) -> None:
         module = node.target if node.op == NodeOp.CALL_MODULE else None
@@ -438,7 +438,10 @@ class _Lowering:
 
     def emit(self, node: Node, pattern: str, code: Rust, comment: str | None = None) -> None:
         """A statement of `forward` porting `node`; its uses join the model file's."""
-        self.stmts.append(Stmt(pattern, code.code, comment, node.source))
+        loop = (names.rust_ident(node.loop[0]), names.rust_ident(node.loop[1])) \
+            if node.loop else None
+        self.stmts.append(Stmt(pattern, code.code, comment, node.source, loop,
+                               at=self.index[node.name]))
         self.uses |= code.uses
         self.needs_device |= code.device
 
@@ -468,8 +471,8 @@ class _Lowering:
             self.vars[(node.name, ())] = out.alias
             return
         this = self.this(node.target, "self")
-        local = self.local(node.name)
-        out_names = _out_names(layer.outputs, node.out, local)
+        local = self.node_local(node)
+        out_names = self.assigned_names(node, _out_names(layer.outputs, node.out, local))
         used_paths = {p for (n, p), c in used.items() if n == node.name and c}
         stream = layer.stream
         streaming = stream is not None and stream.blocker(info.config, args, kwargs) is None
@@ -477,7 +480,7 @@ class _Lowering:
             # the call resumes from the carried state and leaves its final state there
             x = registry.one_tensor(args, kwargs, "input, hx=None")
             code = registry.emitted(stream.call, info.config, this, x,
-                                    stream.resume(f"state.{local}"))
+                                    stream.resume(f"state.{self.local(node.name)}"))
             used_paths |= set(stream.state_paths)
             code = Rust(code.code, code.uses | set(layer.uses + layer.call_uses), code.device)
         else:
@@ -493,11 +496,54 @@ class _Lowering:
         if streaming:
             finals = [f"{_at(out_names, p)}.clone()" for p in stream.state_paths]
             value = finals[0] if len(finals) == 1 else "(" + ", ".join(finals) + ")"
-            self.stmts.append(Stmt("", f"state.{local} = Some({value})", source=node.source))
-            self.state_fields.append((local, stream.state_type, node.target))
+            field = self.local(node.name)  # the layer's own name, as the struct field
+            self.stmts.append(Stmt("", f"state.{field} = Some({value})", source=node.source,
+                                   at=self.index[node.name]))
+            self.state_fields.append((field, stream.state_type, node.target))
         self._bind(node, out_names)
         self.layer_test(node, layer, info.config, self.this(node.target, "model"), out_names,
                         stream if streaming else None)
+
+    def node_local(self, node: Node) -> str:
+        """The local holding a node's value: the Python variable it is assigned to where the
+        source has one (`x = self.conv(x)`), else the node's own name."""
+        if isinstance(node.assign, str) and isinstance(node.out, TensorMeta):
+            return self.local(node.name, base=node.assign)
+        return self.local(node.name)
+
+    def assigned_names(self, node: Node, out_names: Any) -> Any:
+        """`out_names` with the leaves a tuple assignment names (`outputs, _ = self.lstm(x)`)
+        renamed after their Python targets."""
+        if not isinstance(node.assign, list) or not isinstance(node.out, (tuple, list)):
+            return out_names
+
+        def rename(names_: Any, target: Any, out: Any, path: tuple[int, ...]) -> Any:
+            if isinstance(target, str) and isinstance(out, TensorMeta):
+                return self.local((node.name, path), base=target)
+            if isinstance(target, list) and isinstance(out, (tuple, list)) \
+                    and isinstance(names_, tuple) and len(target) == len(out) == len(names_):
+                return tuple(rename(n, t, o, path + (i,))
+                             for i, (n, t, o) in enumerate(zip(names_, target, out)))
+            return names_
+
+        return rename(out_names, node.assign, node.out, ())
+
+    def named_alias(self, node: Node, alias: T) -> T:
+        """An op that passes its input through (`F.dropout` in eval mode) as the whole right-hand
+        side of `x = F.dropout(F.relu(h))`: the statement just emitted for its input takes the
+        name `x`, when nothing else refers to that statement's local yet."""
+        if not isinstance(node.assign, str) or not self.stmts or alias.is_ref:
+            return alias
+        last = self.stmts[-1]
+        if last.pattern != alias.name or self.local.of.get(node.name) is not None:
+            return alias
+        producers = [k for k, v in self.vars.items() if v.name == alias.name]
+        if len(producers) != 1 or self.m.node(producers[0][0]).assign is not None:
+            return alias
+        renamed = replace(alias, name=self.local(node.name, base=node.assign))
+        self.stmts[-1] = replace(last, pattern=renamed.name)
+        self.vars[producers[0]] = renamed
+        return renamed
 
     def comment(self, node: Node, names_: Any) -> str | None:
         parts = []
@@ -543,16 +589,16 @@ class _Lowering:
         kw_sorted = {k: golden_operand(node.kwargs[k]) for k in sorted(node.kwargs)}
         code = layer.emit_call(cfg, this, args, kw_sorted)
         checks = []
-        base = self.local(node.name)
+        labels = _out_names(layer.outputs, node.out, "")
         for path, name in leaves(out_names):
             if isinstance(_at(node.out, path), TensorMeta):
-                label = name[len(base) + 1:] if name != base else path_key(path)
+                label = _at(labels, path).lstrip("_") or path_key(path)
                 key = golden_node_key(0, node.name, "out", path_key(path)).split(".", 1)[1]
                 checks.append(Check(label or path_key(path), name, key))
         self.test_uses |= set(layer.call_uses) | (code.uses - set(layer.uses))
         stream_lines = []
         if stream:
-            lines = registry.emitted(_stream_test, node, base, cfg, this, args, out_names, stream)
+            lines = registry.emitted(_stream_test, node, labels, cfg, this, args, out_names, stream)
             stream_lines = lines.code.split("\n")
             self.test_uses |= lines.uses | {"candle_core::Tensor"}
         self.layer_tests.append(LayerTest(node.name, node.target, layer.torch_type, inputs,
@@ -637,14 +683,14 @@ class _Lowering:
         if not isinstance(node.out, TensorMeta):
             raise Unsupported(f"{node.target} returning {type(node.out).__name__}")
         if code.alias is not None:  # the op returns an existing value unchanged
-            self.vars[(node.name, ())] = code.alias
+            self.vars[(node.name, ())] = self.named_alias(node, code.alias)
             return
-        local = self.local(node.name)
+        local = self.node_local(node)
         self.emit(node, local, code, shape_comment(node.out, self.shape_names))
         self.vars[(node.name, ())] = T(local, node.out)
 
 
-def _stream_test(node: Node, base: str, cfg: dict[str, Any], this: str, args: Any,
+def _stream_test(node: Node, labels: Any, cfg: dict[str, Any], this: str, args: Any,
                  out_names: Any, stream: registry.Stream) -> str:
     """Rust lines running the layer on its golden input in two chunks, the second resuming
     from the first's final state; the joined output and the final state must match the
@@ -671,7 +717,7 @@ def _stream_test(node: Node, base: str, cfg: dict[str, Any], this: str, args: An
     ]
     for p in stream.state_paths:
         key = golden_node_key(0, node.name, "out", path_key(p)).split(".", 1)[1]
-        label = _at(out_names, p)[len(base) + 1:]
+        label = _at(labels, p).lstrip("_") or path_key(p)
         lines.append(f"report.check({kind}, {module}, {rust_str(label)}, "
                      f"&{_at(second, p)}, &g({rust_str(key)})?)?;")
     lines.append("}")
@@ -726,7 +772,7 @@ def _grouped(problems: list[Problem], uses: list[int]) -> list[Problem]:
         else:
             note = f" ({count} times" + (
                 f", and {used} use{'s' * (used != 1)} of their results)" if used else ")")
-        out.append(dataclasses.replace(first, what=what + note, module=module))
+        out.append(replace(first, what=what + note, module=module))
     return out
 
 
@@ -768,6 +814,31 @@ def lower(manifest: Manifest) -> ModelIR:
     out_leaves = list(leaves(manifest.output))
     returned = [lo.param(v, "self") if isinstance(v, Param) else lo.vars[(v.node, v.path)]
                 for _, v in out_leaves]
+    counter = iter(range(1 << 30))
+
+    def fresh(base: str) -> str:
+        return lo.local(("new", next(counter)), base=base)
+
+    def operand(ref: Any) -> T | None:
+        t = lo.vars.get((ref.node, ref.path)) if isinstance(ref, Ref) else None
+        return t if isinstance(t, T) else None
+
+    struct_of = {q: s.name for s in tree.structs for q in s.modules}
+    lo.stmts, methods, renamed, called = extract_methods(lo.stmts, manifest.blocks, struct_of,
+                                                         tree.access, operand, fresh,
+                                                         lo.local.bases)
+    block_tests = [_block_test(b, tree.access[b.module]) for b in called]
+    if called:
+        lo.test_uses.add("candle_nn::Module")
+    returned = [replace(t, name=renamed.get(t.name, t.name)) for t in returned]
+    lo.stmts, renamed = fold_loops(lo.stmts, set(arg_locals),
+                                   {t.name.split("[")[0] for t in returned}, fresh)
+    returned = [replace(t, name=renamed.get(t.name, t.name)) for t in returned]
+    lo.stmts, renamed = compact_names(lo.stmts, set(arg_locals), names.RESERVED_LOCALS,
+                                      lo.local.bases)
+    returned = [replace(t, name=rename(t.name, renamed)) for t in returned]
+    if any(m.is_module for m in methods.values()):
+        lo.uses.add("candle_nn::Module")
     rets = []
     for t in returned:
         # clone what cannot be moved out: a `&Tensor` argument, a field or Vec element, a
@@ -808,9 +879,24 @@ def lower(manifest: Manifest) -> ModelIR:
         out_pattern=out_pattern, state_fields=lo.state_fields, output_alias=output_alias,
         num_cases=manifest.num_cases, atol=manifest.atol, rtol=manifest.rtol,
         dtype=_model_dtype(manifest), test_uses=merge_uses(test_uses),
+        methods=methods, block_tests=block_tests,
         warnings=[line for w in manifest.warnings
                   for line in textwrap.wrap(f"Trace note: {w}", 95, subsequent_indent="  ")],
     )
+
+
+def _block_test(block: Block, access: str) -> LayerTest:
+    """A user module's or container's `forward` on the inputs and outputs of its recorded call."""
+    inputs = [(f"in{i}", golden_node_key(0, block.name, "in", str(i)).split(".", 1)[1])
+              for i in range(len(block.args))]
+    outs = list(leaves(block.out))
+    out_vars = [f"out{i}" for i in range(len(outs))]
+    pattern = out_vars[0] if not isinstance(block.out, tuple) else f"({', '.join(out_vars)})"
+    call = f"model.{access}.forward({', '.join(f'&{v}' for v, _ in inputs)})?"
+    checks = [Check(path_key(path) or "0", var,
+                    golden_node_key(0, block.name, "out", path_key(path)).split(".", 1)[1])
+              for (path, _), var in zip(outs, out_vars)]
+    return LayerTest(block.name, block.module, "block", inputs, Stmt(pattern, call), checks)
 
 
 def _layer_uses(manifest: Manifest, live: list[Node]) -> set[str]:

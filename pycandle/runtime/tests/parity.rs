@@ -133,8 +133,12 @@ fn comparison_is_done_in_f64_across_dtypes() -> Result<()> {
 fn unknown_kind_is_rejected() {
     let mut report = ParityReport::new("tiny", 0, 1e-5, 1e-5);
     let e = t(&[1.0], &[1]);
-    assert!(report.check("block", "l", "o", &e, &e).is_err());
+    assert!(report.check("module", "l", "o", &e, &e).is_err());
     assert!(report.entries().is_empty());
+    for kind in ["layer", "stream", "block", "model"] {
+        assert!(report.check(kind, "l", "o", &e, &e).is_ok());
+    }
+    assert_eq!(report.entries().len(), 4);
 }
 
 #[test]
