@@ -42,13 +42,12 @@ impl BiTagger {
     /// `c0`: (4, frames.dim(1), 32)
     pub fn forward(&self, frames: &Tensor, h0: &Tensor, c0: &Tensor) -> Result<BiTaggerOutput> {
         // examples/tagger.py:18
-        // encoder_output: (frames.dim(0), frames.dim(1), 64), encoder_h_n: (4, frames.dim(1), 32), encoder_c_n: (4, frames.dim(1), 32)
-        let (encoder_output, (encoder_h_n, encoder_c_n)) =
-            self.encoder.forward(frames, Some((h0, c0)))?;
+        // out: (frames.dim(0), frames.dim(1), 64), h_n: (4, frames.dim(1), 32), c_n: (4, frames.dim(1), 32)
+        let (out, (h_n, c_n)) = self.encoder.forward(frames, Some((h0, c0)))?;
 
         // examples/tagger.py:19
         // (frames.dim(0), frames.dim(1), 6)
-        let tags = self.tags.forward(&encoder_output.contiguous()?)?;
-        Ok((tags, encoder_h_n, encoder_c_n))
+        let tags = self.tags.forward(&out.contiguous()?)?;
+        Ok((tags, h_n, c_n))
     }
 }

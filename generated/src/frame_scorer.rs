@@ -47,35 +47,34 @@ impl FrameScorer {
         state: &mut FrameScorerState,
     ) -> Result<(Tensor, Tensor)> {
         // examples/sequence.py:18
-        // rnn_output: (d0, d1, 48), rnn_h_n: (2, d1, 48), rnn_c_n: (2, d1, 48)
-        let (rnn_output, (rnn_h_n, rnn_c_n)) = self
+        // out: (d0, d1, 48), h_n: (2, d1, 48), rnn_c_n: (2, d1, 48)
+        let (out, (h_n, rnn_c_n)) = self
             .rnn
             .forward(frames, state.rnn.as_ref().map(|(h, c)| (h, c)))?;
-        state.rnn = Some((rnn_h_n.clone(), rnn_c_n.clone()));
+        state.rnn = Some((h_n.clone(), rnn_c_n.clone()));
 
         // examples/sequence.py:19
         // (d0, d1, 4)
-        let head = self.head.forward(&rnn_output.contiguous()?)?;
+        let head = self.head.forward(&out.contiguous()?)?;
         // (d0, d1, 4)
-        let sigmoid = candle_nn::ops::sigmoid(&head)?;
+        let scores = candle_nn::ops::sigmoid(&head)?;
 
         // examples/sequence.py:21
         // (d1, 4)
-        let getitem = sigmoid.get_on_dim(0, sigmoid.dim(0)? - 1)?;
+        let getitem = scores.get_on_dim(0, scores.dim(0)? - 1)?;
         // (d1, 4)
         let mul = (&getitem * 2.0)?;
         // (d1, 4)
-        let sub = (&mul - 1.0)?;
+        let last = (&mul - 1.0)?;
 
         // examples/sequence.py:22
         // (d1, 4)
-        let getitem_1 =
-            rnn_h_n
-                .get_on_dim(0, rnn_h_n.dim(0)? - 1)?
-                .narrow(1, 0, rnn_h_n.dim(2)?.min(4))?;
+        let getitem_1 = h_n
+            .get_on_dim(0, h_n.dim(0)? - 1)?
+            .narrow(1, 0, h_n.dim(2)?.min(4))?;
         // (d1, 4)
-        let add = sub.add(&getitem_1)?;
-        Ok((sigmoid, add))
+        let add = last.add(&getitem_1)?;
+        Ok((scores, add))
     }
 }
 

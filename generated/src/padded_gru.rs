@@ -40,16 +40,16 @@ impl PaddedGru {
         let packed_lengths = sequence_lengths(lengths)?;
 
         // examples/tagger.py:32
-        // gru_output: (x.dim(0), _, 24), gru_h_n: (2, x.dim(0), 24)
-        let (gru_output, gru_h_n) = self.gru.forward_padded(x, &packed_lengths, None)?;
+        // encoded: (x.dim(0), _, 24), h_n: (2, x.dim(0), 24)
+        let (encoded, h_n) = self.gru.forward_padded(x, &packed_lengths, None)?;
 
         // examples/tagger.py:34
         // (x.dim(0), _, 4)
-        let out = self.out.forward(&gru_output.contiguous()?)?;
+        let out = self.out.forward(&encoded.contiguous()?)?;
         // (x.dim(0), _, 4)
         let tanh = out.tanh()?;
         // (x.dim(0), 24)
-        let getitem = gru_h_n.get_on_dim(0, gru_h_n.dim(0)? - 1)?;
+        let getitem = h_n.get_on_dim(0, h_n.dim(0)? - 1)?;
         Ok((tanh, getitem))
     }
 }

@@ -49,40 +49,22 @@ impl TacotronEncoder {
         // (d0, d1, 32)
         let embedding = self.embedding.forward(tokens)?;
         // (d0, 32, d1)
-        let transpose = embedding.transpose(1, 2)?;
+        let mut x = embedding.transpose(1, 2)?;
 
         // examples/tts.py:27
-        // (d0, 32, d1)
-        let convolutions_0_0 = self.convolutions[0].layer_0.forward(&transpose)?;
-        // (d0, 32, d1)
-        let convolutions_0_1 = self.convolutions[0]
-            .layer_1
-            .forward_t(&convolutions_0_0, false)?;
-        // (d0, 32, d1)
-        let relu = convolutions_0_1.relu()?;
-        // (d0, 32, d1)
-        let convolutions_1_0 = self.convolutions[1].layer_0.forward(&relu)?;
-        // (d0, 32, d1)
-        let convolutions_1_1 = self.convolutions[1]
-            .layer_1
-            .forward_t(&convolutions_1_0, false)?;
-        // (d0, 32, d1)
-        let relu_1 = convolutions_1_1.relu()?;
-        // (d0, 32, d1)
-        let convolutions_2_0 = self.convolutions[2].layer_0.forward(&relu_1)?;
-        // (d0, 32, d1)
-        let convolutions_2_1 = self.convolutions[2]
-            .layer_1
-            .forward_t(&convolutions_2_0, false)?;
-        // (d0, 32, d1)
-        let relu_2 = convolutions_2_1.relu()?;
+        for conv in &self.convolutions {
+            // (d0, 32, d1)
+            let conv_out = conv.forward(&x)?;
+            // (d0, 32, d1)
+            x = conv_out.relu()?;
+        }
 
         // examples/tts.py:28
         // (d0, d1, 32)
-        let transpose_1 = relu_2.transpose(1, 2)?;
-        // lstm_output: (d0, d1, 32), lstm_h_n: (2, d0, 16), lstm_c_n: (2, d0, 16)
-        let (lstm_output, (_lstm_h_n, _lstm_c_n)) = self.lstm.forward(&transpose_1, None)?;
-        Ok(lstm_output)
+        let transpose_1 = x.transpose(1, 2)?;
+        // outputs: (d0, d1, 32), lstm_h_n: (2, d0, 16), lstm_c_n: (2, d0, 16)
+        let (outputs, (_lstm_h_n, _lstm_c_n)) = self.lstm.forward(&transpose_1, None)?;
+        Ok(outputs)
     }
 }
 
@@ -109,5 +91,15 @@ impl Convolution {
         )?;
         let layer_1 = candle_nn::batch_norm(32, 1e-05, vb.pp("1"))?;
         Ok(Self { layer_0, layer_1 })
+    }
+}
+
+impl Module for Convolution {
+    fn forward(&self, input: &Tensor) -> Result<Tensor> {
+        // (d0, 32, d1)
+        let layer_0 = self.layer_0.forward(input)?;
+        // (d0, 32, d1)
+        let layer_1 = self.layer_1.forward_t(&layer_0, false)?;
+        Ok(layer_1)
     }
 }

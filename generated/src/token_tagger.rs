@@ -48,15 +48,15 @@ impl TokenTagger {
         // examples/tts.py:42
         // (d0, d1, 24)
         let embed = self.embed.forward(tokens)?;
-        // lstm_output: (d0, d1, 32), lstm_h_n: (1, d0, 32), lstm_c_n: (1, d0, 32)
-        let (lstm_output, (lstm_h_n, lstm_c_n)) = self
+        // h: (d0, d1, 32), lstm_h_n: (1, d0, 32), lstm_c_n: (1, d0, 32)
+        let (h, (lstm_h_n, lstm_c_n)) = self
             .lstm
             .forward(&embed, state.lstm.as_ref().map(|(h, c)| (h, c)))?;
         state.lstm = Some((lstm_h_n.clone(), lstm_c_n.clone()));
 
         // examples/tts.py:43
         // (d0, d1, 7)
-        let out = self.out.forward(&lstm_output.contiguous()?)?;
+        let out = self.out.forward(&h.contiguous()?)?;
         // (d0, d1, 7)
         let log_softmax = candle_nn::ops::log_softmax(&out, D::Minus1)?;
         Ok(log_softmax)

@@ -46,25 +46,25 @@ impl VoiceEncoder {
     /// their final state in it, so consecutive chunks give the same result as one long call.
     pub fn forward_stream(&self, mels: &Tensor, state: &mut VoiceEncoderState) -> Result<Tensor> {
         // examples/voice.py:20
-        // lstm_output: (d0, d1, 256), lstm_h_n: (3, d0, 256), lstm_c_n: (3, d0, 256)
-        let (_lstm_output, (lstm_h_n, lstm_c_n)) = self
+        // lstm_output: (d0, d1, 256), hidden: (3, d0, 256), lstm_c_n: (3, d0, 256)
+        let (_lstm_output, (hidden, lstm_c_n)) = self
             .lstm
             .forward(mels, state.lstm.as_ref().map(|(h, c)| (h, c)))?;
-        state.lstm = Some((lstm_h_n.clone(), lstm_c_n.clone()));
+        state.lstm = Some((hidden.clone(), lstm_c_n.clone()));
 
         // examples/voice.py:21
         // (d0, 256)
-        let getitem = lstm_h_n.get_on_dim(0, lstm_h_n.dim(0)? - 1)?;
+        let getitem = hidden.get_on_dim(0, hidden.dim(0)? - 1)?;
         // (d0, 256)
         let proj = self.proj.forward(&getitem)?;
         // (d0, 256)
-        let relu = proj.relu()?;
+        let embeds = proj.relu()?;
 
         // examples/voice.py:22
         // (d0, 1)
-        let norm = relu.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
+        let norm = embeds.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
         // (d0, 256)
-        let div = relu.broadcast_div(&norm)?;
+        let div = embeds.broadcast_div(&norm)?;
         Ok(div)
     }
 }

@@ -23,29 +23,10 @@ fn run_case(case: usize) -> Result<()> {
         let in0 = g("encoder.in.0")?;
         let in1 = g("encoder.in.1")?;
         let in2 = g("encoder.in.2")?;
-        let (encoder_output, (encoder_h_n, encoder_c_n)) =
-            model.encoder.forward(&in0, Some((&in1, &in2)))?;
-        report.check(
-            "layer",
-            "encoder",
-            "output",
-            &encoder_output,
-            &g("encoder.out.0")?,
-        )?;
-        report.check(
-            "layer",
-            "encoder",
-            "h_n",
-            &encoder_h_n,
-            &g("encoder.out.1.0")?,
-        )?;
-        report.check(
-            "layer",
-            "encoder",
-            "c_n",
-            &encoder_c_n,
-            &g("encoder.out.1.1")?,
-        )?;
+        let (out, (h_n, c_n)) = model.encoder.forward(&in0, Some((&in1, &in2)))?;
+        report.check("layer", "encoder", "output", &out, &g("encoder.out.0")?)?;
+        report.check("layer", "encoder", "h_n", &h_n, &g("encoder.out.1.0")?)?;
+        report.check("layer", "encoder", "c_n", &c_n, &g("encoder.out.1.1")?)?;
     }
 
     // `tags` (torch.nn.Linear) on its golden inputs

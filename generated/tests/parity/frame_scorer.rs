@@ -21,9 +21,9 @@ fn run_case(case: usize) -> Result<()> {
     // `rnn` (torch.nn.LSTM) on its golden inputs
     {
         let in0 = g("rnn.in.0")?;
-        let (rnn_output, (rnn_h_n, rnn_c_n)) = model.rnn.forward(&in0, None)?;
-        report.check("layer", "rnn", "output", &rnn_output, &g("rnn.out.0")?)?;
-        report.check("layer", "rnn", "h_n", &rnn_h_n, &g("rnn.out.1.0")?)?;
+        let (out, (h_n, rnn_c_n)) = model.rnn.forward(&in0, None)?;
+        report.check("layer", "rnn", "output", &out, &g("rnn.out.0")?)?;
+        report.check("layer", "rnn", "h_n", &h_n, &g("rnn.out.1.0")?)?;
         report.check("layer", "rnn", "c_n", &rnn_c_n, &g("rnn.out.1.1")?)?;
 
         // ... and in two chunks, the second resuming from the first's final state
@@ -31,12 +31,12 @@ fn run_case(case: usize) -> Result<()> {
         if steps >= 2 {
             let head = in0.narrow(0, 0, steps / 2)?;
             let tail = in0.narrow(0, steps / 2, steps - steps / 2)?;
-            let (rnn_output_a, (rnn_h_n_a, rnn_c_n_a)) = model.rnn.forward(&head, None)?;
-            let (rnn_output_b, (rnn_h_n_b, rnn_c_n_b)) =
-                model.rnn.forward(&tail, Some((&rnn_h_n_a, &rnn_c_n_a)))?;
-            let joined = Tensor::cat(&[&rnn_output_a, &rnn_output_b], 0)?;
+            let (out_a, (h_n_a, rnn_c_n_a)) = model.rnn.forward(&head, None)?;
+            let (out_b, (h_n_b, rnn_c_n_b)) =
+                model.rnn.forward(&tail, Some((&h_n_a, &rnn_c_n_a)))?;
+            let joined = Tensor::cat(&[&out_a, &out_b], 0)?;
             report.check("stream", "rnn", "output", &joined, &g("rnn.out.0")?)?;
-            report.check("stream", "rnn", "h_n", &rnn_h_n_b, &g("rnn.out.1.0")?)?;
+            report.check("stream", "rnn", "h_n", &h_n_b, &g("rnn.out.1.0")?)?;
             report.check("stream", "rnn", "c_n", &rnn_c_n_b, &g("rnn.out.1.1")?)?;
         }
     }

@@ -24,9 +24,9 @@ fn run_case(case: usize) -> Result<()> {
         let in0 = g("gru.in.0")?;
         let in1 = g("gru.in.1")?;
         let lengths = sequence_lengths(&in1)?;
-        let (gru_output, gru_h_n) = model.gru.forward_padded(&in0, &lengths, None)?;
-        report.check("layer", "gru", "output", &gru_output, &g("gru.out.0")?)?;
-        report.check("layer", "gru", "h_n", &gru_h_n, &g("gru.out.1")?)?;
+        let (encoded, h_n) = model.gru.forward_padded(&in0, &lengths, None)?;
+        report.check("layer", "gru", "output", &encoded, &g("gru.out.0")?)?;
+        report.check("layer", "gru", "h_n", &h_n, &g("gru.out.1")?)?;
     }
 
     // `out` (torch.nn.Linear) on its golden inputs

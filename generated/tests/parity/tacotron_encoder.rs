@@ -112,10 +112,49 @@ fn run_case(case: usize) -> Result<()> {
     // `lstm` (torch.nn.LSTM) on its golden inputs
     {
         let in0 = g("lstm.in.0")?;
-        let (lstm_output, (lstm_h_n, lstm_c_n)) = model.lstm.forward(&in0, None)?;
-        report.check("layer", "lstm", "output", &lstm_output, &g("lstm.out.0")?)?;
+        let (outputs, (lstm_h_n, lstm_c_n)) = model.lstm.forward(&in0, None)?;
+        report.check("layer", "lstm", "output", &outputs, &g("lstm.out.0")?)?;
         report.check("layer", "lstm", "h_n", &lstm_h_n, &g("lstm.out.1.0")?)?;
         report.check("layer", "lstm", "c_n", &lstm_c_n, &g("lstm.out.1.1")?)?;
+    }
+
+    // `convolutions.0` on the inputs of its recorded call
+    {
+        let in0 = g("convolutions_0.in.0")?;
+        let out0 = model.convolutions[0].forward(&in0)?;
+        report.check(
+            "block",
+            "convolutions.0",
+            "0",
+            &out0,
+            &g("convolutions_0.out.0")?,
+        )?;
+    }
+
+    // `convolutions.1` on the inputs of its recorded call
+    {
+        let in0 = g("convolutions_1.in.0")?;
+        let out0 = model.convolutions[1].forward(&in0)?;
+        report.check(
+            "block",
+            "convolutions.1",
+            "0",
+            &out0,
+            &g("convolutions_1.out.0")?,
+        )?;
+    }
+
+    // `convolutions.2` on the inputs of its recorded call
+    {
+        let in0 = g("convolutions_2.in.0")?;
+        let out0 = model.convolutions[2].forward(&in0)?;
+        report.check(
+            "block",
+            "convolutions.2",
+            "0",
+            &out0,
+            &g("convolutions_2.out.0")?,
+        )?;
     }
 
     // the whole model, end to end

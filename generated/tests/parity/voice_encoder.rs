@@ -21,9 +21,9 @@ fn run_case(case: usize) -> Result<()> {
     // `lstm` (torch.nn.LSTM) on its golden inputs
     {
         let in0 = g("lstm.in.0")?;
-        let (lstm_output, (lstm_h_n, lstm_c_n)) = model.lstm.forward(&in0, None)?;
+        let (lstm_output, (hidden, lstm_c_n)) = model.lstm.forward(&in0, None)?;
         report.check("layer", "lstm", "output", &lstm_output, &g("lstm.out.0")?)?;
-        report.check("layer", "lstm", "h_n", &lstm_h_n, &g("lstm.out.1.0")?)?;
+        report.check("layer", "lstm", "h_n", &hidden, &g("lstm.out.1.0")?)?;
         report.check("layer", "lstm", "c_n", &lstm_c_n, &g("lstm.out.1.1")?)?;
 
         // ... and in two chunks, the second resuming from the first's final state
@@ -31,13 +31,12 @@ fn run_case(case: usize) -> Result<()> {
         if steps >= 2 {
             let head = in0.narrow(1, 0, steps / 2)?;
             let tail = in0.narrow(1, steps / 2, steps - steps / 2)?;
-            let (lstm_output_a, (lstm_h_n_a, lstm_c_n_a)) = model.lstm.forward(&head, None)?;
-            let (lstm_output_b, (lstm_h_n_b, lstm_c_n_b)) = model
-                .lstm
-                .forward(&tail, Some((&lstm_h_n_a, &lstm_c_n_a)))?;
+            let (lstm_output_a, (hidden_a, lstm_c_n_a)) = model.lstm.forward(&head, None)?;
+            let (lstm_output_b, (hidden_b, lstm_c_n_b)) =
+                model.lstm.forward(&tail, Some((&hidden_a, &lstm_c_n_a)))?;
             let joined = Tensor::cat(&[&lstm_output_a, &lstm_output_b], 1)?;
             report.check("stream", "lstm", "output", &joined, &g("lstm.out.0")?)?;
-            report.check("stream", "lstm", "h_n", &lstm_h_n_b, &g("lstm.out.1.0")?)?;
+            report.check("stream", "lstm", "h_n", &hidden_b, &g("lstm.out.1.0")?)?;
             report.check("stream", "lstm", "c_n", &lstm_c_n_b, &g("lstm.out.1.1")?)?;
         }
     }

@@ -194,7 +194,8 @@ impl CaseGolden {
 /// undefined); JSON has no such numbers, so they are serialised as `null`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ParityEntry {
-    /// `"layer"` (a layer fed golden inputs in isolation) or `"model"` (end to end).
+    /// `"layer"` (a layer fed golden inputs in isolation), `"stream"` (in chunks), `"block"`
+    /// (a user module or container on its recorded inputs) or `"model"` (end to end).
     pub kind: String,
     /// The layer (module path) compared.
     pub layer: String,
@@ -283,7 +284,8 @@ impl ParityReport {
     /// Compares `actual` with `expected` element-wise and records the result.
     ///
     /// `kind` is `"layer"` (a layer fed golden inputs), `"stream"` (a recurrent layer run
-    /// in chunks, carrying its state) or `"model"` (end to end). A shape or value mismatch is recorded
+    /// in chunks, carrying its state), `"block"` (a user module or container fed the inputs of
+    /// its recorded call) or `"model"` (end to end). A shape or value mismatch is recorded
     /// as a failing entry, not returned as an error; errors come only from
     /// tensor operations (or an unknown `kind`).
     pub fn check(
@@ -294,8 +296,11 @@ impl ParityReport {
         actual: &Tensor,
         expected: &Tensor,
     ) -> Result<()> {
-        if !matches!(kind, "layer" | "stream" | "model") {
-            bail!("parity check kind must be \"layer\", \"stream\" or \"model\", got {kind:?}");
+        if !matches!(kind, "layer" | "stream" | "block" | "model") {
+            bail!(
+                "parity check kind must be \"layer\", \"stream\", \"block\" or \"model\", \
+                 got {kind:?}"
+            );
         }
         let shape = actual.dims().to_vec();
         let expected_shape = expected.dims().to_vec();
