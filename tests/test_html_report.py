@@ -198,6 +198,10 @@ def test_the_summary_names_the_first_diverging_layer(page):
         "layer decoder.lstm (output 0)"
     assert diverging[("broken", "0")][0].text.startswith("no report: thread 'broken::case0'")
     assert {k for k, cells in diverging.items() if cells} == {("tagger", "0"), ("broken", "0")}
+    # the max abs column: the first diverging entry's error, or a passing case's largest one
+    for key, row in rows.items():
+        cells = row.find_all("td", "num")
+        assert bool(cells and cells[0].text.strip()) == (key != ("broken", "0")), key
 
 
 def test_layer_names_are_text_not_markup(page):
