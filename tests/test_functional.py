@@ -184,9 +184,10 @@ def test_functional_convolutions_match_pytorch(tmp_path, cargo_env, capsys):
                if e["kind"] == "model" and r["model"] == "resample"}
     assert len(outputs) == 14
     src = (tmp_path / "crate" / "src" / "filterbank.rs").read_text()
-    # the subclasses are traced through: their forward's F.conv1d / F.linear on the weights
-    assert "x.conv1d(&self.conv.weight" in src or ".conv1d(&self.conv.weight" in src, src
-    assert "candle_nn::Linear::new(self.proj.weight.clone()" in src, src
+    # the subclasses are traced through: their forward's F.conv1d / F.linear on the weights,
+    # in a forward of the subclass's own struct that the model calls
+    assert ".conv1d(&self.weight" in src and "let y = self.conv.forward(x)?;" in src, src
+    assert "candle_nn::Linear::new(self.weight.clone()" in src, src
     # a layer's own weight read in forward (tied output projection) is the field's accessor
     tied = (tmp_path / "crate" / "src" / "tied.rs").read_text()
     assert "self.embed.embeddings()" in tied and "self.proj.weight()" in tied, tied

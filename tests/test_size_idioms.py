@@ -94,7 +94,7 @@ def test_size_idioms_match_pytorch_at_untraced_lengths(tmp_path, cargo_env, caps
     assert "from_end(x.dim(2)?, x.dim(2)? % 3 + 1)" in pad, pad
     assert "(x.dim(2)? - 6).max(2)" in pad, pad
     assert ".min(x.dim(2)? / 4)" in pad, pad  # int(t / 4)
-    assert "slice_bound(&tensor, x.dim(2)?)?" in sizes, sizes
+    assert "slice_bound(&n, x.dim(2)?)?" in sizes, sizes  # `n = torch.as_tensor(t // 2)`
     assert "(x.dim(2)? - 2).min(2 * x.dim(2)? / 3)" in sizes, sizes
     assert "(x.dim(1)? * x.dim(2)? - 5).max(1)" in sizes, sizes
     assert "x.dim(2)? / 3 + 1" in sizes, sizes  # math.floor(t / 3) + 1
