@@ -298,6 +298,15 @@ class _Lowering:
                               "Candle takes a non-negative integer")
         if kind in (SymKind.MAX, SymKind.MIN):
             a, b = (sym.b, sym.a) if isinstance(sym.a, int) else (sym.a, sym.b)
+            if kind == SymKind.MAX and _difference(b) and not _difference(a):
+                a, b = b, a
+            if kind == SymKind.MAX and _difference(a) and not _difference(b):
+                # `max(t - 6, 2)`: where Python's difference goes negative the other operand,
+                # a size (never negative), wins; a usize difference saturates at 0 instead of
+                # wrapping, which gives the same maximum
+                x, y = _difference(a)
+                text = f"{self.usize(x, 4)}.saturating_sub({self.usize(y)})"
+                return f"{text}.max({self.usize(b)})"
             text, prec = f"{self.usize(a, 4)}.{kind.value}({self.usize(b)})", 4
         elif kind.unary:
             text, prec = self._rounded(kind, sym.a)
@@ -931,6 +940,18 @@ def _tuple_expr(structure: Any, rets: Any) -> str:
         return next(rets)
     inner = [_tuple_expr(v, rets) for v in structure]
     return "(" + ", ".join(inner) + ("," if len(inner) == 1 else "") + ")"
+
+
+def _difference(sym: Any) -> tuple[Any, Any] | None:
+    """`(a, b)` when `sym` is the size `a - b` (also written `a + (-b)`), else None."""
+    if not isinstance(sym, SymInt) or _float_valued(sym):
+        return None
+    if sym.kind == SymKind.SUB:
+        return sym.a, sym.b
+    if sym.kind == SymKind.ADD and isinstance(sym.b, int) and not isinstance(sym.b, bool) \
+            and sym.b < 0:
+        return sym.a, -sym.b
+    return None
 
 
 def _float_valued(sym: Any) -> bool:
