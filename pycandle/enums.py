@@ -36,6 +36,11 @@ class NodeOp(StrEnum):
     CALL_MODULE = "call_module"  # a registered layer, run as one opaque call
     CALL_FUNCTION = "call_function"  # a torch function, Tensor method or operator
     CONSTANT = "constant"  # a tensor from outside the traced graph (reported, never lowered)
+    # a Python `for` loop whose trip count follows an input size: args (count, [initial loop
+    # state]), kwargs `next` (each state's value at the end of a pass) and `collect` (values
+    # kept from every pass, as `outs.append(y)`); the nodes of one pass follow it, each with
+    # `step` naming it; out: the final states, then one list per collected value
+    LOOP = "loop"
 
 
 class SymKind(StrEnum):
@@ -61,6 +66,7 @@ class SymKind(StrEnum):
     FLOOR = "floor"
     TRUNC = "trunc"
     ROUND = "round"
+    STEP = "step"  # the pass number of a loop: `a` a reference to the LOOP node
 
     @property
     def operator(self) -> str:
@@ -78,7 +84,7 @@ class SymKind(StrEnum):
 
     def apply(self, a: Any, b: Any = None) -> Any:
         """Python's value of the operation (a float for the float-valued kinds)."""
-        if self is SymKind.DIM:
+        if self in (SymKind.DIM, SymKind.STEP):
             raise ValueError("a dimension is not an arithmetic operation")
         if self in (SymKind.FLOORDIV, SymKind.MOD, SymKind.TRUEDIV) and not b:
             return 0  # never met in a trace (Python raised there); keeps evaluation total

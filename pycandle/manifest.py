@@ -278,6 +278,8 @@ class Node:
     assign: Any = None
     # `[attribute, variable]` of the Python loop `for variable in self.attribute` it ran in
     loop: list[str] | None = None
+    # the LOOP node whose passes it runs in (one pass is recorded; see NodeOp.LOOP)
+    step: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = {
@@ -293,6 +295,8 @@ class Node:
             d["assign"] = self.assign
         if self.loop is not None:
             d["loop"] = self.loop
+        if self.step is not None:
+            d["step"] = self.step
         return d
 
     @classmethod
@@ -318,12 +322,15 @@ class Node:
             loop = d.get("loop")
             if not _is_loop(loop):
                 raise ManifestError(f"field 'loop': {loop!r} is not [attribute, variable]")
+            step = d.get("step")
+            if step is not None and not (isinstance(step, str) and _IDENT.fullmatch(step)):
+                raise ManifestError(f"field 'step': {step!r} is not a node name")
             return cls(
                 name=name, op=op, target=target,
                 args=tuple(decode(a) for a in d["args"]),
                 kwargs={k: decode(v) for k, v in d["kwargs"].items()},
                 out=decode(d["out"]), source=source, assign=assign,
-                loop=loop,
+                loop=loop, step=step,
             )
         except ManifestError as e:
             raise ManifestError(f"node '{name}': {e}") from None

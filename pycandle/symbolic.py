@@ -131,6 +131,8 @@ def evaluate(sym: Any, size_of) -> int:
         return sym  # a literal (int or float), or the unused operand of a unary kind
     if sym.kind == SymKind.DIM:
         return size_of(sym.a, sym.b)
+    if sym.kind == SymKind.STEP:
+        return 0  # a loop's pass number: its value in the first pass
     return SymKind(sym.kind).apply(evaluate(sym.a, size_of), evaluate(sym.b, size_of))
 
 
@@ -139,6 +141,8 @@ def settle(value: Any, values_of) -> Any:
     case become plain ints: a constant channel count stays a literal. `values_of(sym)` gives a
     SymInt's value in each case."""
     if isinstance(value, SymInt):
+        if _has_step(value):  # changes from pass to pass
+            return value
         # constant only if every dimension it reads is: `t - t_padded` that is 0 in both
         # trace cases still follows the input length
         if all(len(set(values_of(d))) == 1 for d in _dims(value)):
@@ -153,6 +157,11 @@ def settle(value: Any, values_of) -> Any:
     if isinstance(value, slice):
         return slice(*(settle(getattr(value, a), values_of) for a in ("start", "stop", "step")))
     return value
+
+
+def _has_step(sym: Any) -> bool:
+    return isinstance(sym, SymInt) and (sym.kind == SymKind.STEP or _has_step(sym.a)
+                                        or _has_step(sym.b))
 
 
 def _dims(sym: Any) -> Iterable[SymInt]:

@@ -15,7 +15,7 @@ from pycandle import names, registry
 from pycandle.enums import DType, EntryKind, NodeOp, SymKind
 from pycandle.errors import Problem, UnsupportedError
 from pycandle.lowering.blocks import Method, extract_methods
-from pycandle.lowering.loops import Stmt, compact_names, fold_loops, rename
+from pycandle.lowering.loops import Stmt, compact_names, defs, fold_loops, rename
 from pycandle.lowering.structs import FieldDecl, LeafField, StructDef, build_tree
 from pycandle.manifest import (
     PACK, PAD, Block, Manifest, Node, Param, Ref, SymInt, TensorMeta, found_in,
@@ -243,9 +243,18 @@ class _Lowering:
         """Lower every live node; a node that needs the result of one that failed is counted
         against that root cause instead of being reported on its own."""
         follow_ons: dict[str, int] = {}
-        for node in live:
+        running: tuple[Node, int] | None = None  # a loop whose pass is being lowered
+        for node in [*live, None]:
+            if running is not None and (node is None or node.step != running[0].name):
+                self.close_loop(*running)
+                running = None
+            if node is None:
+                break
             try:
-                self.lower_node(node, used)
+                if node.op == NodeOp.LOOP:
+                    running = (node, self.open_loop(node, used))
+                else:
+                    self.lower_node(node, used)
             except _FollowOn as e:
                 self.root_of[node.name] = e.root
                 follow_ons[e.root] = follow_ons.get(e.root, 0) + 1
@@ -255,6 +264,72 @@ class _Lowering:
         for root, count in follow_ons.items():
             uses[self.first_problem[root]] += count
         self.problems = _grouped(self.problems, uses)
+
+    def open_loop(self, node: Node, used: dict[tuple[str, tuple[int, ...]], int]) -> int:
+        """The loop state and the lists a loop fills, declared before it; the index of the
+        statement its pass begins at."""
+        count, inits = node.args
+        self.usize(count)  # a size Rust can count to
+        nexts, collects = node.kwargs["next"], node.kwargs["collect"]
+        lists = node.kwargs.get("lists") or [None] * len(collects)
+        at = self.index[node.name]
+        for i, (init, after) in enumerate(zip(inits, nexts)):
+            t = self.operand(init)
+            if not isinstance(t, T):
+                raise Unsupported(f"loop state {i} is not a tensor")
+            target = _at(self.m.node(after.node).assign, after.path)
+            made = next((j for j in range(len(self.stmts) - 1, -1, -1)
+                         if self.stmts[j].pattern == t.name), None)
+            if used.get((init.node, init.path), 0) == 1 and t.movable and not t.is_ref \
+                    and made is not None:
+                # `let mut h = ...` where the first state is made, named as the state
+                local = t.name
+                if isinstance(target, str) and self.local.bases.get(t.name) != target:
+                    local = self.local((node.name, (i,)), base=target)
+                self.stmts[made] = replace(self.stmts[made], pattern=f"mut {local}")
+            else:
+                local = self.local((node.name, (i,)), base=target
+                                   if isinstance(target, str) else t.name)
+                value = t.name if used.get((init.node, init.path), 0) == 1 and t.movable \
+                    and not t.is_ref else f"{t.name}.clone()"
+                self.stmts.append(Stmt(f"mut {local}", value, source=node.source, at=at))
+            self.vars[(node.name, (i,))] = T(local, t.meta)
+        for j, (kept, name) in enumerate(zip(collects, lists)):
+            meta = node.out[len(inits) + j][0]
+            local = self.local((node.name, (len(inits) + j,)),
+                               base=name or f"{self.m.node(kept.node).assign or kept.node}s")
+            self.stmts.append(Stmt(f"mut {local}", f"Vec::with_capacity({self.usize(count)})",
+                                   source=node.source, at=at))
+            self.vars[(node.name, (len(inits) + j,))] = T(local, meta, is_vec=True)
+        return len(self.stmts)
+
+    def close_loop(self, node: Node, start: int) -> None:
+        """The statements of one pass, from `start` on, become the body of a `for` loop that
+        ends by keeping its values and replacing its state."""
+        body = self.stmts[start:]
+        del self.stmts[start:]
+        count, inits = node.args
+        nexts = [self.operand(r) for r in node.kwargs["next"]]
+        body, assigned = _assign_in_place(body, {
+            t.name: self.vars[(node.name, (i,))].name for i, t in enumerate(nexts)
+            if t.movable and not t.is_ref})
+        nexts = [replace(t, name=assigned.get(t.name, t.name)) for t in nexts]
+        for j, kept in enumerate(node.kwargs["collect"]):
+            t = self.operand(kept)
+            t = replace(t, name=assigned.get(t.name, t.name))
+            vec = self.vars[(node.name, (len(inits) + j,))]
+            own = t.movable and not t.is_ref and all(n.name != t.name for n in nexts)
+            body.append(Stmt("", f"{vec.name}.push({t.name if own else t.name + '.clone()'})"))
+        for i, t in enumerate(nexts):
+            state = self.vars[(node.name, (i,))]
+            if t.name != state.name:
+                own = t.movable and not t.is_ref
+                body.append(Stmt("", f"{state.name} = {t.name if own else t.name + '.clone()'}"))
+        var = self.local((node.name, "step"), base=node.target)
+        if not any(var in _IDENTS.findall(f"{b.pattern} {b.expr}") for b in body):
+            var = "_"
+        self.stmts.append(Stmt("", "", source=node.source, header=f"{var} in 0..{self.usize(count)}",
+                               body=tuple(body), at=self.index[node.name]))
 
     def operand(self, value: Any) -> Any:
         if isinstance(value, Ref):
@@ -292,6 +367,8 @@ class _Lowering:
         kind = SymKind(sym.kind)
         if kind == SymKind.DIM:
             return self.operand(sym.a).dim(sym.b)
+        if kind == SymKind.STEP:  # the loop's variable
+            return self.local((sym.a.node, "step"), base=self.m.node(sym.a.node).target)
         if kind == SymKind.NEG or _float_valued(sym):
             what = "a negative number" if kind == SymKind.NEG else "a float"
             raise Unsupported(f"a size computed from the input shapes is {what} here, where "
@@ -940,6 +1017,32 @@ def _tuple_expr(structure: Any, rets: Any) -> str:
         return next(rets)
     inner = [_tuple_expr(v, rets) for v in structure]
     return "(" + ", ".join(inner) + ("," if len(inner) == 1 else "") + ")"
+
+
+_IDENTS = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _assign_in_place(body: list[Stmt], states: dict[str, str]) -> tuple[list[Stmt], dict[str, str]]:
+    """A loop's pass with the statement that makes a new state assigning the state itself
+    (`(h, c) = self.cell.forward(..)?`, no `let (h_1, c_1)` and `h = h_1` later), where every
+    name it binds is a new state and no later statement reads the old ones; the renames made."""
+    done: dict[str, str] = {}
+    for i, s in enumerate(body):
+        made = defs(s)
+        if s.header or not made or s.pattern.startswith("mut ") \
+                or not all(d in states and d not in done for d in made):
+            continue
+        renames = {d: states[d] for d in made}
+        later = " ".join(f"{b.pattern} {b.expr}" for b in body[i + 1:])
+        if any(old in _IDENTS.findall(later) for old in renames.values()):
+            continue
+        body = [*body[:i], replace(s, pattern="", expr=f"{rename(s.pattern, renames)} = {s.expr}",
+                                   comment=s.comment and rename(s.comment, renames)),
+                *(replace(b, pattern=rename(b.pattern, renames), expr=rename(b.expr, renames),
+                          comment=b.comment and rename(b.comment, renames))
+                  for b in body[i + 1:])]
+        done.update(renames)
+    return body, done
 
 
 def _difference(sym: Any) -> tuple[Any, Any] | None:

@@ -39,6 +39,7 @@ from pycandle.record.tracer import (
     _DTYPE_NAMES, CaseTrace, GraphTracer, _Opaque, dtype_name, leaf_modules, torch_type_name,
 )
 from pycandle import registry, support
+from pycandle.record import steps
 
 _TORCH_DTYPES = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
 _PYCANDLE_DIR = depfile.PYCANDLE_DIR
@@ -348,12 +349,44 @@ def _opaque_problems(trace: CaseTrace) -> list[Problem]:
     return problems
 
 
-def _merge(mc: ModelConfig, traces: list[CaseTrace]) -> tuple[list[Node], list[Problem]]:
+def _same_graph(traces: list[CaseTrace]) -> bool:
+    first = [(n.op, n.target) for n in traces[0].nodes]
+    return all([(n.op, n.target) for n in t.nodes] == first for t in traces[1:])
+
+
+def _fold_loops(traces: list[CaseTrace]) -> tuple[list[CaseTrace], list[Problem]]:
+    """The traces with their loops over sizes or tensors folded (`steps`) where the cases
+    run different numbers of passes; else as they are, with what kept each such loop
+    unrolled."""
+    if _same_graph(traces):
+        return traces, []
+    folded = [steps.fold(t, case) for case, t in enumerate(traces)]
+    if _same_graph([f.trace for f in folded]):
+        return steps.align([f.trace for f in folded]), []
+    problems = []
+    for loop, count in folded[0].counts.items():
+        counts = [f.counts.get(loop, 0) for f in folded]
+        if len(set(counts)) == 1:
+            continue
+        reason = next((f.reasons[loop] for f in folded if loop in f.reasons), None)
+        ran = " and ".join(f"{c} times in case {i}" for i, c in enumerate(counts))
+        problems.append(Problem(
+            f"the loop at {loop} ran {ran}" + (f", and cannot be written as a Rust loop: "
+                                              f"{reason}" if reason else ""),
+            hint="a loop whose trip count follows an input size is ported when its passes run "
+                 "the same operations and carry their state in tensors"))
+    return traces, problems
+
+
+def _merge(mc: ModelConfig, traces: list[CaseTrace],
+           unfolded: list[Problem] = ()) -> tuple[list[Node], list[Problem]]:
     """One graph from all trace cases: same structure, shapes per case, constants must agree."""
     first = traces[0]
     problems: list[Problem] = []
     for i, t in enumerate(traces[1:], start=1):
         if [(n.op, n.target) for n in t.nodes] != [(n.op, n.target) for n in first.nodes]:
+            if unfolded:
+                return [], list(unfolded)
             a = [f"{n.target}" for n in first.nodes]
             b = [f"{n.target}" for n in t.nodes]
             k = next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
@@ -395,7 +428,7 @@ def _merge(mc: ModelConfig, traces: list[CaseTrace]) -> tuple[list[Node], list[P
             continue
         metas[base.name] = out
         nodes.append(Node(base.name, base.op, base.target, tuple(args), dict(kwargs), out,
-                          base.source, base.assign, base.loop))
+                          base.source, base.assign, base.loop, base.in_loop))
     return nodes, problems
 
 
@@ -485,13 +518,15 @@ def record_model(cfg: Config, mc: ModelConfig) -> Recording:
         if problems:
             raise UnsupportedError(mc.name, problems)
         traces.append(trace)
-        golden.update(trace.golden)
         for arg, t in inputs.items():  # a bool input as Candle holds it, a u8 mask
             golden[golden_input_key(case, arg)] = (
                 t.to(torch.uint8) if t.dtype == torch.bool else t).contiguous()
         for path, value in leaves(trace.result):
             golden[golden_output_key(case, path)] = value
-    nodes, problems = _merge(mc, traces)
+    traces, unfolded = _fold_loops(traces)
+    for t in traces:
+        golden.update(t.golden)
+    nodes, problems = _merge(mc, traces, unfolded)
     if problems:
         raise UnsupportedError(mc.name, problems)
     warnings = sorted({w for t in traces for w in t.warnings} | set(_non_finite(model, traces)))

@@ -33,6 +33,33 @@ def assignment_target(frame: types.FrameType) -> Target:
     return _targets(code.co_filename).get(positions[index])
 
 
+def argument_names(frame: types.FrameType) -> tuple[str | None, ...] | None:
+    """The names passed as the positional arguments of the call `frame` is making, where the
+    call is written as `f(a, b)` and an argument is a plain name (`outputs` in
+    `torch.stack(outputs, dim=1)`), else None for that argument."""
+    code = frame.f_code
+    if code.co_name.startswith("<"):
+        return None
+    positions = _positions(code)
+    index = frame.f_lasti // 2
+    if not 0 <= index < len(positions):
+        return None
+    return _calls(code.co_filename).get(positions[index])
+
+
+@functools.lru_cache(maxsize=64)
+def _calls(filename: str) -> dict[_Position, tuple[str | None, ...]]:
+    found: dict[_Position, tuple[str | None, ...]] = {}
+    for call in ast.walk(_parsed(filename)):
+        if isinstance(call, ast.Call) and call.args:
+            names = tuple(a.id if isinstance(a, ast.Name) and a.id.isascii() else None
+                          for a in call.args)
+            if any(names):
+                found[(call.lineno, call.end_lineno, call.col_offset, call.end_col_offset)] = \
+                    names
+    return found
+
+
 def loop_over(frame: types.FrameType) -> list[str] | None:
     """`[attribute, variable]` of the innermost loop `for variable in self.attribute:` (or over
     `enumerate(self.attribute)`) running the frame's current line, if any."""
@@ -42,6 +69,34 @@ def loop_over(frame: types.FrameType) -> list[str] | None:
     inside = [(start, loop) for (start, end), loop in _loops(frame.f_code.co_filename).items()
               if start <= line <= end]
     return list(max(inside)[1]) if inside else None
+
+
+def time_loop(frame: types.FrameType) -> tuple[int, tuple[str, ...]] | None:
+    """`(line, variables)` of the innermost `for` running the frame's current line that is not a
+    loop over a module attribute: a loop over sizes or tensors, whose passes the trace unrolls.
+    `variables` are the loop's target names (`t` in `for t in range(x.size(1))`)."""
+    if frame.f_code.co_name.startswith("<"):
+        return None
+    line = frame.f_lineno
+    inside = [(start, loop) for (start, end), loop in _time_loops(frame.f_code.co_filename).items()
+              if start <= line <= end]
+    return max(inside)[1] if inside else None
+
+
+@functools.lru_cache(maxsize=64)
+def _time_loops(filename: str) -> dict[tuple[int, int], tuple[int, tuple[str, ...]]]:
+    """The body lines of each other `for` in a file -> (its line, its target names)."""
+    over_modules = _loops(filename)
+    found: dict[tuple[int, int], tuple[int, tuple[str, ...]]] = {}
+    for loop in ast.walk(_parsed(filename)):
+        if not isinstance(loop, ast.For) or not loop.body:
+            continue
+        body = (loop.body[0].lineno, loop.end_lineno or loop.lineno)
+        if body in over_modules:
+            continue
+        variables = tuple(n.id for n in ast.walk(loop.target) if isinstance(n, ast.Name))
+        found[body] = (loop.lineno, variables)
+    return found
 
 
 @functools.lru_cache(maxsize=64)

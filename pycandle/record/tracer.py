@@ -29,7 +29,9 @@ from pycandle.manifest import (
     PACK, PAD, DType, Param, Ref, TensorMeta, golden_node_key, leaves, path_key,
 )
 from pycandle import shapes
-from pycandle.record.assignments import assignment_target, loop_over
+from pycandle.record.assignments import (
+    argument_names, assignment_target, loop_over, time_loop,
+)
 from pycandle.shapes import BUILTINS, ShapeFloat, ShapeInt, TracedNumber, TracedSize, traced_size
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
@@ -148,6 +150,11 @@ def user_assignment() -> Any:
     return None if frame is None else assignment_target(frame)
 
 
+def _user_arguments() -> tuple[str | None, ...] | None:
+    frame = _user_frame()
+    return None if frame is None else argument_names(frame)
+
+
 def user_loop() -> list[str] | None:
     """`[attribute, variable]` of the user's `for variable in self.attribute` running now."""
     frame = _user_frame()
@@ -204,6 +211,19 @@ class DraftNode:
     source: str | None
     assign: Any = None  # the Python assignment target of its value (`assignments.Target`)
     loop: list[str] | None = None  # `[attribute, variable]` of `for variable in self.attribute`
+    step: Step | None = None  # the pass of a loop over sizes or tensors it ran in
+    in_loop: str | None = None  # once the loop is folded (`steps`): the LOOP node it runs in
+    arg_names: tuple[str | None, ...] | None = None  # Python names of its positional arguments
+
+
+@dataclass(frozen=True)
+class Step:
+    """A pass of a Python `for` loop that is not over a module attribute (`tracer._step`)."""
+
+    loop: str  # file:line of the `for`
+    k: int  # the pass, from 0
+    index: str | None  # the loop's variable that counts (`t`, `i` of `enumerate`), if any
+    element: str | None  # its variable that holds something else (`x_t` of `x.unbind(0)`)
 
 
 @dataclass
@@ -221,6 +241,7 @@ class DraftBlock:
     source: str | None = None  # where it was called
     assign: Any = None
     loop: list[str] | None = None
+    step: Step | None = None
 
 
 @dataclass
@@ -261,6 +282,7 @@ class GraphTracer(TorchFunctionMode):
         self._params = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
         self._params.update({id(b): n for n, b in model.named_buffers(remove_duplicate=False)})
         self._module_names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
+        self._passes: dict[str, list[Any]] = {}  # loop -> [id(frame), its variables, pass]
 
     # --- naming and values ---------------------------------------------------------------------
 
@@ -403,10 +425,38 @@ class GraphTracer(TorchFunctionMode):
             args=tuple(self._arg(a) for a in args),
             kwargs={k: self._arg(v) for k, v in kwargs.items()},
             out=self._meta(result), source=user_source(self.root), assign=user_assignment(),
-            loop=user_loop(),
+            loop=user_loop(), step=self._step(), arg_names=_user_arguments(),
         )
         self.nodes.append(node)
         self._bind_outputs(node, result)
+
+    def _step(self) -> Step | None:
+        """The pass of the innermost loop over sizes or tensors running in the user's code: a
+        new pass begins where the loop's variables hold new values."""
+        frame = _user_frame()
+        while frame is not None:
+            filename = frame.f_code.co_filename
+            if filename.startswith(_PYCANDLE_DIR):
+                return None  # back at record's call of the model
+            if not (filename.startswith(_TORCH_DIR) or filename.startswith("<")):
+                found = time_loop(frame)
+                if found is not None:
+                    line, variables = found
+                    key = f"{_shown(Path(filename), self.root)}:{line}"
+                    values = tuple(frame.f_locals.get(v) for v in variables)
+                    marker = tuple(v if isinstance(v, (int, float, str)) else id(v)
+                                   for v in values)
+                    seen = self._passes.get(key)
+                    if seen is None or seen[0] != id(frame):
+                        seen = self._passes[key] = [id(frame), marker, 0]
+                    elif seen[1] != marker:
+                        seen[1], seen[2] = marker, seen[2] + 1
+                    counts = [n for n, v in zip(variables, values) if type(v) is int]
+                    others = [n for n, v in zip(variables, values) if type(v) is not int]
+                    return Step(key, seen[2], counts[0] if counts else None,
+                                others[-1] if others else None)
+            frame = frame.f_back
+        return None
 
     # --- leaf modules --------------------------------------------------------------------------
 
@@ -420,7 +470,7 @@ class GraphTracer(TorchFunctionMode):
                     args=tuple(self._arg(a) for a in args),
                     kwargs={k: self._arg(v) for k, v in kwargs.items()},
                     out=None, source=user_source(self.root), assign=user_assignment(),
-                    loop=user_loop(),
+                    loop=user_loop(), step=self._step(),
                 )
                 self.nodes.append(node)
                 flat = [v for _, v in _leaves((tuple(args),
@@ -463,7 +513,7 @@ class GraphTracer(TorchFunctionMode):
             known = tuple(self._known(a) for a in args)
             block = DraftBlock(self._fresh(qual), qual, params or (), known, len(self.nodes),
                                source=user_source(self.root), assign=user_assignment(),
-                               loop=user_loop())
+                               loop=user_loop(), step=self._step())
             if params is None or kwargs or any(k is None for k in known):
                 block.start = -1  # called in a way a Rust method does not express
             for i, a in enumerate(args):

@@ -34,6 +34,7 @@ class T:
     meta: TensorMeta
     is_ref: bool = False  # the variable is already a `&Tensor`
     movable: bool = True  # False for an element of a `Vec<Tensor>` (`chunks[1]`): clone to own
+    is_vec: bool = False  # a `Vec<Tensor>` of values like `meta` (one kept from each loop pass)
 
     def __repr__(self) -> str:  # as messages show it
         return f"a {self.meta.dtype} tensor"

@@ -254,6 +254,11 @@ register_op(Op("repeat", {"Tensor.repeat": "input, *repeats"}, _repeat))
 
 
 def _joined(spelling: str, a: dict[str, Any], out: Any, stack: bool) -> str:
+    if isinstance(a["tensors"], T) and a["tensors"].is_vec:  # the values of a loop's passes
+        vec = a["tensors"]
+        rank = vec.rank + (1 if stack else 0)
+        d = vec.norm_dim(int_arg(a["dim"], "dim"), rank)
+        return f"Tensor::{'stack' if stack else 'cat'}(&{vec.name}, {rust_dim(d, rank)})?"
     ts = tensors(a["tensors"])
     if len({t.meta.dtype for t in ts}) > 1:
         raise Unsupported("joining tensors of different dtypes (type promotion)")
@@ -359,6 +364,18 @@ def _unbind(spelling: str, a: dict[str, Any], out: Any) -> str:
             ".collect::<Result<Vec<_>>>()?")
 
 
+def _select(spelling: str, a: dict[str, Any], out: Any) -> str:
+    x = tensor(a["input"])
+    d = x.norm_dim(int_arg(a["dim"], "dim"))
+    index = a["index"]
+    if isinstance(index, Dim):
+        if min(index.values) < 0:
+            raise Unsupported(f"index {index.expr} that is negative in a trace case")
+        return f"{x.name}.get_on_dim({d}, {index.expr})?"
+    k = int_arg(index, "index")
+    return f"{x.name}.get_on_dim({d}, {k if k >= 0 else f'{x.dim(d)} - {-k}'})?"
+
+
 register_op(Op("chunk", {"torch.chunk": "input, chunks, dim=0",
                          "Tensor.chunk": "input, chunks, dim=0"}, _chunk,
                doc="PyTorch's piece sizes"))
@@ -367,6 +384,10 @@ register_op(Op("split", {"torch.split": "input, split_size_or_sections, dim=0",
                _split, doc="a piece size or a list of sizes"))
 register_op(Op("unbind", {"torch.unbind": "input, dim=0", "Tensor.unbind": "input, dim=0"},
                _unbind))
+register_op(Op("select", {"torch.select": "input, dim, index",
+                          "Tensor.select": "input, dim, index"}, _select,
+               doc="an integer index (also negative, or from shapes); what a loop over "
+                   "`x.unbind(d)` reads in each pass"))
 
 # --- padding --------------------------------------------------------------------------------------
 

@@ -1,0 +1,291 @@
+"""Loops over sizes and tensors, folded back from the trace.
+
+The trace runs `for t in range(x.size(1)): h, c = self.cell(x[:, t], (h, c))` once per frame, so
+two trace cases of different lengths record graphs of different lengths. Here each case's
+passes of such a loop (the tracer marks every node with the pass it ran in, `tracer.Step`) are
+checked to run the same operations, and folded into one LOOP node followed by the nodes of one
+pass:
+
+- a value read the same way in every pass stays a reference (to a node before the loop, or to
+  a node of the same pass);
+- a value read from the loop's start in pass 0 and from the previous pass after that is loop
+  state: the pass reads `Ref(loop, (i,))`, the LOOP node holds its initial value and the value
+  that replaces it at the end of a pass;
+- an integer that is the pass number (`x[:, t]`) becomes the symbolic integer STEP;
+- after the loop, the last pass's loop state is the LOOP node's result `i`, and a list of one
+  value from every pass in order (`torch.stack(outs, 1)`) is one of its collected results.
+
+Anything else (a value of one pass used after the loop other than as state or collected, passes
+that differ) leaves the loop as it is, unrolled; `_merge` then reports it when the trace cases
+disagree.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Any
+
+from pycandle.enums import SymKind
+from pycandle.manifest import Ref, SymInt, TensorMeta, at_path, refs_in
+from pycandle.record.tracer import CaseTrace, DraftNode
+
+_UNBIND = ("torch.unbind", "Tensor.unbind")
+_GOLDEN = re.compile(r"c(\d+)\.([A-Za-z0-9_]+)\.(in|out)\.(.+)")
+
+
+class _Differs(Exception):
+    """The passes of a loop cannot be written as one pass."""
+
+
+@dataclass
+class _Run:
+    loop: str  # file:line of the `for`
+    index: str | None
+    element: str | None
+    passes: list[list[int]]  # node indexes of each pass
+
+    @property
+    def start(self) -> int:
+        return self.passes[0][0]
+
+    @property
+    def end(self) -> int:
+        return self.passes[-1][-1] + 1
+
+
+@dataclass
+class Folded:
+    trace: CaseTrace
+    counts: dict[str, int]  # loop -> its number of passes in this case
+    reasons: dict[str, str]  # loop -> why it stayed unrolled
+
+
+def runs(nodes: list[DraftNode]) -> list[_Run]:
+    """Each loop's passes: consecutive nodes of one loop, split where the pass changes."""
+    found: list[_Run] = []
+    current: _Run | None = None
+    for i, node in enumerate(nodes):
+        step = node.step
+        if step is None:
+            current = None
+            continue
+        if current is None or current.loop != step.loop or step.k < len(current.passes) - 1:
+            current = _Run(step.loop, step.index, step.element, [])
+            found.append(current)
+        if step.k >= len(current.passes):
+            current.passes.append([])
+        current.passes[-1].append(i)
+    return found
+
+
+def fold(trace: CaseTrace, case: int) -> Folded:
+    """`trace` with every loop over sizes or tensors that can be folded folded."""
+    counts: dict[str, int] = {}
+    reasons: dict[str, str] = {}
+    for run in reversed(runs(trace.nodes)):  # from the end: earlier indexes stay valid
+        counts[run.loop] = len(run.passes)
+        try:
+            trace = _fold_run(trace, run, case)
+        except _Differs as e:
+            reasons[run.loop] = str(e)
+    return Folded(trace, counts, reasons)
+
+
+def _fold_run(trace: CaseTrace, run: _Run, case: int) -> CaseTrace:
+    nodes = trace.nodes
+    n = len(run.passes)
+    if n < 2:
+        raise _Differs("it ran fewer than two passes")
+    shape = [(nodes[i].op, nodes[i].target) for i in run.passes[0]]
+    if any([(nodes[i].op, nodes[i].target) for i in p] != shape for p in run.passes[1:]):
+        raise _Differs("its passes run different operations")
+    where = {nodes[i].name: (k, j) for k, p in enumerate(run.passes) for j, i in enumerate(p)}
+    taken = {n_.name for n_ in nodes} | {b.name for b in trace.blocks}
+    name, k = "steps", 1
+    while name in taken:
+        name, k = f"steps_{k}", k + 1
+    body_names = [nodes[i].name for i in run.passes[0]]
+    carries: dict[tuple[Ref, tuple[int, tuple[int, ...]]], int] = {}
+    metas = {n_.name: n_.out for n_ in nodes}
+    nodes_by_name = {n_.name: n_ for n_ in nodes}
+
+    def ref(values: list[Ref]) -> Ref:
+        locs = [where.get(r.node) for r in values]
+        paths = {r.path for r in values}
+        if all(loc is None for loc in locs) and len(set(values)) == 1:
+            return values[0]
+        if len(paths) == 1 and all(loc is not None and loc[0] == k and loc[1] == locs[0][1]
+                                   for k, loc in enumerate(locs)):
+            return Ref(body_names[locs[0][1]], values[0].path)
+        if len({r.path for r in values[1:]}) == 1 and locs[0] is None and all(
+                loc is not None and loc[0] == k - 1 and loc[1] == locs[1][1]
+                for k, loc in enumerate(locs) if k):
+            init, after = values[0], (locs[1][1], values[1].path)
+            a = at_path(metas[init.node], init.path)
+            b = at_path(metas[values[1].node], values[1].path)
+            if not (isinstance(a, TensorMeta) and a == b):
+                raise _Differs("its loop state changes shape or type from pass to pass")
+            return Ref(name, (carries.setdefault((init, after), len(carries)),))
+        unbound = nodes_by_name.get(values[0].node)
+        if all(loc is None and r.node == values[0].node for loc, r in zip(locs, values)) \
+                and [r.path for r in values] == [(k,) for k in range(n)] \
+                and unbound is not None and unbound.target in _UNBIND:
+            return element(unbound)
+        raise _Differs("a pass reads a value that is neither from before the loop, from the "
+                       "same pass, nor from the pass before")
+
+    selects: dict[str, DraftNode] = {}  # unbind node -> its element of the pass
+
+    def element(unbound: DraftNode) -> Ref:
+        """`x_t` of `for x_t in x.unbind(d)`: `x.select(d, t)` in the pass."""
+        if unbound.name not in selects:
+            x = unbound.args[0] if unbound.args else unbound.kwargs.get("input")
+            d = unbound.args[1] if len(unbound.args) > 1 else unbound.kwargs.get("dim", 0)
+            local, k = f"{unbound.name}_step", 1
+            while local in taken:
+                local, k = f"{unbound.name}_step_{k}", k + 1
+            taken.add(local)
+            selects[unbound.name] = DraftNode(
+                local, "call_function", "torch.select",
+                (x, d, SymInt(SymKind.STEP, Ref(name, ()), None)), {}, unbound.out[0],
+                run.loop, assign=run.element, in_loop=name)
+        return Ref(selects[unbound.name].name, ())
+
+    def unify(values: list[Any]) -> Any:
+        first = values[0]
+        if all(isinstance(v, Ref) for v in values):
+            return ref(values)
+        if isinstance(first, (tuple, list)) and all(
+                type(v) is type(first) and len(v) == len(first) for v in values):
+            return type(first)(unify([v[i] for v in values]) for i in range(len(first)))
+        if isinstance(first, dict) and all(isinstance(v, dict) and v.keys() == first.keys()
+                                           for v in values):
+            return {key: unify([v[key] for v in values]) for key in first}
+        if isinstance(first, slice) and all(isinstance(v, slice) for v in values):
+            return slice(*(unify([getattr(v, a) for v in values])
+                           for a in ("start", "stop", "step")))
+        if all(type(v) is type(first) and v == first for v in values):
+            return first
+        if all(type(v) is int for v in values) and values == list(range(n)):
+            return SymInt(SymKind.STEP, Ref(name, ()), None)
+        raise _Differs(f"an argument changes from pass to pass in a way not written as the "
+                       f"pass number: {', '.join(repr(v) for v in values[:4])}")
+
+    body = []
+    for j, first in enumerate(run.passes[0]):
+        seen = [nodes[p[j]] for p in run.passes]
+        args, kwargs = unify([(s.args, s.kwargs) for s in seen])
+        body.append(replace(nodes[first], args=args, kwargs=kwargs, step=None, in_loop=name))
+    nexts = [Ref(body_names[j], path) for (_, (j, path)) in carries]
+    collected: dict[tuple[int, tuple[int, ...]], int] = {}
+
+    lists: dict[tuple[int, tuple[int, ...]], str | None] = {}
+
+    def after(value: Any, named: str | None = None) -> Any:
+        if isinstance(value, Ref):
+            loc = where.get(value.node)
+            if loc is None:
+                return value
+            key = (loc[1], value.path)
+            state = next((i for (_, a), i in carries.items() if a == key), None)
+            if loc[0] != n - 1 or state is None:
+                raise _Differs("a value of one of its passes is used after it, other than as "
+                               "loop state or in a list of one value from every pass")
+            return Ref(name, (state,))
+        if isinstance(value, (tuple, list)) and len(value) == n and all(
+                isinstance(v, Ref) for v in value):
+            locs = [where.get(v.node) for v in value]
+            if all(loc is not None for loc in locs) and [loc[0] for loc in locs] == \
+                    list(range(n)) and len({(loc[1], v.path) for loc, v in zip(locs, value)}) == 1:
+                key = (locs[0][1], value[0].path)
+                if lists.get(key) is None:
+                    lists[key] = named
+                return Ref(name, (len(carries) + collected.setdefault(key, len(collected)),))
+        if isinstance(value, (tuple, list)):
+            return type(value)(after(v) for v in value)
+        if isinstance(value, dict):
+            return {k: after(v) for k, v in value.items()}
+        if isinstance(value, slice):
+            return slice(after(value.start), after(value.stop), after(value.step))
+        return value
+
+    rest = [replace(nd, args=tuple(after(a, (nd.arg_names or ())[i:i + 1] and nd.arg_names[i])
+                                   for i, a in enumerate(nd.args)), kwargs=after(nd.kwargs))
+            for nd in nodes[run.end:]]
+    output = after(trace.output)
+    collects = [Ref(body_names[j], path) for (j, path) in collected]
+    inits = [init for (init, _) in carries]
+    out = tuple([*(at_path(metas[r.node], r.path) for r in inits),
+                 *([at_path(metas[r.node], r.path)] for r in collects)])
+    loop = DraftNode(name, "loop", run.index or "t", (n, inits),
+                     {"next": nexts, "collect": collects,
+                      "lists": [lists.get(key) for key in collected]}, out, run.loop)
+    new_nodes = [*nodes[:run.start], loop, *selects.values(), *body, *rest]
+    # goldens: the body's layers on their inputs of the second pass (state no longer zero)
+    shown = run.passes[min(1, n - 1)]
+    renamed = {nodes[i].name: nodes[run.passes[0][j]].name for j, i in enumerate(shown)}
+    dropped = set(where) - set(renamed)
+    golden = {}
+    for key, value in trace.golden.items():
+        m = _GOLDEN.fullmatch(key)
+        if m and m.group(2) in dropped:
+            continue
+        if m and m.group(2) in renamed:
+            key = f"c{m.group(1)}.{renamed[m.group(2)]}.{m.group(3)}.{m.group(4)}"
+        golden[key] = value
+    # an unbind that only fed the loop goes: its output's length differs between cases
+    read = {r.node for nd in new_nodes for r in refs_in((nd.args, nd.kwargs))}
+    read |= {r.node for r in refs_in(output)}
+    new_nodes = [nd for nd in new_nodes if nd.name not in selects or nd.name in read]
+    at = {nd.name: i for i, nd in enumerate(new_nodes)}
+    blocks = []
+    for b in trace.blocks:
+        if b.start < run.end and b.end > run.start:
+            continue  # a block in the loop, or around it, stays inline
+        kept = [at[nd.name] for nd in nodes[b.start:b.end] if nd.name in at]
+        if kept:
+            blocks.append(replace(b, start=kept[0], end=kept[-1] + 1, args=after(b.args),
+                                  out=after(b.out)))
+    return replace(trace, nodes=new_nodes, output=output, golden=golden, blocks=blocks)
+
+
+def align(traces: list[CaseTrace]) -> list[CaseTrace]:
+    """Name each case's nodes and blocks as case 0 names them, position by position (after
+    folding, later nodes of a case with more passes were numbered further on)."""
+    first = traces[0]
+    out = [first]
+    for case, t in enumerate(traces[1:], start=1):
+        names = {a.name: b.name for a, b in zip(t.nodes, first.nodes)}
+        names.update({a.name: b.name for a, b in zip(t.blocks, first.blocks)})
+        if all(a == b for a, b in names.items()):
+            out.append(t)
+            continue
+
+        def rename(value: Any) -> Any:
+            if isinstance(value, Ref):
+                return Ref(names.get(value.node, value.node), value.path)
+            if isinstance(value, SymInt):
+                return SymInt(value.kind, rename(value.a), rename(value.b))
+            if isinstance(value, (tuple, list)):
+                return type(value)(rename(v) for v in value)
+            if isinstance(value, dict):
+                return {k: rename(v) for k, v in value.items()}
+            if isinstance(value, slice):
+                return slice(rename(value.start), rename(value.stop), rename(value.step))
+            return value
+
+        nodes = [replace(nd, name=names[nd.name], args=rename(nd.args),
+                         kwargs=rename(nd.kwargs),
+                         in_loop=names.get(nd.in_loop, nd.in_loop)) for nd in t.nodes]
+        blocks = [replace(b, name=names[b.name], args=rename(b.args), out=rename(b.out))
+                  for b in t.blocks]
+        golden = {}
+        for key, value in t.golden.items():
+            m = _GOLDEN.fullmatch(key)
+            if m and m.group(2) in names:
+                key = f"c{m.group(1)}.{names[m.group(2)]}.{m.group(3)}.{m.group(4)}"
+            golden[key] = value
+        out.append(replace(t, nodes=nodes, blocks=blocks, golden=golden,
+                           output=rename(t.output)))
+    return out
