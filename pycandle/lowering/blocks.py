@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from pycandle import names
-from pycandle.lowering.loops import Stmt, defs, fold_loops, rename
+from pycandle.lowering.loops import Stmt, defs, fold_loops, reads_renamed, rename
 from pycandle.manifest import Block, leaves
 
 # a method's locals: generated code's own locals in a forward are the model's, not the tests'
@@ -88,7 +88,7 @@ def extract_methods(stmts: list[Stmt], blocks: tuple[Block, ...], struct_of: dic
                 for d in sorted(done, key=lambda d: -d.first):  # from the end: indices hold
                     call, new = d.call, _call_names(d, fresh)
                     call = replace(call, pattern=rename(call.pattern, new))
-                    rest = [replace(s, expr=rename(s.expr, new)) for s in stmts[d.end:]]
+                    rest = [reads_renamed(s, new) for s in stmts[d.end:]]
                     stmts = [*stmts[:d.first], call, *rest]
                     renamed = {k: new.get(v, v) for k, v in renamed.items()} | new
             else:

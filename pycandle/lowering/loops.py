@@ -56,6 +56,12 @@ def rename(text: str, names: dict[str, str]) -> str:
     return _IDENT.sub(lambda m: names.get(m.group(0), m.group(0)), text)
 
 
+def reads_renamed(s: Stmt, names: dict[str, str]) -> Stmt:
+    """`s` reading the locals in `names` under their new names, in a loop's body too."""
+    return replace(s, expr=rename(s.expr, names), header=s.header and rename(s.header, names),
+                   body=tuple(reads_renamed(b, names) for b in s.body))
+
+
 def fold_loops(stmts: list[Stmt], args: set[str], tail_uses: set[str],
                fresh: Callable[[str], str]) -> tuple[list[Stmt], dict[str, str]]:
     """`stmts` with each unrolled loop over a `Vec` field folded into a `for` loop, and the
@@ -214,9 +220,7 @@ def _try(stmts: list[Stmt], field: str, starts: list[int], length: int, args: se
             body.append(replace(s, pattern=rename(s.pattern, names), expr=expr, loop_var=None))
     loop = Stmt("", "", source=groups[0][0].source, header=f"{loop_var} in &self.{field}",
                 body=tuple(body))
-    rest = [replace(s, expr=rename(s.expr, {state_of[-1]: carry}),
-                    body=tuple(replace(b, expr=rename(b.expr, {state_of[-1]: carry}))
-                               for b in s.body)) for s in stmts[end:]]
+    rest = [reads_renamed(s, {state_of[-1]: carry}) for s in stmts[end:]]
     head = stmts[:starts[0]] if start is None else [*stmts[:starts[0]], start]
     return [*head, loop, *rest], {state_of[-1]: carry}
 

@@ -1027,7 +1027,8 @@ def _assign_in_place(body: list[Stmt], states: dict[str, str]) -> tuple[list[Stm
     (`(h, c) = self.cell.forward(..)?`, no `let (h_1, c_1)` and `h = h_1` later), where every
     name it binds is a new state and no later statement reads the old ones; the renames made."""
     done: dict[str, str] = {}
-    for i, s in enumerate(body):
+    for i in range(len(body)):
+        s = body[i]
         made = defs(s)
         if s.header or not made or s.pattern.startswith("mut ") \
                 or not all(d in states and d not in done for d in made):
