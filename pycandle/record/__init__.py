@@ -370,10 +370,14 @@ def _fold_loops(traces: list[CaseTrace]) -> tuple[list[CaseTrace], list[Problem]
             continue
         reason = next((f.reasons[loop] for f in folded if loop in f.reasons), None)
         ran = " and ".join(f"{c} times in case {i}" for i, c in enumerate(counts))
+        by_values = any(loop in f.trace.escapes for f in folded)
         problems.append(Problem(
             f"the loop at {loop} ran {ran}" + (f", and cannot be written as a Rust loop: "
                                               f"{reason}" if reason else ""),
-            hint="a loop whose trip count follows an input size is ported when its passes run "
+            hint="a loop that stops on tensor values is not ported: run it for a number of "
+                 "steps that an input's size gives (teacher forcing, a fixed maximum) and stop "
+                 "outside the model" if by_values else
+                 "a loop whose trip count follows an input size is ported when its passes run "
                  "the same operations and carry their state in tensors"))
     return traces, problems
 
@@ -411,6 +415,15 @@ def _merge(mc: ModelConfig, traces: list[CaseTrace],
             (args, kwargs), issues = symbolize(
                 [(v.args, v.kwargs) for v in variants], candidates, [])
             for issue in issues:
+                if base.op == "loop":
+                    counts = " and ".join(f"{v.args[0]} passes in case {c}"
+                                          for c, v in enumerate(variants))
+                    problems.append(Problem(
+                        f"this loop ran {counts}, a number no input size explains",
+                        base.source,
+                        hint="give trace cases whose lengths differ, with the loop's trip "
+                             "count one of them (`range(x.size(1))`)"))
+                    continue
                 problems.append(Problem(
                     f"{base.target}: {issue}", base.source,
                     base.target if base.op == "call_module" else None,

@@ -95,6 +95,9 @@ def fold(trace: CaseTrace, case: int) -> Folded:
 def _fold_run(trace: CaseTrace, run: _Run, case: int) -> CaseTrace:
     nodes = trace.nodes
     n = len(run.passes)
+    if run.loop in trace.escapes:
+        raise _Differs(f"whether it goes on is decided by tensor values (at "
+                       f"{trace.escapes[run.loop]}), so its trip count is not a size")
     if n < 2:
         raise _Differs("it ran fewer than two passes")
     shape = [(nodes[i].op, nodes[i].target) for i in run.passes[0]]

@@ -252,6 +252,7 @@ class CaseTrace:
     warnings: list[str]
     result: Any = None  # forward()'s return value, detached copies
     blocks: list[DraftBlock] = field(default_factory=list)
+    escapes: dict[str, str] = field(default_factory=dict)  # loop -> where it read a value
 
 
 @dataclass
@@ -283,6 +284,7 @@ class GraphTracer(TorchFunctionMode):
         self._params.update({id(b): n for n, b in model.named_buffers(remove_duplicate=False)})
         self._module_names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
         self._passes: dict[str, list[Any]] = {}  # loop -> [id(frame), its variables, pass]
+        self.escapes: dict[str, str] = {}  # loop -> where a pass first read a tensor's value
 
     # --- naming and values ---------------------------------------------------------------------
 
@@ -417,6 +419,9 @@ class GraphTracer(TorchFunctionMode):
                     f"{where}: a tensor became a Python value ({name}); the generated code "
                     f"follows the path this trace took"
                 )
+                step = self._step()
+                if step is not None:  # the loop may go on or stop by tensor values
+                    self.escapes.setdefault(step.loop, where)
             return
         node = DraftNode(
             name=self._fresh(registry.op_for(name).name if registry.op_for(name)
@@ -596,7 +601,7 @@ class GraphTracer(TorchFunctionMode):
         output = self._output(result)
         blocks = [b for b in self._blocks if b.start >= 0 and b.end > b.start]
         return CaseTrace(self.nodes, output, self.golden, self.warnings, _snapshot_all(result),
-                         blocks)
+                         blocks, self.escapes)
 
     def _output(self, result: Any) -> Any:
         if isinstance(result, torch.Tensor):

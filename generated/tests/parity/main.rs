@@ -5,8 +5,11 @@
 
 mod bi_tagger;
 mod frame_scorer;
+mod frame_vad;
 mod mlp;
 mod padded_gru;
+mod rnnt_predictor;
+mod tacotron2_decoder;
 mod tacotron_encoder;
 mod token_tagger;
 mod voice_encoder;
