@@ -81,12 +81,12 @@ def test_readme_shows_the_generated_code():
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## What the generated code looks like"):]
     section = section[:section.index("\n## ")]
-    sources = "".join((ROOT / "examples" / f).read_text() for f in ("voice.py", "tts.py"))
+    sources = "".join((ROOT / "examples" / f).read_text() for f in ("voice.py", "tts.py", "steps.py"))
     sources = sources.replace("        # Data-dependent Python, as in real encoders: fx and "
                               "torch.export cannot trace this.\n", "")
     generated = "".join((ROOT / "generated" / "src" / f).read_text()
-                        for f in ("voice_encoder.rs", "tacotron_encoder.rs"))
+                        for f in ("voice_encoder.rs", "tacotron_encoder.rs", "frame_vad.rs"))
     blocks = re.findall(r"```(python|rust)\n(.*?)```", section, re.S)
-    assert [lang for lang, _ in blocks] == ["python", "rust", "python", "rust"], blocks
+    assert [lang for lang, _ in blocks] == ["python", "rust"] * 3, blocks
     for lang, text in blocks:
         assert text in (sources if lang == "python" else generated), text
