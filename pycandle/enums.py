@@ -41,6 +41,10 @@ class NodeOp(StrEnum):
     # kept from every pass, as `outs.append(y)`); the nodes of one pass follow it, each with
     # `step` naming it; out: the final states, then one list per collected value
     LOOP = "loop"
+    # an `if` on a size: args (comparison, left, right), kwargs `then`/`else` (the values that
+    # leave it from each side), `taken` (each trace case's side); the nodes of its body and of
+    # its `else` part follow it, each with `branch` naming it and the side; out: the values
+    BRANCH = "branch"
 
 
 class SymKind(StrEnum):

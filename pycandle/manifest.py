@@ -280,6 +280,8 @@ class Node:
     loop: list[str] | None = None
     # the LOOP node whose passes it runs in (one pass is recorded; see NodeOp.LOOP)
     step: str | None = None
+    # [the BRANCH node, True for its `if` body or False for its `else` part] it runs in
+    branch: list[Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = {
@@ -297,6 +299,8 @@ class Node:
             d["loop"] = self.loop
         if self.step is not None:
             d["step"] = self.step
+        if self.branch is not None:
+            d["branch"] = self.branch
         return d
 
     @classmethod
@@ -325,12 +329,17 @@ class Node:
             step = d.get("step")
             if step is not None and not (isinstance(step, str) and _IDENT.fullmatch(step)):
                 raise ManifestError(f"field 'step': {step!r} is not a node name")
+            branch = d.get("branch")
+            if branch is not None and not (
+                    isinstance(branch, list) and len(branch) == 2 and isinstance(branch[0], str)
+                    and _IDENT.fullmatch(branch[0]) and isinstance(branch[1], bool)):
+                raise ManifestError(f"field 'branch': {branch!r} is not [node name, side]")
             return cls(
                 name=name, op=op, target=target,
                 args=tuple(decode(a) for a in d["args"]),
                 kwargs={k: decode(v) for k, v in d["kwargs"].items()},
                 out=decode(d["out"]), source=source, assign=assign,
-                loop=loop, step=step,
+                loop=loop, step=step, branch=branch,
             )
         except ManifestError as e:
             raise ManifestError(f"node '{name}': {e}") from None

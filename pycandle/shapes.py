@@ -31,6 +31,11 @@ def _sym(v: Any) -> Any:
     return v.sym if isinstance(v, (ShapeInt, ShapeFloat)) else v
 
 
+def sym_of(v: Any) -> Any:
+    """What a traced number was computed from (a SymInt), or the value itself."""
+    return _sym(v)
+
+
 def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -73,6 +78,13 @@ _OPERATORS: dict[SymKind, Callable[[Any, Any], Any]] = {
     SymKind.ADD: lambda a, b: a + b, SymKind.SUB: lambda a, b: a - b,
     SymKind.MUL: lambda a, b: a * b, SymKind.FLOORDIV: lambda a, b: a // b,
     SymKind.MOD: lambda a, b: a % b, SymKind.TRUEDIV: lambda a, b: a / b,
+}
+
+
+# Python's comparisons by name, as a branch's test records them (`t % 4 != 0`: "ne")
+COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
+    "eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "lt": lambda a, b: a < b,
+    "le": lambda a, b: a <= b, "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b,
 }
 
 
@@ -129,31 +141,33 @@ class TracedNumber:
     def __rmod__(self, other: Any) -> Any:
         return self._op(other, SymKind.MOD, reflected=True)
 
-    def _compare(self, other: Any, op: Callable[[Any, Any], Any]) -> Any:
+    def _compare(self, other: Any, op: str) -> Any:
+        result = COMPARISONS[op](_plain(self),
+                                 _plain(other) if isinstance(other, TracedNumber) else other)
         if TracedNumber.on_compare is not None:
-            TracedNumber.on_compare(self)
-        return op(_plain(self), _plain(other) if isinstance(other, TracedNumber) else other)
+            TracedNumber.on_compare(self, op, other, result)
+        return result
 
     def __eq__(self, other: Any) -> Any:
-        return self._compare(other, lambda a, b: a == b)
+        return self._compare(other, "eq")
 
     def __ne__(self, other: Any) -> Any:
-        return self._compare(other, lambda a, b: a != b)
+        return self._compare(other, "ne")
 
     def __lt__(self, other: Any) -> Any:
-        return self._compare(other, lambda a, b: a < b)
+        return self._compare(other, "lt")
 
     def __le__(self, other: Any) -> Any:
-        return self._compare(other, lambda a, b: a <= b)
+        return self._compare(other, "le")
 
     def __gt__(self, other: Any) -> Any:
-        return self._compare(other, lambda a, b: a > b)
+        return self._compare(other, "gt")
 
     def __ge__(self, other: Any) -> Any:
-        return self._compare(other, lambda a, b: a >= b)
+        return self._compare(other, "ge")
 
     def __bool__(self) -> bool:  # `if t % 4:` steers control flow as a comparison does
-        return bool(self._compare(0, lambda a, b: a != b))
+        return bool(self._compare(0, "ne"))
 
 
 class ShapeInt(TracedNumber, int):

@@ -53,13 +53,15 @@ def test_anything_else_gives_plain_numbers():
 
 def test_comparisons_are_reported_and_still_compare():
     seen = []
-    TracedNumber.on_compare = seen.append
+    TracedNumber.on_compare = lambda value, op, other, result: seen.append(
+        (value, op, other, result))
     try:
         t = ShapeInt(5, T)
         assert t > 4 and t == 5 and not t < 5 and t != ShapeInt(6, B) and max(t, 3) == 5
     finally:
         TracedNumber.on_compare = None
-    assert len(seen) >= 5 and all(s is t for s in seen)
+    assert len(seen) >= 5 and all(s[0] is t for s in seen)
+    assert seen[:3] == [(t, "gt", 4, True), (t, "eq", 5, True), (t, "lt", 5, False)]
     assert {5: "five"}[ShapeInt(5, T)] == "five"  # hashes as the int it is
 
 

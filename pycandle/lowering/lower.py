@@ -43,6 +43,7 @@ class LayerTest:
     checks: list[Check]
     stream_lines: list[str] = field(default_factory=list)  # the chunked-run check, if any
     prelude: list[str] = field(default_factory=list)  # statements before the call
+    cases: str | None = None  # the test of the trace cases it runs in, if not all
 
 
 @dataclass(frozen=True)
@@ -231,6 +232,8 @@ class _Lowering:
         # outputs of recurrent layers run on a packed batch: (the Packed input, layer layout)
         self.packed_outputs: dict[tuple[str, tuple[int, ...]], tuple[Packed, bool]] = {}
         self.shape_names = _shape_names(manifest)
+        self.tests: dict[str, str] = {}  # BRANCH node -> its test in Rust
+        self.moves: dict[tuple[str, tuple[int, ...]], bool] = {}  # values an `if` may move
         self.index = {n.name: i for i, n in enumerate(manifest.nodes)}
 
     def problem(self, node: Node, what: str, hint: str | None = None) -> None:
@@ -244,15 +247,28 @@ class _Lowering:
         against that root cause instead of being reported on its own."""
         follow_ons: dict[str, int] = {}
         running: tuple[Node, int] | None = None  # a loop whose pass is being lowered
+        branching: list[Any] | None = None  # [BRANCH node, its start, its `else` part's start]
         for node in [*live, None]:
-            if running is not None and (node is None or node.step != running[0].name):
-                self.close_loop(*running)
-                running = None
+            closing = None
+            try:
+                if running is not None and (node is None or node.step != running[0].name):
+                    closing, running = running, None
+                    self.close_loop(*closing)
+                side = node.branch if node is not None else None
+                if branching is not None and (side is None or side[0] != branching[0].name):
+                    closing, branching = branching, None
+                    self.close_branch(*closing)
+                elif branching is not None and side[1] is False and branching[2] is None:
+                    branching[2] = len(self.stmts)
+            except Unsupported as e:
+                self.problem(closing[0], e.what, e.hint)
             if node is None:
                 break
             try:
                 if node.op == NodeOp.LOOP:
                     running = (node, self.open_loop(node, used))
+                elif node.op == NodeOp.BRANCH:
+                    branching = [node, self.open_branch(node, used), None]
                 else:
                     self.lower_node(node, used)
             except _FollowOn as e:
@@ -302,6 +318,55 @@ class _Lowering:
                                    source=node.source, at=at))
             self.vars[(node.name, (len(inits) + j,))] = T(local, meta, is_vec=True)
         return len(self.stmts)
+
+    def open_branch(self, node: Node, used: dict[tuple[str, tuple[int, ...]], int]) -> int:
+        """Check the `if`'s test; the index of the statement its body begins at."""
+        op, left, right = node.args
+        if _has_difference(left) or _has_difference(right):
+            raise Unsupported("an `if` on a difference of sizes (Rust sizes are unsigned)",
+                              hint="compare the sizes themselves (`if t > k` for `t - k > 0`)")
+        self.tests[node.name] = f"{self.usize(left)} {_COMPARISON[op]} {self.usize(right)}"
+        for ref in node.kwargs["else"]:  # a value from before the `if`, moved into it
+            self.moves[(ref.node, ref.path)] = used.get((ref.node, ref.path), 0) == 1
+        return len(self.stmts)
+
+    def close_branch(self, node: Node, start: int, split: int | None) -> None:
+        """The statements of the `if`'s body (from `start`) and of its `else` part (from
+        `split`) become one `let x = if t % 4 != 0 { .. } else { .. };`."""
+        split = len(self.stmts) if split is None else split
+        sides = (self.stmts[start:split], self.stmts[split:])
+        del self.stmts[start:]
+        if any(s.header for side in sides for s in side):
+            raise Unsupported("a loop inside an `if` on a size")
+        blocks = []
+        for refs, stmts in zip((node.kwargs["then"], node.kwargs["else"]), sides):
+            own = {d for s in stmts for d in defs(s)}
+            values = []
+            for ref in refs:
+                t = self.operand(ref)
+                moved = t.name in own or self.moves.get((ref.node, ref.path), False)
+                values.append(t.name if moved and t.movable and not t.is_ref
+                              else f"{t.name}.clone()")
+            lines = []
+            if len(stmts) == 1 and len(values) == 1 and stmts[0].pattern == values[0]:
+                lines.append(stmts[0].expr)  # `if .. { x.pad_with_zeros(2, 0, 3)? }`
+            else:
+                for s in stmts:
+                    if s.comment:
+                        lines.append(f"// {s.comment}")
+                    lines.append(f"let {s.pattern} = {s.expr};" if s.pattern else f"{s.expr};")
+                lines.append(values[0] if len(values) == 1 else "(" + ", ".join(values) + ")")
+            blocks.append("\n".join(lines))
+        names_ = []
+        for i, (a, b) in enumerate(zip(node.kwargs["then"], node.kwargs["else"])):
+            target = next((t for t in (_at(self.m.node(r.node).assign, r.path) for r in (a, b))
+                           if isinstance(t, str)), None)
+            names_.append(self.local((node.name, (i,)), base=target or "chosen"))
+            self.vars[(node.name, (i,))] = T(names_[-1], node.out[i])
+        pattern = names_[0] if len(names_) == 1 else "(" + ", ".join(names_) + ")"
+        self.stmts.append(Stmt(pattern, f"if {self.tests[node.name]} {{\n{blocks[0]}\n}} "
+                                        f"else {{\n{blocks[1]}\n}}",
+                               source=node.source, at=self.index[node.name]))
 
     def close_loop(self, node: Node, start: int) -> None:
         """The statements of one pass, from `start` on, become the body of a `for` loop that
@@ -526,6 +591,8 @@ class _Lowering:
         """A statement of `forward` porting `node`; its uses join the model file's."""
         loop = (names.rust_ident(node.loop[0]), names.rust_ident(node.loop[1])) \
             if node.loop else None
+        if node.branch is not None:  # a side of an `if` ran in some trace cases: no shapes
+            comment = None
         self.stmts.append(Stmt(pattern, code.code, comment, node.source, loop,
                                at=self.index[node.name]))
         self.uses |= code.uses
@@ -689,7 +756,17 @@ class _Lowering:
             self.test_uses |= lines.uses | {"candle_core::Tensor"}
         self.layer_tests.append(LayerTest(node.name, node.target, layer.torch_type, inputs,
                                           Stmt(_pattern(out_names, {p for p, _ in leaves(out_names)}),
-                                               code.code), checks, stream_lines, prelude))
+                                               code.code), checks, stream_lines, prelude,
+                                          self.cases_running(node)))
+
+    def cases_running(self, node: Node) -> str | None:
+        """The Rust test of the trace cases that ran `node`, when it is in one side of an `if`
+        on a size (`case == 1`), else None (every case ran it)."""
+        if node.branch is None:
+            return None
+        taken = self.m.node(node.branch[0]).kwargs["taken"]
+        cases = [str(c) for c, side in enumerate(taken) if side == node.branch[1]]
+        return f"case == {cases[0]}" if len(cases) == 1 else f"matches!(case, {' | '.join(cases)})"
 
     def lower_packing(self, node: Node) -> None:
         """pack_padded_sequence: no computation, the padded batch and the lengths travel on;
@@ -1020,6 +1097,16 @@ def _tuple_expr(structure: Any, rets: Any) -> str:
 
 
 _IDENTS = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_COMPARISON = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+
+
+def _has_difference(sym: Any) -> bool:
+    """Whether a size expression subtracts (a usize difference may wrap where Python's goes
+    negative)."""
+    if not isinstance(sym, SymInt):
+        return isinstance(sym, int) and sym < 0
+    return _difference(sym) is not None or sym.kind == SymKind.NEG \
+        or _has_difference(sym.a) or _has_difference(sym.b)
 
 
 def _assign_in_place(body: list[Stmt], states: dict[str, str]) -> tuple[list[Stmt], dict[str, str]]:

@@ -39,7 +39,7 @@ from pycandle.record.tracer import (
     _DTYPE_NAMES, CaseTrace, GraphTracer, _Opaque, dtype_name, leaf_modules, torch_type_name,
 )
 from pycandle import registry, support
-from pycandle.record import steps
+from pycandle.record import branches, steps
 
 _TORCH_DTYPES = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
 _PYCANDLE_DIR = depfile.PYCANDLE_DIR
@@ -363,7 +363,12 @@ def _fold_loops(traces: list[CaseTrace]) -> tuple[list[CaseTrace], list[Problem]
     folded = [steps.fold(t, case) for case, t in enumerate(traces)]
     if _same_graph([f.trace for f in folded]):
         return steps.align([f.trace for f in folded]), []
-    problems = []
+    joined, why = branches.join([f.trace for f in folded])
+    if joined is not None and _same_graph(joined):
+        return joined, []
+    problems = [] if why is None else [Problem(
+        why, hint="an `if` on a size is ported when its test is one comparison of sizes and "
+                  "each side runs the same operations in every trace case that takes it")]
     for loop, count in folded[0].counts.items():
         counts = [f.counts.get(loop, 0) for f in folded]
         if len(set(counts)) == 1:
@@ -441,7 +446,7 @@ def _merge(mc: ModelConfig, traces: list[CaseTrace],
             continue
         metas[base.name] = out
         nodes.append(Node(base.name, base.op, base.target, tuple(args), dict(kwargs), out,
-                          base.source, base.assign, base.loop, base.in_loop))
+                          base.source, base.assign, base.loop, base.in_loop, base.in_branch))
     return nodes, problems
 
 

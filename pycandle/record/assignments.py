@@ -83,6 +83,47 @@ def time_loop(frame: types.FrameType) -> tuple[int, tuple[str, ...]] | None:
     return max(inside)[1] if inside else None
 
 
+# An `if` statement's lines: (its line, its test's lines, its body's, its `else` part's or None)
+IfLines = tuple[int, tuple[int, int], tuple[int, int], tuple[int, int] | None]
+
+
+def if_testing(frame: types.FrameType) -> IfLines | None:
+    """The innermost `if` whose test the frame's current line is in."""
+    if frame.f_code.co_name.startswith("<"):
+        return None
+    line = frame.f_lineno
+    inside = [i for i in _ifs(frame.f_code.co_filename) if i[1][0] <= line <= i[1][1]]
+    return max(inside) if inside else None
+
+
+def ifs_around(frame: types.FrameType) -> list[tuple[IfLines, bool]]:
+    """The `if` statements whose body (True) or `else` part (False) runs the frame's current
+    line, innermost first."""
+    if frame.f_code.co_name.startswith("<"):
+        return []
+    line = frame.f_lineno
+    found = []
+    for i in _ifs(frame.f_code.co_filename):
+        if i[2][0] <= line <= i[2][1]:
+            found.append((i, True))
+        elif i[3] is not None and i[3][0] <= line <= i[3][1]:
+            found.append((i, False))
+    return sorted(found, reverse=True)
+
+
+@functools.lru_cache(maxsize=64)
+def _ifs(filename: str) -> tuple[IfLines, ...]:
+    found = []
+    for stmt in ast.walk(_parsed(filename)):
+        if isinstance(stmt, ast.If) and stmt.body:
+            test = (stmt.test.lineno, stmt.test.end_lineno or stmt.test.lineno)
+            body = (stmt.body[0].lineno, stmt.body[-1].end_lineno or stmt.body[-1].lineno)
+            orelse = (stmt.orelse[0].lineno, stmt.orelse[-1].end_lineno
+                      or stmt.orelse[-1].lineno) if stmt.orelse else None
+            found.append((stmt.lineno, test, body, orelse))
+    return tuple(found)
+
+
 @functools.lru_cache(maxsize=64)
 def _time_loops(filename: str) -> dict[tuple[int, int], tuple[int, tuple[str, ...]]]:
     """The body lines of each other `for` in a file -> (its line, its target names)."""

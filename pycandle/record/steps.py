@@ -228,15 +228,7 @@ def _fold_run(trace: CaseTrace, run: _Run, case: int) -> CaseTrace:
     # goldens: the body's layers on their inputs of the second pass (state no longer zero)
     shown = run.passes[min(1, n - 1)]
     renamed = {nodes[i].name: nodes[run.passes[0][j]].name for j, i in enumerate(shown)}
-    dropped = set(where) - set(renamed)
-    golden = {}
-    for key, value in trace.golden.items():
-        m = _GOLDEN.fullmatch(key)
-        if m and m.group(2) in dropped:
-            continue
-        if m and m.group(2) in renamed:
-            key = f"c{m.group(1)}.{renamed[m.group(2)]}.{m.group(3)}.{m.group(4)}"
-        golden[key] = value
+    golden = rename_golden(trace.golden, renamed, set(where) - set(renamed))
     # an unbind that only fed the loop goes: its output's length differs between cases
     read = {r.node for nd in new_nodes for r in refs_in((nd.args, nd.kwargs))}
     read |= {r.node for r in refs_in(output)}
@@ -251,6 +243,21 @@ def _fold_run(trace: CaseTrace, run: _Run, case: int) -> CaseTrace:
             blocks.append(replace(b, start=kept[0], end=kept[-1] + 1, args=after(b.args),
                                   out=after(b.out)))
     return replace(trace, nodes=new_nodes, output=output, golden=golden, blocks=blocks)
+
+
+def rename_golden(golden: dict[str, Any], names: dict[str, str],
+                  dropped: set[str]) -> dict[str, Any]:
+    """Golden tensors with their nodes' and blocks' names changed, and those of `dropped`
+    left out."""
+    out = {}
+    for key, value in golden.items():
+        m = _GOLDEN.fullmatch(key)
+        if m and m.group(2) in dropped:
+            continue
+        if m and m.group(2) in names:
+            key = f"c{m.group(1)}.{names[m.group(2)]}.{m.group(3)}.{m.group(4)}"
+        out[key] = value
+    return out
 
 
 def align(traces: list[CaseTrace]) -> list[CaseTrace]:
@@ -283,12 +290,7 @@ def align(traces: list[CaseTrace]) -> list[CaseTrace]:
                          in_loop=names.get(nd.in_loop, nd.in_loop)) for nd in t.nodes]
         blocks = [replace(b, name=names[b.name], args=rename(b.args), out=rename(b.out))
                   for b in t.blocks]
-        golden = {}
-        for key, value in t.golden.items():
-            m = _GOLDEN.fullmatch(key)
-            if m and m.group(2) in names:
-                key = f"c{m.group(1)}.{names[m.group(2)]}.{m.group(3)}.{m.group(4)}"
-            golden[key] = value
+        golden = rename_golden(t.golden, names, set())
         out.append(replace(t, nodes=nodes, blocks=blocks, golden=golden,
                            output=rename(t.output)))
     return out

@@ -30,7 +30,7 @@ from pycandle.manifest import (
 )
 from pycandle import shapes
 from pycandle.record.assignments import (
-    argument_names, assignment_target, loop_over, time_loop,
+    argument_names, assignment_target, if_testing, ifs_around, loop_over, time_loop,
 )
 from pycandle.shapes import BUILTINS, ShapeFloat, ShapeInt, TracedNumber, TracedSize, traced_size
 
@@ -214,6 +214,23 @@ class DraftNode:
     step: Step | None = None  # the pass of a loop over sizes or tensors it ran in
     in_loop: str | None = None  # once the loop is folded (`steps`): the LOOP node it runs in
     arg_names: tuple[str | None, ...] | None = None  # Python names of its positional arguments
+    branch: tuple[int, bool] | None = None  # (decision, side) of the `if` on a size it ran in
+    in_branch: list[Any] | None = None  # once the branch is folded: [its BRANCH node, side]
+
+
+@dataclass
+class Decision:
+    """An `if` on a size: its test compares a traced size (`if t % 4 != 0:`)."""
+
+    where: str  # file:line of the `if`
+    op: str  # "eq", "ne", "lt", "le", "gt", "ge" (`shapes.COMPARISONS`)
+    left: Any  # SymInt, or a number
+    right: Any
+    value: bool
+    after: str | None  # the last node recorded before the test
+    warning: str
+    frame: int
+    simple: bool = True  # False when the test made more than this one comparison
 
 
 @dataclass(frozen=True)
@@ -242,6 +259,7 @@ class DraftBlock:
     assign: Any = None
     loop: list[str] | None = None
     step: Step | None = None
+    branch: tuple[int, bool] | None = None
 
 
 @dataclass
@@ -253,6 +271,7 @@ class CaseTrace:
     result: Any = None  # forward()'s return value, detached copies
     blocks: list[DraftBlock] = field(default_factory=list)
     escapes: dict[str, str] = field(default_factory=dict)  # loop -> where it read a value
+    decisions: list[Decision] = field(default_factory=list)
 
 
 @dataclass
@@ -285,6 +304,8 @@ class GraphTracer(TorchFunctionMode):
         self._module_names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
         self._passes: dict[str, list[Any]] = {}  # loop -> [id(frame), its variables, pass]
         self.escapes: dict[str, str] = {}  # loop -> where a pass first read a tensor's value
+        self.decisions: list[Decision] = []
+        self._deciding: dict[tuple[int, int], int] = {}  # (id(frame), if line) -> decision
 
     # --- naming and values ---------------------------------------------------------------------
 
@@ -389,9 +410,11 @@ class GraphTracer(TorchFunctionMode):
             return size[args[1] if len(args) > 1 else kwargs["dim"]]
         return size
 
-    def _shape_compared(self, value: ShapeInt) -> None:
+    def _shape_compared(self, value: ShapeInt, op: str, other: Any, result: Any) -> None:
         """A size steered Python control flow (e.g. `if x.shape[1] > 4`): worth a warning when
-        the user's code did it, as the trace follows the traced sizes."""
+        the user's code did it, as the trace follows the traced sizes. The test of an `if` is
+        also kept as a decision, so that trace cases taking either side can be joined
+        (`branches`)."""
         where = user_source(self.root)
         frame = sys._getframe(2)  # the comparison's caller
         while frame is not None and frame.f_code.co_filename == _SHAPES_FILE:
@@ -403,6 +426,35 @@ class GraphTracer(TorchFunctionMode):
                    f"the path this trace took")
         if warning not in self.warnings:
             self.warnings.append(warning)
+        tested = if_testing(frame)
+        if tested is None or not isinstance(result, bool):
+            return
+        after = self.nodes[-1].name if self.nodes else None
+        key = (id(frame), tested[0])
+        last = self._deciding.get(key)
+        if last is not None and self.decisions[last].after == after:
+            self.decisions[last].simple = False  # `if a > 1 and b < 3:`
+            return
+        self._deciding[key] = len(self.decisions)
+        self.decisions.append(Decision(
+            f"{_shown(Path(frame.f_code.co_filename), self.root)}:{tested[0]}", op,
+            shapes.sym_of(value), shapes.sym_of(other), result, after, warning, id(frame)))
+
+    def _branch(self) -> tuple[int, bool] | None:
+        """(decision, side) of the innermost `if` on a size whose body or `else` part is
+        running in the user's code."""
+        frame = _user_frame()
+        while frame is not None:
+            filename = frame.f_code.co_filename
+            if filename.startswith(_PYCANDLE_DIR):
+                return None
+            if not (filename.startswith(_TORCH_DIR) or filename.startswith("<")):
+                for lines, side in ifs_around(frame):
+                    index = self._deciding.get((id(frame), lines[0]))
+                    if index is not None:
+                        return index, side
+            frame = frame.f_back
+        return None
 
     def _record_call(self, func: Any, args: tuple, kwargs: dict, result: Any) -> None:
         name = spelling(func)
@@ -431,6 +483,7 @@ class GraphTracer(TorchFunctionMode):
             kwargs={k: self._arg(v) for k, v in kwargs.items()},
             out=self._meta(result), source=user_source(self.root), assign=user_assignment(),
             loop=user_loop(), step=self._step(), arg_names=_user_arguments(),
+            branch=self._branch(),
         )
         self.nodes.append(node)
         self._bind_outputs(node, result)
@@ -475,7 +528,7 @@ class GraphTracer(TorchFunctionMode):
                     args=tuple(self._arg(a) for a in args),
                     kwargs={k: self._arg(v) for k, v in kwargs.items()},
                     out=None, source=user_source(self.root), assign=user_assignment(),
-                    loop=user_loop(), step=self._step(),
+                    loop=user_loop(), step=self._step(), branch=self._branch(),
                 )
                 self.nodes.append(node)
                 flat = [v for _, v in _leaves((tuple(args),
@@ -518,7 +571,7 @@ class GraphTracer(TorchFunctionMode):
             known = tuple(self._known(a) for a in args)
             block = DraftBlock(self._fresh(qual), qual, params or (), known, len(self.nodes),
                                source=user_source(self.root), assign=user_assignment(),
-                               loop=user_loop(), step=self._step())
+                               loop=user_loop(), step=self._step(), branch=self._branch())
             if params is None or kwargs or any(k is None for k in known):
                 block.start = -1  # called in a way a Rust method does not express
             for i, a in enumerate(args):
@@ -601,7 +654,7 @@ class GraphTracer(TorchFunctionMode):
         output = self._output(result)
         blocks = [b for b in self._blocks if b.start >= 0 and b.end > b.start]
         return CaseTrace(self.nodes, output, self.golden, self.warnings, _snapshot_all(result),
-                         blocks, self.escapes)
+                         blocks, self.escapes, self.decisions)
 
     def _output(self, result: Any) -> Any:
         if isinstance(result, torch.Tensor):
