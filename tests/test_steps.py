@@ -33,7 +33,7 @@ LOOPS = {
                        ["self.cell.ih.forward(", "self.cell.ln_cell.forward("]),
     "tacotron2_decoder": ("for t in 0..mels.dim(1)? {",
                           ["self.attention_rnn.forward(", "self.decoder_rnn.forward(",
-                           "self.attention.location_conv.forward(", "self.projection.forward("]),
+                           "self.attention.forward(", "self.projection.forward("]),
 }
 
 
@@ -79,6 +79,12 @@ def test_state_is_assigned_in_place_and_values_are_collected():
         assert f"let mut {state} = " in decoder, state
     for kept in ("outputs", "gates", "alignments"):
         assert f"let mut {kept} = Vec::with_capacity(mels.dim(1)?);" in decoder
+    # the attention module a pass calls is a method of its struct, checked on its own
+    assert "(context, weights_1) = self.attention.forward(" in decoder
+    text = (GENERATED / "tacotron2_decoder.rs").read_text()
+    assert "impl LocationSensitiveAttention {" in text and "weights_cum: &Tensor," in text
+    tests = (ROOT / "generated" / "tests" / "parity" / "tacotron2_decoder.rs").read_text()
+    assert '"block", "attention"' in tests
 
 
 def test_a_manifest_holds_one_pass(tmp_path):

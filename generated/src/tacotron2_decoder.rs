@@ -125,39 +125,13 @@ impl Tacotron2Decoder {
             let cat_1 = Tensor::cat(&[&getitem_1, &context], D::Minus1)?;
             // att_h: (memory.dim(0), 24), att_c: (memory.dim(0), 24)
             (att_h, att_c) = self.attention_rnn.forward(&cat_1, Some((&att_h, &att_c)))?;
-            // (memory.dim(0), 2, memory.dim(1))
-            let stack = Tensor::stack(&[&weights_1, &weights_cum], 1)?;
-            // (memory.dim(0), 8, memory.dim(1))
-            let location = self.attention.location_conv.forward(&stack)?;
-            // (memory.dim(0), memory.dim(1), 8)
-            let transpose = location.transpose(1, 2)?;
-            // (memory.dim(0), memory.dim(1), 16)
-            let location_1 = self
-                .attention
-                .location_dense
-                .forward(&transpose.contiguous()?)?;
-            // (memory.dim(0), 16)
-            let attention_query = self.attention.query.forward(&att_h)?;
-            // (memory.dim(0), 1, 16)
-            let unsqueeze = attention_query.unsqueeze(1)?;
-            // (memory.dim(0), memory.dim(1), 16)
-            let add = unsqueeze.broadcast_add(&processed_memory)?;
-            // (memory.dim(0), memory.dim(1), 16)
-            let add_1 = add.add(&location_1)?;
-            // (memory.dim(0), memory.dim(1), 16)
-            let tanh = add_1.tanh()?;
-            // (memory.dim(0), memory.dim(1), 1)
-            let attention_v = self.attention.v.forward(&tanh.contiguous()?)?;
-            // (memory.dim(0), memory.dim(1))
-            let squeeze = attention_v.squeeze(2)?;
-            // (memory.dim(0), memory.dim(1))
-            weights_1 = candle_nn::ops::softmax(&squeeze, D::Minus1)?;
-            // (memory.dim(0), 1, memory.dim(1))
-            let unsqueeze_1 = weights_1.unsqueeze(1)?;
-            // (memory.dim(0), 1, 12)
-            let matmul = unsqueeze_1.matmul(memory)?;
-            // (memory.dim(0), 12)
-            context = matmul.squeeze(1)?;
+            (context, weights_1) = self.attention.forward(
+                &att_h,
+                memory,
+                &processed_memory,
+                &weights_1,
+                &weights_cum,
+            )?;
             // (memory.dim(0), memory.dim(1))
             weights_cum = weights_cum.add(&weights_1)?;
             // (memory.dim(0), 36)
@@ -261,5 +235,57 @@ impl LocationSensitiveAttention {
             query,
             v,
         })
+    }
+
+    pub fn forward(
+        &self,
+        query: &Tensor,
+        memory: &Tensor,
+        processed_memory: &Tensor,
+        weights: &Tensor,
+        weights_cum: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        // examples/steps.py:88
+        // (memory.dim(0), 2, memory.dim(1))
+        let stack = Tensor::stack(&[weights, weights_cum], 1)?;
+        // (memory.dim(0), 8, memory.dim(1))
+        let location = self.location_conv.forward(&stack)?;
+
+        // examples/steps.py:89
+        // (memory.dim(0), memory.dim(1), 8)
+        let transpose = location.transpose(1, 2)?;
+        // (memory.dim(0), memory.dim(1), 16)
+        let location_1 = self.location_dense.forward(&transpose.contiguous()?)?;
+
+        // examples/steps.py:90
+        // (memory.dim(0), 16)
+        let query_1 = self.query.forward(query)?;
+        // (memory.dim(0), 1, 16)
+        let unsqueeze = query_1.unsqueeze(1)?;
+        // (memory.dim(0), memory.dim(1), 16)
+        let add = unsqueeze.broadcast_add(processed_memory)?;
+        // (memory.dim(0), memory.dim(1), 16)
+        let add_1 = add.add(&location_1)?;
+        // (memory.dim(0), memory.dim(1), 16)
+        let tanh = add_1.tanh()?;
+        // (memory.dim(0), memory.dim(1), 1)
+        let v = self.v.forward(&tanh.contiguous()?)?;
+
+        // examples/steps.py:91
+        // (memory.dim(0), memory.dim(1))
+        let squeeze = v.squeeze(2)?;
+
+        // examples/steps.py:92
+        // (memory.dim(0), memory.dim(1))
+        let weights_1 = candle_nn::ops::softmax(&squeeze, D::Minus1)?;
+
+        // examples/steps.py:93
+        // (memory.dim(0), 1, memory.dim(1))
+        let unsqueeze_1 = weights_1.unsqueeze(1)?;
+        // (memory.dim(0), 1, 12)
+        let matmul = unsqueeze_1.matmul(memory)?;
+        // (memory.dim(0), 12)
+        let context = matmul.squeeze(1)?;
+        Ok((context, weights_1))
     }
 }

@@ -233,6 +233,10 @@ class _Lowering:
         self.packed_outputs: dict[tuple[str, tuple[int, ...]], tuple[Packed, bool]] = {}
         self.shape_names = _shape_names(manifest)
         self.tests: dict[str, str] = {}  # BRANCH node -> its test in Rust
+        self.struct_of: dict[str, str] = {}  # module -> the Rust struct it loads into
+        self.loop_methods: dict[str, Method] = {}  # methods of the blocks loops call
+        self.loop_called: list[Block] = []
+        self._fresh = iter(range(1 << 30))
         self.moves: dict[tuple[str, tuple[int, ...]], bool] = {}  # values an `if` may move
         self.index = {n.name: i for i, n in enumerate(manifest.nodes)}
 
@@ -368,12 +372,30 @@ class _Lowering:
                                         f"else {{\n{blocks[1]}\n}}",
                                source=node.source, at=self.index[node.name]))
 
+    def fresh(self, base: str) -> str:
+        """A new local, made from `base`."""
+        return self.local(("new", next(self._fresh)), base=base)
+
+    def tensor_of(self, ref: Any) -> T | None:
+        t = self.vars.get((ref.node, ref.path)) if isinstance(ref, Ref) else None
+        return t if isinstance(t, T) else None
+
     def close_loop(self, node: Node, start: int) -> None:
         """The statements of one pass, from `start` on, become the body of a `for` loop that
         ends by keeping its values and replacing its state."""
         body = self.stmts[start:]
         del self.stmts[start:]
         count, inits = node.args
+        # the user modules a pass calls, as methods (`self.attention.forward(..)`)
+        blocks = [b for b in self.m.blocks if self.m.nodes[b.start].step == node.name]
+        body, methods, renamed, called = extract_methods(
+            body, blocks, self.struct_of, self.access, self.tensor_of, self.fresh,
+            self.local.bases)
+        self.loop_methods.update(methods)
+        self.loop_called += called
+        for key, t in self.vars.items():
+            if isinstance(t, T) and t.name in renamed:
+                self.vars[key] = replace(t, name=renamed[t.name])
         nexts = [self.operand(r) for r in node.kwargs["next"]]
         body, assigned = _assign_in_place(body, {
             t.name: self.vars[(node.name, (i,))].name for i, t in enumerate(nexts)
@@ -970,6 +992,7 @@ def lower(manifest: Manifest) -> ModelIR:
                           struct, {f"{struct}State", f"{struct}Output", *names.PRELUDE_TYPES,
                                    *imported})
         lo.access = tree.access
+        lo.struct_of = {q: s.name for s in tree.structs for q in s.modules}
         lo.lower_all(live, _uses_of(live, manifest.output))
     if lo.problems:  # each once (a layer's check and its emitter may find the same thing)
         raise UnsupportedError(manifest.name, list(dict.fromkeys(lo.problems)))
@@ -977,19 +1000,12 @@ def lower(manifest: Manifest) -> ModelIR:
     out_leaves = list(leaves(manifest.output))
     returned = [lo.param(v, "self") if isinstance(v, Param) else lo.vars[(v.node, v.path)]
                 for _, v in out_leaves]
-    counter = iter(range(1 << 30))
-
-    def fresh(base: str) -> str:
-        return lo.local(("new", next(counter)), base=base)
-
-    def operand(ref: Any) -> T | None:
-        t = lo.vars.get((ref.node, ref.path)) if isinstance(ref, Ref) else None
-        return t if isinstance(t, T) else None
-
-    struct_of = {q: s.name for s in tree.structs for q in s.modules}
-    lo.stmts, methods, renamed, called = extract_methods(lo.stmts, manifest.blocks, struct_of,
+    fresh, operand = lo.fresh, lo.tensor_of
+    lo.stmts, methods, renamed, called = extract_methods(lo.stmts, manifest.blocks, lo.struct_of,
                                                          tree.access, operand, fresh,
                                                          lo.local.bases)
+    methods = {**lo.loop_methods, **methods}
+    called = sorted([*lo.loop_called, *called], key=lambda b: (b.start, -b.end))
     block_tests = [_block_test(b, tree.access[b.module]) for b in called]
     if called:
         lo.test_uses.add("candle_nn::Module")

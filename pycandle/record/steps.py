@@ -180,6 +180,23 @@ def _fold_run(trace: CaseTrace, run: _Run, case: int) -> CaseTrace:
         seen = [nodes[p[j]] for p in run.passes]
         args, kwargs = unify([(s.args, s.kwargs) for s in seen])
         body.append(replace(nodes[first], args=args, kwargs=kwargs, step=None, in_loop=name))
+    # the user modules each pass calls, alike in every pass: calls of the body
+    in_pass = [[b for b in trace.blocks if p[0] <= b.start and b.end <= p[-1] + 1]
+               for p in run.passes]
+    looped: list[tuple[Any, ...]] = []  # (block of pass 0, its args, its out, every pass's)
+    if all([b.module for b in bs] == [b.module for b in in_pass[0]] for bs in in_pass[1:]):
+        for j, first in enumerate(in_pass[0]):
+            seen = [bs[j] for bs in in_pass]
+            before = dict(carries)
+            try:
+                args, out_ = unify([b.args for b in seen]), unify([b.out for b in seen])
+            except _Differs:
+                args = None
+            if args is None or len(carries) != len(before):
+                carries.clear()
+                carries.update(before)
+                continue
+            looped.append((first, args, out_, seen))
     nexts = [Ref(body_names[j], path) for (_, (j, path)) in carries]
     collected: dict[tuple[int, tuple[int, ...]], int] = {}
 
@@ -228,20 +245,29 @@ def _fold_run(trace: CaseTrace, run: _Run, case: int) -> CaseTrace:
     # goldens: the body's layers on their inputs of the second pass (state no longer zero)
     shown = run.passes[min(1, n - 1)]
     renamed = {nodes[i].name: nodes[run.passes[0][j]].name for j, i in enumerate(shown)}
-    golden = rename_golden(trace.golden, renamed, set(where) - set(renamed))
+    for first, _, _, seen in looped:
+        renamed[seen[min(1, n - 1)].name] = first.name
+    in_loop = {b.name for bs in in_pass for b in bs}
+    golden = rename_golden(trace.golden, renamed, (set(where) | in_loop) - set(renamed))
     # an unbind that only fed the loop goes: its output's length differs between cases
     read = {r.node for nd in new_nodes for r in refs_in((nd.args, nd.kwargs))}
     read |= {r.node for r in refs_in(output)}
     new_nodes = [nd for nd in new_nodes if nd.name not in selects or nd.name in read]
     at = {nd.name: i for i, nd in enumerate(new_nodes)}
     blocks = []
+    for first, args, out_, _ in looped:
+        kept = [at[nd.name] for nd in nodes[first.start:first.end] if nd.name in at]
+        if kept:
+            blocks.append(replace(first, start=kept[0], end=kept[-1] + 1, args=args, out=out_,
+                                  step=None))
     for b in trace.blocks:
         if b.start < run.end and b.end > run.start:
-            continue  # a block in the loop, or around it, stays inline
+            continue  # a block in the loop (above), or around it: inline
         kept = [at[nd.name] for nd in nodes[b.start:b.end] if nd.name in at]
         if kept:
             blocks.append(replace(b, start=kept[0], end=kept[-1] + 1, args=after(b.args),
                                   out=after(b.out)))
+    blocks.sort(key=lambda b: (b.start, -b.end))  # in the order they started
     return replace(trace, nodes=new_nodes, output=output, golden=golden, blocks=blocks)
 
 

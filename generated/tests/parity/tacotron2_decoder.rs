@@ -185,6 +185,18 @@ fn run_case(case: usize) -> Result<()> {
         report.check("block", "prenet", "0", &out0, &g("prenet.out.0")?)?;
     }
 
+    // `attention` on the inputs of its recorded call
+    {
+        let in0 = g("attention.in.0")?;
+        let in1 = g("attention.in.1")?;
+        let in2 = g("attention.in.2")?;
+        let in3 = g("attention.in.3")?;
+        let in4 = g("attention.in.4")?;
+        let (out0, out1) = model.attention.forward(&in0, &in1, &in2, &in3, &in4)?;
+        report.check("block", "attention", "0", &out0, &g("attention.out.0")?)?;
+        report.check("block", "attention", "1", &out1, &g("attention.out.1")?)?;
+    }
+
     // the whole model, end to end
     let (out_0, out_1, out_2) = model.forward(&g("input.memory")?, &g("input.mels")?)?;
     report.check("model", "tacotron2_decoder", "0", &out_0, &g("output.0")?)?;
