@@ -18,13 +18,13 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from pycandle import names
-from pycandle.lowering.loops import Stmt, defs, fold_loops, reads_renamed, rename
+from pycandle.lowering.loops import (
+    LOCAL_NAME, Stmt, defs, fold_loops, reads_renamed, rename, text_of,
+)
 from pycandle.manifest import Block, leaves
 
 # a method's locals: generated code's own locals in a forward are the model's, not the tests'
 _RESERVED = names.RUST_KEYWORDS | names.MODEL_LOCALS | names.RUNTIME_FUNCTIONS
-_IDENT = re.compile(r"(?<![\w.:'\"])[a-z_][a-z0-9_]*\b")
-
 
 @dataclass(frozen=True)
 class Method:
@@ -154,14 +154,14 @@ def _extract(stmts: list[Stmt], block: Block, struct: str, access: dict[str, str
     if len(in_names) != len(inputs) or any(t.name not in own for t in outputs):
         return None
     # the run reads only its arguments; later statements read only its outputs
-    known = own | in_names | {d for s in stmts for d in defs(s)}
+    known = in_names | {d for s in stmts for d in defs(s)}
     for s in run:
-        for u in _IDENT.findall(s.expr):
+        for u in LOCAL_NAME.findall(s.expr):
             if u in known and u not in own and u not in in_names:
                 return None
     out_names = {t.name for t in outputs}
     for s in stmts[end:]:
-        for u in _IDENT.findall(_all_text(s)):
+        for u in LOCAL_NAME.findall(text_of(s)):
             if u in own and u not in out_names:
                 return None
     # locals of the method: the parent's, less the module's prefix (`convolutions_0_0` -> `0`
@@ -226,6 +226,3 @@ def _extract(stmts: list[Stmt], block: Block, struct: str, access: dict[str, str
                 len(outputs) == 1 else None, block.source, loop_var, at=block.start)
     return _Extracted(block, method, first, end, call)
 
-
-def _all_text(s: Stmt) -> str:
-    return "\n".join([s.expr, *(_all_text(b) for b in s.body)])

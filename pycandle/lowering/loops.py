@@ -23,7 +23,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import Callable
 
-_IDENT = re.compile(r"(?<![\w.:'\"])[a-z_][a-z0-9_]*\b")
+# a local variable in Rust text (not a field, path segment or method after `.` or `::`)
+LOCAL_NAME = re.compile(r"(?<![\w.:'\"])[a-z_][a-z0-9_]*\b")
 _ELEMENT = re.compile(r"\bself\.([a-z_][a-z0-9_]*)\[(\d+)\]")
 _NAME = re.compile(r"[a-z_][a-z0-9_]*")
 _TOKEN = re.compile(r"&?[A-Za-z_@#][A-Za-z0-9_@#]*|\s+|.")
@@ -46,14 +47,14 @@ def defs(s: Stmt) -> list[str]:
 
 
 def _uses(text: str, known: set[str]) -> list[str]:
-    return [m for m in _IDENT.findall(text) if m in known]
+    return [m for m in LOCAL_NAME.findall(text) if m in known]
 
 
 def rename(text: str, names: dict[str, str]) -> str:
     """`text` with the locals in `names` renamed (not fields, paths or methods of that name)."""
     if not names:
         return text
-    return _IDENT.sub(lambda m: names.get(m.group(0), m.group(0)), text)
+    return LOCAL_NAME.sub(lambda m: names.get(m.group(0), m.group(0)), text)
 
 
 def reads_renamed(s: Stmt, names: dict[str, str]) -> Stmt:
@@ -135,9 +136,9 @@ def _starts_alike(first: list[str], second: list[str], init: str) -> bool:
         for a, b in zip(first, second))
 
 
-def _text(s: Stmt) -> str:
+def text_of(s: Stmt) -> str:
     """Everything a statement reads, a loop's body included."""
-    return "\n".join([s.expr, *(_text(b) for b in s.body)])
+    return "\n".join([s.expr, *(text_of(b) for b in s.body)])
 
 
 def _try(stmts: list[Stmt], field: str, starts: list[int], length: int, args: set[str],
@@ -167,7 +168,7 @@ def _try(stmts: list[Stmt], field: str, starts: list[int], length: int, args: se
         return None
     # each group's locals live in the group, its state also in the next group (the last one's
     # after the loop); the old state is read only until the new one is made
-    reads = [(j, u) for j, s in enumerate(stmts) for u in _uses(_text(s), known)]
+    reads = [(j, u) for j, s in enumerate(stmts) for u in _uses(text_of(s), known)]
     reads += [(len(stmts), u) for u in sorted(tail_uses)]
     end = starts[-1] + length
 

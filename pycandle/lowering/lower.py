@@ -15,7 +15,9 @@ from pycandle import names, registry
 from pycandle.enums import DType, EntryKind, NodeOp, SymKind
 from pycandle.errors import Problem, UnsupportedError
 from pycandle.lowering.blocks import Method, extract_methods
-from pycandle.lowering.loops import Stmt, compact_names, defs, fold_loops, rename
+from pycandle.lowering.loops import (
+    LOCAL_NAME, Stmt, compact_names, defs, fold_loops, rename,
+)
 from pycandle.lowering.structs import FieldDecl, LeafField, StructDef, build_tree
 from pycandle.manifest import (
     PACK, PAD, Block, Manifest, Node, Param, Ref, SymInt, TensorMeta, found_in,
@@ -413,7 +415,7 @@ class _Lowering:
                 own = t.movable and not t.is_ref
                 body.append(Stmt("", f"{state.name} = {t.name if own else t.name + '.clone()'}"))
         var = self.local((node.name, "step"), base=node.target)
-        if not any(var in _IDENTS.findall(f"{b.pattern} {b.expr}") for b in body):
+        if not any(var in LOCAL_NAME.findall(f"{b.pattern} {b.expr}") for b in body):
             var = "_"
         self.stmts.append(Stmt("", "", source=node.source, header=f"{var} in 0..{self.usize(count)}",
                                body=tuple(body), at=self.index[node.name]))
@@ -1112,7 +1114,6 @@ def _tuple_expr(structure: Any, rets: Any) -> str:
     return "(" + ", ".join(inner) + ("," if len(inner) == 1 else "") + ")"
 
 
-_IDENTS = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _COMPARISON = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
 
 
@@ -1138,7 +1139,7 @@ def _assign_in_place(body: list[Stmt], states: dict[str, str]) -> tuple[list[Stm
             continue
         renames = {d: states[d] for d in made}
         later = " ".join(f"{b.pattern} {b.expr}" for b in body[i + 1:])
-        if any(old in _IDENTS.findall(later) for old in renames.values()):
+        if any(old in LOCAL_NAME.findall(later) for old in renames.values()):
             continue
         body = [*body[:i], replace(s, pattern="", expr=f"{rename(s.pattern, renames)} = {s.expr}",
                                    comment=s.comment and rename(s.comment, renames)),

@@ -554,8 +554,7 @@ class GraphTracer(TorchFunctionMode):
         """A block's argument or result as a reference into the graph; None when it is not
         one (a tensor from outside the graph, a Python value)."""
         if isinstance(value, torch.Tensor):
-            ref = self._values.get(id(value))
-            return ref if ref is not None else None
+            return self._values.get(id(value))
         if isinstance(value, (tuple, list)) and value:
             items = [self._known(v) for v in value]
             return None if any(i is None for i in items) else tuple(items)
