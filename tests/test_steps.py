@@ -66,7 +66,8 @@ def test_a_loop_over_time_is_a_rust_for_loop(model):
 def test_state_is_assigned_in_place_and_values_are_collected():
     vad = _forward("frame_vad")
     assert "let mut h = Tensor::zeros(" in vad
-    assert "(h, c) = self.cell.forward(&getitem, Some((&h, &c)))?;" in vad
+    assert "let x_t = x.get_on_dim(1, t)?;" in vad  # `x[:, t]`, named after `x` and `t`
+    assert "(h, c) = self.cell.forward(&x_t, Some((&h, &c)))?;" in vad
     assert "let mut probs = Vec::with_capacity(frames.dim(1)?);" in vad
     assert "probs.push(sigmoid);" in vad
     assert "Tensor::stack(&probs, 1)?" in vad

@@ -53,9 +53,9 @@ impl FrameVad {
         let mut probs = Vec::with_capacity(frames.dim(1)?);
         for t in 0..frames.dim(1)? {
             // (d0, 24)
-            let getitem = x.get_on_dim(1, t)?;
+            let x_t = x.get_on_dim(1, t)?;
             // h: (d0, 24), c: (d0, 24)
-            (h, c) = self.cell.forward(&getitem, Some((&h, &c)))?;
+            (h, c) = self.cell.forward(&x_t, Some((&h, &c)))?;
             // (d0, 1)
             let head = self.head.forward(&h)?;
             // (d0, 1)

@@ -120,9 +120,9 @@ impl Tacotron2Decoder {
         let mut alignments = Vec::with_capacity(mels.dim(1)?);
         for t in 0..mels.dim(1)? {
             // (memory.dim(0), 16)
-            let getitem_1 = frames.get_on_dim(1, t)?;
+            let frames_t = frames.get_on_dim(1, t)?;
             // (memory.dim(0), 28)
-            let cat_1 = Tensor::cat(&[&getitem_1, &context], D::Minus1)?;
+            let cat_1 = Tensor::cat(&[&frames_t, &context], D::Minus1)?;
             // att_h: (memory.dim(0), 24), att_c: (memory.dim(0), 24)
             (att_h, att_c) = self.attention_rnn.forward(&cat_1, Some((&att_h, &att_c)))?;
             (context, weights_1) = self.attention.forward(

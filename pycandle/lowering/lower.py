@@ -686,6 +686,13 @@ class _Lowering:
         source has one (`x = self.conv(x)`), else the node's own name."""
         if isinstance(node.assign, str) and isinstance(node.out, TensorMeta):
             return self.local(node.name, base=node.assign)
+        if node.target == "Tensor.__getitem__" and node.step is not None and any(
+                isinstance(v, SymInt) and v.kind == SymKind.STEP for _, v in leaves(node.args)):
+            # `x[:, t]` in a loop's pass: `x_t`
+            x, step = self.operand(node.args[0]), self.m.node(node.step)
+            if isinstance(x, T) and re.fullmatch(r"[a-z_][a-z0-9_]*", x.name):
+                return self.local(node.name,
+                                  base=f"{self.local.bases.get(x.name, x.name)}_{step.target}")
         return self.local(node.name)
 
     def assigned_names(self, node: Node, out_names: Any) -> Any:
