@@ -224,9 +224,10 @@ def _cut(t: CaseTrace, joined: list[int]) -> tuple[list[DraftNode], dict[int, li
     """The case's nodes with each joined decision's run replaced by a placeholder, and the runs."""
     runs: dict[int, list[DraftNode]] = {k: [] for k in joined}
     nodes: list[DraftNode] = []
-    after = {t.decisions[k].after: k for k in joined}
-    if None in after:
-        nodes.append(DraftNode(f"@{after[None]}", "branch", "if", (after[None],), {}, None, None))
+    after: dict[str | None, list[int]] = {}  # the node each test came after -> its decisions
+    for k in joined:
+        after.setdefault(t.decisions[k].after, []).append(k)
+    nodes += [DraftNode(f"@{k}", "branch", "if", (k,), {}, None, None) for k in after.get(None, ())]
     for n in t.nodes:
         if n.branch is not None and n.branch[0] in runs:
             if n.step is not None or n.in_loop is not None:
@@ -234,17 +235,14 @@ def _cut(t: CaseTrace, joined: list[int]) -> tuple[list[DraftNode], dict[int, li
             runs[n.branch[0]].append(n)
             continue
         nodes.append(n)
-        if n.name in after:
-            k = after[n.name]
-            nodes.append(DraftNode(f"@{k}", "branch", "if", (k,), {}, None, None))
+        nodes += [DraftNode(f"@{k}", "branch", "if", (k,), {}, None, None)
+                  for k in after.get(n.name, ())]
     # a run is the nodes right after its placeholder in the case's own order
     order = {n.name: i for i, n in enumerate(t.nodes)}
     for k, run in runs.items():
         if run and [order[n.name] for n in run] != list(range(order[run[0].name],
                                                               order[run[0].name] + len(run))):
-            raise _Apart("its side runs in pieces (an `if` on a size inside another?)")
-        if any(n.branch is not None and n.branch[0] != k and n.branch[0] in runs for n in run):
-            raise _Apart("it holds another `if` on a size")
+            raise _Apart("its side runs in pieces (it holds another `if` on a size?)")
     return nodes, runs
 
 

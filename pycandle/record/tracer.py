@@ -426,7 +426,7 @@ class GraphTracer(TorchFunctionMode):
                    f"the path this trace took")
         if warning not in self.warnings:
             self.warnings.append(warning)
-        tested = if_testing(frame)
+        tested = if_testing(frame) if frame is not None else None
         if tested is None or not isinstance(result, bool):
             return
         after = self.nodes[-1].name if self.nodes else None
