@@ -20,9 +20,9 @@ import yaml
 
 torch = pytest.importorskip("torch")
 
-from conftest import ROOT  # noqa: E402
+from conftest import ROOT, run_pipeline  # noqa: E402
 from pycandle.cli import main  # noqa: E402
-from pycandle.manifest import Manifest  # noqa: E402
+from pycandle.manifest import Manifest, Ref, SymInt  # noqa: E402
 
 GENERATED = ROOT / "generated" / "src"
 
@@ -148,7 +148,38 @@ STEPPED = """\
                 h = self.cell(x[:, t], h)
                 outs.append(h)
             return outs[0] + h
+
+
+    class Sliced(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cell = nn.RNNCell(8, 6)
+
+        def forward(self, x):
+            h = x.new_zeros(x.size(0), 6)
+            outs = []
+            for t in range(x.size(1) // 2):
+                h = self.cell(x[:, 2 * t:2 * t + 2].flatten(1), h)
+                outs.append(h)
+            return torch.stack(outs, 1)
     """
+
+
+@pytest.mark.cargo
+def test_an_index_that_grows_with_the_pass_is_an_expression_of_it(tmp_path, capsys):
+    models = ("crate: crate\nartifacts: artifacts\nmodels:\n  - name: m\n"
+              "    factory: steppedmodels:Sliced\n    inputs:\n"
+              "      - x: {shape: [2, 8, 4]}\n      - x: {shape: [3, 6, 4]}\n")
+    out = run_pipeline(tmp_path, {"steppedmodels": textwrap.dedent(STEPPED)}, models, capsys)
+    assert "parity: 2 passed, 0 failed" in out, out
+    code = (tmp_path / "crate" / "src" / "m.rs").read_text()
+    assert "for t in 0..x.dim(1)? / 2 {" in code, code
+    m = Manifest.load(tmp_path / "artifacts" / "m" / "manifest.json")
+    (loop,) = [n for n in m.nodes if n.op == "loop"]
+    (item,) = [n for n in m.nodes if n.step == loop.name and n.target == "Tensor.__getitem__"]
+    bounds = item.args[1][1]
+    assert bounds.start == SymInt("mul", SymInt("step", Ref(loop.name, ()), None), 2)  # 2 * t
+    assert bounds.stop == SymInt("add", bounds.start, 2)  # 2 * t + 2
 
 
 def _project(tmp_path: Path, module: str, factory: str, shapes: list[list[int]]) -> Path:

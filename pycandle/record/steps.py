@@ -11,7 +11,8 @@ pass:
 - a value read from the loop's start in pass 0 and from the previous pass after that is loop
   state: the pass reads `Ref(loop, (i,))`, the LOOP node holds its initial value and the value
   that replaces it at the end of a pass;
-- an integer that is the pass number (`x[:, t]`) becomes the symbolic integer STEP;
+- an integer that is the pass number (`x[:, t]`), or grows with it (`x[:, t:t + 1]`), becomes
+  an expression of the symbolic integer STEP;
 - after the loop, the last pass's loop state is the LOOP node's result `i`, and a list of one
   value from every pass in order (`torch.stack(outs, 1)`) is one of its collected results.
 
@@ -170,8 +171,13 @@ def _fold_run(trace: CaseTrace, run: _Run, case: int) -> CaseTrace:
                            for a in ("start", "stop", "step")))
         if all(type(v) is type(first) and v == first for v in values):
             return first
-        if all(type(v) is int for v in values) and values == list(range(n)):
-            return SymInt(SymKind.STEP, Ref(name, ()), None)
+        if all(type(v) is int for v in values):
+            # `x[:, t]`, `x[:, t:t + 1]`, `x[:, t * hop:(t + 1) * hop]`: a * t + b
+            a, b = values[1] - values[0], values[0]
+            if a > 0 and b >= 0 and values == [a * k + b for k in range(n)]:
+                sym = SymInt(SymKind.STEP, Ref(name, ()), None)
+                sym = sym if a == 1 else SymInt(SymKind.MUL, sym, a)
+                return sym if b == 0 else SymInt(SymKind.ADD, sym, b)
         raise _Differs(f"an argument changes from pass to pass in a way not written as the "
                        f"pass number: {', '.join(repr(v) for v in values[:4])}")
 
