@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 class PyCandleError(Exception):
@@ -40,3 +40,27 @@ class UnsupportedError(PyCandleError):
         lines = [f"model '{model}': {len(problems)} unsupported construct(s):"]
         lines += [f"  - {p}" for p in problems]
         super().__init__("\n".join(lines))
+
+
+def grouped(problems: list[Problem], uses: list[int]) -> list[Problem]:
+    """One entry per construct: the same problem at the same source line (a layer built in a
+    loop, a function called from a block used several times) is reported once, with how many
+    times it occurs and how many later results depend on it."""
+    groups: dict[tuple[str, str | None, str | None], list[int]] = {}
+    for i, p in enumerate(problems):
+        groups.setdefault((p.what, p.source, p.hint), []).append(i)
+    out = []
+    for (what, _, _), members in groups.items():
+        first = problems[members[0]]
+        modules = [problems[i].module for i in members if problems[i].module is not None]
+        module = first.module
+        if len(set(modules)) > 1:
+            module = f"{modules[0]} and {len(set(modules)) - 1} more"
+        count, used = len(members), sum(uses[i] for i in members)
+        if count == 1:
+            note = f" (and {used} use{'s' * (used != 1)} of its result)" if used else ""
+        else:
+            note = f" ({count} times" + (
+                f", and {used} use{'s' * (used != 1)} of their results)" if used else ")")
+        out.append(replace(first, what=what + note, module=module))
+    return out

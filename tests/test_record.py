@@ -311,3 +311,29 @@ def test_non_finite_values_from_pytorch_itself_are_noted(tmp_path):
     notes = " ".join(rec.manifest.warnings)
     assert "parameters holding NaN or infinity: offset" in notes
     assert "trace case 0: the output of PyTorch's own forward() holds NaN or infinity" in notes
+
+
+def test_only_the_root_cause_of_differing_outputs_is_reported(tmp_path, capsys):
+    """A value whose structure changes with the input length is reported once; what is computed
+    from it is counted, not listed."""
+    path = project(tmp_path, """\
+        import torch
+        from torch import nn
+
+
+        class Splits(nn.Module):
+            def forward(self, x):
+                parts = torch.split(x, 2, dim=1)
+                return torch.cat(parts, 1) + 1
+        """, """\
+        models:
+          - name: splits
+            factory: usermodels:Splits
+            inputs:
+              - x: {shape: [2, 6, 3]}
+              - x: {shape: [2, 8, 3]}
+        """)
+    assert main(["record", "--config", str(path)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("1 unsupported construct(s): - usermodels.py:7: torch.split: outputs differ in "
+            "structure or dtype between trace cases (and 2 uses of its result)") in err, err

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 
 from pycandle import names, registry
 from pycandle.enums import DType, EntryKind, NodeOp, SymKind
-from pycandle.errors import Problem, UnsupportedError
+from pycandle.errors import Problem, UnsupportedError, grouped
 from pycandle.lowering.blocks import Method, extract_methods
 from pycandle.lowering.loops import (
     LOCAL_NAME, Stmt, compact_names, defs, fold_loops, rename,
@@ -285,7 +285,7 @@ class _Lowering:
         uses = [0] * len(self.problems)
         for root, count in follow_ons.items():
             uses[self.first_problem[root]] += count
-        self.problems = _grouped(self.problems, uses)
+        self.problems = grouped(self.problems, uses)
 
     def open_loop(self, node: Node, used: dict[tuple[str, tuple[int, ...]], int]) -> int:
         """The loop state and the lists a loop fills, declared before it; the index of the
@@ -944,30 +944,6 @@ def _model_dtype(manifest: Manifest) -> str:
             f"the model's dtype {name} has no Candle equivalent",
             hint="convert the model with `dtype:` in models.yaml")])
     return variant
-
-
-def _grouped(problems: list[Problem], uses: list[int]) -> list[Problem]:
-    """One entry per construct: the same problem at the same source line (a layer built in a
-    loop, a function called from a block used several times) is reported once, with how many
-    times it occurs and how many later results depend on it."""
-    groups: dict[tuple[str, str | None, str | None], list[int]] = {}
-    for i, p in enumerate(problems):
-        groups.setdefault((p.what, p.source, p.hint), []).append(i)
-    out = []
-    for (what, _, _), members in groups.items():
-        first = problems[members[0]]
-        modules = [problems[i].module for i in members if problems[i].module is not None]
-        module = first.module
-        if len(set(modules)) > 1:
-            module = f"{modules[0]} and {len(set(modules)) - 1} more"
-        count, used = len(members), sum(uses[i] for i in members)
-        if count == 1:
-            note = f" (and {used} use{'s' * (used != 1)} of its result)" if used else ""
-        else:
-            note = f" ({count} times" + (
-                f", and {used} use{'s' * (used != 1)} of their results)" if used else ")")
-        out.append(replace(first, what=what + note, module=module))
-    return out
 
 
 def _weight_normed(init: Callable[[str], str], dim: int | None) -> Callable[[str], str]:

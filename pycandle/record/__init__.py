@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save
 
 import pycandle
 from pycandle.config import Config, ConfigError, ModelConfig, TensorSpec
-from pycandle.errors import Problem, PyCandleError, UnsupportedError
+from pycandle.errors import Problem, PyCandleError, UnsupportedError, grouped
 from pycandle import depfile
 from pycandle.fsutil import tidy_dir_versions, write_dir_atomic
 from pycandle.manifest import (
@@ -408,8 +408,22 @@ def _merge(mc: ModelConfig, traces: list[CaseTrace],
     nodes: list[Node] = []
     metas: dict[str, Any] = {}  # node name -> merged output meta, for shape candidates
     inputs = [Ref(n.name) for n in first.nodes if n.op == "input"]
+    failed: dict[str, int] = {}  # node -> the problem it reads the result of
+    uses: list[int] = []  # per problem: how many later nodes read a result it left out
+
+    def add(problem: Problem, node: str) -> None:
+        failed.setdefault(node, len(problems))
+        problems.append(problem)
+        uses.append(0)
+
     for k, base in enumerate(first.nodes):
         variants = [t.nodes[k] for t in traces]
+        root = next((failed[r.node] for r in refs_in((base.args, base.kwargs))
+                     if r.node in failed), None)
+        if root is not None:  # counted against the root cause, not reported again
+            failed[base.name] = root
+            uses[root] += 1
+            continue
         if any(v.args != base.args or v.kwargs != base.kwargs for v in variants[1:]):
             # integers that change with the input shapes become expressions of dimensions
             own = [r for r in refs_in((base.args, base.kwargs)) if r.node in metas]
@@ -423,17 +437,17 @@ def _merge(mc: ModelConfig, traces: list[CaseTrace],
                 if base.op == "loop":
                     counts = " and ".join(f"{v.args[0]} passes in case {c}"
                                           for c, v in enumerate(variants))
-                    problems.append(Problem(
+                    add(Problem(
                         f"this loop ran {counts}, a number no input size explains",
                         base.source,
                         hint="give trace cases whose lengths differ, with the loop's trip "
-                             "count one of them (`range(x.size(1))`)"))
+                             "count one of them (`range(x.size(1))`)"), base.name)
                     continue
-                problems.append(Problem(
+                add(Problem(
                     f"{base.target}: {issue}", base.source,
                     base.target if base.op == "call_module" else None,
                     "give trace cases whose sizes differ, or compute the value from a "
-                    "tensor's shape"))
+                    "tensor's shape"), base.name)
         else:
             args, kwargs = base.args, base.kwargs
         args, kwargs = settle((args, kwargs), lambda sym: tuple(
@@ -441,13 +455,13 @@ def _merge(mc: ModelConfig, traces: list[CaseTrace],
             for case in range(len(traces))))
         out = _merge_meta([v.out for v in variants])
         if out is None:
-            problems.append(Problem(f"{base.target}: outputs differ in structure or dtype "
-                                    "between trace cases", base.source))
+            add(Problem(f"{base.target}: outputs differ in structure or dtype between trace "
+                        "cases", base.source), base.name)
             continue
         metas[base.name] = out
         nodes.append(Node(base.name, base.op, base.target, tuple(args), dict(kwargs), out,
                           base.source, base.assign, base.loop, base.in_loop, base.in_branch))
-    return nodes, problems
+    return nodes, grouped(problems, uses)
 
 
 def _blocks(traces: list[CaseTrace]) -> tuple[Block, ...]:
