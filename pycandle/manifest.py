@@ -12,7 +12,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from pycandle import names
 from pycandle.enums import DType as DTypeName
@@ -220,6 +220,23 @@ def found_in(value: Any, kind: type) -> Iterator[Any]:
 def refs_in(value: Any) -> Iterator[Ref]:
     """Every tensor reference inside an argument."""
     return found_in(value, Ref)
+
+
+def map_refs(value: Any, fn: Callable[[Ref], Any]) -> Any:
+    """`value` with each Ref in it (in tuples, lists, dicts, slices and SymInts) replaced by
+    `fn(ref)`."""
+    if isinstance(value, Ref):
+        return fn(value)
+    if isinstance(value, SymInt):
+        return SymInt(value.kind, map_refs(value.a, fn), map_refs(value.b, fn))
+    if isinstance(value, (tuple, list)):
+        return type(value)(map_refs(v, fn) for v in value)
+    if isinstance(value, dict):
+        return {k: map_refs(v, fn) for k, v in value.items()}
+    if isinstance(value, slice):
+        return slice(map_refs(value.start, fn), map_refs(value.stop, fn),
+                     map_refs(value.step, fn))
+    return value
 
 
 def at_path(value: Any, path: tuple[int, ...]) -> Any:

@@ -106,11 +106,13 @@ STEPPED = """\
     from torch import nn
 
 
-    class Stepped(nn.Module):
-        def __init__(self):
+    class Stepper(nn.Module):
+        def __init__(self, n_in=4):
             super().__init__()
-            self.cell = nn.RNNCell(4, 6)
+            self.cell = nn.RNNCell(n_in, 6)
 
+
+    class Stepped(Stepper):
         def forward(self, x):
             h = x.new_zeros(x.size(0), 6)
             outs = []
@@ -120,11 +122,7 @@ STEPPED = """\
             return torch.stack(outs, 1)
 
 
-    class StopsOnValues(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.cell = nn.RNNCell(4, 6)
-
+    class StopsOnValues(Stepper):
         def forward(self, x):
             h = x.new_zeros(x.size(0), 6)
             outs = []
@@ -136,11 +134,7 @@ STEPPED = """\
             return torch.stack(outs, 1)
 
 
-    class KeepsTheFirst(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.cell = nn.RNNCell(4, 6)
-
+    class KeepsTheFirst(Stepper):
         def forward(self, x):
             h = x.new_zeros(x.size(0), 6)
             outs = []
@@ -150,10 +144,9 @@ STEPPED = """\
             return outs[0] + h
 
 
-    class Sliced(nn.Module):
+    class Sliced(Stepper):
         def __init__(self):
-            super().__init__()
-            self.cell = nn.RNNCell(8, 6)
+            super().__init__(n_in=8)
 
         def forward(self, x):
             h = x.new_zeros(x.size(0), 6)
@@ -163,6 +156,13 @@ STEPPED = """\
                 outs.append(h)
             return torch.stack(outs, 1)
     """
+
+
+def _line(cls: str, text: str) -> int:
+    """The line of STEPPED's class `cls` that holds `text`."""
+    lines = textwrap.dedent(STEPPED).splitlines()
+    start = lines.index(f"class {cls}(Stepper):")
+    return next(i for i, line in enumerate(lines[start:], start=start + 1) if text in line)
 
 
 @pytest.mark.cargo
@@ -192,17 +192,20 @@ def _project(tmp_path: Path, module: str, factory: str, shapes: list[list[int]])
 
 
 @pytest.mark.parametrize("factory, expected", [
-    ("StopsOnValues", r"the loop at steppedmodels\.py:27 ran 7 times in case 0 and 4 times in "
-     r"case 1, and cannot be written as a Rust loop: whether it goes on is decided by tensor "
-     r"values \(at steppedmodels\.py:30\).*hint: a loop that stops on tensor values is not "
+    ("StopsOnValues", r"the loop at steppedmodels\.py:{for} ran 7 times in case 0 and 4 times "
+     r"in case 1, and cannot be written as a Rust loop: whether it goes on is decided by tensor "
+     r"values \(at steppedmodels\.py:{if}\).*hint: a loop that stops on tensor values is not "
      r"ported"),
-    ("KeepsTheFirst", r"the loop at steppedmodels\.py:43 ran 7 times in case 0 and 4 times in "
-     r"case 1, and cannot be written as a Rust loop: a value of one of its passes is used "
+    ("KeepsTheFirst", r"the loop at steppedmodels\.py:{for} ran 7 times in case 0 and 4 times "
+     r"in case 1, and cannot be written as a Rust loop: a value of one of its passes is used "
      r"after it"),
 ])
 def test_a_loop_that_cannot_be_ported_is_reported(tmp_path, capsys, factory, expected):
     path = _project(tmp_path, STEPPED, factory, [[2, 7, 4], [3, 4, 4]])
     assert main(["record", "--config", str(path)]) == 2
     err = " ".join(capsys.readouterr().err.split())
+    expected = expected.replace("{for}", str(_line(factory, "for t in")))
+    if "{if}" in expected:
+        expected = expected.replace("{if}", str(_line(factory, "if bool(")))
     assert re.search(expected, err), err
     assert not (tmp_path / "artifacts" / "m").exists()

@@ -417,8 +417,9 @@ class _Lowering:
         var = self.local((node.name, "step"), base=node.target)
         if not any(var in LOCAL_NAME.findall(f"{b.pattern} {b.expr}") for b in body):
             var = "_"
-        self.stmts.append(Stmt("", "", source=node.source, header=f"{var} in 0..{self.usize(count)}",
-                               body=tuple(body), at=self.index[node.name]))
+        self.stmts.append(Stmt("", "", source=node.source,
+                               header=f"{var} in 0..{self.usize(count)}", body=tuple(body),
+                               at=self.index[node.name]))
 
     def operand(self, value: Any) -> Any:
         if isinstance(value, Ref):
@@ -1109,7 +1110,8 @@ def _has_difference(sym: Any) -> bool:
         or _has_difference(sym.a) or _has_difference(sym.b)
 
 
-def _assign_in_place(body: list[Stmt], states: dict[str, str]) -> tuple[list[Stmt], dict[str, str]]:
+def _assign_in_place(body: list[Stmt],
+                     states: dict[str, str]) -> tuple[list[Stmt], dict[str, str]]:
     """A loop's pass with the statement that makes a new state assigning the state itself
     (`(h, c) = self.cell.forward(..)?`, no `let (h_1, c_1)` and `h = h_1` later), where every
     name it binds is a new state and no later statement reads the old ones; the renames made."""
@@ -1124,8 +1126,9 @@ def _assign_in_place(body: list[Stmt], states: dict[str, str]) -> tuple[list[Stm
         later = " ".join(f"{b.pattern} {b.expr}" for b in body[i + 1:])
         if any(old in LOCAL_NAME.findall(later) for old in renames.values()):
             continue
-        body = [*body[:i], replace(s, pattern="", expr=f"{rename(s.pattern, renames)} = {s.expr}",
-                                   comment=s.comment and rename(s.comment, renames)),
+        body = [*body[:i],
+                replace(s, pattern="", expr=f"{rename(s.pattern, renames)} = {s.expr}",
+                        comment=s.comment and rename(s.comment, renames)),
                 *(replace(b, pattern=rename(b.pattern, renames), expr=rename(b.expr, renames),
                           comment=b.comment and rename(b.comment, renames))
                   for b in body[i + 1:])]

@@ -25,9 +25,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from pycandle.manifest import Ref, SymInt, at_path
+from pycandle.manifest import Ref, at_path
 from pycandle.record.tracer import CaseTrace, Decision, DraftNode
-from pycandle.record.steps import rename_golden
+from pycandle.record.steps import rename_golden, renamed_refs
 
 
 class _Apart(Exception):
@@ -162,8 +162,8 @@ def _joined(traces: list[CaseTrace], decided: list[list[Decision]],
             raise _Apart("a value read after it is a tensor in some trace cases only")
         return values
 
-    renamed = [[replace(n, name=names[c][n.name], args=_renamed(n.args, names[c]),
-                        kwargs=_renamed(n.kwargs, names[c])) for n in nodes]
+    renamed = [[replace(n, name=names[c][n.name], args=renamed_refs(n.args, names[c]),
+                        kwargs=renamed_refs(n.kwargs, names[c])) for n in nodes]
                for c, (nodes, _) in enumerate(cut)]
     for j in range(len(canonical)):
         if renamed[0][j].op == "branch":
@@ -172,7 +172,7 @@ def _joined(traces: list[CaseTrace], decided: list[list[Decision]],
         kwargs = leave([r[j].kwargs for r in renamed])
         for c in range(len(traces)):
             renamed[c][j] = replace(renamed[c][j], args=args[c], kwargs=kwargs[c])
-    outputs = leave([_renamed(t.output, names[c]) for c, t in enumerate(traces)])
+    outputs = leave([renamed_refs(t.output, names[c]) for c, t in enumerate(traces)])
     metas = [{n.name: n.out for n in trace_nodes} for trace_nodes in
              ([*r, *(n for k in joined for side in (True, False) for n in sides[(k, side)])]
               for r in renamed)]
@@ -192,7 +192,7 @@ def _joined(traces: list[CaseTrace], decided: list[list[Decision]],
             out = tuple(_meta_of(metas[c], v, mine) for v in value)
             nodes.append(DraftNode(
                 branch_names[k], "branch", "if",
-                (d.op, _renamed(d.left, names[c]), _renamed(d.right, names[c])),
+                (d.op, renamed_refs(d.left, names[c]), renamed_refs(d.right, names[c])),
                 {"then": [p[0] for p in leaving[k]], "else": [p[1] for p in leaving[k]],
                  "taken": taken[k]}, out, d.where))
             nodes += [*own[True], *own[False]]
@@ -204,8 +204,8 @@ def _joined(traces: list[CaseTrace], decided: list[list[Decision]],
                     or any(nodes[i].in_branch for i in inside):
                 continue  # a block in a branch, or around one, stays inline
             blocks.append(replace(b, name=names[c].get(b.name, b.name), start=inside[0],
-                                  end=inside[-1] + 1, args=_renamed(b.args, names[c]),
-                                  out=_renamed(b.out, names[c])))
+                                  end=inside[-1] + 1, args=renamed_refs(b.args, names[c]),
+                                  out=renamed_refs(b.out, names[c])))
         folded = {d.warning for k, d in enumerate(t.decisions) if k in joined}
         out_traces.append(replace(
             t, nodes=nodes, output=outputs[c], blocks=blocks,
@@ -248,26 +248,11 @@ def _cut(t: CaseTrace, joined: list[int]) -> tuple[list[DraftNode], dict[int, li
 
 def _renamed_side(run: list[DraftNode], names: dict[str, str], branch: str,
                   side: bool) -> list[DraftNode]:
-    return [replace(n, name=names[n.name], args=_renamed(n.args, names),
-                    kwargs=_renamed(n.kwargs, names), branch=None, in_branch=[branch, side])
+    return [replace(n, name=names[n.name], args=renamed_refs(n.args, names),
+                    kwargs=renamed_refs(n.kwargs, names), branch=None, in_branch=[branch, side])
             for n in run]
 
 
 def _meta_of(metas: dict[str, Any], ref: Ref, own: list[DraftNode]) -> Any:
     mine = {n.name: n.out for n in own}
     return at_path(mine.get(ref.node, metas.get(ref.node)), ref.path)
-
-
-def _renamed(value: Any, names: dict[str, str]) -> Any:
-    if isinstance(value, Ref):
-        return Ref(names.get(value.node, value.node), value.path)
-    if isinstance(value, SymInt):
-        return SymInt(value.kind, _renamed(value.a, names), _renamed(value.b, names))
-    if isinstance(value, (tuple, list)):
-        return type(value)(_renamed(v, names) for v in value)
-    if isinstance(value, dict):
-        return {k: _renamed(v, names) for k, v in value.items()}
-    if isinstance(value, slice):
-        return slice(_renamed(value.start, names), _renamed(value.stop, names),
-                     _renamed(value.step, names))
-    return value

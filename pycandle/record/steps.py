@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from pycandle.enums import SymKind
-from pycandle.manifest import Ref, SymInt, TensorMeta, at_path, refs_in
+from pycandle.manifest import Ref, SymInt, TensorMeta, at_path, map_refs, refs_in
 from pycandle.record.tracer import CaseTrace, DraftNode
 
 _UNBIND = ("torch.unbind", "Tensor.unbind")
@@ -277,6 +277,11 @@ def _fold_run(trace: CaseTrace, run: _Run, case: int) -> CaseTrace:
     return replace(trace, nodes=new_nodes, output=output, golden=golden, blocks=blocks)
 
 
+def renamed_refs(value: Any, names: dict[str, str]) -> Any:
+    """`value` reading the nodes in `names` under their new names."""
+    return map_refs(value, lambda r: Ref(names.get(r.node, r.node), r.path))
+
+
 def rename_golden(golden: dict[str, Any], names: dict[str, str],
                   dropped: set[str]) -> dict[str, Any]:
     """Golden tensors with their nodes' and blocks' names changed, and those of `dropped`
@@ -303,26 +308,12 @@ def align(traces: list[CaseTrace]) -> list[CaseTrace]:
         if all(a == b for a, b in names.items()):
             out.append(t)
             continue
-
-        def rename(value: Any) -> Any:
-            if isinstance(value, Ref):
-                return Ref(names.get(value.node, value.node), value.path)
-            if isinstance(value, SymInt):
-                return SymInt(value.kind, rename(value.a), rename(value.b))
-            if isinstance(value, (tuple, list)):
-                return type(value)(rename(v) for v in value)
-            if isinstance(value, dict):
-                return {k: rename(v) for k, v in value.items()}
-            if isinstance(value, slice):
-                return slice(rename(value.start), rename(value.stop), rename(value.step))
-            return value
-
-        nodes = [replace(nd, name=names[nd.name], args=rename(nd.args),
-                         kwargs=rename(nd.kwargs),
+        nodes = [replace(nd, name=names[nd.name], args=renamed_refs(nd.args, names),
+                         kwargs=renamed_refs(nd.kwargs, names),
                          in_loop=names.get(nd.in_loop, nd.in_loop)) for nd in t.nodes]
-        blocks = [replace(b, name=names[b.name], args=rename(b.args), out=rename(b.out))
-                  for b in t.blocks]
+        blocks = [replace(b, name=names[b.name], args=renamed_refs(b.args, names),
+                          out=renamed_refs(b.out, names)) for b in t.blocks]
         golden = rename_golden(t.golden, names, set())
         out.append(replace(t, nodes=nodes, blocks=blocks, golden=golden,
-                           output=rename(t.output)))
+                           output=renamed_refs(t.output, names)))
     return out
