@@ -268,6 +268,26 @@ def golden_node_key(case: int, node: str, direction: str, index: str) -> str:
 # --- the document ----------------------------------------------------------------------------------
 
 
+def _call_site(d: dict[str, Any]) -> dict[str, Any]:
+    """The fields a node and a block share, checked: where it was called (`source`), the
+    Python name its value is assigned to (`assign`), the ModuleList loop it ran in (`loop`)."""
+    site = {"source": d.get("source"), "assign": d.get("assign"), "loop": d.get("loop")}
+    source = site["source"]
+    if source is not None and (not isinstance(source, str) or not _SOURCE.fullmatch(source)):
+        raise ManifestError(f"field 'source': {source!r} is not a file:line location")
+    if not _is_target(site["assign"]):
+        raise ManifestError(f"field 'assign': {site['assign']!r} is not a name or a list of "
+                            "names and nulls")
+    if not _is_loop(site["loop"]):
+        raise ManifestError(f"field 'loop': {site['loop']!r} is not [attribute, variable]")
+    return site
+
+
+def _optional(**fields: Any) -> dict[str, Any]:
+    """The optional fields that are set, as JSON writes them."""
+    return {k: v for k, v in fields.items() if v is not None}
+
+
 def _is_target(value: Any) -> bool:
     if value is None:
         return True
@@ -310,15 +330,8 @@ class Node:
             "out": encode(self.out),
             "source": self.source,
         }
-        if self.assign is not None:
-            d["assign"] = self.assign
-        if self.loop is not None:
-            d["loop"] = self.loop
-        if self.step is not None:
-            d["step"] = self.step
-        if self.branch is not None:
-            d["branch"] = self.branch
-        return d
+        return d | _optional(assign=self.assign, loop=self.loop, step=self.step,
+                             branch=self.branch)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Node:
@@ -327,22 +340,14 @@ class Node:
             raise ManifestError(f"node name {name!r} is not an identifier")
         try:
             op = _parse(NodeOp, d["op"], "node kind")
-            target, source = d["target"], d.get("source")
+            target = d["target"]
             if not isinstance(target, str) or not (_TYPE_NAME.fullmatch(target) or
                                                    _MODULE_NAME.fullmatch(target)):
                 raise ManifestError(f"field 'target': {target!r} is not a function or module name")
-            if source is not None and (not isinstance(source, str) or not _SOURCE.fullmatch(source)):
-                raise ManifestError(f"field 'source': {source!r} is not a file:line location")
+            site = _call_site(d)
             for k in d["kwargs"]:
                 if not _IDENT.fullmatch(k):
                     raise ManifestError(f"keyword argument {k!r} is not an identifier")
-            assign = d.get("assign")
-            if not _is_target(assign):
-                raise ManifestError(f"field 'assign': {assign!r} is not a name or a list of "
-                                    "names and nulls")
-            loop = d.get("loop")
-            if not _is_loop(loop):
-                raise ManifestError(f"field 'loop': {loop!r} is not [attribute, variable]")
             step = d.get("step")
             if step is not None and not (isinstance(step, str) and _IDENT.fullmatch(step)):
                 raise ManifestError(f"field 'step': {step!r} is not a node name")
@@ -355,8 +360,7 @@ class Node:
                 name=name, op=op, target=target,
                 args=tuple(decode(a) for a in d["args"]),
                 kwargs={k: decode(v) for k, v in d["kwargs"].items()},
-                out=decode(d["out"]), source=source, assign=assign,
-                loop=loop, step=step, branch=branch,
+                out=decode(d["out"]), step=step, branch=branch, **site,
             )
         except ManifestError as e:
             raise ManifestError(f"node '{name}': {e}") from None
@@ -392,11 +396,7 @@ class Block:
         d = {"name": self.name, "module": self.module, "params": list(self.params),
              "args": [encode(a) for a in self.args], "start": self.start, "end": self.end,
              "out": encode(self.out), "source": self.source}
-        if self.assign is not None:
-            d["assign"] = self.assign
-        if self.loop is not None:
-            d["loop"] = self.loop
-        return d
+        return d | _optional(assign=self.assign, loop=self.loop)
 
     @classmethod
     def from_json(cls, d: dict[str, Any], count: int) -> Block:
@@ -411,18 +411,12 @@ class Block:
         start, end = d["start"], d["end"]
         if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= count):
             raise ManifestError(f"block '{name}': nodes {start!r}..{end!r} are not in the graph")
-        source, assign, loop = d.get("source"), d.get("assign"), d.get("loop")
-        if source is not None and (not isinstance(source, str) or not _SOURCE.fullmatch(source)):
-            raise ManifestError(f"block '{name}': field 'source': {source!r} is not a file:line "
-                                "location")
-        if not _is_target(assign):
-            raise ManifestError(f"block '{name}': field 'assign': {assign!r} is not a name or a "
-                                "list of names and nulls")
-        if not _is_loop(loop):
-            raise ManifestError(f"block '{name}': field 'loop': {loop!r} is not "
-                                "[attribute, variable]")
+        try:
+            site = _call_site(d)
+        except ManifestError as e:
+            raise ManifestError(f"block '{name}': {e}") from None
         return cls(name, d["module"], tuple(d["params"]), tuple(decode(a) for a in d["args"]),
-                   start, end, decode(d["out"]), source, assign, loop)
+                   start, end, decode(d["out"]), **site)
 
 
 @dataclass(frozen=True)

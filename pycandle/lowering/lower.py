@@ -234,12 +234,10 @@ class _Lowering:
         # outputs of recurrent layers run on a packed batch: (the Packed input, layer layout)
         self.packed_outputs: dict[tuple[str, tuple[int, ...]], tuple[Packed, bool]] = {}
         self.shape_names = _shape_names(manifest)
-        self.tests: dict[str, str] = {}  # BRANCH node -> its test in Rust
         self.struct_of: dict[str, str] = {}  # module -> the Rust struct it loads into
         self.loop_methods: dict[str, Method] = {}  # methods of the blocks loops call
         self.loop_called: list[Block] = []
         self._fresh = iter(range(1 << 30))
-        self.moves: dict[tuple[str, tuple[int, ...]], bool] = {}  # values an `if` may move
         self.index = {n.name: i for i, n in enumerate(manifest.nodes)}
 
     def problem(self, node: Node, what: str, hint: str | None = None) -> None:
@@ -253,7 +251,8 @@ class _Lowering:
         against that root cause instead of being reported on its own."""
         follow_ons: dict[str, int] = {}
         running: tuple[Node, int] | None = None  # a loop whose pass is being lowered
-        branching: list[Any] | None = None  # [BRANCH node, its start, its `else` part's start]
+        # [BRANCH node, its start, its `else` part's start, the uses of every value]
+        branching: list[Any] | None = None
         for node in [*live, None]:
             closing = None
             try:
@@ -274,7 +273,8 @@ class _Lowering:
                 if node.op == NodeOp.LOOP:
                     running = (node, self.open_loop(node, used))
                 elif node.op == NodeOp.BRANCH:
-                    branching = [node, self.open_branch(node, used), None]
+                    self.branch_test(node)  # reported at the `if`, before its sides
+                    branching = [node, len(self.stmts), None, used]
                 else:
                     self.lower_node(node, used)
             except _FollowOn as e:
@@ -325,18 +325,16 @@ class _Lowering:
             self.vars[(node.name, (len(inits) + j,))] = T(local, meta, is_vec=True)
         return len(self.stmts)
 
-    def open_branch(self, node: Node, used: dict[tuple[str, tuple[int, ...]], int]) -> int:
-        """Check the `if`'s test; the index of the statement its body begins at."""
+    def branch_test(self, node: Node) -> str:
+        """A BRANCH node's test in Rust: `x.dim(2)? % 4 != 0`."""
         op, left, right = node.args
         if _has_difference(left) or _has_difference(right):
             raise Unsupported("an `if` on a difference of sizes (Rust sizes are unsigned)",
                               hint="compare the sizes themselves (`if t > k` for `t - k > 0`)")
-        self.tests[node.name] = f"{self.usize(left)} {_COMPARISON[op]} {self.usize(right)}"
-        for ref in node.kwargs["else"]:  # a value from before the `if`, moved into it
-            self.moves[(ref.node, ref.path)] = used.get((ref.node, ref.path), 0) == 1
-        return len(self.stmts)
+        return f"{self.usize(left)} {_COMPARISON[op]} {self.usize(right)}"
 
-    def close_branch(self, node: Node, start: int, split: int | None) -> None:
+    def close_branch(self, node: Node, start: int, split: int | None,
+                     used: dict[tuple[str, tuple[int, ...]], int]) -> None:
         """The statements of the `if`'s body (from `start`) and of its `else` part (from
         `split`) become one `let x = if t % 4 != 0 { .. } else { .. };`."""
         split = len(self.stmts) if split is None else split
@@ -350,7 +348,8 @@ class _Lowering:
             values = []
             for ref in refs:
                 t = self.operand(ref)
-                moved = t.name in own or self.moves.get((ref.node, ref.path), False)
+                # its side's own value, or one from before the `if` read nowhere else
+                moved = t.name in own or used.get((ref.node, ref.path), 0) == 1
                 values.append(t.name if moved and t.movable and not t.is_ref
                               else f"{t.name}.clone()")
             lines = []
@@ -370,7 +369,7 @@ class _Lowering:
             names_.append(self.local((node.name, (i,)), base=target or "chosen"))
             self.vars[(node.name, (i,))] = T(names_[-1], node.out[i])
         pattern = names_[0] if len(names_) == 1 else "(" + ", ".join(names_) + ")"
-        self.stmts.append(Stmt(pattern, f"if {self.tests[node.name]} {{\n{blocks[0]}\n}} "
+        self.stmts.append(Stmt(pattern, f"if {self.branch_test(node)} {{\n{blocks[0]}\n}} "
                                         f"else {{\n{blocks[1]}\n}}",
                                source=node.source, at=self.index[node.name]))
 

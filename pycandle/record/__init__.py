@@ -360,7 +360,7 @@ def _fold_loops(traces: list[CaseTrace]) -> tuple[list[CaseTrace], list[Problem]
     unrolled."""
     if _same_graph(traces):
         return traces, []
-    folded = [steps.fold(t, case) for case, t in enumerate(traces)]
+    folded = [steps.fold(t) for t in traces]
     if _same_graph([f.trace for f in folded]):
         return steps.align([f.trace for f in folded]), []
     joined, why = branches.join([f.trace for f in folded])

@@ -23,28 +23,27 @@ _Position = tuple[int | None, int | None, int | None, int | None]
 
 def assignment_target(frame: types.FrameType) -> Target:
     """The target the value being computed at `frame`'s current instruction is assigned to."""
-    code = frame.f_code
-    if code.co_name.startswith("<"):  # comprehensions, lambdas, module level
-        return None
-    positions = _positions(code)
-    index = frame.f_lasti // 2
-    if not 0 <= index < len(positions):
-        return None
-    return _targets(code.co_filename).get(positions[index])
+    position = _position(frame)
+    return None if position is None else _targets(frame.f_code.co_filename).get(position)
 
 
 def argument_names(frame: types.FrameType) -> tuple[str | None, ...] | None:
     """The names passed as the positional arguments of the call `frame` is making, where the
     call is written as `f(a, b)` and an argument is a plain name (`outputs` in
     `torch.stack(outputs, dim=1)`), else None for that argument."""
+    position = _position(frame)
+    return None if position is None else _calls(frame.f_code.co_filename).get(position)
+
+
+def _position(frame: types.FrameType) -> _Position | None:
+    """The source position of the frame's current instruction; None in comprehensions,
+    lambdas and module-level code."""
     code = frame.f_code
     if code.co_name.startswith("<"):
         return None
     positions = _positions(code)
     index = frame.f_lasti // 2
-    if not 0 <= index < len(positions):
-        return None
-    return _calls(code.co_filename).get(positions[index])
+    return positions[index] if 0 <= index < len(positions) else None
 
 
 @functools.lru_cache(maxsize=64)

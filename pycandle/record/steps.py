@@ -80,20 +80,20 @@ def runs(nodes: list[DraftNode]) -> list[_Run]:
     return found
 
 
-def fold(trace: CaseTrace, case: int) -> Folded:
+def fold(trace: CaseTrace) -> Folded:
     """`trace` with every loop over sizes or tensors that can be folded folded."""
     counts: dict[str, int] = {}
     reasons: dict[str, str] = {}
     for run in reversed(runs(trace.nodes)):  # from the end: earlier indexes stay valid
         counts[run.loop] = len(run.passes)
         try:
-            trace = _fold_run(trace, run, case)
+            trace = _fold_run(trace, run)
         except _Differs as e:
             reasons[run.loop] = str(e)
     return Folded(trace, counts, reasons)
 
 
-def _fold_run(trace: CaseTrace, run: _Run, case: int) -> CaseTrace:
+def _fold_run(trace: CaseTrace, run: _Run) -> CaseTrace:
     nodes = trace.nodes
     n = len(run.passes)
     if run.loop in trace.escapes:
@@ -111,7 +111,6 @@ def _fold_run(trace: CaseTrace, run: _Run, case: int) -> CaseTrace:
         name, k = f"steps_{k}", k + 1
     body_names = [nodes[i].name for i in run.passes[0]]
     carries: dict[tuple[Ref, tuple[int, tuple[int, ...]]], int] = {}
-    metas = {n_.name: n_.out for n_ in nodes}
     nodes_by_name = {n_.name: n_ for n_ in nodes}
 
     def ref(values: list[Ref]) -> Ref:
@@ -126,8 +125,8 @@ def _fold_run(trace: CaseTrace, run: _Run, case: int) -> CaseTrace:
                 loc is not None and loc[0] == k - 1 and loc[1] == locs[1][1]
                 for k, loc in enumerate(locs) if k):
             init, after = values[0], (locs[1][1], values[1].path)
-            a = at_path(metas[init.node], init.path)
-            b = at_path(metas[values[1].node], values[1].path)
+            a = at_path(nodes_by_name[init.node].out, init.path)
+            b = at_path(nodes_by_name[values[1].node].out, values[1].path)
             if not (isinstance(a, TensorMeta) and a == b):
                 raise _Differs("its loop state changes shape or type from pass to pass")
             return Ref(name, (carries.setdefault((init, after), len(carries)),))
@@ -242,8 +241,8 @@ def _fold_run(trace: CaseTrace, run: _Run, case: int) -> CaseTrace:
     output = after(trace.output)
     collects = [Ref(body_names[j], path) for (j, path) in collected]
     inits = [init for (init, _) in carries]
-    out = tuple([*(at_path(metas[r.node], r.path) for r in inits),
-                 *([at_path(metas[r.node], r.path)] for r in collects)])
+    out = tuple([*(at_path(nodes_by_name[r.node].out, r.path) for r in inits),
+                 *([at_path(nodes_by_name[r.node].out, r.path)] for r in collects)])
     loop = DraftNode(name, "loop", run.index or "t", (n, inits),
                      {"next": nexts, "collect": collects,
                       "lists": [lists.get(key) for key in collected]}, out, run.loop)
@@ -302,7 +301,7 @@ def align(traces: list[CaseTrace]) -> list[CaseTrace]:
     folding, later nodes of a case with more passes were numbered further on)."""
     first = traces[0]
     out = [first]
-    for case, t in enumerate(traces[1:], start=1):
+    for t in traces[1:]:
         names = {a.name: b.name for a, b in zip(t.nodes, first.nodes)}
         names.update({a.name: b.name for a, b in zip(t.blocks, first.blocks)})
         if all(a == b for a, b in names.items()):

@@ -14,9 +14,10 @@ import inspect
 import os
 import re
 import sys
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch.nn.utils.rnn import PackedSequence
@@ -119,46 +120,30 @@ def spelling(func: Any) -> str:
     return f"{module}.{qual}" if module and not qual.startswith("Tensor.") else qual
 
 
-def _user_frame() -> Any:
-    """The innermost frame in the user's code (not torch, not pycandle), or None."""
-    frame = sys._getframe(2)
+def _user_frames() -> Iterator[types.FrameType]:
+    """The frames in the user's code (not torch, not pycandle), innermost first, up to
+    record's call of the model."""
+    frame = sys._getframe(1)
     past_tracer = False  # the innermost frames are the tracer's own
     while frame is not None:
         filename = frame.f_code.co_filename
         in_pycandle = filename.startswith(_PYCANDLE_DIR)
         if in_pycandle and past_tracer:
-            return None  # back at record's call of the model: no user frame in between
+            return  # back at record's call of the model
         past_tracer |= not in_pycandle
         if not (filename.startswith(_TORCH_DIR) or in_pycandle or filename.startswith("<")):
-            return frame
+            yield frame
         frame = frame.f_back
-    return None
+
+
+def _shown_line(frame: types.FrameType, root: Path) -> str:
+    return f"{_shown(Path(frame.f_code.co_filename), root)}:{frame.f_lineno}"
 
 
 def user_source(root: Path) -> str | None:
     """file:line of the innermost frame in the user's code (not torch, not pycandle)."""
-    frame = _user_frame()
-    if frame is None:
-        return None
-    return f"{_shown(Path(frame.f_code.co_filename), root)}:{frame.f_lineno}"
-
-
-def user_assignment() -> Any:
-    """The Python target the value being computed in the user's code is assigned to, if any
-    (see `assignments`)."""
-    frame = _user_frame()
-    return None if frame is None else assignment_target(frame)
-
-
-def _user_arguments() -> tuple[str | None, ...] | None:
-    frame = _user_frame()
-    return None if frame is None else argument_names(frame)
-
-
-def user_loop() -> list[str] | None:
-    """`[attribute, variable]` of the user's `for variable in self.attribute` running now."""
-    frame = _user_frame()
-    return None if frame is None else loop_over(frame)
+    frame = next(_user_frames(), None)
+    return None if frame is None else _shown_line(frame, root)
 
 
 def _forward_params(module: torch.nn.Module, count: int) -> tuple[str, ...] | None:
@@ -229,7 +214,6 @@ class Decision:
     value: bool
     after: str | None  # the last node recorded before the test
     warning: str
-    frame: int
     simple: bool = True  # False when the test made more than this one comparison
 
 
@@ -438,22 +422,16 @@ class GraphTracer(TorchFunctionMode):
         self._deciding[key] = len(self.decisions)
         self.decisions.append(Decision(
             f"{_shown(Path(frame.f_code.co_filename), self.root)}:{tested[0]}", op,
-            shapes.sym_of(value), shapes.sym_of(other), result, after, warning, id(frame)))
+            shapes.sym_of(value), shapes.sym_of(other), result, after, warning))
 
-    def _branch(self) -> tuple[int, bool] | None:
+    def _branch(self, frames: list[types.FrameType]) -> tuple[int, bool] | None:
         """(decision, side) of the innermost `if` on a size whose body or `else` part is
         running in the user's code."""
-        frame = _user_frame()
-        while frame is not None:
-            filename = frame.f_code.co_filename
-            if filename.startswith(_PYCANDLE_DIR):
-                return None
-            if not (filename.startswith(_TORCH_DIR) or filename.startswith("<")):
-                for lines, side in ifs_around(frame):
-                    index = self._deciding.get((id(frame), lines[0]))
-                    if index is not None:
-                        return index, side
-            frame = frame.f_back
+        for frame in frames:
+            for lines, side in ifs_around(frame):
+                index = self._deciding.get((id(frame), lines[0]))
+                if index is not None:
+                    return index, side
         return None
 
     def _record_call(self, func: Any, args: tuple, kwargs: dict, result: Any) -> None:
@@ -471,7 +449,7 @@ class GraphTracer(TorchFunctionMode):
                     f"{where}: a tensor became a Python value ({name}); the generated code "
                     f"follows the path this trace took"
                 )
-                step = self._step()
+                step = self._step(list(_user_frames()))
                 if step is not None:  # the loop may go on or stop by tensor values
                     self.escapes.setdefault(step.loop, where)
             return
@@ -481,39 +459,46 @@ class GraphTracer(TorchFunctionMode):
             op="call_function", target=name,
             args=tuple(self._arg(a) for a in args),
             kwargs={k: self._arg(v) for k, v in kwargs.items()},
-            out=self._meta(result), source=user_source(self.root), assign=user_assignment(),
-            loop=user_loop(), step=self._step(), arg_names=_user_arguments(),
-            branch=self._branch(),
+            out=self._meta(result), **self._call_site(arguments=True),
         )
         self.nodes.append(node)
         self._bind_outputs(node, result)
 
-    def _step(self) -> Step | None:
+    def _call_site(self, arguments: bool = False) -> dict[str, Any]:
+        """Where the user's code made the call being recorded: its line, the name it assigns
+        to, the loops and the `if` on a size it runs in (and, if asked, the names of its
+        arguments); one walk of the stack for all of them."""
+        frames = list(_user_frames())
+        if not frames:
+            return {"source": None}
+        inner = frames[0]
+        site = {"source": _shown_line(inner, self.root), "assign": assignment_target(inner),
+                "loop": loop_over(inner), "step": self._step(frames),
+                "branch": self._branch(frames)}
+        if arguments:
+            site["arg_names"] = argument_names(inner)
+        return site
+
+    def _step(self, frames: list[types.FrameType]) -> Step | None:
         """The pass of the innermost loop over sizes or tensors running in the user's code: a
         new pass begins where the loop's variables hold new values."""
-        frame = _user_frame()
-        while frame is not None:
-            filename = frame.f_code.co_filename
-            if filename.startswith(_PYCANDLE_DIR):
-                return None  # back at record's call of the model
-            if not (filename.startswith(_TORCH_DIR) or filename.startswith("<")):
-                found = time_loop(frame)
-                if found is not None:
-                    line, variables = found
-                    key = f"{_shown(Path(filename), self.root)}:{line}"
-                    values = tuple(frame.f_locals.get(v) for v in variables)
-                    marker = tuple(v if isinstance(v, (int, float, str)) else id(v)
-                                   for v in values)
-                    seen = self._passes.get(key)
-                    if seen is None or seen[0] != id(frame):
-                        seen = self._passes[key] = [id(frame), marker, 0]
-                    elif seen[1] != marker:
-                        seen[1], seen[2] = marker, seen[2] + 1
-                    counts = [n for n, v in zip(variables, values) if type(v) is int]
-                    others = [n for n, v in zip(variables, values) if type(v) is not int]
-                    return Step(key, seen[2], counts[0] if counts else None,
-                                others[-1] if others else None)
-            frame = frame.f_back
+        for frame in frames:
+            found = time_loop(frame)
+            if found is None:
+                continue
+            line, variables = found
+            key = f"{_shown(Path(frame.f_code.co_filename), self.root)}:{line}"
+            values = tuple(frame.f_locals.get(v) for v in variables)
+            marker = tuple(v if isinstance(v, (int, float, str)) else id(v) for v in values)
+            seen = self._passes.get(key)
+            if seen is None or seen[0] != id(frame):
+                seen = self._passes[key] = [id(frame), marker, 0]
+            elif seen[1] != marker:
+                seen[1], seen[2] = marker, seen[2] + 1
+            counts = [n for n, v in zip(variables, values) if type(v) is int]
+            others = [n for n, v in zip(variables, values) if type(v) is not int]
+            return Step(key, seen[2], counts[0] if counts else None,
+                        others[-1] if others else None)
         return None
 
     # --- leaf modules --------------------------------------------------------------------------
@@ -527,8 +512,7 @@ class GraphTracer(TorchFunctionMode):
                     name=self._fresh(qual or "root"), op="call_module", target=qual,
                     args=tuple(self._arg(a) for a in args),
                     kwargs={k: self._arg(v) for k, v in kwargs.items()},
-                    out=None, source=user_source(self.root), assign=user_assignment(),
-                    loop=user_loop(), step=self._step(), branch=self._branch(),
+                    out=None, **self._call_site(),
                 )
                 self.nodes.append(node)
                 flat = [v for _, v in _leaves((tuple(args),
@@ -569,8 +553,7 @@ class GraphTracer(TorchFunctionMode):
             params = _forward_params(module, len(args))
             known = tuple(self._known(a) for a in args)
             block = DraftBlock(self._fresh(qual), qual, params or (), known, len(self.nodes),
-                               source=user_source(self.root), assign=user_assignment(),
-                               loop=user_loop(), step=self._step(), branch=self._branch())
+                               **self._call_site())
             if params is None or kwargs or any(k is None for k in known):
                 block.start = -1  # called in a way a Rust method does not express
             for i, a in enumerate(args):
@@ -791,8 +774,7 @@ def _patch_packing(tracer: GraphTracer, root: Path):
                              (tracer._arg(input), tracer._arg(lengths)),
                              {"batch_first": bool(batch_first),
                               "enforce_sorted": bool(enforce_sorted)},
-                             tracer._meta(input), user_source(tracer.root),
-                             user_assignment())
+                             tracer._meta(input), **tracer._call_site())
             tracer.nodes.append(node)
             tracer._bind_outputs(node, result)
         finally:
@@ -816,8 +798,7 @@ def _patch_packing(tracer: GraphTracer, root: Path):
                              {"batch_first": bool(batch_first),
                               "padding_value": float(padding_value),
                               "total_length": total_length},
-                             tracer._meta(result), user_source(tracer.root),
-                             user_assignment())
+                             tracer._meta(result), **tracer._call_site())
             tracer.nodes.append(node)
             tracer._bind_outputs(node, result)
         finally:
