@@ -4,8 +4,8 @@
 //! run `pycandle codegen` instead.
 
 use candle_core::{Result, Tensor, D};
-use candle_nn::{Conv1d, Conv1dConfig, Linear, Module, VarBuilder};
-use pycandle_runtime::{LstmCell, LstmCellConfig};
+use candle_nn::{Conv1dConfig, Linear, Module, VarBuilder};
+use pycandle_runtime::{Conv1d, LstmCell, LstmCellConfig};
 
 /// What [`Tacotron2Decoder::forward`] returns, in PyTorch's order.
 pub type Tacotron2DecoderOutput = (Tensor, Tensor, Tensor);
@@ -215,7 +215,7 @@ pub struct LocationSensitiveAttention {
 impl LocationSensitiveAttention {
     pub fn load(vb: VarBuilder) -> Result<Self> {
         let memory = candle_nn::linear_no_bias(12, 16, vb.pp("memory"))?;
-        let location_conv = candle_nn::conv1d_no_bias(
+        let location_conv = pycandle_runtime::conv1d_no_bias(
             2,
             8,
             7,

@@ -4,8 +4,8 @@
 //! run `pycandle codegen` instead.
 
 use candle_core::{Result, Tensor};
-use candle_nn::{BatchNorm, Conv1d, Conv1dConfig, Embedding, Module, ModuleT, VarBuilder};
-use pycandle_runtime::{Lstm, LstmConfig};
+use candle_nn::{BatchNorm, Conv1dConfig, Embedding, Module, ModuleT, VarBuilder};
+use pycandle_runtime::{Conv1d, Lstm, LstmConfig};
 
 /// Sublayers keep their PyTorch names, so weights load straight from the state dict.
 #[derive(Debug, Clone)]
@@ -79,7 +79,7 @@ pub struct Convolution {
 
 impl Convolution {
     pub fn load(vb: VarBuilder) -> Result<Self> {
-        let layer_0 = candle_nn::conv1d(
+        let layer_0 = pycandle_runtime::conv1d(
             32,
             32,
             5,

@@ -1,4 +1,5 @@
-"""Convolutions: nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d, via candle_nn.
+"""Convolutions: nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d, via candle_nn
+(nn.Conv1d via the runtime's `Conv1d`: candle_nn's layer with a faster CPU forward).
 
 Candle's 2-d convolutions take one stride, padding and dilation for both dimensions; what
 differs per dimension is done around them, exactly: a dilation by the kernel with zeros
@@ -116,9 +117,9 @@ def _conv_stride(cfg: dict[str, Any], n: int) -> int:
 
 def _field(name: str, cfg: dict[str, Any], n: int, config: str, shape: tuple[int, ...],
            builder: str) -> Field:
-    """The field of a convolution: candle_nn's builder (`conv2d`, `conv_transpose2d`) for a
-    square kernel it applies as it is; else the weight loaded in its shape (rectangular),
-    dilated where Candle does not, and the layer built from it."""
+    """The field of a convolution: its builder (`candle_nn::conv2d`,
+    `pycandle_runtime::conv1d`) for a square kernel it applies as it is; else the weight loaded
+    in its shape (rectangular), dilated where Candle does not, and the layer built from it."""
     kernel = ntuple(cfg["kernel_size"], n, "kernel_size")
     cout, bias = cfg["out_channels"], _has_bias(cfg)
     loaded = f'vb.get(({", ".join(str(v) for v in shape)}), "weight")?'
@@ -126,7 +127,7 @@ def _field(name: str, cfg: dict[str, Any], n: int, config: str, shape: tuple[int
     weight = dilated or loaded
     if len(set(kernel)) == 1 and dilated is None:
         fn = builder if bias else f"{builder}_no_bias"
-        return Field(name, lambda vb: f"candle_nn::{fn}({cfg['in_channels']}, {cout}, "
+        return Field(name, lambda vb: f"{fn}({cfg['in_channels']}, {cout}, "
                      f"{kernel[0]}, {config}, {vb})?")
     bias_arg = f'Some(vb.get({cout}, "bias")?)' if bias else "None"
     return Field(name, lambda vb: "{\n"
@@ -145,7 +146,8 @@ def _conv_field(n: int) -> Callable[[dict[str, Any]], Field]:
             "dilation": _dilation(cfg, n), "groups": cfg["groups"]},
             {"padding": 0, "stride": 1, "dilation": 1, "groups": 1})
         cin, cout = cfg["in_channels"], cfg["out_channels"]
-        return _field(name, cfg, n, config, (cout, cin // cfg["groups"], *kernel), f"conv{n}d")
+        return _field(name, cfg, n, config, (cout, cin // cfg["groups"], *kernel),
+                      _CONV_CRATE[n] + f"::conv{n}d")
 
     return field
 
@@ -208,10 +210,15 @@ def _conv_call(n: int, transposed: bool = False) -> Callable[..., str]:
     return call
 
 
+# where each layer comes from: the runtime's Conv1d runs as one matrix product per batch item
+# and group on the CPU, split over threads without Candle's thread pools
+_CONV_CRATE = {1: "pycandle_runtime", 2: "candle_nn"}
+
 for _n in (1, 2):
     register_layer(Layer(
         f"torch.nn.Conv{_n}d", _ATTRS, outputs="out", field=_conv_field(_n), call=_conv_call(_n),
-        check=_conv_check(_n), uses=(f"candle_nn::{{Conv{_n}d, Conv{_n}dConfig}}",),
+        check=_conv_check(_n),
+        uses=(f"{_CONV_CRATE[_n]}::Conv{_n}d", f"candle_nn::Conv{_n}dConfig"),
         call_uses=("candle_nn::Module",), params=(("weight", "weight()"),),
         params_as_loaded=_even_dilation,
         doc="stride, padding (also 'same', 'valid', asymmetric), dilation, groups, bias, "
@@ -267,7 +274,7 @@ def _transpose2d_field(cfg: dict[str, Any]) -> Field:
                      {"padding": 0, "output_padding": 0, "stride": 1, "dilation": 1})
     kernel = ntuple(cfg["kernel_size"], 2, "kernel_size")
     shape = (cfg["in_channels"], cfg["out_channels"] // cfg["groups"], *kernel)
-    return _field("ConvTranspose2d", cfg, 2, config, shape, "conv_transpose2d")
+    return _field("ConvTranspose2d", cfg, 2, config, shape, "candle_nn::conv_transpose2d")
 
 
 register_layer(Layer(

@@ -32,7 +32,9 @@
 //!   and a JSON report ([`ParityReport`]).
 
 pub mod attention;
+pub mod conv;
 pub mod example;
+mod host;
 pub mod index;
 pub mod kernel;
 pub mod ops;
@@ -44,6 +46,7 @@ pub mod rnn;
 pub mod weight_norm;
 
 pub use attention::{AttentionMasks, MultiheadAttention, MultiheadAttentionConfig};
+pub use conv::{conv1d, conv1d_no_bias, Conv1d};
 pub use index::{from_end, masked_select, slice_bound, take, take_every};
 pub use ops::{atan2, div_floor, rem_floor, rem_trunc};
 pub use pad::{pad_circular, pad_constant, pad_reflect};

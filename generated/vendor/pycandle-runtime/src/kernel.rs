@@ -87,8 +87,10 @@ mod work;
 use std::error::Error;
 use std::fmt;
 
+pub(crate) use affinity::{current_cpu, AvoidCpu};
 pub use float::Float;
 pub use layer::{recurrent_layer, Direction, RecurrentShape};
+pub(crate) use task::Task;
 pub use weights::{GruWeights, LstmWeights, PackedWeights};
 
 /// A buffer whose length does not match the shape it was passed with.

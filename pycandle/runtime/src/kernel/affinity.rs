@@ -9,7 +9,7 @@
 //! comes back when it is done. Linux only; elsewhere nothing happens.
 
 /// The core the calling thread runs on, when the platform tells.
-pub(super) fn current_cpu() -> Option<usize> {
+pub(crate) fn current_cpu() -> Option<usize> {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: `sched_getcpu` has no preconditions.
@@ -22,14 +22,14 @@ pub(super) fn current_cpu() -> Option<usize> {
 
 /// While alive, keeps the calling thread off one core (when its CPU mask
 /// allows another); dropping it restores the previous mask.
-pub(super) struct AvoidCpu {
+pub(crate) struct AvoidCpu {
     #[cfg(target_os = "linux")]
     previous: Option<libc::cpu_set_t>,
 }
 
 impl AvoidCpu {
     /// Moves the calling thread off `cpu` when it runs there.
-    pub(super) fn new(cpu: Option<usize>) -> Self {
+    pub(crate) fn new(cpu: Option<usize>) -> Self {
         #[cfg(target_os = "linux")]
         {
             let previous = match cpu {

@@ -42,7 +42,7 @@ impl Shared {
 /// A job handed to Rayon's pool that may borrow data living for `'a`.
 ///
 /// Dropping a task cancels it (see [`Task::cancel`]).
-pub(super) struct Task<'a> {
+pub(crate) struct Task<'a> {
     shared: Arc<Shared>,
     _borrow: PhantomData<&'a ()>,
 }
@@ -60,7 +60,7 @@ impl<'a> Task<'a> {
     /// settling keeps a pool thread from running the job, or from still
     /// running it, after the data it borrows is gone. The borrow checker
     /// cannot see to this: a leaked task outlives nothing it borrows.
-    pub(super) unsafe fn spawn(job: impl FnOnce() + Send + 'a) -> Self {
+    pub(crate) unsafe fn spawn(job: impl FnOnce() + Send + 'a) -> Self {
         let job: Box<dyn FnOnce() + Send + 'a> = Box::new(job);
         // SAFETY: only the lifetime changes. The job is called or dropped
         // only while `'a` lasts: the pool thread takes it out of the slot
@@ -95,13 +95,13 @@ impl<'a> Task<'a> {
 
     /// Makes sure the job has run: runs it on this thread when no pool
     /// thread has started it, else waits for it. Propagates its panic.
-    pub(super) fn finish(self) {
+    pub(crate) fn finish(self) {
         self.settle(true);
     }
 
     /// Drops the job when no pool thread has started it, else waits for it.
     /// Propagates its panic.
-    pub(super) fn cancel(self) {
+    pub(crate) fn cancel(self) {
         self.settle(false);
     }
 

@@ -4,9 +4,10 @@
 
 use std::sync::{Arc, OnceLock};
 
-use candle_core::{bail, DType, Result, Storage, StorageRef, Tensor, WithDType};
+use candle_core::{bail, DType, Result, Tensor, WithDType};
 use candle_nn::VarBuilder;
 
+use crate::host::CpuView;
 use crate::kernel::{self, Float, PackedWeights, RecurrentShape, ShapeError};
 
 /// One layer in one direction of a recurrent network (or a cell), split the
@@ -573,36 +574,6 @@ impl<T: KernelFloat> HostGates<T> {
             w_hh_t: host_vec::<T>(w_hh_t)?,
             bias: host_opt::<T>(input.bias())?,
         })
-    }
-}
-
-/// The elements of a contiguous CPU tensor, borrowed from its storage
-/// without copying (the storage stays read-locked while the view lives).
-struct CpuView<'a> {
-    storage: StorageRef<'a>,
-    start: usize,
-    end: usize,
-}
-
-impl<'a> CpuView<'a> {
-    /// Fails when `t` is not contiguous; `slice` fails off the CPU.
-    fn new(t: &'a Tensor) -> Result<Self> {
-        let (storage, layout) = t.storage_and_layout();
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            bail!("recurrent fast path: expected a contiguous tensor")
-        };
-        Ok(Self {
-            storage,
-            start,
-            end,
-        })
-    }
-
-    fn slice<T: WithDType>(&self) -> Result<&[T]> {
-        match &*self.storage {
-            Storage::Cpu(cpu) => Ok(&cpu.as_slice::<T>()?[self.start..self.end]),
-            _ => bail!("recurrent fast path: expected a CPU tensor"),
-        }
     }
 }
 

@@ -1,0 +1,423 @@
+//! `Conv1d`: candle_nn's layer with a faster CPU forward.
+//!
+//! On the CPU, in `f32` and `f64`, a convolution is one matrix product per
+//! group: the weight times the input unrolled into columns (`im2col`, one row
+//! per input channel and tap), started from the bias and written straight
+//! into the `(C_out, L_out)` layout; short inputs are multiplied several
+//! batch items at a time, so the product packs the weight once for them.
+//! Candle computes the transposed product per batch item and copies it into
+//! place, adds the bias as another op, and hands each op to its thread
+//! pools, whose workers, once asleep after an idle moment, wake on the
+//! caller's core and wait there. Here the output channels are split between
+//! the calling thread and pool tasks that it takes back when no pool thread
+//! has started them, and that move off the caller's core (the recurrent
+//! kernels' scheme, see [`crate::kernel`]). Other devices and dtypes run
+//! candle_nn's forward.
+
+use candle_core::{DType, Module, Result, Tensor, WithDType};
+use candle_nn::{Conv1dConfig, VarBuilder};
+
+use crate::host::CpuView;
+use crate::kernel::{current_cpu, default_threads, AvoidCpu, Task};
+
+/// A 1-d convolution, PyTorch's `nn.Conv1d` with zero padding: candle_nn's
+/// [`candle_nn::Conv1d`] with the CPU forward described in the module docs.
+#[derive(Debug, Clone)]
+pub struct Conv1d {
+    layer: candle_nn::Conv1d,
+}
+
+/// A [`Conv1d`] with `weight` and `bias` loaded from `vb`, as
+/// [`candle_nn::conv1d`] loads them.
+pub fn conv1d(
+    in_channels: usize,
+    out_channels: usize,
+    kernel_size: usize,
+    config: Conv1dConfig,
+    vb: VarBuilder,
+) -> Result<Conv1d> {
+    let layer = candle_nn::conv1d(in_channels, out_channels, kernel_size, config, vb)?;
+    Ok(Conv1d { layer })
+}
+
+/// A [`Conv1d`] without bias, its `weight` loaded from `vb`.
+pub fn conv1d_no_bias(
+    in_channels: usize,
+    out_channels: usize,
+    kernel_size: usize,
+    config: Conv1dConfig,
+    vb: VarBuilder,
+) -> Result<Conv1d> {
+    let layer = candle_nn::conv1d_no_bias(in_channels, out_channels, kernel_size, config, vb)?;
+    Ok(Conv1d { layer })
+}
+
+impl Conv1d {
+    /// From a `(C_out, C_in / groups, K)` weight and a `(C_out)` bias.
+    pub fn new(weight: Tensor, bias: Option<Tensor>, config: Conv1dConfig) -> Self {
+        Self {
+            layer: candle_nn::Conv1d::new(weight, bias, config),
+        }
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        self.layer.weight()
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.layer.bias()
+    }
+
+    pub fn config(&self) -> &Conv1dConfig {
+        self.layer.config()
+    }
+
+    /// The output's shape and the product's sizes, or `None` when candle_nn
+    /// should run (and report) the call.
+    fn geometry(&self, x: &Tensor) -> Option<Geometry> {
+        let &[batch, c_in, l_in] = x.dims() else {
+            return None;
+        };
+        let (c_out, c_in_group, taps) = self.weight().dims3().ok()?;
+        let config = self.config();
+        let groups = config.groups;
+        let span = config.dilation * (taps - 1) + 1;
+        let padded = l_in + 2 * config.padding;
+        let usable = groups > 0
+            && c_in == c_in_group * groups
+            && c_out % groups == 0
+            && config.stride > 0
+            && padded >= span
+            && self.weight().dtype() == x.dtype()
+            && self.bias().is_none_or(|b| b.dtype() == x.dtype());
+        usable.then(|| Geometry {
+            batch,
+            c_in,
+            l_in,
+            c_out,
+            taps,
+            l_out: (padded - span) / config.stride + 1,
+        })
+    }
+
+    fn forward_cpu<T: WithDType>(&self, x: &Tensor, geom: Geometry) -> Result<Tensor> {
+        let x = x.contiguous()?;
+        let weight = self.weight().contiguous()?;
+        let bias = self.bias().map(Tensor::contiguous).transpose()?;
+        let (x_view, weight_view) = (CpuView::new(&x)?, CpuView::new(&weight)?);
+        let bias_view = bias.as_ref().map(CpuView::new).transpose()?;
+        let out = convolve(
+            x_view.slice::<T>()?,
+            weight_view.slice::<T>()?,
+            bias_view.as_ref().map(CpuView::slice::<T>).transpose()?,
+            geom,
+            self.config(),
+        );
+        Tensor::from_vec(out, (geom.batch, geom.c_out, geom.l_out), x.device())
+    }
+}
+
+impl Module for Conv1d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let geom = self.geometry(x).filter(|_| x.device().is_cpu());
+        match (x.dtype(), geom) {
+            (DType::F32, Some(geom)) => self.forward_cpu::<f32>(x, geom),
+            (DType::F64, Some(geom)) => self.forward_cpu::<f64>(x, geom),
+            _ => self.layer.forward(x),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    batch: usize,
+    c_in: usize,
+    l_in: usize,
+    c_out: usize,
+    taps: usize,
+    l_out: usize,
+}
+
+/// Multiply-adds below which a product runs on the calling thread alone:
+/// handing work to another thread costs tens of microseconds.
+const SPLIT_WORK: usize = 1 << 21;
+/// The fewest output channels a thread's share holds.
+const MIN_ROWS: usize = 16;
+/// Output positions a product should have at least, batch items together:
+/// the product packs its share of the weight once per call, so short inputs
+/// are multiplied several batch items at a time.
+const MIN_WIDTH: usize = 512;
+
+/// The convolution of `xs` (B, C_in, L_in) by `ws` (C_out, C_in / groups, K),
+/// plus `bias`: (B, C_out, L_out).
+fn convolve<T: WithDType>(
+    xs: &[T],
+    ws: &[T],
+    bias: Option<&[T]>,
+    geom: Geometry,
+    config: &Conv1dConfig,
+) -> Vec<T> {
+    let Geometry {
+        batch,
+        c_in,
+        l_in,
+        c_out,
+        taps,
+        l_out,
+    } = geom;
+    let groups = config.groups;
+    let (rows, depth) = (c_out / groups, c_in / groups * taps);
+    // batch items per product, as evenly as the batch divides
+    let chunks = batch.div_ceil(MIN_WIDTH.div_ceil(l_out).min(batch).max(1));
+    let items = batch.div_ceil(chunks.max(1)).max(1);
+    let stride = items * l_out;
+    let mut out = vec![T::zero(); batch * c_out * l_out];
+    let mut columns = vec![T::zero(); c_in * taps * stride];
+    // the products of several items, (rows, items * L_out), before they are put in place
+    let mut joined = vec![T::zero(); if items > 1 { rows * stride } else { 0 }];
+    let threads = default_threads().min(rows / MIN_ROWS).max(1);
+    let threads = if rows * depth * stride >= SPLIT_WORK {
+        threads
+    } else {
+        1
+    };
+    for (x, y) in xs
+        .chunks(items * c_in * l_in)
+        .zip(out.chunks_mut(items * c_out * l_out))
+    {
+        let count = x.len() / (c_in * l_in);
+        for (i, x) in x.chunks_exact(c_in * l_in).enumerate() {
+            unroll(x, geom, config, &mut columns[i * l_out..], stride);
+        }
+        for g in 0..groups {
+            let product = Product {
+                weight: &ws[g * rows * depth..(g + 1) * rows * depth],
+                columns: &columns[g * depth * stride..(g + 1) * depth * stride],
+                stride,
+                bias: bias.map(|b| &b[g * rows..(g + 1) * rows]),
+                depth,
+                width: count * l_out,
+            };
+            if count == 1 {
+                product.split(&mut y[g * rows * l_out..(g + 1) * rows * l_out], threads);
+                continue;
+            }
+            let joined = &mut joined[..rows * count * l_out];
+            product.split(joined, threads);
+            // row r of the product holds output channel g * rows + r of each item in turn
+            for (r, row) in joined.chunks_exact(count * l_out).enumerate() {
+                for (i, part) in row.chunks_exact(l_out).enumerate() {
+                    let at = (i * c_out + g * rows + r) * l_out;
+                    y[at..at + l_out].copy_from_slice(part);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Writes `columns` (C_in * K, L_out), its rows `stride` apart: row `c * K + k`
+/// holds channel `c` of `x` as tap `k` sees it at each output position, zero
+/// in the padding.
+fn unroll<T: WithDType>(
+    x: &[T],
+    geom: Geometry,
+    config: &Conv1dConfig,
+    columns: &mut [T],
+    stride_rows: usize,
+) {
+    let (l_in, taps, l_out) = (geom.l_in, geom.taps, geom.l_out);
+    let (pad, stride, dilation) = (config.padding, config.stride, config.dilation);
+    for (c, channel) in x.chunks_exact(l_in).enumerate() {
+        for k in 0..taps {
+            let at = (c * taps + k) * stride_rows;
+            let row = &mut columns[at..at + l_out];
+            // output position t reads input position t * stride + k * dilation - pad
+            let offset = k * dilation;
+            let first = pad.saturating_sub(offset).div_ceil(stride).min(l_out);
+            let end = (l_in + pad)
+                .checked_sub(offset)
+                .map_or(0, |limit| limit.div_ceil(stride))
+                .clamp(first, l_out);
+            row[..first].fill(T::zero());
+            row[end..].fill(T::zero());
+            if first == end {
+                continue;
+            }
+            let start = first * stride + offset - pad;
+            if stride == 1 {
+                row[first..end].copy_from_slice(&channel[start..start + end - first]);
+            } else {
+                for (dst, src) in row[first..end]
+                    .iter_mut()
+                    .zip(channel[start..].iter().step_by(stride))
+                {
+                    *dst = *src;
+                }
+            }
+        }
+    }
+}
+
+/// One group's `weight (rows, depth) x columns (depth, width) + bias`, the
+/// rows of `columns` `stride` apart.
+#[derive(Clone, Copy)]
+struct Product<'a, T> {
+    weight: &'a [T],
+    columns: &'a [T],
+    stride: usize,
+    bias: Option<&'a [T]>,
+    depth: usize,
+    width: usize,
+}
+
+impl<T: WithDType> Product<'_, T> {
+    /// Computes the product into `out` (rows, width), its rows split into
+    /// `parts` shares: the first on this thread, the others as tasks.
+    fn split(self, out: &mut [T], parts: usize) {
+        let rows = out.len() / self.width;
+        let share = rows.div_ceil(parts);
+        let mut shares = out.chunks_mut(share * self.width).enumerate();
+        let Some((_, first)) = shares.next() else {
+            return;
+        };
+        let caller = current_cpu();
+        let tasks: Vec<Task<'_>> = shares
+            .map(|(i, out)| {
+                let part = self.rows(i * share, out.len() / self.width);
+                let job = move || {
+                    // a pool thread woken on the caller's core moves off it
+                    let _elsewhere = AvoidCpu::new(caller);
+                    part.compute(out);
+                };
+                // SAFETY: every task is finished below, before the borrows end.
+                unsafe { Task::spawn(job) }
+            })
+            .collect();
+        self.rows(0, share.min(rows)).compute(first);
+        for task in tasks {
+            task.finish();
+        }
+    }
+
+    /// The product's rows `start..start + count`.
+    fn rows(self, start: usize, count: usize) -> Self {
+        Self {
+            weight: &self.weight[start * self.depth..(start + count) * self.depth],
+            bias: self.bias.map(|b| &b[start..start + count]),
+            ..self
+        }
+    }
+
+    fn compute(self, out: &mut [T]) {
+        let rows = out.len() / self.width;
+        if let Some(bias) = self.bias {
+            for (row, &b) in out.chunks_exact_mut(self.width).zip(bias) {
+                row.fill(b);
+            }
+        }
+        // SAFETY: the pointers and strides describe `out` (rows, width),
+        // `weight` (rows, depth) and `columns` (depth, width, rows `stride`
+        // apart), all row-major and in bounds; `out` does not alias them.
+        unsafe {
+            gemm::gemm(
+                rows,
+                self.width,
+                self.depth,
+                out.as_mut_ptr(),
+                1,
+                self.width as isize,
+                self.bias.is_some(),
+                self.weight.as_ptr(),
+                1,
+                self.depth as isize,
+                self.columns.as_ptr(),
+                1,
+                self.stride as isize,
+                T::one(),
+                T::one(),
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    /// Every configuration against candle_nn's forward, in both dtypes.
+    #[test]
+    fn matches_candle() -> Result<()> {
+        let dev = Device::Cpu;
+        // (batch, c_in, c_out, l_in, taps, padding, stride, dilation, groups, bias)
+        let cases = [
+            (1, 3, 4, 9, 3, 1, 1, 1, 1, true),
+            (2, 4, 6, 11, 5, 2, 2, 1, 2, false),
+            (3, 6, 6, 10, 3, 0, 3, 2, 3, true),
+            (1, 2, 2, 4, 5, 3, 1, 1, 1, true),
+            (2, 64, 96, 40, 5, 2, 1, 1, 1, true), // large enough to split
+            (1, 8, 8, 7, 1, 0, 2, 1, 8, true),
+            (5, 32, 64, 150, 3, 1, 1, 1, 1, true), // items multiplied together, split
+            (7, 6, 4, 100, 3, 2, 1, 2, 2, false),  // groups, several items per product
+            (3, 4, 4, 3, 3, 0, 1, 1, 1, true),     // one output position
+        ];
+        for (i, &(b, c_in, c_out, l, k, padding, stride, dilation, groups, with_bias)) in
+            cases.iter().enumerate()
+        {
+            let config = Conv1dConfig {
+                padding,
+                stride,
+                dilation,
+                groups,
+                ..Default::default()
+            };
+            for dtype in [DType::F32, DType::F64] {
+                let x = Tensor::randn(0f64, 1.0, (b, c_in, l), &dev)?.to_dtype(dtype)?;
+                let w =
+                    Tensor::randn(0f64, 0.3, (c_out, c_in / groups, k), &dev)?.to_dtype(dtype)?;
+                let bias = with_bias
+                    .then(|| Tensor::randn(0f64, 1.0, c_out, &dev)?.to_dtype(dtype))
+                    .transpose()?;
+                let ours = Conv1d::new(w.clone(), bias.clone(), config).forward(&x)?;
+                let theirs = candle_nn::Conv1d::new(w, bias, config).forward(&x)?;
+                assert_eq!(ours.dims(), theirs.dims(), "case {i}");
+                let err = (ours - theirs)?
+                    .abs()?
+                    .flatten_all()?
+                    .max(0)?
+                    .to_dtype(DType::F64)?
+                    .to_scalar::<f64>()?;
+                assert!(err < 1e-4, "case {i} {dtype:?}: max difference {err}");
+            }
+        }
+        Ok(())
+    }
+
+    /// A strided view and a transposed input give the same result as their
+    /// contiguous copies.
+    #[test]
+    fn non_contiguous_input() -> Result<()> {
+        let dev = Device::Cpu;
+        let conv = Conv1d::new(
+            Tensor::randn(0f32, 1.0, (4, 3, 3), &dev)?,
+            Some(Tensor::randn(0f32, 1.0, 4, &dev)?),
+            Conv1dConfig {
+                padding: 1,
+                ..Default::default()
+            },
+        );
+        let x = Tensor::randn(0f32, 1.0, (2, 8, 3), &dev)?.transpose(1, 2)?;
+        let a = conv.forward(&x)?.flatten_all()?.to_vec1::<f32>()?;
+        let b = conv
+            .forward(&x.contiguous()?)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        assert_eq!(a, b);
+        Ok(())
+    }
+}
