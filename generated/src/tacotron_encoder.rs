@@ -4,8 +4,8 @@
 //! run `pycandle codegen` instead.
 
 use candle_core::{Result, Tensor};
-use candle_nn::{BatchNorm, Conv1dConfig, Embedding, Module, ModuleT, VarBuilder};
-use pycandle_runtime::{Conv1d, Lstm, LstmConfig};
+use candle_nn::{Conv1dConfig, Embedding, Module, ModuleT, VarBuilder};
+use pycandle_runtime::{BatchNorm, Conv1d, Lstm, LstmConfig};
 
 /// Sublayers keep their PyTorch names, so weights load straight from the state dict.
 #[derive(Debug, Clone)]
@@ -89,7 +89,7 @@ impl Convolution {
             },
             vb.pp("0"),
         )?;
-        let layer_1 = candle_nn::batch_norm(32, 1e-05, vb.pp("1"))?;
+        let layer_1 = pycandle_runtime::batch_norm(32, 1e-05, vb.pp("1"))?;
         Ok(Self { layer_0, layer_1 })
     }
 }

@@ -1,4 +1,5 @@
-"""Normalisation layers: nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d/2d (eval), via candle_nn."""
+"""Normalisation layers: nn.LayerNorm, nn.GroupNorm via candle_nn; nn.BatchNorm1d/2d (eval) via the
+runtime's `BatchNorm` (candle_nn's layer, evaluated in one pass with terms computed at load)."""
 
 from __future__ import annotations
 
@@ -112,9 +113,9 @@ def _batch_norm_check(cfg: dict[str, Any]) -> list[str]:
 def _batch_norm_field(cfg: dict[str, Any]) -> Field:
     c, eps = cfg["num_features"], _eps(cfg)
     if cfg["affine"]:
-        return Field("BatchNorm", lambda vb: f"candle_nn::batch_norm({c}, {eps}, {vb})?")
+        return Field("BatchNorm", lambda vb: f"pycandle_runtime::batch_norm({c}, {eps}, {vb})?")
     config = f"candle_nn::BatchNormConfig {{ eps: {eps}, affine: false, ..Default::default() }}"
-    return Field("BatchNorm", lambda vb: f"candle_nn::batch_norm({c}, {config}, {vb})?")
+    return Field("BatchNorm", lambda vb: f"pycandle_runtime::batch_norm({c}, {config}, {vb})?")
 
 
 def _batch_norm_call(ranks: tuple[int, ...]) -> Callable[..., str]:
@@ -133,7 +134,7 @@ for _n, _ranks in ((1, (2, 3)), (2, (4,))):
         f"torch.nn.BatchNorm{_n}d",
         ("num_features", "eps", "momentum", "affine", "track_running_stats"), outputs="out",
         field=_batch_norm_field, call=_batch_norm_call(_ranks), check=_batch_norm_check,
-        uses=("candle_nn::BatchNorm",), call_uses=("candle_nn::ModuleT",),
+        uses=("pycandle_runtime::BatchNorm",), call_uses=("candle_nn::ModuleT",),
         doc="eval mode with the running statistics, with or without affine parameters",
     ))
 
@@ -146,7 +147,7 @@ for _n, _ranks in ((1, (2, 3)), (2, (4,))):
 def _instance_norm_field(cfg: dict[str, Any]) -> Field:
     c = cfg["num_features"]
     if cfg["track_running_stats"]:
-        need("candle_nn::BatchNorm")
+        need("pycandle_runtime::BatchNorm")
         return _batch_norm_field(cfg)
     need("candle_nn::GroupNorm")
     return _group_norm_field({"num_groups": c, "num_channels": c, "eps": cfg["eps"],
