@@ -31,3 +31,16 @@ impl<'a> CpuView<'a> {
         }
     }
 }
+
+/// The largest absolute difference between two tensors of one shape, for
+/// the tests of layers that replace candle_nn's forward.
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_dtype(candle_core::DType::F64)?
+        .to_scalar::<f64>()
+}

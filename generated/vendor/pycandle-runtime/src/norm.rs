@@ -108,6 +108,7 @@ impl ModuleT for BatchNorm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::max_abs_diff;
     use candle_core::Device;
 
     /// Ranks 2 to 4, with and without affine terms, in both dtypes, against
@@ -130,15 +131,8 @@ mod tests {
                 let ours = BatchNorm::new(theirs.clone())?;
                 for shape in [vec![3, c], vec![2, c, 7], vec![2, c, 3, 4]] {
                     let x = Tensor::randn(0f64, 2.0, shape.as_slice(), &dev)?.to_dtype(dtype)?;
-                    let a = ours.forward_t(&x, false)?;
-                    let b = theirs.forward_t(&x, false)?;
-                    assert_eq!(a.dims(), b.dims());
-                    let err = (a - b)?
-                        .abs()?
-                        .flatten_all()?
-                        .max(0)?
-                        .to_dtype(DType::F64)?
-                        .to_scalar::<f64>()?;
+                    let err =
+                        max_abs_diff(&ours.forward_t(&x, false)?, &theirs.forward_t(&x, false)?)?;
                     assert!(err < 1e-5, "{dtype:?} affine {affine} {shape:?}: {err}");
                 }
             }
