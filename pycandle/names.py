@@ -43,7 +43,7 @@ EXAMPLE_LOCALS = frozenset({"run", "model", "elapsed"})
 # The functions of pycandle-runtime that generated code calls unqualified (`atan2(y, x)?`): a
 # local of that name would shadow the function (tests/test_names.py checks the runtime's list).
 RUNTIME_FUNCTIONS = frozenset({
-    "atan2", "avg_pool_dim", "dilate", "div_floor", "from_end", "masked_select", "max_pool_dim",
+    "atan2", "avg_pool_dim", "conv_transpose2d_grouped", "dilate", "div_floor", "from_end", "masked_select", "max_pool_dim",
     "pad_circular", "pad_constant", "pad_reflect", "rem_floor", "rem_trunc", "resize_linear",
     "resize_nearest", "resize_nearest_exact", "sequence_lengths", "slice_bound", "take",
     "take_every", "weight_norm"})

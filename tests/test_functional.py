@@ -1,8 +1,8 @@
 """Convolutions, linear layers and layer norms called as functions on the model's own tensors,
 as published models write them: a subclass of nn.Conv1d whose forward calls F.conv1d with its
 weight, a filterbank computed in forward (asteroid's encoders), F.conv_transpose1d decoders,
-F.linear, whisper's LayerNorm subclass; F.interpolate, F.conv_transpose2d and unevenly dilated
-F.conv2d as decoders and U-Nets use them.
+F.linear, whisper's LayerNorm subclass; F.interpolate, F.conv_transpose2d (also grouped) and
+unevenly dilated F.conv2d as decoders and U-Nets use them.
 Parity through the real pipeline at two trace shapes, options drawn at random."""
 
 from __future__ import annotations
@@ -136,6 +136,9 @@ def module_source(rng: random.Random) -> str:
                         F.conv_transpose2d(im, self.up, self.bias, stride=2, padding=1,
                                            output_padding=1),
                         F.conv_transpose2d(im, self.up, stride=(1, 2), dilation=(2, 1)),
+                        F.conv_transpose2d(im, self.up, stride=2, padding=1, groups=2),
+                        F.conv_transpose2d(im, self.up[:, :1], self.bias[:2], groups=2,
+                                           dilation=(1, 2)),
                         F.conv2d(im, self.image, self.bias, dilation=(2, 1), padding=(2, 1)),
                         F.conv2d(im, self.image, padding='same', dilation=(1, 3)))
         """)
@@ -182,7 +185,10 @@ def test_functional_convolutions_match_pytorch(tmp_path, cargo_env, capsys):
     assert len(outputs) == 24  # every output checked end to end
     outputs = {e["output"] for r in report for e in r["entries"]
                if e["kind"] == "model" and r["model"] == "resample"}
-    assert len(outputs) == 14
+    assert len(outputs) == 16
+    # Candle's conv_transpose2d has no groups: the runtime runs one per group
+    resample = (tmp_path / "crate" / "src" / "resample.rs").read_text()
+    assert resample.count("conv_transpose2d_grouped(") == 2, resample
     src = (tmp_path / "crate" / "src" / "filterbank.rs").read_text()
     # the subclasses are traced through: their forward's F.conv1d / F.linear on the weights,
     # in a forward of the subclass's own struct that the model calls

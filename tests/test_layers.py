@@ -125,6 +125,9 @@ FIXED_TRANSPOSED2D = [
     f"nn.ConvTranspose2d({C2}, 4, 2, stride=2)",  # a U-Net's upsampling
     f"nn.ConvTranspose2d({C2}, 2, (3, 2), stride=(2, 1), padding=1, output_padding=1, "
     "dilation=(1, 2), bias=False)",
+    # grouped: Candle's conv_transpose2d has no groups, the runtime runs one per group
+    f"nn.ConvTranspose2d({C2}, 6, 3, stride=2, padding=1, output_padding=1, groups=2)",
+    f"nn.ConvTranspose2d({C2}, 4, (2, 3), stride=(2, 1), dilation=(1, 2), groups=4, bias=False)",
 ]
 FIXED_CONV2D += [f"nn.Conv2d({C2}, 4, (3, 2), dilation=(2, 3), padding='same')",
                  f"nn.Conv2d({C2}, 4, 3, stride=(1, 2), dilation=(1, 2), groups=2, "
@@ -370,9 +373,6 @@ UNSUPPORTED = """\
             return self.layer(x)
 
 
-    def grouped_transposed():
-        return One(nn.ConvTranspose2d(4, 4, 3, groups=2))
-
     def bicubic():
         return One(nn.Upsample(scale_factor=2, mode='bicubic'))
 
@@ -392,8 +392,6 @@ UNSUPPORTED = """\
 
 # factory -> (input shape, what the report says)
 REPORTED = {
-    "grouped_transposed": ("[2, 4, 6, 6]", "[layer] ConvTranspose2d option not supported: "
-                           "groups=2 (Candle's conv_transpose2d has no groups)"),
     "bicubic": ("[2, 4, 6, 6]", "[layer] Upsample option not supported: mode='bicubic'"),
     "batch_stats": ("[2, 4, 6]",
                     "[layer] BatchNorm1d option not supported: track_running_stats=False"),

@@ -215,7 +215,7 @@ pub struct LocationSensitiveAttention {
 impl LocationSensitiveAttention {
     pub fn load(vb: VarBuilder) -> Result<Self> {
         let memory = candle_nn::linear_no_bias(12, 16, vb.pp("memory"))?;
-        let location_conv = pycandle_runtime::conv1d_no_bias(
+        let location_conv = Conv1d::load_no_bias(
             2,
             8,
             7,

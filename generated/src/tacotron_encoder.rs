@@ -79,7 +79,7 @@ pub struct Convolution {
 
 impl Convolution {
     pub fn load(vb: VarBuilder) -> Result<Self> {
-        let layer_0 = pycandle_runtime::conv1d(
+        let layer_0 = Conv1d::load(
             32,
             32,
             5,
@@ -89,7 +89,7 @@ impl Convolution {
             },
             vb.pp("0"),
         )?;
-        let layer_1 = pycandle_runtime::batch_norm(32, 1e-05, vb.pp("1"))?;
+        let layer_1 = BatchNorm::load(32, 1e-05, vb.pp("1"))?;
         Ok(Self { layer_0, layer_1 })
     }
 }

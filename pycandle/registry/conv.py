@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from pycandle.registry.core import (
-    Field, Layer, Op, T, Unsupported, bind, ntuple, register_layer, register_op, require, runtime,
-    tensor,
+    Field, Layer, Op, T, Unsupported, bind, need, ntuple, register_layer, register_op, require,
+    runtime, tensor,
 )
 from pycandle.manifest import TensorMeta
 from pycandle.registry.shape import pad
@@ -116,16 +116,16 @@ def _conv_stride(cfg: dict[str, Any], n: int) -> int:
 
 
 def _field(name: str, cfg: dict[str, Any], n: int, config: str, shape: tuple[int, ...],
-           builder: str) -> Field:
-    """The field of a convolution: its builder (`candle_nn::conv2d`,
-    `pycandle_runtime::conv1d`) for a square kernel it applies as it is; else the weight loaded
-    in its shape (rectangular), dilated where Candle does not, and the layer built from it."""
+           builder: str, builder_loads: bool = True) -> Field:
+    """The field of a convolution: its builder (`candle_nn::conv2d`, the runtime's
+    `Conv1d::load`) for a square kernel it applies as it is; else the weight loaded in its shape
+    (rectangular), dilated where Candle does not, and the layer built from it."""
     kernel = ntuple(cfg["kernel_size"], n, "kernel_size")
     cout, bias = cfg["out_channels"], _has_bias(cfg)
     loaded = f'vb.get(({", ".join(str(v) for v in shape)}), "weight")?'
     dilated = _dilated(f"&{loaded}", cfg, n)
     weight = dilated or loaded
-    if len(set(kernel)) == 1 and dilated is None:
+    if len(set(kernel)) == 1 and dilated is None and builder_loads:
         fn = builder if bias else f"{builder}_no_bias"
         return Field(name, lambda vb: f"{fn}({cfg['in_channels']}, {cout}, "
                      f"{kernel[0]}, {config}, {vb})?")
@@ -135,6 +135,10 @@ def _field(name: str, cfg: dict[str, Any], n: int, config: str, shape: tuple[int
                  f"let weight = {weight};\n"
                  f"{name}::new(weight, {bias_arg}, {config})\n"
                  "}")
+
+
+# how each layer is loaded (the no-bias form appends `_no_bias`)
+_CONV_BUILDER = {1: "Conv1d::load", 2: "candle_nn::conv2d"}
 
 
 def _conv_field(n: int) -> Callable[[dict[str, Any]], Field]:
@@ -147,7 +151,7 @@ def _conv_field(n: int) -> Callable[[dict[str, Any]], Field]:
             {"padding": 0, "stride": 1, "dilation": 1, "groups": 1})
         cin, cout = cfg["in_channels"], cfg["out_channels"]
         return _field(name, cfg, n, config, (cout, cin // cfg["groups"], *kernel),
-                      _CONV_CRATE[n] + f"::conv{n}d")
+                      _CONV_BUILDER[n])
 
     return field
 
@@ -204,14 +208,20 @@ def _conv_call(n: int, transposed: bool = False) -> Callable[..., str]:
         bound = bind("input, output_size=None" if transposed else "input", args, kwargs)
         if bound.get("output_size") is not None:
             raise Unsupported("ConvTranspose with output_size (pass output_padding instead)")
+        if transposed and n == 2 and cfg["groups"] > 1:
+            # Candle's layer has no groups: the runtime's function on the layer's own tensors
+            return _conv(n, transposed, cfg, bound["input"], lambda x: (
+                f"{runtime('conv_transpose2d_grouped')}({x.borrow}, {this}.weight(), "
+                f"{this}.bias(), *{this}.config(), {cfg['groups']})?"))
+        need("candle_nn::Module")
         return _conv(n, transposed, cfg, bound["input"],
                      lambda x: f"{this}.forward({x.borrow})?")
 
     return call
 
 
-# where each layer comes from: the runtime's Conv1d runs as one matrix product per batch item
-# and group on the CPU, split over threads without Candle's thread pools
+# where each layer comes from: the runtime's Conv1d runs as one matrix product per group on
+# the CPU, split over threads without Candle's thread pools
 _CONV_CRATE = {1: "pycandle_runtime", 2: "candle_nn"}
 
 for _n in (1, 2):
@@ -241,8 +251,6 @@ def _transpose_problems(cfg: dict[str, Any], n: int) -> list[str]:
     require(cfg.get("padding_mode", "zeros") == "zeros", problems,
             f"padding_mode={cfg.get('padding_mode')!r}")
     if n == 2:
-        require(cfg["groups"] == 1, problems,
-                f"groups={cfg['groups']} (Candle's conv_transpose2d has no groups)")
         for k in ("padding", "output_padding"):
             uneven = _uneven(cfg[k], n, k, "conv_transpose2d")
             if uneven:
@@ -274,7 +282,8 @@ def _transpose2d_field(cfg: dict[str, Any]) -> Field:
                      {"padding": 0, "output_padding": 0, "stride": 1, "dilation": 1})
     kernel = ntuple(cfg["kernel_size"], 2, "kernel_size")
     shape = (cfg["in_channels"], cfg["out_channels"] // cfg["groups"], *kernel)
-    return _field("ConvTranspose2d", cfg, 2, config, shape, "candle_nn::conv_transpose2d")
+    return _field("ConvTranspose2d", cfg, 2, config, shape, "candle_nn::conv_transpose2d",
+                  builder_loads=cfg["groups"] == 1)
 
 
 register_layer(Layer(
@@ -289,12 +298,12 @@ register_layer(Layer(
     "torch.nn.ConvTranspose2d", _ATTRS + ("output_padding",), outputs="out",
     field=_transpose2d_field, call=_conv_call(2, transposed=True),
     check=lambda cfg: _transpose_problems(cfg, 2),
+    # `forward` (candle_nn::Module) is named by the call: a grouped layer's does not use it
     uses=("candle_nn::{ConvTranspose2d, ConvTranspose2dConfig}",),
-    call_uses=("candle_nn::Module",), params=(("weight", "weight()"),),
-    params_as_loaded=_even_dilation,
-    doc="stride (also uneven), padding, output_padding, dilation (also uneven), bias, "
-        "rectangular kernels, unbatched input; not groups, nor a padding or output_padding "
-        "that differs per dimension",
+    params=(("weight", "weight()"),), params_as_loaded=_even_dilation,
+    doc="stride (also uneven), padding, output_padding, dilation (also uneven), groups, bias, "
+        "rectangular kernels, unbatched input; not a padding or output_padding that differs "
+        "per dimension",
 ))
 
 
@@ -340,7 +349,16 @@ def _functional_conv(n: int, transposed: bool = False) -> Callable[[str, dict[st
         cfg = _functional_cfg(a, w, n, transposed)
         dilated = _dilated(w.borrow, cfg, n)
         kernel = _kernel(w) if dilated is None else f"&{dilated}"
-        if transposed and n == 2:
+        if transposed and n == 2 and cfg["groups"] > 1:
+            need("candle_nn::ConvTranspose2dConfig")
+            config = _config("ConvTranspose2dConfig", _transpose2d_args(cfg), {
+                "padding": 0, "output_padding": 0, "stride": 1, "dilation": 1})
+            bias = "None" if a["bias"] is None else f"Some({tensor(a['bias'], 'bias').borrow})"
+
+            def apply(x: T) -> str:
+                return (f"{runtime('conv_transpose2d_grouped')}({x.borrow}, {kernel}, {bias}, "
+                        f"{config}, {cfg['groups']})?")
+        elif transposed and n == 2:
             args = ", ".join(str(v) for v in _transpose2d_args(cfg).values())
 
             def apply(x: T) -> str:
@@ -378,4 +396,4 @@ register_op(Op("conv_transpose2d", {"torch.nn.functional.conv_transpose2d": _TRA
                                     "torch.conv_transpose2d": _TRANSPOSED_SIG},
                _functional_conv(2, transposed=True),
                doc="stride (also uneven), padding, output_padding, dilation (also uneven), "
-                   "bias; not groups"))
+                   "groups, bias"))

@@ -113,9 +113,9 @@ def _batch_norm_check(cfg: dict[str, Any]) -> list[str]:
 def _batch_norm_field(cfg: dict[str, Any]) -> Field:
     c, eps = cfg["num_features"], _eps(cfg)
     if cfg["affine"]:
-        return Field("BatchNorm", lambda vb: f"pycandle_runtime::batch_norm({c}, {eps}, {vb})?")
+        return Field("BatchNorm", lambda vb: f"BatchNorm::load({c}, {eps}, {vb})?")
     config = f"candle_nn::BatchNormConfig {{ eps: {eps}, affine: false, ..Default::default() }}"
-    return Field("BatchNorm", lambda vb: f"pycandle_runtime::batch_norm({c}, {config}, {vb})?")
+    return Field("BatchNorm", lambda vb: f"BatchNorm::load({c}, {config}, {vb})?")
 
 
 def _batch_norm_call(ranks: tuple[int, ...]) -> Callable[..., str]:

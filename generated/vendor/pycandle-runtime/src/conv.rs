@@ -13,9 +13,12 @@
 //! has started them, and that move off the caller's core (the recurrent
 //! kernels' scheme, see [`crate::kernel`]). Other devices and dtypes run
 //! candle_nn's forward.
+//!
+//! [`conv_transpose2d_grouped`] is Candle's transposed 2-d convolution with
+//! the `groups` it lacks.
 
-use candle_core::{DType, Module, Result, Tensor, WithDType};
-use candle_nn::{Conv1dConfig, VarBuilder};
+use candle_core::{bail, DType, Module, Result, Tensor, WithDType};
+use candle_nn::{Conv1dConfig, ConvTranspose2dConfig, VarBuilder};
 
 use crate::host::CpuView;
 use crate::kernel::{current_cpu, default_threads, AvoidCpu, Task};
@@ -27,32 +30,32 @@ pub struct Conv1d {
     layer: candle_nn::Conv1d,
 }
 
-/// A [`Conv1d`] with `weight` and `bias` loaded from `vb`, as
-/// [`candle_nn::conv1d`] loads them.
-pub fn conv1d(
-    in_channels: usize,
-    out_channels: usize,
-    kernel_size: usize,
-    config: Conv1dConfig,
-    vb: VarBuilder,
-) -> Result<Conv1d> {
-    let layer = candle_nn::conv1d(in_channels, out_channels, kernel_size, config, vb)?;
-    Ok(Conv1d { layer })
-}
-
-/// A [`Conv1d`] without bias, its `weight` loaded from `vb`.
-pub fn conv1d_no_bias(
-    in_channels: usize,
-    out_channels: usize,
-    kernel_size: usize,
-    config: Conv1dConfig,
-    vb: VarBuilder,
-) -> Result<Conv1d> {
-    let layer = candle_nn::conv1d_no_bias(in_channels, out_channels, kernel_size, config, vb)?;
-    Ok(Conv1d { layer })
-}
-
 impl Conv1d {
+    /// `weight` and `bias` loaded from `vb`, as [`candle_nn::conv1d`] loads
+    /// them.
+    pub fn load(
+        in_channels: usize,
+        out_channels: usize,
+        kernel_size: usize,
+        config: Conv1dConfig,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let layer = candle_nn::conv1d(in_channels, out_channels, kernel_size, config, vb)?;
+        Ok(Self { layer })
+    }
+
+    /// `weight` loaded from `vb`, no bias.
+    pub fn load_no_bias(
+        in_channels: usize,
+        out_channels: usize,
+        kernel_size: usize,
+        config: Conv1dConfig,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let layer = candle_nn::conv1d_no_bias(in_channels, out_channels, kernel_size, config, vb)?;
+        Ok(Self { layer })
+    }
+
     /// From a `(C_out, C_in / groups, K)` weight and a `(C_out)` bias.
     pub fn new(weight: Tensor, bias: Option<Tensor>, config: Conv1dConfig) -> Self {
         Self {
@@ -348,6 +351,46 @@ impl<T: WithDType> Product<'_, T> {
     }
 }
 
+/// `x.conv_transpose2d(kernel, ..)` with PyTorch's `groups`, which Candle's
+/// lacks, plus `bias`: each of the `groups` shares of the input channels
+/// `x` (B, C_in, H, W) goes through its share of `kernel`
+/// (C_in, C_out / groups, kH, kW), and the outputs are concatenated along
+/// the channels. `bias` is (C_out).
+pub fn conv_transpose2d_grouped(
+    x: &Tensor,
+    kernel: &Tensor,
+    bias: Option<&Tensor>,
+    config: ConvTranspose2dConfig,
+    groups: usize,
+) -> Result<Tensor> {
+    let (c_in, c_in_kernel) = (x.dim(1)?, kernel.dim(0)?);
+    if groups == 0 || c_in != c_in_kernel || c_in % groups != 0 {
+        bail!(
+            "conv_transpose2d_grouped: {c_in} input channels and a kernel for {c_in_kernel} \
+             do not split into {groups} groups"
+        )
+    }
+    let share = c_in / groups;
+    let ConvTranspose2dConfig {
+        padding,
+        output_padding,
+        stride,
+        dilation,
+    } = config;
+    let outs = (0..groups)
+        .map(|g| {
+            let x = x.narrow(1, g * share, share)?.contiguous()?;
+            let kernel = kernel.narrow(0, g * share, share)?.contiguous()?;
+            x.conv_transpose2d(&kernel, padding, output_padding, stride, dilation)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let out = Tensor::cat(&outs, 1)?;
+    match bias {
+        Some(bias) => out.broadcast_add(&bias.reshape((1, (), 1, 1))?),
+        None => Ok(out),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -393,6 +436,47 @@ mod tests {
                 assert!(err < 1e-4, "case {i} {dtype:?}: max difference {err}");
             }
         }
+        Ok(())
+    }
+
+    /// Each group through its own kernel share equals a block-diagonal kernel
+    /// (zeros between the groups) run by Candle without groups.
+    #[test]
+    fn grouped_transposed_2d() -> Result<()> {
+        let dev = Device::Cpu;
+        let (groups, c_in, c_out_group) = (2, 4, 3);
+        let kernel = Tensor::randn(0f32, 1.0, (c_in, c_out_group, 3, 2), &dev)?;
+        let bias = Tensor::randn(0f32, 1.0, groups * c_out_group, &dev)?;
+        let x = Tensor::randn(0f32, 1.0, (2, c_in, 5, 4), &dev)?;
+        let config = ConvTranspose2dConfig {
+            padding: 1,
+            output_padding: 1,
+            stride: 2,
+            dilation: 1,
+        };
+        let ours = conv_transpose2d_grouped(&x, &kernel, Some(&bias), config, groups)?;
+        // (C_in, C_out, kH, kW), zero outside each group's block
+        let share = c_in / groups;
+        let blocks = (0..groups)
+            .map(|g| {
+                let k = kernel.narrow(0, g * share, share)?;
+                let parts = (0..groups)
+                    .map(|h| {
+                        if h == g {
+                            Ok(k.clone())
+                        } else {
+                            k.zeros_like()
+                        }
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&parts, 1)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let full = Tensor::cat(&blocks, 0)?;
+        let theirs = x
+            .conv_transpose2d(&full, 1, 1, 2, 1)?
+            .broadcast_add(&bias.reshape((1, (), 1, 1))?)?;
+        assert!(max_abs_diff(&ours, &theirs)? < 1e-5);
         Ok(())
     }
 

@@ -47,9 +47,9 @@ pub mod rnn;
 pub mod weight_norm;
 
 pub use attention::{AttentionMasks, MultiheadAttention, MultiheadAttentionConfig};
-pub use conv::{conv1d, conv1d_no_bias, Conv1d};
+pub use conv::{conv_transpose2d_grouped, Conv1d};
 pub use index::{from_end, masked_select, slice_bound, take, take_every};
-pub use norm::{batch_norm, BatchNorm};
+pub use norm::BatchNorm;
 pub use ops::{atan2, div_floor, rem_floor, rem_trunc};
 pub use pad::{pad_circular, pad_constant, pad_reflect};
 pub use parity::{CaseGolden, Golden, ParityCase, ParityReport};

@@ -24,17 +24,17 @@ pub struct BatchNorm {
     shift: Tensor,
 }
 
-/// A [`BatchNorm`] over `num_features` channels, its parameters and running
-/// statistics loaded from `vb` as [`candle_nn::batch_norm`] loads them.
-pub fn batch_norm<C: Into<BatchNormConfig>>(
-    num_features: usize,
-    config: C,
-    vb: VarBuilder,
-) -> Result<BatchNorm> {
-    BatchNorm::new(candle_nn::batch_norm(num_features, config, vb)?)
-}
-
 impl BatchNorm {
+    /// Over `num_features` channels, its parameters and running statistics
+    /// loaded from `vb` as [`candle_nn::batch_norm`] loads them.
+    pub fn load<C: Into<BatchNormConfig>>(
+        num_features: usize,
+        config: C,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        Self::new(candle_nn::batch_norm(num_features, config, vb)?)
+    }
+
     /// Wraps candle_nn's layer, computing its evaluation terms.
     pub fn new(layer: candle_nn::BatchNorm) -> Result<Self> {
         let inv_std = (layer.running_var() + layer.eps())?.sqrt()?.recip()?;
