@@ -133,6 +133,9 @@ def module_source(rng: random.Random) -> str:
                         F.interpolate(im, scale_factor=(2, 3)),
                         F.interpolate(im, size=(4, im.shape[-1] + 3), mode='bilinear',
                                       align_corners=True),
+                        F.interpolate(im, scale_factor=(0.7, 2.5), mode='bicubic'),
+                        F.interpolate(im, size=(5, im.shape[-1] * 2), mode='bicubic',
+                                      align_corners=True),
                         F.conv_transpose2d(im, self.up, self.bias, stride=2, padding=1,
                                            output_padding=1),
                         F.conv_transpose2d(im, self.up, stride=(1, 2), dilation=(2, 1)),
@@ -185,7 +188,7 @@ def test_functional_convolutions_match_pytorch(tmp_path, cargo_env, capsys):
     assert len(outputs) == 24  # every output checked end to end
     outputs = {e["output"] for r in report for e in r["entries"]
                if e["kind"] == "model" and r["model"] == "resample"}
-    assert len(outputs) == 16
+    assert len(outputs) == 18
     # Candle's conv_transpose2d has no groups: the runtime runs one per group
     resample = (tmp_path / "crate" / "src" / "resample.rs").read_text()
     assert resample.count("conv_transpose2d_grouped(") == 2, resample

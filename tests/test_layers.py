@@ -141,7 +141,9 @@ UPSAMPLE2D = ["nn.Upsample(scale_factor=(1.5, 2.5), mode='bilinear')",
               "nn.UpsamplingBilinear2d(scale_factor=2)", "nn.UpsamplingNearest2d(size=(5, 13))",
               "nn.Upsample(scale_factor=1.3, mode='bilinear', recompute_scale_factor=True)",
               "nn.Upsample(scale_factor=0.5)",
-              "nn.Upsample(scale_factor=(2, 0.75), mode='nearest-exact')"]
+              "nn.Upsample(scale_factor=(2, 0.75), mode='nearest-exact')",
+              "nn.Upsample(scale_factor=(1.5, 2), mode='bicubic')",
+              "nn.Upsample(size=(7, 9), mode='bicubic', align_corners=True)"]
 FIXED_POOL1D = ["nn.MaxPool1d(3, padding=1)", "nn.AvgPool1d(2, count_include_pad=False)",
                 "nn.AvgPool1d(3, stride=2, padding=1)",
                 "nn.MaxPool1d(2, stride=2, padding=1, dilation=2, ceil_mode=True)",
@@ -373,9 +375,6 @@ UNSUPPORTED = """\
             return self.layer(x)
 
 
-    def bicubic():
-        return One(nn.Upsample(scale_factor=2, mode='bicubic'))
-
     def batch_stats():
         return One(nn.BatchNorm1d(4, track_running_stats=False))
 
@@ -392,7 +391,6 @@ UNSUPPORTED = """\
 
 # factory -> (input shape, what the report says)
 REPORTED = {
-    "bicubic": ("[2, 4, 6, 6]", "[layer] Upsample option not supported: mode='bicubic'"),
     "batch_stats": ("[2, 4, 6]",
                     "[layer] BatchNorm1d option not supported: track_running_stats=False"),
     "max_norm": ("[2, 3], dtype: int64, low: 0, high: 10",

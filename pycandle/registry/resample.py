@@ -1,8 +1,8 @@
 """Resampling: F.interpolate and nn.Upsample (with UpsamplingNearest2d, UpsamplingBilinear2d) in
-the modes `nearest`, `nearest-exact`, `linear` (1-d) and `bilinear` (2-d), through the runtime's
-`resize_nearest`, `resize_nearest_exact` and `resize_linear`: one call per spatial dimension,
-the last one first (PyTorch's order of sums for bilinear), the source positions computed from
-the sizes at run time. A `scale_factor` keeps PyTorch's meaning: the output size is
+the modes `nearest`, `nearest-exact`, `linear` (1-d), `bilinear` and `bicubic` (2-d), through
+the runtime's `resize_nearest`, `resize_nearest_exact` and `resize_linear` (one call per spatial
+dimension, the last one first: PyTorch's order of sums for bilinear) and `resize_bicubic` (both
+dimensions in one call), the source positions computed from the sizes at run time. A `scale_factor` keeps PyTorch's meaning: the output size is
 floor(size * scale) and positions map with 1 / scale, unless `recompute_scale_factor=True`."""
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from pycandle.registry.core import (
 
 # mode -> (number of spatial dimensions, the runtime function); `nearest` modes take 1 or 2
 _MODES = {"nearest": (None, "resize_nearest"), "nearest-exact": (None, "resize_nearest_exact"),
-          "linear": (1, "resize_linear"), "bilinear": (2, "resize_linear")}
-_SUPPORTED = "PyCandle resamples with nearest, nearest-exact, linear and bilinear"
+          "linear": (1, "resize_linear"), "bilinear": (2, "resize_linear"),
+          "bicubic": (2, "resize_bicubic")}
+_SUPPORTED = "PyCandle resamples with nearest, nearest-exact, linear, bilinear and bicubic"
 _WHY = {"area": "F.adaptive_avg_pool1d/2d to the output size is supported"}
 
 
@@ -77,6 +78,10 @@ def resample(x: Any, size: Any, scale_factor: Any, mode: Any, align_corners: Any
                 targets.append(None)
             else:
                 targets.append(f"{resize}::By({scale})")
+    if fn == "resize_bicubic":  # both dimensions in one call (a scale of 1 is the identity)
+        height, width = (t or f"{resize}::By(1.0)" for t in targets)
+        aligned = "true" if align_corners else "false"
+        return chained(x, f"{runtime(fn)}({x.borrow}, {height}, {width}, {aligned})?")
     expr = x.name
     extra = f", {'true' if align_corners else 'false'}" if fn == "resize_linear" else ""
     for i in reversed(range(n)):
@@ -97,8 +102,8 @@ def _interpolate(spelling: str, a: dict[str, Any], out: Any) -> Any:
 
 
 register_op(Op("interpolate", {"torch.nn.functional.interpolate": _SIG}, _interpolate,
-               doc="modes nearest, nearest-exact (1-d, 2-d), linear (1-d), bilinear (2-d) with "
-                   "align_corners; size (also from shapes) or scale_factor, "
+               doc="modes nearest, nearest-exact (1-d, 2-d), linear (1-d), bilinear and bicubic "
+                   "(2-d) with align_corners; size (also from shapes) or scale_factor, "
                    "recompute_scale_factor"))
 
 
@@ -116,4 +121,5 @@ for _name in ("Upsample", "UpsamplingNearest2d", "UpsamplingBilinear2d"):
                               "recompute_scale_factor"),
         outputs="out", field=no_field, call=_upsample_call,
         check=lambda cfg: mode_problems(cfg["mode"]),
-        doc="as F.interpolate: nearest, nearest-exact, linear, bilinear, size or scale_factor"))
+        doc="as F.interpolate: nearest, nearest-exact, linear, bilinear, bicubic, size or "
+            "scale_factor"))

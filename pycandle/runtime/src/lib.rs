@@ -54,7 +54,9 @@ pub use ops::{atan2, div_floor, rem_floor, rem_trunc};
 pub use pad::{pad_circular, pad_constant, pad_reflect};
 pub use parity::{CaseGolden, Golden, ParityCase, ParityReport};
 pub use pool::{avg_pool_dim, max_pool_dim, Divisor, PoolDim};
-pub use resample::{dilate, resize_linear, resize_nearest, resize_nearest_exact, Resize};
+pub use resample::{
+    dilate, resize_bicubic, resize_linear, resize_nearest, resize_nearest_exact, Resize,
+};
 pub use rnn::{
     sequence_lengths, Gru, GruCell, GruCellConfig, GruConfig, Lstm, LstmCell, LstmCellConfig,
     LstmConfig, Nonlinearity, Rnn, RnnCell, RnnCellConfig, RnnConfig,

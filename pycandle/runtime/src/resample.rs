@@ -1,6 +1,6 @@
 //! Resampling as PyTorch's `F.interpolate` and `nn.Upsample` do it, one dimension at a time:
 //! `nearest`, `nearest-exact` and `linear` (`bilinear` is `linear` along the width, then along
-//! the height, the order of PyTorch's sums).
+//! the height, the order of PyTorch's sums), and `bicubic` (the same order, four taps).
 //!
 //! The source positions are computed from the sizes at run time, with PyTorch's arithmetic
 //! (nearest modes in `f32`, as its kernels do), so a port resamples inputs of any length as the
@@ -126,6 +126,85 @@ pub fn resize_linear<D: Dim>(
     lower.broadcast_mul(&lower_weight)? + upper.broadcast_mul(&upper_weight)?
 }
 
+/// `mode='bicubic'` over the last two dimensions (height, width): each output value is a
+/// weighted sum of the 4 x 4 inputs around its source position, with Keys' cubic convolution
+/// (`A = -0.75`) as the weights, reading the edge values beyond the borders, summed along the
+/// width first, as PyTorch does. Source positions are not clamped at the start (PyTorch's cubic
+/// rule). When neither size changes the input is returned, as PyTorch does.
+pub fn resize_bicubic(
+    x: &Tensor,
+    height: Resize,
+    width: Resize,
+    align_corners: bool,
+) -> Result<Tensor> {
+    let rank = x.rank();
+    if rank < 2 {
+        bail!("resize_bicubic: expected at least 2 dimensions, got {rank}")
+    }
+    let (h, w) = (x.dim(rank - 2)?, x.dim(rank - 1)?);
+    if height.resolve(h)?.0 == h && width.resolve(w)?.0 == w {
+        return Ok(x.clone());
+    }
+    let x = cubic(x, rank - 1, width, align_corners)?;
+    cubic(&x, rank - 2, height, align_corners)
+}
+
+/// Keys' cubic convolution weights of the 4 taps around a source position `t` past its
+/// second tap (0 <= t < 1), with PyTorch's `A = -0.75`.
+fn cubic_weights(t: f64) -> [f64; 4] {
+    const A: f64 = -0.75;
+    let near = |x: f64| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0; // |x| <= 1
+    let far = |x: f64| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A; // 1 < |x| < 2
+    [far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)]
+}
+
+fn cubic(x: &Tensor, dim: usize, size: Resize, align_corners: bool) -> Result<Tensor> {
+    let input = x.dim(dim)?;
+    let (output, scale) = size.resolve(input)?;
+    let step = if align_corners {
+        if output > 1 {
+            (input - 1) as f64 / (output - 1) as f64
+        } else {
+            0.0
+        }
+    } else {
+        step(input, output, scale)
+    };
+    let mut taps: [Vec<u32>; 4] = Default::default();
+    let mut weights: [Vec<f64>; 4] = Default::default();
+    for i in 0..output {
+        let at = if align_corners {
+            step * i as f64
+        } else {
+            step * (i as f64 + 0.5) - 0.5
+        };
+        let below = at.floor();
+        let coefficients = cubic_weights(at - below);
+        for k in 0..4 {
+            let tap = (below as i64 - 1 + k as i64).clamp(0, input as i64 - 1);
+            taps[k].push(tap as u32);
+            weights[k].push(coefficients[k]);
+        }
+    }
+    let x = x.contiguous()?;
+    let device = x.device();
+    // the weights broadcast over the dimensions after `dim`
+    let mut shape = vec![output];
+    shape.resize(x.rank() - dim, 1);
+    let mut sum: Option<Tensor> = None;
+    for (tap, weight) in taps.into_iter().zip(weights) {
+        let weight = Tensor::from_vec(weight, shape.as_slice(), device)?.to_dtype(x.dtype())?;
+        let term = x
+            .index_select(&Tensor::from_vec(tap, output, device)?, dim)?
+            .broadcast_mul(&weight)?;
+        sum = Some(match sum {
+            Some(sum) => (sum + term)?,
+            None => term,
+        });
+    }
+    sum.ok_or_else(|| candle_core::Error::Msg("resize_bicubic: no taps".into()))
+}
+
 /// `x` with `factor - 1` zeros between neighbouring elements along `dim`: the kernel of a
 /// convolution dilated by `factor` in that dimension only, run with dilation 1.
 pub fn dilate<D: Dim>(x: &Tensor, dim: D, factor: usize) -> Result<Tensor> {
@@ -184,6 +263,24 @@ mod tests {
         // the same size: a copy, even with a scale factor
         let y = resize_linear(&x, 2, Resize::By(1.3), false)?;
         assert_eq!(values(&y)?, [0., 1., 2.]);
+        Ok(())
+    }
+
+    #[test]
+    fn bicubic_keeps_constants_and_known_values() -> Result<()> {
+        // the weights sum to 1: a constant image stays constant, borders included
+        let flat = Tensor::full(3f32, (1, 1, 3, 4), &Device::Cpu)?;
+        let up = resize_bicubic(&flat, Resize::By(2.0), Resize::To(7), false)?;
+        assert_eq!(up.dims(), &[1, 1, 6, 7]);
+        assert!(values(&up)?.iter().all(|v| (v - 3.0).abs() < 1e-6));
+        // PyTorch: F.interpolate(torch.tensor([[[[0., 1., 4., 9.]]]]), size=(1, 6),
+        // mode='bicubic', align_corners=True)
+        let x = Tensor::from_slice(&[0f32, 1.0, 4.0, 9.0], (1, 1, 1, 4), &Device::Cpu)?;
+        let y = values(&resize_bicubic(&x, Resize::To(1), Resize::To(6), true)?)?;
+        let expected = [0.0, 0.288, 1.504, 3.016, 6.264, 9.0];
+        for (a, b) in y.iter().zip(expected) {
+            assert!((a - b).abs() < 1e-3, "{y:?}");
+        }
         Ok(())
     }
 
