@@ -44,6 +44,16 @@ fn step(input: usize, output: usize, scale: Option<f64>) -> f64 {
     }
 }
 
+/// The source step of the interpolating modes: with `align_corners` the first and last
+/// positions map onto each other, else as [`step`].
+fn interpolation_step(input: usize, output: usize, scale: Option<f64>, align_corners: bool) -> f64 {
+    match (align_corners, output > 1) {
+        (true, true) => (input - 1) as f64 / (output - 1) as f64,
+        (true, false) => 0.0,
+        (false, _) => step(input, output, scale),
+    }
+}
+
 /// `mode='nearest'` along `dim`: output position `i` takes input `floor(i * step)` (PyTorch's
 /// legacy rule, which `nearest-exact` corrects).
 pub fn resize_nearest<D: Dim>(x: &Tensor, dim: D, size: Resize) -> Result<Tensor> {
@@ -91,15 +101,7 @@ pub fn resize_linear<D: Dim>(
     if output == input {
         return Ok(x.clone());
     }
-    let step = if align_corners {
-        if output > 1 {
-            (input - 1) as f64 / (output - 1) as f64
-        } else {
-            0.0
-        }
-    } else {
-        step(input, output, scale)
-    };
+    let step = interpolation_step(input, output, scale, align_corners);
     let mut lower = Vec::with_capacity(output);
     let mut upper = Vec::with_capacity(output);
     let mut weights = Vec::with_capacity(output);
@@ -161,15 +163,7 @@ fn cubic_weights(t: f64) -> [f64; 4] {
 fn cubic(x: &Tensor, dim: usize, size: Resize, align_corners: bool) -> Result<Tensor> {
     let input = x.dim(dim)?;
     let (output, scale) = size.resolve(input)?;
-    let step = if align_corners {
-        if output > 1 {
-            (input - 1) as f64 / (output - 1) as f64
-        } else {
-            0.0
-        }
-    } else {
-        step(input, output, scale)
-    };
+    let step = interpolation_step(input, output, scale, align_corners);
     let mut taps: [Vec<u32>; 4] = Default::default();
     let mut weights: [Vec<f64>; 4] = Default::default();
     for i in 0..output {
