@@ -80,6 +80,37 @@ class SymInt:
     a: Any
     b: Any
 
+    def __repr__(self) -> str:  # as messages show it: `min(4, x.shape[2] - 4)`
+        return _python_text(self, top=True)
+
+
+_PYTHON_FUNCTIONS = {"ceil": "math.ceil", "floor": "math.floor", "trunc": "int", "round": "round"}
+_PYTHON_OPERATORS = {"add": "+", "sub": "-", "mul": "*", "floordiv": "//", "mod": "%",
+                     "truediv": "/"}
+
+
+def _python_text(v: Any, top: bool = False) -> str:
+    """A size expression as the Python that computes it (the pass number of a loop: `step`)."""
+    if not isinstance(v, SymInt):
+        return repr(v)
+    kind = str(v.kind)
+    if kind == "dim":
+        path = "".join(f"[{i}]" for i in v.a.path)
+        return f"{v.a.node}{path}.shape[{v.b}]"
+    if kind == "step":
+        return "step"
+    if kind == "neg":
+        return f"-{_python_text(v.a)}"
+    if kind in ("max", "min"):
+        return f"{kind}({_python_text(v.a, True)}, {_python_text(v.b, True)})"
+    if kind in _PYTHON_FUNCTIONS:
+        return f"{_PYTHON_FUNCTIONS[kind]}({_python_text(v.a, True)})"
+    op, b = _PYTHON_OPERATORS[kind], v.b
+    if kind == "add" and isinstance(b, (int, float)) and b < 0:
+        op, b = "-", -b
+    text = f"{_python_text(v.a)} {op} {_python_text(b)}"
+    return text if top else f"({text})"
+
 
 @dataclass(frozen=True)
 class TensorMeta:

@@ -9,12 +9,12 @@ reaches a torch call, the manifest records the expression instead of the number,
 `F.pad(x, (0, math.ceil(t / s) * s - t))` is generated from `x.dim(2)?`, right at every length,
 not only at the traced ones.
 
-`int`, `max` and `min` are builtins that cannot be taught this from here: while tracing, the
-model's own modules see `traced_int`, `traced_max` and `traced_min` in their place (the
-tracer installs them). Anything else (`math.sqrt`, numpy) gives a plain number; the recorder
-then falls back to explaining values across trace cases (pycandle.symbolic). Comparing a size
-(or testing it for truth) steers Python control flow by the traced sizes, which the recorder
-reports as a warning.
+`int`, `max`, `min` and `range` are builtins that cannot be taught this from here: while
+tracing, the model's own modules see `traced_int`, `traced_max`, `traced_min` and
+`traced_range` in their place (the tracer installs them). Anything else (`math.sqrt`, numpy)
+gives a plain number; the recorder then falls back to explaining values across trace cases
+(pycandle.symbolic). Comparing a size (or testing it for truth) steers Python control flow by
+the traced sizes, which the recorder reports as a warning.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def _plain(v: Any) -> Any:
     return float(v) if isinstance(v, float) else int(v)
 
 
-def _combine(kind: SymKind, a: Any, b: Any) -> Any:
+def combine(kind: SymKind, a: Any, b: Any) -> Any:
     """The expression `a kind b`, without the steps that change nothing (`+ 0`, `* 1`)."""
     if kind == SymKind.SUB and not isinstance(b, SymInt):
         kind, b = SymKind.ADD, -b
@@ -65,7 +65,7 @@ def _made(value: Any, sym: Any) -> Any:
 
 
 def _binary(kind: SymKind, a: Any, b: Any, value: Any) -> Any:
-    return _made(value, _combine(kind, _sym(a), _sym(b)))
+    return _made(value, combine(kind, _sym(a), _sym(b)))
 
 
 def _unary(kind: SymKind, a: Any, value: Any) -> Any:
@@ -280,7 +280,34 @@ def _extreme(kind: SymKind, builtin: Callable[..., Any]) -> Callable[..., Any]:
 
 traced_max = _extreme(SymKind.MAX, builtins.max)
 traced_min = _extreme(SymKind.MIN, builtins.min)
-BUILTINS = {"int": traced_int, "max": traced_max, "min": traced_min}
+
+
+class _RangeType(type):
+    def __instancecheck__(cls, obj: Any) -> bool:
+        return isinstance(obj, builtins.range)
+
+    def __subclasscheck__(cls, sub: type) -> bool:
+        return issubclass(sub, builtins.range)
+
+
+class traced_range(metaclass=_RangeType):  # noqa: N801 (it stands for `range`)
+    """`range` for the model's own modules while tracing: Python's range, and, when its bounds
+    are sizes, its length as a size (`range(0, t, hop)` has `math.ceil(t / hop)` items) handed
+    to `on_range`, so that a loop over it runs as many passes in Rust at any length."""
+
+    on_range: Callable[[Any, int], None] | None = None  # set by the tracer
+
+    def __new__(cls, *args: Any) -> Any:
+        items = builtins.range(*args)  # Python's errors
+        if cls.on_range is not None and any(isinstance(a, TracedNumber) for a in args):
+            start, stop, step = (0, args[0], 1) if len(args) == 1 else (*args, 1)[:3]
+            length = stop - start if step == 1 else math.ceil((stop - start) / step)
+            if isinstance(length, ShapeInt) and int(length) == len(items):
+                cls.on_range(length.sym, len(items))
+        return items
+
+
+BUILTINS = {"int": traced_int, "max": traced_max, "min": traced_min, "range": traced_range}
 
 
 class TracedSize(tuple):

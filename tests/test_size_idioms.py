@@ -1,7 +1,8 @@
 """Sizes as published models compute them, carried into the Rust by provenance: a pad to a
 multiple of the stride through `math.ceil(t / s)`, `int()`/`round()`/`math.trunc` of a float
-length, `max`/`min` of sizes, `%`, negative positions counted from the end, and a slice bound held
-in a one-element tensor. Parity at every trace case, and the code is the same whatever lengths
+length, `max`/`min` of sizes, `%`, negative positions counted from the end, a slice bound held
+in a one-element tensor, and segments of `range(0, t, hop)` (`min(hop, t - start)`), with sizes
+in tensor arithmetic. Parity at every trace case, and the code is the same whatever lengths
 were traced: a model traced where its pad is 0 still pads right at a length that needs one."""
 
 from __future__ import annotations
@@ -53,6 +54,23 @@ class RateChange(nn.Module):
         target = round(length * self.new / self.old)
         y = x.repeat(1, 1, 2)
         return y[..., :target], y[..., math.trunc(length / 2.5):]
+
+
+class Segments(nn.Module):
+    """The mean of every `hop` frames, the last segment shorter: a loop over `range(0, t, hop)`
+    whose pass count and segment length follow the input length."""
+
+    def __init__(self, hop=4):
+        super().__init__()
+        self.hop = hop
+
+    def forward(self, x):
+        t = x.shape[-1]
+        means = []
+        for start in range(0, t, self.hop):
+            length = min(self.hop, t - start)
+            means.append(x[..., start:start + length].sum(-1) / length)
+        return torch.stack(means, -1), t - x, x * (t / self.hop)
 '''
 
 MODELS = """\
@@ -75,6 +93,12 @@ models:
     inputs:
       - x: {shape: [2, 3, 9]}
       - x: {shape: [1, 2, 13]}
+  - name: segments
+    factory: szmodels:Segments
+    inputs:
+      - x: {shape: [2, 3, 9]}
+      - x: {shape: [1, 2, 14]}
+      - x: {shape: [1, 3, 5]}
 """
 
 
@@ -87,10 +111,10 @@ def _code(path) -> list[str]:
 def test_size_idioms_match_pytorch_at_untraced_lengths(tmp_path, cargo_env, capsys):
     (tmp_path / "all").mkdir()
     out = run_pipeline(tmp_path / "all", {"szmodels": MODULE}, MODELS, capsys)
-    assert "parity: 8 passed, 0 failed" in out, out[-3000:]
+    assert "parity: 11 passed, 0 failed" in out, out[-3000:]
     src = tmp_path / "all" / "crate" / "src"
-    pad, sizes, rate = ((src / f"{name}.rs").read_text()
-                        for name in ("pad_to_stride", "size_arithmetic", "rate_change"))
+    pad, sizes, rate, segments = ((src / f"{name}.rs").read_text() for name in (
+        "pad_to_stride", "size_arithmetic", "rate_change", "segments"))
     assert "x.dim(2)?.div_ceil(4) * 4 - x.dim(2)?" in pad, pad
     assert "from_end(x.dim(2)?, x.dim(2)? % 3 + 1)" in pad, pad
     # max(t - 6, 2) at t = 5: Python's -1 loses to 2; the usize difference saturates, never wraps
@@ -102,6 +126,10 @@ def test_size_idioms_match_pytorch_at_untraced_lengths(tmp_path, cargo_env, caps
     assert "x.dim(2)? / 3 + 1" in sizes, sizes  # math.floor(t / 3) + 1
     assert "as f64 / 3.0).round_ties_even() as usize" in rate, rate
     assert "as f64 / 2.5).trunc() as usize" in rate, rate
+    # 3, 4 and 2 passes in the trace cases: as many as `range(0, t, 4)` has items, at any length
+    assert "for step in 0..x.dim(2)?.div_ceil(4) {" in segments, segments
+    assert "(x.dim(2)? - step * 4).min(4)" in segments, segments  # min(hop, t - start)
+    assert "as f64)?" in segments and "affine(-1.0, x.dim(2)? as f64)?" in segments, segments
     assert_clippy_clean(tmp_path / "all" / "crate")
 
     # Traced only at lengths 8 and 12 (no pad), the model pads by the same expression: the case
@@ -110,6 +138,6 @@ def test_size_idioms_match_pytorch_at_untraced_lengths(tmp_path, cargo_env, caps
     two = MODELS.replace("      - x: {shape: [2, 3, 10]}\n", "")
     assert two != MODELS
     out = run_pipeline(tmp_path / "two", {"szmodels": MODULE}, two, capsys)
-    assert "parity: 7 passed, 0 failed" in out, out[-3000:]
-    for name in ("pad_to_stride", "size_arithmetic", "rate_change"):
+    assert "parity: 10 passed, 0 failed" in out, out[-3000:]
+    for name in ("pad_to_stride", "size_arithmetic", "rate_change", "segments"):
         assert _code(tmp_path / "two" / "crate" / "src" / f"{name}.rs") == _code(src / f"{name}.rs")

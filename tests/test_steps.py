@@ -144,6 +144,16 @@ STEPPED = """\
             return outs[0] + h
 
 
+    class GrowsSquared(Stepper):
+        def forward(self, x):
+            h = x.new_zeros(x.size(0), 6)
+            outs = []
+            for t in range(x.size(1)):
+                h = self.cell(x[:, t], h)
+                outs.append(h.sum(1) + x.new_zeros(x.size(0), x.size(1) + t * t).sum(1))
+            return torch.stack(outs, 1)
+
+
     class Sliced(Stepper):
         def __init__(self):
             super().__init__(n_in=8)
@@ -199,6 +209,11 @@ def _project(tmp_path: Path, module: str, factory: str, shapes: list[list[int]])
     ("KeepsTheFirst", r"the loop at steppedmodels\.py:{for} ran 7 times in case 0 and 4 times "
      r"in case 1, and cannot be written as a Rust loop: a value of one of its passes is used "
      r"after it"),
+    # sizes in the message as the Python that computes them
+    ("GrowsSquared", r"the loop at steppedmodels\.py:{for} ran 7 times in case 0 and 4 times "
+     r"in case 1, and cannot be written as a Rust loop: an argument changes from pass to pass "
+     r"in a way not written as the pass number: x\.shape\[1\], x\.shape\[1\] \+ 1, "
+     r"x\.shape\[1\] \+ 4, x\.shape\[1\] \+ 9"),
 ])
 def test_a_loop_that_cannot_be_ported_is_reported(tmp_path, capsys, factory, expected):
     path = _project(tmp_path, STEPPED, factory, [[2, 7, 4], [3, 4, 4]])

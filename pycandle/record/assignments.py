@@ -139,6 +139,29 @@ def _time_loops(filename: str) -> dict[tuple[int, int], tuple[int, tuple[str, ..
     return found
 
 
+def range_loop(frame: types.FrameType) -> int | None:
+    """The line of the `for` whose header iterates the `range(...)` the frame's current line
+    makes (`for start in range(0, t, hop):`), if it does."""
+    if frame.f_code.co_name.startswith("<"):
+        return None
+    line = frame.f_lineno
+    inside = [loop for (start, end), loop in _range_headers(frame.f_code.co_filename).items()
+              if start <= line <= end]
+    return max(inside) if inside else None
+
+
+@functools.lru_cache(maxsize=64)
+def _range_headers(filename: str) -> dict[tuple[int, int], int]:
+    """The lines of each `for ... in range(...)` header's `range` call -> the `for`'s line."""
+    found: dict[tuple[int, int], int] = {}
+    for loop in ast.walk(_parsed(filename)):
+        over = loop.iter if isinstance(loop, ast.For) else None
+        if isinstance(over, ast.Call) and isinstance(over.func, ast.Name) \
+                and over.func.id == "range":
+            found[(over.lineno, over.end_lineno or over.lineno)] = loop.lineno
+    return found
+
+
 @functools.lru_cache(maxsize=64)
 def _loops(filename: str) -> dict[tuple[int, int], tuple[str, str]]:
     """The body lines of each `for` over a module attribute in a file -> (attribute, variable)."""

@@ -30,6 +30,7 @@ from typing import Any
 from pycandle.enums import SymKind
 from pycandle.manifest import Ref, SymInt, TensorMeta, at_path, map_refs, refs_in
 from pycandle.record.tracer import CaseTrace, DraftNode
+from pycandle.shapes import combine
 
 _UNBIND = ("torch.unbind", "Tensor.unbind")
 _GOLDEN = re.compile(r"c(\d+)\.([A-Za-z0-9_]+)\.(in|out)\.(.+)")
@@ -177,6 +178,11 @@ def _fold_run(trace: CaseTrace, run: _Run) -> CaseTrace:
                 sym = SymInt(SymKind.STEP, Ref(name, ()), None)
                 sym = sym if a == 1 else SymInt(SymKind.MUL, sym, a)
                 return sym if b == 0 else SymInt(SymKind.ADD, sym, b)
+        if any(isinstance(v, SymInt) for v in values) \
+                and all(isinstance(v, SymInt) or type(v) is int for v in values):
+            template = _per_pass(values, SymInt(SymKind.STEP, Ref(name, ()), None))
+            if template is not None:
+                return template
         raise _Differs(f"an argument changes from pass to pass in a way not written as the "
                        f"pass number: {', '.join(repr(v) for v in values[:4])}")
 
@@ -243,7 +249,14 @@ def _fold_run(trace: CaseTrace, run: _Run) -> CaseTrace:
     inits = [init for (init, _) in carries]
     out = tuple([*(at_path(nodes_by_name[r.node].out, r.path) for r in inits),
                  *([at_path(nodes_by_name[r.node].out, r.path)] for r in collects)])
-    loop = DraftNode(name, "loop", run.index or "t", (n, inits),
+    # `for start in range(0, t, hop)`: as many passes as the range has items, at any length
+    length = nodes[run.start].step.length
+    count = length[0] if length is not None and length[1] == n else n
+    # the Rust loop counts passes: under the name of the Python loop's variable if that counts
+    # them too (`for t in range(x.size(1))`), not if it steps by more (`range(0, t, hop)`)
+    counts = all(nodes[p[0]].step.at == k for k, p in enumerate(run.passes))
+    loop = DraftNode(name, "loop", "step" if run.index and not counts else run.index or "t",
+                     (count, inits),
                      {"next": nexts, "collect": collects,
                       "lists": [lists.get(key) for key in collected]}, out, run.loop)
     new_nodes = [*nodes[:run.start], loop, *selects.values(), *body, *rest]
@@ -274,6 +287,77 @@ def _fold_run(trace: CaseTrace, run: _Run) -> CaseTrace:
                                   out=after(b.out)))
     blocks.sort(key=lambda b: (b.start, -b.end))  # in the order they started
     return replace(trace, nodes=new_nodes, output=output, golden=golden, blocks=blocks)
+
+
+_NEUTRAL = {SymKind.ADD: 0, SymKind.MUL: 1}  # what traced arithmetic leaves out
+
+
+def _per_pass(values: list[Any], step: SymInt) -> Any:
+    """One size expression of the pass number `step` that every pass's size is, or None: with
+    `start` from `range(0, t, hop)`, `min(hop, t - start)` is `min(4, t)`, `min(4, t - 4)`,
+    `min(4, t - 8)` in passes 0, 1, 2, and `min(4, t - 4 * step)` in the loop. The passes after
+    the first give the expression (a number that differs between them grows linearly with the
+    pass number); it must then rebuild every pass's size, the first one's too, where Python's
+    arithmetic dropped the `- 0`."""
+    k = 1 if len(values) > 2 else 0  # pass 0's sizes are simplified: later passes show more
+
+    def generalise(u: Any, v: Any) -> Any:
+        if type(u) is int and type(v) is int:
+            if u == v:
+                return u
+            slope, offset = v - u, u - (v - u) * k
+            return combine(SymKind.ADD, combine(SymKind.MUL, step, slope), offset)
+        if isinstance(u, SymInt) and isinstance(v, SymInt) and u.kind == v.kind \
+                and u.kind not in (SymKind.DIM, SymKind.STEP):
+            return _tidy(SymInt(u.kind, generalise(u.a, v.a), generalise(u.b, v.b)), step)
+        if u == v:
+            return u
+        if isinstance(v, SymInt) and v.kind in _NEUTRAL:
+            # pass 0 of `start + n` is `n`: Python's arithmetic dropped the `0 +`
+            neutral = _NEUTRAL[v.kind]
+            if type(v.a) is int:
+                return generalise(SymInt(v.kind, neutral, u), v)
+            if type(v.b) is int:
+                return generalise(SymInt(v.kind, u, neutral), v)
+        raise _Differs("")
+
+    try:
+        template = generalise(values[k], values[k + 1])
+    except _Differs:
+        return None
+    if all(_at_pass(template, i) == v for i, v in enumerate(values)):
+        return template
+    return None
+
+
+def _tidy(sym: SymInt, step: SymInt) -> SymInt:
+    """`t + (-4 * step + c)` as `(t + c) - 4 * step`: sizes stay non-negative in Rust."""
+    b = sym.b
+    if sym.kind != SymKind.ADD or not isinstance(b, SymInt):
+        return sym
+    offset = 0
+    if b.kind == SymKind.ADD and type(b.b) is int and isinstance(b.a, SymInt):
+        b, offset = b.a, b.b
+    if b.kind == SymKind.MUL and b.a == step and type(b.b) is int and b.b < 0:
+        return SymInt(SymKind.SUB, combine(SymKind.ADD, sym.a, offset),
+                      combine(SymKind.MUL, step, -b.b))
+    return sym
+
+
+def _at_pass(sym: Any, k: int) -> Any:
+    """`sym` with the pass number `k` put in, simplified as Python's traced arithmetic
+    (pycandle.shapes) simplifies: the size the tracer recorded in pass `k`."""
+    if not isinstance(sym, SymInt) or sym.kind == SymKind.DIM:
+        return sym
+    if sym.kind == SymKind.STEP:
+        return k
+    kind = SymKind(sym.kind)
+    a, b = _at_pass(sym.a, k), _at_pass(sym.b, k)
+    if not isinstance(a, SymInt) and not isinstance(b, SymInt):
+        return kind.apply(a, b)
+    if kind.unary:
+        return SymInt(kind, a, None)
+    return combine(kind, a, b)
 
 
 def renamed_refs(value: Any, names: dict[str, str]) -> Any:

@@ -31,9 +31,12 @@ from pycandle.manifest import (
 )
 from pycandle import shapes
 from pycandle.record.assignments import (
-    argument_names, assignment_target, if_testing, ifs_around, loop_over, time_loop,
+    argument_names, assignment_target, if_testing, ifs_around, loop_over, range_loop,
+    time_loop,
 )
-from pycandle.shapes import BUILTINS, ShapeFloat, ShapeInt, TracedNumber, TracedSize, traced_size
+from pycandle.shapes import (
+    BUILTINS, ShapeFloat, ShapeInt, TracedNumber, TracedSize, traced_range, traced_size,
+)
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _SHAPES_FILE = shapes.__file__
@@ -225,6 +228,9 @@ class Step:
     k: int  # the pass, from 0
     index: str | None  # the loop's variable that counts (`t`, `i` of `enumerate`), if any
     element: str | None  # its variable that holds something else (`x_t` of `x.unbind(0)`)
+    # its number of passes as a size and its value, when it iterates a `range` of sizes
+    length: tuple[Any, int] | None = None
+    at: int | None = None  # the value of `index` in this pass
 
 
 @dataclass
@@ -286,7 +292,9 @@ class GraphTracer(TorchFunctionMode):
         self._params = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
         self._params.update({id(b): n for n, b in model.named_buffers(remove_duplicate=False)})
         self._module_names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
-        self._passes: dict[str, list[Any]] = {}  # loop -> [id(frame), its variables, pass]
+        # loop -> [id(frame), its variables, pass, its number of passes as a size or None]
+        self._passes: dict[str, list[Any]] = {}
+        self._ranges: dict[tuple[int, int], tuple[Any, int]] = {}  # (id(frame), line) -> length
         self.escapes: dict[str, str] = {}  # loop -> where a pass first read a tensor's value
         self.decisions: list[Decision] = []
         self._deciding: dict[tuple[int, int], int] = {}  # (id(frame), if line) -> decision
@@ -492,14 +500,25 @@ class GraphTracer(TorchFunctionMode):
             marker = tuple(v if isinstance(v, (int, float, str)) else id(v) for v in values)
             seen = self._passes.get(key)
             if seen is None or seen[0] != id(frame):
-                seen = self._passes[key] = [id(frame), marker, 0]
+                length = self._ranges.pop((id(frame), line), None)
+                seen = self._passes[key] = [id(frame), marker, 0, length]
             elif seen[1] != marker:
                 seen[1], seen[2] = marker, seen[2] + 1
-            counts = [n for n, v in zip(variables, values) if type(v) is int]
+            counts = [(n, v) for n, v in zip(variables, values) if type(v) is int]
             others = [n for n, v in zip(variables, values) if type(v) is not int]
-            return Step(key, seen[2], counts[0] if counts else None,
-                        others[-1] if others else None)
+            index, at = counts[0] if counts else (None, None)
+            return Step(key, seen[2], index, others[-1] if others else None, seen[3], at)
         return None
+
+    def _range_made(self, length: SymInt, value: int) -> None:
+        """A `range` with sizes for bounds: when it is what a loop header iterates (made on the
+        `for` line), that loop's number of passes as a size (`traced_range`)."""
+        frame = next(_user_frames(), None)
+        if frame is None:
+            return
+        line = range_loop(frame)
+        if line is not None:
+            self._ranges[(id(frame), line)] = (length, value)
 
     # --- leaf modules --------------------------------------------------------------------------
 
@@ -623,12 +642,14 @@ class GraphTracer(TorchFunctionMode):
                 handles.append(m.register_forward_pre_hook(self._block_pre, with_kwargs=True))
                 handles.append(m.register_forward_hook(self._block_post, with_kwargs=True))
         TracedNumber.on_compare = self._shape_compared
+        traced_range.on_range = self._range_made
         unpatch = _patch_builtins(self.model)
         try:
             with torch.no_grad(), self:
                 result = self.model(**inputs)
         finally:
             TracedNumber.on_compare = None
+            traced_range.on_range = None
             unpatch()
             restore()
             for h in handles:

@@ -4,12 +4,13 @@ comparisons, matrix products, elementwise math, clamp, where and masked_fill."""
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Callable
 
 from pycandle.manifest import TensorMeta
 from pycandle.registry.core import (
-    Op, Rust, T, Unsupported, alias, chained, int_arg, is_number, local_name, minus, register_op,
-    runtime, rust_dtype, rust_float, rust_scalar, tensor, unary_op,
+    Dim, FloatSize, Op, Rust, T, Unsupported, alias, chained, int_arg, is_number, local_name,
+    minus, register_op, runtime, rust_dtype, rust_float, rust_scalar, size_as, tensor, unary_op,
 )
 
 _BINARY_METHODS = {"add": "add", "sub": "sub", "mul": "mul", "div": "div"}
@@ -25,6 +26,13 @@ def _promoted(v: Any, out: Any) -> Any:
         return T(f"{v.name}.to_dtype({rust_dtype(out.dtype)})?",
                  TensorMeta(out.dtype, v.meta.shapes))
     return v
+
+
+def _size_scalar(v: Dim | FloatSize) -> str:
+    """A size from shapes as the `f64` a tensor is combined with (`(x / t as f64)?`)."""
+    if isinstance(v, FloatSize):
+        return v.expr if re.fullmatch(r"[\w.]+", v.expr) else f"({v.expr})"
+    return size_as(v, "f64")
 
 
 def _binary(kind: str) -> Callable[[str, dict[str, Any], Any], str]:
@@ -47,6 +55,10 @@ def _binary(kind: str) -> Callable[[str, dict[str, Any], Any], str]:
             if x.meta.shapes == y.meta.shapes:
                 return f"{x.name}.{_BINARY_METHODS[kind]}({y.borrow})?"
             return f"{x.name}.broadcast_{_BINARY_METHODS[kind]}({y.borrow})?"
+        if isinstance(x, T) and isinstance(y, (Dim, FloatSize)):  # `x / t`, `x * (t / s)`
+            return _SCALAR_FORMS[kind].format(x=x, s=_size_scalar(y))
+        if isinstance(y, T) and isinstance(x, (Dim, FloatSize)):  # `t - x`
+            return _REFLECTED_SCALAR_FORMS[kind].format(x=y, s=_size_scalar(x))
         if isinstance(x, T) and isinstance(y, (int, float)) and not isinstance(y, bool):
             if y == _NEUTRAL[kind] and isinstance(out, TensorMeta) and out.dtype == x.meta.dtype:
                 return alias(x)  # `x + 0`, `x * 1` (Python's `sum` starts at 0): x itself

@@ -85,6 +85,9 @@ class Dim:
     expr: str
     values: tuple[int, ...]
 
+    def __repr__(self) -> str:  # as messages show it
+        return f"the size `{self.expr}`"
+
 
 @dataclass(frozen=True)
 class FromEnd:
@@ -92,6 +95,9 @@ class FromEnd:
     only slice bounds and indices take. `size` is the size itself (`pad`), never negative."""
 
     size: Dim
+
+    def __repr__(self) -> str:
+        return f"the position `{self.size.expr}` from the end"
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,9 @@ class FloatSize:
 
     expr: str
     values: tuple[float, ...]
+
+    def __repr__(self) -> str:
+        return f"the number `{self.expr}`"
 
 
 def usize_expr(v: Any) -> str:
@@ -114,9 +123,15 @@ def usize_expr(v: Any) -> str:
 
 def size_as(v: Dim | FloatSize, rust_type: str) -> str:
     """A size from shapes as a number of another Rust type (`x.dim(1)? as i64`); `as` binds
-    before `+` and `*`, so anything but one `x.dim(k)?` is parenthesised."""
-    expr = v.expr if re.fullmatch(r"[\w.]+\.dim\(\d+\)\?", v.expr) else f"({v.expr})"
-    return f"{expr} as {rust_type}"
+    before `+` and `*`, so an expression with an operator outside brackets is parenthesised
+    (`(x.dim(1)? - 2) as i64`, not `(x.dim(1)?.min(4)) as f64`)."""
+    depth, outside = 0, []  # the text outside brackets
+    for c in v.expr:
+        depth += (c in "([") - (c in ")]")
+        outside.append(c if depth == 0 else "_")
+    if re.search(r" ([-+*/%]|as) ", "".join(outside)):
+        return f"({v.expr}) as {rust_type}"
+    return f"{v.expr} as {rust_type}"
 
 
 def minus(k: int) -> str:
