@@ -126,8 +126,9 @@ def cmd_parity(cfg: Config, names: list[str] | None, force: bool = False) -> int
 
 
 def cmd_coverage(cfg: Config | None, names: list[str] | None, force: bool = False) -> int:
-    """Without a config: everything supported. With one: per model, traced in PyTorch (nothing
-    is written), the layers and ops it uses and every one that is not supported."""
+    """Without a config: everything supported. With one: per model, the layers and ops it uses
+    and every one that is not supported; read from its recording when that is up to date,
+    otherwise traced in PyTorch (nothing is written)."""
     from pycandle import registry
 
     if cfg is None:
@@ -140,23 +141,30 @@ def cmd_coverage(cfg: Config | None, names: list[str] | None, force: bool = Fals
             console.print(f"  {name}: {', '.join(spellings)}" + (f" ({doc})" if doc else ""))
         return 0
 
+    from pycandle import depfile
     from pycandle.errors import UnsupportedError
-    from pycandle.record import record_model
+    from pycandle.manifest import Manifest
     from pycandle.support import used
 
     code = 0
     for mc in cfg.select(names):
-        try:
-            manifest = record_model(cfg, mc).manifest
-        except UnsupportedError as e:
-            code = 1
-            console.print(f"[red]{mc.name}[/red]: {len(e.problems)} unsupported")
-            for p in e.problems:
-                console.print(f"  - {escape(str(p))}")
-            continue
+        recorded = depfile.why_stale(cfg, mc) is None
+        if recorded:  # recorded from exactly these inputs by this PyCandle: no need to trace
+            manifest = Manifest.load(cfg.artifacts / mc.name / "manifest.json")
+        else:
+            from pycandle.record import record_model
+
+            try:
+                manifest = record_model(cfg, mc).manifest
+            except UnsupportedError as e:
+                code = 1
+                console.print(f"[red]{mc.name}[/red]: {len(e.problems)} unsupported")
+                for p in e.problems:
+                    console.print(f"  - {escape(str(p))}")
+                continue
         layers, ops = used(manifest)
-        console.print(f"[green]{mc.name}[/green]: supported; layers: {', '.join(layers) or '-'}; "
-                      f"functions: {', '.join(ops) or '-'}")
+        console.print(f"[green]{mc.name}[/green]: supported{' (as recorded)' if recorded else ''}; "
+                      f"layers: {', '.join(layers) or '-'}; functions: {', '.join(ops) or '-'}")
     return code
 
 

@@ -281,6 +281,12 @@ def test_coverage_of_a_config_names_what_each_model_uses(tmp_path, capsys):
     assert "enc: supported; layers: torch.nn.LSTM, torch.nn.Linear;" in out
     assert "bad: 1 unsupported" in out and "function torch.cumprod is not supported" in out
     assert not (tmp_path / "artifacts").exists()  # coverage writes nothing
+    # once recorded, the recording says it: nothing is traced again
+    assert main(["record", "--config", str(path), "--model", "enc"]) == 0
+    capsys.readouterr()
+    assert main(["coverage", "--config", str(path), "--model", "enc"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "enc: supported (as recorded); layers: torch.nn.LSTM, torch.nn.Linear;" in out, out
 
 
 def test_non_finite_values_from_pytorch_itself_are_noted(tmp_path):
