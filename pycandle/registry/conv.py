@@ -137,8 +137,10 @@ def _field(name: str, cfg: dict[str, Any], n: int, config: str, shape: tuple[int
                  "}")
 
 
-# how each layer is loaded (the no-bias form appends `_no_bias`)
-_CONV_BUILDER = {1: "Conv1d::load", 2: "candle_nn::conv2d"}
+# where each layer comes from and how it is loaded (the no-bias form appends `_no_bias`): the
+# runtime's Conv1d runs as one matrix product per group on the CPU, split over threads without
+# Candle's thread pools
+_CONV = {1: ("pycandle_runtime", "Conv1d::load"), 2: ("candle_nn", "candle_nn::conv2d")}
 
 
 def _conv_field(n: int) -> Callable[[dict[str, Any]], Field]:
@@ -151,7 +153,7 @@ def _conv_field(n: int) -> Callable[[dict[str, Any]], Field]:
             {"padding": 0, "stride": 1, "dilation": 1, "groups": 1})
         cin, cout = cfg["in_channels"], cfg["out_channels"]
         return _field(name, cfg, n, config, (cout, cin // cfg["groups"], *kernel),
-                      _CONV_BUILDER[n])
+                      _CONV[n][1])
 
     return field
 
@@ -220,16 +222,13 @@ def _conv_call(n: int, transposed: bool = False) -> Callable[..., str]:
     return call
 
 
-# where each layer comes from: the runtime's Conv1d runs as one matrix product per group on
-# the CPU, split over threads without Candle's thread pools
-_CONV_CRATE = {1: "pycandle_runtime", 2: "candle_nn"}
-
 for _n in (1, 2):
     register_layer(Layer(
         f"torch.nn.Conv{_n}d", _ATTRS, outputs="out", field=_conv_field(_n), call=_conv_call(_n),
         check=_conv_check(_n),
-        uses=(f"{_CONV_CRATE[_n]}::Conv{_n}d", f"candle_nn::Conv{_n}dConfig"),
-        call_uses=("candle_nn::Module",), params=(("weight", "weight()"),),
+        # `forward` (candle_nn::Module) is named by the call
+        uses=(f"{_CONV[_n][0]}::Conv{_n}d", f"candle_nn::Conv{_n}dConfig"),
+        params=(("weight", "weight()"),),
         params_as_loaded=_even_dilation,
         doc="stride, padding (also 'same', 'valid', asymmetric), dilation, groups, bias, "
             "every padding_mode, unbatched input"
@@ -291,7 +290,7 @@ register_layer(Layer(
     field=_transpose_field, call=_conv_call(1, transposed=True),
     check=lambda cfg: _transpose_problems(cfg, 1),
     uses=("candle_nn::{ConvTranspose1d, ConvTranspose1dConfig}",),
-    call_uses=("candle_nn::Module",), params=(("weight", "weight()"),),
+    params=(("weight", "weight()"),),
     doc="stride, padding, output_padding, dilation, groups, bias, unbatched input",
 ))
 register_layer(Layer(
