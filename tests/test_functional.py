@@ -143,7 +143,13 @@ def module_source(rng: random.Random) -> str:
                         F.conv_transpose2d(im, self.up[:, :1], self.bias[:2], groups=2,
                                            dilation=(1, 2)),
                         F.conv2d(im, self.image, self.bias, dilation=(2, 1), padding=(2, 1)),
-                        F.conv2d(im, self.image, padding='same', dilation=(1, 3)))
+                        F.conv2d(im, self.image, padding='same', dilation=(1, 3)),
+                        F.unfold(im, (3, 2), dilation=(1, 2), padding=(1, 0), stride=(2, 1)),
+                        F.unfold(im[0], 2),
+                        # a dual-path model's chunks of 4 frames at a hop of 2, overlap-added
+                        # back to the input's length
+                        F.fold(F.unfold(x.unsqueeze(-1), (4, 1), padding=(4, 0), stride=(2, 1)),
+                               (x.shape[-1], 1), (4, 1), padding=(4, 0), stride=(2, 1)))
         """)
 
 
@@ -188,7 +194,7 @@ def test_functional_convolutions_match_pytorch(tmp_path, cargo_env, capsys):
     assert len(outputs) == 24  # every output checked end to end
     outputs = {e["output"] for r in report for e in r["entries"]
                if e["kind"] == "model" and r["model"] == "resample"}
-    assert len(outputs) == 18
+    assert len(outputs) == 21
     # Candle's conv_transpose2d has no groups: the runtime runs one per group
     resample = (tmp_path / "crate" / "src" / "resample.rs").read_text()
     assert resample.count("conv_transpose2d_grouped(") == 2, resample

@@ -216,10 +216,19 @@ def module_source(rng: random.Random) -> str:
                                                   (1, 3, (2, 5), (None, 3), (4, None))])
                 self.up1 = nn.ModuleList([{up1}])
                 self.up2 = nn.ModuleList([{up2}])
+                # sliding blocks as columns, and overlapping blocks added back
+                self.unfolds = nn.ModuleList([
+                    nn.Unfold((2, 3), dilation=(1, 2), padding=1, stride=(2, 1)),
+                    nn.Unfold(2, stride=2), nn.Unfold(3, padding=1)])
+                self.fold = nn.Fold((4, 4), 2, stride=2)
+                self.fold_overlap = nn.Fold((5, 6), 3, padding=1)
 
             def forward(self, x1, x2):
                 outs = [p(x1) for p in self.p1] + [p(x2) for p in self.p2]
                 outs += [u(x1) for u in self.up1] + [u(x2) for u in self.up2]
+                outs += [u(x2) for u in self.unfolds] + [self.unfolds[2](x2[0])]
+                outs += [self.fold(self.unfolds[1](x2[..., :4, :4])),
+                         self.fold_overlap(self.unfolds[2](x2[..., :5, :6]))]
                 outs += [a(x1) for a in self.adaptive] + [a(x2) for a in self.adaptive_2d]
                 outs += [F.adaptive_avg_pool2d(x2[0], (3, 2))]
                 return tuple(outs) + (self.p1[0](x1[0]),)
@@ -354,7 +363,7 @@ def test_layers_match_pytorch(tmp_path, cargo_env, capsys):
             "p1.7", "p2.6", "adaptive.3", "ln_2d",
             "gn_plain", "bn_2d", "acts.17", "unflatten", "embed", "prelu", "prelu_c", "hard.1",
             "glu", "pads.7", "pads2.8", "inorm_running", "inorm_2d", "rms_2d",
-            "adaptive_2d.4"} <= checked
+            "adaptive_2d.4", "unfolds.0", "unfolds.2", "fold", "fold_overlap"} <= checked
     assert_clippy_clean(tmp_path / "crate")
 
 

@@ -289,6 +289,8 @@ LAYER_SIGNATURES = {
                 "recompute_scale_factor=None",
     "UpsamplingNearest2d": "size=None, scale_factor=None",
     "UpsamplingBilinear2d": "size=None, scale_factor=None",
+    "Unfold": "kernel_size, dilation=1, padding=0, stride=1",
+    "Fold": "output_size, kernel_size, dilation=1, padding=0, stride=1",
 }
 for _n in (1, 2, 3):
     LAYER_SIGNATURES |= {f"ConstantPad{_n}d": "padding, value", f"ZeroPad{_n}d": "padding",

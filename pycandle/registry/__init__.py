@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 # The family modules register their entries on import, in this (deterministic) order.
 from pycandle.registry import (  # noqa: F401
-    activation, arith, attention, conv, create, embedding, identity, index, linear, norm, pool,
-    reduce, resample, rnn, shape,
+    activation, arith, attention, conv, create, embedding, identity, index, linear, norm,
+    patches, pool, reduce, resample, rnn, shape,
 )
 from pycandle.registry.core import (  # noqa: F401  (the registry's public surface)
     CONTAINERS, DTYPE_AWARE_OPS, LAYERS, OPS, Dim, Field, FloatSize, FromEnd, Layer, Op, Packed,
