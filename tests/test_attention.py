@@ -56,7 +56,13 @@ MODELS_PY = """\
                     F.scaled_dot_product_attention(q, kv, kv, bias[:, None], scale=0.3),
                     F.scaled_dot_product_attention(x, y, y, dropout_p=0.0, enable_gqa=True),
                     F.scaled_dot_product_attention(x.view(b, t, 4, 1).transpose(1, 2), kv[..., :1],
-                                                   kv[..., 1:], enable_gqa=True))
+                                                   kv[..., 1:], enable_gqa=True),
+                    # windows of heads (snac's local attention): rank 5, a causal one too,
+                    # and rank 2
+                    F.scaled_dot_product_attention(q[:, None], q[:, None], q[:, None]),
+                    F.scaled_dot_product_attention(q.unflatten(0, (b, 1)), kv[:, None],
+                                                   kv[:, None], is_causal=True),
+                    F.scaled_dot_product_attention(x[0], y[0], y[0]))
 
 
 

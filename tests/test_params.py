@@ -1,7 +1,8 @@
 """Parameters and buffers used directly in forward() (LayerScale's `x * self.scale`, input
 normalisation by buffers, a learned bias or initial state added by hand): each becomes a
 `Tensor` field of the struct of the module that owns it, loaded by its state-dict name, and
-the port matches PyTorch through the whole pipeline."""
+the port matches PyTorch through the whole pipeline. Also a parameter passed to a
+`@torch.jit.script` function, which is traced as the Python it was compiled from."""
 
 from __future__ import annotations
 
@@ -83,6 +84,24 @@ MODELS = """\
             return x.masked_fill(mask, 0.0), mask & (x > 0.5), x > 0, ~mask
 
 
+    @torch.jit.script
+    def snake(x, alpha):
+        # a TorchScript function (snac's activation): traced as the Python it was compiled from
+        shape = x.shape
+        x = x.reshape(shape[0], shape[1], -1)
+        x = x + (alpha + 1e-9).reciprocal() * torch.sin(alpha * x).pow(2)
+        return x.reshape(shape)
+
+
+    class Snake(nn.Module):
+        def __init__(self, channels=3):
+            super().__init__()
+            self.alpha = nn.Parameter(torch.rand(1, channels, 1) + 0.5)
+
+        def forward(self, x):
+            return snake(x, self.alpha)
+
+
     class OfALayer(nn.Module):
         def __init__(self):
             super().__init__()
@@ -114,12 +133,19 @@ def test_parameters_used_in_forward_match_pytorch(tmp_path, cargo_env, capsys):
             inputs:
               - {x: {shape: [2, 5], low: -1, high: 1}, mask: {shape: [2, 5], dtype: bool}}
               - {x: {shape: [3, 4], low: -1, high: 1}, mask: {shape: [3, 4], dtype: bool}}
+          - name: snake
+            factory: pmodels:Snake
+            inputs:
+              - x: {shape: [2, 3, 9], low: -2, high: 2}
+              - x: {shape: [1, 3, 14], low: -2, high: 2}
         """))
     pin_lockfile(tmp_path / "crate")
     code = main(["all", "--config", str(tmp_path / "models.yaml")])
     captured = capsys.readouterr()
     assert code == 0, captured.out[-6000:] + captured.err[-6000:]
-    assert "parity: 6 passed, 0 failed" in captured.out
+    assert "parity: 8 passed, 0 failed" in captured.out
+    snake = (tmp_path / "crate" / "src" / "snake.rs").read_text()
+    assert ".sin()?" in snake and "self.alpha" in snake, snake
     src = (tmp_path / "crate" / "src" / "scaled.rs").read_text()
     assert 'let input_mean = vb.get((6,), "input_mean")?;' in src
     assert "pub scale: Tensor," in src and "pub bias: Tensor," in src

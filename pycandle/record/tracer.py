@@ -746,11 +746,15 @@ def _leaves(value: Any, path: tuple[int, ...] = ()):
 
 def _patch_builtins(model: torch.nn.Module):
     """Give the model's own packages (those its modules' classes come from, never torch's) the
-    builtins that keep a size's provenance (pycandle.shapes.BUILTINS); returns the function that
-    takes them away again. A module that defines such a name itself keeps its own."""
+    builtins that keep a size's provenance (pycandle.shapes.BUILTINS), and their
+    `@torch.jit.script` functions back as the Python they were compiled from (TorchScript runs
+    its ops where the tracer cannot see them; the Python runs the same ops through torch);
+    returns the function that undoes both. A module that defines such a builtin's name itself
+    keeps its own."""
     packages = {type(m).__module__.split(".")[0] for m in model.modules()}
     packages -= {"torch", "pycandle", "builtins"}
     added: list[Any] = []
+    scripted: list[tuple[dict[str, Any], str, Any]] = []
     for name, module in list(sys.modules.items()):
         if module is None or name.split(".")[0] not in packages:
             continue
@@ -759,10 +763,18 @@ def _patch_builtins(model: torch.nn.Module):
             if builtin not in namespace:
                 namespace[builtin] = replacement
                 added.append((namespace, builtin))
+        for key, value in list(namespace.items()):
+            # torch.jit.script keeps the function it compiled for torch.compile to inline
+            original = getattr(value, "_torchdynamo_inline", None)
+            if isinstance(value, torch.jit.ScriptFunction) and inspect.isfunction(original):
+                namespace[key] = original
+                scripted.append((namespace, key, value))
 
     def unpatch() -> None:
         for namespace, builtin in added:
             namespace.pop(builtin, None)
+        for namespace, key, value in scripted:
+            namespace[key] = value
 
     return unpatch
 

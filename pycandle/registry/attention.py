@@ -218,10 +218,15 @@ def _sdpa(spelling: str, a: dict[str, Any], out: Any) -> str:
     if a["dropout_p"] != 0:
         raise Unsupported(f"scaled_dot_product_attention with dropout_p={a['dropout_p']!r} "
                           "(it drops out even in eval)", hint="pass dropout_p=0.0 in eval")
-    if not 3 <= q.rank <= 4 or k.rank != q.rank or v.rank != q.rank:
+    if q.rank < 2 or k.rank != q.rank or v.rank != q.rank:
         raise Unsupported(f"scaled_dot_product_attention with ranks {q.rank}, {k.rank}, "
-                          f"{v.rank} (3 or 4, all equal)")
+                          f"{v.rank} (2 or more, all equal)")
     lines: list[str] = []
+    if a["enable_gqa"] and q.rank not in (2, 4) and any(
+            not sq[-3] == sk[-3] == sv[-3]
+            for sq, sk, sv in zip(q.meta.shapes, k.meta.shapes, v.meta.shapes)):
+        raise Unsupported(f"scaled_dot_product_attention with enable_gqa on rank-{q.rank} "
+                          "tensors with different head counts (rank 4 is supported)")
     if a["enable_gqa"] and q.rank == 4:
         # each key/value head serves a group of query heads (repeat_interleave over heads)
         heads = {(sq[1], sk[1], sv[1]) for sq, sk, sv in zip(q.meta.shapes, k.meta.shapes,
@@ -257,8 +262,23 @@ def _sdpa(spelling: str, a: dict[str, Any], out: Any) -> str:
     scores = local_name("scores", q, k, v)
     same = all(sq[:-2] == sk[:-2] for sq, sk in zip(q.meta.shapes, k.meta.shapes))
     mm = "matmul" if same else "broadcast_matmul"
-    lines.append(f"let {scores} = ({q.name}.contiguous()?.{mm}(&{k.name}.t()?.contiguous()?)? "
-                 f"* {scale_expr})?;")
+    same_v = all(sw[:-2] == sv[:-2] for sw, sv in zip(q.meta.shapes, v.meta.shapes))
+    # Candle's matrix products take at most two batch dimensions: past rank 4 the leading
+    # dimensions are one batch for the products, the scores and the result at full rank
+    flat = q.rank > 4
+    if flat and not (same and same_v):
+        raise Unsupported(f"scaled_dot_product_attention of rank-{q.rank} tensors whose "
+                          "leading dimensions differ (broadcast)")
+    lead = [q.dim(d) for d in range(q.rank - 2)]
+
+    def operand(t: T) -> str:
+        return f"{t.name}.flatten_to({t.rank - 3})?" if flat else f"{t.name}.contiguous()?"
+
+    product = f"({operand(q)}.{mm}(&{k.name}{'.flatten_to(%d)?' % (k.rank - 3) if flat else ''}" \
+              f".t()?.contiguous()?)? * {scale_expr})?"
+    if flat:
+        product += f".reshape({shape_tuple(lead + [q.dim(q.rank - 2), k.dim(k.rank - 2)])})?"
+    lines.append(f"let {scores} = {product};")
     neg_inf = rust_scalar(float("-inf"), q.meta.dtype)
     if causal:
         i, j = local_name("i", q, k, v), local_name("j", q, k, v)
@@ -280,9 +300,13 @@ def _sdpa(spelling: str, a: dict[str, Any], out: Any) -> str:
             raise Unsupported(f"scaled_dot_product_attention with a {mask.meta.dtype} attn_mask")
     elif mask is not None:
         raise Unsupported(f"scaled_dot_product_attention with attn_mask={mask!r}")
-    same_v = all(sw[:-2] == sv[:-2] for sw, sv in zip(q.meta.shapes, v.meta.shapes))
     mm_v = "matmul" if same_v and same else "broadcast_matmul"
-    lines.append(f"candle_nn::ops::softmax_last_dim(&{scores})?.{mm_v}(&{v.name}.contiguous()?)?")
+    weights = f"candle_nn::ops::softmax_last_dim(&{scores})?"
+    if flat:
+        lines.append(f"{weights}.flatten_to({q.rank - 3})?.matmul(&{operand(v)})?"
+                     f".reshape({shape_tuple(lead + [q.dim(q.rank - 2), v.dim(v.rank - 1)])})?")
+    else:
+        lines.append(f"{weights}.{mm_v}(&{operand(v)})?")
     return "{\n" + "\n".join(lines) + "\n}"
 
 
@@ -290,7 +314,7 @@ register_op(Op("scaled_dot_product_attention", {
     "torch.nn.functional.scaled_dot_product_attention":
         "query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, "
         "enable_gqa=False"},
-    _sdpa, doc="rank 3 or 4; boolean (True attends) or float attn_mask; is_causal; scale; "
+    _sdpa, doc="any rank from 2 (one batch of heads per leading index); boolean (True attends) or float attn_mask; is_causal; scale; "
                "dropout_p=0; enable_gqa"))
 
 # --- nn.MultiheadAttention ------------------------------------------------------------------------
