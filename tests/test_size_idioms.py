@@ -1,9 +1,10 @@
 """Sizes as published models compute them, carried into the Rust by provenance: a pad to a
 multiple of the stride through `math.ceil(t / s)`, `int()`/`round()`/`math.trunc` of a float
 length, `max`/`min` of sizes, `%`, negative positions counted from the end, a slice bound held
-in a one-element tensor, and segments of `range(0, t, hop)` (`min(hop, t - start)`), with sizes
-in tensor arithmetic. Parity at every trace case, and the code is the same whatever lengths
-were traced: a model traced where its pad is 0 still pads right at a length that needs one."""
+in a one-element tensor, segments of `range(0, t, hop)` (`min(hop, t - start)`) with sizes in
+tensor arithmetic, and lengths built from shapes (`torch.full((b,), t)`, `t - torch.arange(b)`).
+Parity at every trace case, and the code is the same whatever lengths were traced: a model
+traced where its pad is 0 still pads right at a length that needs one."""
 
 from __future__ import annotations
 
@@ -71,6 +72,22 @@ class Segments(nn.Module):
             length = min(self.hop, t - start)
             means.append(x[..., start:start + length].sum(-1) / length)
         return torch.stack(means, -1), t - x, x * (t / self.hop)
+
+
+class Lengths(nn.Module):
+    """Lengths built from shapes: every item full length, or one shorter per item, packed."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(3, 4, batch_first=True)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        shrinking = t - torch.arange(b)
+        packed = nn.utils.rnn.pack_padded_sequence(x, shrinking, batch_first=True)
+        out, _ = self.lstm(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=t)
+        return torch.full((b,), t), shrinking, out
 '''
 
 MODELS = """\
@@ -99,6 +116,11 @@ models:
       - x: {shape: [2, 3, 9]}
       - x: {shape: [1, 2, 14]}
       - x: {shape: [1, 3, 5]}
+  - name: lengths
+    factory: szmodels:Lengths
+    inputs:
+      - x: {shape: [2, 7, 3]}
+      - x: {shape: [3, 5, 3]}
 """
 
 
@@ -111,7 +133,7 @@ def _code(path) -> list[str]:
 def test_size_idioms_match_pytorch_at_untraced_lengths(tmp_path, cargo_env, capsys):
     (tmp_path / "all").mkdir()
     out = run_pipeline(tmp_path / "all", {"szmodels": MODULE}, MODELS, capsys)
-    assert "parity: 11 passed, 0 failed" in out, out[-3000:]
+    assert "parity: 13 passed, 0 failed" in out, out[-3000:]
     src = tmp_path / "all" / "crate" / "src"
     pad, sizes, rate, segments = ((src / f"{name}.rs").read_text() for name in (
         "pad_to_stride", "size_arithmetic", "rate_change", "segments"))
@@ -130,6 +152,8 @@ def test_size_idioms_match_pytorch_at_untraced_lengths(tmp_path, cargo_env, caps
     assert "for step in 0..x.dim(2)?.div_ceil(4) {" in segments, segments
     assert "(x.dim(2)? - step * 4).min(4)" in segments, segments  # min(hop, t - start)
     assert "as f64)?" in segments and "affine(-1.0, x.dim(2)? as f64)?" in segments, segments
+    lengths = (src / "lengths.rs").read_text()
+    assert "Tensor::full(x.dim(1)? as i64, (x.dim(0)?,), device)?" in lengths, lengths
     assert_clippy_clean(tmp_path / "all" / "crate")
 
     # Traced only at lengths 8 and 12 (no pad), the model pads by the same expression: the case
@@ -138,6 +162,6 @@ def test_size_idioms_match_pytorch_at_untraced_lengths(tmp_path, cargo_env, caps
     two = MODELS.replace("      - x: {shape: [2, 3, 10]}\n", "")
     assert two != MODELS
     out = run_pipeline(tmp_path / "two", {"szmodels": MODULE}, two, capsys)
-    assert "parity: 10 passed, 0 failed" in out, out[-3000:]
-    for name in ("pad_to_stride", "size_arithmetic", "rate_change", "segments"):
+    assert "parity: 12 passed, 0 failed" in out, out[-3000:]
+    for name in ("pad_to_stride", "size_arithmetic", "rate_change", "segments", "lengths"):
         assert _code(tmp_path / "two" / "crate" / "src" / f"{name}.rs") == _code(src / f"{name}.rs")

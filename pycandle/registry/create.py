@@ -39,7 +39,12 @@ def _shape(sizes: tuple) -> str:
 
 
 def _full(value: Any, shape: str, on: str, dtype: str) -> str:
-    """`Tensor::full` with a literal of the dtype (cast after for f16/bf16)."""
+    """`Tensor::full` with a literal of the dtype (cast after for f16/bf16), or a size from
+    shapes as a number of it (`torch.full((b,), t)`: every length `t`)."""
+    if isinstance(value, (Dim, FloatSize)):
+        made = dtype if dtype in _LITERAL_DTYPES else "float32"
+        cast = "" if made == dtype else f".to_dtype({rust_dtype(dtype)})?"
+        return f"Tensor::full({size_as(value, _RUST_TYPES[made])}, {shape}, {on})?{cast}"
     if isinstance(value, bool) or not is_number(value):
         raise Unsupported(f"fill value {value!r}")
     if dtype in _LITERAL_DTYPES:
