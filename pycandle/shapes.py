@@ -301,6 +301,8 @@ class traced_range(metaclass=_RangeType):  # noqa: N801 (it stands for `range`)
         items = builtins.range(*args)  # Python's errors
         if cls.on_range is not None and any(isinstance(a, TracedNumber) for a in args):
             start, stop, step = (0, args[0], 1) if len(args) == 1 else (*args, 1)[:3]
+            if step <= 0:  # a loop run backwards is not folded into a Rust loop
+                return items
             length = stop - start if step == 1 else math.ceil((stop - start) / step)
             if isinstance(length, ShapeInt) and int(length) == len(items):
                 cls.on_range(length.sym, len(items))

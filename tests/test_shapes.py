@@ -11,7 +11,9 @@ import pytest
 
 from pycandle.manifest import Manifest, Ref, SymInt
 from pycandle.enums import SymKind
-from pycandle.shapes import ShapeFloat, ShapeInt, TracedNumber, TracedSize, traced_size
+from pycandle.shapes import (
+    ShapeFloat, ShapeInt, TracedNumber, TracedSize, traced_range, traced_size,
+)
 
 X = Ref("x")
 B, T = SymInt("dim", X, 0), SymInt("dim", X, 1)
@@ -26,6 +28,24 @@ def test_arithmetic_keeps_the_expression():
     assert (t // 2, (t // 2).sym) == (2, SymInt("floordiv", T, 2))
     assert (3 * (t - 1)).sym == SymInt("mul", 3, SymInt("add", T, -1))
     assert (t + 0).sym is T and (t * 1).sym is T
+
+
+def test_a_range_of_sizes_reports_its_length():
+    """`range(0, t, 4)` is Python's range, and tells the tracer it has math.ceil(t / 4) items;
+    a range of plain ints, or one run backwards, tells nothing."""
+    t = ShapeInt(9, T)
+    seen = []
+    traced_range.on_range = lambda sym, n: seen.append((sym, n))
+    try:
+        items = traced_range(0, t, 4)
+        assert items == range(0, 9, 4) and isinstance(items, traced_range)
+        assert list(traced_range(t - 2, t)) == [7, 8]
+        traced_range(5)
+        traced_range(t - 1, -1, -1)
+    finally:
+        traced_range.on_range = None
+    assert seen == [(SymInt(SymKind.CEIL, SymInt(SymKind.TRUEDIV, T, 4), None), 3),
+                    (SymInt(SymKind.SUB, T, SymInt(SymKind.ADD, T, -2)), 2)]
 
 
 def test_division_rounding_and_remainders_keep_the_expression():
