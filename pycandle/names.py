@@ -46,7 +46,7 @@ RUNTIME_FUNCTIONS = frozenset({
     "atan2", "avg_pool_dim", "conv_transpose2d_grouped", "dilate", "div_floor", "from_end",
     "masked_select", "max_pool_dim", "pad_circular", "pad_constant", "pad_reflect", "rem_floor",
     "rem_trunc", "resize_bicubic", "resize_linear", "resize_nearest", "resize_nearest_exact",
-    "sequence_lengths", "slice_bound", "take", "take_every", "weight_norm"})
+    "sequence_lengths", "slice_bound", "sliding_windows", "take", "take_every", "weight_norm"})
 
 RESERVED_LOCALS = RUST_KEYWORDS | MODEL_LOCALS | TEST_LOCALS | RUNTIME_FUNCTIONS
 # ... and a forward() argument (the parity tests pass arguments without binding them).

@@ -149,7 +149,9 @@ def module_source(rng: random.Random) -> str:
                         # a dual-path model's chunks of 4 frames at a hop of 2, overlap-added
                         # back to the input's length
                         F.fold(F.unfold(x.unsqueeze(-1), (4, 1), padding=(4, 0), stride=(2, 1)),
-                               (x.shape[-1], 1), (4, 1), padding=(4, 0), stride=(2, 1)))
+                               (x.shape[-1], 1), (4, 1), padding=(4, 0), stride=(2, 1)),
+                        # frames of a signal (Tensor.unfold): the window a new last dimension
+                        x.unfold(-1, 5, 2), x.unfold(1, 2, 1))
         """)
 
 
@@ -194,7 +196,7 @@ def test_functional_convolutions_match_pytorch(tmp_path, cargo_env, capsys):
     assert len(outputs) == 24  # every output checked end to end
     outputs = {e["output"] for r in report for e in r["entries"]
                if e["kind"] == "model" and r["model"] == "resample"}
-    assert len(outputs) == 21
+    assert len(outputs) == 23
     # Candle's conv_transpose2d has no groups: the runtime runs one per group
     resample = (tmp_path / "crate" / "src" / "resample.rs").read_text()
     assert resample.count("conv_transpose2d_grouped(") == 2, resample

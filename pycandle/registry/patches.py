@@ -1,14 +1,14 @@
 """Sliding blocks: F.unfold and F.fold (nn.Unfold, nn.Fold; PyTorch's im2col and col2im), the
-chunking and overlap-add of dual-path separation models, through the runtime's `Patches`.
-(`Tensor.unfold`, a window along one dimension, is another op.)"""
+chunking and overlap-add of dual-path separation models, through the runtime's `Patches`; and
+`Tensor.unfold`, windows along one dimension (framing a signal), through `sliding_windows`."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from pycandle.registry.core import (
-    Dim, Layer, Op, T, Unsupported, bind, is_int, no_field, ntuple, register_layer, register_op,
-    runtime, tensor, usize_expr,
+    Dim, Layer, Op, T, Unsupported, bind, int_arg, is_int, no_field, ntuple, register_layer,
+    register_op, rust_dim, runtime, tensor, usize_expr,
 )
 
 _SETTINGS = ("kernel_size", "dilation", "padding", "stride")
@@ -75,3 +75,19 @@ register_layer(Layer(
     "torch.nn.Fold", ("output_size",) + _SETTINGS, outputs="out", field=no_field,
     call=lambda cfg, this, args, kwargs: fold(_module_input(args, kwargs), cfg),
     doc="as F.fold"))
+
+
+def _windows(spelling: str, a: dict[str, Any], out: Any) -> str:
+    x = tensor(a["input"])
+    if x.rank == 0:
+        raise Unsupported("Tensor.unfold of a 0-d tensor")
+    d = x.norm_dim(int_arg(a["dimension"], "dimension"))
+    step = int_arg(a["step"], "step")
+    if step <= 0:
+        raise Unsupported(f"step={step} (PyTorch needs a positive step)")
+    size = usize_expr(a["size"])
+    return f"{runtime('sliding_windows')}({x.borrow}, {rust_dim(d, x.rank)}, {size}, {step})?"
+
+
+register_op(Op("windows", {"Tensor.unfold": "input, dimension, size, step"}, _windows,
+               doc="windows of `size` every `step` along one dimension, the window last"))

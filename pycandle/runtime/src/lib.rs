@@ -23,7 +23,7 @@
 //! * [`resample`]: `F.interpolate`'s nearest, nearest-exact and (bi)linear modes with
 //!   PyTorch's source positions, and [`dilate`] for a convolution dilated unevenly.
 //! * [`patches`]: `F.unfold` and `F.fold` ([`Patches`]), sliding blocks as columns and
-//!   overlap-add back.
+//!   overlap-add back; `Tensor.unfold` ([`sliding_windows`]).
 //! * [`attention`]: `nn.MultiheadAttention` ([`MultiheadAttention`]) with PyTorch's
 //!   parameter names and masking rules.
 //! * [`example`]: what the generated crate's runnable examples share.
@@ -56,7 +56,7 @@ pub use norm::BatchNorm;
 pub use ops::{atan2, div_floor, rem_floor, rem_trunc};
 pub use pad::{pad_circular, pad_constant, pad_reflect};
 pub use parity::{CaseGolden, Golden, ParityCase, ParityReport};
-pub use patches::Patches;
+pub use patches::{sliding_windows, Patches};
 pub use pool::{avg_pool_dim, max_pool_dim, Divisor, PoolDim};
 pub use resample::{
     dilate, resize_bicubic, resize_linear, resize_nearest, resize_nearest_exact, Resize,

@@ -1,12 +1,14 @@
 //! `F.unfold` and `F.fold` (`nn.Unfold`, `nn.Fold`; PyTorch's `im2col` and `col2im`): the
 //! sliding blocks of a batch of 2-d inputs laid out as columns, and columns summed back into
-//! place, where overlapping blocks add up (the overlap-add of chunked separation models).
+//! place, where overlapping blocks add up (the overlap-add of chunked separation models). And
+//! `Tensor.unfold` ([`sliding_windows`]): windows along one dimension (framing a signal).
 //!
 //! Both are one gather or one scatter-add through a list of positions computed on the host:
 //! column element (channel, kernel row, kernel column, block) reads the zero-padded input at
 //! (block row * stride + kernel row * dilation, block column * stride + kernel column *
 //! dilation), PyTorch's layout.
 
+use candle_core::shape::Dim;
 use candle_core::{bail, Result, Tensor};
 
 /// The sliding blocks of `F.unfold`/`F.fold`, each setting as (height, width).
@@ -107,6 +109,32 @@ impl Patches {
     }
 }
 
+/// `x.unfold(dim, size, step)`: the windows of `size` elements along `dim`, one every `step`,
+/// as many as fit; `dim` becomes the window count and the window is a new last dimension.
+pub fn sliding_windows<D: Dim>(x: &Tensor, dim: D, size: usize, step: usize) -> Result<Tensor> {
+    let dim = dim.to_index(x.shape(), "sliding_windows")?;
+    let len = x.dim(dim)?;
+    if step == 0 || size > len {
+        bail!("sliding_windows: windows of {size} every {step} along a dimension of {len}")
+    }
+    let count = (len - size) / step + 1;
+    let positions: Vec<u32> = (0..count)
+        .flat_map(|w| (w * step..w * step + size).map(|p| p as u32))
+        .collect();
+    let index = Tensor::from_vec(positions, count * size, x.device())?;
+    let mut shape = x.dims().to_vec();
+    shape.splice(dim..=dim, [count, size]);
+    let windows = x.contiguous()?.index_select(&index, dim)?.reshape(shape)?;
+    let rank = windows.rank();
+    if dim + 2 == rank {
+        return Ok(windows);
+    }
+    // the window dimension goes last, as in PyTorch
+    let mut order: Vec<usize> = (0..rank).filter(|&d| d != dim + 1).collect();
+    order.push(dim + 1);
+    windows.permute(order)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +187,24 @@ mod tests {
         let counts = overlap.fold(&overlap.unfold(&ones)?, (6, 1))?;
         let counts: Vec<f32> = counts.flatten_all()?.to_vec1()?;
         assert_eq!(counts, [2f32, 2., 2., 2., 2., 2.]);
+        Ok(())
+    }
+
+    #[test]
+    fn sliding_windows_frame_a_dimension() -> Result<()> {
+        let x = Tensor::arange(0f32, 14., &Device::Cpu)?.reshape((2, 7))?;
+        // along the last dimension: windows of 3 every 2
+        let frames = sliding_windows(&x, 1, 3, 2)?;
+        assert_eq!(frames.dims(), [2, 3, 3]);
+        assert_eq!(
+            frames.get(1)?.to_vec2::<f32>()?,
+            [[7f32, 8., 9.], [9., 10., 11.], [11., 12., 13.]]
+        );
+        // along the first: the window is still the last dimension
+        let frames = sliding_windows(&x, 0, 2, 1)?;
+        assert_eq!(frames.dims(), [1, 7, 2]);
+        assert_eq!(frames.get(0)?.get(3)?.to_vec1::<f32>()?, [3f32, 10.]);
+        assert!(sliding_windows(&x, 1, 8, 1).is_err());
         Ok(())
     }
 
