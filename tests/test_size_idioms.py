@@ -154,6 +154,7 @@ def test_size_idioms_match_pytorch_at_untraced_lengths(tmp_path, cargo_env, caps
     assert "as f64)?" in segments and "affine(-1.0, x.dim(2)? as f64)?" in segments, segments
     lengths = (src / "lengths.rs").read_text()
     assert "Tensor::full(x.dim(1)? as i64, (x.dim(0)?,), device)?" in lengths, lengths
+    assert "pad_with_zeros(1, 0, x.dim(1)? - out.dim(1)?)?" in lengths, lengths  # total_length=t
     assert_clippy_clean(tmp_path / "all" / "crate")
 
     # Traced only at lengths 8 and 12 (no pad), the model pads by the same expression: the case

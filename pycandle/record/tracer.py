@@ -830,7 +830,7 @@ def _patch_packing(tracer: GraphTracer, root: Path):
                              (tracer._arg(sequence),),
                              {"batch_first": bool(batch_first),
                               "padding_value": float(padding_value),
-                              "total_length": total_length},
+                              "total_length": tracer._arg(total_length)},
                              tracer._meta(result), **tracer._call_site())
             tracer.nodes.append(node)
             tracer._bind_outputs(node, result)
