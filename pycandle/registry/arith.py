@@ -4,7 +4,6 @@ comparisons, matrix products, elementwise math, clamp, where and masked_fill."""
 from __future__ import annotations
 
 import math
-import re
 from typing import Any, Callable
 
 from pycandle.manifest import TensorMeta
@@ -28,13 +27,6 @@ def _promoted(v: Any, out: Any) -> Any:
     return v
 
 
-def _size_scalar(v: Dim | FloatSize) -> str:
-    """A size from shapes as the `f64` a tensor is combined with (`(x / t as f64)?`)."""
-    if isinstance(v, FloatSize):
-        return v.expr if re.fullmatch(r"[\w.]+", v.expr) else f"({v.expr})"
-    return size_as(v, "f64")
-
-
 def _binary(kind: str) -> Callable[[str, dict[str, Any], Any], str]:
     def emit(spelling: str, a: dict[str, Any], out: Any) -> str:
         if a.get("alpha", 1) != 1:
@@ -56,9 +48,9 @@ def _binary(kind: str) -> Callable[[str, dict[str, Any], Any], str]:
                 return f"{x.name}.{_BINARY_METHODS[kind]}({y.borrow})?"
             return f"{x.name}.broadcast_{_BINARY_METHODS[kind]}({y.borrow})?"
         if isinstance(x, T) and isinstance(y, (Dim, FloatSize)):  # `x / t`, `x * (t / s)`
-            return _SCALAR_FORMS[kind].format(x=x, s=_size_scalar(y))
+            return _SCALAR_FORMS[kind].format(x=x, s=size_as(y, "f64"))
         if isinstance(y, T) and isinstance(x, (Dim, FloatSize)):  # `t - x`
-            return _REFLECTED_SCALAR_FORMS[kind].format(x=y, s=_size_scalar(x))
+            return _REFLECTED_SCALAR_FORMS[kind].format(x=y, s=size_as(x, "f64"))
         if isinstance(x, T) and isinstance(y, (int, float)) and not isinstance(y, bool):
             if y == _NEUTRAL[kind] and isinstance(out, TensorMeta) and out.dtype == x.meta.dtype:
                 return alias(x)  # `x + 0`, `x * 1` (Python's `sum` starts at 0): x itself

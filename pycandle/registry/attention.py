@@ -271,11 +271,13 @@ def _sdpa(spelling: str, a: dict[str, Any], out: Any) -> str:
                           "leading dimensions differ (broadcast)")
     lead = [q.dim(d) for d in range(q.rank - 2)]
 
-    def operand(t: T) -> str:
-        return f"{t.name}.flatten_to({t.rank - 3})?" if flat else f"{t.name}.contiguous()?"
+    def batched(t: T) -> str:
+        return f"{t.name}.flatten_to({t.rank - 3})?" if flat else t.name
 
-    product = f"({operand(q)}.{mm}(&{k.name}{'.flatten_to(%d)?' % (k.rank - 3) if flat else ''}" \
-              f".t()?.contiguous()?)? * {scale_expr})?"
+    def operand(t: T) -> str:
+        return batched(t) if flat else f"{t.name}.contiguous()?"
+
+    product = f"({operand(q)}.{mm}(&{batched(k)}.t()?.contiguous()?)? * {scale_expr})?"
     if flat:
         product += f".reshape({shape_tuple(lead + [q.dim(q.rank - 2), k.dim(k.rank - 2)])})?"
     lines.append(f"let {scores} = {product};")

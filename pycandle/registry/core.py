@@ -124,14 +124,14 @@ def usize_expr(v: Any) -> str:
 def size_as(v: Dim | FloatSize, rust_type: str) -> str:
     """A size from shapes as a number of another Rust type (`x.dim(1)? as i64`); `as` binds
     before `+` and `*`, so an expression with an operator outside brackets is parenthesised
-    (`(x.dim(1)? - 2) as i64`, not `(x.dim(1)?.min(4)) as f64`)."""
+    (`(x.dim(1)? - 2) as i64`, not `(x.dim(1)?.min(4)) as f64`). A float from sizes is an `f64`
+    already: as one, it is only bracketed where needed, ready to be an operand."""
     depth, outside = 0, []  # the text outside brackets
     for c in v.expr:
         depth += (c in "([") - (c in ")]")
         outside.append(c if depth == 0 else "_")
-    if re.search(r" ([-+*/%]|as) ", "".join(outside)):
-        return f"({v.expr}) as {rust_type}"
-    return f"{v.expr} as {rust_type}"
+    text = f"({v.expr})" if re.search(r" ([-+*/%]|as) ", "".join(outside)) else v.expr
+    return text if isinstance(v, FloatSize) and rust_type == "f64" else f"{text} as {rust_type}"
 
 
 def minus(k: int) -> str:

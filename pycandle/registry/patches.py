@@ -7,13 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 from pycandle.registry.core import (
-    Dim, Layer, Op, T, Unsupported, bind, int_arg, is_int, no_field, ntuple, register_layer,
+    Dim, Layer, Op, Unsupported, int_arg, is_int, no_field, ntuple, one_tensor, register_layer,
     register_op, rust_dim, runtime, tensor, usize_expr,
 )
 
 _SETTINGS = ("kernel_size", "dilation", "padding", "stride")
-_FIELDS = {"kernel_size": "kernel", "dilation": "dilation", "padding": "padding",
-           "stride": "stride"}
 
 
 def _patches(a: dict[str, Any]) -> str:
@@ -24,7 +22,7 @@ def _patches(a: dict[str, Any]) -> str:
         least = 0 if name == "padding" else 1
         if min(pair) < least:
             raise Unsupported(f"{name}={a[name]!r} (PyTorch needs values >= {least})")
-        fields.append(f"{_FIELDS[name]}: ({pair[0]}, {pair[1]})")
+        fields.append(f"{name.removesuffix('_size')}: ({pair[0]}, {pair[1]})")
     return f"{runtime('Patches')} {{ {', '.join(fields)} }}"
 
 
@@ -60,20 +58,13 @@ register_op(Op("fold", {"torch.nn.functional.fold": _FOLD},
                doc="overlapping blocks summed; output_size also from shapes"))
 
 
-def _module_input(args: tuple, kwargs: dict[str, Any]) -> T:
-    x = bind("input", args, kwargs)["input"]
-    if not isinstance(x, T):
-        raise Unsupported(f"expected a tensor input, got {x!r}")
-    return x
-
-
 register_layer(Layer(
     "torch.nn.Unfold", _SETTINGS, outputs="out", field=no_field,
-    call=lambda cfg, this, args, kwargs: unfold(_module_input(args, kwargs), cfg),
+    call=lambda cfg, this, args, kwargs: unfold(one_tensor(args, kwargs), cfg),
     doc="as F.unfold"))
 register_layer(Layer(
     "torch.nn.Fold", ("output_size",) + _SETTINGS, outputs="out", field=no_field,
-    call=lambda cfg, this, args, kwargs: fold(_module_input(args, kwargs), cfg),
+    call=lambda cfg, this, args, kwargs: fold(one_tensor(args, kwargs), cfg),
     doc="as F.fold"))
 
 
