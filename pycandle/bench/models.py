@@ -156,9 +156,15 @@ fn info() -> String {
         }
         feature!("sse4.2", "avx", "avx2", "fma", "f16c", "avx512f");
     }
-    // Candle's matmuls (gemm 0.19, built without its `x86-v4` feature) pick their kernels at run
-    // time: FMA/AVX2 when the CPU has FMA, never AVX-512.
-    let gemm = if detected.contains(&"fma") { "fma" } else { "baseline" };
+    // Candle's matmuls (gemm 0.19, which the runtime builds with its `x86-v4` feature) pick
+    // their kernels at run time: AVX-512F, else FMA/AVX2, else baseline.
+    let gemm = if detected.contains(&"avx512f") {
+        "avx512f"
+    } else if detected.contains(&"fma") {
+        "fma"
+    } else {
+        "baseline"
+    };
     format!(
         "{{\\"kernel_path\\": {:?}, \\"gemm\\": {gemm:?}, \\"threads\\": {}, \\"compiled_features\\": {}, \\"detected_features\\": {}}}",
         pycandle_runtime::example::kernel_name(),

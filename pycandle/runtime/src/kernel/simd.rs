@@ -82,7 +82,8 @@ macro_rules! micro_kernels {
 
         /// `rows x vecs` registers of accumulators: the instantiations the
         /// products use (the one-row product's widest tiles are 8 registers;
-        /// the many-row tiles are 16 columns by `TILE_ROWS` rows).
+        /// the many-row tiles are up to 12 rows by 1 or 2 registers, or 3
+        /// rows by 4 for `f64` on AVX2).
         ///
         /// # Safety
         ///
@@ -102,18 +103,30 @@ macro_rules! micro_kernels {
                 (1, 3) => tile::<S, 1, 3>(dst, lhs, w, s),
                 (1, 2) => tile::<S, 1, 2>(dst, lhs, w, s),
                 (1, 1) => tile::<S, 1, 1>(dst, lhs, w, s),
-                (6, 2) => tile::<S, 6, 2>(dst, lhs, w, s),
-                (5, 2) => tile::<S, 5, 2>(dst, lhs, w, s),
-                (4, 2) => tile::<S, 4, 2>(dst, lhs, w, s),
-                (3, 2) => tile::<S, 3, 2>(dst, lhs, w, s),
-                (2, 2) => tile::<S, 2, 2>(dst, lhs, w, s),
-                (6, 1) => tile::<S, 6, 1>(dst, lhs, w, s),
-                (5, 1) => tile::<S, 5, 1>(dst, lhs, w, s),
-                (4, 1) => tile::<S, 4, 1>(dst, lhs, w, s),
-                (3, 1) => tile::<S, 3, 1>(dst, lhs, w, s),
-                (2, 1) => tile::<S, 2, 1>(dst, lhs, w, s),
                 (3, 4) => tile::<S, 3, 4>(dst, lhs, w, s),
                 (2, 4) => tile::<S, 2, 4>(dst, lhs, w, s),
+                (12, 2) => tile::<S, 12, 2>(dst, lhs, w, s),
+                (12, 1) => tile::<S, 12, 1>(dst, lhs, w, s),
+                (11, 2) => tile::<S, 11, 2>(dst, lhs, w, s),
+                (11, 1) => tile::<S, 11, 1>(dst, lhs, w, s),
+                (10, 2) => tile::<S, 10, 2>(dst, lhs, w, s),
+                (10, 1) => tile::<S, 10, 1>(dst, lhs, w, s),
+                (9, 2) => tile::<S, 9, 2>(dst, lhs, w, s),
+                (9, 1) => tile::<S, 9, 1>(dst, lhs, w, s),
+                (8, 2) => tile::<S, 8, 2>(dst, lhs, w, s),
+                (8, 1) => tile::<S, 8, 1>(dst, lhs, w, s),
+                (7, 2) => tile::<S, 7, 2>(dst, lhs, w, s),
+                (7, 1) => tile::<S, 7, 1>(dst, lhs, w, s),
+                (6, 2) => tile::<S, 6, 2>(dst, lhs, w, s),
+                (6, 1) => tile::<S, 6, 1>(dst, lhs, w, s),
+                (5, 2) => tile::<S, 5, 2>(dst, lhs, w, s),
+                (5, 1) => tile::<S, 5, 1>(dst, lhs, w, s),
+                (4, 2) => tile::<S, 4, 2>(dst, lhs, w, s),
+                (4, 1) => tile::<S, 4, 1>(dst, lhs, w, s),
+                (3, 2) => tile::<S, 3, 2>(dst, lhs, w, s),
+                (3, 1) => tile::<S, 3, 1>(dst, lhs, w, s),
+                (2, 2) => tile::<S, 2, 2>(dst, lhs, w, s),
+                (2, 1) => tile::<S, 2, 1>(dst, lhs, w, s),
                 _ => unreachable!("no micro-tile of {rows} rows by {vecs} vectors"),
             }
         }

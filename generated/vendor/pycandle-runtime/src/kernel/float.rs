@@ -32,7 +32,8 @@ pub(super) mod private {
         /// `tanh`, as [`Self::activate`] computes it.
         fn tanh1(x: Self) -> Self;
 
-        /// Rows per micro-tile of the many-row product (12 accumulators).
+        /// Rows per micro-tile of the many-row product on AVX2 (12
+        /// accumulators) and the portable path.
         const TILE_ROWS: usize;
 
         /// The AVX2 register of `Self`.

@@ -20,6 +20,18 @@ pub(super) trait Isa {
     /// or one sub-panel for the portable tile.
     fn max_row_cols<T: Float>() -> usize;
 
+    /// The micro-tiles of the many-row product: at most this many rows, by
+    /// [`Isa::tile_cols`] columns.
+    fn tile_rows<T: Float>() -> usize {
+        T::TILE_ROWS
+    }
+
+    /// Columns per micro-tile of the many-row product: a multiple of the
+    /// 16-column sub-panel.
+    fn tile_cols<T: Float>() -> usize {
+        TILE_COLS
+    }
+
     /// The logistic function on `v[..s]` and `tanh` on `v[s..]`, with fused
     /// multiply-adds where the instruction set has them.
     fn activate<T: Float, const N: usize>(v: &mut [T; N], s: usize);
@@ -104,6 +116,19 @@ impl Isa for Avx512 {
     #[inline(always)]
     fn max_row_cols<T: Float>() -> usize {
         8 * T::Avx512::LANES
+    }
+
+    /// 12 rows by 2 registers: 24 accumulators of the 32 registers (the
+    /// 16-column tile of AVX2 would hold only 6 for `f32`, and load a
+    /// broadcast input per multiply-add).
+    #[inline(always)]
+    fn tile_rows<T: Float>() -> usize {
+        12
+    }
+
+    #[inline(always)]
+    fn tile_cols<T: Float>() -> usize {
+        2 * T::Avx512::LANES
     }
 
     #[inline(always)]

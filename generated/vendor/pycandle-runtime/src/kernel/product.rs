@@ -3,7 +3,8 @@
 //!
 //! Two shapes of micro-kernel share one implementation ([`tile`]): for
 //! several rows (a batch, or the input projection of many steps), `R` rows
-//! by 16 columns accumulated in registers, over a slice of the depth that
+//! by 16 columns (32 on AVX-512) accumulated in registers, the rows shared
+//! out evenly between the tiles, over a slice of the depth that
 //! stays in L1, with the rows of the left operand first copied side by side
 //! for the tile; for one row (batch 1, where a step is bound by reading the
 //! weights), up to 8 vectors of a panel at a time, so that the weights are
@@ -85,15 +86,19 @@ pub(super) fn mul_acc<T: Float, I: Isa>(
         }
         return;
     }
-    // Many rows: `R x 16` tiles, in passes over slices of the depth. Each
-    // pass first copies its slice of the left operand tile by tile, the
-    // tile's rows interleaved, so that a tile reads it linearly.
-    let kc = (KC_BYTES / (TILE_COLS * std::mem::size_of::<T>())).clamp(1, k);
+    // Many rows: tiles of up to `I::tile_rows` rows (as many rows in every
+    // tile as the count allows) by `I::tile_cols` columns, in passes over
+    // slices of the depth. Each pass first copies its slice of the left
+    // operand tile by tile, the tile's rows interleaved, so that a tile reads
+    // it linearly.
+    let tile_cols = I::tile_cols::<T>();
+    let kc = (KC_BYTES / (tile_cols * std::mem::size_of::<T>())).clamp(1, k);
+    let tile_rows = m.div_ceil(m.div_ceil(I::tile_rows::<T>()));
     // `(first row, rows)` of every row tile.
     let tiles = || {
         (0..m)
-            .step_by(T::TILE_ROWS)
-            .map(move |row| (row, T::TILE_ROWS.min(m - row)))
+            .step_by(tile_rows)
+            .map(move |row| (row, tile_rows.min(m - row)))
     };
     if scratch.len() < m * kc {
         scratch.resize(m * kc, T::ZERO);
@@ -105,6 +110,8 @@ pub(super) fn mul_acc<T: Float, I: Isa>(
             let packed = &mut scratch[row * depth..(row + rows) * depth];
             let src = |r: usize| &lhs[(row + r) * lhs_rs + k0..(row + r) * lhs_rs + k0 + depth];
             match rows {
+                12 => interleave::<T, 12>(packed, std::array::from_fn(src)),
+                8 => interleave::<T, 8>(packed, std::array::from_fn(src)),
                 6 => interleave::<T, 6>(packed, std::array::from_fn(src)),
                 4 => interleave::<T, 4>(packed, std::array::from_fn(src)),
                 3 => interleave::<T, 3>(packed, std::array::from_fn(src)),
@@ -117,20 +124,23 @@ pub(super) fn mul_acc<T: Float, I: Isa>(
                 }
             }
         }
+        let s = Strides {
+            dst_rs,
+            w_sub: sub,
+            depth,
+        };
         for i in 0..count {
             let p = order(i);
             let panel = w.panel(panels.start + p);
-            for c in (0..pw).step_by(TILE_COLS) {
+            let mut c = 0;
+            while c < pw {
+                let cols = tile_cols.min(pw - c);
                 let w0 = c / TILE_COLS * sub + k0 * TILE_COLS;
-                let s = Strides {
-                    dst_rs,
-                    w_sub: sub,
-                    depth,
-                };
                 for (row, rows) in tiles() {
                     let d0 = row * dst_rs + p * pw + c;
-                    tile::<T, I>(rows, TILE_COLS, dst, d0, scratch, row * depth, panel, w0, s);
+                    tile::<T, I>(rows, cols, dst, d0, scratch, row * depth, panel, w0, s);
                 }
+                c += cols;
             }
         }
         k0 += depth;
@@ -200,7 +210,8 @@ fn tile<T: Float, I: Isa>(
             4 => tile_portable::<T, 4>(dst, d0, lhs, l0, w, w0, s),
             3 => tile_portable::<T, 3>(dst, d0, lhs, l0, w, w0, s),
             2 => tile_portable::<T, 2>(dst, d0, lhs, l0, w, w0, s),
-            _ => tile_portable::<T, 1>(dst, d0, lhs, l0, w, w0, s),
+            1 => tile_portable::<T, 1>(dst, d0, lhs, l0, w, w0, s),
+            _ => unreachable!("no portable tile of {rows} rows"),
         }
     }
 }

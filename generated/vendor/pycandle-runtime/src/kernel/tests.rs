@@ -830,3 +830,93 @@ fn a_path_the_cpu_lacks_is_refused() {
     });
     assert_eq!(kernel_path(), outside);
 }
+
+/// `mul_acc` on `isa` against the plain product, for `m` rows of every count
+/// up to three AVX-512 tiles and more, depths across the slices of a pass,
+/// and panels of one sub-panel (plain), three and four (GRU and LSTM gates).
+fn check_products<I: super::isa::Isa>() {
+    use super::panels::Panels;
+    use super::product::mul_acc;
+    let mut rng = Rng(0x5851_f42d_4c95_7f2d);
+    for k in [1, 37, 700, 1500] {
+        for (gates, hidden) in [(1, 40), (3, 16), (4, 40)] {
+            let n = gates * hidden;
+            let w_t: Vec<f32> = rng.vec(k * n, 1.0);
+            let order: Vec<usize> = (0..gates).collect();
+            let panels = if gates == 1 {
+                Panels::plain(&w_t, k, n)
+            } else {
+                Panels::gates(&w_t, k, &order, hidden)
+            };
+            // Column `c` of the packed product is source column `col(c)`.
+            let width = panels.width();
+            let col = |c: usize| -> Option<usize> {
+                if gates == 1 {
+                    (c < n).then_some(c)
+                } else {
+                    let (p, c) = (c / width, c % width);
+                    let unit = p * UNITS + c % UNITS;
+                    (unit < hidden).then_some(c / UNITS * hidden + unit)
+                }
+            };
+            for m in (1..=26).chain([37, 64]) {
+                let lhs: Vec<f32> = rng.vec(m * k, 1.0);
+                let want = matmul(&lhs, &w_t, m, k, n);
+                let cols = panels.count() * width;
+                let mut dst = vec![0f32; m * cols];
+                let mut scratch = Vec::new();
+                let all = 0..panels.count();
+                mul_acc::<f32, I>(
+                    &mut dst,
+                    cols,
+                    &lhs,
+                    k,
+                    m,
+                    &panels,
+                    all,
+                    m % 2 == 1,
+                    &mut scratch,
+                );
+                for r in 0..m {
+                    for c in 0..cols {
+                        let got = dst[r * cols + c];
+                        let expected = col(c).map_or(0.0, |j| want[r * n + j]);
+                        let tol = 1e-5 * (k as f32).sqrt() * 4.0;
+                        assert!(
+                            (got - expected).abs() <= tol,
+                            "k {k}, {gates} gates, {m} rows: [{r}, {c}] {got} != {expected}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn products_match_reference_on_every_path() {
+    check_products::<super::isa::Portable>();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if KernelPath::Avx2.is_available() {
+            // SAFETY: the CPU has the instruction set.
+            unsafe { products_avx2() };
+        }
+        if KernelPath::Avx512.is_available() {
+            // SAFETY: as above.
+            unsafe { products_avx512() };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn products_avx2() {
+    check_products::<super::isa::Avx2>();
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn products_avx512() {
+    check_products::<super::isa::Avx512>();
+}
