@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{bail, DType, Result, Tensor, WithDType};
 use candle_nn::VarBuilder;
 
-use crate::host::CpuView;
+use crate::host::with_elements;
 use crate::kernel::{self, Float, PackedWeights, RecurrentShape, ShapeError};
 
 /// One layer in one direction of a recurrent network (or a cell), split the
@@ -603,9 +603,24 @@ pub(super) fn run_kernel_layers<T: KernelFloat>(
 ) -> Result<(Tensor, Vec<Tensor>, Vec<Tensor>)> {
     let (t_len, batch, _) = input.xs.dims3()?;
     let device = input.xs.device();
-    let xs = input.xs.contiguous()?; // (T, B, I)
-    let view = CpuView::new(&xs)?;
-    let x0 = view.slice::<T>()?;
+    // (T, B, I), usually a view of a batch-first or channels-first input.
+    with_elements::<T, _>(&input.xs, |x0| {
+        kernel_layers(x0, t_len, batch, device, layers, dirs, h0, c0)
+    })?
+}
+
+/// [`run_kernel_layers`] on the input's elements `x0`, time-major.
+#[allow(clippy::too_many_arguments)]
+fn kernel_layers<T: KernelFloat>(
+    x0: &[T],
+    t_len: usize,
+    batch: usize,
+    device: &candle_core::Device,
+    layers: &[Arc<PackedWeights<T>>],
+    dirs: usize,
+    h0: Option<&Tensor>,
+    c0: Option<&Tensor>,
+) -> Result<(Tensor, Vec<Tensor>, Vec<Tensor>)> {
     let shape = RecurrentShape {
         steps: t_len,
         batch,
