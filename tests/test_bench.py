@@ -71,7 +71,8 @@ def test_a_one_round_run_reports_every_row(tmp_path, cargo_env):
     assert code == 0
     report = json.loads(out.read_text())
     assert "layers" not in report and report["threads"] == 1
-    assert report["machine"]["cpu"] and report["rust"]["kernel_path"] in ("avx2", "portable")
+    assert report["machine"]["cpu"] and report["rust"]["kernel_path"] in (
+        "avx512 (avx2 at batch 1)", "avx512", "avx2", "portable")
     assert report["rust"]["threads"] == 1
     assert list(report["models"]) == ["tagger[0]", "tagger[1]", "bi_tagger[0]"]
     for row in report["models"].values():

@@ -207,16 +207,7 @@ pub fn kernel_path_for(value: Option<&str>) -> std::result::Result<Option<Kernel
 /// for if the CPU has it, else the fastest one, with the reason the value
 /// was refused.
 pub fn resolve_kernel_path(value: Option<&str>) -> (KernelPath, Option<String>) {
-    // AVX-512 first for every shape. Measured on an AMD EPYC (Zen 4, which
-    // runs 512-bit instructions as two 256-bit halves; `cargo bench --bench
-    // recurrent -- --paths`, 2 busy cores): with a batch (4 to 16) AVX2 takes
-    // 1.08 to 1.16 times as long, the gates' vectorised math and the tiles
-    // needing half the instructions; with batch 1 the two are within the
-    // noise (0.96 to 1.06), each step being bound by reading `W_hh` from
-    // cache, so no rule by shape is warranted.
-    let best = KernelPath::available()
-        .next()
-        .unwrap_or(KernelPath::Portable);
+    let best = fastest_kernel_path();
     match kernel_path_for(value) {
         Ok(None) => (best, None),
         Ok(Some(path)) if path.is_available() => (path, None),
@@ -234,14 +225,27 @@ pub fn resolve_kernel_path(value: Option<&str>) -> (KernelPath, Option<String>) 
 /// The path [`KERNEL_ENV`] selects, read once; a value that is not a path,
 /// or names one the CPU lacks, is reported on stderr and the default used.
 pub fn requested_kernel_path() -> KernelPath {
-    static PATH: std::sync::OnceLock<KernelPath> = std::sync::OnceLock::new();
+    env_kernel_path().unwrap_or_else(fastest_kernel_path)
+}
+
+/// The fastest path the CPU has: AVX-512, then AVX2, then portable.
+fn fastest_kernel_path() -> KernelPath {
+    KernelPath::available()
+        .next()
+        .unwrap_or(KernelPath::Portable)
+}
+
+/// The path [`KERNEL_ENV`] forces, read once (`None` when unset or refused;
+/// a refusal is reported on stderr).
+fn env_kernel_path() -> Option<KernelPath> {
+    static PATH: std::sync::OnceLock<Option<KernelPath>> = std::sync::OnceLock::new();
     *PATH.get_or_init(|| {
         let value = std::env::var(KERNEL_ENV).ok();
         let (path, refused) = resolve_kernel_path(value.as_deref());
-        if let Some(why) = refused {
+        if let Some(why) = &refused {
             eprintln!("pycandle-runtime: {why}; using {path}");
         }
-        path
+        (value.is_some_and(|v| !v.trim().is_empty()) && refused.is_none()).then_some(path)
     })
 }
 
@@ -252,9 +256,32 @@ thread_local! {
 
 /// The path the recurrent kernels take for a call on this thread: the one
 /// [`with_kernel_path`] sets, else [`requested_kernel_path`] (by default the
-/// fastest the CPU has: AVX-512, then AVX2, then portable).
+/// fastest the CPU has: AVX-512, then AVX2, then portable). A layer run on
+/// a single sequence may take AVX2 instead (see [`kernel_path_for_batch`]).
 pub fn kernel_path() -> KernelPath {
     FORCED.get().unwrap_or_else(requested_kernel_path)
+}
+
+/// The path a layer over `batch` sequences takes on this thread: the one
+/// [`with_kernel_path`] or [`KERNEL_ENV`] forces, else the fastest the CPU
+/// has, except that a single sequence runs on AVX2 on a CPU with AVX-512.
+///
+/// Batch 1 is bound by reading `W_hh` from cache once per step, where the
+/// wider registers gain nothing: measured with `cargo bench --bench
+/// recurrent -- --paths` (2 threads), AVX2 took 0.87 to 0.95 times as long
+/// as AVX-512 on 5 of 6 batch-1 shapes on an Intel Xeon with AVX-512 and
+/// AMX (within the noise on the sixth, a 64-unit LSTM), and the two were
+/// within the noise on an AMD EPYC (Zen 4). With a batch (4 to 16),
+/// AVX-512 is the faster: AVX2 took 1.15 to 1.42 times as long on the Xeon,
+/// 1.08 to 1.16 on Zen 4.
+pub fn kernel_path_for_batch(batch: usize) -> KernelPath {
+    if let Some(path) = FORCED.get().or_else(env_kernel_path) {
+        return path;
+    }
+    match fastest_kernel_path() {
+        KernelPath::Avx512 if batch == 1 => KernelPath::Avx2,
+        path => path,
+    }
 }
 
 /// Runs `f` with the recurrent kernels called on this thread taking `path`

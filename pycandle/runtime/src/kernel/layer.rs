@@ -6,7 +6,7 @@ use std::ops::Range;
 use super::panels::{Panels, UNITS};
 use super::schedule::run_layer;
 use super::weights::{CellKind, PackedWeights};
-use super::{check_len, kernel_path, Float, KernelPath, ShapeError};
+use super::{check_len, kernel_path_for_batch, Float, KernelPath, ShapeError};
 
 /// Sizes of one run of a recurrent layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,7 +111,7 @@ pub fn recurrent_layer<T: Float>(
 
     // Read once per call, on the calling thread (where `with_kernel_path`
     // applies): every member of every direction follows it.
-    let path = kernel_path();
+    let path = kernel_path_for_batch(batch);
     let jobs: Vec<Job<'_, T>> = dirs
         .iter()
         .map(|dir| Job {

@@ -23,7 +23,7 @@ pub(super) fn member_dispatch<T: Float>(
 ) {
     let _guard = PoisonOnPanic(&team.barrier);
     match job.path {
-        // SAFETY (both): the job's path is `kernel_path()`'s, which only
+        // SAFETY (both): the job's path is `kernel_path_for_batch`'s, which only
         // names an instruction set the CPU has.
         #[cfg(target_arch = "x86_64")]
         KernelPath::Avx512 => unsafe { member_avx512(geom, job, team, id, leader) },

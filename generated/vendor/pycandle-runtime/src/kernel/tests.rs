@@ -831,6 +831,29 @@ fn a_path_the_cpu_lacks_is_refused() {
     assert_eq!(kernel_path(), outside);
 }
 
+/// A forced path holds at every batch; by default a single sequence runs on
+/// AVX2 where the CPU has AVX-512, and a batch on the fastest path.
+#[test]
+fn batch_one_prefers_avx2_unless_forced() {
+    for path in KernelPath::available() {
+        let _ = with_kernel_path(path, || {
+            assert_eq!(kernel_path_for_batch(1), path);
+            assert_eq!(kernel_path_for_batch(7), path);
+        });
+    }
+    if std::env::var(KERNEL_ENV).is_ok() {
+        return;
+    }
+    let best = requested_kernel_path_default();
+    assert_eq!(kernel_path_for_batch(2), best);
+    let single = if best == KernelPath::Avx512 {
+        KernelPath::Avx2
+    } else {
+        best
+    };
+    assert_eq!(kernel_path_for_batch(1), single);
+}
+
 /// `mul_acc` on `isa` against the plain product, for `m` rows of every count
 /// up to three AVX-512 tiles and more, depths across the slices of a pass,
 /// and panels of one sub-panel (plain), three and four (GRU and LSTM gates).
