@@ -190,9 +190,7 @@ fn convolve<T: WithDType>(
         .zip(out.chunks_mut(items * c_out * l_out))
     {
         let count = x.len() / (c_in * l_in);
-        for (i, x) in x.chunks_exact(c_in * l_in).enumerate() {
-            unroll(x, geom, config, &mut columns[i * l_out..], stride);
-        }
+        unroll_split(x, geom, config, &mut columns, stride, threads);
         for g in 0..groups {
             let product = Product {
                 weight: &ws[g * rows * depth..(g + 1) * rows * depth],
@@ -218,6 +216,52 @@ fn convolve<T: WithDType>(
         }
     }
     out
+}
+
+/// [`unroll`]s the batch items of `xs` side by side into `columns`
+/// (C_in * K, stride), item `i` from column `i * L_out`, the input channels
+/// split into `parts` shares: the first on this thread, the others as
+/// tasks (as [`Product::split`] splits the product).
+fn unroll_split<T: WithDType>(
+    xs: &[T],
+    geom: Geometry,
+    config: &Conv1dConfig,
+    columns: &mut [T],
+    stride: usize,
+    parts: usize,
+) {
+    let (c_in, l_in, taps, l_out) = (geom.c_in, geom.l_in, geom.taps, geom.l_out);
+    let share = c_in.div_ceil(parts.max(1));
+    let unroll_share = |first: usize, columns: &mut [T]| {
+        let channels = first..(first + share).min(c_in);
+        for (i, x) in xs.chunks_exact(c_in * l_in).enumerate() {
+            let x = &x[channels.start * l_in..channels.end * l_in];
+            unroll(x, geom, config, &mut columns[i * l_out..], stride);
+        }
+    };
+    let mut shares = columns[..c_in * taps * stride]
+        .chunks_mut(share * taps * stride)
+        .enumerate();
+    let Some((_, first)) = shares.next() else {
+        return;
+    };
+    let caller = current_cpu();
+    let unroll_share = &unroll_share;
+    let tasks: Vec<Task<'_>> = shares
+        .map(|(i, columns)| {
+            let job = move || {
+                // a pool thread woken on the caller's core moves off it
+                let _elsewhere = AvoidCpu::new(caller);
+                unroll_share(i * share, columns);
+            };
+            // SAFETY: every task is finished below, before the borrows end.
+            unsafe { Task::spawn(job) }
+        })
+        .collect();
+    unroll_share(0, first);
+    for task in tasks {
+        task.finish();
+    }
 }
 
 /// Writes `columns` (C_in * K, L_out), its rows `stride` apart: row `c * K + k`
@@ -410,6 +454,7 @@ mod tests {
             (5, 32, 64, 150, 3, 1, 1, 1, 1, true), // items multiplied together, split
             (7, 6, 4, 100, 3, 2, 1, 2, 2, false),  // groups, several items per product
             (3, 4, 4, 3, 3, 0, 1, 1, 1, true),     // one output position
+            (3, 67, 64, 120, 3, 1, 2, 1, 1, true), // channels split unevenly while unrolled
         ];
         for (i, &(b, c_in, c_out, l, k, padding, stride, dilation, groups, with_bias)) in
             cases.iter().enumerate()
