@@ -247,7 +247,15 @@ pub(super) fn contended() -> bool {
 
 /// How long the leader, done with its share of the first chunk, waits for
 /// the members' threads to start before it sends them away and runs alone.
-pub(super) const JOIN_WAIT: Duration = Duration::from_micros(50);
+///
+/// After an idle moment a pool thread can take a few hundred microseconds
+/// to wake on a virtual machine: with 50 us, the generated speaker encoder
+/// (3 x LSTM 256, B=10) took a median 31 to 34 ms after 0.3 s idle on an
+/// Intel Xeon (KVM, 2 cores), its teams sent away and the next 20 ms run
+/// alone ([`CONTENTION_BACKOFF`]); with 250 us to 2 ms, 23 to 24.5 ms (20
+/// back to back either way). A busy machine loses at most this wait per
+/// backoff period.
+pub(super) const JOIN_WAIT: Duration = Duration::from_micros(500);
 
 pub(super) const PENDING: usize = 0;
 pub(super) const GO: usize = 1;
