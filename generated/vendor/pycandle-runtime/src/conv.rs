@@ -220,8 +220,7 @@ fn convolve<T: WithDType>(
 
 /// [`unroll`]s the batch items of `xs` side by side into `columns`
 /// (C_in * K, stride), item `i` from column `i * L_out`, the input channels
-/// split into `parts` shares: the first on this thread, the others as
-/// tasks (as [`Product::split`] splits the product).
+/// split into `parts` shares ([`in_parallel`]).
 fn unroll_split<T: WithDType>(
     xs: &[T],
     geom: Geometry,
@@ -239,26 +238,35 @@ fn unroll_split<T: WithDType>(
             unroll(x, geom, config, &mut columns[i * l_out..], stride);
         }
     };
-    let mut shares = columns[..c_in * taps * stride]
-        .chunks_mut(share * taps * stride)
-        .enumerate();
+    let shares = columns[..c_in * taps * stride].chunks_mut(share * taps * stride);
+    in_parallel(shares, |i, columns| unroll_share(i * share, columns));
+}
+
+/// Runs `f(i, share)` for each share `i`: the first on this thread, the
+/// others as pool tasks, which move off the caller's core (a pool thread
+/// woken after an idle moment wakes there) and which the caller takes back
+/// when no pool thread has started them.
+fn in_parallel<'a, S: Send + 'a>(
+    shares: impl Iterator<Item = S>,
+    f: impl Fn(usize, S) + Sync + 'a,
+) {
+    let mut shares = shares.enumerate();
     let Some((_, first)) = shares.next() else {
         return;
     };
     let caller = current_cpu();
-    let unroll_share = &unroll_share;
+    let f = &f;
     let tasks: Vec<Task<'_>> = shares
-        .map(|(i, columns)| {
+        .map(|(i, share)| {
             let job = move || {
-                // a pool thread woken on the caller's core moves off it
                 let _elsewhere = AvoidCpu::new(caller);
-                unroll_share(i * share, columns);
+                f(i, share);
             };
             // SAFETY: every task is finished below, before the borrows end.
             unsafe { Task::spawn(job) }
         })
         .collect();
-    unroll_share(0, first);
+    f(0, first);
     for task in tasks {
         task.finish();
     }
@@ -325,27 +333,10 @@ impl<T: WithDType> Product<'_, T> {
     fn split(self, out: &mut [T], parts: usize) {
         let rows = out.len() / self.width;
         let share = rows.div_ceil(parts);
-        let mut shares = out.chunks_mut(share * self.width).enumerate();
-        let Some((_, first)) = shares.next() else {
-            return;
-        };
-        let caller = current_cpu();
-        let tasks: Vec<Task<'_>> = shares
-            .map(|(i, out)| {
-                let part = self.rows(i * share, out.len() / self.width);
-                let job = move || {
-                    // a pool thread woken on the caller's core moves off it
-                    let _elsewhere = AvoidCpu::new(caller);
-                    part.compute(out);
-                };
-                // SAFETY: every task is finished below, before the borrows end.
-                unsafe { Task::spawn(job) }
-            })
-            .collect();
-        self.rows(0, share.min(rows)).compute(first);
-        for task in tasks {
-            task.finish();
-        }
+        let shares = out.chunks_mut(share * self.width);
+        in_parallel(shares, |i, out: &mut [T]| {
+            self.rows(i * share, out.len() / self.width).compute(out)
+        });
     }
 
     /// The product's rows `start..start + count`.
