@@ -74,16 +74,17 @@ macro_rules! impl_simd {
 pub(super) use impl_simd;
 
 /// Writes the micro-kernel compiled with `$features`: `tile` and the
-/// `dispatch` over the shapes the products use.
+/// `dispatch` over the `(rows, vecs)` shapes the products use on that
+/// instruction set.
 macro_rules! micro_kernels {
-    ($features:literal) => {
+    ($features:literal, $(($rows:literal, $vecs:literal)),+ $(,)?) => {
         use $crate::kernel::float::Strides;
         use $crate::kernel::simd::Simd;
 
-        /// `rows x vecs` registers of accumulators: the instantiations the
-        /// products use (the one-row product's widest tiles are 8 registers;
-        /// the many-row tiles are up to 12 rows by 1 or 2 registers, or 3
-        /// rows by 4 for `f64` on AVX2).
+        /// `rows x vecs` registers of accumulators, for the shapes this
+        /// instruction set's products use (see `Isa::tile_rows` and
+        /// `Isa::tile_cols`; the one-row product's widest tiles are 8
+        /// registers).
         ///
         /// # Safety
         ///
@@ -97,36 +98,7 @@ macro_rules! micro_kernels {
             s: Strides,
         ) {
             match (rows, vecs) {
-                (1, 8) => tile::<S, 1, 8>(dst, lhs, w, s),
-                (1, 6) => tile::<S, 1, 6>(dst, lhs, w, s),
-                (1, 4) => tile::<S, 1, 4>(dst, lhs, w, s),
-                (1, 3) => tile::<S, 1, 3>(dst, lhs, w, s),
-                (1, 2) => tile::<S, 1, 2>(dst, lhs, w, s),
-                (1, 1) => tile::<S, 1, 1>(dst, lhs, w, s),
-                (3, 4) => tile::<S, 3, 4>(dst, lhs, w, s),
-                (2, 4) => tile::<S, 2, 4>(dst, lhs, w, s),
-                (12, 2) => tile::<S, 12, 2>(dst, lhs, w, s),
-                (12, 1) => tile::<S, 12, 1>(dst, lhs, w, s),
-                (11, 2) => tile::<S, 11, 2>(dst, lhs, w, s),
-                (11, 1) => tile::<S, 11, 1>(dst, lhs, w, s),
-                (10, 2) => tile::<S, 10, 2>(dst, lhs, w, s),
-                (10, 1) => tile::<S, 10, 1>(dst, lhs, w, s),
-                (9, 2) => tile::<S, 9, 2>(dst, lhs, w, s),
-                (9, 1) => tile::<S, 9, 1>(dst, lhs, w, s),
-                (8, 2) => tile::<S, 8, 2>(dst, lhs, w, s),
-                (8, 1) => tile::<S, 8, 1>(dst, lhs, w, s),
-                (7, 2) => tile::<S, 7, 2>(dst, lhs, w, s),
-                (7, 1) => tile::<S, 7, 1>(dst, lhs, w, s),
-                (6, 2) => tile::<S, 6, 2>(dst, lhs, w, s),
-                (6, 1) => tile::<S, 6, 1>(dst, lhs, w, s),
-                (5, 2) => tile::<S, 5, 2>(dst, lhs, w, s),
-                (5, 1) => tile::<S, 5, 1>(dst, lhs, w, s),
-                (4, 2) => tile::<S, 4, 2>(dst, lhs, w, s),
-                (4, 1) => tile::<S, 4, 1>(dst, lhs, w, s),
-                (3, 2) => tile::<S, 3, 2>(dst, lhs, w, s),
-                (3, 1) => tile::<S, 3, 1>(dst, lhs, w, s),
-                (2, 2) => tile::<S, 2, 2>(dst, lhs, w, s),
-                (2, 1) => tile::<S, 2, 1>(dst, lhs, w, s),
+                $(($rows, $vecs) => tile::<S, $rows, $vecs>(dst, lhs, w, s),)+
                 _ => unreachable!("no micro-tile of {rows} rows by {vecs} vectors"),
             }
         }

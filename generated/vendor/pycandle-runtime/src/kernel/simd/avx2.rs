@@ -26,4 +26,21 @@ super::impl_simd!(
     _mm256_fmadd_pd
 );
 
-super::micro_kernels!("avx2,fma");
+// One row, up to 8 registers; many rows: 16 columns, 2 registers of `f32`
+// (up to 6 rows) or 4 of `f64` (up to 3 rows).
+super::micro_kernels!(
+    "avx2,fma",
+    (1, 8),
+    (1, 6),
+    (1, 4),
+    (1, 3),
+    (1, 2),
+    (1, 1),
+    (6, 2),
+    (5, 2),
+    (4, 2),
+    (3, 2),
+    (2, 2),
+    (3, 4),
+    (2, 4),
+);

@@ -26,4 +26,36 @@ super::impl_simd!(
     _mm512_fmadd_pd
 );
 
-super::micro_kernels!("avx512f");
+// One row, up to 8 registers; many rows: up to 12 rows by 2 registers, or
+// by 1 for the last 16 columns of a panel of `f32` with an odd count of them.
+super::micro_kernels!(
+    "avx512f",
+    (1, 8),
+    (1, 6),
+    (1, 4),
+    (1, 3),
+    (1, 2),
+    (1, 1),
+    (12, 2),
+    (12, 1),
+    (11, 2),
+    (11, 1),
+    (10, 2),
+    (10, 1),
+    (9, 2),
+    (9, 1),
+    (8, 2),
+    (8, 1),
+    (7, 2),
+    (7, 1),
+    (6, 2),
+    (6, 1),
+    (5, 2),
+    (5, 1),
+    (4, 2),
+    (4, 1),
+    (3, 2),
+    (3, 1),
+    (2, 2),
+    (2, 1),
+);
