@@ -62,7 +62,8 @@
 //! * `schedule`: directions and teams over the available threads;
 //! * `team`: the spinning barrier, the shared buffers and the rules by which
 //!   a team forms and dissolves; `task` and `affinity`: the pool tasks
-//!   members run as, and keeping a member off its leader's core;
+//!   members run as (a pool thread that ran one lingers briefly for the
+//!   next), and keeping a member off its leader's core;
 //! * `timeloop`: one team member's walk over the steps, and `work`: its
 //!   buffers and the computation of one step for each cell kind.
 

@@ -109,20 +109,18 @@ pub(super) fn mul_acc<T: Float, I: Isa>(
         for (row, rows) in tiles() {
             let packed = &mut scratch[row * depth..(row + rows) * depth];
             let src = |r: usize| &lhs[(row + r) * lhs_rs + k0..(row + r) * lhs_rs + k0 + depth];
-            match rows {
-                12 => interleave::<T, 12>(packed, std::array::from_fn(src)),
-                8 => interleave::<T, 8>(packed, std::array::from_fn(src)),
-                6 => interleave::<T, 6>(packed, std::array::from_fn(src)),
-                4 => interleave::<T, 4>(packed, std::array::from_fn(src)),
-                3 => interleave::<T, 3>(packed, std::array::from_fn(src)),
-                _ => {
-                    for r in 0..rows {
-                        for (i, &v) in src(r).iter().enumerate() {
-                            packed[i * rows + r] = v;
-                        }
+            // Every tile height the instruction sets use has its own copy
+            // loop: the general one below is several times slower (a
+            // batch of 10 or 32 makes tiles of 10 or 11 rows).
+            macro_rules! heights {
+                ($($r:literal)*) => {
+                    match rows {
+                        $($r => interleave::<T, $r>(packed, std::array::from_fn(src)),)*
+                        _ => interleave_any(packed, rows, src),
                     }
-                }
+                };
             }
+            heights!(2 3 4 5 6 7 8 9 10 11 12);
         }
         let s = Strides {
             dst_rs,
@@ -153,6 +151,15 @@ fn interleave<T: Float, const R: usize>(dst: &mut [T], src: [&[T]; R]) {
     for (i, d) in dst.chunks_exact_mut(R).enumerate() {
         for (d, s) in d.iter_mut().zip(&src) {
             *d = s[i];
+        }
+    }
+}
+
+/// [`interleave`] for any number of rows.
+fn interleave_any<'a, T: Float>(dst: &mut [T], rows: usize, src: impl Fn(usize) -> &'a [T]) {
+    for r in 0..rows {
+        for (d, &v) in dst[r..].iter_mut().step_by(rows).zip(src(r)) {
+            *d = v;
         }
     }
 }
