@@ -96,11 +96,13 @@ fn gather3<T: WithDType>(src: &[T], start: usize, dims: [usize; 3], strides: [us
     for p in 0..plain_len {
         for j0 in (0..tiled_len).step_by(TILE) {
             for k0 in (0..n2).step_by(TILE) {
+                let k1 = (k0 + TILE).min(n2);
                 for j in j0..(j0 + TILE).min(tiled_len) {
                     let (i0, i1) = if tiled == 1 { (p, j) } else { (j, p) };
                     let (dst, from) = ((i0 * n1 + i1) * n2, src_row(i0, i1));
-                    for k in k0..(k0 + TILE).min(n2) {
-                        out[dst + k] = src[from + k * strides[2]];
+                    let src = src[from + k0 * strides[2]..].iter().step_by(strides[2]);
+                    for (d, &s) in out[dst + k0..dst + k1].iter_mut().zip(src) {
+                        *d = s;
                     }
                 }
             }

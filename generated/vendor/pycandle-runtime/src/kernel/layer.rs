@@ -15,6 +15,9 @@ pub struct RecurrentShape {
     pub steps: usize,
     /// Batch size `B`.
     pub batch: usize,
+    /// Write `out` batch first, `(B, T, D * H_out)`, instead of time first:
+    /// a batch-first model's last layer then needs no transposing copy.
+    pub batch_first_out: bool,
 }
 
 /// One direction of a recurrent layer: its weights and initial state.
@@ -36,7 +39,8 @@ pub struct Direction<'a, T> {
 /// * `dirs`: one [`Direction`] per direction, forward first (PyTorch's
 ///   order); all must have the same cell, sizes and input size.
 /// * `out`: `(T, B, D * H_out)`, the directions concatenated on the last
-///   axis like the `output` of `torch.nn.LSTM` / `torch.nn.GRU`.
+///   axis like the `output` of `torch.nn.LSTM` / `torch.nn.GRU`; or
+///   `(B, T, D * H_out)` when the shape asks for `batch_first_out`.
 /// * `h_n`: `(D, B, H_out)`, the final states (for a reverse direction,
 ///   after consuming step 0); `c_n`: `(D, B, H)` for an LSTM, `None` for a
 ///   GRU.
@@ -72,7 +76,11 @@ pub fn recurrent_layer<T: Float>(
     c_n: Option<&mut [T]>,
     threads: usize,
 ) -> Result<(), ShapeError> {
-    let RecurrentShape { steps, batch } = shape;
+    let RecurrentShape {
+        steps,
+        batch,
+        batch_first_out,
+    } = shape;
     let Some(first) = dirs.first() else {
         return Err(ShapeError(
             "recurrent kernel: need at least one direction".into(),
@@ -135,6 +143,7 @@ pub fn recurrent_layer<T: Float>(
         width: w0.cell.gates() * UNITS,
         proj_panels: w0.w_hr.as_ref().map_or(0, Panels::count),
         chunk: (ROWS_PER_CHUNK / batch.max(1)).clamp(1, steps.max(1)),
+        batch_first_out,
     };
     run_layer(geom, &jobs, out, h_n, c_n, threads);
     Ok(())
@@ -164,6 +173,8 @@ pub(super) struct Geometry {
     pub(super) proj_panels: usize,
     /// Steps per chunk of the input projection.
     pub(super) chunk: usize,
+    /// `out` is `(B, T, D * H_out)`, else `(T, B, D * H_out)`.
+    pub(super) batch_first_out: bool,
 }
 
 impl Geometry {

@@ -60,13 +60,25 @@ pub(super) fn run_layer<T: Float>(
         ..
     } = geom;
 
-    // Per-direction views of the outputs.
-    let mut rows: Vec<Vec<&mut [T]>> = (0..d)
-        .map(|_| Vec::with_capacity(geom.steps * batch))
+    // Per-direction views of the outputs, indexed `t * B + b`.
+    let mut rows: Vec<Vec<Option<&mut [T]>>> = (0..d)
+        .map(|_| (0..geom.steps * batch).map(|_| None).collect())
         .collect();
     for (i, row) in out.chunks_mut(h_out).enumerate() {
-        rows[i % d].push(row);
+        // `i / d` is `t * B + b`, or `b * T + t` batch first.
+        let (at, dir) = (i / d, i % d);
+        let at = if geom.batch_first_out {
+            (at % geom.steps) * batch + at / geom.steps
+        } else {
+            at
+        };
+        rows[dir][at] = Some(row);
     }
+    let rows = rows.into_iter().map(|rows| {
+        rows.into_iter()
+            .map(|row| row.expect("`out` has a row for every step and batch item"))
+            .collect::<Vec<_>>()
+    });
     let mut c_parts: Vec<Option<&mut [T]>> = match c_n {
         Some(c_n) => c_n.chunks_mut(batch * hidden).map(Some).collect(),
         None => (0..d).map(|_| None).collect(),

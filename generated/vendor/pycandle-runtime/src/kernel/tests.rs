@@ -153,6 +153,7 @@ impl Case {
         RecurrentShape {
             steps: self.steps,
             batch: self.batch,
+            batch_first_out: false,
         }
     }
 
@@ -357,6 +358,27 @@ fn check<T: Exact>(lstm: bool, case: Case, tol: f64) {
             (path, out, h_n, c_n)
         })
         .collect();
+    // Batch first, on the path the CPU runs by default.
+    let mut out_bf = vec![T::ZERO; t * b * d * po];
+    let mut h_n_bf = vec![T::ZERO; d * b * po];
+    let mut c_n_bf = vec![T::ZERO; if lstm { d * b * case.hidden } else { 0 }];
+    let shape_bf = RecurrentShape {
+        batch_first_out: true,
+        ..shape
+    };
+    in_pool(|| {
+        let c_out = lstm.then_some(&mut c_n_bf[..]);
+        recurrent_layer(
+            shape_bf,
+            &x,
+            &dirs,
+            &mut out_bf,
+            &mut h_n_bf,
+            c_out,
+            threads,
+        )
+    })
+    .unwrap();
 
     let refs: Vec<_> = params
         .iter()
@@ -372,6 +394,21 @@ fn check<T: Exact>(lstm: bool, case: Case, tol: f64) {
     let want_out = interleave(&refs.iter().map(|r| r.0.clone()).collect::<Vec<_>>(), po);
     let want_h: Vec<T> = refs.iter().flat_map(|r| r.1.clone()).collect();
     let want_c: Vec<T> = refs.iter().flat_map(|r| r.2.clone()).collect();
+    // (T, B, F) -> (B, T, F)
+    let width = d * po;
+    let mut want_bf = vec![T::ZERO; want_out.len()];
+    for (i, row) in want_out.chunks_exact(width).enumerate() {
+        let (step, item) = (i / b, i % b);
+        want_bf[(item * t + step) * width..][..width].copy_from_slice(row);
+    }
+    assert_close(
+        &format!("batch first: {case:?} out"),
+        &out_bf,
+        &want_bf,
+        tol,
+    );
+    assert_close(&format!("batch first: {case:?} h_n"), &h_n_bf, &want_h, tol);
+    assert_close(&format!("batch first: {case:?} c_n"), &c_n_bf, &want_c, tol);
     for (path, out, h_n, c_n) in runs {
         assert_close(&format!("{path}: {case:?} out"), &out, &want_out, tol);
         assert_close(&format!("{path}: {case:?} h_n"), &h_n, &want_h, tol);
@@ -565,6 +602,7 @@ fn team_cases_really_split() {
         width: 4 * UNITS,
         proj_panels: 0,
         chunk: 1,
+        batch_first_out: false,
     };
     assert_eq!(team_size(&geom(1, 136, 136), 2), 2);
     assert_eq!(team_size(&geom(1, 136, 136), 4), 4);
@@ -575,7 +613,11 @@ fn team_cases_really_split() {
 
 #[test]
 fn zero_steps_return_the_initial_state() {
-    let shape = RecurrentShape { steps: 0, batch: 2 };
+    let shape = RecurrentShape {
+        steps: 0,
+        batch: 2,
+        batch_first_out: true,
+    };
     let w = PackedWeights::lstm(
         2,
         3,
@@ -604,7 +646,11 @@ fn zero_steps_return_the_initial_state() {
 
 #[test]
 fn wrong_lengths_are_reported() {
-    let shape = RecurrentShape { steps: 2, batch: 1 };
+    let shape = RecurrentShape {
+        steps: 2,
+        batch: 1,
+        batch_first_out: false,
+    };
     let lstm = |w_hh: &[f32]| {
         PackedWeights::lstm(
             3,

@@ -592,8 +592,9 @@ fn state_vec<T: WithDType>(state: Option<&Tensor>, idx: usize) -> Result<Option<
 /// `h_n` order; `h0` (L*D, B, H_out) and `c0` (L*D, B, H) are the checked
 /// initial states, `None` for zeros. Each layer, input projection included,
 /// is one kernel call; layer `k > 0` reads layer `k - 1`'s output buffer
-/// directly. Returns the last layer's output (T, B, D*H_out), and the final
-/// `h` and (LSTM) `c` of every layer and direction in `h_n` order.
+/// directly. Returns the last layer's output in the input's layout (as
+/// [`SequenceInput::output`] gives it), and the final `h` and (LSTM) `c` of
+/// every layer and direction in `h_n` order.
 pub(super) fn run_kernel_layers<T: KernelFloat>(
     input: &SequenceInput,
     layers: &[Arc<PackedWeights<T>>],
@@ -603,28 +604,41 @@ pub(super) fn run_kernel_layers<T: KernelFloat>(
 ) -> Result<(Tensor, Vec<Tensor>, Vec<Tensor>)> {
     let (t_len, batch, _) = input.xs.dims3()?;
     let device = input.xs.device();
+    // A batch-first input without padding gets its output from the last
+    // layer batch first, with no transposing copy.
+    let batch_first = input.batch_first && !input.unbatched && input.padding.is_none();
     // (T, B, I), usually a view of a batch-first or channels-first input.
-    with_elements::<T, _>(&input.xs, |x0| {
-        kernel_layers(x0, t_len, batch, device, layers, dirs, h0, c0)
-    })?
+    let (out, h_n, c_n) = with_elements::<T, _>(&input.xs, |x0| {
+        let shape = RecurrentShape {
+            steps: t_len,
+            batch,
+            batch_first_out: false,
+        };
+        kernel_layers(x0, shape, batch_first, device, layers, dirs, h0, c0)
+    })??;
+    let out = if batch_first { out } else { input.output(out)? };
+    Ok((out, h_n, c_n))
 }
 
-/// [`run_kernel_layers`] on the input's elements `x0`, time-major.
+/// [`run_kernel_layers`] on the input's elements `x0`, time-major: the last
+/// layer's output (T, B, D*H_out), or (B, T, D*H_out) if `batch_first`.
 #[allow(clippy::too_many_arguments)]
 fn kernel_layers<T: KernelFloat>(
     x0: &[T],
-    t_len: usize,
-    batch: usize,
+    shape: RecurrentShape,
+    batch_first: bool,
     device: &candle_core::Device,
     layers: &[Arc<PackedWeights<T>>],
     dirs: usize,
     h0: Option<&Tensor>,
     c0: Option<&Tensor>,
 ) -> Result<(Tensor, Vec<Tensor>, Vec<Tensor>)> {
-    let shape = RecurrentShape {
+    let RecurrentShape {
         steps: t_len,
         batch,
-    };
+        ..
+    } = shape;
+    let last = layers.len().div_ceil(dirs.max(1)).saturating_sub(1);
     let threads = kernel::default_threads();
     let mut prev: Option<(Vec<T>, usize)> = None; // (T, B, D*H_out) and its width
     let (mut h_n, mut c_n) = (Vec::with_capacity(layers.len()), Vec::new());
@@ -652,6 +666,10 @@ fn kernel_layers<T: KernelFloat>(
         let mut hn = vec![T::ZERO; dirs * batch * h_out];
         let mut cn = vec![T::ZERO; if lstm { dirs * batch * h } else { 0 }];
         let x = prev.as_ref().map_or(x0, |(out, _)| out.as_slice());
+        let shape = RecurrentShape {
+            batch_first_out: batch_first && layer == last,
+            ..shape
+        };
         kernel::recurrent_layer(
             shape,
             x,
@@ -677,7 +695,11 @@ fn kernel_layers<T: KernelFloat>(
     let Some((out, width)) = prev else {
         bail!("recurrent fast path: no layers")
     };
-    let out = Tensor::from_vec(out, (t_len, batch, width), device)?;
+    let out = if batch_first {
+        Tensor::from_vec(out, (batch, t_len, width), device)?
+    } else {
+        Tensor::from_vec(out, (t_len, batch, width), device)?
+    };
     Ok((out, h_n, c_n))
 }
 

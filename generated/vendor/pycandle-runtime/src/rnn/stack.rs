@@ -187,16 +187,20 @@ impl<C: StackConfig> Stacked<C> {
             Some(DType::F64) => self.run_fast::<f64>(&input, init.as_deref())?,
             _ => None,
         };
+        // The fast path's output is in the input's layout already.
         let (out, finals) = match fast {
             Some(done) => done,
-            None => self.run_generic(&input, init, &features)?,
+            None => {
+                let (out, finals) = self.run_generic(&input, init, &features)?;
+                (input.output(out)?, finals)
+            }
         };
         let finals = finals
             .iter()
             .take(features.len())
             .map(|part| input.final_state(part))
             .collect::<Result<Vec<_>>>()?;
-        Ok((input.output(out)?, StackState::<C>::from_parts(finals)?))
+        Ok((out, StackState::<C>::from_parts(finals)?))
     }
 
     /// [`Self::run`] with Candle ops, on any device and dtype: the last
@@ -233,8 +237,9 @@ impl<C: StackConfig> Stacked<C> {
     /// [`Self::run_generic`] on the CPU kernels of [`crate::kernel`], for a
     /// plain run (see `common::fast_path_dtype`) of `f32` or `f64` on the CPU:
     /// one kernel call per layer runs the input projection and the time loop
-    /// of every direction, on weights packed once. `None` when the kernels
-    /// do not run these layers.
+    /// of every direction, on weights packed once. Its output is in the
+    /// input's layout (a batch-first input's last layer writes batch first).
+    /// `None` when the kernels do not run these layers.
     fn run_fast<T: KernelFloat>(
         &self,
         input: &SequenceInput,
