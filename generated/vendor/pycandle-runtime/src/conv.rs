@@ -169,16 +169,11 @@ fn convolve<T: WithDType>(
     geom: Geometry,
     config: &Conv1dConfig,
 ) -> Vec<T> {
-    let Geometry {
-        batch,
-        c_in,
-        l_in,
-        c_out,
-        taps,
-        l_out,
-    } = geom;
-    let mut out = vec![T::zero(); batch * c_out * l_out];
-    let work = c_out * c_in / config.groups * taps * batch * l_out;
+    let batch = geom.batch;
+    // elements per batch item of the input and of the output
+    let (item_in, item_out) = (geom.c_in * geom.l_in, geom.c_out * geom.l_out);
+    let mut out = vec![T::zero(); batch * item_out];
+    let work = geom.c_in / config.groups * geom.taps * batch * item_out;
     let threads = if work >= SPLIT_WORK {
         default_threads()
     } else {
@@ -187,12 +182,12 @@ fn convolve<T: WithDType>(
     // As many items per thread as the batch gives every thread; the rest
     // split between the threads by output channels.
     let share = if threads > 1 { batch / threads } else { 0 };
-    let (xs_even, xs_rest) = xs.split_at(threads * share * c_in * l_in);
-    let (out_even, out_rest) = out.split_at_mut(threads * share * c_out * l_out);
+    let (xs_even, xs_rest) = xs.split_at(threads * share * item_in);
+    let (out_even, out_rest) = out.split_at_mut(threads * share * item_out);
     if share > 0 {
         let shares = xs_even
-            .chunks(share * c_in * l_in)
-            .zip(out_even.chunks_mut(share * c_out * l_out));
+            .chunks(share * item_in)
+            .zip(out_even.chunks_mut(share * item_out));
         let geom = Geometry {
             batch: share,
             ..geom
