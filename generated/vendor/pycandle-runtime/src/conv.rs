@@ -158,10 +158,10 @@ const MIN_WIDTH: usize = 512;
 /// Every thread convolves as many batch items as the batch gives each, from
 /// start to end: it unrolls only its items, and its products read only its
 /// own unrolled columns, where splitting the output channels has every
-/// thread read all of them. (Tacotron-2's 512-channel convolution on the
-/// Xeon of stop 25, alternating in one process: 12 % faster at B=4, 2-6 %
-/// at B=2 and B=8.) The items left over, fewer than the threads, split each
-/// product's output channels between the threads instead.
+/// thread read all of them. (Tacotron-2's 512-channel convolution on a
+/// 2-core AVX-512 Xeon, alternating in one process: 12 % faster at B=4,
+/// 2-6 % at B=2 and B=8.) The items left over, fewer than the threads,
+/// split each product's output channels between the threads instead.
 fn convolve<T: WithDType>(
     xs: &[T],
     ws: &[T],

@@ -36,9 +36,9 @@ pub trait Simd: Copy {
 }
 
 /// Depth steps ahead of the one it multiplies at which the many-row tile
-/// prefetches the weights. (On the Xeon of stop 25, single-threaded, rows
-/// of 32 by depth 512 by 1024 columns, the shape of a tagger member's step:
-/// 2-8 % faster at 16 steps; 4 steps gains less, 32 and 64 no more.)
+/// prefetches the weights. (On a 2-core AVX-512 Xeon, single-threaded,
+/// rows of 32 by depth 512 by 1024 columns, the shape of a tagger member's
+/// step: 2-8 % faster at 16 steps; 4 steps gains less, 32 and 64 no more.)
 pub(super) const PREFETCH_ROWS: usize = 16;
 
 /// Asks for the cache line holding `p` to be brought into L1. A hint: it
