@@ -436,6 +436,13 @@ impl SequenceInput {
         )
     }
 
+    /// Whether the input's layout is `(B, T, F)` with nothing else for
+    /// [`Self::output`] to do than transposing: the kernels then write the
+    /// last layer's output batch first themselves, with no copy afterwards.
+    pub(super) fn output_is_batch_first(&self) -> bool {
+        self.batch_first && !self.unbatched && self.padding.is_none()
+    }
+
     /// Brings the last layer's output back to the input's layout, with
     /// zeros at padding positions. (T, B, F) -> input layout
     pub(super) fn output(&self, out: Tensor) -> Result<Tensor> {
@@ -604,17 +611,10 @@ pub(super) fn run_kernel_layers<T: KernelFloat>(
 ) -> Result<(Tensor, Vec<Tensor>, Vec<Tensor>)> {
     let (t_len, batch, _) = input.xs.dims3()?;
     let device = input.xs.device();
-    // A batch-first input without padding gets its output from the last
-    // layer batch first, with no transposing copy.
-    let batch_first = input.batch_first && !input.unbatched && input.padding.is_none();
+    let batch_first = input.output_is_batch_first();
     // (T, B, I), usually a view of a batch-first or channels-first input.
     let (out, h_n, c_n) = with_elements::<T, _>(&input.xs, |x0| {
-        let shape = RecurrentShape {
-            steps: t_len,
-            batch,
-            batch_first_out: false,
-        };
-        kernel_layers(x0, shape, batch_first, device, layers, dirs, h0, c0)
+        kernel_layers(x0, t_len, batch, batch_first, device, layers, dirs, h0, c0)
     })??;
     let out = if batch_first { out } else { input.output(out)? };
     Ok((out, h_n, c_n))
@@ -625,7 +625,8 @@ pub(super) fn run_kernel_layers<T: KernelFloat>(
 #[allow(clippy::too_many_arguments)]
 fn kernel_layers<T: KernelFloat>(
     x0: &[T],
-    shape: RecurrentShape,
+    t_len: usize,
+    batch: usize,
     batch_first: bool,
     device: &candle_core::Device,
     layers: &[Arc<PackedWeights<T>>],
@@ -633,11 +634,6 @@ fn kernel_layers<T: KernelFloat>(
     h0: Option<&Tensor>,
     c0: Option<&Tensor>,
 ) -> Result<(Tensor, Vec<Tensor>, Vec<Tensor>)> {
-    let RecurrentShape {
-        steps: t_len,
-        batch,
-        ..
-    } = shape;
     let last = layers.len().div_ceil(dirs.max(1)).saturating_sub(1);
     let threads = kernel::default_threads();
     let mut prev: Option<(Vec<T>, usize)> = None; // (T, B, D*H_out) and its width
@@ -667,8 +663,9 @@ fn kernel_layers<T: KernelFloat>(
         let mut cn = vec![T::ZERO; if lstm { dirs * batch * h } else { 0 }];
         let x = prev.as_ref().map_or(x0, |(out, _)| out.as_slice());
         let shape = RecurrentShape {
+            steps: t_len,
+            batch,
             batch_first_out: batch_first && layer == last,
-            ..shape
         };
         kernel::recurrent_layer(
             shape,
