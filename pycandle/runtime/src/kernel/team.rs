@@ -44,11 +44,14 @@ pub(super) const STALL: Duration = Duration::from_millis(1);
 /// Stalls after which a team dissolves. On a virtual machine the host takes
 /// a core away for a millisecond or more now and then, though no other
 /// thread of the guest wants it: dissolving at the first stall then ran the
-/// rest of a layer alone, at half speed (the generated token tagger, B=32,
-/// after 0.3 s idle, on a 2-core KVM Xeon: dissolved in 8 to 19 of 40 to 50
-/// calls, which took 45-80 ms instead of 32-38). When threads really
-/// outnumber the cores, stalls come every scheduler time slice, and the
-/// second follows within milliseconds.
+/// rest of a layer alone, at half speed. (The generated token tagger, B=32,
+/// after 0.3 s idle, on a 2-core KVM Xeon, alternating in one process: at
+/// the first stall, teams dissolved in 5 to 19 of every 40 to 50 calls,
+/// which took 50 to 85 ms instead of 32 to 40; at the second, in 1 to 11.)
+/// When threads really outnumber the cores, stalls come every scheduler
+/// time slice and the second follows within milliseconds: with two busy
+/// loops on the two cores, both rules gave 120-135 ms, and never dissolving
+/// 270.
 pub(super) const STALLS_TO_DISSOLVE: usize = 2;
 
 /// Spins, then yields, until `done()`; panics when `poisoned` is set. Returns
@@ -176,9 +179,9 @@ impl Pace {
     }
 
     /// The leader's barrier: when, since the team formed, it waited for the
-    /// members longer than it worked (and more than [`PACE_TOLERANCE`]),
-    /// they run at less than half its speed (their cores are shared), and it
-    /// asks the team to dissolve.
+    /// members longer than it worked (and more than [`PACE_TOLERANCE`];
+    /// stalls left out), they run at less than half its speed (their cores
+    /// are shared), and it asks the team to dissolve.
     pub(super) fn wait(&mut self, barrier: &SpinBarrier) {
         let arrived = Instant::now();
         if let Some(last) = self.last {
