@@ -18,15 +18,18 @@ use super::Float;
 /// loses its core stalls its partners for a whole scheduler time slice, and
 /// a member that shares its core with another busy thread runs at a
 /// fraction of its speed. Two signs tell the team to dissolve (the leader
-/// then finishes the sequence alone): any wait longer than [`STALL`], and
-/// the leader's request when it spends more time waiting than working (see
-/// [`Pace`]): alone, it would be faster.
+/// then finishes the sequence alone): a second wait longer than [`STALL`]
+/// (see [`STALLS_TO_DISSOLVE`]), and the leader's request when it spends
+/// more time waiting than working (see [`Pace`]): alone, it would be faster.
 pub(super) struct SpinBarrier {
     pub(super) size: usize,
     pub(super) arrived: AtomicUsize,
     pub(super) generation: AtomicUsize,
     pub(super) poisoned: AtomicBool,
-    pub(super) stalled: AtomicBool,
+    /// Barriers after which some member had waited longer than [`STALL`].
+    pub(super) stalls: AtomicUsize,
+    /// `1 +` the generation of the latest such barrier (0: none yet).
+    pub(super) stalled_at: AtomicUsize,
     pub(super) requested: AtomicBool,
     pub(super) dissolve: AtomicBool,
 }
@@ -38,6 +41,18 @@ pub(super) const SPIN_TIME: Duration = Duration::from_micros(50);
 /// A wait this long means a partner lost its core for a scheduler time
 /// slice, not just to a short interruption.
 pub(super) const STALL: Duration = Duration::from_millis(1);
+/// Stalls after which a team dissolves. On a virtual machine the host takes
+/// a core away for a millisecond or more now and then, though no other
+/// thread of the guest wants it: dissolving at the first stall then ran the
+/// rest of a layer alone, at half speed. (The generated token tagger, B=32,
+/// after 0.3 s idle, on a 2-core KVM Xeon, alternating in one process: at
+/// the first stall, teams dissolved in 5 to 19 of every 40 to 50 calls,
+/// which took 50 to 85 ms instead of 32 to 40; at the second, in 1 to 11.)
+/// When threads really outnumber the cores, stalls come every scheduler
+/// time slice and the second follows within milliseconds: with two busy
+/// loops on the two cores, both rules gave 120-135 ms, and never dissolving
+/// 270.
+pub(super) const STALLS_TO_DISSOLVE: usize = 2;
 
 /// Spins, then yields, until `done()`; panics when `poisoned` is set. Returns
 /// how long the wait took once it started watching the clock (`None` for a
@@ -75,7 +90,8 @@ impl SpinBarrier {
             arrived: AtomicUsize::new(0),
             generation: AtomicUsize::new(0),
             poisoned: AtomicBool::new(false),
-            stalled: AtomicBool::new(false),
+            stalls: AtomicUsize::new(0),
+            stalled_at: AtomicUsize::new(0),
             requested: AtomicBool::new(false),
             dissolve: AtomicBool::new(false),
         }
@@ -87,11 +103,11 @@ impl SpinBarrier {
         }
         let generation = self.generation.load(Ordering::Acquire);
         if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.size {
-            // Last to arrive: every member's earlier `stalled` and
+            // Last to arrive: every member's earlier `stalls` and
             // `requested` stores are visible through `arrived`; publish the
             // decision with the new generation.
             self.arrived.store(0, Ordering::Relaxed);
-            if self.stalled.load(Ordering::Relaxed)
+            if self.stalled_too_often()
                 || self.requested.load(Ordering::Relaxed)
                 || forced_dissolve(generation)
             {
@@ -108,8 +124,20 @@ impl SpinBarrier {
         // The first barrier also waits for the members that started last to
         // project their share of the first chunk.
         if generation > 0 && waited.is_some_and(|w| w > STALL) {
-            self.stalled.store(true, Ordering::Relaxed);
+            self.record_stall(generation);
         }
+    }
+
+    /// Counts a stall that ended barrier `generation`, once however many
+    /// members waited through it.
+    pub(super) fn record_stall(&self, generation: usize) {
+        if self.stalled_at.swap(generation + 1, Ordering::Relaxed) != generation + 1 {
+            self.stalls.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn stalled_too_often(&self) -> bool {
+        self.stalls.load(Ordering::Relaxed) >= STALLS_TO_DISSOLVE
     }
 
     /// The leader asks the team to dissolve at the next barrier.
@@ -151,9 +179,9 @@ impl Pace {
     }
 
     /// The leader's barrier: when, since the team formed, it waited for the
-    /// members longer than it worked (and more than [`PACE_TOLERANCE`]),
-    /// they run at less than half its speed (their cores are shared), and it
-    /// asks the team to dissolve.
+    /// members longer than it worked (and more than [`PACE_TOLERANCE`];
+    /// stalls left out), they run at less than half its speed (their cores
+    /// are shared), and it asks the team to dissolve.
     pub(super) fn wait(&mut self, barrier: &SpinBarrier) {
         let arrived = Instant::now();
         if let Some(last) = self.last {
@@ -162,7 +190,9 @@ impl Pace {
         }
         barrier.wait();
         let done = Instant::now();
-        if self.last.is_some() {
+        // A stall is the barrier's to judge (see `STALLS_TO_DISSOLVE`): one
+        // would otherwise outweigh the first steps' work.
+        if self.last.is_some() && done - arrived <= STALL {
             self.wait += done - arrived;
         }
         self.last = Some(done);

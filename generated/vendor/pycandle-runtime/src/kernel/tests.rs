@@ -7,7 +7,7 @@ use super::gates;
 use super::layer::Geometry;
 use super::panels::UNITS;
 use super::schedule::{split_range, team_size};
-use super::team::{ALWAYS, DISSOLVE_AT, NEVER, PENDING, START_MODE};
+use super::team::{SpinBarrier, ALWAYS, DISSOLVE_AT, NEVER, PENDING, START_MODE};
 use super::*;
 
 /// Runs `f` in a thread pool with room for the largest team and both
@@ -587,6 +587,18 @@ fn every_team_path_matches_reference() {
     }
     START_MODE.store(PENDING, Ordering::Relaxed);
     DISSOLVE_AT.store(0, Ordering::Relaxed);
+}
+
+/// A host that takes a core away once does not dissolve a team; a second
+/// stall does. Members that waited through the same stall count it once.
+#[test]
+fn a_team_dissolves_at_its_second_stall() {
+    let barrier = SpinBarrier::new(3);
+    barrier.record_stall(4);
+    barrier.record_stall(4);
+    assert!(!barrier.stalled_too_often());
+    barrier.record_stall(7);
+    assert!(barrier.stalled_too_often());
 }
 
 #[test]
