@@ -15,6 +15,9 @@ pub struct RecurrentShape {
     pub steps: usize,
     /// Batch size `B`.
     pub batch: usize,
+    /// Read `x` batch first, `(B, T, I)`, instead of time first: a
+    /// batch-first model's first layer then needs no transposing copy.
+    pub batch_first_in: bool,
     /// Write `out` batch first, `(B, T, D * H_out)`, instead of time first:
     /// a batch-first model's last layer then needs no transposing copy.
     pub batch_first_out: bool,
@@ -34,7 +37,8 @@ pub struct Direction<'a, T> {
 }
 
 /// Runs one recurrent layer (LSTM or GRU, one or two directions) over the
-/// input `x`, `(T, B, I)`.
+/// input `x`, `(T, B, I)`, or `(B, T, I)` when the shape asks for
+/// `batch_first_in`.
 ///
 /// * `dirs`: one [`Direction`] per direction, forward first (PyTorch's
 ///   order); all must have the same cell, sizes and input size.
@@ -79,6 +83,7 @@ pub fn recurrent_layer<T: Float>(
     let RecurrentShape {
         steps,
         batch,
+        batch_first_in,
         batch_first_out,
     } = shape;
     let Some(first) = dirs.first() else {
@@ -143,6 +148,7 @@ pub fn recurrent_layer<T: Float>(
         width: w0.cell.gates() * UNITS,
         proj_panels: w0.w_hr.as_ref().map_or(0, Panels::count),
         chunk: (ROWS_PER_CHUNK / batch.max(1)).clamp(1, steps.max(1)),
+        batch_first_in,
         batch_first_out,
     };
     run_layer(geom, &jobs, out, h_n, c_n, threads);
@@ -173,6 +179,8 @@ pub(super) struct Geometry {
     pub(super) proj_panels: usize,
     /// Steps per chunk of the input projection.
     pub(super) chunk: usize,
+    /// `x` is `(B, T, I)`, else `(T, B, I)`.
+    pub(super) batch_first_in: bool,
     /// `out` is `(B, T, D * H_out)`, else `(T, B, D * H_out)`.
     pub(super) batch_first_out: bool,
 }
@@ -192,7 +200,7 @@ impl Geometry {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Job<'a, T> {
     pub(super) w: &'a PackedWeights<T>,
-    /// `(T, B, I)`.
+    /// `(T, B, I)`, or `(B, T, I)` (see [`Geometry::batch_first_in`]).
     pub(super) x: &'a [T],
     pub(super) h0: Option<&'a [T]>,
     pub(super) c0: Option<&'a [T]>,

@@ -25,9 +25,38 @@ use super::Float;
 /// reuses it. (Passes of 16 KiB or more measure alike; 8 KiB is slower.)
 const KC_BYTES: usize = 32 * 1024;
 
+/// Where the rows of a product's left operand start: row `r` at
+/// `r / group * group_stride + r % group * stride`. A matrix is one group
+/// ([`Rows::plain`]); the steps of a batch-first input `(B, T, I)` are
+/// groups of `B` rows, `I` apart, whose batch items are `T * I` apart.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Rows {
+    pub(super) stride: usize,
+    pub(super) group: usize,
+    pub(super) group_stride: usize,
+}
+
+impl Rows {
+    /// Rows `stride` apart.
+    pub(super) fn plain(stride: usize) -> Self {
+        Self {
+            stride,
+            group: usize::MAX,
+            group_stride: 0,
+        }
+    }
+
+    /// Where row `r` starts.
+    #[inline(always)]
+    pub(super) fn start(&self, r: usize) -> usize {
+        r / self.group * self.group_stride + r % self.group * self.stride
+    }
+}
+
 /// `dst[r, j] += sum_kk lhs[r, kk] * W[kk, j]` for rows `r < m` and the
 /// columns `j` of `panels` (their columns side by side from `dst` column 0),
-/// `kk < k`. Rows of `dst` are `dst_rs` apart, rows of `lhs` `lhs_rs`.
+/// `kk < k`. Rows of `dst` are `dst_rs` apart; rows of `lhs` start where
+/// `lhs_rows` says.
 /// `reverse` walks the panels last to first (see the step loop). `scratch`
 /// holds the left operand's rows rearranged for the tiles (several rows
 /// only).
@@ -37,7 +66,7 @@ pub(super) fn mul_acc<T: Float, I: Isa>(
     dst: &mut [T],
     dst_rs: usize,
     lhs: &[T],
-    lhs_rs: usize,
+    lhs_rows: Rows,
     m: usize,
     w: &Panels<T>,
     panels: Range<usize>,
@@ -48,10 +77,11 @@ pub(super) fn mul_acc<T: Float, I: Isa>(
     if m == 0 || panels.is_empty() || k == 0 {
         return;
     }
+    // (Every row of `lhs` is bounds-checked again where it is read.)
     assert!(
         panels.end <= w.count()
             && dst.len() >= (m - 1) * dst_rs + panels.len() * pw
-            && lhs.len() >= (m - 1) * lhs_rs + k
+            && lhs.len() >= lhs_rows.start(m - 1) + k
     );
     let count = panels.len();
     let order = |i: usize| if reverse { count - 1 - i } else { i };
@@ -112,7 +142,10 @@ pub(super) fn mul_acc<T: Float, I: Isa>(
         let depth = kc.min(k - k0);
         for (row, rows) in tiles() {
             let packed = &mut scratch[row * depth..(row + rows) * depth];
-            let src = |r: usize| &lhs[(row + r) * lhs_rs + k0..(row + r) * lhs_rs + k0 + depth];
+            let src = |r: usize| {
+                let at = lhs_rows.start(row + r) + k0;
+                &lhs[at..at + depth]
+            };
             // Every tile height the instruction sets use has its own copy
             // loop: the general one below is several times slower (a
             // batch of 10 or 32 makes tiles of 10 or 11 rows).

@@ -153,6 +153,7 @@ impl Case {
         RecurrentShape {
             steps: self.steps,
             batch: self.batch,
+            batch_first_in: false,
             batch_first_out: false,
         }
     }
@@ -358,19 +359,21 @@ fn check<T: Exact>(lstm: bool, case: Case, tol: f64) {
             (path, out, h_n, c_n)
         })
         .collect();
-    // Batch first, on the path the CPU runs by default.
+    // Batch first in and out, on the path the CPU runs by default.
     let mut out_bf = vec![T::ZERO; t * b * d * po];
     let mut h_n_bf = vec![T::ZERO; d * b * po];
     let mut c_n_bf = vec![T::ZERO; if lstm { d * b * case.hidden } else { 0 }];
     let shape_bf = RecurrentShape {
+        batch_first_in: true,
         batch_first_out: true,
         ..shape
     };
+    let x_bf = to_batch_first(&x, t, b);
     in_pool(|| {
         let c_out = lstm.then_some(&mut c_n_bf[..]);
         recurrent_layer(
             shape_bf,
-            &x,
+            &x_bf,
             &dirs,
             &mut out_bf,
             &mut h_n_bf,
@@ -394,13 +397,7 @@ fn check<T: Exact>(lstm: bool, case: Case, tol: f64) {
     let want_out = interleave(&refs.iter().map(|r| r.0.clone()).collect::<Vec<_>>(), po);
     let want_h: Vec<T> = refs.iter().flat_map(|r| r.1.clone()).collect();
     let want_c: Vec<T> = refs.iter().flat_map(|r| r.2.clone()).collect();
-    // (T, B, F) -> (B, T, F)
-    let width = d * po;
-    let mut want_bf = vec![T::ZERO; want_out.len()];
-    for (i, row) in want_out.chunks_exact(width).enumerate() {
-        let (step, item) = (i / b, i % b);
-        want_bf[(item * t + step) * width..][..width].copy_from_slice(row);
-    }
+    let want_bf = to_batch_first(&want_out, t, b);
     assert_close(
         &format!("batch first: {case:?} out"),
         &out_bf,
@@ -414,6 +411,17 @@ fn check<T: Exact>(lstm: bool, case: Case, tol: f64) {
         assert_close(&format!("{path}: {case:?} h_n"), &h_n, &want_h, tol);
         assert_close(&format!("{path}: {case:?} c_n"), &c_n, &want_c, tol);
     }
+}
+
+/// `(T, B, F)` to `(B, T, F)`.
+fn to_batch_first<T: Float>(x: &[T], t: usize, b: usize) -> Vec<T> {
+    let width = x.len() / (t * b).max(1);
+    let mut out = vec![T::ZERO; x.len()];
+    for (i, row) in x.chunks_exact(width.max(1)).enumerate() {
+        let (step, item) = (i / b, i % b);
+        out[(item * t + step) * width..][..width].copy_from_slice(row);
+    }
+    out
 }
 
 /// Small cases (single-threaded teams), B = 1 (matrix-vector product) and
@@ -614,6 +622,7 @@ fn team_cases_really_split() {
         width: 4 * UNITS,
         proj_panels: 0,
         chunk: 1,
+        batch_first_in: false,
         batch_first_out: false,
     };
     assert_eq!(team_size(&geom(1, 136, 136), 2), 2);
@@ -628,6 +637,7 @@ fn zero_steps_return_the_initial_state() {
     let shape = RecurrentShape {
         steps: 0,
         batch: 2,
+        batch_first_in: true,
         batch_first_out: true,
     };
     let w = PackedWeights::lstm(
@@ -661,6 +671,7 @@ fn wrong_lengths_are_reported() {
     let shape = RecurrentShape {
         steps: 2,
         batch: 1,
+        batch_first_in: false,
         batch_first_out: false,
     };
     let lstm = |w_hh: &[f32]| {
@@ -917,7 +928,7 @@ fn batch_one_prefers_avx2_unless_forced() {
 /// and panels of one sub-panel (plain), three and four (GRU and LSTM gates).
 fn check_products<I: super::isa::Isa>() {
     use super::panels::Panels;
-    use super::product::mul_acc;
+    use super::product::{mul_acc, Rows};
     let mut rng = Rng(0x5851_f42d_4c95_7f2d);
     for k in [1, 37, 700, 1500] {
         for (gates, hidden) in [(1, 40), (3, 16), (4, 40)] {
@@ -947,11 +958,28 @@ fn check_products<I: super::isa::Isa>() {
                 let mut dst = vec![0f32; m * cols];
                 let mut scratch = Vec::new();
                 let all = 0..panels.count();
+                // An even count reads its rows as the steps of a batch-first
+                // input of two items.
+                let (lhs, rows) = if m % 2 == 0 {
+                    let steps = m / 2;
+                    let mut bf = vec![0f32; m * k];
+                    for (r, row) in lhs.chunks_exact(k).enumerate() {
+                        bf[(r % 2 * steps + r / 2) * k..][..k].copy_from_slice(row);
+                    }
+                    let rows = Rows {
+                        stride: steps * k,
+                        group: 2,
+                        group_stride: k,
+                    };
+                    (bf, rows)
+                } else {
+                    (lhs, Rows::plain(k))
+                };
                 mul_acc::<f32, I>(
                     &mut dst,
                     cols,
                     &lhs,
-                    k,
+                    rows,
                     m,
                     &panels,
                     all,

@@ -8,7 +8,7 @@ use super::gates::{gru_block, lstm_row};
 use super::isa::Isa;
 use super::layer::{Geometry, Job};
 use super::panels::UNITS;
-use super::product::mul_acc;
+use super::product::{mul_acc, Rows};
 use super::team::{publish, Team};
 use super::Float;
 
@@ -140,12 +140,24 @@ impl<T: Float> Work<T> {
         for row in self.gx[..rows * stride].chunks_exact_mut(stride) {
             row[col0..col0 + bias.len()].copy_from_slice(bias);
         }
-        let x = &job.x[self.chunk.start * batch * input..self.chunk.end * batch * input];
+        let (x, x_rows) = if geom.batch_first_in {
+            // `(B, T, I)`: step `s` of the chunk, item `b`, at
+            // `b * T * I + (start + s) * I`.
+            let rows = Rows {
+                stride: geom.steps * input,
+                group: batch,
+                group_stride: input,
+            };
+            (&job.x[self.chunk.start * input..], rows)
+        } else {
+            let x = &job.x[self.chunk.start * batch * input..self.chunk.end * batch * input];
+            (x, Rows::plain(input))
+        };
         mul_acc::<T, I>(
             &mut self.gx[col0..],
             stride,
             x,
-            input,
+            x_rows,
             rows,
             &job.w.w_ih,
             blocks,
@@ -228,7 +240,7 @@ impl<T: Float> Work<T> {
                 dst,
                 stride,
                 h_prev,
-                h_out,
+                Rows::plain(h_out),
                 batch,
                 &job.w.w_hh,
                 share.clone(),
@@ -289,7 +301,7 @@ impl<T: Float> Work<T> {
             &mut self.h_cols[cols.start * PROJ_COLS..],
             ps,
             lhs,
-            lhs_rs,
+            Rows::plain(lhs_rs),
             geom.batch,
             job.w.w_hr.as_ref().expect("projecting weights"),
             cols,

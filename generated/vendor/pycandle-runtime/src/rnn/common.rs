@@ -436,11 +436,17 @@ impl SequenceInput {
         )
     }
 
+    /// Whether the input's layout is `(B, T, F)`: `xs` is then a transposed
+    /// view of it, and the kernels read it as it is.
+    pub(super) fn input_is_batch_first(&self) -> bool {
+        self.batch_first && !self.unbatched
+    }
+
     /// Whether the input's layout is `(B, T, F)` with nothing else for
     /// [`Self::output`] to do than transposing: the kernels then write the
     /// last layer's output batch first themselves, with no copy afterwards.
     pub(super) fn output_is_batch_first(&self) -> bool {
-        self.batch_first && !self.unbatched && self.padding.is_none()
+        self.input_is_batch_first() && self.padding.is_none()
     }
 
     /// Brings the last layer's output back to the input's layout, with
@@ -611,23 +617,46 @@ pub(super) fn run_kernel_layers<T: KernelFloat>(
 ) -> Result<(Tensor, Vec<Tensor>, Vec<Tensor>)> {
     let (t_len, batch, _) = input.xs.dims3()?;
     let device = input.xs.device();
-    let batch_first = input.output_is_batch_first();
-    // (T, B, I), usually a view of a batch-first or channels-first input.
-    let (out, h_n, c_n) = with_elements::<T, _>(&input.xs, |x0| {
-        kernel_layers(x0, t_len, batch, batch_first, device, layers, dirs, h0, c0)
+    let batch_first_out = input.output_is_batch_first();
+    // A batch-first input is read in its own layout, with no transposing
+    // copy (one is still made when it is itself a strided view, e.g. of a
+    // channels-first tensor).
+    let batch_first_in = input.input_is_batch_first();
+    let x = if batch_first_in {
+        input.xs.transpose(0, 1)?
+    } else {
+        input.xs.clone()
+    };
+    let (out, h_n, c_n) = with_elements::<T, _>(&x, |x0| {
+        kernel_layers(
+            x0,
+            t_len,
+            batch,
+            (batch_first_in, batch_first_out),
+            device,
+            layers,
+            dirs,
+            h0,
+            c0,
+        )
     })??;
-    let out = if batch_first { out } else { input.output(out)? };
+    let out = if batch_first_out {
+        out
+    } else {
+        input.output(out)?
+    };
     Ok((out, h_n, c_n))
 }
 
-/// [`run_kernel_layers`] on the input's elements `x0`, time-major: the last
-/// layer's output (T, B, D*H_out), or (B, T, D*H_out) if `batch_first`.
+/// [`run_kernel_layers`] on the input's elements `x0`, (T, B, I), or
+/// (B, T, I) if `batch_first_in`: the last layer's output (T, B, D*H_out),
+/// or (B, T, D*H_out) if `batch_first_out`.
 #[allow(clippy::too_many_arguments)]
 fn kernel_layers<T: KernelFloat>(
     x0: &[T],
     t_len: usize,
     batch: usize,
-    batch_first: bool,
+    (batch_first_in, batch_first_out): (bool, bool),
     device: &candle_core::Device,
     layers: &[Arc<PackedWeights<T>>],
     dirs: usize,
@@ -665,7 +694,8 @@ fn kernel_layers<T: KernelFloat>(
         let shape = RecurrentShape {
             steps: t_len,
             batch,
-            batch_first_out: batch_first && layer == last,
+            batch_first_in: batch_first_in && layer == 0,
+            batch_first_out: batch_first_out && layer == last,
         };
         kernel::recurrent_layer(
             shape,
@@ -692,7 +722,7 @@ fn kernel_layers<T: KernelFloat>(
     let Some((out, width)) = prev else {
         bail!("recurrent fast path: no layers")
     };
-    let out = if batch_first {
+    let out = if batch_first_out {
         Tensor::from_vec(out, (batch, t_len, width), device)?
     } else {
         Tensor::from_vec(out, (t_len, batch, width), device)?
