@@ -136,6 +136,8 @@ impl SpinBarrier {
         }
     }
 
+    /// Whether the team has stalled [`STALLS_TO_DISSOLVE`] times: the last
+    /// member to reach the barrier then dissolves it.
     pub(super) fn stalled_too_often(&self) -> bool {
         self.stalls.load(Ordering::Relaxed) >= STALLS_TO_DISSOLVE
     }

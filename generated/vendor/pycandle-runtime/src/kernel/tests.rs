@@ -597,10 +597,11 @@ fn every_team_path_matches_reference() {
     DISSOLVE_AT.store(0, Ordering::Relaxed);
 }
 
-/// A host that takes a core away once does not dissolve a team; a second
-/// stall does. Members that waited through the same stall count it once.
+/// A host that takes a core away once is not reason enough to dissolve a
+/// team; a second stall is. Members that waited through the same stall
+/// count it once.
 #[test]
-fn a_team_dissolves_at_its_second_stall() {
+fn the_second_stall_is_too_many() {
     let barrier = SpinBarrier::new(3);
     barrier.record_stall(4);
     barrier.record_stall(4);
