@@ -101,7 +101,7 @@ def softmax(x: T, dim: Any, log: bool = False) -> str:
                           "is deprecated)", hint="pass dim explicitly")
     d = x.norm_dim(int_arg(dim, "dim"))
     fn = "log_softmax" if log else "softmax"
-    return f"candle_nn::ops::{fn}({x.borrow}, {rust_dim(d, x.rank)})?"
+    return f"pycandle_runtime::softmax::{fn}({x.borrow}, {rust_dim(d, x.rank)})?"
 
 
 # --- layers ---------------------------------------------------------------------------------------
