@@ -277,7 +277,7 @@ impl LocationSensitiveAttention {
 
         // examples/steps.py:92
         // (memory.dim(0), memory.dim(1))
-        let weights_1 = candle_nn::ops::softmax(&squeeze, D::Minus1)?;
+        let weights_1 = pycandle_runtime::softmax::softmax(&squeeze, D::Minus1)?;
 
         // examples/steps.py:93
         // (memory.dim(0), 1, memory.dim(1))

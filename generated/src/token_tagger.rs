@@ -58,7 +58,7 @@ impl TokenTagger {
         // (d0, d1, 7)
         let out = self.out.forward(&h.contiguous()?)?;
         // (d0, d1, 7)
-        let log_softmax = candle_nn::ops::log_softmax(&out, D::Minus1)?;
+        let log_softmax = pycandle_runtime::softmax::log_softmax(&out, D::Minus1)?;
         Ok(log_softmax)
     }
 }

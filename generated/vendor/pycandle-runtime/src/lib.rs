@@ -47,6 +47,7 @@ pub mod patches;
 pub mod pool;
 pub mod resample;
 pub mod rnn;
+pub mod softmax;
 pub mod weight_norm;
 
 pub use attention::{AttentionMasks, MultiheadAttention, MultiheadAttentionConfig};
