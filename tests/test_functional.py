@@ -1,7 +1,7 @@
 """Convolutions, linear layers and layer norms called as functions on the model's own tensors,
 as published models write them: a subclass of nn.Conv1d whose forward calls F.conv1d with its
 weight, a filterbank computed in forward (asteroid's encoders), F.conv_transpose1d decoders,
-F.linear, whisper's LayerNorm subclass; F.interpolate, F.conv_transpose2d (also grouped) and
+F.linear, a head of linear layers on every frame, whisper's LayerNorm subclass; F.interpolate, F.conv_transpose2d (also grouped) and
 unevenly dilated F.conv2d as decoders and U-Nets use them.
 Parity through the real pipeline at two trace shapes, options drawn at random."""
 
@@ -110,6 +110,22 @@ def module_source(rng: random.Random) -> str:
                         {calls})
 
 
+        class Head(nn.Module):
+            # a tagger's or a classifier's head on every frame: enough rows, and outputs few
+            # enough, for the runtime's own product (wider outputs stay on Candle's)
+            def __init__(self):
+                super().__init__()
+                self.proj = Linear(24, 10)
+                self.out = nn.Linear(24, 40)
+                self.bare = nn.Linear(24, 16, bias=False)
+                self.wide = nn.Linear(24, 70)
+
+            def forward(self, x):  # x: (batch, 24, frames)
+                frames = x.transpose(1, 2)
+                return (self.proj(frames), self.bare(frames.contiguous()), self.wide(frames),
+                        F.log_softmax(self.out(frames), -1), self.out(frames[0]))
+
+
         class Resample(nn.Module):
             # decoders and U-Nets: upsampling to a skip connection's size, transposed 2-d
             # convolutions, dilations that differ per dimension
@@ -176,6 +192,12 @@ models:
       - x: {shape: [1, 4, 18], low: -1, high: 1}
         im: {shape: [1, 2, 9, 5], low: -1, high: 1}
     tolerance: {atol: 1.0e-5, rtol: 1.0e-4}
+  - name: head
+    factory: fnmodels:Head
+    inputs:
+      - x: {shape: [2, 24, 40], low: -1, high: 1}
+      - x: {shape: [3, 24, 21], low: -1, high: 1}
+    tolerance: {atol: 1.0e-5, rtol: 1.0e-4}
   - name: tied
     factory: fnmodels:Tied
     inputs:
@@ -189,7 +211,7 @@ models:
 def test_functional_convolutions_match_pytorch(tmp_path, cargo_env, capsys):
     out = run_pipeline(tmp_path, {"fnmodels": module_source(random.Random(20261203))}, MODELS,
                        capsys)
-    assert "parity: 6 passed, 0 failed" in out
+    assert "parity: 8 passed, 0 failed" in out
     report = json.loads((tmp_path / "reports" / "parity.json").read_text())
     outputs = {e["output"] for r in report for e in r["entries"]
                if e["kind"] == "model" and r["model"] == "filterbank"}
@@ -204,8 +226,11 @@ def test_functional_convolutions_match_pytorch(tmp_path, cargo_env, capsys):
     # the subclasses are traced through: their forward's F.conv1d / F.linear on the weights,
     # in a forward of the subclass's own struct that the model calls
     assert ".conv1d(&self.weight" in src and "let y = self.conv.forward(x)?;" in src, src
-    assert "candle_nn::Linear::new(self.weight.clone()" in src, src
+    assert "pycandle_runtime::Linear::new(self.weight.clone()" in src, src
     # a layer's own weight read in forward (tied output projection) is the field's accessor
     tied = (tmp_path / "crate" / "src" / "tied.rs").read_text()
     assert "self.embed.embeddings()" in tied and "self.proj.weight()" in tied, tied
+    # the head's linear layers (80 and 63 rows: the runtime's own product for up to 64 outputs)
+    head = (tmp_path / "crate" / "src" / "head.rs").read_text()
+    assert "Linear::load(24, 40" in head and "pycandle_runtime::softmax::log_softmax" in head
     assert_clippy_clean(tmp_path / "crate")

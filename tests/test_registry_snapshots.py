@@ -12,9 +12,9 @@ is one line of Python, the call, followed by the Rust it lowers to, indented by 
     torch.mm(p, q) -> (T, 6)  given p = (T, 4), q = (4, 6)
         let matmul = p.matmul(q)?;
     nn.Linear(4, 3)(x) -> (B, T, 3)
-        load: let linear: Linear = candle_nn::linear(4, 3, vb.pp("linear"))?;
-        let linear = self.linear.forward(&x.contiguous()?)?;
-        use: candle_nn::Linear, candle_nn::Module
+        load: let linear: Linear = Linear::load(4, 3, vb.pp("linear"))?;
+        let linear = self.linear.forward(x)?;
+        use: candle_nn::Module, pycandle_runtime::Linear
 
 Several calls that must emit the same Rust share one line, separated by ` | `: the spellings of
 one op (`torch.exp(x) | x.exp() | x.exp_() | torch.exp_(x)`), so a new op is one line.

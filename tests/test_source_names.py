@@ -57,7 +57,7 @@ def test_locals_take_python_names(tmp_path, cargo_env, capsys):
     rust = (tmp_path / "crate" / "src" / "named.rs").read_text()
     forward = rust[rust.index("pub fn forward_stream"):]  # the LSTM leads: a streaming model
     for line in (
-        "let h = self.proj.forward(&x.contiguous()?)?;",
+        "let h = self.proj.forward(x)?;",
         "let (out, (h_n, lstm_c_n)) = self",
         "let mut out = out;",  # the loop over `self.blocks` carries `out`
         "for block in &self.blocks {",
