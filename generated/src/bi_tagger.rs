@@ -4,8 +4,8 @@
 //! run `pycandle codegen` instead.
 
 use candle_core::{Result, Tensor};
-use candle_nn::{Linear, Module, VarBuilder};
-use pycandle_runtime::{Lstm, LstmConfig};
+use candle_nn::{Module, VarBuilder};
+use pycandle_runtime::{Linear, Lstm, LstmConfig};
 
 /// What [`BiTagger::forward`] returns, in PyTorch's order.
 pub type BiTaggerOutput = (Tensor, Tensor, Tensor);
@@ -33,7 +33,7 @@ impl BiTagger {
             },
             vb.pp("encoder"),
         )?;
-        let tags = candle_nn::linear(64, 6, vb.pp("tags"))?;
+        let tags = Linear::load(64, 6, vb.pp("tags"))?;
         Ok(Self { encoder, tags })
     }
 
@@ -47,7 +47,7 @@ impl BiTagger {
 
         // examples/tagger.py:19
         // (frames.dim(0), frames.dim(1), 6)
-        let tags = self.tags.forward(&out.contiguous()?)?;
+        let tags = self.tags.forward(&out)?;
         Ok((tags, h_n, c_n))
     }
 }

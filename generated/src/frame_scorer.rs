@@ -4,8 +4,8 @@
 //! run `pycandle codegen` instead.
 
 use candle_core::{Result, Tensor};
-use candle_nn::{Linear, Module, VarBuilder};
-use pycandle_runtime::{Lstm, LstmConfig};
+use candle_nn::{Module, VarBuilder};
+use pycandle_runtime::{Linear, Lstm, LstmConfig};
 
 /// Sublayers keep their PyTorch names, so weights load straight from the state dict.
 #[derive(Debug, Clone)]
@@ -30,7 +30,7 @@ impl FrameScorer {
             },
             vb.pp("rnn"),
         )?;
-        let head = candle_nn::linear(48, 4, vb.pp("head"))?;
+        let head = Linear::load(48, 4, vb.pp("head"))?;
         Ok(Self { rnn, head })
     }
 
@@ -55,7 +55,7 @@ impl FrameScorer {
 
         // examples/sequence.py:19
         // (d0, d1, 4)
-        let head = self.head.forward(&out.contiguous()?)?;
+        let head = self.head.forward(&out)?;
         // (d0, d1, 4)
         let scores = candle_nn::ops::sigmoid(&head)?;
 

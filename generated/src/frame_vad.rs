@@ -4,8 +4,8 @@
 //! run `pycandle codegen` instead.
 
 use candle_core::{Result, Tensor};
-use candle_nn::{Linear, Module, VarBuilder};
-use pycandle_runtime::{LstmCell, LstmCellConfig};
+use candle_nn::{Module, VarBuilder};
+use pycandle_runtime::{Linear, LstmCell, LstmCellConfig};
 
 /// Sublayers keep their PyTorch names, so weights load straight from the state dict.
 #[derive(Debug, Clone)]
@@ -20,7 +20,7 @@ pub struct FrameVad {
 
 impl FrameVad {
     pub fn load(vb: VarBuilder) -> Result<Self> {
-        let proj = candle_nn::linear(16, 24, vb.pp("proj"))?;
+        let proj = Linear::load(16, 24, vb.pp("proj"))?;
         let cell = LstmCell::load(
             LstmCellConfig {
                 input_size: 24,
@@ -29,7 +29,7 @@ impl FrameVad {
             },
             vb.pp("cell"),
         )?;
-        let head = candle_nn::linear(24, 1, vb.pp("head"))?;
+        let head = Linear::load(24, 1, vb.pp("head"))?;
         Ok(Self { proj, cell, head })
     }
 
@@ -45,7 +45,7 @@ impl FrameVad {
 
         // examples/steps.py:24
         // (d0, d1, 24)
-        let proj = self.proj.forward(&frames.contiguous()?)?;
+        let proj = self.proj.forward(frames)?;
         // (d0, d1, 24)
         let x = proj.tanh()?;
 

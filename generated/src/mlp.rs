@@ -4,7 +4,8 @@
 //! run `pycandle codegen` instead.
 
 use candle_core::{Result, Tensor};
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::{Module, VarBuilder};
+use pycandle_runtime::Linear;
 
 /// Sublayers keep their PyTorch names, so weights load straight from the state dict.
 #[derive(Debug, Clone)]
@@ -19,9 +20,9 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn load(vb: VarBuilder) -> Result<Self> {
-        let layer_0 = candle_nn::linear(16, 32, vb.pp("0"))?;
-        let layer_2 = candle_nn::linear_no_bias(32, 32, vb.pp("2"))?;
-        let layer_4 = candle_nn::linear(32, 8, vb.pp("4"))?;
+        let layer_0 = Linear::load(16, 32, vb.pp("0"))?;
+        let layer_2 = Linear::load_no_bias(32, 32, vb.pp("2"))?;
+        let layer_4 = Linear::load(32, 8, vb.pp("4"))?;
         Ok(Self {
             layer_0,
             layer_2,

@@ -4,8 +4,8 @@
 //! run `pycandle codegen` instead.
 
 use candle_core::{Result, Tensor};
-use candle_nn::{Linear, Module, VarBuilder};
-use pycandle_runtime::{sequence_lengths, Gru, GruConfig};
+use candle_nn::{Module, VarBuilder};
+use pycandle_runtime::{sequence_lengths, Gru, GruConfig, Linear};
 
 /// Sublayers keep their PyTorch names, so weights load straight from the state dict.
 #[derive(Debug, Clone)]
@@ -29,7 +29,7 @@ impl PaddedGru {
             },
             vb.pp("gru"),
         )?;
-        let out = candle_nn::linear(24, 4, vb.pp("out"))?;
+        let out = Linear::load(24, 4, vb.pp("out"))?;
         Ok(Self { gru, out })
     }
 
@@ -45,7 +45,7 @@ impl PaddedGru {
 
         // examples/tagger.py:34
         // (x.dim(0), _, 4)
-        let out = self.out.forward(&encoded.contiguous()?)?;
+        let out = self.out.forward(&encoded)?;
         // (x.dim(0), _, 4)
         let tanh = out.tanh()?;
         // (x.dim(0), 24)

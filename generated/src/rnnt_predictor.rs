@@ -4,7 +4,8 @@
 //! run `pycandle codegen` instead.
 
 use candle_core::{Result, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear, Module, VarBuilder};
+use candle_nn::{Embedding, LayerNorm, Module, VarBuilder};
+use pycandle_runtime::Linear;
 
 /// Sublayers keep their PyTorch names, so weights load straight from the state dict.
 #[derive(Debug, Clone)]
@@ -21,7 +22,7 @@ impl RnntPredictor {
     pub fn load(vb: VarBuilder) -> Result<Self> {
         let embed = candle_nn::embedding(20, 16, vb.pp("embed"))?;
         let cell = LayerNormLstmCell::load(vb.pp("cell"))?;
-        let out = candle_nn::linear(24, 20, vb.pp("out"))?;
+        let out = Linear::load(24, 20, vb.pp("out"))?;
         Ok(Self { embed, cell, out })
     }
 
@@ -78,7 +79,7 @@ impl RnntPredictor {
         // (d0, d1, 24)
         let stack = Tensor::stack(&outputs, 0)?;
         // (d0, d1, 20)
-        let out = self.out.forward(&stack.contiguous()?)?;
+        let out = self.out.forward(&stack)?;
         Ok((out, c))
     }
 }
@@ -98,8 +99,8 @@ pub struct LayerNormLstmCell {
 
 impl LayerNormLstmCell {
     pub fn load(vb: VarBuilder) -> Result<Self> {
-        let ih = candle_nn::linear_no_bias(16, 96, vb.pp("ih"))?;
-        let hh = candle_nn::linear_no_bias(24, 96, vb.pp("hh"))?;
+        let ih = Linear::load_no_bias(16, 96, vb.pp("ih"))?;
+        let hh = Linear::load_no_bias(24, 96, vb.pp("hh"))?;
         let ln_gates = candle_nn::layer_norm(96, 1e-05, vb.pp("ln_gates"))?;
         let ln_cell = candle_nn::layer_norm(24, 1e-05, vb.pp("ln_cell"))?;
         Ok(Self {

@@ -4,8 +4,8 @@
 //! run `pycandle codegen` instead.
 
 use candle_core::{Result, Tensor, D};
-use candle_nn::{Conv1dConfig, Linear, Module, VarBuilder};
-use pycandle_runtime::{Conv1d, LstmCell, LstmCellConfig};
+use candle_nn::{Conv1dConfig, Module, VarBuilder};
+use pycandle_runtime::{Conv1d, Linear, LstmCell, LstmCellConfig};
 
 /// What [`Tacotron2Decoder::forward`] returns, in PyTorch's order.
 pub type Tacotron2DecoderOutput = (Tensor, Tensor, Tensor);
@@ -47,8 +47,8 @@ impl Tacotron2Decoder {
             },
             vb.pp("decoder_rnn"),
         )?;
-        let projection = candle_nn::linear(36, 8, vb.pp("projection"))?;
-        let gate = candle_nn::linear(36, 1, vb.pp("gate"))?;
+        let projection = Linear::load(36, 8, vb.pp("projection"))?;
+        let gate = Linear::load(36, 1, vb.pp("gate"))?;
         Ok(Self {
             prenet,
             attention,
@@ -76,7 +76,7 @@ impl Tacotron2Decoder {
 
         // examples/steps.py:119
         // (memory.dim(0), memory.dim(1), 16)
-        let processed_memory = self.attention.memory.forward(&memory.contiguous()?)?;
+        let processed_memory = self.attention.memory.forward(memory)?;
 
         // examples/steps.py:120
         // (memory.dim(0), 24)
@@ -177,8 +177,8 @@ pub struct Prenet {
 
 impl Prenet {
     pub fn load(vb: VarBuilder) -> Result<Self> {
-        let layer_0 = candle_nn::linear(8, 16, vb.pp("0"))?;
-        let layer_2 = candle_nn::linear(16, 16, vb.pp("2"))?;
+        let layer_0 = Linear::load(8, 16, vb.pp("0"))?;
+        let layer_2 = Linear::load(16, 16, vb.pp("2"))?;
         Ok(Self { layer_0, layer_2 })
     }
 }
@@ -186,11 +186,11 @@ impl Prenet {
 impl Module for Prenet {
     fn forward(&self, input: &Tensor) -> Result<Tensor> {
         // (memory.dim(0), mels.dim(1), 16)
-        let frames = self.layer_0.forward(&input.contiguous()?)?;
+        let frames = self.layer_0.forward(input)?;
         // (memory.dim(0), mels.dim(1), 16)
         let frames_1 = frames.relu()?;
         // (memory.dim(0), mels.dim(1), 16)
-        let frames_2 = self.layer_2.forward(&frames_1.contiguous()?)?;
+        let frames_2 = self.layer_2.forward(&frames_1)?;
         // (memory.dim(0), mels.dim(1), 16)
         let frames_3 = frames_2.relu()?;
         Ok(frames_3)
@@ -214,7 +214,7 @@ pub struct LocationSensitiveAttention {
 
 impl LocationSensitiveAttention {
     pub fn load(vb: VarBuilder) -> Result<Self> {
-        let memory = candle_nn::linear_no_bias(12, 16, vb.pp("memory"))?;
+        let memory = Linear::load_no_bias(12, 16, vb.pp("memory"))?;
         let location_conv = Conv1d::load_no_bias(
             2,
             8,
@@ -225,9 +225,9 @@ impl LocationSensitiveAttention {
             },
             vb.pp("location_conv"),
         )?;
-        let location_dense = candle_nn::linear_no_bias(8, 16, vb.pp("location_dense"))?;
-        let query = candle_nn::linear_no_bias(24, 16, vb.pp("query"))?;
-        let v = candle_nn::linear(16, 1, vb.pp("v"))?;
+        let location_dense = Linear::load_no_bias(8, 16, vb.pp("location_dense"))?;
+        let query = Linear::load_no_bias(24, 16, vb.pp("query"))?;
+        let v = Linear::load(16, 1, vb.pp("v"))?;
         Ok(Self {
             memory,
             location_conv,
@@ -255,7 +255,7 @@ impl LocationSensitiveAttention {
         // (memory.dim(0), memory.dim(1), 8)
         let transpose = location.transpose(1, 2)?;
         // (memory.dim(0), memory.dim(1), 16)
-        let location_1 = self.location_dense.forward(&transpose.contiguous()?)?;
+        let location_1 = self.location_dense.forward(&transpose)?;
 
         // examples/steps.py:90
         // (memory.dim(0), 16)
@@ -269,7 +269,7 @@ impl LocationSensitiveAttention {
         // (memory.dim(0), memory.dim(1), 16)
         let tanh = add_1.tanh()?;
         // (memory.dim(0), memory.dim(1), 1)
-        let v = self.v.forward(&tanh.contiguous()?)?;
+        let v = self.v.forward(&tanh)?;
 
         // examples/steps.py:91
         // (memory.dim(0), memory.dim(1))

@@ -4,8 +4,8 @@
 //! run `pycandle codegen` instead.
 
 use candle_core::{Result, Tensor, D};
-use candle_nn::{Embedding, Linear, Module, VarBuilder};
-use pycandle_runtime::{Lstm, LstmConfig};
+use candle_nn::{Embedding, Module, VarBuilder};
+use pycandle_runtime::{Linear, Lstm, LstmConfig};
 
 /// Sublayers keep their PyTorch names, so weights load straight from the state dict.
 #[derive(Debug, Clone)]
@@ -33,7 +33,7 @@ impl TokenTagger {
             },
             vb.pp("lstm"),
         )?;
-        let out = candle_nn::linear(32, 7, vb.pp("out"))?;
+        let out = Linear::load(32, 7, vb.pp("out"))?;
         Ok(Self { embed, lstm, out })
     }
 
@@ -56,7 +56,7 @@ impl TokenTagger {
 
         // examples/tts.py:43
         // (d0, d1, 7)
-        let out = self.out.forward(&h.contiguous()?)?;
+        let out = self.out.forward(&h)?;
         // (d0, d1, 7)
         let log_softmax = pycandle_runtime::softmax::log_softmax(&out, D::Minus1)?;
         Ok(log_softmax)

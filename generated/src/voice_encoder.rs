@@ -7,8 +7,8 @@
 //!   generated code follows the path this trace took
 
 use candle_core::{Result, Tensor, D};
-use candle_nn::{Linear, Module, VarBuilder};
-use pycandle_runtime::{Lstm, LstmConfig};
+use candle_nn::{Module, VarBuilder};
+use pycandle_runtime::{Linear, Lstm, LstmConfig};
 
 /// Sublayers keep their PyTorch names, so weights load straight from the state dict.
 #[derive(Debug, Clone)]
@@ -33,7 +33,7 @@ impl VoiceEncoder {
             },
             vb.pp("lstm"),
         )?;
-        let proj = candle_nn::linear(256, 256, vb.pp("proj"))?;
+        let proj = Linear::load(256, 256, vb.pp("proj"))?;
         Ok(Self { lstm, proj })
     }
 

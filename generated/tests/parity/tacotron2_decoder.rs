@@ -24,7 +24,7 @@ fn run_case(case: usize) -> Result<()> {
     // `prenet.0` (torch.nn.Linear) on its golden inputs
     {
         let in0 = g("prenet_0.in.0")?;
-        let frames = model.prenet.layer_0.forward(&in0.contiguous()?)?;
+        let frames = model.prenet.layer_0.forward(&in0)?;
         report.check("layer", "prenet.0", "0", &frames, &g("prenet_0.out.0")?)?;
     }
 
@@ -38,7 +38,7 @@ fn run_case(case: usize) -> Result<()> {
     // `prenet.2` (torch.nn.Linear) on its golden inputs
     {
         let in0 = g("prenet_2.in.0")?;
-        let frames_2 = model.prenet.layer_2.forward(&in0.contiguous()?)?;
+        let frames_2 = model.prenet.layer_2.forward(&in0)?;
         report.check("layer", "prenet.2", "0", &frames_2, &g("prenet_2.out.0")?)?;
     }
 
@@ -52,7 +52,7 @@ fn run_case(case: usize) -> Result<()> {
     // `attention.memory` (torch.nn.Linear) on its golden inputs
     {
         let in0 = g("attention_memory.in.0")?;
-        let processed_memory = model.attention.memory.forward(&in0.contiguous()?)?;
+        let processed_memory = model.attention.memory.forward(&in0)?;
         report.check(
             "layer",
             "attention.memory",
@@ -100,7 +100,7 @@ fn run_case(case: usize) -> Result<()> {
     // `attention.location_dense` (torch.nn.Linear) on its golden inputs
     {
         let in0 = g("attention_location_dense.in.0")?;
-        let location_1 = model.attention.location_dense.forward(&in0.contiguous()?)?;
+        let location_1 = model.attention.location_dense.forward(&in0)?;
         report.check(
             "layer",
             "attention.location_dense",
@@ -126,7 +126,7 @@ fn run_case(case: usize) -> Result<()> {
     // `attention.v` (torch.nn.Linear) on its golden inputs
     {
         let in0 = g("attention_v.in.0")?;
-        let attention_v = model.attention.v.forward(&in0.contiguous()?)?;
+        let attention_v = model.attention.v.forward(&in0)?;
         report.check(
             "layer",
             "attention.v",

@@ -21,7 +21,7 @@ use candle_core::{bail, DType, Module, Result, Tensor, WithDType};
 use candle_nn::{Conv1dConfig, ConvTranspose2dConfig, VarBuilder};
 
 use crate::host::{with_elements, CpuView};
-use crate::kernel::{current_cpu, default_threads, AvoidCpu, Task};
+use crate::kernel::{default_threads, in_parallel};
 
 /// A 1-d convolution, PyTorch's `nn.Conv1d` with zero padding: candle_nn's
 /// [`candle_nn::Conv1d`] with the CPU forward described in the module docs.
@@ -295,36 +295,6 @@ fn unroll_split<T: WithDType>(
     };
     let shares = columns[..c_in * taps * stride].chunks_mut(share * taps * stride);
     in_parallel(shares, |i, columns| unroll_share(i * share, columns));
-}
-
-/// Runs `f(i, share)` for each share `i`: the first on this thread, the
-/// others as pool tasks, which move off the caller's core (a pool thread
-/// woken after an idle moment wakes there) and which the caller takes back
-/// when no pool thread has started them.
-fn in_parallel<'a, S: Send + 'a>(
-    shares: impl Iterator<Item = S>,
-    f: impl Fn(usize, S) + Sync + 'a,
-) {
-    let mut shares = shares.enumerate();
-    let Some((_, first)) = shares.next() else {
-        return;
-    };
-    let caller = current_cpu();
-    let f = &f;
-    let tasks: Vec<Task<'_>> = shares
-        .map(|(i, share)| {
-            let job = move || {
-                let _elsewhere = AvoidCpu::new(caller);
-                f(i, share);
-            };
-            // SAFETY: every task is finished below, before the borrows end.
-            unsafe { Task::spawn(job) }
-        })
-        .collect();
-    f(0, first);
-    for task in tasks {
-        task.finish();
-    }
 }
 
 /// Writes `columns` (C_in * K, L_out), its rows `stride` apart: row `c * K + k`

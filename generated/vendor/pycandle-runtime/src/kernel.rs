@@ -65,9 +65,13 @@
 //!   members run as (a pool thread that ran one lingers briefly for the
 //!   next), and keeping a member off its leader's core;
 //! * `timeloop`: one team member's walk over the steps, and `work`: its
-//!   buffers and the computation of one step for each cell kind.
+//!   buffers and the computation of one step for each cell kind;
+//! * `dense`: the same products for a dense layer ([`crate::Linear`]), and
+//!   `task::in_parallel`, which splits work between the calling thread and
+//!   pool tasks (also for [`crate::Conv1d`]).
 
 mod affinity;
+mod dense;
 mod float;
 mod gates;
 mod isa;
@@ -88,10 +92,10 @@ mod work;
 use std::error::Error;
 use std::fmt;
 
-pub(crate) use affinity::{current_cpu, AvoidCpu};
+pub(crate) use dense::dense;
 pub use float::Float;
 pub use layer::{recurrent_layer, Direction, RecurrentShape};
-pub(crate) use task::Task;
+pub(crate) use task::in_parallel;
 pub use weights::{GruWeights, LstmWeights, PackedWeights};
 
 /// A buffer whose length does not match the shape it was passed with.

@@ -53,6 +53,9 @@ pub(super) mod private {
         pub w_sub: usize,
         /// Depth of the product.
         pub depth: usize,
+        /// Between rows of the left operand, each read along the depth; 0
+        /// when the tile's rows are side by side (`lhs[i * rows + r]`).
+        pub lhs_rs: usize,
     }
 }
 

@@ -93,6 +93,33 @@ impl<T: Float> Panels<T> {
         })
     }
 
+    /// `W^T` of a row-major `(cols, k)` matrix `w` (a dense layer's weight,
+    /// one row per output) as one panel, `cols` rounded up to whole
+    /// sub-panels: the many-row product then runs its widest tiles across
+    /// it (32 columns on AVX-512, where 16-column panels would hold half the
+    /// accumulators and load a broadcast input per multiply-add).
+    pub(super) fn of_rows(w: &[T], cols: usize, k: usize) -> Self {
+        assert_eq!(w.len(), cols * k);
+        let width = cols.div_ceil(TILE_COLS) * TILE_COLS;
+        let mut data = vec![T::ZERO; k * width];
+        if k > 0 {
+            let blocks = w.chunks(TILE_COLS * k);
+            for (sub, block) in data.chunks_exact_mut(k * TILE_COLS).zip(blocks) {
+                for (c, row) in block.chunks_exact(k).enumerate() {
+                    for (i, &v) in row.iter().enumerate() {
+                        sub[i * TILE_COLS + c] = v;
+                    }
+                }
+            }
+        }
+        Self {
+            data,
+            k,
+            width,
+            count: 1,
+        }
+    }
+
     pub(super) fn count(&self) -> usize {
         self.count
     }

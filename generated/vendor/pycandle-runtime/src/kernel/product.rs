@@ -93,6 +93,7 @@ pub(super) fn mul_acc<T: Float, I: Isa>(
             dst_rs,
             w_sub: sub,
             depth: k,
+            lhs_rs: 0,
         };
         for i in 0..count {
             let p = order(i);
@@ -163,6 +164,7 @@ pub(super) fn mul_acc<T: Float, I: Isa>(
             dst_rs,
             w_sub: sub,
             depth,
+            lhs_rs: 0,
         };
         for i in 0..count {
             let p = order(i);
@@ -174,6 +176,63 @@ pub(super) fn mul_acc<T: Float, I: Isa>(
                 for (row, rows) in tiles() {
                     let d0 = row * dst_rs + p * pw + c;
                     tile::<T, I>(rows, cols, dst, d0, scratch, row * depth, panel, w0, s);
+                }
+                c += cols;
+            }
+        }
+        k0 += depth;
+    }
+}
+
+/// [`mul_acc`] over all the panels of `w`, for the `m` rows of a row-major
+/// matrix `lhs_rs` apart, which the tiles read in place. [`mul_acc`] copies
+/// the rows side by side first, a pass over the left operand that a product
+/// of few columns (a dense layer's narrow output) spends about as long on
+/// as on its multiply-adds.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(super) fn mul_acc_in_place<T: Float, I: Isa>(
+    dst: &mut [T],
+    dst_rs: usize,
+    lhs: &[T],
+    lhs_rs: usize,
+    m: usize,
+    w: &Panels<T>,
+) {
+    let (k, pw) = (w.depth(), w.width());
+    if m == 0 || w.count() == 0 || k == 0 {
+        return;
+    }
+    assert!(
+        lhs_rs >= k
+            && dst.len() >= (m - 1) * dst_rs + w.count() * pw
+            && lhs.len() >= (m - 1) * lhs_rs + k
+    );
+    let tile_cols = I::tile_cols::<T>();
+    // Passes over slices of the depth, as in `mul_acc`.
+    let kc = (KC_BYTES / (tile_cols * std::mem::size_of::<T>())).clamp(1, k);
+    let kc = k.div_ceil(k.div_ceil(kc));
+    let tile_rows = m.div_ceil(m.div_ceil(I::tile_rows::<T>()));
+    let sub = k * TILE_COLS;
+    let mut k0 = 0;
+    while k0 < k {
+        let depth = kc.min(k - k0);
+        let s = Strides {
+            dst_rs,
+            w_sub: sub,
+            depth,
+            lhs_rs,
+        };
+        for p in 0..w.count() {
+            let panel = w.panel(p);
+            let mut c = 0;
+            while c < pw {
+                let cols = tile_cols.min(pw - c);
+                let w0 = c / TILE_COLS * sub + k0 * TILE_COLS;
+                for row in (0..m).step_by(tile_rows) {
+                    let rows = tile_rows.min(m - row);
+                    let (d0, l0) = (row * dst_rs + p * pw + c, row * lhs_rs + k0);
+                    tile::<T, I>(rows, cols, dst, d0, lhs, l0, panel, w0, s);
                 }
                 c += cols;
             }
@@ -203,7 +262,8 @@ fn interleave_any<'a, T: Float>(dst: &mut [T], rows: usize, src: impl Fn(usize) 
 
 /// One micro-tile: `dst[d0 + r * dst_rs + j] += sum_{i < depth}
 /// lhs[l0 + i * rows + r] * W[i, j]` for `r < rows`, `j < cols` (the rows of
-/// the left operand side by side), where row `i` of the 16-column sub-panel
+/// the left operand side by side; `lhs[l0 + r * lhs_rs + i]` for a
+/// `lhs_rs` other than 0), where row `i` of the 16-column sub-panel
 /// `j / 16` starts at `w0 + (j / 16) * w_sub + i * 16`. `cols` is 16, or for
 /// one row a multiple of 16 up to 8 vectors.
 #[allow(clippy::too_many_arguments)]
@@ -227,7 +287,11 @@ fn tile<T: Float, I: Isa>(
             && cols.is_multiple_of(TILE_COLS)
             && s.depth > 0
             && d0 + (rows - 1) * s.dst_rs + cols <= dst.len()
-            && l0 + s.depth * rows <= lhs.len()
+            && if s.lhs_rs == 0 {
+                l0 + s.depth * rows <= lhs.len()
+            } else {
+                l0 + (rows - 1) * s.lhs_rs + s.depth <= lhs.len()
+            }
             && w0 + (subs - 1) * s.w_sub + s.depth * TILE_COLS <= w.len()
     );
     if I::SIMD {
@@ -282,7 +346,11 @@ fn tile_portable<T: Float, const R: usize>(
             .try_into()
             .expect("a sub-panel row has TILE_COLS elements");
         for (r, acc) in acc.iter_mut().enumerate() {
-            let x = lhs[l0 + i * R + r];
+            let x = if s.lhs_rs == 0 {
+                lhs[l0 + i * R + r]
+            } else {
+                lhs[l0 + r * s.lhs_rs + i]
+            };
             for (a, &wv) in acc.iter_mut().zip(row) {
                 *a = x * wv + *a;
             }

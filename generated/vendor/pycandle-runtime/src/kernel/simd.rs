@@ -113,7 +113,11 @@ macro_rules! micro_kernels {
             s: Strides,
         ) {
             match (rows, vecs) {
-                $(($rows, $vecs) => tile::<S, $rows, $vecs>(dst, lhs, w, s),)+
+                $(($rows, $vecs) => if s.lhs_rs == 0 {
+                    tile::<S, $rows, $vecs, false>(dst, lhs, w, s)
+                } else {
+                    tile::<S, $rows, $vecs, true>(dst, lhs, w, s)
+                },)+
                 _ => unreachable!("no micro-tile of {rows} rows by {vecs} vectors"),
             }
         }
@@ -121,7 +125,8 @@ macro_rules! micro_kernels {
         /// `dst[r * dst_rs + j] += sum_{i < depth} lhs[i * R + r] *
         /// w[(j / 16) * w_sub + i * 16 + j % 16]` for `r < R`,
         /// `j < V * LANES`, accumulated in `R * V` registers; each row of `w`
-        /// is loaded once for all `R` rows.
+        /// is loaded once for all `R` rows. `STRIDED` (`lhs_rs` not 0) reads
+        /// `lhs[r * lhs_rs + i]` instead.
         ///
         /// # Safety
         ///
@@ -129,7 +134,7 @@ macro_rules! micro_kernels {
         /// index above is in bounds of the allocation its pointer points
         /// into.
         #[target_feature(enable = $features)]
-        unsafe fn tile<S: Simd, const R: usize, const V: usize>(
+        unsafe fn tile<S: Simd, const R: usize, const V: usize, const STRIDED: bool>(
             dst: *mut S::Elem,
             lhs: *const S::Elem,
             w: *const S::Elem,
@@ -148,6 +153,10 @@ macro_rules! micro_kernels {
                 let col = v * S::LANES;
                 row.add(col / 16 * s.w_sub + col % 16)
             };
+            // Row `r` of the left operand at depth step `i` is at
+            // `lhs + i * step + r * rs`: rows side by side, or rows of a
+            // matrix read in place (`STRIDED`).
+            let (step, rs) = if STRIDED { (1, s.lhs_rs) } else { (R, 1) };
             let mut row = w;
             let mut x = lhs;
             for _ in 0..s.depth {
@@ -167,7 +176,7 @@ macro_rules! micro_kernels {
                         *wv = S::load(w_at(row, v));
                     }
                     for (r, acc) in acc.iter_mut().enumerate() {
-                        let x = S::splat(x.add(r));
+                        let x = S::splat(x.add(r * rs));
                         for (a, &wv) in acc.iter_mut().zip(&wv) {
                             *a = S::fmadd(x, wv, *a);
                         }
@@ -175,7 +184,7 @@ macro_rules! micro_kernels {
                 } else {
                     let mut xv = [S::zero(); R];
                     for (r, xv) in xv.iter_mut().enumerate() {
-                        *xv = S::splat(x.add(r));
+                        *xv = S::splat(x.add(r * rs));
                     }
                     for v in 0..V {
                         let wv = S::load(w_at(row, v));
@@ -185,7 +194,7 @@ macro_rules! micro_kernels {
                     }
                 }
                 row = row.add(16);
-                x = x.add(R);
+                x = x.add(step);
             }
             for (r, acc) in acc.iter().enumerate() {
                 for (v, a) in acc.iter().enumerate() {

@@ -16,6 +16,8 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use super::affinity::{current_cpu, AvoidCpu};
+
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
 #[derive(Default)]
@@ -193,6 +195,36 @@ impl Drop for Task<'_> {
         // `finish` and `cancel` already settled; settling again is a no-op
         // apart from a panic they re-raised, which is gone from the slot.
         self.settle(false);
+    }
+}
+
+/// Runs `f(i, share)` for each share `i`: the first on this thread, the
+/// others as pool tasks, which move off the caller's core (a pool thread
+/// woken after an idle moment wakes there) and which the caller takes back
+/// when no pool thread has started them.
+pub(crate) fn in_parallel<'a, S: Send + 'a>(
+    shares: impl Iterator<Item = S>,
+    f: impl Fn(usize, S) + Sync + 'a,
+) {
+    let mut shares = shares.enumerate();
+    let Some((_, first)) = shares.next() else {
+        return;
+    };
+    let caller = current_cpu();
+    let f = &f;
+    let tasks: Vec<Task<'_>> = shares
+        .map(|(i, share)| {
+            let job = move || {
+                let _elsewhere = AvoidCpu::new(caller);
+                f(i, share);
+            };
+            // SAFETY: every task is finished below, before the borrows end.
+            unsafe { Task::spawn(job) }
+        })
+        .collect();
+    f(0, first);
+    for task in tasks {
+        task.finish();
     }
 }
 

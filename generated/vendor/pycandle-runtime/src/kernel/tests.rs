@@ -926,10 +926,11 @@ fn batch_one_prefers_avx2_unless_forced() {
 
 /// `mul_acc` on `isa` against the plain product, for `m` rows of every count
 /// up to three AVX-512 tiles and more, depths across the slices of a pass,
-/// and panels of one sub-panel (plain), three and four (GRU and LSTM gates).
+/// and panels of one sub-panel (plain), three and four (GRU and LSTM gates);
+/// and `mul_acc_in_place` on the same rows spaced apart in a matrix.
 fn check_products<I: super::isa::Isa>() {
     use super::panels::Panels;
-    use super::product::{mul_acc, Rows};
+    use super::product::{mul_acc, mul_acc_in_place, Rows};
     let mut rng = Rng(0x5851_f42d_4c95_7f2d);
     for k in [1, 37, 700, 1500] {
         for (gates, hidden) in [(1, 40), (3, 16), (4, 40)] {
@@ -955,6 +956,12 @@ fn check_products<I: super::isa::Isa>() {
             for m in (1..=26).chain([37, 64]) {
                 let lhs: Vec<f32> = rng.vec(m * k, 1.0);
                 let want = matmul(&lhs, &w_t, m, k, n);
+                // The same rows read in place by `mul_acc_in_place`, `k + 3` apart.
+                let spaced_rs = k + 3;
+                let mut spaced = vec![0f32; m * spaced_rs];
+                for (r, row) in lhs.chunks_exact(k).enumerate() {
+                    spaced[r * spaced_rs..][..k].copy_from_slice(row);
+                }
                 let cols = panels.count() * width;
                 let mut dst = vec![0f32; m * cols];
                 let mut scratch = Vec::new();
@@ -987,15 +994,19 @@ fn check_products<I: super::isa::Isa>() {
                     m % 2 == 1,
                     &mut scratch,
                 );
-                for r in 0..m {
-                    for c in 0..cols {
-                        let got = dst[r * cols + c];
-                        let expected = col(c).map_or(0.0, |j| want[r * n + j]);
-                        let tol = 1e-5 * (k as f32).sqrt() * 4.0;
-                        assert!(
-                            (got - expected).abs() <= tol,
-                            "k {k}, {gates} gates, {m} rows: [{r}, {c}] {got} != {expected}"
-                        );
+                let mut in_place = vec![0f32; m * cols];
+                mul_acc_in_place::<f32, I>(&mut in_place, cols, &spaced, spaced_rs, m, &panels);
+                for (how, dst) in [("copied", &dst), ("in place", &in_place)] {
+                    for r in 0..m {
+                        for c in 0..cols {
+                            let got = dst[r * cols + c];
+                            let expected = col(c).map_or(0.0, |j| want[r * n + j]);
+                            let tol = 1e-5 * (k as f32).sqrt() * 4.0;
+                            assert!(
+                                (got - expected).abs() <= tol,
+                                "k {k}, {gates} gates, {m} rows {how}: [{r}, {c}] {got} != {expected}"
+                            );
+                        }
                     }
                 }
             }
