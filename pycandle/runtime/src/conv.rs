@@ -20,7 +20,7 @@
 use candle_core::{bail, DType, Module, Result, Tensor, WithDType};
 use candle_nn::{Conv1dConfig, ConvTranspose2dConfig, VarBuilder};
 
-use crate::host::{with_elements, CpuView};
+use crate::host::{with_elements, with_weight_and_bias};
 use crate::kernel::{default_threads, in_parallel};
 
 /// A 1-d convolution, PyTorch's `nn.Conv1d` with zero padding: candle_nn's
@@ -107,16 +107,10 @@ impl Conv1d {
     }
 
     fn forward_cpu<T: WithDType>(&self, x: &Tensor, geom: Geometry) -> Result<Tensor> {
-        let weight = self.weight().contiguous()?;
-        let bias = self.bias().map(Tensor::contiguous).transpose()?;
-        let weight_view = CpuView::new(&weight)?;
-        let bias_view = bias.as_ref().map(CpuView::new).transpose()?;
-        let (weight, bias) = (
-            weight_view.slice::<T>()?,
-            bias_view.as_ref().map(CpuView::slice::<T>).transpose()?,
-        );
-        // The input is often a transposed view (channels-last features).
-        let out = with_elements::<T, _>(x, |x| convolve(x, weight, bias, geom, self.config()))?;
+        let out = with_weight_and_bias::<T, _>(self.weight(), self.bias(), |weight, bias| {
+            // The input is often a transposed view (channels-last features).
+            with_elements::<T, _>(x, |x| convolve(x, weight, bias, geom, self.config()))
+        })?;
         Tensor::from_vec(out, (geom.batch, geom.c_out, geom.l_out), x.device())
     }
 }

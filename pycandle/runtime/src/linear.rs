@@ -20,7 +20,7 @@
 use candle_core::{DType, Module, Result, Tensor, WithDType};
 use candle_nn::VarBuilder;
 
-use crate::host::{with_elements, CpuView};
+use crate::host::{with_elements, with_weight_and_bias};
 use crate::kernel::{default_threads, dense, Float};
 
 /// Rows below which candle_nn's forward runs: the weight is packed at each
@@ -89,21 +89,15 @@ impl Linear {
 
     fn forward_cpu<T: Float + WithDType>(&self, x: &Tensor, rows: usize) -> Result<Tensor> {
         let (out_dim, in_dim) = self.weight().dims2()?;
-        let weight = self.weight().contiguous()?;
-        let bias = self.bias().map(Tensor::contiguous).transpose()?;
-        let weight_view = CpuView::new(&weight)?;
-        let bias_view = bias.as_ref().map(CpuView::new).transpose()?;
-        let (weight, bias) = (
-            weight_view.slice::<T>()?,
-            bias_view.as_ref().map(CpuView::slice::<T>).transpose()?,
-        );
         let threads = if rows * out_dim * in_dim >= SPLIT_WORK {
             default_threads().min(rows / MIN_ROWS)
         } else {
             1
         };
         let sizes = (rows, out_dim, in_dim);
-        let out = with_elements::<T, _>(x, |x| dense(x, weight, bias, sizes, threads))?;
+        let out = with_weight_and_bias::<T, _>(self.weight(), self.bias(), |weight, bias| {
+            with_elements::<T, _>(x, |x| dense(x, weight, bias, sizes, threads))
+        })?;
         let mut dims = x.dims().to_vec();
         if let Some(last) = dims.last_mut() {
             *last = out_dim;

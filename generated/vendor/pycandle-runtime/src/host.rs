@@ -32,6 +32,23 @@ impl<'a> CpuView<'a> {
     }
 }
 
+/// Calls `f` with the elements of a layer's `weight` and `bias` (CPU
+/// tensors; copied first if not contiguous).
+pub(crate) fn with_weight_and_bias<T: WithDType, R>(
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    f: impl FnOnce(&[T], Option<&[T]>) -> Result<R>,
+) -> Result<R> {
+    let weight = weight.contiguous()?;
+    let bias = bias.map(Tensor::contiguous).transpose()?;
+    let weight_view = CpuView::new(&weight)?;
+    let bias_view = bias.as_ref().map(CpuView::new).transpose()?;
+    f(
+        weight_view.slice::<T>()?,
+        bias_view.as_ref().map(CpuView::slice::<T>).transpose()?,
+    )
+}
+
 /// Calls `f` with the elements of the CPU tensor `t` in row-major order:
 /// borrowed from its storage when `t` is contiguous, else copied first. A
 /// strided view of rank 2 or 3 (a channels-first activation read

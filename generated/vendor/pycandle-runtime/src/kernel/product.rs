@@ -296,7 +296,7 @@ fn tile<T: Float, I: Isa>(
     );
     if I::SIMD {
         // SAFETY: SIMD code only runs after its instruction set was detected
-        // (`member_dispatch`), and the assertion above covers every index the
+        // (`member_dispatch`, `dense`), and the assertion above covers every index the
         // tile reads or writes.
         unsafe {
             I::tile::<T>(
