@@ -103,7 +103,7 @@ def test_generated_names_compile(tmp_path, cargo_env):
     pin_lockfile(crate)
     codegen(crate, artifacts, [m.name for m in manifests])
     src = (crate / "src" / "linear.rs").read_text()
-    assert "pub struct LinearModel" in src and "use candle_nn::{Linear" in src
+    assert "pub struct LinearModel" in src and "use pycandle_runtime::{Linear" in src
     assert "pub fn forward_stream(&self, state_1: &Tensor, state: &mut LinearModelState)" in src
     assert_clippy_clean(crate)
 
