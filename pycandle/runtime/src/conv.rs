@@ -21,7 +21,7 @@ use candle_core::{bail, DType, Module, Result, Tensor, WithDType};
 use candle_nn::{Conv1dConfig, ConvTranspose2dConfig, VarBuilder};
 
 use crate::host::{with_elements, with_weight_and_bias};
-use crate::kernel::{default_threads, in_parallel};
+use crate::kernel::{default_threads, in_parallel, SPLIT_WORK};
 
 /// A 1-d convolution, PyTorch's `nn.Conv1d` with zero padding: candle_nn's
 /// [`candle_nn::Conv1d`] with the CPU forward described in the module docs.
@@ -136,9 +136,6 @@ struct Geometry {
     l_out: usize,
 }
 
-/// Multiply-adds below which a product runs on the calling thread alone:
-/// handing work to another thread costs tens of microseconds.
-const SPLIT_WORK: usize = 1 << 21;
 /// The fewest output channels a thread's share holds.
 const MIN_ROWS: usize = 16;
 /// Output positions a product should have at least, batch items together:

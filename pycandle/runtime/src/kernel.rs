@@ -95,7 +95,7 @@ use std::fmt;
 pub(crate) use dense::dense;
 pub use float::Float;
 pub use layer::{recurrent_layer, Direction, RecurrentShape};
-pub(crate) use task::in_parallel;
+pub(crate) use task::{in_parallel, SPLIT_WORK};
 pub use weights::{GruWeights, LstmWeights, PackedWeights};
 
 /// A buffer whose length does not match the shape it was passed with.

@@ -21,7 +21,7 @@ use candle_core::{DType, Module, Result, Tensor, WithDType};
 use candle_nn::VarBuilder;
 
 use crate::host::{with_elements, with_weight_and_bias};
-use crate::kernel::{default_threads, dense, Float};
+use crate::kernel::{default_threads, dense, Float, SPLIT_WORK};
 
 /// Rows below which candle_nn's forward runs: the weight is packed at each
 /// call, which a few rows do not repay.
@@ -29,10 +29,6 @@ pub const MIN_ROWS: usize = 32;
 
 /// Outputs above which candle_nn's forward runs (see the module docs).
 pub const MAX_OUT: usize = 64;
-
-/// Multiply-adds below which the product runs on the calling thread alone:
-/// handing work to another thread costs tens of microseconds.
-const SPLIT_WORK: usize = 1 << 21;
 
 /// PyTorch's `nn.Linear`: `y = x W^T + b` over the last dimension of `x`,
 /// candle_nn's [`candle_nn::Linear`] with the CPU forward described in the
@@ -69,9 +65,10 @@ impl Linear {
         self.layer.bias()
     }
 
-    /// The rows of `x` for the runtime's forward, or `None` when candle_nn
-    /// should run (and report) the call.
-    fn rows(&self, x: &Tensor) -> Option<usize> {
+    /// `(rows, out_dim, in_dim)` of the product for the runtime's forward
+    /// (rows: the product of the leading dimensions of `x`), or `None` when
+    /// candle_nn should run (and report) the call.
+    fn sizes(&self, x: &Tensor) -> Option<(usize, usize, usize)> {
         let (out_dim, in_dim) = self.weight().dims2().ok()?;
         let (&last, leading) = x.dims().split_last()?;
         let rows: usize = leading.iter().product();
@@ -84,17 +81,20 @@ impl Linear {
             && self
                 .bias()
                 .is_none_or(|b| b.dtype() == x.dtype() && b.dims() == [out_dim]);
-        usable.then_some(rows)
+        usable.then_some((rows, out_dim, in_dim))
     }
 
-    fn forward_cpu<T: Float + WithDType>(&self, x: &Tensor, rows: usize) -> Result<Tensor> {
-        let (out_dim, in_dim) = self.weight().dims2()?;
+    fn forward_cpu<T: Float + WithDType>(
+        &self,
+        x: &Tensor,
+        sizes: (usize, usize, usize),
+    ) -> Result<Tensor> {
+        let (rows, out_dim, in_dim) = sizes;
         let threads = if rows * out_dim * in_dim >= SPLIT_WORK {
             default_threads().min(rows / MIN_ROWS)
         } else {
             1
         };
-        let sizes = (rows, out_dim, in_dim);
         let out = with_weight_and_bias::<T, _>(self.weight(), self.bias(), |weight, bias| {
             with_elements::<T, _>(x, |x| dense(x, weight, bias, sizes, threads))
         })?;
@@ -108,9 +108,9 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match (x.dtype(), self.rows(x)) {
-            (DType::F32, Some(rows)) => self.forward_cpu::<f32>(x, rows),
-            (DType::F64, Some(rows)) => self.forward_cpu::<f64>(x, rows),
+        match (x.dtype(), self.sizes(x)) {
+            (DType::F32, Some(sizes)) => self.forward_cpu::<f32>(x, sizes),
+            (DType::F64, Some(sizes)) => self.forward_cpu::<f64>(x, sizes),
             // Candle's batched product mixes up the batch items of a strided
             // input; `contiguous` costs nothing when the input already is.
             _ => self.layer.forward(&x.contiguous()?),

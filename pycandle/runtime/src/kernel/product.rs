@@ -122,13 +122,7 @@ pub(super) fn mul_acc<T: Float, I: Isa>(
     // slices of the depth. Each pass first copies its slice of the left
     // operand tile by tile, the tile's rows interleaved, so that a tile reads
     // it linearly.
-    let tile_cols = I::tile_cols::<T>();
-    // Passes of equal depth: a depth of 300 makes two passes of 150, not
-    // 256 and a short one of 44 whose tiles spend their time loading and
-    // storing accumulators (5 % of the tagger's input projection).
-    let kc = (KC_BYTES / (tile_cols * std::mem::size_of::<T>())).clamp(1, k);
-    let kc = k.div_ceil(k.div_ceil(kc));
-    let tile_rows = m.div_ceil(m.div_ceil(I::tile_rows::<T>()));
+    let (kc, tile_rows) = pass_sizes::<T, I>(k, m);
     // `(first row, rows)` of every row tile.
     let tiles = || {
         (0..m)
@@ -166,20 +160,19 @@ pub(super) fn mul_acc<T: Float, I: Isa>(
             depth,
             lhs_rs: 0,
         };
-        for i in 0..count {
-            let p = order(i);
-            let panel = w.panel(panels.start + p);
-            let mut c = 0;
-            while c < pw {
-                let cols = tile_cols.min(pw - c);
-                let w0 = c / TILE_COLS * sub + k0 * TILE_COLS;
-                for (row, rows) in tiles() {
-                    let d0 = row * dst_rs + p * pw + c;
-                    tile::<T, I>(rows, cols, dst, d0, scratch, row * depth, panel, w0, s);
-                }
-                c += cols;
-            }
-        }
+        let at = |row: usize| row * depth;
+        pass::<T, I>(
+            dst,
+            scratch,
+            at,
+            m,
+            tile_rows,
+            w,
+            panels.clone(),
+            reverse,
+            k0,
+            s,
+        );
         k0 += depth;
     }
 }
@@ -208,36 +201,68 @@ pub(super) fn mul_acc_in_place<T: Float, I: Isa>(
             && dst.len() >= (m - 1) * dst_rs + w.count() * pw
             && lhs.len() >= (m - 1) * lhs_rs + k
     );
-    let tile_cols = I::tile_cols::<T>();
-    // Passes over slices of the depth, as in `mul_acc`.
-    let kc = (KC_BYTES / (tile_cols * std::mem::size_of::<T>())).clamp(1, k);
-    let kc = k.div_ceil(k.div_ceil(kc));
-    let tile_rows = m.div_ceil(m.div_ceil(I::tile_rows::<T>()));
-    let sub = k * TILE_COLS;
+    let (kc, tile_rows) = pass_sizes::<T, I>(k, m);
     let mut k0 = 0;
     while k0 < k {
         let depth = kc.min(k - k0);
         let s = Strides {
             dst_rs,
-            w_sub: sub,
+            w_sub: k * TILE_COLS,
             depth,
             lhs_rs,
         };
-        for p in 0..w.count() {
-            let panel = w.panel(p);
-            let mut c = 0;
-            while c < pw {
-                let cols = tile_cols.min(pw - c);
-                let w0 = c / TILE_COLS * sub + k0 * TILE_COLS;
-                for row in (0..m).step_by(tile_rows) {
-                    let rows = tile_rows.min(m - row);
-                    let (d0, l0) = (row * dst_rs + p * pw + c, row * lhs_rs + k0);
-                    tile::<T, I>(rows, cols, dst, d0, lhs, l0, panel, w0, s);
-                }
-                c += cols;
-            }
-        }
+        let at = |row: usize| row * lhs_rs + k0;
+        pass::<T, I>(dst, lhs, at, m, tile_rows, w, 0..w.count(), false, k0, s);
         k0 += depth;
+    }
+}
+
+/// The depth of each pass of the many-row product over `k`, and the rows of
+/// each tile for `m` rows. Passes are of equal depth: a depth of 300 makes
+/// two passes of 150, not 256 and a short one of 44 whose tiles spend their
+/// time loading and storing accumulators (5 % of the tagger's input
+/// projection). Tiles hold as many rows as the count allows.
+#[inline(always)]
+fn pass_sizes<T: Float, I: Isa>(k: usize, m: usize) -> (usize, usize) {
+    let kc = (KC_BYTES / (I::tile_cols::<T>() * std::mem::size_of::<T>())).clamp(1, k);
+    let tile_rows = m.div_ceil(m.div_ceil(I::tile_rows::<T>()));
+    (k.div_ceil(k.div_ceil(kc)), tile_rows)
+}
+
+/// One pass of the many-row product, over depth `s.depth` from `k0`: every
+/// tile of up to `tile_rows` rows by `I::tile_cols` columns across the
+/// panels `panels` of `w` (last to first for `reverse`; their columns side
+/// by side from `dst` column 0). The tile's left operand from row `row` on
+/// starts at `lhs[at(row)]`, laid out as `s.lhs_rs` says.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn pass<T: Float, I: Isa>(
+    dst: &mut [T],
+    lhs: &[T],
+    at: impl Fn(usize) -> usize,
+    m: usize,
+    tile_rows: usize,
+    w: &Panels<T>,
+    panels: Range<usize>,
+    reverse: bool,
+    k0: usize,
+    s: Strides,
+) {
+    let (pw, count, tile_cols) = (w.width(), panels.len(), I::tile_cols::<T>());
+    for i in 0..count {
+        let p = if reverse { count - 1 - i } else { i };
+        let panel = w.panel(panels.start + p);
+        let mut c = 0;
+        while c < pw {
+            let cols = tile_cols.min(pw - c);
+            let w0 = c / TILE_COLS * s.w_sub + k0 * TILE_COLS;
+            for row in (0..m).step_by(tile_rows) {
+                let rows = tile_rows.min(m - row);
+                let d0 = row * s.dst_rs + p * pw + c;
+                tile::<T, I>(rows, cols, dst, d0, lhs, at(row), panel, w0, s);
+            }
+            c += cols;
+        }
     }
 }
 

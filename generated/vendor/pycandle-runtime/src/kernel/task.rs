@@ -198,6 +198,10 @@ impl Drop for Task<'_> {
     }
 }
 
+/// Multiply-adds below which a product runs on the calling thread alone:
+/// handing work to another thread costs tens of microseconds.
+pub(crate) const SPLIT_WORK: usize = 1 << 21;
+
 /// Runs `f(i, share)` for each share `i`: the first on this thread, the
 /// others as pool tasks, which move off the caller's core (a pool thread
 /// woken after an idle moment wakes there) and which the caller takes back
