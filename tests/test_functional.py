@@ -1,8 +1,8 @@
 """Convolutions, linear layers and layer norms called as functions on the model's own tensors,
 as published models write them: a subclass of nn.Conv1d whose forward calls F.conv1d with its
 weight, a filterbank computed in forward (asteroid's encoders), F.conv_transpose1d decoders,
-F.linear, a head of linear layers on every frame, whisper's LayerNorm subclass; F.interpolate, F.conv_transpose2d (also grouped) and
-unevenly dilated F.conv2d as decoders and U-Nets use them.
+F.linear, a head of linear layers on every frame, whisper's LayerNorm subclass; F.interpolate,
+F.conv_transpose2d (also grouped) and unevenly dilated F.conv2d as decoders and U-Nets use them.
 Parity through the real pipeline at two trace shapes, options drawn at random."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""nn.Linear and F.linear, via the runtime's `Linear` (candle_nn's layer with a faster CPU forward)."""
+"""nn.Linear and F.linear, via the runtime's `Linear` (candle_nn's layer, faster CPU forward)."""
 
 from __future__ import annotations
 
