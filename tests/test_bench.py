@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import textwrap
 
+import pytest
+
 from conftest import ROOT, pin_lockfile
-from pycandle.bench import common, main
+from pycandle.bench import common, main, models
 from pycandle.config import load_config
 
 
@@ -74,6 +78,11 @@ def test_a_one_round_run_reports_every_row(tmp_path, cargo_env):
     assert report["machine"]["cpu"] and report["rust"]["kernel_path"] in (
         "avx512 (avx2 at batch 1)", "avx512", "avx2", "portable")
     assert report["rust"]["threads"] == 1
+    # the runtime's default `avx512` feature gives Candle's matmuls AVX-512 where the CPU has it
+    _, flags = common.cpu()
+    assert report["rust"]["gemm"] == ("avx512f" if "avx512f" in flags else
+                                      "fma" if "fma" in flags else "baseline")
+    assert report["machine"]["isa"] == "native"
     assert list(report["models"]) == ["tagger[0]", "tagger[1]", "bi_tagger[0]"]
     for row in report["models"].values():
         assert row["check"]["max_abs_err"] < 1e-4
@@ -82,3 +91,51 @@ def test_a_one_round_run_reports_every_row(tmp_path, cargo_env):
         assert set(row["memory"]) == {"pytorch", "pycandle"}
         assert all(m["growth_mb"] >= 0 for m in row["memory"].values())
     assert report["models"]["bi_tagger[0]"]["check"]["output_shape"] == [9, 2, 6]
+
+
+def test_avx2_limit_needs_a_process_pytorch_has_not_started_in(capsys):
+    import torch  # noqa: F401  (started, as in any test)
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--isa", "avx2", "--models-only", "--rounds", "1"])
+    assert stop.value.code == 2
+    assert "PyTorch has already started" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not {"avx2", "fma"} <= common.cpu()[1], reason="the CPU has no AVX2")
+def test_avx2_limit_reaches_pytorch_and_the_rust_side():
+    """In a fresh process: PyTorch's kernels drop to AVX2, and the environment the Rust side
+    and the memory processes inherit carries the limits."""
+    code = ("from pycandle.bench.common import AVX2_ONLY_ENV, child_env, limit_to_avx2\n"
+            "assert limit_to_avx2() is None\n"
+            "env = child_env(1)\n"
+            "assert all(env[k] == v for k, v in AVX2_ONLY_ENV.items())\n"
+            "import torch\n"
+            "print(torch.backends.cpu.get_cpu_capability())\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, check=True)
+    assert done.stdout.split() == ["AVX2"]
+
+
+def test_the_runtime_features_come_back_after_an_avx2_build(tmp_path):
+    manifest = tmp_path / "Cargo.toml"
+    text = textwrap.dedent("""\
+        [package]
+        name = "x"
+
+        [dependencies]
+        # the user's comment
+        pycandle-runtime = {path = "vendor/pycandle-runtime", version = "0.1.0"}
+        """)
+    manifest.write_text(text)
+    with models.runtime_without_default_features(manifest):
+        inside = manifest.read_text()
+    assert 'default-features = false' in inside and "# the user's comment" in inside
+    assert manifest.read_text() == text
+    with pytest.raises(RuntimeError), models.runtime_without_default_features(manifest):
+        raise RuntimeError("the build failed")
+    assert manifest.read_text() == text
+    manifest.write_text("[package]\nname = \"x\"\n")
+    with pytest.raises(RuntimeError, match="no \\[dependencies\\] entry for pycandle-runtime"):
+        with models.runtime_without_default_features(manifest):
+            pass

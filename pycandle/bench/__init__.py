@@ -2,7 +2,8 @@
 
     python -m pycandle.bench [--layers-only | --models-only] [--only NAME ...] [--rounds N]
                              [--warmup N] [--threads N] [--gap SECONDS] [--no-memory]
-                             [--config MODELS.yaml] [--force-record] [--out PATH]
+                             [--isa native|avx2] [--config MODELS.yaml] [--force-record]
+                             [--out PATH]
 
 (`nox -s bench -- ARGS` runs the same.) Two parts, one run, one report:
 
@@ -28,6 +29,13 @@ PyCandle's recurrent kernels, `pycandle_runtime::kernel_path()`, and the target 
 binary was compiled for: Candle's own vectorised ops need them at compile time). Everything goes
 to reports/bench.json.
 
+`--isa avx2` measures on an AVX-512 CPU as on one without AVX-512, every contender limited to
+AVX2 and FMA: PyTorch through `ATEN_CPU_CAPABILITY`, `ONEDNN_MAX_CPU_ISA` and
+`MKL_ENABLE_INSTRUCTIONS` (read when PyTorch starts, so only from the command line, never after
+this process has imported torch), PyCandle's kernels through `PYCANDLE_KERNEL`, and Candle's
+matmuls and convolutions by building the runtime without its `avx512` feature. Clock speeds and
+caches stay those of the machine at hand.
+
 `--only` takes layer shapes (`lstm3x256_b1`), models (`tacotron2_encoder`) or rows
 (`tacotron2_encoder[0]`); `--rounds` overrides every row's rounds. A quick run:
 
@@ -45,7 +53,8 @@ import sys
 from pathlib import Path
 
 from pycandle.bench import layers, models
-from pycandle.bench.common import DEFAULT_GAP, ROOT, child_env, describe, machine
+from pycandle.bench.common import (
+    AVX2_ONLY_ENV, DEFAULT_GAP, ROOT, child_env, describe, limit_to_avx2, machine)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--gap", type=float, default=DEFAULT_GAP,
                     help=f"idle seconds before every timed call (default {DEFAULT_GAP})")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    ap.add_argument("--isa", choices=("native", "avx2"), default="native",
+                    help="avx2: every contender limited to AVX2/FMA, as on a CPU without "
+                         "AVX-512 (default: native, what the CPU has)")
     ap.add_argument("--config", type=Path, default=models.CONFIG,
                     help="the models.yaml of the whole-model part (default: bench/models.yaml)")
     ap.add_argument("--force-record", action="store_true",
@@ -80,9 +92,15 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     ap = _parser()
     args = ap.parse_args(argv)
+    if args.isa == "avx2":
+        problem = limit_to_avx2()
+        if problem:
+            ap.error(f"--isa avx2: {problem}")
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.isa == "avx2" and torch.backends.cpu.get_cpu_capability() not in ("AVX2", "DEFAULT"):
+        ap.error("--isa avx2: PyTorch did not take ATEN_CPU_CAPABILITY=avx2")
     if args.torch_memory:
         print(json.dumps(layers.torch_memory(args.torch_memory)))
         return 0
@@ -109,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
 
     env = child_env(args.threads)
     info = machine()
+    info["isa"] = args.isa
+    if args.isa == "avx2":
+        info["isa_env"] = AVX2_ONLY_ENV
     console.print(describe(info))
     report: dict = {"threads": args.threads, "torch": torch.__version__, "machine": info,
                     "rounds_warmup": args.warmup, "gap_seconds": args.gap}
@@ -116,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     if layer_names:
         results = layers.run(layer_names, args, env, console)
         report["layers"] = results
-        console.print(layers.table(results, _title("Recurrent layers", args.threads)))
+        console.print(layers.table(results, _title("Recurrent layers", args)))
         worst = layers.worst_error(results)
         if worst > 1e-4:
             console.print(f"[red]PyCandle's layers differ from PyTorch by {worst:.1e}[/red]")
@@ -127,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         report["models_config"] = str(cfg.path)
         report["rust"] = rust
         console.print(describe(info, rust))
-        console.print(models.table(results, _title("Whole models", args.threads)))
+        console.print(models.table(results, _title("Whole models", args)))
         worst = models.worst_error(results)
         if worst > 1e-3:
             console.print(f"[red]PyCandle's models differ from PyTorch by {worst:.1e}[/red]")
@@ -141,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def _title(what: str, threads: int) -> str:
-    return (f"{what}, f32, CPU, {threads} threads (medians; ratios: median of per-round ratios "
-            "[p25-p75] (min-max))")
+def _title(what: str, args) -> str:
+    isa = ", limited to AVX2" if args.isa == "avx2" else ""
+    return (f"{what}, f32, CPU{isa}, {args.threads} threads (medians; ratios: median of "
+            "per-round ratios [p25-p75] (min-max))")

@@ -141,6 +141,24 @@ def torch_memory_cmd(threads: int, *args: str) -> list[str]:
     return [sys.executable, "-m", "pycandle.bench", "--threads", str(threads), *args]
 
 
+# What limits every contender to AVX2 and FMA (`--isa avx2`): PyTorch's ATen kernels, oneDNN
+# and MKL, and PyCandle's own kernels. Candle's matmuls follow the runtime's `avx512` feature.
+AVX2_ONLY_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                 "MKL_ENABLE_INSTRUCTIONS": "AVX2", "PYCANDLE_KERNEL": "avx2"}
+
+
+def limit_to_avx2() -> str | None:
+    """Sets `AVX2_ONLY_ENV` in this process's environment, which its children inherit; returns
+    why it cannot be, or None. PyTorch reads its part when it starts: it must not have yet."""
+    if "torch" in sys.modules:
+        return "PyTorch has already started in this process; run the benchmark on its own"
+    _, flags = cpu()
+    if flags and not {"avx2", "fma"} <= flags:
+        return "this CPU has no AVX2 and FMA"
+    os.environ.update(AVX2_ONLY_ENV)
+    return None
+
+
 def child_env(threads: int) -> dict:
     """The environment of every process the benchmark starts: the same thread count for Candle
     (Rayon) and PyTorch (OpenMP), and this checkout's `pycandle` importable."""
@@ -157,8 +175,8 @@ SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "av
               "avx512_bf16", "amx_tile")
 
 
-def machine() -> dict:
-    """CPU model, core count, the SIMD extensions the CPU reports, PyTorch's kernel level."""
+def cpu() -> tuple[str, set[str]]:
+    """The CPU model and the flags /proc/cpuinfo reports (none where it cannot be read)."""
     model, flags = platform.processor() or "unknown", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -169,6 +187,12 @@ def machine() -> dict:
                 flags = set(value.split())
     except OSError:
         pass
+    return model, flags
+
+
+def machine() -> dict:
+    """CPU model, core count, the SIMD extensions the CPU reports, PyTorch's kernel level."""
+    model, flags = cpu()
     info = {"cpu": model, "cpus": os.cpu_count(), "platform": platform.platform(),
             "simd": [f for f in SIMD_FLAGS if f in flags], "loadavg_before": os.getloadavg()}
     try:
@@ -183,7 +207,8 @@ def machine() -> dict:
 
 def describe(m: dict, rust: dict | None = None) -> str:
     """One line about the machine and, when known, the Rust side's instruction sets."""
-    text = (f"CPU: {m['cpu']}, {m['cpus']} cores; SIMD: {' '.join(m['simd']) or '-'}; "
+    text = (f"CPU: {m['cpu']}, {m['cpus']} cores; SIMD: {' '.join(m['simd']) or '-'}"
+            f"{' (limited to AVX2)' if m.get('isa') == 'avx2' else ''}; "
             f"PyTorch {m.get('torch', '?')} kernels: {m.get('torch_cpu_capability', '?')}")
     if rust:
         text += (f"; PyCandle recurrent kernels: {rust['kernel_path']}; Candle matmul (gemm): "

@@ -93,10 +93,11 @@ def torch_memory(prefix: str) -> dict:
     return measure_forward(lambda: module(x))
 
 
-def build_bench(env: dict) -> str:
-    """Builds the Rust benchmark; returns the path of its executable."""
+def build_bench(env: dict, avx512: bool = True) -> str:
+    """Builds the Rust benchmark (without the runtime's `avx512` feature, Candle's matmuls on
+    AVX2, for not `avx512`); returns the path of its executable."""
     cmd = ["cargo", "bench", "-p", "pycandle-runtime", "--bench", "recurrent", "--no-run",
-           "--message-format=json"]
+           "--message-format=json", *([] if avx512 else ["--no-default-features"])]
     return cargo_executable(cmd, ROOT, env, "recurrent")
 
 
@@ -139,7 +140,7 @@ def memory_shape(prefix: Path, exe: str, env: dict, threads: int) -> dict:
 def run(names: list[str], args, env: dict, console) -> dict:
     """Times the shapes `names`; returns their results by name."""
     console.print("[bold]building[/bold] the Rust benchmark of recurrent layers")
-    exe = build_bench(env)
+    exe = build_bench(env, avx512=args.isa != "avx2")
     results = {}
     with tempfile.TemporaryDirectory(prefix="pycandle-bench-") as tmp, Served(exe, env) as rust:
         for spec in (_spec(row) for row in SHAPES if row[0] in names):

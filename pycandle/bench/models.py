@@ -23,11 +23,14 @@ built it (same seed, so the same weights), under `torch.no_grad()`, in this proc
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import tomlkit
 
 from pycandle.bench.common import (
     ROOT, Served, alternate, cargo_executable, fresh_memory, measure_forward, ratio_cell, ratios,
@@ -156,18 +159,10 @@ fn info() -> String {
         }
         feature!("sse4.2", "avx", "avx2", "fma", "f16c", "avx512f");
     }
-    // Candle's matmuls (gemm 0.19, which the runtime builds with its `x86-v4` feature) pick
-    // their kernels at run time: AVX-512F, else FMA/AVX2, else baseline.
-    let gemm = if detected.contains(&"avx512f") {
-        "avx512f"
-    } else if detected.contains(&"fma") {
-        "fma"
-    } else {
-        "baseline"
-    };
     format!(
-        "{{\\"kernel_path\\": {:?}, \\"gemm\\": {gemm:?}, \\"threads\\": {}, \\"compiled_features\\": {}, \\"detected_features\\": {}}}",
+        "{{\\"kernel_path\\": {:?}, \\"gemm\\": {:?}, \\"threads\\": {}, \\"compiled_features\\": {}, \\"detected_features\\": {}}}",
         pycandle_runtime::example::kernel_name(),
+        pycandle_runtime::example::gemm_kernel_name(),
         pycandle_runtime::kernel::default_threads(),
         json_list(&compiled),
         json_list(&detected),
@@ -281,9 +276,10 @@ def render_serve(cfg, models: list[str]) -> str:
 
 
 def prepare(cfg, models: list[str], env: dict, force: bool, console,
-            profile: str = "release") -> str:
+            profile: str = "release", avx512: bool = True) -> str:
     """Records and generates `models` with PyCandle (when not up to date), adds the serving
-    binary and builds it with the cargo `profile`; returns its executable."""
+    binary and builds it with the cargo `profile` (for not `avx512`, with the runtime's
+    `avx512` feature off); returns its executable."""
     from pycandle.cli import cmd_codegen, cmd_record
 
     lock = cfg.crate / "Cargo.lock"
@@ -301,7 +297,28 @@ def prepare(cfg, models: list[str], env: dict, force: bool, console,
         target.write_text(source)
     console.print(f"[bold]building[/bold] {BIN} ({profile}) in {cfg.crate}")
     cmd = ["cargo", "build", "--profile", profile, "--bin", BIN, "--message-format=json"]
-    return cargo_executable(cmd, cfg.crate, env, BIN)
+    if avx512:
+        return cargo_executable(cmd, cfg.crate, env, BIN)
+    with runtime_without_default_features(cfg.crate / "Cargo.toml"):
+        return cargo_executable(cmd, cfg.crate, env, BIN)
+
+
+@contextlib.contextmanager
+def runtime_without_default_features(manifest: Path):
+    """The crate's dependency on the runtime with `default-features = false` while the block
+    runs (a feature set only the crate's own manifest can choose); the file's text is put back
+    after."""
+    text = manifest.read_text()
+    doc = tomlkit.parse(text)
+    entry = doc.get("dependencies", {}).get("pycandle-runtime")
+    if not isinstance(entry, dict):
+        raise RuntimeError(f"{manifest}: no [dependencies] entry for pycandle-runtime")
+    entry["default-features"] = False
+    manifest.write_text(tomlkit.dumps(doc))
+    try:
+        yield
+    finally:
+        manifest.write_text(text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,7 +383,8 @@ def run(cfg, models: list[str], only_rows: set[str] | None, args, env: dict,
         console) -> tuple[dict, dict]:
     """Times every row of `models` (or only `only_rows`); returns the results by row and what
     the Rust side reported about itself."""
-    exe = prepare(cfg, models, env, args.force_record, console, args.cargo_profile)
+    exe = prepare(cfg, models, env, args.force_record, console, args.cargo_profile,
+                  avx512=args.isa != "avx2")
     weights = {m: cfg.artifacts / m / "weights.safetensors" for m in models}
     results = {}
     with tempfile.TemporaryDirectory(prefix="pycandle-bench-") as tmp, Served(exe, env) as rust:

@@ -85,6 +85,22 @@ pub fn kernel_name() -> &'static str {
     }
 }
 
+/// The kernels Candle's matrix products (gemm) run on this CPU: `avx512f`
+/// when the runtime's `avx512` feature is on and the CPU has AVX-512F, else
+/// `fma` (AVX2 and FMA), else `baseline`.
+pub fn gemm_kernel_name() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if cfg!(feature = "avx512") && std::is_x86_feature_detected!("avx512f") {
+            return "avx512f";
+        }
+        if std::is_x86_feature_detected!("fma") {
+            return "fma";
+        }
+    }
+    "baseline"
+}
+
 /// Runs `f` once and returns its result with the time it took.
 pub fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, Duration)> {
     let start = Instant::now();
