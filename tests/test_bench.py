@@ -139,3 +139,13 @@ def test_the_runtime_features_come_back_after_an_avx2_build(tmp_path):
     with pytest.raises(RuntimeError, match="no \\[dependencies\\] entry for pycandle-runtime"):
         with models.runtime_without_default_features(manifest):
             pass
+
+
+def test_a_run_says_when_candles_matmuls_miss_the_asked_instruction_set():
+    xeon = {"simd": ["avx2", "fma", "avx512f"], "isa": "native"}
+    assert common.isa_mismatch(xeon, {"gemm": "avx512f"}) is None
+    assert "default `avx512` feature off" in common.isa_mismatch(xeon, {"gemm": "fma"})
+    assert common.isa_mismatch({"simd": ["avx2", "fma"], "isa": "native"}, {"gemm": "fma"}) is None
+    limited = {**xeon, "isa": "avx2"}
+    assert common.isa_mismatch(limited, {"gemm": "fma"}) is None
+    assert "not AVX2" in common.isa_mismatch(limited, {"gemm": "avx512f"})

@@ -54,7 +54,7 @@ from pathlib import Path
 
 from pycandle.bench import layers, models
 from pycandle.bench.common import (
-    AVX2_ONLY_ENV, DEFAULT_GAP, ROOT, child_env, describe, limit_to_avx2, machine)
+    AVX2_ONLY_ENV, DEFAULT_GAP, ROOT, child_env, describe, isa_mismatch, limit_to_avx2, machine)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -148,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         report["models_config"] = str(cfg.path)
         report["rust"] = rust
         console.print(describe(info, rust))
+        mismatch = isa_mismatch(info, rust)
+        if mismatch:
+            console.print(f"[red]{mismatch}[/red]")
+            report["isa_mismatch"] = mismatch
         console.print(models.table(results, _title("Whole models", args)))
         worst = models.worst_error(results)
         if worst > 1e-3:

@@ -217,5 +217,17 @@ def describe(m: dict, rust: dict | None = None) -> str:
     return text
 
 
+def isa_mismatch(m: dict, rust: dict) -> str | None:
+    """Why the Rust side's matmuls do not run what the run asked for, or None: natively on an
+    AVX-512 CPU they should be gemm's AVX-512 kernels, limited to AVX2 its FMA ones."""
+    gemm = rust.get("gemm")
+    if m.get("isa") == "avx2":
+        return None if gemm == "fma" else f"Candle's matmuls ran {gemm}, not AVX2 (fma)"
+    if "avx512f" in m.get("simd", ()) and gemm != "avx512f":
+        return (f"Candle's matmuls ran {gemm} on this AVX-512 CPU: the crate's dependency on "
+                "pycandle-runtime has its default `avx512` feature off")
+    return None
+
+
 def ratio_cell(q: dict) -> str:
     return f"{q['median']:.2f} [{q['p25']:.2f}-{q['p75']:.2f}] ({q['min']:.2f}-{q['max']:.2f})"
