@@ -297,9 +297,9 @@ def prepare(cfg, models: list[str], env: dict, force: bool, console,
         target.write_text(source)
     console.print(f"[bold]building[/bold] {BIN} ({profile}) in {cfg.crate}")
     cmd = ["cargo", "build", "--profile", profile, "--bin", BIN, "--message-format=json"]
-    if avx512:
-        return cargo_executable(cmd, cfg.crate, env, BIN)
-    with runtime_without_default_features(cfg.crate / "Cargo.toml"):
+    features = (contextlib.nullcontext() if avx512
+                else runtime_without_default_features(cfg.crate / "Cargo.toml"))
+    with features:
         return cargo_executable(cmd, cfg.crate, env, BIN)
 
 
