@@ -72,6 +72,9 @@
 
 mod affinity;
 mod dense;
+// Runs on the x86-64 SIMD paths only.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+mod direct;
 mod float;
 mod gates;
 mod isa;
@@ -93,6 +96,7 @@ use std::error::Error;
 use std::fmt;
 
 pub(crate) use dense::dense;
+pub(crate) use direct::{conv1d, direct_lanes, ConvGeometry};
 pub use float::Float;
 pub use layer::{recurrent_layer, Direction, RecurrentShape};
 pub(crate) use task::{in_parallel, SPLIT_WORK};

@@ -57,9 +57,27 @@ pub(super) mod private {
         /// when the tile's rows are side by side (`lhs[i * rows + r]`).
         pub lhs_rs: usize,
     }
+
+    /// The strides and sizes of one micro-tile of the direct convolution
+    /// (see `direct::tile`).
+    #[derive(Debug, Clone, Copy)]
+    pub struct ConvStrides {
+        /// Between rows (output channels) of the destination.
+        pub dst_rs: usize,
+        /// Between rows (output channels) of the weight.
+        pub w_rs: usize,
+        /// Between channels of the input.
+        pub x_rs: usize,
+        /// Input channels the tile sums over.
+        pub channels: usize,
+        /// Taps per channel.
+        pub taps: usize,
+        /// Input positions between taps.
+        pub dilation: usize,
+    }
 }
 
-pub(super) use private::Strides;
+pub(super) use private::{ConvStrides, Strides};
 
 /// The element types the kernels support: `f32` and `f64`.
 pub trait Float:

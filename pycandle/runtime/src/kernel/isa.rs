@@ -3,7 +3,7 @@
 //! and each instruction set instantiates them inside one function compiled
 //! with its target features (`timeloop::member_dispatch`).
 
-use super::float::Strides;
+use super::float::{ConvStrides, Strides};
 use super::panels::TILE_COLS;
 #[cfg(target_arch = "x86_64")]
 use super::simd::{self, Simd};
@@ -50,6 +50,29 @@ pub(super) trait Isa {
         w: *const T,
         s: Strides,
     );
+
+    /// Elements per register of `T` (1 on the portable path).
+    fn lanes<T: Float>() -> usize;
+
+    /// Output channels per micro-tile of the direct convolution, at most.
+    const CONV_ROWS: usize;
+
+    /// The SIMD micro-tile of the direct convolution, `rows` output
+    /// channels by `vecs` (1 or 2) registers of output positions (see
+    /// `direct::tile`).
+    ///
+    /// # Safety
+    ///
+    /// The CPU has the instruction set, and every index the tile touches is
+    /// in bounds.
+    unsafe fn conv_tile<T: Float>(
+        rows: usize,
+        vecs: usize,
+        dst: *mut T,
+        x: *const T,
+        w: *const T,
+        s: ConvStrides,
+    );
 }
 
 /// Plain Rust, compiled for the crate's baseline target.
@@ -69,6 +92,23 @@ impl Isa for Portable {
     }
 
     unsafe fn tile<T: Float>(_: usize, _: usize, _: *mut T, _: *const T, _: *const T, _: Strides) {
+        unreachable!("the portable path has no SIMD tile")
+    }
+
+    fn lanes<T: Float>() -> usize {
+        1
+    }
+
+    const CONV_ROWS: usize = 1;
+
+    unsafe fn conv_tile<T: Float>(
+        _: usize,
+        _: usize,
+        _: *mut T,
+        _: *const T,
+        _: *const T,
+        _: ConvStrides,
+    ) {
         unreachable!("the portable path has no SIMD tile")
     }
 }
@@ -102,6 +142,26 @@ impl Isa for Avx2 {
     ) {
         // SAFETY: the caller's contract.
         unsafe { simd::avx2::dispatch::<T::Avx2>(rows, cols / T::Avx2::LANES, dst, lhs, w, s) }
+    }
+
+    #[inline(always)]
+    fn lanes<T: Float>() -> usize {
+        T::Avx2::LANES
+    }
+
+    const CONV_ROWS: usize = 6;
+
+    #[inline(always)]
+    unsafe fn conv_tile<T: Float>(
+        rows: usize,
+        vecs: usize,
+        dst: *mut T,
+        x: *const T,
+        w: *const T,
+        s: ConvStrides,
+    ) {
+        // SAFETY: the caller's contract.
+        unsafe { simd::avx2::conv_dispatch::<T::Avx2>(rows, vecs, dst, x, w, s) }
     }
 }
 
@@ -149,5 +209,25 @@ impl Isa for Avx512 {
         unsafe {
             simd::avx512::dispatch::<T::Avx512>(rows, cols / T::Avx512::LANES, dst, lhs, w, s)
         }
+    }
+
+    #[inline(always)]
+    fn lanes<T: Float>() -> usize {
+        T::Avx512::LANES
+    }
+
+    const CONV_ROWS: usize = 12;
+
+    #[inline(always)]
+    unsafe fn conv_tile<T: Float>(
+        rows: usize,
+        vecs: usize,
+        dst: *mut T,
+        x: *const T,
+        w: *const T,
+        s: ConvStrides,
+    ) {
+        // SAFETY: the caller's contract.
+        unsafe { simd::avx512::conv_dispatch::<T::Avx512>(rows, vecs, dst, x, w, s) }
     }
 }

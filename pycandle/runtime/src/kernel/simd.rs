@@ -205,3 +205,98 @@ macro_rules! micro_kernels {
     };
 }
 pub(super) use micro_kernels;
+
+/// Writes the direct convolution's micro-kernel compiled with `$features`:
+/// `conv_tile` and the `conv_dispatch` over its shapes, up to `$rows`
+/// output channels by 1 or 2 registers of output positions, with the taps'
+/// loop unrolled for 3 and 5 taps one position apart.
+macro_rules! conv_kernels {
+    ($features:literal, $($rows:literal),+ $(,)?) => {
+        /// The convolution tile of `rows` output channels by `vecs`
+        /// registers of output positions.
+        ///
+        /// # Safety
+        ///
+        /// As for [`conv_tile`].
+        pub(in crate::kernel) unsafe fn conv_dispatch<S: $crate::kernel::simd::Simd>(
+            rows: usize,
+            vecs: usize,
+            dst: *mut S::Elem,
+            x: *const S::Elem,
+            w: *const S::Elem,
+            s: $crate::kernel::float::ConvStrides,
+        ) {
+            let taps = if s.dilation == 1 { s.taps } else { 0 };
+            match (rows, vecs, taps) {
+                $(($rows, 1, 3) => conv_tile::<S, $rows, 1, 3>(dst, x, w, s),
+                  ($rows, 2, 3) => conv_tile::<S, $rows, 2, 3>(dst, x, w, s),
+                  ($rows, 1, 5) => conv_tile::<S, $rows, 1, 5>(dst, x, w, s),
+                  ($rows, 2, 5) => conv_tile::<S, $rows, 2, 5>(dst, x, w, s),
+                  ($rows, 1, _) => conv_tile::<S, $rows, 1, 0>(dst, x, w, s),
+                  ($rows, 2, _) => conv_tile::<S, $rows, 2, 0>(dst, x, w, s),)+
+                _ => unreachable!("no convolution tile of {rows} rows by {vecs} vectors"),
+            }
+        }
+
+        /// `dst[r * dst_rs + j] += sum_{c < channels, k < taps}
+        /// w[r * w_rs + c * taps + k] * x[c * x_rs + k * dilation + j]` for
+        /// `r < R`, `j < V * LANES`, accumulated in `R * V` registers: per
+        /// channel and tap, the `V` input vectors are loaded once for all
+        /// `R` rows, each of which broadcasts its weight. `K` is the count
+        /// of taps, one position apart, or 0 for the counts `s` gives.
+        ///
+        /// # Safety
+        ///
+        /// The CPU has the features the module is compiled with, and every
+        /// index above is in bounds of the allocation its pointer points
+        /// into.
+        #[target_feature(enable = $features)]
+        unsafe fn conv_tile<
+            S: $crate::kernel::simd::Simd,
+            const R: usize,
+            const V: usize,
+            const K: usize,
+        >(
+            dst: *mut S::Elem,
+            x: *const S::Elem,
+            w: *const S::Elem,
+            s: $crate::kernel::float::ConvStrides,
+        ) {
+            let mut acc = [[S::zero(); V]; R];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                for (v, a) in acc.iter_mut().enumerate() {
+                    *a = S::load(dst.add(r * s.dst_rs + v * S::LANES));
+                }
+            }
+            let (taps, dilation) = if K > 0 { (K, 1) } else { (s.taps, s.dilation) };
+            // Each row's weights from a pointer of its own, all indexed by
+            // the same running offset: no address arithmetic per row.
+            let rows: [*const S::Elem; R] = std::array::from_fn(|r| w.add(r * s.w_rs));
+            let mut xc = x;
+            let mut i = 0;
+            for _ in 0..s.channels {
+                for k in 0..taps {
+                    let xk = xc.add(k * dilation);
+                    let mut xv = [S::zero(); V];
+                    for (v, xv) in xv.iter_mut().enumerate() {
+                        *xv = S::load(xk.add(v * S::LANES));
+                    }
+                    for (acc, row) in acc.iter_mut().zip(&rows) {
+                        let b = S::splat(row.add(i + k));
+                        for (a, &xv) in acc.iter_mut().zip(&xv) {
+                            *a = S::fmadd(b, xv, *a);
+                        }
+                    }
+                }
+                i += taps;
+                xc = xc.add(s.x_rs);
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                for (v, a) in acc.iter().enumerate() {
+                    S::store(dst.add(r * s.dst_rs + v * S::LANES), *a);
+                }
+            }
+        }
+    };
+}
+pub(super) use conv_kernels;

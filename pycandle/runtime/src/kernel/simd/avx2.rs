@@ -44,3 +44,6 @@ super::micro_kernels!(
     (3, 4),
     (2, 4),
 );
+
+// The direct convolution: up to 6 output channels by 2 registers.
+super::conv_kernels!("avx2,fma", 6, 5, 4, 3, 2, 1);

@@ -59,3 +59,6 @@ super::micro_kernels!(
     (2, 2),
     (2, 1),
 );
+
+// The direct convolution: up to 12 output channels by 2 registers.
+super::conv_kernels!("avx512f", 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1);
