@@ -25,16 +25,16 @@ and extremes of the per-round ratios; peak memory, the growth of the resident se
 forward in a fresh process for each contender (Linux VmHWM, reset just before the forward;
 `--no-memory` skips it); the largest difference from PyTorch's output; the CPU model, its SIMD
 extensions, PyTorch's CPU kernel level and the instruction sets the Rust side runs (the path of
-PyCandle's recurrent kernels, `pycandle_runtime::kernel_path()`, and the target features the
+PyCandle's kernels, `pycandle_runtime::kernel_path()`, and the target features the
 binary was compiled for: Candle's own vectorised ops need them at compile time). Everything goes
 to reports/bench.json.
 
 `--isa avx2` measures on an AVX-512 CPU as on one without AVX-512, every contender limited to
 AVX2 and FMA: PyTorch through `ATEN_CPU_CAPABILITY`, `ONEDNN_MAX_CPU_ISA` and
 `MKL_ENABLE_INSTRUCTIONS` (read when PyTorch starts, so only from the command line, never after
-this process has imported torch), PyCandle's kernels through `PYCANDLE_KERNEL`, and Candle's
-matmuls and convolutions by building the runtime without its `avx512` feature. Clock speeds and
-caches stay those of the machine at hand.
+this process has imported torch), PyCandle's kernels (recurrent, and the direct `Conv1d`)
+through `PYCANDLE_KERNEL`, and Candle's matmuls and strided convolutions by building the runtime
+without its `avx512` feature. Clock speeds and caches stay those of the machine at hand.
 
 `--only` takes layer shapes (`lstm3x256_b1`), models (`tacotron2_encoder`) or rows
 (`tacotron2_encoder[0]`); `--rounds` overrides every row's rounds. A quick run:

@@ -211,8 +211,8 @@ def describe(m: dict, rust: dict | None = None) -> str:
             f"{' (limited to AVX2)' if m.get('isa') == 'avx2' else ''}; "
             f"PyTorch {m.get('torch', '?')} kernels: {m.get('torch_cpu_capability', '?')}")
     if rust:
-        text += (f"; PyCandle recurrent kernels: {rust['kernel_path']}; Candle matmul (gemm): "
-                 f"{rust.get('gemm', '?')}; Rust compiled for: "
+        text += (f"; PyCandle kernels (recurrent, Conv1d): {rust['kernel_path']}; "
+                 f"Candle matmul (gemm): {rust.get('gemm', '?')}; Rust compiled for: "
                  f"{' '.join(rust['compiled_features']) or 'baseline x86-64'}")
     return text
 
