@@ -128,9 +128,7 @@ fn rows_on<T: Float, I: Isa>(
         } else {
             &mut *out
         };
-        dst.chunks_exact_mut(width)
-            .for_each(|row| row.copy_from_slice(&start));
-        mul_acc_in_place::<T, I>(dst, width, x, k, m, w);
+        mul_acc_in_place::<T, I>(dst, width, x, k, m, w, Some(&start));
         if width > cols {
             for (row, full) in out.chunks_exact_mut(cols).zip(padded.chunks_exact(width)) {
                 row.copy_from_slice(&full[..cols]);

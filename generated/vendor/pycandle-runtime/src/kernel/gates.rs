@@ -164,9 +164,13 @@ pub(super) fn lstm_row<T: Float, I: Isa>(pre: &mut [T], c: &mut [T], h: &mut [T]
         I::activate::<T, { 4 * UNITS }>(blk, 3 * UNITS);
         let (ifo, g) = blk.split_at(3 * UNITS);
         let (i, f) = (&ifo[..UNITS], &ifo[UNITS..2 * UNITS]);
-        for (((c, &i), &f), &g) in c.iter_mut().zip(i).zip(f).zip(g) {
-            *c = f * *c + i * g;
+        // Into an array first: written straight into `c`, which the
+        // compiler cannot prove apart from the gates, the loop stays scalar.
+        let mut next = [T::ZERO; UNITS];
+        for ((((n, &c), &i), &f), &g) in next.iter_mut().zip(&*c).zip(i).zip(f).zip(g) {
+            *n = f * c + i * g;
         }
+        c.copy_from_slice(&next);
     }
     // h = o * tanh(c), several blocks in lockstep.
     let o = |block: usize| &pre[block * width + 2 * UNITS..block * width + 3 * UNITS];
@@ -178,15 +182,12 @@ pub(super) fn lstm_row<T: Float, I: Isa>(pre: &mut [T], c: &mut [T], h: &mut [T]
     {
         let mut t: [T; CHUNK] = c.try_into().expect("CHUNK units");
         I::activate::<T, CHUNK>(&mut t, 0);
-        for (q, (h, t)) in h
-            .chunks_exact_mut(UNITS)
-            .zip(t.chunks_exact(UNITS))
-            .enumerate()
-        {
-            for ((h, &t), &o) in h.iter_mut().zip(t).zip(o(k * CHUNK / UNITS + q)) {
-                *h = o * t;
+        for (q, t) in t.chunks_exact_mut(UNITS).enumerate() {
+            for (t, &o) in t.iter_mut().zip(o(k * CHUNK / UNITS + q)) {
+                *t = o * *t;
             }
         }
+        h.copy_from_slice(&t);
     }
     let rest = c[full..]
         .chunks_exact(UNITS)
@@ -194,9 +195,10 @@ pub(super) fn lstm_row<T: Float, I: Isa>(pre: &mut [T], c: &mut [T], h: &mut [T]
     for (q, (c, h)) in rest.enumerate() {
         let mut t: [T; UNITS] = c.try_into().expect("whole blocks");
         I::activate::<T, UNITS>(&mut t, 0);
-        for ((h, t), &o) in h.iter_mut().zip(t).zip(o(full / UNITS + q)) {
-            *h = o * t;
+        for (t, &o) in t.iter_mut().zip(o(full / UNITS + q)) {
+            *t = o * *t;
         }
+        h.copy_from_slice(&t);
     }
 }
 
@@ -220,7 +222,9 @@ pub(super) fn gru_block<T: Float, I: Isa>(hh: &mut [T], x: &[T], h_prev: &[T], h
         *n = x + r * hn;
     }
     I::activate::<T, UNITS>(&mut n, 0);
-    for (((h, &hp), &n), &z) in h.iter_mut().zip(h_prev).zip(&n).zip(z) {
-        *h = n + z * (hp - n);
+    // Into `n` first, as `c` in `lstm_row`.
+    for ((n, &hp), &z) in n.iter_mut().zip(h_prev).zip(z) {
+        *n = *n + z * (hp - *n);
     }
+    h.copy_from_slice(&n[..h.len()]);
 }

@@ -36,7 +36,8 @@ pub(super) trait Isa {
     /// multiply-adds where the instruction set has them.
     fn activate<T: Float, const N: usize>(v: &mut [T; N], s: usize);
 
-    /// The SIMD micro-tile of `rows x cols` (see `product::tile`).
+    /// The SIMD micro-tile of `rows x cols` (see `product::tile`), its
+    /// accumulators starting from `init`.
     ///
     /// # Safety
     ///
@@ -46,6 +47,7 @@ pub(super) trait Isa {
         rows: usize,
         cols: usize,
         dst: *mut T,
+        init: *const T,
         lhs: *const T,
         w: *const T,
         s: Strides,
@@ -91,7 +93,15 @@ impl Isa for Portable {
         T::activate::<false, N>(v, s)
     }
 
-    unsafe fn tile<T: Float>(_: usize, _: usize, _: *mut T, _: *const T, _: *const T, _: Strides) {
+    unsafe fn tile<T: Float>(
+        _: usize,
+        _: usize,
+        _: *mut T,
+        _: *const T,
+        _: *const T,
+        _: *const T,
+        _: Strides,
+    ) {
         unreachable!("the portable path has no SIMD tile")
     }
 
@@ -136,12 +146,15 @@ impl Isa for Avx2 {
         rows: usize,
         cols: usize,
         dst: *mut T,
+        init: *const T,
         lhs: *const T,
         w: *const T,
         s: Strides,
     ) {
         // SAFETY: the caller's contract.
-        unsafe { simd::avx2::dispatch::<T::Avx2>(rows, cols / T::Avx2::LANES, dst, lhs, w, s) }
+        unsafe {
+            simd::avx2::dispatch::<T::Avx2>(rows, cols / T::Avx2::LANES, dst, init, lhs, w, s)
+        }
     }
 
     #[inline(always)]
@@ -201,13 +214,14 @@ impl Isa for Avx512 {
         rows: usize,
         cols: usize,
         dst: *mut T,
+        init: *const T,
         lhs: *const T,
         w: *const T,
         s: Strides,
     ) {
         // SAFETY: the caller's contract.
         unsafe {
-            simd::avx512::dispatch::<T::Avx512>(rows, cols / T::Avx512::LANES, dst, lhs, w, s)
+            simd::avx512::dispatch::<T::Avx512>(rows, cols / T::Avx512::LANES, dst, init, lhs, w, s)
         }
     }
 

@@ -55,8 +55,9 @@ impl Rows {
 
 /// `dst[r, j] += sum_kk lhs[r, kk] * W[kk, j]` for rows `r < m` and the
 /// columns `j` of `panels` (their columns side by side from `dst` column 0),
-/// `kk < k`. Rows of `dst` are `dst_rs` apart; rows of `lhs` start where
-/// `lhs_rows` says.
+/// `kk < k`; with a `bias` (one row, its columns as `dst`'s), `dst[r, j] =
+/// bias[j] + ...`, what `dst` held before unread. Rows of `dst` are `dst_rs`
+/// apart; rows of `lhs` start where `lhs_rows` says.
 /// `reverse` walks the panels last to first (see the step loop). `scratch`
 /// holds the left operand's rows rearranged for the tiles (several rows
 /// only).
@@ -70,19 +71,25 @@ pub(super) fn mul_acc<T: Float, I: Isa>(
     m: usize,
     w: &Panels<T>,
     panels: Range<usize>,
+    bias: Option<&[T]>,
     reverse: bool,
     scratch: &mut Vec<T>,
 ) {
     let (k, pw) = (w.depth(), w.width());
-    if m == 0 || panels.is_empty() || k == 0 {
+    if m == 0 || panels.is_empty() {
         return;
     }
     // (Every row of `lhs` is bounds-checked again where it is read.)
     assert!(
         panels.end <= w.count()
             && dst.len() >= (m - 1) * dst_rs + panels.len() * pw
-            && lhs.len() >= lhs_rows.start(m - 1) + k
+            && (k == 0 || lhs.len() >= lhs_rows.start(m - 1) + k)
+            && bias.is_none_or(|b| b.len() >= panels.len() * pw)
     );
+    if k == 0 {
+        start_from(dst, dst_rs, m, panels.len() * pw, bias);
+        return;
+    }
     let count = panels.len();
     let order = |i: usize| if reverse { count - 1 - i } else { i };
     let sub = k * TILE_COLS;
@@ -91,6 +98,7 @@ pub(super) fn mul_acc<T: Float, I: Isa>(
         let max_cols = I::max_row_cols::<T>();
         let s = Strides {
             dst_rs,
+            init_rs: dst_rs,
             w_sub: sub,
             depth: k,
             lhs_rs: 0,
@@ -106,6 +114,7 @@ pub(super) fn mul_acc<T: Float, I: Isa>(
                     cols,
                     dst,
                     p * pw + c,
+                    bias.map(|b| (b, p * pw + c)),
                     lhs,
                     0,
                     panel,
@@ -156,6 +165,7 @@ pub(super) fn mul_acc<T: Float, I: Isa>(
         }
         let s = Strides {
             dst_rs,
+            init_rs: dst_rs,
             w_sub: sub,
             depth,
             lhs_rs: 0,
@@ -169,6 +179,7 @@ pub(super) fn mul_acc<T: Float, I: Isa>(
             tile_rows,
             w,
             panels.clone(),
+            bias.filter(|_| k0 == 0),
             reverse,
             k0,
             s,
@@ -191,28 +202,48 @@ pub(super) fn mul_acc_in_place<T: Float, I: Isa>(
     lhs_rs: usize,
     m: usize,
     w: &Panels<T>,
+    bias: Option<&[T]>,
 ) {
     let (k, pw) = (w.depth(), w.width());
-    if m == 0 || w.count() == 0 || k == 0 {
+    if m == 0 || w.count() == 0 {
         return;
     }
     assert!(
         lhs_rs >= k
             && dst.len() >= (m - 1) * dst_rs + w.count() * pw
-            && lhs.len() >= (m - 1) * lhs_rs + k
+            && (k == 0 || lhs.len() >= (m - 1) * lhs_rs + k)
+            && bias.is_none_or(|b| b.len() >= w.count() * pw)
     );
+    if k == 0 {
+        start_from(dst, dst_rs, m, w.count() * pw, bias);
+        return;
+    }
     let (kc, tile_rows) = pass_sizes::<T, I>(k, m);
     let mut k0 = 0;
     while k0 < k {
         let depth = kc.min(k - k0);
         let s = Strides {
             dst_rs,
+            init_rs: dst_rs,
             w_sub: k * TILE_COLS,
             depth,
             lhs_rs,
         };
         let at = |row: usize| row * lhs_rs + k0;
-        pass::<T, I>(dst, lhs, at, m, tile_rows, w, 0..w.count(), false, k0, s);
+        let bias = bias.filter(|_| k0 == 0);
+        pass::<T, I>(
+            dst,
+            lhs,
+            at,
+            m,
+            tile_rows,
+            w,
+            0..w.count(),
+            bias,
+            false,
+            k0,
+            s,
+        );
         k0 += depth;
     }
 }
@@ -232,8 +263,9 @@ fn pass_sizes<T: Float, I: Isa>(k: usize, m: usize) -> (usize, usize) {
 /// One pass of the many-row product, over depth `s.depth` from `k0`: every
 /// tile of up to `tile_rows` rows by `I::tile_cols` columns across the
 /// panels `panels` of `w` (last to first for `reverse`; their columns side
-/// by side from `dst` column 0). The tile's left operand from row `row` on
-/// starts at `lhs[at(row)]`, laid out as `s.lhs_rs` says.
+/// by side from `dst` column 0), starting from `bias` when given, else from
+/// `dst`. The tile's left operand from row `row` on starts at
+/// `lhs[at(row)]`, laid out as `s.lhs_rs` says.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn pass<T: Float, I: Isa>(
@@ -244,6 +276,7 @@ fn pass<T: Float, I: Isa>(
     tile_rows: usize,
     w: &Panels<T>,
     panels: Range<usize>,
+    bias: Option<&[T]>,
     reverse: bool,
     k0: usize,
     s: Strides,
@@ -259,7 +292,8 @@ fn pass<T: Float, I: Isa>(
             for row in (0..m).step_by(tile_rows) {
                 let rows = tile_rows.min(m - row);
                 let d0 = row * s.dst_rs + p * pw + c;
-                tile::<T, I>(rows, cols, dst, d0, lhs, at(row), panel, w0, s);
+                let init = bias.map(|b| (b, p * pw + c));
+                tile::<T, I>(rows, cols, dst, d0, init, lhs, at(row), panel, w0, s);
             }
             c += cols;
         }
@@ -286,7 +320,8 @@ fn interleave_any<'a, T: Float>(dst: &mut [T], rows: usize, src: impl Fn(usize) 
 }
 
 /// One micro-tile: `dst[d0 + r * dst_rs + j] += sum_{i < depth}
-/// lhs[l0 + i * rows + r] * W[i, j]` for `r < rows`, `j < cols` (the rows of
+/// lhs[l0 + i * rows + r] * W[i, j]` for `r < rows`, `j < cols`, or with
+/// `init` `(bias, b0)`, `dst[..] = bias[b0 + j] + sum ...` (the rows of
 /// the left operand side by side; `lhs[l0 + r * lhs_rs + i]` for a
 /// `lhs_rs` other than 0), where row `i` of the 16-column sub-panel
 /// `j / 16` starts at `w0 + (j / 16) * w_sub + i * 16`. `cols` is 16, or for
@@ -298,6 +333,7 @@ fn tile<T: Float, I: Isa>(
     cols: usize,
     dst: &mut [T],
     d0: usize,
+    init: Option<(&[T], usize)>,
     lhs: &[T],
     l0: usize,
     w: &[T],
@@ -318,16 +354,24 @@ fn tile<T: Float, I: Isa>(
                 l0 + (rows - 1) * s.lhs_rs + s.depth <= lhs.len()
             }
             && w0 + (subs - 1) * s.w_sub + s.depth * TILE_COLS <= w.len()
+            && init.is_none_or(|(b, b0)| b0 + cols <= b.len())
     );
     if I::SIMD {
         // SAFETY: SIMD code only runs after its instruction set was detected
         // (`member_dispatch`, `dense`), and the assertion above covers every index the
         // tile reads or writes.
         unsafe {
+            let dst = dst.as_mut_ptr().add(d0);
+            let (init, init_rs) = match init {
+                Some((b, b0)) => (b.as_ptr().add(b0), 0),
+                None => (dst.cast_const(), s.dst_rs),
+            };
+            let s = Strides { init_rs, ..s };
             I::tile::<T>(
                 rows,
                 cols,
-                dst.as_mut_ptr().add(d0),
+                dst,
+                init,
                 lhs.as_ptr().add(l0),
                 w.as_ptr().add(w0),
                 s,
@@ -337,24 +381,37 @@ fn tile<T: Float, I: Isa>(
     }
     for sp in 0..subs {
         let (d0, w0) = (d0 + sp * TILE_COLS, w0 + sp * s.w_sub);
+        let init = init.map(|(b, b0)| (b, b0 + sp * TILE_COLS));
         match rows {
-            6 => tile_portable::<T, 6>(dst, d0, lhs, l0, w, w0, s),
-            5 => tile_portable::<T, 5>(dst, d0, lhs, l0, w, w0, s),
-            4 => tile_portable::<T, 4>(dst, d0, lhs, l0, w, w0, s),
-            3 => tile_portable::<T, 3>(dst, d0, lhs, l0, w, w0, s),
-            2 => tile_portable::<T, 2>(dst, d0, lhs, l0, w, w0, s),
-            1 => tile_portable::<T, 1>(dst, d0, lhs, l0, w, w0, s),
+            6 => tile_portable::<T, 6>(dst, d0, init, lhs, l0, w, w0, s),
+            5 => tile_portable::<T, 5>(dst, d0, init, lhs, l0, w, w0, s),
+            4 => tile_portable::<T, 4>(dst, d0, init, lhs, l0, w, w0, s),
+            3 => tile_portable::<T, 3>(dst, d0, init, lhs, l0, w, w0, s),
+            2 => tile_portable::<T, 2>(dst, d0, init, lhs, l0, w, w0, s),
+            1 => tile_portable::<T, 1>(dst, d0, init, lhs, l0, w, w0, s),
             _ => unreachable!("no portable tile of {rows} rows"),
+        }
+    }
+}
+
+/// `dst`'s first `cols` columns of `m` rows set to `bias`, or left as they
+/// are: a product over no depth.
+fn start_from<T: Float>(dst: &mut [T], dst_rs: usize, m: usize, cols: usize, bias: Option<&[T]>) {
+    if let Some(bias) = bias {
+        for r in 0..m {
+            dst[r * dst_rs..r * dst_rs + cols].copy_from_slice(&bias[..cols]);
         }
     }
 }
 
 /// An `R x 16` tile in plain Rust (the loops over the 16 columns
 /// vectorise): the reference for the SIMD version.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn tile_portable<T: Float, const R: usize>(
     dst: &mut [T],
     d0: usize,
+    init: Option<(&[T], usize)>,
     lhs: &[T],
     l0: usize,
     w: &[T],
@@ -363,8 +420,10 @@ fn tile_portable<T: Float, const R: usize>(
 ) {
     let mut acc = [[T::ZERO; TILE_COLS]; R];
     for (r, acc) in acc.iter_mut().enumerate() {
-        let start = d0 + r * s.dst_rs;
-        acc.copy_from_slice(&dst[start..start + TILE_COLS]);
+        acc.copy_from_slice(match init {
+            Some((b, b0)) => &b[b0..b0 + TILE_COLS],
+            None => &dst[d0 + r * s.dst_rs..][..TILE_COLS],
+        });
     }
     for i in 0..s.depth {
         let row: &[T; TILE_COLS] = w[w0 + i * TILE_COLS..][..TILE_COLS]

@@ -108,25 +108,27 @@ macro_rules! micro_kernels {
             rows: usize,
             vecs: usize,
             dst: *mut S::Elem,
+            init: *const S::Elem,
             lhs: *const S::Elem,
             w: *const S::Elem,
             s: Strides,
         ) {
             match (rows, vecs) {
                 $(($rows, $vecs) => if s.lhs_rs == 0 {
-                    tile::<S, $rows, $vecs, false>(dst, lhs, w, s)
+                    tile::<S, $rows, $vecs, false>(dst, init, lhs, w, s)
                 } else {
-                    tile::<S, $rows, $vecs, true>(dst, lhs, w, s)
+                    tile::<S, $rows, $vecs, true>(dst, init, lhs, w, s)
                 },)+
                 _ => unreachable!("no micro-tile of {rows} rows by {vecs} vectors"),
             }
         }
 
-        /// `dst[r * dst_rs + j] += sum_{i < depth} lhs[i * R + r] *
-        /// w[(j / 16) * w_sub + i * 16 + j % 16]` for `r < R`,
-        /// `j < V * LANES`, accumulated in `R * V` registers; each row of `w`
-        /// is loaded once for all `R` rows. `STRIDED` (`lhs_rs` not 0) reads
-        /// `lhs[r * lhs_rs + i]` instead.
+        /// `dst[r * dst_rs + j] = init[r * init_rs + j] + sum_{i < depth}
+        /// lhs[i * R + r] * w[(j / 16) * w_sub + i * 16 + j % 16]` for
+        /// `r < R`, `j < V * LANES`, accumulated in `R * V` registers; each
+        /// row of `w` is loaded once for all `R` rows. `init` is `dst` itself
+        /// (a product accumulated in place) or a bias row (`init_rs` 0).
+        /// `STRIDED` (`lhs_rs` not 0) reads `lhs[r * lhs_rs + i]` instead.
         ///
         /// # Safety
         ///
@@ -136,6 +138,7 @@ macro_rules! micro_kernels {
         #[target_feature(enable = $features)]
         unsafe fn tile<S: Simd, const R: usize, const V: usize, const STRIDED: bool>(
             dst: *mut S::Elem,
+            init: *const S::Elem,
             lhs: *const S::Elem,
             w: *const S::Elem,
             s: Strides,
@@ -143,7 +146,7 @@ macro_rules! micro_kernels {
             let mut acc = [[S::zero(); V]; R];
             for (r, acc) in acc.iter_mut().enumerate() {
                 for (v, a) in acc.iter_mut().enumerate() {
-                    *a = S::load(dst.add(r * s.dst_rs + v * S::LANES));
+                    *a = S::load(init.add(r * s.init_rs + v * S::LANES));
                 }
             }
             // Per depth step, either the `V` weight vectors or the `R` broadcast

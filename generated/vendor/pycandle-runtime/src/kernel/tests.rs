@@ -927,7 +927,9 @@ fn batch_one_prefers_avx2_unless_forced() {
 /// `mul_acc` on `isa` against the plain product, for `m` rows of every count
 /// up to three AVX-512 tiles and more, depths across the slices of a pass,
 /// and panels of one sub-panel (plain), three and four (GRU and LSTM gates);
-/// and `mul_acc_in_place` on the same rows spaced apart in a matrix.
+/// and `mul_acc_in_place` on the same rows spaced apart in a matrix. Each
+/// product either adds to what the destination holds or starts from a bias
+/// (the destination then holds NaN, which must not be read).
 fn check_products<I: super::isa::Isa>() {
     use super::panels::Panels;
     use super::product::{mul_acc, mul_acc_in_place, Rows};
@@ -963,7 +965,18 @@ fn check_products<I: super::isa::Isa>() {
                     spaced[r * spaced_rs..][..k].copy_from_slice(row);
                 }
                 let cols = panels.count() * width;
-                let mut dst = vec![0f32; m * cols];
+                let start: Vec<f32> = rng.vec(cols, 1.0);
+                // The destination before the product: `start` in every row to
+                // add to, or NaN under a bias.
+                let before = |bias: bool| -> Vec<f32> {
+                    if bias {
+                        vec![f32::NAN; m * cols]
+                    } else {
+                        start.repeat(m)
+                    }
+                };
+                let biased = m % 3 == 0;
+                let mut dst = before(biased);
                 let mut scratch = Vec::new();
                 let all = 0..panels.count();
                 // An even count reads its rows as the steps of a batch-first
@@ -991,16 +1004,26 @@ fn check_products<I: super::isa::Isa>() {
                     m,
                     &panels,
                     all,
+                    biased.then_some(&start[..]),
                     m % 2 == 1,
                     &mut scratch,
                 );
-                let mut in_place = vec![0f32; m * cols];
-                mul_acc_in_place::<f32, I>(&mut in_place, cols, &spaced, spaced_rs, m, &panels);
+                let mut in_place = before(!biased);
+                let bias = (!biased).then_some(&start[..]);
+                mul_acc_in_place::<f32, I>(
+                    &mut in_place,
+                    cols,
+                    &spaced,
+                    spaced_rs,
+                    m,
+                    &panels,
+                    bias,
+                );
                 for (how, dst) in [("copied", &dst), ("in place", &in_place)] {
                     for r in 0..m {
                         for c in 0..cols {
                             let got = dst[r * cols + c];
-                            let expected = col(c).map_or(0.0, |j| want[r * n + j]);
+                            let expected = start[c] + col(c).map_or(0.0, |j| want[r * n + j]);
                             let tol = 1e-5 * (k as f32).sqrt() * 4.0;
                             assert!(
                                 (got - expected).abs() <= tol,
@@ -1012,6 +1035,22 @@ fn check_products<I: super::isa::Isa>() {
             }
         }
     }
+}
+
+/// A product over no depth is its bias, or what the destination held.
+#[test]
+fn products_of_no_depth_start_from_the_bias() {
+    use super::isa::Portable;
+    use super::panels::Panels;
+    use super::product::mul_acc_in_place;
+    let panels = Panels::of_rows(&[], 3, 0);
+    let bias: Vec<f32> = (0..panels.width()).map(|c| c as f32 + 0.5).collect();
+    let mut dst = vec![f32::NAN; 2 * panels.width()];
+    mul_acc_in_place::<f32, Portable>(&mut dst, panels.width(), &[], 0, 2, &panels, Some(&bias));
+    assert_eq!(dst, bias.repeat(2));
+    let mut dst = vec![7f32; 2 * panels.width()];
+    mul_acc_in_place::<f32, Portable>(&mut dst, panels.width(), &[], 0, 2, &panels, None);
+    assert!(dst.iter().all(|&v| v == 7.0));
 }
 
 #[test]

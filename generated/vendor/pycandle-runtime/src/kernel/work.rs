@@ -137,9 +137,6 @@ impl<T: Float> Work<T> {
         let rows = self.chunk.len() * batch;
         let col0 = (blocks.start - self.base) * width;
         let bias = &job.w.x_bias[blocks.start * width..blocks.end * width];
-        for row in self.gx[..rows * stride].chunks_exact_mut(stride) {
-            row[col0..col0 + bias.len()].copy_from_slice(bias);
-        }
         let (x, x_rows) = if geom.batch_first_in {
             // `(B, T, I)`: step `s` of the chunk, item `b`, at
             // `b * T * I + (start + s) * I`.
@@ -161,6 +158,7 @@ impl<T: Float> Work<T> {
             rows,
             &job.w.w_ih,
             blocks,
+            Some(bias),
             false,
             &mut self.scratch,
         );
@@ -244,6 +242,7 @@ impl<T: Float> Work<T> {
                 batch,
                 &job.w.w_hh,
                 share.clone(),
+                None,
                 zigzag,
                 &mut self.scratch,
             );
@@ -305,6 +304,7 @@ impl<T: Float> Work<T> {
             geom.batch,
             job.w.w_hr.as_ref().expect("projecting weights"),
             cols,
+            None,
             zigzag,
             &mut self.scratch,
         );
