@@ -527,12 +527,12 @@ mod tests {
                     .transpose()?;
                 let theirs = candle_nn::Conv1d::new(w.clone(), bias.clone(), config).forward(&x)?;
                 let layer = Conv1d::new(w, bias, config);
-                // the direct convolution on each SIMD path, the product on the portable one
                 // Rounding grows with the terms of each output (random data,
                 // and the two sum in different orders): 1e-4 in f32 up to 100
                 // terms, then with their square root.
                 let terms = (c_in / groups * k) as f64;
                 let scale = (terms / 100.0).sqrt().max(1.0);
+                // the direct convolution on each SIMD path, the product on the portable one
                 for path in KernelPath::available() {
                     let ours = with_kernel_path(path, || layer.forward(&x)).unwrap()?;
                     let err = max_abs_diff(&ours, &theirs)?;

@@ -114,6 +114,14 @@ impl fmt::Display for ShapeError {
 
 impl Error for ShapeError {}
 
+/// `n` split into equal parts of at most `max` (at least 1): the size of
+/// each. (A depth of 300 in passes of at most 256 makes two of 150, not 256
+/// and a short one of 44; 32 rows in tiles of at most 12, three of 11.)
+fn balanced(n: usize, max: usize) -> usize {
+    let max = max.clamp(1, n.max(1));
+    n.div_ceil(n.div_ceil(max).max(1)).max(1)
+}
+
 fn check_len<T>(what: &str, buf: &[T], expected: usize) -> Result<(), ShapeError> {
     if buf.len() == expected {
         Ok(())

@@ -26,7 +26,7 @@ use super::isa::Isa;
 #[cfg(target_arch = "x86_64")]
 use super::isa::{Avx2, Avx512};
 use super::task::in_parallel;
-use super::{Float, KernelPath};
+use super::{balanced, Float, KernelPath};
 
 /// Bytes of the weights one row of tiles reads over a slice of the input
 /// channels: they stay in L1.
@@ -261,13 +261,6 @@ fn work_on<T: Float, I: Isa>(
             }
         }
     }
-}
-
-/// `n` split into equal parts of at most `max` (at least 1): the size of
-/// each.
-fn balanced(n: usize, max: usize) -> usize {
-    let max = max.clamp(1, n.max(1));
-    n.div_ceil(n.div_ceil(max).max(1)).max(1)
 }
 
 /// One micro-tile: `dst[d0 + r * dst_rs + j] += sum_{c, k} w[w0 + r * w_rs

@@ -18,7 +18,7 @@ use std::ops::Range;
 use super::float::Strides;
 use super::isa::Isa;
 use super::panels::{Panels, TILE_COLS};
-use super::Float;
+use super::{balanced, Float};
 
 /// Depth of one pass of the many-row product, in bytes of a 16-column
 /// sub-panel: the slice a pass reads stays in L1 or L2 while every row tile
@@ -98,7 +98,6 @@ pub(super) fn mul_acc<T: Float, I: Isa>(
         let max_cols = I::max_row_cols::<T>();
         let s = Strides {
             dst_rs,
-            init_rs: dst_rs,
             w_sub: sub,
             depth: k,
             lhs_rs: 0,
@@ -165,7 +164,6 @@ pub(super) fn mul_acc<T: Float, I: Isa>(
         }
         let s = Strides {
             dst_rs,
-            init_rs: dst_rs,
             w_sub: sub,
             depth,
             lhs_rs: 0,
@@ -224,7 +222,6 @@ pub(super) fn mul_acc_in_place<T: Float, I: Isa>(
         let depth = kc.min(k - k0);
         let s = Strides {
             dst_rs,
-            init_rs: dst_rs,
             w_sub: k * TILE_COLS,
             depth,
             lhs_rs,
@@ -255,9 +252,8 @@ pub(super) fn mul_acc_in_place<T: Float, I: Isa>(
 /// projection). Tiles hold as many rows as the count allows.
 #[inline(always)]
 fn pass_sizes<T: Float, I: Isa>(k: usize, m: usize) -> (usize, usize) {
-    let kc = (KC_BYTES / (I::tile_cols::<T>() * std::mem::size_of::<T>())).clamp(1, k);
-    let tile_rows = m.div_ceil(m.div_ceil(I::tile_rows::<T>()));
-    (k.div_ceil(k.div_ceil(kc)), tile_rows)
+    let kc = KC_BYTES / (I::tile_cols::<T>() * std::mem::size_of::<T>());
+    (balanced(k, kc), balanced(m, I::tile_rows::<T>()))
 }
 
 /// One pass of the many-row product, over depth `s.depth` from `k0`: every
@@ -362,11 +358,7 @@ fn tile<T: Float, I: Isa>(
         // tile reads or writes.
         unsafe {
             let dst = dst.as_mut_ptr().add(d0);
-            let (init, init_rs) = match init {
-                Some((b, b0)) => (b.as_ptr().add(b0), 0),
-                None => (dst.cast_const(), s.dst_rs),
-            };
-            let s = Strides { init_rs, ..s };
+            let init = init.map_or(dst.cast_const(), |(b, b0)| b.as_ptr().add(b0));
             I::tile::<T>(
                 rows,
                 cols,

@@ -49,10 +49,6 @@ pub(super) mod private {
     pub struct Strides {
         /// Between rows of the destination.
         pub dst_rs: usize,
-        /// Between the rows the accumulators start from: `dst_rs` when they
-        /// start from the destination, 0 when every row starts from the
-        /// same vector (a bias; `product::tile` decides).
-        pub init_rs: usize,
         /// Between the 16-column sub-panels of the weights.
         pub w_sub: usize,
         /// Depth of the product.

@@ -127,7 +127,8 @@ macro_rules! micro_kernels {
         /// lhs[i * R + r] * w[(j / 16) * w_sub + i * 16 + j % 16]` for
         /// `r < R`, `j < V * LANES`, accumulated in `R * V` registers; each
         /// row of `w` is loaded once for all `R` rows. `init` is `dst` itself
-        /// (a product accumulated in place) or a bias row (`init_rs` 0).
+        /// (`init_rs` is `dst_rs`: a product accumulated in place) or a bias
+        /// row that every row starts from (`init_rs` is 0).
         /// `STRIDED` (`lhs_rs` not 0) reads `lhs[r * lhs_rs + i]` instead.
         ///
         /// # Safety
@@ -143,10 +144,11 @@ macro_rules! micro_kernels {
             w: *const S::Elem,
             s: Strides,
         ) {
+            let init_rs = if std::ptr::eq(init, dst) { s.dst_rs } else { 0 };
             let mut acc = [[S::zero(); V]; R];
             for (r, acc) in acc.iter_mut().enumerate() {
                 for (v, a) in acc.iter_mut().enumerate() {
-                    *a = S::load(init.add(r * s.init_rs + v * S::LANES));
+                    *a = S::load(init.add(r * init_rs + v * S::LANES));
                 }
             }
             // Per depth step, either the `V` weight vectors or the `R` broadcast
