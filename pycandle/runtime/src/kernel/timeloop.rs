@@ -1,5 +1,6 @@
 //! The time loop of one team member: its walk over the steps, the
-//! exchange of `h` with its partners, and the switch to working alone.
+//! exchange of `h` with its partners, the late members' joining, and the
+//! switch to working alone.
 
 use std::sync::atomic::Ordering;
 
@@ -9,7 +10,7 @@ use super::isa::{Avx2, Avx512};
 use super::isa::{Isa, Portable};
 use super::layer::{Geometry, Job};
 use super::schedule::LeaderOut;
-use super::team::{note_contention, publish, read_shared, Pace, PoisonOnPanic, Team};
+use super::team::{note_contention, publish, read_shared, Pace, PoisonOnPanic, Team, GO, LATE};
 use super::work::Work;
 use super::{Float, KernelPath};
 
@@ -84,7 +85,8 @@ pub(super) fn member<T: Float, I: Isa>(
     let is_lstm = job.is_lstm();
 
     // Start: every member projects its share of the first chunk; the leader
-    // then decides whether the team works together or it runs alone.
+    // then decides whether the team works together or it goes ahead alone,
+    // to be joined by the members when they have all started.
     if id > 0 {
         team.joined.fetch_add(1, Ordering::AcqRel);
         if team.cancelled() {
@@ -95,29 +97,52 @@ pub(super) fn member<T: Float, I: Isa>(
     // A member on its leader's core moves away for as long as it works.
     let _away = (id > 0).then(|| AvoidCpu::new(team.leader_cpu));
     let mut work = Work::new(&geom, job, team, id);
-    work.ensure_chunk::<I>(&geom, job, 0, job.time(steps, 0));
-    let mut solo = id == 0;
-    if id == 0 && team.size > 1 {
-        let go = team.members_started();
-        team.decide(go);
-        if go {
-            solo = false;
-        } else {
-            note_contention();
-            work.take_all::<I>(&geom, job);
-        }
-    } else if id > 0 && !team.started() {
-        return;
-    }
-
-    // The leader watches the team's pace.
-    let mut pace = (id == 0).then(Pace::new);
     // The full previous `h`, `(B, H_out)`.
     let mut h_prev = vec![T::ZERO; batch * h_out];
     if let Some(h0) = job.h0 {
         h_prev.copy_from_slice(h0);
     }
-    for step in 0..steps {
+    let mut solo = id == 0;
+    // The first step this thread works on: a member that started after the
+    // leader went ahead alone joins it where it invites the team to.
+    let mut first = 0;
+    let late = id > 0 && team.start.load(Ordering::Acquire) == LATE;
+    if !late {
+        work.ensure_chunk::<I>(&geom, job, 0, job.time(steps, 0));
+    }
+    if id == 0 && team.size > 1 {
+        let go = team.members_started();
+        match team.decide(go) {
+            GO => solo = false,
+            LATE => work.take_all::<I>(&geom, job),
+            _ => {
+                note_contention();
+                work.take_all::<I>(&geom, job);
+            }
+        }
+    } else if id > 0 {
+        let decision = if late { LATE } else { team.decision() };
+        match decision {
+            GO => {}
+            LATE => {
+                // From the state the leader published: `h` of the step
+                // before, and the units' `c`.
+                let Some(step) = team.invitation() else {
+                    return;
+                };
+                read_shared(&team.h[(step - 1) % 2], &mut h_prev);
+                if is_lstm {
+                    work.adopt_c(&geom, team);
+                }
+                first = step;
+            }
+            _ => return,
+        }
+    }
+
+    // The leader watches the team's pace.
+    let mut pace = (id == 0).then(Pace::new);
+    for step in first..steps {
         let t = job.time(steps, step);
         work.ensure_chunk::<I>(&geom, job, step, t);
         // Every other step walks the weights backwards: what the previous
@@ -155,6 +180,19 @@ pub(super) fn member<T: Float, I: Isa>(
             write_rows(&mut leader.rows, t, batch, &h_prev);
         }
 
+        // Alone after the members started late: once they all have, they
+        // take their shares back from the next step on.
+        if solo && id == 0 && team.size > 1 && team.may_invite(step, steps) {
+            publish(&team.h[step % 2], h_out, 0..h_out, &h_prev, h_out, batch);
+            if is_lstm {
+                work.publish_c(&geom, team);
+            }
+            team.invite(step + 1);
+            work.share_again(team);
+            solo = false;
+            continue;
+        }
+
         // Every member reads the same decision after the same barrier.
         if !solo && team.barrier.dissolving() && step + 1 < steps {
             if is_lstm {
@@ -180,6 +218,7 @@ pub(super) fn member<T: Float, I: Isa>(
     // Only the leader goes on: everything it reads was published before the
     // last barrier.
     let Some(leader) = leader else { return };
+    team.close();
     leader.h_n.copy_from_slice(&h_prev);
     if let Some(c_n) = leader.c_n {
         if solo {

@@ -278,20 +278,53 @@ pub(super) fn contended() -> bool {
 }
 
 /// How long the leader, done with its share of the first chunk, waits for
-/// the members' threads to start before it sends them away and runs alone.
+/// the members' threads to start before it goes ahead alone ([`LATE`]); the
+/// members join it at the first step after they have all started.
 ///
 /// After an idle moment a pool thread can take a few hundred microseconds
 /// to wake on a virtual machine: with 50 us, the generated speaker encoder
 /// (3 x LSTM 256, B=10) took a median 31 to 34 ms after 0.3 s idle on an
 /// Intel Xeon (KVM, 2 cores), its teams sent away and the next 20 ms run
 /// alone ([`CONTENTION_BACKOFF`]); with 250 us to 2 ms, 23 to 24.5 ms (20
-/// back to back either way). A busy machine loses at most this wait per
-/// backoff period.
+/// back to back either way). On some hosts the wake-up takes 2 to 4 ms
+/// (measured on a 2-core KVM Xeon after 10 to 300 ms idle), longer than
+/// any sensible wait: sending the members away for good then ran the
+/// token tagger's layer (B=32) alone, 34 ms instead of 27; joining late
+/// loses only the steps before they arrive. A busy machine loses at most
+/// this wait per layer, and a team whose members cannot keep up dissolves
+/// (see [`SpinBarrier`]).
 pub(super) const JOIN_WAIT: Duration = Duration::from_micros(500);
 
 pub(super) const PENDING: usize = 0;
 pub(super) const GO: usize = 1;
 pub(super) const CANCELLED: usize = 2;
+/// The leader went ahead alone, and invites the members to a later step
+/// once they have all started ([`Team::invite`]).
+pub(super) const LATE: usize = 3;
+
+/// [`Team::join_at`] before the leader invites the members, and after it
+/// finished without inviting them.
+const NOT_YET: usize = 0;
+const NEVER_JOIN: usize = usize::MAX;
+
+/// Tests set [`START_MODE`] to `LATE_AFTER + s`: the leader goes ahead alone
+/// at once and invites the members after step `s`, however long they take
+/// to start.
+#[cfg(test)]
+pub(super) const LATE_AFTER: usize = 16;
+
+/// Tests: the step after which the leader invites its members, in a
+/// `LATE_AFTER + s` mode.
+#[cfg(test)]
+pub(super) fn late_after(mode: usize) -> Option<usize> {
+    (LATE_AFTER..NEVER)
+        .contains(&mode)
+        .then(|| mode - LATE_AFTER)
+}
+
+/// Tests: how many times members were invited to join a leader.
+#[cfg(test)]
+pub(super) static INVITATIONS: AtomicUsize = AtomicUsize::new(0);
 
 /// The threads working on one direction and the buffers they exchange.
 ///
@@ -315,9 +348,12 @@ pub(super) struct Team<T: Float> {
     pub(super) c: Vec<T::Atomic>,
     /// Members (other than the leader) that have started.
     pub(super) joined: AtomicUsize,
-    /// The leader's decision for the members: [`PENDING`], [`GO`] or
-    /// [`CANCELLED`].
+    /// The leader's decision for the members: [`PENDING`], [`GO`],
+    /// [`CANCELLED`] or [`LATE`].
     pub(super) start: AtomicUsize,
+    /// After [`LATE`]: the step from which the members work with the
+    /// leader, once it has invited them.
+    pub(super) join_at: AtomicUsize,
     /// The core the leader started on, when known.
     pub(super) leader_cpu: Option<usize>,
 }
@@ -341,6 +377,7 @@ impl<T: Float> Team<T> {
             c: shared(if geom.gates == 4 { b * geom.hidden } else { 0 }),
             joined: AtomicUsize::new(0),
             start: AtomicUsize::new(PENDING),
+            join_at: AtomicUsize::new(NOT_YET),
             leader_cpu: if many { affinity::current_cpu() } else { None },
         }
     }
@@ -348,9 +385,11 @@ impl<T: Float> Team<T> {
     /// The leader: waits (boundedly) for every member to start; whether they
     /// all did.
     pub(super) fn members_started(&self) -> bool {
-        let all = || self.joined.load(Ordering::Acquire) + 1 == self.size;
+        let all = || self.all_joined();
         match start_mode() {
             NEVER => false,
+            #[cfg(test)]
+            mode if late_after(mode).is_some() => false,
             PENDING => {
                 let start = Instant::now();
                 let mut spins = 0u32;
@@ -375,19 +414,34 @@ impl<T: Float> Team<T> {
         }
     }
 
-    /// The leader's decision: `go` or send the members away.
-    pub(super) fn decide(&self, go: bool) {
-        self.start
-            .store(if go { GO } else { CANCELLED }, Ordering::Release);
+    /// Whether every member has started.
+    fn all_joined(&self) -> bool {
+        self.joined.load(Ordering::Acquire) + 1 == self.size
     }
 
-    /// A member: whether the leader has already sent the members away.
+    /// The leader's decision once it has waited for the members: [`GO`]
+    /// when they all started; else it goes ahead alone, and [`LATE`]
+    /// members may still join it later ([`CANCELLED`] in the tests' `NEVER`
+    /// mode, which keeps the path where they never do).
+    pub(super) fn decide(&self, go: bool) -> usize {
+        let decision = match (go, start_mode()) {
+            (true, _) => GO,
+            (false, NEVER) => CANCELLED,
+            (false, _) => LATE,
+        };
+        self.start.store(decision, Ordering::Release);
+        decision
+    }
+
+    /// A member: whether the leader has already sent the members away, or
+    /// finished alone.
     pub(super) fn cancelled(&self) -> bool {
         self.start.load(Ordering::Acquire) == CANCELLED
+            || self.join_at.load(Ordering::Acquire) == NEVER_JOIN
     }
 
-    /// A member: waits for the leader's decision; whether to work.
-    pub(super) fn started(&self) -> bool {
+    /// A member: waits for the leader's decision.
+    pub(super) fn decision(&self) -> usize {
         let mut decision = PENDING;
         wait_until(
             || {
@@ -396,7 +450,61 @@ impl<T: Float> Team<T> {
             },
             &self.barrier.poisoned,
         );
-        decision == GO
+        decision
+    }
+
+    /// The leader, alone after [`LATE`], at the end of `step`: whether to
+    /// invite the members to work with it from the next step on (they have
+    /// all started, and steps remain). The tests' `LATE_AFTER + s` mode
+    /// waits for the members at step `s`.
+    pub(super) fn may_invite(&self, step: usize, steps: usize) -> bool {
+        if self.start.load(Ordering::Relaxed) != LATE
+            || self.join_at.load(Ordering::Relaxed) != NOT_YET
+            || step + 1 >= steps
+        {
+            return false;
+        }
+        #[cfg(test)]
+        if let Some(at) = late_after(start_mode()) {
+            if step != at {
+                return false;
+            }
+            wait_until(|| self.all_joined(), &self.barrier.poisoned);
+            return true;
+        }
+        self.all_joined()
+    }
+
+    /// The leader: the members work from `step` on, from the `h` and `c`
+    /// it published before.
+    pub(super) fn invite(&self, step: usize) {
+        #[cfg(test)]
+        INVITATIONS.fetch_add(1, Ordering::Relaxed);
+        self.join_at.store(step, Ordering::Release);
+    }
+
+    /// The leader, done: members still waiting for an invitation stop.
+    pub(super) fn close(&self) {
+        let _ = self.join_at.compare_exchange(
+            NOT_YET,
+            NEVER_JOIN,
+            Ordering::Release,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// A member after [`LATE`]: waits for the step the leader invites it
+    /// to, or `None` when it finished without.
+    pub(super) fn invitation(&self) -> Option<usize> {
+        let mut at = NOT_YET;
+        wait_until(
+            || {
+                at = self.join_at.load(Ordering::Acquire);
+                at != NOT_YET
+            },
+            &self.barrier.poisoned,
+        );
+        (at != NEVER_JOIN).then_some(at)
     }
 }
 

@@ -7,7 +7,9 @@ use super::gates;
 use super::layer::Geometry;
 use super::panels::UNITS;
 use super::schedule::{split_range, team_size};
-use super::team::{SpinBarrier, ALWAYS, DISSOLVE_AT, NEVER, PENDING, START_MODE};
+use super::team::{
+    SpinBarrier, ALWAYS, DISSOLVE_AT, INVITATIONS, LATE_AFTER, NEVER, PENDING, START_MODE,
+};
 use super::*;
 
 /// Runs `f` in a thread pool with room for the largest team and both
@@ -561,11 +563,13 @@ fn requested_kernel_path_default() -> KernelPath {
     resolve_kernel_path(None).0
 }
 
-/// Teams whose members always or never start, and teams that dissolve
+/// Teams whose members always or never start, teams that dissolve
 /// part-way (barrier 1 ends the first team step, or its first half with a
-/// projection; the leader then finishes alone). The hooks are global, so
-/// other tests running meanwhile may take these paths too (they check
-/// results, which do not depend on the path).
+/// projection; the leader then finishes alone), and teams whose members
+/// join a leader that went ahead alone, after its first step or a later
+/// one (within the first chunk, or past it), dissolving again or not. The
+/// hooks are global, so other tests running meanwhile may take these paths
+/// too (they check results, which do not depend on the path).
 #[test]
 fn every_team_path_matches_reference() {
     let modes = [
@@ -575,10 +579,16 @@ fn every_team_path_matches_reference() {
         (ALWAYS, 2),
         (ALWAYS, 5),
         (ALWAYS, 9),
+        (LATE_AFTER, 0),
+        (LATE_AFTER + 1, 0),
+        (LATE_AFTER + 3, 0),
+        (LATE_AFTER + 1, 2),
+        (LATE_AFTER + 20, 0),
     ];
     for (mode, dissolve_at) in modes {
         START_MODE.store(mode, Ordering::Relaxed);
         DISSOLVE_AT.store(dissolve_at, Ordering::Relaxed);
+        let invited = INVITATIONS.load(Ordering::Relaxed);
         for case in team_cases() {
             check_lstm::<f32>(case, 1e-5);
             if case.proj == 0 {
@@ -592,6 +602,10 @@ fn every_team_path_matches_reference() {
         };
         check_lstm::<f64>(long, 1e-12);
         check_gru::<f32>(long, 1e-5);
+        if super::team::late_after(mode).is_some() {
+            // The leaders did invite their members (if only in the long case).
+            assert!(INVITATIONS.load(Ordering::Relaxed) > invited, "mode {mode}");
+        }
     }
     START_MODE.store(PENDING, Ordering::Relaxed);
     DISSOLVE_AT.store(0, Ordering::Relaxed);

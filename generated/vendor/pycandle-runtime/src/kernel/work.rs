@@ -9,7 +9,7 @@ use super::isa::Isa;
 use super::layer::{Geometry, Job};
 use super::panels::UNITS;
 use super::product::{mul_acc, Rows};
-use super::team::{publish, Team};
+use super::team::{publish, read_shared, Team};
 use super::Float;
 
 /// A member's working state: its share and buffers, allocated once per
@@ -194,6 +194,26 @@ impl<T: Float> Work<T> {
         self.blocks = 0..geom.blocks;
         self.cols = 0..geom.proj_panels;
         self.project::<I>(geom, job, gained);
+    }
+
+    /// The leader, alone until now: back to its own share of the team's
+    /// blocks and panels (its buffers still span every block, and the
+    /// current chunk's projection stays valid for its share).
+    #[inline(always)]
+    pub(super) fn share_again(&mut self, team: &Team<T>) {
+        self.blocks = team.blocks[0].clone();
+        self.cols = team.cols[0].clone();
+    }
+
+    /// A member joining a leader that went ahead alone: its units' cell
+    /// state from the team's `c`, where the leader published it.
+    #[inline(always)]
+    pub(super) fn adopt_c(&mut self, geom: &Geometry, team: &Team<T>) {
+        let (units, cs, u0) = (self.units(geom), self.unit_stride(), self.unit0());
+        for (b, row) in self.c.chunks_exact_mut(cs).enumerate() {
+            let shared = &team.c[b * geom.hidden + units.start..b * geom.hidden + units.end];
+            read_shared(shared, &mut row[u0..u0 + units.len()]);
+        }
     }
 
     /// One step at time `t` from the previous state `h_prev` `(B, H_out)`:
