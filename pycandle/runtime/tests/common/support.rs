@@ -3,8 +3,9 @@
 
 use std::collections::HashMap;
 
-use candle_core::{bail, DType, Device, Result, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{bail, DType, Device, Result, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Init, VarBuilder};
 use pycandle_runtime::kernel::{self, KernelPath};
 use pycandle_runtime::{
     Gru, GruCell, GruCellConfig, GruConfig, Lstm, LstmCell, LstmCellConfig, LstmConfig,
@@ -362,4 +363,40 @@ macro_rules! torch_cases {
             assert_eq!(names, [$($name),*]);
         }
     };
+}
+
+/// Deterministic parameters of any name and shape: a sine wave whose phase
+/// depends on the name, with amplitude 0.5.
+struct Synthetic;
+
+impl SimpleBackend for Synthetic {
+    fn get(&self, s: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
+        let seed = name.bytes().fold(7u64, |acc, b| {
+            acc.wrapping_mul(31).wrapping_add(u64::from(b))
+        });
+        let phase = (seed % 997) as f64 * 0.01;
+        let values: Vec<f64> = (0..s.elem_count())
+            .map(|i| 0.5 * (phase + 0.73 * i as f64).sin())
+            .collect();
+        Tensor::from_vec(values, s, dev)?.to_dtype(dtype)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> Result<Tensor> {
+        bail!("synthetic parameters need a shape ({name})")
+    }
+
+    fn contains_tensor(&self, _: &str) -> bool {
+        true
+    }
+}
+
+pub fn synthetic(dtype: DType) -> VarBuilder<'static> {
+    VarBuilder::from_backend(Box::new(Synthetic), dtype, Device::Cpu)
+}
+
+/// A deterministic input of the given shape.
+pub fn input(dims: &[usize], dtype: DType) -> Result<Tensor> {
+    let n: usize = dims.iter().product();
+    let values: Vec<f64> = (0..n).map(|i| (0.37 * i as f64).cos()).collect();
+    Tensor::from_vec(values, dims, &Device::Cpu)?.to_dtype(dtype)
 }

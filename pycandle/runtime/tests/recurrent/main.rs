@@ -1,5 +1,6 @@
 //! `Gru`, `Rnn`, the cells and padded batches against numbers produced by
-//! PyTorch, plus streaming and input validation.
+//! PyTorch, plus streaming, embeddings folded into the first layer and
+//! input validation.
 //!
 //! The fixtures (`tests/fixtures/{gru,rnn,cells,padded}.json`) are generated
 //! by `tools/gen_rnn_fixtures.py`.
@@ -19,6 +20,7 @@ mod gru;
 mod padded;
 mod rnn;
 mod streaming;
+mod tokens;
 
 use candle_core::Result;
 
