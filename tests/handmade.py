@@ -65,3 +65,43 @@ def speaker_encoder(name: str = "speaker") -> Manifest:
 
 def with_node(manifest: Manifest, node: Node, output: Ref) -> Manifest:
     return Manifest(**{**manifest.__dict__, "nodes": manifest.nodes + (node,), "output": output})
+
+
+def tagger(token_dtype: str = "int64", embedded_out: bool = False,
+           dropout: bool = False) -> Manifest:
+    """tokens -> Embedding(20 -> 8) [-> Dropout] -> LSTM(8 -> 16, batch first) -> output; with
+    `embedded_out`, the embedded tokens are returned too."""
+    b = [(2, 10), (1, 7)]
+    embedded = meta(*(s + (8,) for s in b))
+    drop = (Node("drop", "call_module", "drop", (Ref("embed"),), out=embedded,
+                 source="model.py:9"),) if dropout else ()
+    nodes = (
+        Node("tokens", "input", "tokens", out=meta(*b, dtype=token_dtype)),
+        Node("embed", "call_module", "embed", (Ref("tokens"),), out=embedded,
+             source="model.py:9"),
+        *drop,
+        Node("lstm", "call_module", "lstm", (Ref("drop" if dropout else "embed"),),
+             out=(meta((2, 10, 16), (1, 7, 16)), (meta((1, 2, 16), (1, 1, 16)),
+                                                  meta((1, 2, 16), (1, 1, 16)))),
+             source="model.py:10"),
+    )
+    output = (Ref("lstm", (0,)), Ref("embed")) if embedded_out else Ref("lstm", (0,))
+    return Manifest(
+        name="tagger", factory="model:Tagger", seed=0, atol=1e-5, rtol=1e-4,
+        versions={"pycandle": "0.1.0", "torch": "2.15.0"}, content_hash="0" * 64,
+        inputs=("tokens",),
+        cases=tuple({"inputs": {"tokens": {"shape": list(s), "dtype": token_dtype}}} for s in b),
+        modules={
+            "": ModuleInfo("model.Tagger", {}, {}, {}),
+            "embed": ModuleInfo(
+                "torch.nn.Embedding",
+                {"num_embeddings": 20, "embedding_dim": 8, "padding_idx": None,
+                 "max_norm": None, "norm_type": 2.0, "scale_grad_by_freq": False,
+                 "sparse": False},
+                {"weight": {"shape": [20, 8], "dtype": "float32"}}, {}),
+            "lstm": lstm_info(8, 16, 1, True),
+            **({"drop": ModuleInfo("torch.nn.Dropout", {"p": 0.1}, {}, {})} if dropout else {}),
+        },
+        nodes=nodes,
+        output=output,
+    )

@@ -26,6 +26,7 @@ class RecurrentCase:
     batches: tuple[int, int]
     steps: tuple[int, int]
     relu: bool = False  # RNN / RNNCell nonlinearity
+    vocab: int = 0  # > 0: the input is token ids through an nn.Embedding of this many rows
 
     @property
     def h_out(self) -> int:
@@ -66,6 +67,7 @@ def recurrent_cases(draw, kinds=("LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "R
         batches=(draw(st.integers(1, 4)), draw(st.integers(1, 4))),
         steps=(draw(st.integers(1, 9)), draw(st.integers(1, 9))),
         relu=draw(st.booleans()),
+        vocab=0 if kind.endswith("Cell") or not draw(st.booleans()) else draw(st.integers(1, 20)),
     )
 
 
@@ -79,11 +81,17 @@ def model_source(case: RecurrentCase, i: int) -> str:
         body = f"out, (h, c) = {call}\n        return out, h, c"
     else:
         body = f"out, h = {call}\n        return out, h"
+    embed, lookup = "", ""
+    if case.vocab:  # the tokens' embedding feeds the layer alone: folded into it at load
+        embed = f"        self.embed = nn.Embedding({case.vocab}, {case.input_size})\n"
+        lookup = "        x = self.embed(x)\n"
     return (f"\n\nclass Model{i}(nn.Module):\n"
             f"    def __init__(self):\n"
             f"        super().__init__()\n"
+            f"{embed}"
             f"        self.rnn = {case.constructor()}\n\n"
             f"    def forward(self, {args}):\n"
+            f"{lookup}"
             f"        {body}\n")
 
 
@@ -100,7 +108,10 @@ def yaml_entry(case: RecurrentCase, i: int) -> str:
                 [b, t, case.input_size] if case.batch_first else [t, b, case.input_size])
             h = [layers * dirs] + batch + [case.h_out]
             c = [layers * dirs] + batch + [case.hidden]
-        lines.append(f"      - x: {{shape: {x}, low: -1, high: 1}}")
+        if case.vocab:
+            lines.append(f"      - x: {{shape: {x[:-1]}, dtype: int64, low: 0, high: {case.vocab}}}")
+        else:
+            lines.append(f"      - x: {{shape: {x}, low: -1, high: 1}}")
         if case.with_state:
             lines.append(f"        h0: {{shape: {h}, low: -1, high: 1}}")
             if case.pair:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from handmade import meta, speaker_encoder, with_node
-from pycandle.codegen import CodegenError, codegen, generate_model
+from handmade import meta, speaker_encoder, tagger, with_node
+from pycandle.codegen import CodegenError, codegen, generate_model, render_model
 from pycandle.codegen.cargo import RUNTIME_DIR, cargo_toml_text, lib_rs_text
 from pycandle.lowering import lower
 from pycandle.errors import UnsupportedError
@@ -241,3 +241,28 @@ def test_every_generated_struct_derives_debug_and_clone(tmp_path):
     assert len(structs) >= 2  # the model and its state
     for i in structs:
         assert lines[i - 1].startswith("#[derive(Debug, Clone"), lines[i - 1:i + 1]
+
+
+@pytest.mark.parametrize("dropout", [False, True], ids=["directly", "through a Dropout"])
+def test_an_embedding_that_feeds_only_a_recurrent_layer_is_folded_into_it(dropout):
+    """The layer reads the token ids (`forward_tokens`) and the model folds the embedding at
+    load; the embedding keeps its own layer test."""
+    ir = lower(tagger(dropout=dropout))
+    assert [(f.layer, f.embedding) for f in ir.folds] == [("lstm", "embed")]
+    code = "\n".join(s.expr for s in ir.stmts)
+    assert "self.lstm.forward_tokens(&self.embed, tokens, " in code, code
+    assert "self.embed.forward" not in code
+    assert {t.node for t in ir.layer_tests} == {"embed", "lstm"}
+    rust = render_model(ir)
+    assert "let mut model = Self { embed, lstm };" in rust, rust
+    assert "model.lstm.fold_embedding(&model.embed)?;" in rust
+
+
+@pytest.mark.parametrize("manifest", [tagger(embedded_out=True), tagger(token_dtype="int32")],
+                         ids=["embedding also returned", "int32 tokens"])
+def test_an_embedding_is_not_folded_when_anything_else_needs_it(manifest):
+    ir = lower(manifest)
+    assert ir.folds == []
+    code = "\n".join(s.expr for s in ir.stmts)
+    assert "self.embed.forward(" in code and "forward_tokens" not in code, code
+    assert "fold_embedding" not in render_model(ir)

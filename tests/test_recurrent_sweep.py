@@ -39,6 +39,12 @@ FIXED: list[RecurrentCase] = [
     RecurrentCase("GRUCell", 3, 2, 1, False, 0, False, False, True, False, (2, 3), (1, 1)),
     RecurrentCase("RNNCell", 3, 2, 1, False, 0, True, False, False, False, (2, 3), (1, 1),
                   relu=True),
+    # token ids through an embedding folded into the layer: bidirectional, projection,
+    # batch-first, initial state; unbatched and streaming, more units than one block, one
+    # token in the vocabulary, a single step (no folding then); an RNN (never folded)
+    RecurrentCase("LSTM", 4, 5, 2, True, 3, True, True, True, False, (3, 1), (6, 2), vocab=9),
+    RecurrentCase("GRU", 3, 17, 1, False, 0, False, False, False, True, (1, 1), (7, 1), vocab=1),
+    RecurrentCase("RNN", 2, 3, 1, False, 0, True, True, False, False, (2, 2), (4, 3), vocab=5),
 ]
 
 

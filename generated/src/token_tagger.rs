@@ -34,7 +34,11 @@ impl TokenTagger {
             vb.pp("lstm"),
         )?;
         let out = Linear::load(32, 7, vb.pp("out"))?;
-        Ok(Self { embed, lstm, out })
+        let mut model = Self { embed, lstm, out };
+        // `embed` feeds only `lstm`: its rows go through the layer's input
+        // projection once, here, and `forward` looks the tokens up in the result.
+        model.lstm.fold_embedding(&model.embed)?;
+        Ok(model)
     }
 
     /// `tokens`: (d0, d1)
@@ -46,12 +50,12 @@ impl TokenTagger {
     /// their final state in it, so consecutive chunks give the same result as one long call.
     pub fn forward_stream(&self, tokens: &Tensor, state: &mut TokenTaggerState) -> Result<Tensor> {
         // examples/tts.py:42
-        // (d0, d1, 24)
-        let embed = self.embed.forward(tokens)?;
         // h: (d0, d1, 32), lstm_h_n: (1, d0, 32), lstm_c_n: (1, d0, 32)
-        let (h, (lstm_h_n, lstm_c_n)) = self
-            .lstm
-            .forward(&embed, state.lstm.as_ref().map(|(h, c)| (h, c)))?;
+        let (h, (lstm_h_n, lstm_c_n)) = self.lstm.forward_tokens(
+            &self.embed,
+            tokens,
+            state.lstm.as_ref().map(|(h, c)| (h, c)),
+        )?;
         state.lstm = Some((lstm_h_n.clone(), lstm_c_n.clone()));
 
         // examples/tts.py:43

@@ -24,6 +24,7 @@ from pycandle.manifest import (
     golden_input_key, golden_node_key, golden_output_key, leaves, path_key, refs_in,
 )
 from pycandle.registry import Dim, FloatSize, FromEnd, Packed, Rust, T, Unsupported
+from pycandle.registry.core import Embedded
 from pycandle.rust import rust_float, rust_str
 from pycandle.symbolic import evaluate
 
@@ -54,6 +55,23 @@ class Arg:
     shape: str
 
 
+@dataclass(frozen=True)
+class Fold:
+    """An embedding folded at load into the recurrent layer it alone feeds
+    (`fold_embedding`): the Rust paths of both fields from the model, and their modules."""
+
+    layer: str  # `lstm`, `encoder.lstm`
+    embedding: str
+    layer_module: str
+    embedding_module: str
+
+
+# the recurrent layers an embedding can be folded into, and the token dtypes their
+# `forward_tokens` reads as Candle's embedding does
+_FOLDS_INTO = ("torch.nn.LSTM", "torch.nn.GRU")
+_TOKEN_DTYPES = ("int64", "uint8", "uint32")
+
+
 @dataclass
 class ModelIR:
     name: str  # Rust module name
@@ -81,6 +99,7 @@ class ModelIR:
     warnings: list[str] = field(default_factory=list)
     methods: dict[str, Method] = field(default_factory=dict)  # by struct name
     block_tests: list[LayerTest] = field(default_factory=list)  # user modules, containers
+    folds: list[Fold] = field(default_factory=list)  # embeddings folded into recurrent layers
 
 
 camel = names.camel
@@ -239,6 +258,8 @@ class _Lowering:
         self.loop_called: list[Block] = []
         self._fresh = iter(range(1 << 30))
         self.index = {n.name: i for i, n in enumerate(manifest.nodes)}
+        self.folded: set[str] = set()  # Embedding nodes folded into the layer they feed
+        self.folds: list[Fold] = []
 
     def problem(self, node: Node, what: str, hint: str | None = None) -> None:
         module = node.target if node.op == NodeOp.CALL_MODULE else None
@@ -286,6 +307,55 @@ class _Lowering:
         for root, count in follow_ons.items():
             uses[self.first_problem[root]] += count
         self.problems = grouped(self.problems, uses)
+
+    def find_folds(self, live: list[Node], used: dict[tuple[str, tuple[int, ...]], int]) -> None:
+        """The embeddings to fold into a recurrent layer at load: an `nn.Embedding` call (no
+        `max_norm`) whose output is used once, as the `input` of an LSTM or GRU call (maybe
+        through a Dropout or an Identity), both outside loops and branches. The layer then reads the token ids (`forward_tokens`), and
+        its input projection is one table row per token."""
+        for node in live:
+            src = self._embedding_feeding(node, used)
+            if src is None:
+                continue
+            self.folded.add(src.name)
+            fold = Fold(self.access[node.target], self.access[src.target], node.target,
+                        src.target)
+            if fold not in self.folds:
+                self.folds.append(fold)
+
+    def _embedding_feeding(self, node: Node,
+                           used: dict[tuple[str, tuple[int, ...]], int]) -> Node | None:
+        """The Embedding call that `node`, a recurrent layer's call, can fold, or None."""
+        def plain_call(n: Node, types: tuple[str, ...]) -> bool:
+            info = self.m.modules.get(n.target) if n.op == NodeOp.CALL_MODULE else None
+            return info is not None and info.type in types and n.target in self.access \
+                and n.loop is None and n.branch is None and n.step is None
+
+        if not plain_call(node, _FOLDS_INTO):
+            return None
+        try:
+            x = registry.bind("input, hx=None", node.args, node.kwargs)["input"]
+        except (Unsupported, TypeError):
+            return None
+        while True:
+            if not isinstance(x, Ref) or x.path != () or used.get((x.node, ()), 0) != 1:
+                return None
+            src = self.m.node(x.node)
+            info = self.m.modules.get(src.target) if src.op == NodeOp.CALL_MODULE else None
+            layer = registry.layer_for(info.type) if info is not None else None
+            if layer is None or not layer.passthrough or not src.args:
+                break
+            x = src.args[0]  # through a Dropout (eval) or an Identity
+        if not plain_call(src, ("torch.nn.Embedding",)) \
+                or self.m.modules[src.target].config.get("max_norm") is not None:
+            return None
+        try:
+            tokens = registry.bind("input", src.args, src.kwargs)["input"]
+        except (Unsupported, TypeError):
+            return None
+        if not isinstance(tokens, Ref) or self.m.meta(tokens).dtype not in _TOKEN_DTYPES:
+            return None
+        return src
 
     def open_loop(self, node: Node, used: dict[tuple[str, tuple[int, ...]], int]) -> int:
         """The loop state and the lists a loop fills, declared before it; the index of the
@@ -650,6 +720,13 @@ class _Lowering:
         this = self.this(node.target, "self")
         local = self.node_local(node)
         out_names = self.assigned_names(node, _out_names(layer.outputs, node.out, local))
+        if node.name in self.folded:
+            # folded into the recurrent layer it feeds, which looks the tokens up itself
+            tokens = registry.one_tensor(args, kwargs)
+            self.vars[(node.name, ())] = Embedded("", node.out, tokens=tokens, embedding=this)
+            self.layer_test(node, layer, info.config, self.this(node.target, "model"),
+                            out_names, None)
+            return
         used_paths = {p for (n, p), c in used.items() if n == node.name and c}
         stream = layer.stream
         streaming = stream is not None and stream.blocker(info.config, args, kwargs) is None
@@ -978,7 +1055,9 @@ def lower(manifest: Manifest) -> ModelIR:
                                    *imported})
         lo.access = tree.access
         lo.struct_of = {q: s.name for s in tree.structs for q in s.modules}
-        lo.lower_all(live, _uses_of(live, manifest.output))
+        used = _uses_of(live, manifest.output)
+        lo.find_folds(live, used)
+        lo.lower_all(live, used)
     if lo.problems:  # each once (a layer's check and its emitter may find the same thing)
         raise UnsupportedError(manifest.name, list(dict.fromkeys(lo.problems)))
 
@@ -1043,7 +1122,7 @@ def lower(manifest: Manifest) -> ModelIR:
         out_pattern=out_pattern, state_fields=lo.state_fields, output_alias=output_alias,
         num_cases=manifest.num_cases, atol=manifest.atol, rtol=manifest.rtol,
         dtype=_model_dtype(manifest), test_uses=merge_uses(test_uses),
-        methods=methods, block_tests=block_tests,
+        methods=methods, block_tests=block_tests, folds=lo.folds,
         warnings=[line for w in manifest.warnings
                   for line in textwrap.wrap(f"Trace note: {w}", 95, subsequent_indent="  ")],
     )

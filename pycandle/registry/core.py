@@ -58,6 +58,16 @@ class T:
 
 
 @dataclass(frozen=True)
+class Embedded(T):
+    """The output of an `nn.Embedding` whose only use is the input of a recurrent layer, folded
+    into that layer at load: never computed, the layer reads the token ids instead
+    (`forward_tokens`). `name` is empty; `meta` is the embedded tensor's."""
+
+    tokens: T | None = None  # the ids the embedding looked up
+    embedding: str = ""  # the Rust path of the Embedding field (`self.embed`)
+
+
+@dataclass(frozen=True)
 class Packed:
     """What `pack_padded_sequence` made: a padded batch with per-sequence lengths.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from pycandle.registry.core import (
-    Field, Layer, Packed, Stream, T, Unsupported, bind, register_layer, require,
+    Embedded, Field, Layer, Packed, Stream, T, Unsupported, bind, register_layer, require,
 )
 
 
@@ -58,9 +58,17 @@ def _call(what: str, pair: bool) -> Callable[[dict, str, tuple, dict], str]:
             return f"{this}.forward_padded({padded}, &{x.lengths}, {state})?"
         if not isinstance(x, T):
             raise Unsupported(f"{what} input must be a tensor, got {x!r}")
-        return f"{this}.forward({x.borrow}, {state})?"
+        return _forward(this, x, state)
 
     return call
+
+
+def _forward(this: str, x: T, state: str) -> str:
+    """The sequence layer at `this` on `x`: on the token ids of an embedding folded into it, or
+    on `x` itself."""
+    if isinstance(x, Embedded):
+        return f"{this}.forward_tokens(&{x.embedding}, {x.tokens.borrow}, {state})?"
+    return f"{this}.forward({x.borrow}, {state})?"
 
 
 def _check_mode(expected: tuple[str, ...]) -> Callable[[dict[str, Any]], list[str]]:
@@ -90,7 +98,7 @@ def _sequence_time_dim(cfg: dict[str, Any], rank: int) -> int:
 
 
 def _forward_with(cfg: dict[str, Any], this: str, x: T, state: str) -> str:
-    return f"{this}.forward({x.borrow}, {state})?"
+    return _forward(this, x, state)
 
 
 LSTM_STREAM = Stream(

@@ -66,6 +66,9 @@
 //!   next), and keeping a member off its leader's core;
 //! * `timeloop`: one team member's walk over the steps, and `work`: its
 //!   buffers and the computation of one step for each cell kind;
+//! * `tokens`: an embedding folded into a layer's input projection
+//!   ([`TokenTable`]), for a layer whose input is token ids
+//!   ([`recurrent_layer_from_tokens`]);
 //! * `dense`: the same products for a dense layer ([`crate::Linear`]), and
 //!   `task::in_parallel`, which splits work between the calling thread and
 //!   pool tasks (also for [`crate::Conv1d`]).
@@ -89,6 +92,7 @@ mod team;
 #[cfg(test)]
 mod tests;
 mod timeloop;
+mod tokens;
 mod weights;
 mod work;
 
@@ -98,8 +102,9 @@ use std::fmt;
 pub(crate) use dense::dense;
 pub(crate) use direct::{conv1d, direct_lanes, ConvGeometry};
 pub use float::Float;
-pub use layer::{recurrent_layer, Direction, RecurrentShape};
+pub use layer::{recurrent_layer, recurrent_layer_from_tokens, Direction, RecurrentShape};
 pub(crate) use task::{in_parallel, SPLIT_WORK};
+pub use tokens::TokenTable;
 pub use weights::{GruWeights, LstmWeights, PackedWeights};
 
 /// A buffer whose length does not match the shape it was passed with.

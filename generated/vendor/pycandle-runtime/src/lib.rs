@@ -66,6 +66,6 @@ pub use resample::{
 };
 pub use rnn::{
     sequence_lengths, Gru, GruCell, GruCellConfig, GruConfig, Lstm, LstmCell, LstmCellConfig,
-    LstmConfig, Nonlinearity, Rnn, RnnCell, RnnCellConfig, RnnConfig,
+    LstmConfig, Nonlinearity, Rnn, RnnCell, RnnCellConfig, RnnConfig, FOLD_LIMIT_BYTES,
 };
 pub use weight_norm::weight_norm;

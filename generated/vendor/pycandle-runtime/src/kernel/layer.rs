@@ -5,6 +5,7 @@ use std::ops::Range;
 
 use super::panels::{Panels, UNITS};
 use super::schedule::run_layer;
+use super::tokens::TokenTable;
 use super::weights::{CellKind, PackedWeights};
 use super::{check_len, kernel_path_for_batch, Float, KernelPath, ShapeError};
 
@@ -80,12 +81,69 @@ pub fn recurrent_layer<T: Float>(
     c_n: Option<&mut [T]>,
     threads: usize,
 ) -> Result<(), ShapeError> {
-    let RecurrentShape {
-        steps,
-        batch,
-        batch_first_in,
-        batch_first_out,
-    } = shape;
+    let first = check_dirs(shape, dirs, out, h_n, c_n.as_deref())?;
+    check_len("x", x, shape.steps * shape.batch * first.input)?;
+    run(shape, dirs, |_| Input::Features(x), out, h_n, c_n, threads);
+    Ok(())
+}
+
+/// [`recurrent_layer`] on a layer whose input is an embedding of token ids,
+/// folded into its input projection: `ids` is `(T, B)`, or `(B, T)` when
+/// the shape asks for `batch_first_in`, and `tables[d]` is direction `d`'s
+/// [`TokenTable`], built from the embedding and that direction's weights.
+/// Each step's input projection is then one row of the table per sequence.
+/// An id outside the tables' vocabulary is an error.
+#[allow(clippy::too_many_arguments)]
+pub fn recurrent_layer_from_tokens<T: Float>(
+    shape: RecurrentShape,
+    ids: &[u32],
+    dirs: &[Direction<'_, T>],
+    tables: &[&TokenTable<T>],
+    out: &mut [T],
+    h_n: &mut [T],
+    c_n: Option<&mut [T]>,
+    threads: usize,
+) -> Result<(), ShapeError> {
+    check_dirs(shape, dirs, out, h_n, c_n.as_deref())?;
+    check_len("ids", ids, shape.steps * shape.batch)?;
+    if tables.len() != dirs.len() {
+        return Err(ShapeError(format!(
+            "recurrent kernel: {} token tables for {} directions",
+            tables.len(),
+            dirs.len()
+        )));
+    }
+    if !tables.iter().zip(dirs).all(|(t, d)| t.fits(d.weights)) {
+        return Err(ShapeError(
+            "recurrent kernel: a token table was built for other sizes than its direction's weights"
+                .into(),
+        ));
+    }
+    let vocab = tables.iter().map(|t| t.vocab()).min().unwrap_or(0);
+    if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
+        return Err(ShapeError(format!(
+            "recurrent kernel: token id {id} is outside the vocabulary of {vocab}"
+        )));
+    }
+    let input = |d: usize| Input::Tokens {
+        ids,
+        table: tables[d],
+    };
+    run(shape, dirs, input, out, h_n, c_n, threads);
+    Ok(())
+}
+
+/// Checks what both entry points share: the directions agree, and the
+/// states and outputs have their sizes. Returns the first direction's
+/// weights.
+fn check_dirs<'a, T: Float>(
+    shape: RecurrentShape,
+    dirs: &[Direction<'a, T>],
+    out: &[T],
+    h_n: &[T],
+    c_n: Option<&[T]>,
+) -> Result<&'a PackedWeights<T>, ShapeError> {
+    let RecurrentShape { steps, batch, .. } = shape;
     let Some(first) = dirs.first() else {
         return Err(ShapeError(
             "recurrent kernel: need at least one direction".into(),
@@ -112,37 +170,56 @@ pub fn recurrent_layer<T: Float>(
             (None, _) => {}
         }
     }
-    check_len("x", x, steps * batch * input)?;
     check_len("out", out, steps * batch * d * h_out)?;
     check_len("h_n", h_n, d * batch * h_out)?;
-    match (&c_n, is_lstm) {
+    match (c_n, is_lstm) {
         (Some(c_n), true) => check_len("c_n", c_n, d * batch * hidden)?,
         (None, false) => {}
         (None, true) => return Err(ShapeError("recurrent kernel: an LSTM needs c_n".into())),
         (Some(_), false) => return Err(ShapeError("recurrent kernel: a GRU has no c_n".into())),
     }
+    Ok(w0)
+}
 
+/// Runs a checked layer, direction `d` reading `input(d)`.
+fn run<'a, T: Float>(
+    shape: RecurrentShape,
+    dirs: &[Direction<'a, T>],
+    input: impl Fn(usize) -> Input<'a, T>,
+    out: &mut [T],
+    h_n: &mut [T],
+    c_n: Option<&mut [T]>,
+    threads: usize,
+) {
+    let RecurrentShape {
+        steps,
+        batch,
+        batch_first_in,
+        batch_first_out,
+    } = shape;
+    let w0 = dirs[0].weights;
     // Read once per call, on the calling thread (where `with_kernel_path`
     // applies): every member of every direction follows it.
     let path = kernel_path_for_batch(batch);
     let jobs: Vec<Job<'_, T>> = dirs
         .iter()
-        .map(|dir| Job {
+        .enumerate()
+        .map(|(d, dir)| Job {
             w: dir.weights,
-            x,
+            x: input(d),
             h0: dir.h0,
             c0: dir.c0,
             reverse: dir.reverse,
             path,
         })
         .collect();
-    let blocks = hidden.div_ceil(UNITS);
+    let blocks = w0.hidden.div_ceil(UNITS);
     let geom = Geometry {
         steps,
         batch,
-        input,
-        hidden,
-        h_out,
+        input: w0.input,
+        hidden: w0.hidden,
+        h_out: w0.h_out,
         gates: w0.cell.gates(),
         blocks,
         width: w0.cell.gates() * UNITS,
@@ -152,7 +229,6 @@ pub fn recurrent_layer<T: Float>(
         batch_first_out,
     };
     run_layer(geom, &jobs, out, h_n, c_n, threads);
-    Ok(())
 }
 
 /// Input-projection rows (steps times batch) computed at a time: enough for
@@ -196,12 +272,25 @@ impl Geometry {
     }
 }
 
+/// What a direction reads.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Input<'a, T> {
+    /// Features `(T, B, I)`, or `(B, T, I)` (see
+    /// [`Geometry::batch_first_in`]), projected through `W_ih^T`.
+    Features(&'a [T]),
+    /// Token ids `(T, B)` or `(B, T)`, each step's projection a row of
+    /// `table`.
+    Tokens {
+        ids: &'a [u32],
+        table: &'a TokenTable<T>,
+    },
+}
+
 /// One direction's inputs.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Job<'a, T> {
     pub(super) w: &'a PackedWeights<T>,
-    /// `(T, B, I)`, or `(B, T, I)` (see [`Geometry::batch_first_in`]).
-    pub(super) x: &'a [T],
+    pub(super) x: Input<'a, T>,
     pub(super) h0: Option<&'a [T]>,
     pub(super) c0: Option<&'a [T]>,
     pub(super) reverse: bool,

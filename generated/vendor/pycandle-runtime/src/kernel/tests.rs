@@ -385,6 +385,40 @@ fn check<T: Exact>(lstm: bool, case: Case, tol: f64) {
     })
     .unwrap();
 
+    // Token ids into an embedding whose rows are the steps' inputs, in
+    // reverse order after two rows no id names: the same layer, its
+    // projection read from tables. Time first, then batch first.
+    let (input, n) = (case.input, t * b);
+    let vocab = n + 2;
+    let mut embedding = Rng(seed).vec::<T>(vocab * input, 1.0);
+    for (i, row) in x.chunks_exact(input.max(1)).enumerate() {
+        let id = vocab - 1 - i;
+        embedding[id * input..(id + 1) * input].copy_from_slice(row);
+    }
+    let ids: Vec<u32> = (0..n).map(|i| (vocab - 1 - i) as u32).collect();
+    let ids_bf: Vec<u32> = (0..n).map(|i| ids[(i % t) * b + i / t]).collect();
+    let tables: Vec<_> = packed
+        .iter()
+        .map(|w| TokenTable::new(w, &embedding, vocab, threads).unwrap())
+        .collect();
+    let tables: Vec<_> = tables.iter().collect();
+    let token_runs: Vec<_> = [(shape, &ids), (shape_bf, &ids_bf)]
+        .into_iter()
+        .map(|(shape, ids)| {
+            let mut out = vec![T::ZERO; t * b * d * po];
+            let mut h_n = vec![T::ZERO; d * b * po];
+            let mut c_n = vec![T::ZERO; if lstm { d * b * case.hidden } else { 0 }];
+            let c_out = lstm.then_some(&mut c_n[..]);
+            in_pool(|| {
+                recurrent_layer_from_tokens(
+                    shape, ids, &dirs, &tables, &mut out, &mut h_n, c_out, threads,
+                )
+            })
+            .unwrap();
+            (shape.batch_first_out, out, h_n, c_n)
+        })
+        .collect();
+
     let refs: Vec<_> = params
         .iter()
         .map(|p| {
@@ -408,6 +442,13 @@ fn check<T: Exact>(lstm: bool, case: Case, tol: f64) {
     );
     assert_close(&format!("batch first: {case:?} h_n"), &h_n_bf, &want_h, tol);
     assert_close(&format!("batch first: {case:?} c_n"), &c_n_bf, &want_c, tol);
+    for (batch_first, out, h_n, c_n) in token_runs {
+        let what = format!("tokens, batch first {batch_first}: {case:?}");
+        let want = if batch_first { &want_bf } else { &want_out };
+        assert_close(&format!("{what} out"), &out, want, tol);
+        assert_close(&format!("{what} h_n"), &h_n, &want_h, tol);
+        assert_close(&format!("{what} c_n"), &c_n, &want_c, tol);
+    }
     for (path, out, h_n, c_n) in runs {
         assert_close(&format!("{path}: {case:?} out"), &out, &want_out, tol);
         assert_close(&format!("{path}: {case:?} h_n"), &h_n, &want_h, tol);
@@ -760,6 +801,37 @@ fn wrong_lengths_are_reported() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("disagree"), "{err}");
+
+    // Token ids: one table per direction, built for its weights, and ids
+    // inside its vocabulary.
+    let table = TokenTable::new(&w, &[0.0; 4 * 3], 4, 1).unwrap();
+    let gru_table = TokenTable::new(&gru, &[0.0; 4 * 3], 4, 1).unwrap();
+    let mut tokens = |ids: &[u32], tables: &[&TokenTable<f32>]| {
+        let c_n = Some(&mut c_n[..]);
+        recurrent_layer_from_tokens(shape, ids, &[dir], tables, &mut [0.0; 4], &mut h_n, c_n, 1)
+    };
+    tokens(&[0, 3], &[&table]).unwrap();
+    let err = tokens(&[0, 4], &[&table]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("token id 4 is outside the vocabulary of 4"),
+        "{err}"
+    );
+    let err = tokens(&[0], &[&table]).unwrap_err();
+    assert!(
+        err.to_string().contains("ids has 1 elements, expected 2"),
+        "{err}"
+    );
+    let err = tokens(&[0, 1], &[&table, &table]).unwrap_err();
+    assert!(err.to_string().contains("2 token tables"), "{err}");
+    let err = tokens(&[0, 1], &[&gru_table]).unwrap_err();
+    assert!(err.to_string().contains("other sizes"), "{err}");
+    let err = TokenTable::new(&w, &[0.0; 11], 4, 1).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("embeddings has 11 elements, expected 12"),
+        "{err}"
+    );
 }
 
 /// The `f32` activations as the kernels evaluate them, lanes in lockstep,

@@ -6,7 +6,7 @@ use std::ops::Range;
 
 use super::gates::{gru_block, lstm_row};
 use super::isa::Isa;
-use super::layer::{Geometry, Job};
+use super::layer::{Geometry, Input, Job};
 use super::panels::UNITS;
 use super::product::{mul_acc, Rows};
 use super::team::{publish, read_shared, Team};
@@ -119,7 +119,7 @@ impl<T: Float> Work<T> {
     }
 
     /// Projects the input of the times `self.chunk` for `blocks` into `gx`:
-    /// `x_t W_ih^T + bias`.
+    /// `x_t W_ih^T + bias`, or for token ids the rows of their table.
     #[inline(always)]
     pub(super) fn project<I: Isa>(
         &mut self,
@@ -136,6 +136,23 @@ impl<T: Float> Work<T> {
         let stride = self.stride(geom);
         let rows = self.chunk.len() * batch;
         let col0 = (blocks.start - self.base) * width;
+        let x = match job.x {
+            Input::Features(x) => x,
+            Input::Tokens { ids, table } => {
+                // Row `s * B + b` is step `s` of the chunk, item `b`.
+                let cols = blocks.start * width..blocks.end * width;
+                for (r, dst) in self.gx[col0..].chunks_mut(stride).take(rows).enumerate() {
+                    let (t, b) = (self.chunk.start + r / batch, r % batch);
+                    let id = if geom.batch_first_in {
+                        ids[b * geom.steps + t]
+                    } else {
+                        ids[t * batch + b]
+                    };
+                    dst[..cols.len()].copy_from_slice(&table.row(id as usize)[cols.clone()]);
+                }
+                return;
+            }
+        };
         let bias = &job.w.x_bias[blocks.start * width..blocks.end * width];
         let (x, x_rows) = if geom.batch_first_in {
             // `(B, T, I)`: step `s` of the chunk, item `b`, at
@@ -145,9 +162,9 @@ impl<T: Float> Work<T> {
                 group: batch,
                 group_stride: input,
             };
-            (&job.x[self.chunk.start * input..], rows)
+            (&x[self.chunk.start * input..], rows)
         } else {
-            let x = &job.x[self.chunk.start * batch * input..self.chunk.end * batch * input];
+            let x = &x[self.chunk.start * batch * input..self.chunk.end * batch * input];
             (x, Rows::plain(input))
         };
         mul_acc::<T, I>(

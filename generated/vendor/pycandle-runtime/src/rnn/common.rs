@@ -8,7 +8,7 @@ use candle_core::{bail, DType, Result, Tensor, WithDType};
 use candle_nn::VarBuilder;
 
 use crate::host::with_elements;
-use crate::kernel::{self, Float, PackedWeights, RecurrentShape, ShapeError};
+use crate::kernel::{self, Float, PackedWeights, RecurrentShape, ShapeError, TokenTable};
 
 /// One layer in one direction of a recurrent network (or a cell), split the
 /// way the fast path needs it: an input projection computed for every step
@@ -605,15 +605,18 @@ fn state_vec<T: WithDType>(state: Option<&Tensor>, idx: usize) -> Result<Option<
 /// `h_n` order; `h0` (L*D, B, H_out) and `c0` (L*D, B, H) are the checked
 /// initial states, `None` for zeros. Each layer, input projection included,
 /// is one kernel call; layer `k > 0` reads layer `k - 1`'s output buffer
-/// directly. Returns the last layer's output in the input's layout (as
-/// [`SequenceInput::output`] gives it), and the final `h` and (LSTM) `c` of
-/// every layer and direction in `h_n` order.
+/// directly. With `tokens`, the first layer reads token ids into the tables
+/// of a folded embedding instead of `input`'s elements (`input` then only
+/// gives the shape and layout). Returns the last layer's output in the
+/// input's layout (as [`SequenceInput::output`] gives it), and the final `h`
+/// and (LSTM) `c` of every layer and direction in `h_n` order.
 pub(super) fn run_kernel_layers<T: KernelFloat>(
     input: &SequenceInput,
     layers: &[Arc<PackedWeights<T>>],
     dirs: usize,
     h0: Option<&Tensor>,
     c0: Option<&Tensor>,
+    tokens: Option<Tokens<'_, T>>,
 ) -> Result<(Tensor, Vec<Tensor>, Vec<Tensor>)> {
     let (t_len, batch, _) = input.xs.dims3()?;
     let device = input.xs.device();
@@ -622,14 +625,9 @@ pub(super) fn run_kernel_layers<T: KernelFloat>(
     // copy (one is still made when it is itself a strided view, e.g. of a
     // channels-first tensor).
     let batch_first_in = input.input_is_batch_first();
-    let x = if batch_first_in {
-        input.xs.transpose(0, 1)?
-    } else {
-        input.xs.clone()
-    };
-    let (out, h_n, c_n) = with_elements::<T, _>(&x, |x0| {
+    let run = |first: First<'_, T>| {
         kernel_layers(
-            x0,
+            first,
             t_len,
             batch,
             (batch_first_in, batch_first_out),
@@ -639,7 +637,18 @@ pub(super) fn run_kernel_layers<T: KernelFloat>(
             h0,
             c0,
         )
-    })??;
+    };
+    let (out, h_n, c_n) = match tokens {
+        Some(tokens) => run(First::Tokens(tokens))?,
+        None => {
+            let x = if batch_first_in {
+                input.xs.transpose(0, 1)?
+            } else {
+                input.xs.clone()
+            };
+            with_elements::<T, _>(&x, |x0| run(First::Features(x0)))??
+        }
+    };
     let out = if batch_first_out {
         out
     } else {
@@ -648,12 +657,28 @@ pub(super) fn run_kernel_layers<T: KernelFloat>(
     Ok((out, h_n, c_n))
 }
 
-/// [`run_kernel_layers`] on the input's elements `x0`, (T, B, I), or
-/// (B, T, I) if `batch_first_in`: the last layer's output (T, B, D*H_out),
-/// or (B, T, D*H_out) if `batch_first_out`.
+/// The input of an embedding folded into the first layer: the token ids in
+/// the input's layout, and the first layer's table for each direction.
+#[derive(Clone, Copy)]
+pub(super) struct Tokens<'a, T> {
+    pub(super) ids: &'a [u32],
+    pub(super) tables: &'a [TokenTable<T>],
+}
+
+/// What the first layer reads.
+#[derive(Clone, Copy)]
+enum First<'a, T> {
+    /// The input's elements, (T, B, I), or (B, T, I) if batch first.
+    Features(&'a [T]),
+    /// Token ids, (T, B) or (B, T), into the tables of a folded embedding.
+    Tokens(Tokens<'a, T>),
+}
+
+/// [`run_kernel_layers`] on the first layer's input `first`: the last
+/// layer's output (T, B, D*H_out), or (B, T, D*H_out) if `batch_first_out`.
 #[allow(clippy::too_many_arguments)]
 fn kernel_layers<T: KernelFloat>(
-    x0: &[T],
+    first: First<'_, T>,
     t_len: usize,
     batch: usize,
     (batch_first_in, batch_first_out): (bool, bool),
@@ -690,23 +715,36 @@ fn kernel_layers<T: KernelFloat>(
         let mut out = vec![T::ZERO; t_len * batch * dirs * h_out];
         let mut hn = vec![T::ZERO; dirs * batch * h_out];
         let mut cn = vec![T::ZERO; if lstm { dirs * batch * h } else { 0 }];
-        let x = prev.as_ref().map_or(x0, |(out, _)| out.as_slice());
         let shape = RecurrentShape {
             steps: t_len,
             batch,
             batch_first_in: batch_first_in && layer == 0,
             batch_first_out: batch_first_out && layer == last,
         };
-        kernel::recurrent_layer(
-            shape,
-            x,
-            &kernel_dirs,
-            &mut out,
-            &mut hn,
-            lstm.then_some(&mut cn[..]),
-            threads,
-        )
-        .map_err(candle_core::Error::wrap)?;
+        let c_out = lstm.then_some(&mut cn[..]);
+        let input = match &prev {
+            Some((x, _)) => First::Features(x.as_slice()),
+            None => first,
+        };
+        let done = match input {
+            First::Features(x) => {
+                kernel::recurrent_layer(shape, x, &kernel_dirs, &mut out, &mut hn, c_out, threads)
+            }
+            First::Tokens(Tokens { ids, tables }) => {
+                let tables: Vec<_> = tables.iter().collect();
+                kernel::recurrent_layer_from_tokens(
+                    shape,
+                    ids,
+                    &kernel_dirs,
+                    &tables,
+                    &mut out,
+                    &mut hn,
+                    c_out,
+                    threads,
+                )
+            }
+        };
+        done.map_err(candle_core::Error::wrap)?;
         let hn = Tensor::from_vec(hn, (dirs, batch, h_out), device)?;
         for dir in 0..dirs {
             h_n.push(hn.get(dir)?);

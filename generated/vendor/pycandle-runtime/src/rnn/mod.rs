@@ -53,6 +53,15 @@
 //! cases (other devices and dtypes, padded batches, single steps, the cells)
 //! use Candle ops. The kernels' `f32` sigmoid and tanh are polynomial
 //! approximations, so the two paths agree to rounding, not bit for bit.
+//!
+//! # Token input
+//!
+//! When the input is an embedding of token ids, [`Stacked::fold_embedding`]
+//! computes the first layer's input projection of every row of the
+//! embedding once, at load, and [`Stacked::forward_tokens`] then takes the
+//! ids themselves: each step's projection is a row of that table, copied,
+//! instead of a product over the embedded features. The generated code does
+//! this wherever an `nn.Embedding` feeds nothing but an LSTM or a GRU.
 
 mod cell;
 mod common;
@@ -60,6 +69,7 @@ mod gru;
 mod lstm;
 mod simple;
 mod stack;
+mod tokens;
 
 pub use cell::{
     Cell, CellConfig, CellState, CellStateRef, GruCell, GruCellConfig, LstmCell, LstmCellConfig,
@@ -69,6 +79,7 @@ pub use gru::{Gru, GruConfig};
 pub use lstm::{Lstm, LstmConfig};
 pub use simple::{Nonlinearity, Rnn, RnnConfig};
 pub use stack::{StackConfig, StackShape, StackState, StackStateRef, Stacked};
+pub use tokens::FOLD_LIMIT_BYTES;
 
 use candle_core::{bail, DType, Result, Tensor};
 

@@ -5,14 +5,17 @@
 //! between the three is their configuration's [`StackConfig`].
 
 use std::fmt::Debug;
+use std::sync::Arc;
 
-use candle_core::{DType, Device, Result, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{bail, DType, Device, Result, Tensor};
+use candle_nn::{Embedding, Module, VarBuilder};
 
 use super::common::{
-    self, fast_path_dtype, run_kernel_layers, run_layers, KernelFloat, Recurrence, RecurrentState,
-    SequenceInput,
+    self, fast_path_dtype, host_vec, run_kernel_layers, run_layers, Recurrence, RecurrentState,
+    SequenceInput, Tokens,
 };
+use super::tokens::{token_ids, Folded, TableFloat, FOLD_LIMIT_BYTES};
+use crate::kernel::{self, TokenTable};
 
 /// The sizes every stacked module's configuration has.
 #[derive(Debug, Clone, Copy)]
@@ -81,6 +84,8 @@ pub struct Stacked<C: StackConfig> {
     config: C,
     layers: Vec<C::Layer>,
     device: Device,
+    /// An embedding folded into the first layer ([`Self::fold_embedding`]).
+    folded: Option<Arc<Folded>>,
 }
 
 impl<C: StackConfig> Stacked<C> {
@@ -102,6 +107,7 @@ impl<C: StackConfig> Stacked<C> {
             config,
             layers,
             device: vb.device().clone(),
+            folded: None,
         })
     }
 
@@ -158,6 +164,166 @@ impl<C: StackConfig> Stacked<C> {
         self.run(xs, Some(lengths), state)
     }
 
+    /// Folds `embedding` into the first layer, for [`Self::forward_tokens`]:
+    /// the input projection of every row of the embedding is computed now,
+    /// once, so that a run on token ids copies one row of a table per step
+    /// instead of projecting the embedded tokens. Returns whether it did.
+    ///
+    /// It does when the CPU kernels run this module (an LSTM or a GRU on
+    /// the CPU, the embedding in `f32` or `f64`) and the tables take at most
+    /// [`FOLD_LIMIT_BYTES`]; otherwise `forward_tokens` runs the embedding
+    /// as it is. The embedding's rows must have `input_size` features.
+    pub fn fold_embedding(&mut self, embedding: &Embedding) -> Result<bool> {
+        let s = self.config.shape();
+        let weight = embedding.embeddings();
+        let (vocab, features) = weight.dims2()?;
+        if features != s.input_size {
+            bail!(
+                "{}: the embedding has {features} features per token, the input_size is {}",
+                s.kind,
+                s.input_size
+            );
+        }
+        self.folded = None;
+        if self.device.is_cpu() && weight.device().is_cpu() {
+            self.folded = match weight.dtype() {
+                DType::F32 => self.fold::<f32>(weight, vocab)?,
+                DType::F64 => self.fold::<f64>(weight, vocab)?,
+                _ => None,
+            };
+        }
+        Ok(self.folded.is_some())
+    }
+
+    /// The first layer's tables for the rows of `weight`, in `T`; `None`
+    /// when the kernels do not run the layer or the tables are too large.
+    fn fold<T: TableFloat>(&self, weight: &Tensor, vocab: usize) -> Result<Option<Arc<Folded>>> {
+        let dirs = common::num_directions(self.config.shape().bidirectional);
+        let mut packed = Vec::with_capacity(dirs);
+        for layer in &self.layers[..dirs] {
+            match layer.packed::<T>()? {
+                Some(p) => packed.push(p),
+                None => return Ok(None),
+            }
+        }
+        let elements: usize = packed.iter().map(|w| TokenTable::len_for(w, vocab)).sum();
+        if elements * std::mem::size_of::<T>() > FOLD_LIMIT_BYTES {
+            return Ok(None);
+        }
+        let rows = host_vec::<T>(weight)?;
+        let threads = kernel::default_threads();
+        let tables = packed
+            .iter()
+            .map(|w| TokenTable::new(w, &rows, vocab, threads))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(Some(Arc::new(Folded {
+            source: weight.id(),
+            vocab,
+            tables: T::wrap(tables),
+        })))
+    }
+
+    /// Runs the module on `embedding.forward(tokens)`, as [`Self::forward`]
+    /// does: `tokens` holds integer ids, `(B, T)` when `batch_first`, else
+    /// `(T, B)`, or unbatched `(T)`.
+    ///
+    /// When `embedding` is the one [`Self::fold_embedding`] folded and the
+    /// run takes the CPU kernels, the embedded input is never built: each
+    /// step's input projection is a row of the folded table. Otherwise the
+    /// embedding runs first, and then the module.
+    pub fn forward_tokens(
+        &self,
+        embedding: &Embedding,
+        tokens: &Tensor,
+        state: Option<StackStateRef<'_, C>>,
+    ) -> Result<(Tensor, StackState<C>)> {
+        let folded = self
+            .folded
+            .as_ref()
+            .filter(|f| f.source == embedding.embeddings().id());
+        if let Some(folded) = folded {
+            if let Some(done) = self.run_tokens(folded, tokens, state)? {
+                return Ok(done);
+            }
+        }
+        self.forward(&embedding.forward(tokens)?, state)
+    }
+
+    /// [`Self::forward_tokens`] on the folded tables, or `None` when the
+    /// CPU kernels do not run it (a single step, tokens elsewhere than on
+    /// the CPU).
+    fn run_tokens(
+        &self,
+        folded: &Folded,
+        tokens: &Tensor,
+        state: Option<StackStateRef<'_, C>>,
+    ) -> Result<Option<(Tensor, StackState<C>)>> {
+        let s = self.config.shape();
+        if !matches!(tokens.rank(), 1 | 2) || tokens.dtype().is_float() {
+            return Ok(None);
+        }
+        // The embedded input's shape without its elements: the checks and
+        // layout of `forward`, on a view of one zero.
+        let mut dims = tokens.dims().to_vec();
+        dims.push(s.input_size);
+        let dtype = folded.tables.dtype();
+        let stand_in = Tensor::zeros((), dtype, tokens.device())?.broadcast_as(dims)?;
+        let input = SequenceInput::new(s.kind, &stand_in, s.input_size, s.batch_first, None)?;
+        if fast_path_dtype(&input, self.device.is_cpu()).is_none() {
+            return Ok(None);
+        }
+        let init = self.initial_state(&input, state)?;
+        let ids = token_ids(s.kind, tokens, folded.vocab)?;
+        let fast = match dtype {
+            DType::F32 => self.run_fast::<f32>(&input, init.as_deref(), Some((&ids, folded)))?,
+            _ => self.run_fast::<f64>(&input, init.as_deref(), Some((&ids, folded)))?,
+        };
+        let Some((out, finals)) = fast else {
+            return Ok(None);
+        };
+        self.finish(&input, out, finals).map(Some)
+    }
+
+    /// The user's initial state checked against `input` and brought to
+    /// `(L*D, B, F)`, part by part.
+    fn initial_state(
+        &self,
+        input: &SequenceInput,
+        state: Option<StackStateRef<'_, C>>,
+    ) -> Result<Option<Vec<Tensor>>> {
+        let Some(state) = state else {
+            return Ok(None);
+        };
+        let (n, features) = (self.layers.len(), self.config.state_features());
+        let parts = StackState::<C>::ref_parts(state);
+        let named: Vec<_> = StackState::<C>::NAMES
+            .iter()
+            .zip(&parts)
+            .zip(&features)
+            .map(|((&name, &t), &f)| (name, t, f))
+            .collect();
+        input.check_states(n, &named)?;
+        let batched = parts.iter().map(|t| input.batched_state(t));
+        Ok(Some(batched.collect::<Result<Vec<_>>>()?))
+    }
+
+    /// The output and the final state in the input's layout, from the
+    /// output and every layer-direction's final states, part by part.
+    fn finish(
+        &self,
+        input: &SequenceInput,
+        out: Tensor,
+        finals: Vec<Vec<Tensor>>,
+    ) -> Result<(Tensor, StackState<C>)> {
+        let parts = self.config.state_features().len();
+        let finals = finals
+            .iter()
+            .take(parts)
+            .map(|part| input.final_state(part))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((out, StackState::<C>::from_parts(finals)?))
+    }
+
     fn run(
         &self,
         xs: &Tensor,
@@ -166,25 +332,11 @@ impl<C: StackConfig> Stacked<C> {
     ) -> Result<(Tensor, StackState<C>)> {
         let s = self.config.shape();
         let input = SequenceInput::new(s.kind, xs, s.input_size, s.batch_first, lengths)?;
-        let (n, features) = (self.layers.len(), self.config.state_features());
-        let init = match state {
-            Some(state) => {
-                let parts = StackState::<C>::ref_parts(state);
-                let named: Vec<_> = StackState::<C>::NAMES
-                    .iter()
-                    .zip(&parts)
-                    .zip(&features)
-                    .map(|((&name, &t), &f)| (name, t, f))
-                    .collect();
-                input.check_states(n, &named)?;
-                let batched = parts.iter().map(|t| input.batched_state(t));
-                Some(batched.collect::<Result<Vec<_>>>()?)
-            }
-            None => None,
-        }; // parts x (L*D, B, F)
+        let features = self.config.state_features();
+        let init = self.initial_state(&input, state)?; // parts x (L*D, B, F)
         let fast = match fast_path_dtype(&input, self.device.is_cpu()) {
-            Some(DType::F32) => self.run_fast::<f32>(&input, init.as_deref())?,
-            Some(DType::F64) => self.run_fast::<f64>(&input, init.as_deref())?,
+            Some(DType::F32) => self.run_fast::<f32>(&input, init.as_deref(), None)?,
+            Some(DType::F64) => self.run_fast::<f64>(&input, init.as_deref(), None)?,
             _ => None,
         };
         // The fast path's output is in the input's layout already.
@@ -195,12 +347,7 @@ impl<C: StackConfig> Stacked<C> {
                 (input.output(out)?, finals)
             }
         };
-        let finals = finals
-            .iter()
-            .take(features.len())
-            .map(|part| input.final_state(part))
-            .collect::<Result<Vec<_>>>()?;
-        Ok((out, StackState::<C>::from_parts(finals)?))
+        self.finish(&input, out, finals)
     }
 
     /// [`Self::run`] with Candle ops, on any device and dtype: the last
@@ -239,11 +386,13 @@ impl<C: StackConfig> Stacked<C> {
     /// one kernel call per layer runs the input projection and the time loop
     /// of every direction, on weights packed once. Its output is in the
     /// input's layout (a batch-first input's last layer writes batch first).
-    /// `None` when the kernels do not run these layers.
-    fn run_fast<T: KernelFloat>(
+    /// With `tokens`, the first layer reads token ids into the tables of a
+    /// folded embedding. `None` when the kernels do not run these layers.
+    fn run_fast<T: TableFloat>(
         &self,
         input: &SequenceInput,
         init: Option<&[Tensor]>,
+        tokens: Option<(&[u32], &Folded)>,
     ) -> Result<Option<(Tensor, Vec<Vec<Tensor>>)>> {
         let mut packed = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
@@ -254,7 +403,14 @@ impl<C: StackConfig> Stacked<C> {
         }
         let part = |i: usize| init.and_then(|init| init.get(i));
         let dirs = common::num_directions(self.config.shape().bidirectional);
-        let (out, h_n, c_n) = run_kernel_layers(input, &packed, dirs, part(0), part(1))?;
+        let tokens = match tokens {
+            Some((ids, folded)) => match T::tables(&folded.tables) {
+                Some(tables) => Some(Tokens { ids, tables }),
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        let (out, h_n, c_n) = run_kernel_layers(input, &packed, dirs, part(0), part(1), tokens)?;
         Ok(Some((out, vec![h_n, c_n])))
     }
 }
