@@ -222,10 +222,11 @@ impl<T: Float> Work<T> {
         self.cols = team.cols[0].clone();
     }
 
-    /// A member joining a leader that went ahead alone: its units' cell
-    /// state from the team's `c`, where the leader published it.
+    /// The cell state of the share's units from the team's `c`, where it
+    /// was published: for a member joining a leader that went ahead alone,
+    /// and for a leader taking over every unit when the team dissolves.
     #[inline(always)]
-    pub(super) fn adopt_c(&mut self, geom: &Geometry, team: &Team<T>) {
+    pub(super) fn read_c(&mut self, geom: &Geometry, team: &Team<T>) {
         let (units, cs, u0) = (self.units(geom), self.unit_stride(), self.unit0());
         for (b, row) in self.c.chunks_exact_mut(cs).enumerate() {
             let shared = &team.c[b * geom.hidden + units.start..b * geom.hidden + units.end];

@@ -443,15 +443,21 @@ impl<T: Float> Team<T> {
 
     /// A member: waits for the leader's decision.
     pub(super) fn decision(&self) -> usize {
-        let mut decision = PENDING;
+        self.wait_for(&self.start, PENDING)
+    }
+
+    /// Waits until `value` no longer holds `unset`, and returns what it
+    /// holds then.
+    fn wait_for(&self, value: &AtomicUsize, unset: usize) -> usize {
+        let mut seen = unset;
         wait_until(
             || {
-                decision = self.start.load(Ordering::Acquire);
-                decision != PENDING
+                seen = value.load(Ordering::Acquire);
+                seen != unset
             },
             &self.barrier.poisoned,
         );
-        decision
+        seen
     }
 
     /// The leader, alone after [`LATE`], at the end of `step`: whether to
@@ -497,14 +503,7 @@ impl<T: Float> Team<T> {
     /// A member after [`LATE`]: waits for the step the leader invites it
     /// to, or `None` when it finished without.
     pub(super) fn invitation(&self) -> Option<usize> {
-        let mut at = NOT_YET;
-        wait_until(
-            || {
-                at = self.join_at.load(Ordering::Acquire);
-                at != NOT_YET
-            },
-            &self.barrier.poisoned,
-        );
+        let at = self.wait_for(&self.join_at, NOT_YET);
         (at != NEVER_JOIN).then_some(at)
     }
 }

@@ -132,7 +132,7 @@ pub(super) fn member<T: Float, I: Isa>(
                 };
                 read_shared(&team.h[(step - 1) % 2], &mut h_prev);
                 if is_lstm {
-                    work.adopt_c(&geom, team);
+                    work.read_c(&geom, team);
                 }
                 first = step;
             }
@@ -204,13 +204,10 @@ pub(super) fn member<T: Float, I: Isa>(
             }
             // The leader takes over every unit from the next step on.
             note_contention();
-            if is_lstm {
-                let cs = work.unit_stride();
-                for (row, shared) in work.c.chunks_exact_mut(cs).zip(team.c.chunks_exact(hidden)) {
-                    read_shared(shared, &mut row[..hidden]);
-                }
-            }
             work.take_all::<I>(&geom, job);
+            if is_lstm {
+                work.read_c(&geom, team);
+            }
             solo = true;
         }
     }
