@@ -258,18 +258,26 @@ impl<T: Float> Work<T> {
         let row0 = (t - self.chunk.start) * batch * stride;
         let (cs, u0, n) = (self.unit_stride(), self.unit0(), share.len() * UNITS);
         // `h W_hh^T`: for an LSTM in place on the projected input, for a GRU
-        // into `hh`, after `b_hh`.
-        let dst = if job.is_lstm() {
-            &mut self.gx[row0 + col0..]
+        // into `hh` after `b_hh`, which the tiles start from (`hh` is written
+        // first only without a previous `h`, or without a bias to start from).
+        let (dst, bias) = if job.is_lstm() {
+            (&mut self.gx[row0 + col0..], None)
         } else {
-            for row in self.hh.chunks_exact_mut(stride) {
-                let dst = &mut row[col0..col0 + share.len() * width];
-                match &job.w.h_bias {
-                    Some(b) => dst.copy_from_slice(&b[share.start * width..share.end * width]),
-                    None => dst.fill(T::ZERO),
+            let bias = job
+                .w
+                .h_bias
+                .as_ref()
+                .map(|b| &b[share.start * width..share.end * width]);
+            if h_prev.is_none() || bias.is_none() {
+                for row in self.hh.chunks_exact_mut(stride) {
+                    let dst = &mut row[col0..col0 + share.len() * width];
+                    match bias {
+                        Some(b) => dst.copy_from_slice(b),
+                        None => dst.fill(T::ZERO),
+                    }
                 }
             }
-            &mut self.hh[col0..]
+            (&mut self.hh[col0..], bias)
         };
         if let Some(h_prev) = h_prev {
             mul_acc::<T, I>(
@@ -280,7 +288,7 @@ impl<T: Float> Work<T> {
                 batch,
                 &job.w.w_hh,
                 share.clone(),
-                None,
+                bias,
                 zigzag,
                 &mut self.scratch,
             );
