@@ -109,7 +109,8 @@ def yaml_entry(case: RecurrentCase, i: int) -> str:
             h = [layers * dirs] + batch + [case.h_out]
             c = [layers * dirs] + batch + [case.hidden]
         if case.vocab:
-            lines.append(f"      - x: {{shape: {x[:-1]}, dtype: int64, low: 0, high: {case.vocab}}}")
+            ids = f"shape: {x[:-1]}, dtype: int64, low: 0, high: {case.vocab}"
+            lines.append(f"      - x: {{{ids}}}")
         else:
             lines.append(f"      - x: {{shape: {x}, low: -1, high: 1}}")
         if case.with_state:

@@ -311,8 +311,8 @@ class _Lowering:
     def find_folds(self, live: list[Node], used: dict[tuple[str, tuple[int, ...]], int]) -> None:
         """The embeddings to fold into a recurrent layer at load: an `nn.Embedding` call (no
         `max_norm`) whose output is used once, as the `input` of an LSTM or GRU call (maybe
-        through a Dropout or an Identity), both outside loops and branches. The layer then reads the token ids (`forward_tokens`), and
-        its input projection is one table row per token."""
+        through a Dropout or an Identity), both outside loops and branches. The layer then reads
+        the token ids (`forward_tokens`), and its input projection is one table row per token."""
         for node in live:
             src = self._embedding_feeding(node, used)
             if src is None:

@@ -57,8 +57,9 @@ pub(crate) fn dense<T: Float>(
     out
 }
 
-/// [`rows_on`] compiled for `path`.
-fn rows_dispatch<T: Float>(
+/// [`rows_on`] compiled for `path` (also the token tables' product, whose
+/// columns are the panels' own).
+pub(super) fn rows_dispatch<T: Float>(
     path: KernelPath,
     x: &[T],
     out: &mut [T],
@@ -102,7 +103,9 @@ fn rows_on<T: Float, I: Isa>(
     cols: usize,
 ) {
     let k = w.depth();
-    let width = w.width();
+    // Every panel's columns side by side (a dense layer's weight is one
+    // panel; a recurrent layer's `W_ih^T`, one per block of units).
+    let width = w.count() * w.width();
     // A row of the product before the first multiply-add: the bias, zero
     // in the padding.
     let mut start = vec![T::ZERO; width];
