@@ -13,6 +13,10 @@ from pycandle.registry.core import (
 
 # --- Rust for each activation, shared by the layer and the function spellings ---------------------
 
+# The runtime's ReLU: PyTorch's NaN rule, and one pass on the calling thread where Candle's would
+# wake its own thread pool (see `pycandle_runtime::ops::relu`).
+RELU = "pycandle_runtime::relu({x.borrow})?"
+
 
 def _number(v: Any, what: str) -> float:
     if not is_number(v):
@@ -115,7 +119,7 @@ def _layer(torch_type: str, attrs: tuple[str, ...], emit: Callable[[T, dict[str,
     register_layer(Layer(torch_type, attrs, "out", no_field, call, uses=uses, doc=doc))
 
 
-register_layer(Layer("torch.nn.ReLU", ("inplace",), "out", no_field, unary_call("{x.name}.relu()?")))
+register_layer(Layer("torch.nn.ReLU", ("inplace",), "out", no_field, unary_call(RELU)))
 register_layer(Layer("torch.nn.Tanh", (), "out", no_field, unary_call("{x.name}.tanh()?")))
 register_layer(Layer("torch.nn.Sigmoid", (), "out", no_field,
                      unary_call("candle_nn::ops::sigmoid({x.borrow})?")))
@@ -164,7 +168,7 @@ register_layer(Layer("torch.nn.PReLU", ("num_parameters",), "out", _prelu_field,
 register_op(Op("relu", {"torch.relu": "input", "torch.nn.functional.relu": "input, inplace=False",
                         "Tensor.relu": "input", "Tensor.relu_": "input", "torch.relu_": "input",
                         "torch.nn.functional.relu_": "input"},
-               unary_op("{x.name}.relu()?")))
+               unary_op(RELU)))
 register_op(Op("tanh", {"torch.tanh": "input", "torch.nn.functional.tanh": "input",
                         "Tensor.tanh": "input", "Tensor.tanh_": "input"},
                unary_op("{x.name}.tanh()?")))
