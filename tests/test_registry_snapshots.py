@@ -800,5 +800,5 @@ def test_update_rewrites_only_the_blocks(tmp_path: Path) -> None:
     rewrite_file(path, {3: emitted(build_case("torch.relu(x)")[0].manifest),
                         7: emitted(build_case("x.tanh()")[0].manifest)})
     assert path.read_text(encoding="utf-8") == (
-        "# head\n\ntorch.relu(x)\n    let relu = pycandle_runtime::relu(x)?;\n# between\n"
+        "# head\n\ntorch.relu(x)\n    let relu = pycandle_runtime::ops::relu(x)?;\n# between\n"
         "x.tanh()\n    let tanh = x.tanh()?;\nx.exp()\n    kept\n")

@@ -61,7 +61,7 @@ def test_locals_take_python_names(tmp_path, cargo_env, capsys):
         "let (out, (h_n, lstm_c_n)) = self",
         "let mut out = out;",  # the loop over `self.blocks` carries `out`
         "for block in &self.blocks {",
-        "out = pycandle_runtime::relu(&block_out)?;",  # F.dropout in eval mode passes its input through
+        "out = pycandle_runtime::ops::relu(&block_out)?;",  # F.dropout in eval mode passes its input through
         "let type_1 = out.tanh()?;",  # a Rust keyword
         "let model_1 = (&type_1 * 2.0)?;",  # a local of the generated tests
         "Ok((x_1, h))",  # forward()'s argument `x` keeps its name

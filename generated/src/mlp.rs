@@ -35,7 +35,7 @@ impl Mlp {
         // (d0, 32)
         let layer_0 = self.layer_0.forward(input)?;
         // (d0, 32)
-        let layer_1 = pycandle_runtime::relu(&layer_0)?;
+        let layer_1 = pycandle_runtime::ops::relu(&layer_0)?;
         // (d0, 32)
         let layer_2 = self.layer_2.forward(&layer_1)?;
         // (d0, 32)

@@ -188,11 +188,11 @@ impl Module for Prenet {
         // (memory.dim(0), mels.dim(1), 16)
         let frames = self.layer_0.forward(input)?;
         // (memory.dim(0), mels.dim(1), 16)
-        let frames_1 = pycandle_runtime::relu(&frames)?;
+        let frames_1 = pycandle_runtime::ops::relu(&frames)?;
         // (memory.dim(0), mels.dim(1), 16)
         let frames_2 = self.layer_2.forward(&frames_1)?;
         // (memory.dim(0), mels.dim(1), 16)
-        let frames_3 = pycandle_runtime::relu(&frames_2)?;
+        let frames_3 = pycandle_runtime::ops::relu(&frames_2)?;
         Ok(frames_3)
     }
 }

@@ -56,7 +56,7 @@ impl TacotronEncoder {
             // (d0, 32, d1)
             let conv_out = conv.forward(&x)?;
             // (d0, 32, d1)
-            x = pycandle_runtime::relu(&conv_out)?;
+            x = pycandle_runtime::ops::relu(&conv_out)?;
         }
 
         // examples/tts.py:28

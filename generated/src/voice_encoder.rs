@@ -58,7 +58,7 @@ impl VoiceEncoder {
         // (d0, 256)
         let proj = self.proj.forward(&getitem)?;
         // (d0, 256)
-        let embeds = pycandle_runtime::relu(&proj)?;
+        let embeds = pycandle_runtime::ops::relu(&proj)?;
 
         // examples/voice.py:22
         // (d0, 1)

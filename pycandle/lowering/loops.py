@@ -9,7 +9,7 @@ nowhere else. Such a run becomes
     let mut x = x;
     for conv in &self.convolutions {
         let conv_0 = conv.layer_0.forward(&x)?;
-        x = pycandle_runtime::relu(&conv_0)?;
+        x = pycandle_runtime::ops::relu(&conv_0)?;
     }
 
 and later statements read the loop state where they read the last group's value. Anything that

@@ -15,7 +15,7 @@ from pycandle.registry.core import (
 
 # The runtime's ReLU: PyTorch's NaN rule, and one pass on the calling thread where Candle's would
 # wake its own thread pool (see `pycandle_runtime::ops::relu`).
-RELU = "pycandle_runtime::relu({x.borrow})?"
+RELU = "pycandle_runtime::ops::relu({x.borrow})?"
 
 
 def _number(v: Any, what: str) -> float:

@@ -28,7 +28,7 @@ fn run_case(case: usize) -> Result<()> {
     // `1` (torch.nn.ReLU) on its golden inputs
     {
         let in0 = g("layer_1.in.0")?;
-        let layer_1 = pycandle_runtime::relu(&in0)?;
+        let layer_1 = pycandle_runtime::ops::relu(&in0)?;
         report.check("layer", "1", "0", &layer_1, &g("layer_1.out.0")?)?;
     }
 

@@ -31,7 +31,7 @@ fn run_case(case: usize) -> Result<()> {
     // `prenet.1` (torch.nn.ReLU) on its golden inputs
     {
         let in0 = g("prenet_1.in.0")?;
-        let frames_1 = pycandle_runtime::relu(&in0)?;
+        let frames_1 = pycandle_runtime::ops::relu(&in0)?;
         report.check("layer", "prenet.1", "0", &frames_1, &g("prenet_1.out.0")?)?;
     }
 
@@ -45,7 +45,7 @@ fn run_case(case: usize) -> Result<()> {
     // `prenet.3` (torch.nn.ReLU) on its golden inputs
     {
         let in0 = g("prenet_3.in.0")?;
-        let frames_3 = pycandle_runtime::relu(&in0)?;
+        let frames_3 = pycandle_runtime::ops::relu(&in0)?;
         report.check("layer", "prenet.3", "0", &frames_3, &g("prenet_3.out.0")?)?;
     }
 

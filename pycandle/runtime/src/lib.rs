@@ -56,7 +56,7 @@ pub use conv::{conv_transpose2d_grouped, Conv1d};
 pub use index::{from_end, masked_select, slice_bound, take, take_every};
 pub use linear::Linear;
 pub use norm::BatchNorm;
-pub use ops::{atan2, div_floor, relu, rem_floor, rem_trunc};
+pub use ops::{atan2, div_floor, rem_floor, rem_trunc};
 pub use pad::{pad_circular, pad_constant, pad_reflect};
 pub use parity::{CaseGolden, Golden, ParityCase, ParityReport};
 pub use patches::{sliding_windows, Patches};
