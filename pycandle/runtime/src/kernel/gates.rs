@@ -202,29 +202,63 @@ pub(super) fn lstm_row<T: Float, I: Isa>(pre: &mut [T], c: &mut [T], h: &mut [T]
     }
 }
 
-/// The GRU update of one block of units of one batch row, in PyTorch's
-/// formulation: `hh` holds `h W_hh^T + b_hh` and `x` the input projection
-/// (foldable biases included), each gate `r, z, n` at `g * UNITS ..`;
-/// `h_prev` holds the previous state of the block's `n <= UNITS` real units
-/// and `h` receives their new one. `hh` is overwritten.
+/// Blocks of units per lockstep GRU update ([`gru_blocks`]): 64 units.
+pub(super) const GRU_BLOCKS: usize = 4;
+
+/// The GRU update of `N / UNITS` consecutive blocks of units of one batch
+/// row, in PyTorch's formulation, all blocks' activations in lockstep (one
+/// block alone is two chains of registers, which wait on each other's
+/// latency): `hh` holds `h W_hh^T + b_hh` and `x` the input projection
+/// (foldable biases included), block after block, each gate `r, z, n` at
+/// `g * UNITS ..` of its block; `h_prev` holds the previous state of the
+/// blocks' real units (the last block may have fewer than `UNITS`) and `h`
+/// receives their new one. `RZ` is `2 * N`, the lanes of the gates `r` and
+/// `z` (an array length cannot be computed from `N` on stable Rust).
 #[inline(always)]
-pub(super) fn gru_block<T: Float, I: Isa>(hh: &mut [T], x: &[T], h_prev: &[T], h: &mut [T]) {
-    let (hrz, hn) = hh[..3 * UNITS].split_at_mut(2 * UNITS);
-    let (xrz, xn) = x[..3 * UNITS].split_at(2 * UNITS);
-    let rz: &mut [T; 2 * UNITS] = hrz.try_into().expect("two gates");
-    for (v, &x) in rz.iter_mut().zip(xrz) {
-        *v = x + *v;
+pub(super) fn gru_blocks<T: Float, I: Isa, const RZ: usize, const N: usize>(
+    hh: &[T],
+    x: &[T],
+    h_prev: &[T],
+    h: &mut [T],
+) {
+    const WIDTH: usize = 3 * UNITS;
+    assert!(
+        RZ == 2 * N
+            && N.is_multiple_of(UNITS)
+            && hh.len() >= N / UNITS * WIDTH
+            && x.len() >= N / UNITS * WIDTH
+            && h.len() == h_prev.len()
+            && h.len() <= N
+    );
+    let mut rz = [T::ZERO; RZ];
+    for (k, rz) in rz.chunks_exact_mut(2 * UNITS).enumerate() {
+        let (hh, x) = (&hh[k * WIDTH..][..2 * UNITS], &x[k * WIDTH..][..2 * UNITS]);
+        for ((v, &x), &hh) in rz.iter_mut().zip(x).zip(hh) {
+            *v = x + hh;
+        }
     }
-    I::activate::<T, { 2 * UNITS }>(rz, 2 * UNITS);
-    let (r, z) = rz.split_at(UNITS);
-    let mut n = [T::ZERO; UNITS];
-    for (((n, &x), &r), &hn) in n.iter_mut().zip(xn).zip(r).zip(hn.iter()) {
-        *n = x + r * hn;
+    I::activate::<T, RZ>(&mut rz, RZ);
+    let mut n = [T::ZERO; N];
+    for (k, n) in n.chunks_exact_mut(UNITS).enumerate() {
+        let r = &rz[2 * k * UNITS..][..UNITS];
+        let at = k * WIDTH + 2 * UNITS;
+        let (xn, hn) = (&x[at..at + UNITS], &hh[at..at + UNITS]);
+        for (((n, &x), &r), &hn) in n.iter_mut().zip(xn).zip(r).zip(hn) {
+            *n = x + r * hn;
+        }
     }
-    I::activate::<T, UNITS>(&mut n, 0);
-    // Into `n` first, as `c` in `lstm_row`.
-    for ((n, &hp), &z) in n.iter_mut().zip(h_prev).zip(z) {
-        *n = *n + z * (hp - *n);
+    I::activate::<T, N>(&mut n, 0);
+    // Into `n` first, as `c` in `lstm_row`; the padding units of a last
+    // partial block are left as they are, and not written.
+    for (k, (n, hp)) in n
+        .chunks_exact_mut(UNITS)
+        .zip(h_prev.chunks(UNITS))
+        .enumerate()
+    {
+        let z = &rz[(2 * k + 1) * UNITS..][..UNITS];
+        for ((n, &hp), &z) in n.iter_mut().zip(hp).zip(z) {
+            *n = *n + z * (hp - *n);
+        }
     }
     h.copy_from_slice(&n[..h.len()]);
 }

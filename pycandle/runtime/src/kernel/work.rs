@@ -4,7 +4,7 @@
 
 use std::ops::Range;
 
-use super::gates::{gru_block, lstm_row};
+use super::gates::{gru_blocks, lstm_row, GRU_BLOCKS};
 use super::isa::Isa;
 use super::layer::{Geometry, Input, Job};
 use super::panels::UNITS;
@@ -304,20 +304,36 @@ impl<T: Float> Work<T> {
                 );
                 continue;
             }
-            let zeros = [T::ZERO; UNITS];
-            for (k, j) in share.clone().enumerate() {
-                let units = geom.units_in(j);
+            // Blocks `GRU_BLOCKS` at a time, then one by one.
+            let zeros = [T::ZERO; GRU_BLOCKS * UNITS];
+            let mut k = 0;
+            while k < share.len() {
+                let blocks = if k + GRU_BLOCKS <= share.len() {
+                    GRU_BLOCKS
+                } else {
+                    1
+                };
+                let j = share.start + k;
+                let units = geom.units_in(j).start..geom.units_in(j + blocks - 1).end;
                 let hh = b * stride + col0 + k * width;
+                let x = pre + k * width;
                 let hp = match h_prev {
                     Some(h) => &h[b * h_out + units.start..b * h_out + units.end],
                     None => &zeros[..units.len()],
                 };
-                gru_block::<T, I>(
-                    &mut self.hh[hh..hh + width],
-                    &self.gx[pre + k * width..pre + (k + 1) * width],
-                    hp,
-                    &mut self.h_units[u + k * UNITS..u + k * UNITS + units.len()],
+                let (hh, x) = (
+                    &self.hh[hh..hh + blocks * width],
+                    &self.gx[x..x + blocks * width],
                 );
+                let h = &mut self.h_units[u + k * UNITS..u + k * UNITS + units.len()];
+                if blocks == GRU_BLOCKS {
+                    gru_blocks::<T, I, { 2 * GRU_BLOCKS * UNITS }, { GRU_BLOCKS * UNITS }>(
+                        hh, x, hp, h,
+                    );
+                } else {
+                    gru_blocks::<T, I, { 2 * UNITS }, UNITS>(hh, x, hp, h);
+                }
+                k += blocks;
             }
         }
     }

@@ -581,6 +581,25 @@ fn gru_matches_reference_f64() {
     }
 }
 
+/// The GRU update four blocks of units at a time (`gates::gru_blocks`),
+/// the last of them partial (60 units: 12 in the fourth block), then block
+/// by block after a group (100 units: seven blocks), alone and in teams.
+#[test]
+fn gru_block_groups_match_reference() {
+    for hidden in [60, 64, 100] {
+        for threads in [1, 2] {
+            let case = Case {
+                bidirectional: true,
+                with_state: true,
+                threads,
+                ..Case::new(5, 3, hidden)
+            };
+            check_gru::<f32>(case, 1e-5);
+            check_gru::<f64>(case, 1e-12);
+        }
+    }
+}
+
 #[test]
 fn gru_teams_match_reference() {
     for case in team_cases().into_iter().filter(|c| c.proj == 0) {
