@@ -125,18 +125,12 @@ pub(super) fn mul_acc<T: Float, I: Isa>(
         }
         return;
     }
-    // Many rows: tiles of up to `I::tile_rows` rows (as many rows in every
-    // tile as the count allows) by `I::tile_cols` columns, in passes over
-    // slices of the depth. Each pass first copies its slice of the left
-    // operand tile by tile, the tile's rows interleaved, so that a tile reads
-    // it linearly.
-    let (kc, tile_rows) = pass_sizes::<T, I>(k, m);
-    // `(first row, rows)` of every row tile.
-    let tiles = || {
-        (0..m)
-            .step_by(tile_rows)
-            .map(move |row| (row, tile_rows.min(m - row)))
-    };
+    // Many rows: tiles of up to `I::tile_rows` rows (see `row_tiles`) by
+    // `I::tile_cols` columns, in passes over slices of the depth. Each pass
+    // first copies its slice of the left operand tile by tile, the tile's
+    // rows interleaved, so that a tile reads it linearly.
+    let kc = pass_depth::<T, I>(k);
+    let tiles = || row_tiles(m, I::tile_rows::<T>());
     if scratch.len() < m * kc {
         scratch.resize(m * kc, T::ZERO);
     }
@@ -174,7 +168,6 @@ pub(super) fn mul_acc<T: Float, I: Isa>(
             scratch,
             at,
             m,
-            tile_rows,
             w,
             panels.clone(),
             bias.filter(|_| k0 == 0),
@@ -216,7 +209,7 @@ pub(super) fn mul_acc_in_place<T: Float, I: Isa>(
         start_from(dst, dst_rs, m, w.count() * pw, bias);
         return;
     }
-    let (kc, tile_rows) = pass_sizes::<T, I>(k, m);
+    let kc = pass_depth::<T, I>(k);
     let mut k0 = 0;
     while k0 < k {
         let depth = kc.min(k - k0);
@@ -228,36 +221,36 @@ pub(super) fn mul_acc_in_place<T: Float, I: Isa>(
         };
         let at = |row: usize| row * lhs_rs + k0;
         let bias = bias.filter(|_| k0 == 0);
-        pass::<T, I>(
-            dst,
-            lhs,
-            at,
-            m,
-            tile_rows,
-            w,
-            0..w.count(),
-            bias,
-            false,
-            k0,
-            s,
-        );
+        pass::<T, I>(dst, lhs, at, m, w, 0..w.count(), bias, false, k0, s);
         k0 += depth;
     }
 }
 
-/// The depth of each pass of the many-row product over `k`, and the rows of
-/// each tile for `m` rows. Passes are of equal depth: a depth of 300 makes
-/// two passes of 150, not 256 and a short one of 44 whose tiles spend their
-/// time loading and storing accumulators (5 % of the tagger's input
-/// projection). Tiles hold as many rows as the count allows.
+/// The depth of each pass of the many-row product over `k`. Passes are of
+/// equal depth: a depth of 300 makes two passes of 150, not 256 and a short
+/// one of 44 whose tiles spend their time loading and storing accumulators
+/// (5 % of the tagger's input projection).
 #[inline(always)]
-fn pass_sizes<T: Float, I: Isa>(k: usize, m: usize) -> (usize, usize) {
+fn pass_depth<T: Float, I: Isa>(k: usize) -> usize {
     let kc = KC_BYTES / (I::tile_cols::<T>() * std::mem::size_of::<T>());
-    (balanced(k, kc), balanced(m, I::tile_rows::<T>()))
+    balanced(k, kc)
+}
+
+/// `(first row, rows)` of the row tiles of `m` rows, at most `max` rows
+/// each: as few tiles as that allows, their heights differing by at most 1.
+/// A short tile has too few accumulators to hide the multiply-adds'
+/// latency: on AVX2 (one thread, rows by depth 256 by 1024 columns) tiles
+/// of 6, 5, 4, 3 and 2 rows run 108, 107, 92, 81 and 58 GFLOP/s, so that
+/// 32 rows run 6 % faster as 6, 6, 5, 5, 5, 5 than as 6, 6, 6, 6, 6, 2.
+#[inline(always)]
+pub(super) fn row_tiles(m: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
+    let count = m.div_ceil(max.max(1));
+    let (base, extra) = (m / count.max(1), m % count.max(1));
+    (0..count).map(move |i| (i * base + i.min(extra), base + usize::from(i < extra)))
 }
 
 /// One pass of the many-row product, over depth `s.depth` from `k0`: every
-/// tile of up to `tile_rows` rows by `I::tile_cols` columns across the
+/// tile of [`row_tiles`] by `I::tile_cols` columns across the
 /// panels `panels` of `w` (last to first for `reverse`; their columns side
 /// by side from `dst` column 0), starting from `bias` when given, else from
 /// `dst`. The tile's left operand from row `row` on starts at
@@ -269,7 +262,6 @@ fn pass<T: Float, I: Isa>(
     lhs: &[T],
     at: impl Fn(usize) -> usize,
     m: usize,
-    tile_rows: usize,
     w: &Panels<T>,
     panels: Range<usize>,
     bias: Option<&[T]>,
@@ -285,8 +277,7 @@ fn pass<T: Float, I: Isa>(
         while c < pw {
             let cols = tile_cols.min(pw - c);
             let w0 = c / TILE_COLS * s.w_sub + k0 * TILE_COLS;
-            for row in (0..m).step_by(tile_rows) {
-                let rows = tile_rows.min(m - row);
+            for (row, rows) in row_tiles(m, I::tile_rows::<T>()) {
                 let d0 = row * s.dst_rs + p * pw + c;
                 let init = bias.map(|b| (b, p * pw + c));
                 tile::<T, I>(rows, cols, dst, d0, init, lhs, at(row), panel, w0, s);

@@ -1185,3 +1185,31 @@ fn products_avx2() {
 fn products_avx512() {
     check_products::<super::isa::Avx512>();
 }
+
+/// The row tiles of the many-row product cover every row once, in order,
+/// as few as `max` allows, their heights differing by at most 1.
+#[test]
+fn row_tiles_split_evenly() {
+    use super::product::row_tiles;
+    for max in [1, 4, 6, 12] {
+        for m in 1..=60 {
+            let tiles: Vec<_> = row_tiles(m, max).collect();
+            assert_eq!(tiles.len(), m.div_ceil(max), "m {m} max {max}");
+            let mut next = 0;
+            for &(row, rows) in &tiles {
+                assert!(
+                    row == next && (1..=max).contains(&rows),
+                    "m {m} max {max}: {tiles:?}"
+                );
+                next += rows;
+            }
+            assert_eq!(next, m);
+            let heights = tiles.iter().map(|t| t.1);
+            assert!(heights.clone().max().unwrap() - heights.min().unwrap() <= 1);
+        }
+    }
+    assert_eq!(
+        row_tiles(32, 6).map(|t| t.1).collect::<Vec<_>>(),
+        [6, 6, 5, 5, 5, 5]
+    );
+}
