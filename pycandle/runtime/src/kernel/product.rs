@@ -241,7 +241,7 @@ fn pass_depth<T: Float, I: Isa>(k: usize) -> usize {
 /// A short tile has too few accumulators to hide the multiply-adds'
 /// latency: on AVX2 (one thread, rows by depth 256 by 1024 columns) tiles
 /// of 6, 5, 4, 3 and 2 rows run 108, 107, 92, 81 and 58 GFLOP/s, so that
-/// 32 rows run 6 % faster as 6, 6, 5, 5, 5, 5 than as 6, 6, 6, 6, 6, 2.
+/// 32 rows run 3-6 % faster as 6, 6, 5, 5, 5, 5 than as 6, 6, 6, 6, 6, 2.
 #[inline(always)]
 pub(super) fn row_tiles(m: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
     let count = m.div_ceil(max.max(1));
