@@ -138,23 +138,23 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
 fn relu_cpu<T: WithDType>(x: &Tensor) -> Result<Tensor> {
     let zero = T::zero();
     // `v < 0` is false for a NaN, which passes through.
-    let pass = |src: &[T], dst: &mut [T]| {
-        for (d, &v) in dst.iter_mut().zip(src) {
-            *d = if v < zero { zero } else { v };
-        }
-    };
+    let relu = move |v: T| if v < zero { zero } else { v };
     let ys = with_elements::<T, _>(x, |xs| {
-        let mut ys = vec![zero; xs.len()];
         let threads = default_threads().min(xs.len() / RELU_SPLIT).max(1);
         if threads == 1 {
-            pass(xs, &mut ys);
-        } else {
-            let share = xs.len().div_ceil(threads);
-            in_parallel(
-                xs.chunks(share).zip(ys.chunks_mut(share)),
-                |_, (src, dst)| pass(src, dst),
-            );
+            // Written once, not zero-filled first.
+            return xs.iter().map(|&v| relu(v)).collect();
         }
+        let mut ys = vec![zero; xs.len()];
+        let share = xs.len().div_ceil(threads);
+        in_parallel(
+            xs.chunks(share).zip(ys.chunks_mut(share)),
+            |_, (src, dst)| {
+                for (d, &v) in dst.iter_mut().zip(src) {
+                    *d = relu(v);
+                }
+            },
+        );
         ys
     })?;
     Tensor::from_vec(ys, x.dims(), x.device())

@@ -222,10 +222,9 @@ pub(super) fn gru_blocks<T: Float, I: Isa, const RZ: usize, const N: usize>(
     h: &mut [T],
 ) {
     const WIDTH: usize = 3 * UNITS;
+    const { assert!(RZ == 2 * N && N.is_multiple_of(UNITS)) };
     assert!(
-        RZ == 2 * N
-            && N.is_multiple_of(UNITS)
-            && hh.len() >= N / UNITS * WIDTH
+        hh.len() >= N / UNITS * WIDTH
             && x.len() >= N / UNITS * WIDTH
             && h.len() == h_prev.len()
             && h.len() <= N
